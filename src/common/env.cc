@@ -1,0 +1,116 @@
+#include "common/env.h"
+
+#include <cstdlib>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace ferry::internal {
+namespace {
+
+constexpr EnvVar kTable[] = {
+    {"FERRY_SERVER", "MX_SERVER_ADDRESS", "localhost:8001",
+     "ferry-server address (host:port) used by the ferry command and the client library"},
+    {"FERRY_LISTEN", "", "0.0.0.0:8001", "ferry-server gRPC listen address (--listen)"},
+    {"FERRY_ADMIN_LISTEN", "", "127.0.0.1:9401",
+     "ferry-server admin HTTP address for /healthz and /metrics (--admin-listen)"},
+    {"FERRY_STORE", "", "memory", "ferry-server metadata store (--store)"},
+    {"FERRY_LOG_LEVEL", "", "info", "log level: trace, debug, info, warn, error (--log-level)"},
+    {"FERRY_MAX_MESSAGE_SIZE", "", "100MiB",
+     "largest gRPC message ferry-server accepts or sends (--max-message-size)"},
+    {"FERRY_REAPER_SCAN_INTERVAL", "MX_REAPER_SCAN_INTERVAL_SECS", "30s",
+     "how often the reaper scans the store (--reaper-scan-interval)"},
+    {"FERRY_HEARTBEAT_TIMEOUT", "MX_HEARTBEAT_TIMEOUT_SECS", "90s",
+     "a record not refreshed for this long is not listed as READY and is marked STALE "
+     "(--heartbeat-timeout)"},
+    {"FERRY_GC_TIMEOUT", "MX_GC_TIMEOUT_SECS", "3600s",
+     "a STALE record is deleted after this long (--gc-timeout)"},
+    {"FERRY_HEARTBEAT_INTERVAL", "MX_HEARTBEAT_INTERVAL_SECS", "30s",
+     "how often a publisher refreshes its records"},
+};
+
+}  // namespace
+
+std::span<const EnvVar> EnvTable() { return kTable; }
+
+static const EnvVar* Find(std::string_view name) {
+  for (const EnvVar& v : kTable) {
+    if (v.name == name) return &v;
+  }
+  return nullptr;
+}
+
+static std::optional<std::string> Read(std::string_view name) {
+  if (name.empty()) return std::nullopt;
+  const char* v = std::getenv(std::string(name).c_str());
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  return std::string(v);
+}
+
+std::optional<std::string> GetEnv(std::string_view name) {
+  const EnvVar* var = Find(name);
+  if (var == nullptr) return std::nullopt;  // programming error; tests catch it
+  if (auto v = Read(var->name)) return v;
+  return Read(var->fallback);
+}
+
+std::string EnvSource(std::string_view name) {
+  const EnvVar* var = Find(name);
+  if (var == nullptr) return std::string(name);
+  if (Read(var->name)) return std::string(var->name);
+  if (Read(var->fallback)) return std::string(var->fallback);
+  return std::string(var->name);
+}
+
+std::string EnvHelp() {
+  std::string out = "Environment variables (a flag wins over its variable):\n";
+  for (const EnvVar& v : kTable) {
+    absl::StrAppendFormat(&out, "  %-28s default %s\n      %s\n", v.name, v.default_value, v.help);
+    if (!v.fallback.empty()) {
+      absl::StrAppendFormat(&out, "      fallback: %s (ModelExpress name, read when %s is unset)\n",
+                            v.fallback, v.name);
+    }
+  }
+  return out;
+}
+
+StatusOr<absl::Duration> ParsePositiveDuration(absl::string_view text, absl::string_view what) {
+  std::string t(absl::StripAsciiWhitespace(text));
+  absl::Duration d;
+  int64_t secs = 0;
+  if (absl::SimpleAtoi(t, &secs)) {
+    d = absl::Seconds(secs);
+  } else if (!absl::ParseDuration(t, &d)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, "='", text, "' is not a duration; use a number of seconds or a value like 500ms, 30s, 5m"));
+  }
+  if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, "='", text, "' must be a positive, finite duration"));
+  }
+  return d;
+}
+
+StatusOr<size_t> ParseByteSize(absl::string_view text, absl::string_view what) {
+  std::string t(absl::StripAsciiWhitespace(text));
+  uint64_t mult = 1;
+  const std::pair<std::string_view, uint64_t> suffixes[] = {
+      {"GiB", 1ull << 30}, {"MiB", 1ull << 20}, {"KiB", 1ull << 10}, {"B", 1}};
+  for (const auto& [s, m] : suffixes) {
+    if (t.size() > s.size() && std::string_view(t).substr(t.size() - s.size()) == s) {
+      t.resize(t.size() - s.size());
+      mult = m;
+      break;
+    }
+  }
+  uint64_t n = 0;
+  if (!absl::SimpleAtoi(t, &n) || n == 0 || n > (UINT64_MAX / mult)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, "='", text, "' is not a positive byte size; use e.g. 104857600, 100MiB or 1GiB"));
+  }
+  return static_cast<size_t>(n * mult);
+}
+
+}  // namespace ferry::internal

@@ -1,0 +1,170 @@
+#include "ferry/source_identity.h"
+
+#include <openssl/evp.h>
+#include <unicode/locid.h>
+#include <unicode/unistr.h>
+
+#include <algorithm>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace ferry {
+namespace {
+
+// Full Unicode lowercasing in the root locale (one code point may become several, and a final
+// capital sigma becomes a final small sigma), matching Rust's str::to_lowercase.
+std::string Lower(std::string_view s) {
+  bool ascii = std::all_of(s.begin(), s.end(), [](char c) { return (c & 0x80) == 0; });
+  std::string out;
+  if (ascii) {
+    out.assign(s);
+    for (char& c : out) {
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    }
+    return out;
+  }
+  icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), s.size()));
+  u.toLower(icu::Locale::getRoot());
+  u.toUTF8String(out);
+  return out;
+}
+
+std::string Sha256Hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(len * 2);
+  for (unsigned int i = 0; i < len; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 0xf]);
+  }
+  return out;
+}
+
+// Rust's u64::from_str: an optional leading '+', then one or more ASCII digits, no overflow.
+std::optional<uint64_t> ParseU64(std::string_view s) {
+  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
+  if (s.empty()) return std::nullopt;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    uint64_t d = static_cast<uint64_t>(c - '0');
+    if (v > (UINT64_MAX - d) / 10) return std::nullopt;
+    v = v * 10 + d;
+  }
+  return v;
+}
+
+}  // namespace
+
+StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
+  // nlohmann::json keeps object keys in a std::map, so every level is sorted bytewise, and
+  // dump() with the default ensure_ascii=false writes non-ASCII and U+007F raw, like serde_json.
+  nlohmann::json j;
+  j["backend_framework"] = static_cast<int32_t>(id.backend_framework());
+  j["dtype"] = Lower(id.dtype());
+  j["expert_parallel_size"] = id.expert_parallel_size();
+  j["model_name"] = Lower(id.model_name());
+  j["mx_source_type"] = static_cast<int32_t>(id.mx_source_type());
+  j["mx_version"] = Lower(id.mx_version());
+  j["pipeline_parallel_size"] = id.pipeline_parallel_size();
+  j["quantization"] = Lower(id.quantization());
+  j["revision"] = Lower(id.revision());
+  j["tensor_parallel_size"] = id.tensor_parallel_size();
+
+  // Sort the original pairs by original key bytes; after lowercasing the key, the first pair
+  // wins a collision (contract 3.1 step 2).
+  std::vector<std::pair<std::string_view, std::string_view>> pairs;
+  pairs.reserve(id.extra_parameters_size());
+  for (const auto& [k, v] : id.extra_parameters()) pairs.emplace_back(k, v);
+  std::sort(pairs.begin(), pairs.end());
+  nlohmann::json extra = nlohmann::json::object();
+  for (const auto& [k, v] : pairs) {
+    std::string lk = Lower(k);
+    if (!extra.contains(lk)) extra[lk] = Lower(v);
+  }
+  j["extra_parameters"] = std::move(extra);
+
+  const std::pair<const char*, const std::string*> optional_fields[] = {
+      {"backend_framework_version", &id.backend_framework_version()},
+      {"torch_version", &id.torch_version()},
+      {"cuda_version", &id.cuda_version()},
+      {"triton_version", &id.triton_version()},
+      {"gpu_arch", &id.gpu_arch()},
+      {"compile_config_digest", &id.compile_config_digest()},
+  };
+  for (const auto& [key, value] : optional_fields) {
+    if (!value->empty()) j[key] = Lower(*value);
+  }
+  try {
+    return j.dump();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("source identity for model '", id.model_name(),
+                     "' has a string that is not valid UTF-8 (", e.what(), "); send UTF-8 text"));
+  }
+}
+
+StatusOr<std::string> ComputeMxSourceId(const SourceIdentity& identity) {
+  FERRY_ASSIGN_OR_RETURN(std::string json, CanonicalIdentityJson(identity));
+  return Sha256Hex(json).substr(0, 16);
+}
+
+Status ValidateIdentity(const SourceIdentity& id) {
+  if (id.model_name().empty()) return absl::InvalidArgumentError("identity.model_name is required");
+  const std::pair<const char*, const std::string*> fields[] = {
+      {"model_name", &id.model_name()},
+      {"mx_version", &id.mx_version()},
+      {"dtype", &id.dtype()},
+      {"quantization", &id.quantization()},
+      {"revision", &id.revision()},
+      {"backend_framework_version", &id.backend_framework_version()},
+      {"torch_version", &id.torch_version()},
+      {"cuda_version", &id.cuda_version()},
+      {"triton_version", &id.triton_version()},
+      {"gpu_arch", &id.gpu_arch()},
+      {"compile_config_digest", &id.compile_config_digest()},
+  };
+  for (const auto& [name, value] : fields) {
+    if (value->size() > kMaxIdentityStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("identity.", name, " is ", value->size(),
+                                                     " bytes; the limit is ",
+                                                     kMaxIdentityStringBytes, " bytes"));
+    }
+  }
+  if (static_cast<size_t>(id.extra_parameters_size()) > kMaxExtraParameters) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("identity.extra_parameters has ", id.extra_parameters_size(),
+                     " entries; the limit is ", kMaxExtraParameters));
+  }
+  for (const auto& [k, v] : id.extra_parameters()) {
+    if (k.size() > kMaxIdentityStringBytes || v.size() > kMaxIdentityStringBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("identity.extra_parameters entry '", k.substr(0, 64), "' is longer than ",
+                       kMaxIdentityStringBytes, " bytes (key or value)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::optional<uint64_t> TrainingStepOf(const SourceIdentity& identity) {
+  const auto& extra = identity.extra_parameters();
+  if (auto it = extra.find("training_step"); it != extra.end()) return ParseU64(it->second);
+  if (auto it = extra.find("version"); it != extra.end()) return ParseU64(it->second);
+  return std::nullopt;
+}
+
+std::optional<std::string> LayoutSignatureOf(const SourceIdentity& identity) {
+  const auto& extra = identity.extra_parameters();
+  auto it = extra.find("layout_signature");
+  if (it == extra.end() || it->second.empty()) return std::nullopt;
+  return it->second;
+}
+
+}  // namespace ferry

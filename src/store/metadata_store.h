@@ -1,0 +1,116 @@
+// MetadataStore: where ferry-server keeps worker records. One interface, several backends
+// (memory now, Redis later), all held to the same conformance suite (store_conformance.h).
+//
+// Data model (contract section 5.1): records are keyed by (mx_source_id, worker_id, rank). A
+// worker (mx_source_id, worker_id) has one or more rank records and a representative rank, the
+// rank of its most recent Publish. Per mx_source_id the store keeps the last published
+// SourceIdentity in its original case.
+//
+// Thread safety: every implementation is thread-safe; all methods may be called concurrently.
+// Errors: NotFound for a missing record, Aborted for a lost compare-and-set, Unavailable when
+// the backend cannot be reached. Never NotFound for a backend failure.
+#ifndef FERRY_STORE_METADATA_STORE_H_
+#define FERRY_STORE_METADATA_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ferry/status.h"
+#include "model_express/p2p.pb.h"
+
+namespace ferry::store {
+
+using ::model_express::p2p::SourceIdentity;
+using ::model_express::p2p::SourceStatus;
+using ::model_express::p2p::WorkerMetadata;
+
+// What a Publish writes. The caller (the P2P service) has already validated and normalized
+// `worker`: status and updated_at are final, the tensor list lives in source_payload.
+struct PublishRecord {
+  std::string mx_source_id;
+  SourceIdentity identity;  // stored per mx_source_id, last writer wins
+  std::string worker_id;
+  WorkerMetadata worker;  // the rank is worker.worker_rank()
+  std::string owner;      // principal that published; empty when authentication is off
+};
+
+// One worker as ListWorkers reports it: the representative rank's fields.
+struct WorkerSummary {
+  std::string mx_source_id;
+  std::string worker_id;
+  std::string model_name;  // from the stored identity, original case
+  uint32_t worker_rank = 0;
+  SourceStatus status = model_express::p2p::SOURCE_STATUS_UNKNOWN;
+  // Bit (1u << status) is set for the status of every rank record of this worker, so that a
+  // status filter can match "any rank has this status" (contract 5.3 step 2).
+  uint32_t status_mask = 0;
+  std::string accelerator;
+  int64_t updated_at = 0;  // unix ms
+  std::optional<uint64_t> training_step;
+  std::optional<std::string> layout_signature;
+  // Changes on every write to this worker; pass it back as a compare-and-set token.
+  uint64_t version = 0;
+  std::string owner;
+};
+
+// The record GetWorker returns: the lowest-rank record of the worker.
+struct WorkerDetail {
+  WorkerMetadata worker;
+  std::optional<SourceIdentity> identity;
+  std::string owner;
+  uint64_t version = 0;
+};
+
+struct ListQuery {
+  // Only workers of this source; all workers when unset.
+  std::optional<std::string> mx_source_id;
+};
+
+struct StatusUpdate {
+  std::string mx_source_id;
+  std::string worker_id;
+  // The rank to update; unset updates every rank of the worker (the reaper's mark-stale).
+  std::optional<uint32_t> worker_rank;
+  SourceStatus status = model_express::p2p::SOURCE_STATUS_UNKNOWN;
+  int64_t updated_at = 0;  // server clock, unix ms
+  // If set, the update happens only if the worker's version still equals it; else Aborted.
+  std::optional<uint64_t> expected_version;
+};
+
+class MetadataStore {
+ public:
+  virtual ~MetadataStore() = default;
+
+  // Human-readable backend description for logs and errors ("memory", "redis://host:port/0").
+  virtual std::string Describe() const = 0;
+
+  // Inserts or replaces the record of (mx_source_id, worker_id, worker.worker_rank()), makes
+  // that rank the representative, and replaces the source's stored identity. All or nothing.
+  virtual Status Publish(const PublishRecord& record) = 0;
+
+  // One summary per worker, in no particular order.
+  virtual StatusOr<std::vector<WorkerSummary>> ListWorkers(const ListQuery& query) = 0;
+
+  // The worker's lowest-rank record. NotFound if the worker has no record.
+  virtual StatusOr<WorkerDetail> GetWorker(const std::string& mx_source_id,
+                                           const std::string& worker_id) = 0;
+
+  // Sets status and updated_at. Never creates a record: NotFound when the worker or the rank
+  // does not exist; Aborted when expected_version is set and no longer matches.
+  virtual Status UpdateStatus(const StatusUpdate& update) = 0;
+
+  // Deletes the worker with all its ranks; the source goes away with its last worker.
+  // NotFound if absent; Aborted if expected_version is set and no longer matches.
+  virtual Status RemoveWorker(const std::string& mx_source_id, const std::string& worker_id,
+                              std::optional<uint64_t> expected_version) = 0;
+
+  // OK when the backend can serve requests; Unavailable otherwise. Used by health checks.
+  virtual Status Ping() = 0;
+};
+
+}  // namespace ferry::store
+
+#endif  // FERRY_STORE_METADATA_STORE_H_
