@@ -23,9 +23,9 @@ using StatusOr = absl::StatusOr<T>;
 #define FERRY_STATUS_CONCAT_(a, b) FERRY_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define FERRY_RETURN_IF_ERROR(expr)               \
-  do {                                            \
-    ::absl::Status ferry_status_ = (expr);        \
+#define FERRY_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::absl::Status ferry_status_ = (expr);         \
     if (!ferry_status_.ok()) return ferry_status_; \
   } while (0)
 

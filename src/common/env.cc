@@ -84,7 +84,8 @@ StatusOr<absl::Duration> ParsePositiveDuration(absl::string_view text, absl::str
     d = absl::Seconds(secs);
   } else if (!absl::ParseDuration(t, &d)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        what, "='", text, "' is not a duration; use a number of seconds or a value like 500ms, 30s, 5m"));
+        what, "='", text,
+        "' is not a duration; use a number of seconds or a value like 500ms, 30s, 5m"));
   }
   if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError(

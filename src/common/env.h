@@ -34,8 +34,8 @@ std::string EnvSource(std::string_view name);
 // Formatted table for --help-env.
 std::string EnvHelp();
 
-// Parses a duration: "250ms", "30s", "5m", "1h", or a bare number of seconds ("30", as the MX_*_SECS
-// variables use). Rejects zero and negative values. `what` names the flag or variable.
+// Parses a duration: "250ms", "30s", "5m", "1h", or a bare number of seconds ("30", as the
+// MX_*_SECS variables use). Rejects zero and negative values. `what` names the flag or variable.
 StatusOr<absl::Duration> ParsePositiveDuration(absl::string_view text, absl::string_view what);
 
 // Parses a byte size: "104857600", "100MiB", "4KiB", "1GiB". Rejects zero.

@@ -23,8 +23,8 @@ Status InitLogging(absl::string_view level, absl::string_view what) {
   } else if (l == "off") {
     lvl = spdlog::level::off;
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, "='", level, "' is not a log level; use trace, debug, info, warn, error or off"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, "='", level, "' is not a log level; use trace, debug, info, warn, error or off"));
   }
   auto logger = spdlog::stderr_color_mt("ferry");
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");

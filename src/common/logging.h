@@ -6,7 +6,6 @@
 #include <string_view>
 
 #include "absl/strings/string_view.h"
-
 #include "ferry/status.h"
 
 namespace ferry::internal {

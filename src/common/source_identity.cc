@@ -105,9 +105,9 @@ StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
   try {
     return j.dump();
   } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("source identity for model '", id.model_name(),
-                     "' has a string that is not valid UTF-8 (", e.what(), "); send UTF-8 text"));
+    return absl::InvalidArgumentError(absl::StrCat("source identity for model '", id.model_name(),
+                                                   "' has a string that is not valid UTF-8 (",
+                                                   e.what(), "); send UTF-8 text"));
   }
 }
 
@@ -139,9 +139,9 @@ Status ValidateIdentity(const SourceIdentity& id) {
     }
   }
   if (static_cast<size_t>(id.extra_parameters_size()) > kMaxExtraParameters) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("identity.extra_parameters has ", id.extra_parameters_size(),
-                     " entries; the limit is ", kMaxExtraParameters));
+    return absl::InvalidArgumentError(absl::StrCat("identity.extra_parameters has ",
+                                                   id.extra_parameters_size(),
+                                                   " entries; the limit is ", kMaxExtraParameters));
   }
   for (const auto& [k, v] : id.extra_parameters()) {
     if (k.size() > kMaxIdentityStringBytes || v.size() > kMaxIdentityStringBytes) {

@@ -1,0 +1,159 @@
+// ferry::MetadataClient: a typed client for the ModelExpress P2P metadata API
+// (model_express.p2p.P2pService and model_express.health.HealthService), as served by
+// ferry-server or by ModelExpress's own server.
+//
+// The wire protocol never fails an RPC for a bad request: it answers success=false or
+// found=false under gRPC status OK (contract section 5). This client turns every such answer
+// into a Status whose code says what the caller should do, so that callers only check `ok()`.
+#ifndef FERRY_METADATA_CLIENT_H_
+#define FERRY_METADATA_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "ferry/status.h"
+#include "model_express/p2p.pb.h"
+
+namespace grpc {
+class Channel;
+class ChannelCredentials;
+}  // namespace grpc
+
+namespace ferry {
+
+using PublishMetadataRequest = ::model_express::p2p::PublishMetadataRequest;
+using ListSourcesRequest = ::model_express::p2p::ListSourcesRequest;
+using GetMetadataResponse = ::model_express::p2p::GetMetadataResponse;
+using SourceInstanceRef = ::model_express::p2p::SourceInstanceRef;
+using SourceStatus = ::model_express::p2p::SourceStatus;
+using WorkerMetadata = ::model_express::p2p::WorkerMetadata;
+using TensorDescriptor = ::model_express::p2p::TensorDescriptor;
+
+// The address used when neither --server, FERRY_SERVER nor MX_SERVER_ADDRESS is given.
+inline constexpr char kDefaultServerAddress[] = "localhost:8001";
+
+// The server address to use: `flag` (a --server value) if present and non-empty, else
+// FERRY_SERVER, else MX_SERVER_ADDRESS, else kDefaultServerAddress. The result is returned as
+// given (an http:// prefix included); MetadataClient::Create normalizes and validates it.
+std::string ResolveServerAddress(std::optional<std::string> flag);
+
+struct MetadataClientOptions {
+  // host:port of the server. An "http://" or "https://" prefix (as in ModelExpress's
+  // MX_SERVER_ADDRESS) and a trailing '/' are removed. gRPC target URIs ("dns:///h:p",
+  // "unix:/path", "ipv4:...") are passed through. Required.
+  std::string server_address = kDefaultServerAddress;
+
+  // Deadline of one attempt of one RPC. Default 30 s, as ModelExpress's client.
+  absl::Duration call_timeout = absl::Seconds(30);
+
+  // Longest time one TCP/HTTP2 connection attempt may take before the channel reports the
+  // server unreachable. RPCs never wait for the channel to become ready (no wait_for_ready):
+  // while the server cannot be reached they fail with UNAVAILABLE as soon as the connection
+  // attempt fails, and within this bound when packets are silently dropped. Default 5 s.
+  absl::Duration connect_timeout = absl::Seconds(5);
+
+  // Attempts per RPC, the first included; >= 1. Only UNAVAILABLE and DEADLINE_EXCEEDED are
+  // retried (every P2P RPC is idempotent: publish overwrites, status updates set a value).
+  int max_attempts = 3;
+
+  // Delay before the second attempt; each later delay doubles, up to retry_max_backoff
+  // (200 ms, 400 ms, 800 ms, ...). Each delay is jittered by +-20% so that many ranks that lost
+  // the same server do not retry in lockstep.
+  absl::Duration retry_initial_backoff = absl::Milliseconds(200);
+  absl::Duration retry_max_backoff = absl::Seconds(5);
+
+  // Largest message sent or received, in bytes. Default 100 MiB, the ModelExpress limit.
+  int max_message_size = 100 * 1024 * 1024;
+
+  // Channel credentials. nullptr means plaintext, except that an "https://" address prefix
+  // selects TLS with the system's root certificates.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+// The outcome of a successful PublishMetadata.
+struct PublishResult {
+  std::string mx_source_id;  // computed by the server from the identity
+  std::string worker_id;     // echoed by the server
+  std::string message;       // the server's human-readable summary
+};
+
+// Answer of model_express.health.HealthService/GetHealth.
+struct HealthInfo {
+  std::string version;
+  std::string status;  // "ok" while the server can serve
+  uint64_t uptime_seconds = 0;
+};
+
+// One gRPC channel to a metadata server and typed calls over it.
+//
+// Every failure message names the RPC, the server address, the gRPC code name and the
+// server's details, e.g. "ListSources to localhost:8001 failed: UNAVAILABLE: failed to connect
+// to all addresses; check --server/FERRY_SERVER or start ferry-server". Codes:
+//   UNAVAILABLE / DEADLINE_EXCEEDED: server unreachable or slow (after max_attempts tries), or
+//                                    the server's store failed;
+//   NOT_FOUND: the record does not exist (GetMetadata found=false; UpdateStatus on a rank the
+//              server does not hold);
+//   INVALID_ARGUMENT: the server rejected the request (success=false naming a field);
+//   FAILED_PRECONDITION: any other success=false answer;
+//   anything else: the gRPC status the transport or the server's auth layer returned.
+//
+// Thread-safe: all methods may be called concurrently; they share one channel, and gRPC stubs
+// are thread-safe. Creating a client does not connect; the first RPC does.
+class MetadataClient {
+ public:
+  // Validates `options` (errors name the field) and creates the channel.
+  static StatusOr<std::unique_ptr<MetadataClient>> Create(
+      const MetadataClientOptions& options);
+
+  ~MetadataClient();
+  MetadataClient(const MetadataClient&) = delete;
+  MetadataClient& operator=(const MetadataClient&) = delete;
+
+  // Stores one worker rank's record. The server sets updated_at and, for ferry-server, stores
+  // status UNKNOWN as INITIALIZING.
+  StatusOr<PublishResult> Publish(const PublishMetadataRequest& request);
+
+  // One entry per (mx_source_id, worker_id) matching the request's filters, newest first.
+  StatusOr<std::vector<SourceInstanceRef>> ListSources(
+      const ListSourcesRequest& request);
+
+  // The record of `worker_id` under `mx_source_id` (its lowest rank). NotFound if the server
+  // holds no such record.
+  StatusOr<GetMetadataResponse> GetMetadata(const std::string& mx_source_id,
+                                            const std::string& worker_id);
+
+  // Sets the status of an existing record and refreshes its updated_at. NotFound if the server
+  // holds no record for (mx_source_id, worker_id, worker_rank): it never creates one.
+  Status UpdateStatus(const std::string& mx_source_id,
+                      const std::string& worker_id, uint32_t worker_rank,
+                      SourceStatus status);
+
+  // The server's version, status and uptime.
+  StatusOr<HealthInfo> Health();
+
+  // The normalized address this client talks to (no http:// prefix).
+  const std::string& server_address() const { return address_; }
+
+ private:
+  struct Stubs;
+
+  MetadataClient(const MetadataClientOptions& options, std::string address,
+                 std::shared_ptr<grpc::Channel> channel);
+
+  // Runs `attempt` up to max_attempts times with backoff; see the .cc file.
+  template <typename Fn>
+  Status CallWithRetry(const char* rpc, Fn attempt);
+
+  const MetadataClientOptions options_;
+  const std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<Stubs> stubs_;
+};
+
+}  // namespace ferry
+
+#endif  // FERRY_METADATA_CLIENT_H_

@@ -1,0 +1,48 @@
+#include "common/env.h"
+
+#include <set>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ferry::internal {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(EnvTest, TableNamesUseThePrefixAndAreUnique) {
+  std::set<std::string> names;
+  for (const EnvVar& v : EnvTable()) {
+    EXPECT_EQ(v.name.substr(0, 6), "FERRY_") << v.name;
+    EXPECT_TRUE(names.insert(std::string(v.name)).second) << v.name;
+    EXPECT_FALSE(v.help.empty()) << v.name;
+  }
+  EXPECT_THAT(EnvHelp(), HasSubstr("MX_HEARTBEAT_TIMEOUT_SECS"));
+}
+
+TEST(EnvTest, ParsesDurations) {
+  EXPECT_EQ(*ParsePositiveDuration("30", "x"), absl::Seconds(30));
+  EXPECT_EQ(*ParsePositiveDuration("250ms", "x"), absl::Milliseconds(250));
+  EXPECT_EQ(*ParsePositiveDuration("5m", "x"), absl::Minutes(5));
+  auto zero = ParsePositiveDuration("0", "--reaper-scan-interval");
+  ASSERT_FALSE(zero.ok());
+  EXPECT_THAT(std::string(zero.status().message()), HasSubstr("--reaper-scan-interval='0'"));
+  auto junk = ParsePositiveDuration("soon", "MX_GC_TIMEOUT_SECS");
+  ASSERT_FALSE(junk.ok());
+  EXPECT_THAT(std::string(junk.status().message()), HasSubstr("MX_GC_TIMEOUT_SECS='soon'"));
+  EXPECT_FALSE(ParsePositiveDuration("-5s", "x").ok());
+  EXPECT_FALSE(ParsePositiveDuration("inf", "x").ok());
+}
+
+TEST(EnvTest, ParsesByteSizes) {
+  EXPECT_EQ(*ParseByteSize("104857600", "x"), 104857600u);
+  EXPECT_EQ(*ParseByteSize("100MiB", "x"), 100u << 20);
+  EXPECT_EQ(*ParseByteSize("4KiB", "x"), 4096u);
+  auto bad = ParseByteSize("lots", "--max-message-size");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--max-message-size='lots'"));
+  EXPECT_FALSE(ParseByteSize("0", "x").ok());
+}
+
+}  // namespace
+}  // namespace ferry::internal

@@ -1,0 +1,235 @@
+#include "store/store_conformance.h"
+
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+
+namespace ferry::store {
+namespace {
+
+using ::model_express::p2p::SOURCE_STATUS_INITIALIZING;
+using ::model_express::p2p::SOURCE_STATUS_READY;
+using ::model_express::p2p::SOURCE_STATUS_STALE;
+using ::testing::HasSubstr;
+
+PublishRecord Record(const std::string& source, const std::string& worker_id, uint32_t rank,
+                     SourceStatus status = SOURCE_STATUS_READY, int64_t updated_at = 1000) {
+  PublishRecord r;
+  r.mx_source_id = source;
+  r.identity.set_model_name("Org/Model-" + source);
+  r.worker_id = worker_id;
+  r.worker.set_worker_rank(rank);
+  r.worker.set_status(status);
+  r.worker.set_updated_at(updated_at);
+  r.worker.set_worker_grpc_endpoint("10.0.0.1:6555");
+  r.worker.set_accelerator("cuda");
+  return r;
+}
+
+const WorkerSummary* FindSummary(const std::vector<WorkerSummary>& list, const std::string& src,
+                                 const std::string& worker_id) {
+  for (const auto& s : list) {
+    if (s.mx_source_id == src && s.worker_id == worker_id) return &s;
+  }
+  return nullptr;
+}
+
+TEST_P(StoreConformanceTest, PublishGetRemoveRoundTrip) {
+  ASSERT_TRUE(store_->Publish(Record("s1", "w1", 0)).ok());
+  auto got = store_->GetWorker("s1", "w1");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->worker.worker_grpc_endpoint(), "10.0.0.1:6555");
+  ASSERT_TRUE(got->identity.has_value());
+  EXPECT_EQ(got->identity->model_name(), "Org/Model-s1");
+
+  ASSERT_TRUE(store_->RemoveWorker("s1", "w1", std::nullopt).ok());
+  EXPECT_EQ(store_->GetWorker("s1", "w1").status().code(), absl::StatusCode::kNotFound);
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  EXPECT_TRUE(list->empty());
+  EXPECT_EQ(store_->RemoveWorker("s1", "w1", std::nullopt).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(StoreConformanceTest, GetReturnsLowestRankListReportsLastPublished) {
+  for (uint32_t rank : {2u, 0u, 1u}) ASSERT_TRUE(store_->Publish(Record("s", "w", rank)).ok());
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->worker.worker_rank(), 0u);
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].worker_rank, 1u);
+}
+
+TEST_P(StoreConformanceTest, StatusMaskCoversEveryRank) {
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0, SOURCE_STATUS_INITIALIZING)).ok());
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 1, SOURCE_STATUS_READY)).ok());
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  const uint32_t mask = (*list)[0].status_mask;
+  EXPECT_TRUE(mask & (1u << SOURCE_STATUS_INITIALIZING));
+  EXPECT_TRUE(mask & (1u << SOURCE_STATUS_READY));
+  EXPECT_FALSE(mask & (1u << SOURCE_STATUS_STALE));
+}
+
+TEST_P(StoreConformanceTest, SummaryCarriesRepresentativeFieldsAndDerivedExtras) {
+  PublishRecord r = Record("s", "w", 3, SOURCE_STATUS_READY, 4242);
+  (*r.identity.mutable_extra_parameters())["training_step"] = "42";
+  (*r.identity.mutable_extra_parameters())["layout_signature"] = "sig-A";
+  r.owner = "alice";
+  ASSERT_TRUE(store_->Publish(r).ok());
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  const WorkerSummary& s = (*list)[0];
+  EXPECT_EQ(s.worker_rank, 3u);
+  EXPECT_EQ(s.status, SOURCE_STATUS_READY);
+  EXPECT_EQ(s.accelerator, "cuda");
+  EXPECT_EQ(s.updated_at, 4242);
+  EXPECT_EQ(s.model_name, "Org/Model-s");
+  EXPECT_EQ(s.training_step, 42u);
+  EXPECT_EQ(s.layout_signature, "sig-A");
+  EXPECT_EQ(s.owner, "alice");
+}
+
+TEST_P(StoreConformanceTest, UpdateStatusChangesOnlyExistingRanks) {
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0, SOURCE_STATUS_INITIALIZING)).ok());
+  StatusUpdate u{"s", "w", 0u, SOURCE_STATUS_READY, 123, std::nullopt};
+  ASSERT_TRUE(store_->UpdateStatus(u).ok());
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->worker.status(), SOURCE_STATUS_READY);
+  EXPECT_EQ(got->worker.updated_at(), 123);
+
+  StatusUpdate bad_rank{"s", "w", 7u, SOURCE_STATUS_READY, 124, std::nullopt};
+  Status st = store_->UpdateStatus(bad_rank);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("rank 7 not found"));
+  StatusUpdate bad_worker{"s", "nobody", 0u, SOURCE_STATUS_READY, 124, std::nullopt};
+  EXPECT_EQ(store_->UpdateStatus(bad_worker).code(), absl::StatusCode::kNotFound);
+  StatusUpdate bad_source{"nosuch", "w", 0u, SOURCE_STATUS_READY, 124, std::nullopt};
+  EXPECT_EQ(store_->UpdateStatus(bad_source).code(), absl::StatusCode::kNotFound);
+  // A failed update never creates a record.
+  EXPECT_EQ(store_->GetWorker("nosuch", "w").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetWorker("s", "nobody").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(StoreConformanceTest, UpdateStatusWithoutRankUpdatesEveryRank) {
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0)).ok());
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 1)).ok());
+  ASSERT_TRUE(store_->UpdateStatus({"s", "w", std::nullopt, SOURCE_STATUS_STALE, 99, {}}).ok());
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].status_mask, 1u << SOURCE_STATUS_STALE);
+  EXPECT_EQ((*list)[0].updated_at, 99);
+}
+
+TEST_P(StoreConformanceTest, CompareAndSetOnVersion) {
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0)).ok());
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  const uint64_t v1 = (*list)[0].version;
+  // A heartbeat lands: the version moves on.
+  ASSERT_TRUE(store_->UpdateStatus({"s", "w", 0u, SOURCE_STATUS_READY, 2000, {}}).ok());
+  auto list2 = store_->ListWorkers({});
+  ASSERT_TRUE(list2.ok());
+  const uint64_t v2 = (*list2)[0].version;
+  EXPECT_NE(v1, v2);
+  // A writer holding the old version loses, and the record is untouched.
+  Status st = store_->UpdateStatus({"s", "w", std::nullopt, SOURCE_STATUS_STALE, 3000, v1});
+  EXPECT_EQ(st.code(), absl::StatusCode::kAborted) << st;
+  EXPECT_EQ(store_->RemoveWorker("s", "w", v1).code(), absl::StatusCode::kAborted);
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->worker.status(), SOURCE_STATUS_READY);
+  EXPECT_EQ(got->worker.updated_at(), 2000);
+  // The current version wins.
+  EXPECT_TRUE(store_->UpdateStatus({"s", "w", std::nullopt, SOURCE_STATUS_STALE, 3000, v2}).ok());
+  auto list3 = store_->ListWorkers({});
+  ASSERT_TRUE(list3.ok());
+  EXPECT_TRUE(store_->RemoveWorker("s", "w", (*list3)[0].version).ok());
+}
+
+TEST_P(StoreConformanceTest, RepublishReplacesRecordAndIdentity) {
+  PublishRecord a = Record("s", "w", 0);
+  a.worker.set_agent_name("agent-a");
+  ASSERT_TRUE(store_->Publish(a).ok());
+  PublishRecord b = Record("s", "w2", 0);
+  b.identity.set_model_name("ORG/MODEL-S");
+  ASSERT_TRUE(store_->Publish(b).ok());
+  PublishRecord a2 = Record("s", "w", 0, SOURCE_STATUS_INITIALIZING);
+  a2.identity = b.identity;
+  a2.worker.set_agent_name("agent-a2");
+  ASSERT_TRUE(store_->Publish(a2).ok());
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->worker.agent_name(), "agent-a2");
+  EXPECT_EQ(got->worker.status(), SOURCE_STATUS_INITIALIZING);
+  EXPECT_EQ(got->identity->model_name(), "ORG/MODEL-S");  // last writer, original case
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 2u);
+  for (const auto& s : *list) EXPECT_EQ(s.model_name, "ORG/MODEL-S");
+}
+
+TEST_P(StoreConformanceTest, ListFiltersBySource) {
+  ASSERT_TRUE(store_->Publish(Record("a", "w1", 0)).ok());
+  ASSERT_TRUE(store_->Publish(Record("a", "w2", 0)).ok());
+  ASSERT_TRUE(store_->Publish(Record("b", "w3", 0)).ok());
+  auto a = store_->ListWorkers({std::string("a")});
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->size(), 2u);
+  EXPECT_NE(FindSummary(*a, "a", "w1"), nullptr);
+  EXPECT_NE(FindSummary(*a, "a", "w2"), nullptr);
+  auto none = store_->ListWorkers({std::string("zzz")});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+  auto all = store_->ListWorkers({});
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 3u);
+}
+
+TEST_P(StoreConformanceTest, LargeRecordRoundTripsExactly) {
+  PublishRecord r = Record("s", "w", 0);
+  auto* tensors = r.worker.mutable_tensor_source()->mutable_tensors();
+  for (int i = 0; i < 2000; ++i) {
+    auto* t = tensors->Add();
+    t->set_name(absl::StrCat("model.layers.", i, ".weight"));
+    t->set_addr(0xffffffffffff0000ull + i);
+    t->set_size(1ull << 40);
+    t->set_dtype("torch.bfloat16");
+  }
+  r.worker.set_nixl_metadata(std::string("\0\1\2\xff", 4));
+  ASSERT_TRUE(store_->Publish(r).ok());
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->worker.SerializeAsString(), r.worker.SerializeAsString());
+}
+
+TEST_P(StoreConformanceTest, ConcurrentPublishersAllLand) {
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 200;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        ASSERT_TRUE(
+            store_->Publish(Record(absl::StrCat("s", i % 7), absl::StrCat(t, "-", i), 0)).ok());
+        (void)store_->ListWorkers({});
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  auto all = store_->ListWorkers({});
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), static_cast<size_t>(kThreads * kPerThread));
+}
+
+TEST_P(StoreConformanceTest, PingSucceeds) { EXPECT_TRUE(store_->Ping().ok()); }
+
+}  // namespace
+}  // namespace ferry::store
