@@ -1,0 +1,664 @@
+// control_plane_bench: latency and throughput of ferry-server's P2P control plane, through the
+// generated model_express stubs (the wire a ModelExpress client uses), against a real
+// ferry-server child process with the memory store.
+//
+// For each population size N in --workers (default 1000,10000,100000; the server keeps its
+// population, so each size adds to the previous one):
+//   populate             publish N endpoint-only workers (P2P mode) + UpdateStatus(READY) each,
+//                        then read the server's RSS (VmRSS, VmHWM of the child)
+//   health (baseline)    model_express.health.HealthService/GetHealth: a trivial round trip on
+//                        the same server and channels; every p50/p99 is also given as a ratio
+//                        to this one
+//   publish              PublishMetadata re-publishing an existing endpoint-only worker
+//   update_status        UpdateStatus(READY) of that worker (the heartbeat; restores READY)
+//   list_identity_ready  ListSources(identity, status_filter=READY): what a target sends
+//   list_all             ListSources with no filter: every worker (fewer iterations)
+//   get_endpoint         GetMetadata of an endpoint-only worker
+//   get_tensors          GetMetadata of one centralized-mode worker holding --tensors (2,000)
+//                        tensors, sent twice (tensor_source + legacy field) like the client
+//
+// Population shape: worker i is rank i % 8 of source k = i / 8 (model "bench/model-<k>",
+// tensor_parallel_size 8), with its own worker_id, as 8-GPU sources publish: N/8 sources of
+// 8 workers. So list_identity_ready returns 8 entries whatever N is.
+//
+// Output: one JSON object per line on stdout per measurement; a summary table on stderr.
+// Every response is checked (success/found/entry counts); any failed call fails the run.
+//
+//   control_plane_bench [--workers 1000,10000,100000] [--threads 2] [--iterations 10000]
+//                       [--server HOST:PORT [--server-pid PID]] [--server-bin PATH] [--smoke]
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <latch>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "ferry/status.h"
+#include "grpcpp/grpcpp.h"
+#include "model_express/health.grpc.pb.h"
+#include "model_express/p2p.grpc.pb.h"
+#include "nlohmann/json.hpp"
+
+namespace ferry::bench {
+namespace {
+
+namespace p2p = ::model_express::p2p;
+namespace health = ::model_express::health;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kRanksPerSource = 8;
+constexpr int kMaxMessageBytes = 256 << 20;
+
+struct Options {
+  std::vector<int64_t> workers = {1000, 10000, 100000};
+  int threads = 2;                // client threads for every measured workload
+  int64_t iterations = 10000;     // calls per workload and population size
+  int64_t list_all_budget = 2e6;  // list_all runs budget / N calls (5 at least)
+  int tensors = 2000;             // tensors in the centralized-mode worker
+  int populate_threads = 4;       // populate is not measured; more threads fill the pipe
+  std::string server;             // empty: start --server-bin as a child
+  int server_pid = 0;             // with --server: read RSS of this process if set
+  std::string server_bin;         // default: ferry-server next to this binary
+  bool smoke = false;
+};
+
+// ---- the server under test ------------------------------------------------------------------
+
+// A ferry-server child process on loopback ports. Thread-compatible.
+class ServerProcess {
+ public:
+  static StatusOr<std::unique_ptr<ServerProcess>> Start(const std::string& binary) {
+    char dir_template[] = "/tmp/ferry-bench-XXXXXX";
+    if (mkdtemp(dir_template) == nullptr) {
+      return absl::InternalError(absl::StrCat("mkdtemp: ", strerror(errno)));
+    }
+    std::string dir = dir_template;
+    std::string ready = dir + "/ready.json";
+    // Nothing may expire during a run: heartbeat timeout of a day; the reaper still scans
+    // at the upstream default period so its cost is part of what is measured.
+    std::vector<std::string> args = {
+        binary,        "--listen",           "127.0.0.1:0", "--admin-listen",
+        "127.0.0.1:0", "--ready-file",       ready,         "--store",
+        "memory",      "--log-level",        "warn",        "--heartbeat-timeout",
+        "86400s",      "--gc-timeout",       "86400s",      "--reaper-scan-interval",
+        "30s",         "--max-message-size", "100MiB"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    int rc = posix_spawn(&pid, binary.c_str(), nullptr, nullptr, argv.data(), environ);
+    if (rc != 0) {
+      return absl::FailedPreconditionError(absl::StrCat("cannot start ", binary, ": ", strerror(rc),
+                                                        "; build target ferry-server or pass "
+                                                        "--server-bin / --server"));
+    }
+    auto server = std::unique_ptr<ServerProcess>(new ServerProcess(pid, dir));
+    auto deadline = Clock::now() + std::chrono::seconds(20);
+    while (Clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        server->pid_ = 0;
+        return absl::InternalError(
+            absl::StrCat(binary, " exited (status ", status, ") before writing ", ready));
+      }
+      std::ifstream in(ready);
+      auto ports = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (ports.is_object() && ports.value("grpc_port", 0) > 0) {
+        server->address_ = absl::StrCat("127.0.0.1:", ports["grpc_port"].get<int>());
+        return server;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return absl::DeadlineExceededError(
+        absl::StrCat(binary, " wrote no ready file ", ready, " within 20 s"));
+  }
+
+  ~ServerProcess() {
+    if (pid_ != 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  const std::string& address() const { return address_; }
+  pid_t pid() const { return pid_; }
+
+  // SIGTERM, then waits up to 10 s. OK only if the server exits with status 0.
+  Status Stop() {
+    kill(pid_, SIGTERM);
+    auto deadline = Clock::now() + std::chrono::seconds(10);
+    int status = 0;
+    while (waitpid(pid_, &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) {
+        return absl::DeadlineExceededError("ferry-server ignored SIGTERM for 10 s");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    pid_ = 0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return absl::InternalError(
+          absl::StrCat("ferry-server did not exit cleanly on SIGTERM (wait status ", status, ")"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  ServerProcess(pid_t pid, std::string dir) : pid_(pid), dir_(std::move(dir)) {}
+
+  pid_t pid_;
+  std::string dir_;
+  std::string address_;
+};
+
+// VmRSS and VmHWM of `pid` in bytes; nullopt if unreadable.
+std::optional<std::pair<int64_t, int64_t>> ReadRss(int pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  int64_t rss = -1, hwm = -1;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) rss = std::atoll(line.c_str() + 6) * 1024;
+    if (line.rfind("VmHWM:", 0) == 0) hwm = std::atoll(line.c_str() + 6) * 1024;
+  }
+  if (rss < 0 || hwm < 0) return std::nullopt;
+  return std::make_pair(rss, hwm);
+}
+
+// ---- the population ---------------------------------------------------------------------------
+
+std::string WorkerId(int64_t i) {
+  // A bijection on 32 bits, so ids are distinct but not sequential (the client's are random).
+  char buf[9];
+  std::snprintf(buf, sizeof(buf), "%08x", static_cast<uint32_t>(i * 2654435761u));
+  return buf;
+}
+
+p2p::SourceIdentity Identity(const std::string& model_name) {
+  p2p::SourceIdentity id;
+  id.set_mx_version("0.5.0");
+  id.set_mx_source_type(p2p::MX_SOURCE_TYPE_WEIGHTS);
+  id.set_model_name(model_name);
+  id.set_backend_framework(p2p::BACKEND_FRAMEWORK_VLLM);
+  id.set_tensor_parallel_size(kRanksPerSource);
+  id.set_pipeline_parallel_size(1);
+  id.set_dtype("bfloat16");
+  return id;
+}
+
+// What the ModelExpress client sends in P2P mode: endpoints only, status/updated_at unset.
+p2p::PublishMetadataRequest EndpointPublish(const p2p::SourceIdentity& identity, int64_t i) {
+  p2p::PublishMetadataRequest req;
+  *req.mutable_identity() = identity;
+  req.set_worker_id(WorkerId(i));
+  p2p::WorkerMetadata* w = req.mutable_worker();
+  int rank = static_cast<int>(i % kRanksPerSource);
+  std::string host = absl::StrCat("10.", (i >> 16) & 255, ".", (i >> 8) & 255, ".", i & 255);
+  w->set_worker_rank(rank);
+  w->set_metadata_endpoint(absl::StrCat(host, ":", 5600 + rank));
+  w->set_agent_name(absl::StrCat("mx-agent-", WorkerId(i)));
+  w->set_worker_grpc_endpoint(absl::StrCat(host, ":", 6600 + rank));
+  w->set_accelerator("cuda");
+  return req;
+}
+
+struct Source {
+  p2p::SourceIdentity identity;
+  std::string id;  // mx_source_id from PublishMetadata
+};
+
+// Every client-side handle of one run. Thread-compatible; each thread uses its own stub.
+class Bench {
+ public:
+  Bench(const Options& options, const std::string& address) : options_(options) {
+    int channels = std::max(options.threads, options.populate_threads);
+    for (int t = 0; t < channels; ++t) {
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+      args.SetMaxSendMessageSize(kMaxMessageBytes);
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // one TCP connection per thread
+      auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+      p2p_.push_back(p2p::P2pService::NewStub(channel));
+      health_.push_back(health::HealthService::NewStub(channel));
+    }
+  }
+
+  // Publishes workers [workers_, n) and marks each READY, as each rank's first heartbeat tick.
+  Status Populate(int64_t n) {
+    // A partial last source from the previous size is filled up first.
+    int64_t first_source = workers_ / kRanksPerSource;
+    int64_t last_source = (n + kRanksPerSource - 1) / kRanksPerSource;
+    for (int64_t k = sources_.size(); k < last_source; ++k) {
+      sources_.push_back({Identity(absl::StrCat("bench/model-", k)), ""});
+    }
+    std::atomic<int64_t> next{first_source};
+    absl::Mutex mu;
+    Status first_error;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < options_.populate_threads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int64_t k = next++; k < last_source; k = next++) {
+          for (int64_t i = k * kRanksPerSource; i < std::min(n, (k + 1) * kRanksPerSource); ++i) {
+            if (i < workers_) continue;
+            Status s = PublishReady(t, sources_[k], i);
+            if (!s.ok()) {
+              absl::MutexLock lock(&mu);
+              if (first_error.ok()) first_error = s;
+              return;
+            }
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    FERRY_RETURN_IF_ERROR(first_error);
+    workers_ = n;
+    return absl::OkStatus();
+  }
+
+  // The centralized-mode worker with `tensors` tensors, in its own source; READY.
+  Status PublishTensorWorker(int tensors) {
+    tensor_source_ = {Identity("bench/tensor-model"), ""};
+    p2p::PublishMetadataRequest req;
+    *req.mutable_identity() = tensor_source_.identity;
+    req.set_worker_id("7e7507a1");
+    p2p::WorkerMetadata* w = req.mutable_worker();
+    w->set_nixl_metadata(std::string(16 << 10, '\x5a'));
+    w->set_accelerator("cuda");
+    for (int j = 0; j < tensors; ++j) {
+      p2p::TensorDescriptor* d = w->mutable_tensor_source()->add_tensors();
+      d->set_name(
+          absl::StrCat("model.layers.", j / 8, ".mlp.experts.", j % 8, ".down_proj.weight"));
+      d->set_addr(0x7f3a00000000ull + static_cast<uint64_t>(j) * 58720256ull);
+      d->set_size(58720256);
+      d->set_device_id(0);
+      d->set_dtype("torch.bfloat16");
+      // The client writes the deprecated legacy field too (contract section 6.1).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+      *w->add_tensors() = *d;
+#pragma GCC diagnostic pop
+    }
+    grpc::ClientContext ctx;
+    p2p::PublishMetadataResponse resp;
+    FERRY_RETURN_IF_ERROR(Check("PublishMetadata", p2p_[0]->PublishMetadata(&ctx, req, &resp),
+                                resp.success(), resp.message()));
+    tensor_source_.id = resp.mx_source_id();
+    tensor_worker_id_ = "7e7507a1";
+    return UpdateReady(0, tensor_source_.id, tensor_worker_id_, 0);
+  }
+
+  int64_t workers() const { return workers_; }
+  int64_t server_workers() const { return workers_ + (tensor_source_.id.empty() ? 0 : 1); }
+  int64_t sources() const { return sources_.size(); }
+  int tensor_count() const { return options_.tensors; }
+
+  // One measured call: the `i`-th of a workload, on client thread `t`. OK if the response
+  // is what the population implies.
+  using Call = std::function<Status(int t, int64_t i)>;
+
+  Status Health(int t, int64_t) {
+    grpc::ClientContext ctx;
+    health::HealthResponse resp;
+    return Check("GetHealth", health_[t]->GetHealth(&ctx, health::HealthRequest(), &resp),
+                 resp.status() == "ok", resp.status());
+  }
+
+  Status Publish(int t, int64_t i) {
+    int64_t w = Spread(i, workers_);
+    auto req = EndpointPublish(sources_[w / kRanksPerSource].identity, w);
+    grpc::ClientContext ctx;
+    p2p::PublishMetadataResponse resp;
+    return Check("PublishMetadata", p2p_[t]->PublishMetadata(&ctx, req, &resp), resp.success(),
+                 resp.message());
+  }
+
+  Status Update(int t, int64_t i) {
+    int64_t w = Spread(i, workers_);
+    return UpdateReady(t, sources_[w / kRanksPerSource].id, WorkerId(w), w % kRanksPerSource);
+  }
+
+  Status ListIdentityReady(int t, int64_t i) {
+    int64_t k = Spread(i, sources());
+    p2p::ListSourcesRequest req;
+    *req.mutable_identity() = sources_[k].identity;
+    req.set_status_filter(p2p::SOURCE_STATUS_READY);
+    grpc::ClientContext ctx;
+    p2p::ListSourcesResponse resp;
+    int64_t expected = std::min<int64_t>(kRanksPerSource, workers_ - k * kRanksPerSource);
+    return Check("ListSources(identity, READY)", p2p_[t]->ListSources(&ctx, req, &resp),
+                 resp.instances_size() == expected,
+                 absl::StrCat(resp.instances_size(), " entries, expected ", expected));
+  }
+
+  Status ListAll(int t, int64_t) {
+    grpc::ClientContext ctx;
+    p2p::ListSourcesResponse resp;
+    return Check("ListSources()", p2p_[t]->ListSources(&ctx, p2p::ListSourcesRequest(), &resp),
+                 resp.instances_size() == server_workers(),
+                 absl::StrCat(resp.instances_size(), " entries, expected ", server_workers()));
+  }
+
+  Status GetEndpoint(int t, int64_t i) {
+    int64_t w = Spread(i, workers_);
+    p2p::GetMetadataRequest req;
+    req.set_mx_source_id(sources_[w / kRanksPerSource].id);
+    req.set_worker_id(WorkerId(w));
+    grpc::ClientContext ctx;
+    p2p::GetMetadataResponse resp;
+    return Check("GetMetadata", p2p_[t]->GetMetadata(&ctx, req, &resp),
+                 resp.found() && resp.worker().worker_rank() == w % kRanksPerSource,
+                 absl::StrCat("found=", resp.found(), " for worker ", w));
+  }
+
+  Status GetTensors(int t, int64_t) {
+    p2p::GetMetadataRequest req;
+    req.set_mx_source_id(tensor_source_.id);
+    req.set_worker_id(tensor_worker_id_);
+    grpc::ClientContext ctx;
+    p2p::GetMetadataResponse resp;
+    return Check("GetMetadata(tensors)", p2p_[t]->GetMetadata(&ctx, req, &resp),
+                 resp.found() && resp.worker().tensor_source().tensors_size() == options_.tensors,
+                 absl::StrCat(resp.worker().tensor_source().tensors_size(), " tensors"));
+  }
+
+ private:
+  // Spreads call i over [0, n) in a scrambled but repeatable order, so that two workloads run
+  // with the same i touch the same workers.
+  static int64_t Spread(int64_t i, int64_t n) {
+    return static_cast<int64_t>((static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull >> 16) %
+                                static_cast<uint64_t>(n));
+  }
+
+  static Status Check(const char* rpc, const grpc::Status& status, bool ok,
+                      const std::string& detail) {
+    if (!status.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat(rpc, " failed: gRPC ", status.error_code(), " ", status.error_message()));
+    }
+    if (!ok) return absl::InternalError(absl::StrCat(rpc, " returned a wrong answer: ", detail));
+    return absl::OkStatus();
+  }
+
+  Status UpdateReady(int t, const std::string& source_id, const std::string& worker_id, int rank) {
+    p2p::UpdateStatusRequest req;
+    req.set_mx_source_id(source_id);
+    req.set_worker_id(worker_id);
+    req.set_worker_rank(rank);
+    req.set_status(p2p::SOURCE_STATUS_READY);
+    grpc::ClientContext ctx;
+    p2p::UpdateStatusResponse resp;
+    return Check("UpdateStatus", p2p_[t]->UpdateStatus(&ctx, req, &resp), resp.success(),
+                 resp.message());
+  }
+
+  Status PublishReady(int t, Source& source, int64_t i) {
+    auto req = EndpointPublish(source.identity, i);
+    grpc::ClientContext ctx;
+    p2p::PublishMetadataResponse resp;
+    FERRY_RETURN_IF_ERROR(Check("PublishMetadata", p2p_[t]->PublishMetadata(&ctx, req, &resp),
+                                resp.success(), resp.message()));
+    source.id = resp.mx_source_id();
+    return UpdateReady(t, source.id, req.worker_id(), req.worker().worker_rank());
+  }
+
+  const Options& options_;
+  std::vector<std::unique_ptr<p2p::P2pService::Stub>> p2p_;
+  std::vector<std::unique_ptr<health::HealthService::Stub>> health_;
+  std::vector<Source> sources_;  // source k holds workers [8k, 8k+8)
+  int64_t workers_ = 0;
+  Source tensor_source_;
+  std::string tensor_worker_id_;
+};
+
+// ---- measuring ----------------------------------------------------------------------------------
+
+struct Stats {
+  int64_t calls = 0;
+  double p50_us = 0, p99_us = 0, mean_us = 0, max_us = 0, qps = 0;
+};
+
+double Percentile(const std::vector<double>& sorted, double q) {
+  size_t rank = static_cast<size_t>(std::ceil(q * sorted.size()));
+  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
+}
+
+// Runs `calls` calls of `call` spread over `threads` threads, each timing its own calls.
+StatusOr<Stats> Measure(int threads, int64_t calls, const Bench::Call& call) {
+  std::vector<std::vector<double>> per_thread(threads);
+  std::vector<Status> errors(threads);
+  std::latch start(threads + 1);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      per_thread[t].reserve(calls / threads + 1);
+      start.arrive_and_wait();
+      for (int64_t i = t; i < calls; i += threads) {
+        auto begin = Clock::now();
+        Status s = call(t, i);
+        auto end = Clock::now();
+        if (!s.ok()) {
+          errors[t] = s;
+          return;
+        }
+        per_thread[t].push_back(std::chrono::duration<double, std::micro>(end - begin).count());
+      }
+    });
+  }
+  start.arrive_and_wait();
+  auto begin = Clock::now();
+  for (auto& th : pool) th.join();
+  double seconds = std::chrono::duration<double>(Clock::now() - begin).count();
+  for (auto& e : errors) FERRY_RETURN_IF_ERROR(e);
+  std::vector<double> all;
+  for (auto& v : per_thread) all.insert(all.end(), v.begin(), v.end());
+  std::sort(all.begin(), all.end());
+  Stats stats;
+  stats.calls = all.size();
+  stats.p50_us = Percentile(all, 0.50);
+  stats.p99_us = Percentile(all, 0.99);
+  stats.max_us = all.back();
+  double sum = 0;
+  for (double v : all) sum += v;
+  stats.mean_us = sum / all.size();
+  stats.qps = all.size() / seconds;
+  return stats;
+}
+
+void Emit(const nlohmann::json& line) { std::cout << line.dump() << std::endl; }
+
+nlohmann::json Line(const char* workload, int64_t workers, const Options& options) {
+  return {{"bench", "control_plane"},
+          {"workload", workload},
+          {"workers", workers},
+          {"threads", options.threads}};
+}
+
+Status Run(const Options& options) {
+  std::unique_ptr<ServerProcess> child;
+  std::string address = options.server;
+  int rss_pid = options.server_pid;
+  if (address.empty()) {
+    FERRY_ASSIGN_OR_RETURN(child, ServerProcess::Start(options.server_bin));
+    address = child->address();
+    rss_pid = child->pid();
+  }
+  std::cerr << "control_plane_bench: server " << address << (child ? " (child)" : "") << "\n";
+  Bench bench(options, address);
+  FERRY_RETURN_IF_ERROR(bench.PublishTensorWorker(options.tensors));
+
+  std::ostringstream summary;
+  char row[200];
+  std::snprintf(row, sizeof(row), "%-20s %8s %9s %9s %8s %8s %10s\n", "workload", "workers",
+                "p50_us", "p99_us", "p50/base", "p99/base", "calls/s");
+  summary << row;
+
+  int64_t baseline_calls = std::max<int64_t>(options.iterations, 200);
+  for (int64_t n : options.workers) {
+    auto begin = Clock::now();
+    FERRY_RETURN_IF_ERROR(bench.Populate(n));
+    double populate_s = std::chrono::duration<double>(Clock::now() - begin).count();
+    auto line = Line("populate", n, options);
+    line["threads"] = options.populate_threads;
+    line["sources"] = bench.sources();
+    line["seconds"] = populate_s;
+    if (auto rss = rss_pid != 0 ? ReadRss(rss_pid) : std::nullopt) {
+      line["server_rss_bytes"] = rss->first;
+      line["server_hwm_bytes"] = rss->second;
+      std::fprintf(stderr, "populated %lld workers in %.1f s; server RSS %.1f MiB (peak %.1f)\n",
+                   static_cast<long long>(n), populate_s, rss->first / 1048576.0,
+                   rss->second / 1048576.0);
+    }
+    Emit(line);
+
+    // Warm the connections, then the baseline, then each workload against it.
+    FERRY_RETURN_IF_ERROR(Measure(options.threads, 200, [&](int t, int64_t i) {
+                            return bench.Health(t, i);
+                          }).status());
+    FERRY_ASSIGN_OR_RETURN(Stats base,
+                           Measure(options.threads, baseline_calls,
+                                   [&](int t, int64_t i) { return bench.Health(t, i); }));
+    int64_t list_all_calls = std::max<int64_t>(5, options.list_all_budget / n);
+    struct Workload {
+      const char* name;
+      int64_t calls;
+      Bench::Call call;
+    };
+    using namespace std::placeholders;
+    std::vector<Workload> workloads = {
+        {"health", baseline_calls, nullptr},
+        {"publish", options.iterations, std::bind(&Bench::Publish, &bench, _1, _2)},
+        {"update_status", options.iterations, std::bind(&Bench::Update, &bench, _1, _2)},
+        {"list_identity_ready", options.iterations,
+         std::bind(&Bench::ListIdentityReady, &bench, _1, _2)},
+        {"list_all", std::min(list_all_calls, options.iterations),
+         std::bind(&Bench::ListAll, &bench, _1, _2)},
+        {"get_endpoint", options.iterations, std::bind(&Bench::GetEndpoint, &bench, _1, _2)},
+        {"get_tensors", std::max<int64_t>(options.iterations / 10, 20),
+         std::bind(&Bench::GetTensors, &bench, _1, _2)},
+    };
+    for (const Workload& w : workloads) {
+      Stats s = base;
+      if (w.call) {
+        auto measured = Measure(options.threads, w.calls, w.call);
+        if (!measured.ok()) {
+          return absl::Status(
+              measured.status().code(),
+              absl::StrCat(w.name, " at ", n, " workers: ", measured.status().message()));
+        }
+        s = *measured;
+      }
+      auto out = Line(w.name, n, options);
+      out["calls"] = s.calls;
+      out["p50_us"] = s.p50_us;
+      out["p99_us"] = s.p99_us;
+      out["mean_us"] = s.mean_us;
+      out["max_us"] = s.max_us;
+      out["calls_per_s"] = s.qps;
+      out["baseline"] = "health";
+      out["baseline_p50_us"] = base.p50_us;
+      out["baseline_p99_us"] = base.p99_us;
+      out["p50_vs_baseline"] = s.p50_us / base.p50_us;
+      out["p99_vs_baseline"] = s.p99_us / base.p99_us;
+      if (std::string(w.name) == "get_tensors") out["tensors"] = options.tensors;
+      if (std::string(w.name) == "list_all") out["entries"] = bench.server_workers();
+      Emit(out);
+      std::snprintf(row, sizeof(row), "%-20s %8lld %9.1f %9.1f %8.2f %8.2f %10.0f\n", w.name,
+                    static_cast<long long>(n), s.p50_us, s.p99_us, s.p50_us / base.p50_us,
+                    s.p99_us / base.p99_us, s.qps);
+      summary << row;
+    }
+    if (auto rss = rss_pid != 0 ? ReadRss(rss_pid) : std::nullopt) {
+      auto after = Line("server_rss_after", n, options);
+      after["server_rss_bytes"] = rss->first;
+      after["server_hwm_bytes"] = rss->second;
+      Emit(after);
+    }
+  }
+  std::cerr << summary.str();
+  if (child) FERRY_RETURN_IF_ERROR(child->Stop());
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace ferry::bench
+
+int main(int argc, char** argv) {
+  ferry::bench::Options options;
+  CLI::App app{"Latency and throughput of ferry-server's P2P control plane (see file header)"};
+  std::string workers;
+  app.add_option("--workers", workers, "population sizes, comma-separated (1000,10000,100000)");
+  app.add_option("--threads", options.threads, "client threads per workload")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--iterations", options.iterations, "calls per workload and population size")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--list-all-budget", options.list_all_budget,
+                 "ListSources() with no filter runs max(5, budget / workers) calls");
+  app.add_option("--tensors", options.tensors, "tensors in the centralized-mode worker");
+  app.add_option("--populate-threads", options.populate_threads, "threads filling the server")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--server", options.server, "use a running server at HOST:PORT");
+  app.add_option("--server-pid", options.server_pid, "with --server: pid to read RSS from");
+  app.add_option("--server-bin", options.server_bin, "ferry-server binary to start");
+  app.add_flag("--smoke", options.smoke, "100 workers, few calls: checks the bench still runs");
+  CLI11_PARSE(app, argc, argv);
+
+  if (options.smoke) {
+    options.workers = {100};
+    options.iterations = 100;
+    options.list_all_budget = 1000;
+  }
+  if (!workers.empty()) {
+    options.workers.clear();
+    std::stringstream in(workers);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+      char* end = nullptr;
+      long long n = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || n <= 0 ||
+          (!options.workers.empty() && n <= options.workers.back())) {
+        std::cerr << "--workers: '" << workers
+                  << "' must be increasing positive integers, e.g. 1000,10000,100000\n";
+        return 2;
+      }
+      options.workers.push_back(n);
+    }
+  }
+  if (options.server_bin.empty()) {
+    options.server_bin =
+        (std::filesystem::read_symlink("/proc/self/exe").parent_path() / "ferry-server").string();
+  }
+  ferry::Status status = ferry::bench::Run(options);
+  if (!status.ok()) {
+    std::cerr << "control_plane_bench: " << status << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,157 @@
+"""Fixtures for the Python interop tests: the real ferry-server binary on loopback.
+
+Run through ctest (``ctest -L python``), which sets:
+  FERRY_PY_GEN      folder holding the generated ``model_express`` stubs
+  FERRY_SERVER_BIN  the ferry-server binary
+  FERRY_CLI_BIN     the ferry CLI binary
+A skipped test fails the run: ctest must never count a skip as a pass.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def _required_env(name):
+    value = os.environ.get(name)
+    if not value:
+        raise pytest.UsageError(
+            f"{name} is not set; run these tests through ctest "
+            "(ninja -C <build> ferry_python_tests && ctest --test-dir <build> -L python)"
+        )
+    return value
+
+
+sys.path.insert(0, _required_env("FERRY_PY_GEN"))
+
+from mx_client import MxClient  # noqa: E402  (needs the stubs on sys.path)
+
+_START_TIMEOUT_S = 15
+_STOP_TIMEOUT_S = 10
+
+
+def binary(env_name):
+    """Path of a binary named by ``env_name``; fails (never skips) when it was not built."""
+    path = _required_env(env_name)
+    if not os.access(path, os.X_OK):
+        pytest.fail(
+            f"{env_name}={path} does not exist or is not executable; "
+            "build it first (ninja -C <build> ferry_python_tests)"
+        )
+    return path
+
+
+class FerryServer:
+    """One ferry-server child process. ``address`` is its gRPC host:port."""
+
+    def __init__(self, workdir, extra_flags):
+        workdir.mkdir()
+        self.ready_file = workdir / "ready.json"
+        self.log_path = workdir / "ferry-server.log"
+        argv = [
+            binary("FERRY_SERVER_BIN"),
+            "--listen", "127.0.0.1:0",
+            "--admin-listen", "127.0.0.1:0",
+            "--ready-file", str(self.ready_file),
+            "--store", "memory",
+            "--log-level", "warn",
+            *extra_flags,
+        ]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        ports = self._wait_ready()
+        self.grpc_port = ports["grpc_port"]
+        self.admin_port = ports["admin_port"]
+        self.address = f"127.0.0.1:{self.grpc_port}"
+
+    def log(self):
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"ferry-server exited with {self.proc.returncode} before it was ready:\n"
+                    + self.log()
+                )
+            try:
+                ports = json.loads(self.ready_file.read_text())
+                if ports.get("grpc_port") and ports.get("admin_port"):
+                    return ports
+            except (FileNotFoundError, json.JSONDecodeError):
+                pass
+            time.sleep(0.02)
+        self.proc.kill()
+        self.proc.wait()
+        pytest.fail(f"ferry-server wrote no ready file in {_START_TIMEOUT_S}s:\n" + self.log())
+
+    def stop(self):
+        """SIGTERM, then requires a clean exit (status 0) within the stop timeout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._log.close()
+            pytest.fail(f"ferry-server ignored SIGTERM for {_STOP_TIMEOUT_S}s:\n" + self.log())
+        self._log.close()
+        assert code == 0, f"ferry-server exited with {code} after SIGTERM:\n{self.log()}"
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Factory: ``start_server(*flags)`` starts a server; every one is stopped at teardown."""
+    servers = []
+
+    def start(*extra_flags):
+        server = FerryServer(tmp_path / f"server{len(servers)}", extra_flags)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server):
+    """A fresh ferry-server with the memory store and default timeouts."""
+    return start_server()
+
+
+@pytest.fixture
+def client(server):
+    mx = MxClient(server.address)
+    yield mx
+    mx.close()
+
+
+# --- a skip is a failure ---------------------------------------------------------------------
+
+_skipped = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skipped:
+        terminalreporter.write_line(
+            "FAILED: skipped tests count as failures here: " + ", ".join(_skipped), red=True
+        )
