@@ -7,6 +7,18 @@
 
 #include "absl/strings/string_view.h"
 #include "ferry/status.h"
+#include "fmt/format.h"
+#include "spdlog/spdlog.h"
+
+// Debian's abseil has its own string_view type (absl::Status::message() returns it); let fmt
+// and spdlog format it like std::string_view.
+template <>
+struct fmt::formatter<absl::string_view> : fmt::formatter<std::string_view> {
+  template <typename Ctx>
+  auto format(absl::string_view s, Ctx& ctx) const {
+    return fmt::formatter<std::string_view>::format(std::string_view(s.data(), s.size()), ctx);
+  }
+};
 
 namespace ferry::internal {
 

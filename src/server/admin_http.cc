@@ -1,0 +1,55 @@
+#include "server/admin_http.h"
+
+#include "absl/strings/str_cat.h"
+#include "httplib.h"
+
+namespace ferry::server {
+
+StatusOr<std::unique_ptr<AdminHttp>> AdminHttp::Create(const std::string& host, int port,
+                                                       store::MetadataStore* store,
+                                                       Metrics* metrics) {
+  auto http = std::make_unique<httplib::Server>();
+  http->Get("/healthz", [store](const httplib::Request&, httplib::Response& res) {
+    Status s = store->Ping();
+    if (s.ok()) {
+      res.set_content("ok\n", "text/plain");
+    } else {
+      res.status = 503;
+      res.set_content(
+          absl::StrCat("store ", store->Describe(), " unavailable: ", s.message(), "\n"),
+          "text/plain");
+    }
+  });
+  http->Get("/metrics", [metrics](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics->Render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  int bound = port;
+  if (port == 0) {
+    bound = http->bind_to_any_port(host);
+  } else if (!http->bind_to_port(host, port)) {
+    bound = -1;
+  }
+  if (bound <= 0) {
+    return absl::UnavailableError(absl::StrCat("--admin-listen: cannot bind ", host, ":", port,
+                                               " (in use or not a local address); choose another "
+                                               "address or port"));
+  }
+  return std::unique_ptr<AdminHttp>(new AdminHttp(std::move(http), bound));
+}
+
+AdminHttp::AdminHttp(std::unique_ptr<httplib::Server> http, int port)
+    : http_(std::move(http)), port_(port) {}
+
+AdminHttp::~AdminHttp() { Stop(); }
+
+void AdminHttp::Start() {
+  if (thread_.joinable()) return;
+  thread_ = std::thread([this] { http_->listen_after_bind(); });
+}
+
+void AdminHttp::Stop() {
+  http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace ferry::server

@@ -1,0 +1,55 @@
+// model_express.p2p.P2pService: decode -> validate -> store -> encode (contract section 5),
+// with the fixes of section 14 (see docs/protocol.md for every deviation and why).
+// Thread-safe: handlers run concurrently on gRPC's threads; state lives in the store.
+#ifndef FERRY_SERVER_P2P_SERVICE_H_
+#define FERRY_SERVER_P2P_SERVICE_H_
+
+#include <cstdint>
+#include <functional>
+
+#include "absl/time/time.h"
+#include "model_express/p2p.grpc.pb.h"
+#include "server/metrics.h"
+#include "store/metadata_store.h"
+
+namespace ferry::server {
+
+struct P2pServiceOptions {
+  // ListSources(READY) leaves out workers not refreshed for longer than this.
+  absl::Duration heartbeat_timeout = absl::Seconds(90);
+  // Server clock in unix ms; tests may substitute one.
+  std::function<int64_t()> now_ms;
+};
+
+// Limits on request fields beyond ModelExpress's own checks, so that hostile requests are
+// refused with a clear message instead of being stored.
+inline constexpr size_t kMaxIdBytes = 256;         // worker_id, mx_source_id
+inline constexpr size_t kMaxEndpointBytes = 4096;  // endpoints, agent name, accelerator, session
+
+class P2pService final : public ::model_express::p2p::P2pService::Service {
+ public:
+  // Borrows `store` and `metrics`; both must outlive the service.
+  P2pService(store::MetadataStore* store, Metrics* metrics, P2pServiceOptions options);
+
+  grpc::Status PublishMetadata(grpc::ServerContext* context,
+                               const ::model_express::p2p::PublishMetadataRequest* request,
+                               ::model_express::p2p::PublishMetadataResponse* response) override;
+  grpc::Status ListSources(grpc::ServerContext* context,
+                           const ::model_express::p2p::ListSourcesRequest* request,
+                           ::model_express::p2p::ListSourcesResponse* response) override;
+  grpc::Status GetMetadata(grpc::ServerContext* context,
+                           const ::model_express::p2p::GetMetadataRequest* request,
+                           ::model_express::p2p::GetMetadataResponse* response) override;
+  grpc::Status UpdateStatus(grpc::ServerContext* context,
+                            const ::model_express::p2p::UpdateStatusRequest* request,
+                            ::model_express::p2p::UpdateStatusResponse* response) override;
+
+ private:
+  store::MetadataStore* const store_;
+  Metrics* const metrics_;
+  const P2pServiceOptions options_;
+};
+
+}  // namespace ferry::server
+
+#endif  // FERRY_SERVER_P2P_SERVICE_H_

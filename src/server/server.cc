@@ -1,0 +1,143 @@
+#include "server/server.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/logging.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/admin_http.h"
+#include "server/health_service.h"
+#include "server/metered_store.h"
+#include "server/metrics.h"
+#include "server/p2p_service.h"
+#include "server/reaper.h"
+#include "store/store_registry.h"
+
+#ifndef FERRY_VERSION
+#define FERRY_VERSION "0.0.0"
+#endif
+
+namespace ferry::server {
+
+Status ParseHostPort(const std::string& address, const std::string& flag, std::string* host,
+                     int* port) {
+  const size_t colon = address.rfind(':');
+  auto bad = [&](const char* why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, "='", address, "' ", why, "; use HOST:PORT, e.g. 0.0.0.0:8001 or [::1]:0"));
+  };
+  if (colon == std::string::npos || colon == 0) return bad("has no host:port form");
+  std::string h = address.substr(0, colon);
+  if (h.front() == '[') {
+    if (h.back() != ']' || h.size() < 3) return bad("has an unterminated [IPv6] host");
+    h = h.substr(1, h.size() - 2);
+  }
+  int p = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &p) || p < 0 || p > 65535) {
+    return bad("has no valid port (0-65535)");
+  }
+  *host = h;
+  *port = p;
+  return absl::OkStatus();
+}
+
+Server::Server() = default;
+
+Server::~Server() { Stop(); }
+
+StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
+  std::string grpc_host, admin_host;
+  int grpc_port = 0, admin_port = 0;
+  FERRY_RETURN_IF_ERROR(ParseHostPort(options.listen, "--listen", &grpc_host, &grpc_port));
+  if (!options.admin_listen.empty()) {
+    FERRY_RETURN_IF_ERROR(
+        ParseHostPort(options.admin_listen, "--admin-listen", &admin_host, &admin_port));
+  }
+  if (options.max_message_size < 1024 || options.max_message_size > (1u << 31) - 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-message-size=", options.max_message_size,
+                     " is out of range; use 1KiB to 2047MiB (default 100MiB)"));
+  }
+  const std::pair<absl::Duration, const char*> durations[] = {
+      {options.reaper_scan_interval, "--reaper-scan-interval"},
+      {options.heartbeat_timeout, "--heartbeat-timeout"},
+      {options.gc_timeout, "--gc-timeout"},
+      {options.drain_timeout, "drain_timeout"},
+  };
+  for (const auto& [d, flag] : durations) {
+    if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, "=", absl::FormatDuration(d), " must be a positive, finite duration"));
+    }
+  }
+  if (!options.now_ms) options.now_ms = internal::NowMillis;
+
+  auto server = std::unique_ptr<Server>(new Server());
+  Server& s = *server;
+  s.options_ = options;
+  store::MetadataStore* raw = options.store_override;
+  if (raw == nullptr) {
+    FERRY_ASSIGN_OR_RETURN(s.owned_store_, store::OpenStore(options.store, "--store"));
+    raw = s.owned_store_.get();
+  }
+  s.metrics_ = std::make_unique<Metrics>(FERRY_VERSION, raw->Describe());
+  s.store_ = std::make_unique<MeteredStore>(raw, s.metrics_.get());
+  s.p2p_ =
+      std::make_unique<P2pService>(s.store_.get(), s.metrics_.get(),
+                                   P2pServiceOptions{options.heartbeat_timeout, options.now_ms});
+  s.health_ =
+      std::make_unique<HealthService>(s.store_.get(), s.metrics_.get(), FERRY_VERSION, absl::Now());
+  FERRY_ASSIGN_OR_RETURN(
+      s.reaper_,
+      Reaper::Create(s.store_.get(), s.metrics_.get(),
+                     ReaperOptions{options.reaper_scan_interval, options.heartbeat_timeout,
+                                   options.gc_timeout, options.now_ms}));
+  if (!options.admin_listen.empty()) {
+    FERRY_ASSIGN_OR_RETURN(
+        s.admin_, AdminHttp::Create(admin_host, admin_port, s.store_.get(), s.metrics_.get()));
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s.grpc_port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_size));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_size));
+  builder.RegisterService(s.p2p_.get());
+  builder.RegisterService(s.health_.get());
+  s.grpc_ = builder.BuildAndStart();
+  if (s.grpc_ == nullptr || s.grpc_port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("--listen: cannot bind ", options.listen,
+                     " (in use or not a local address); choose another address or port"));
+  }
+  auto* health = s.grpc_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  health->SetServingStatus("model_express.p2p.P2pService", true);
+  health->SetServingStatus("model_express.health.HealthService", true);
+  return server;
+}
+
+void Server::Start() {
+  reaper_->Start();
+  if (admin_ != nullptr) admin_->Start();
+  spdlog::info("ferry-server {} serving gRPC on port {} (store {}), admin HTTP on port {}",
+               FERRY_VERSION, grpc_port_, store_->Describe(), admin_port());
+}
+
+void Server::Stop() {
+  if (stopped_ || grpc_ == nullptr) return;
+  stopped_ = true;
+  grpc_->GetHealthCheckService()->SetServingStatus(false);
+  grpc_->Shutdown(std::chrono::system_clock::now() +
+                  absl::ToChronoMilliseconds(options_.drain_timeout));
+  grpc_->Wait();
+  reaper_->Stop();
+  if (admin_ != nullptr) admin_->Stop();
+}
+
+int Server::admin_port() const { return admin_ == nullptr ? 0 : admin_->port(); }
+
+std::string Server::store_description() const { return store_->Describe(); }
+
+}  // namespace ferry::server

@@ -1,0 +1,82 @@
+// Server: ferry-server assembled from its parts: store, P2P and health services, reaper, admin
+// HTTP port. Create() validates options and binds both ports, so every configuration error
+// surfaces there, naming the flag. Stop() drains in-flight RPCs, then joins every thread.
+// Thread-compatible: call Start/Stop from one thread.
+#ifndef FERRY_SERVER_SERVER_H_
+#define FERRY_SERVER_SERVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+#include "ferry/status.h"
+#include "store/metadata_store.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace ferry::server {
+
+class AdminHttp;
+class HealthService;
+class MeteredStore;
+class Metrics;
+class P2pService;
+class Reaper;
+
+struct ServerOptions {
+  std::string listen = "0.0.0.0:8001";          // gRPC; port 0 picks a free port
+  std::string admin_listen = "127.0.0.1:9401";  // HTTP /healthz and /metrics; "" turns it off
+  std::string store = "memory";                 // see store::RegisteredStores()
+  absl::Duration reaper_scan_interval = absl::Seconds(30);
+  absl::Duration heartbeat_timeout = absl::Seconds(90);
+  absl::Duration gc_timeout = absl::Seconds(3600);
+  size_t max_message_size = 100u << 20;  // both directions
+  absl::Duration drain_timeout = absl::Seconds(5);
+  std::function<int64_t()> now_ms;  // unset: the system clock
+  // Tests: use this store (borrowed; must outlive the server) instead of opening `store`.
+  store::MetadataStore* store_override = nullptr;
+};
+
+// Splits "host:port" or "[v6]:port". `flag` names the setting in errors.
+Status ParseHostPort(const std::string& address, const std::string& flag, std::string* host,
+                     int* port);
+
+class Server {
+ public:
+  static StatusOr<std::unique_ptr<Server>> Create(ServerOptions options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Starts the reaper and the admin port; gRPC already serves after Create().
+  void Start();
+  // Marks health NOT_SERVING, drains RPCs for up to drain_timeout, stops threads. Idempotent.
+  void Stop();
+
+  int grpc_port() const { return grpc_port_; }
+  int admin_port() const;  // 0 when the admin port is off
+  std::string store_description() const;
+
+ private:
+  Server();
+
+  ServerOptions options_;
+  std::unique_ptr<store::MetadataStore> owned_store_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<MeteredStore> store_;
+  std::unique_ptr<P2pService> p2p_;
+  std::unique_ptr<HealthService> health_;
+  std::unique_ptr<Reaper> reaper_;
+  std::unique_ptr<AdminHttp> admin_;
+  std::unique_ptr<grpc::Server> grpc_;
+  int grpc_port_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace ferry::server
+
+#endif  // FERRY_SERVER_SERVER_H_
