@@ -1,5 +1,7 @@
 #include "server/admin_http.h"
 
+#include <sys/socket.h>
+
 #include "absl/strings/str_cat.h"
 #include "httplib.h"
 
@@ -9,6 +11,12 @@ StatusOr<std::unique_ptr<AdminHttp>> AdminHttp::Create(const std::string& host, 
                                                        store::MetadataStore* store,
                                                        Metrics* metrics) {
   auto http = std::make_unique<httplib::Server>();
+  // httplib's default adds SO_REUSEPORT, which would let a second server share the port
+  // silently; a taken port must be an error.
+  http->set_socket_options([](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   http->Get("/healthz", [store](const httplib::Request&, httplib::Response& res) {
     Status s = store->Ping();
     if (s.ok()) {

@@ -101,6 +101,8 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s.grpc_port_);
+  // No SO_REUSEPORT: a second server on the same port must fail, not split the traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_size));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_size));
   builder.RegisterService(s.p2p_.get());

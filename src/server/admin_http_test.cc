@@ -1,0 +1,62 @@
+#include "server/admin_http.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "httplib.h"
+#include "server/test_server.h"
+
+namespace ferry::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(AdminHttpTest, HealthzFollowsTheStoreAndMetricsCountRpcs) {
+  TestServer s;
+  s.server().Start();
+  httplib::Client http("127.0.0.1", s.server().admin_port());
+  auto ok = http.Get("/healthz");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200);
+
+  grpc::ClientContext ctx;
+  model_express::p2p::ListSourcesResponse resp;
+  ASSERT_TRUE(s.p2p->ListSources(&ctx, {}, &resp).ok());
+  auto metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_THAT(metrics->body, HasSubstr("ferry_build_info{component=\"server\""));
+  EXPECT_THAT(metrics->body, HasSubstr("ferry_grpc_requests_total{method=\"ListSources\","
+                                       "code=\"OK\",outcome=\"empty\"} 1"));
+  EXPECT_THAT(metrics->body,
+              HasSubstr("ferry_grpc_request_duration_seconds_count{method=\"ListSources\"} 1"));
+
+  s.faults().SetFailure(store::FaultStore::Op::kPing, absl::UnavailableError("redis gone"));
+  auto down = http.Get("/healthz");
+  ASSERT_TRUE(down);
+  EXPECT_EQ(down->status, 503);
+  EXPECT_THAT(down->body, HasSubstr("redis gone"));
+}
+
+TEST(AdminHttpTest, TakenPortFailsCreateNamingTheFlag) {
+  TestServer s;
+  auto memory = store::MemoryStore::Create();
+  Metrics metrics("t", "memory");
+  auto second = AdminHttp::Create("127.0.0.1", s.server().admin_port(), memory.get(), &metrics);
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("--admin-listen"));
+}
+
+TEST(ServerTest, TakenGrpcPortFailsCreateNamingTheFlag) {
+  TestServer s;
+  auto memory = store::MemoryStore::Create();
+  ServerOptions options;
+  options.listen = absl::StrCat("127.0.0.1:", s.server().grpc_port());
+  options.admin_listen = "";
+  options.store_override = memory.get();
+  auto second = Server::Create(options);
+  ASSERT_FALSE(second.ok());
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("--listen: cannot bind"));
+}
+
+}  // namespace
+}  // namespace ferry::server
