@@ -77,8 +77,9 @@ StatusOr<ReaperPass> Reaper::RunOnce() {
     bool marking = false;
     if (w.status != p2p::SOURCE_STATUS_STALE && age > timeout_ms) {
       marking = true;
-      s = store_->UpdateStatus(
-          {w.mx_source_id, w.worker_id, std::nullopt, p2p::SOURCE_STATUS_STALE, now, w.version});
+      s = store_->UpdateStatus({w.mx_source_id, w.worker_id, std::nullopt, p2p::SOURCE_STATUS_STALE,
+                                now, w.version,
+                                /*caller=*/"", /*override_owner=*/true});
     } else if (w.status == p2p::SOURCE_STATUS_STALE && age > gc_ms) {
       s = store_->RemoveWorker(w.mx_source_id, w.worker_id, w.version);
     } else {

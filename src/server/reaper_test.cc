@@ -33,6 +33,8 @@ class ReaperTest : public ::testing::Test {
     rec.worker_id = worker;
     rec.worker.set_status(status);
     rec.worker.set_updated_at(updated_at);
+    rec.owner = "owner-of-" + worker;  // the reaper acts on every principal's records
+    rec.override_owner = true;
     ASSERT_TRUE(memory_->Publish(rec).ok());
   }
   std::optional<p2p::WorkerMetadata> Find(const std::string& worker) {

@@ -9,8 +9,26 @@ std::unique_ptr<MemoryStore> MemoryStore::Create() {
   return std::unique_ptr<MemoryStore>(new MemoryStore());
 }
 
+namespace {
+
+Status CheckOwner(const std::string& owner, const std::string& caller, bool override_owner,
+                  const std::string& source_id, const std::string& worker_id) {
+  if (override_owner || owner.empty() || owner == caller) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat("worker '", worker_id, "' of source '", source_id,
+                                                  "' belongs to principal '", owner,
+                                                  "'; only it or an admin may change it"));
+}
+
+}  // namespace
+
 Status MemoryStore::Publish(const PublishRecord& record) {
   absl::MutexLock lock(&mu_);
+  if (auto s = sources_.find(record.mx_source_id); s != sources_.end()) {
+    if (auto w = s->second.workers.find(record.worker_id); w != s->second.workers.end()) {
+      FERRY_RETURN_IF_ERROR(CheckOwner(w->second.owner, record.owner, record.override_owner,
+                                       record.mx_source_id, record.worker_id));
+    }
+  }
   Source& source = sources_[record.mx_source_id];
   source.identity = record.identity;
   source.training_step = TrainingStepOf(record.identity);
@@ -93,6 +111,8 @@ Status MemoryStore::UpdateStatus(const StatusUpdate& u) {
                                             "' not found in source '", u.mx_source_id, "'"));
   }
   Worker& worker = w->second;
+  FERRY_RETURN_IF_ERROR(
+      CheckOwner(worker.owner, u.caller, u.override_owner, u.mx_source_id, u.worker_id));
   if (u.expected_version.has_value() && *u.expected_version != worker.version) {
     return absl::AbortedError(absl::StrCat("update_status: worker '", u.worker_id,
                                            "' changed since version ", *u.expected_version));

@@ -7,8 +7,9 @@
 // SourceIdentity in its original case.
 //
 // Thread safety: every implementation is thread-safe; all methods may be called concurrently.
-// Errors: NotFound for a missing record, Aborted for a lost compare-and-set, Unavailable when
-// the backend cannot be reached. Never NotFound for a backend failure.
+// Errors: NotFound for a missing record, Aborted for a lost compare-and-set, PermissionDenied
+// when the caller does not own the worker, Unavailable when the backend cannot be reached.
+// Never NotFound for a backend failure.
 #ifndef FERRY_STORE_METADATA_STORE_H_
 #define FERRY_STORE_METADATA_STORE_H_
 
@@ -35,6 +36,9 @@ struct PublishRecord {
   std::string worker_id;
   WorkerMetadata worker;  // the rank is worker.worker_rank()
   std::string owner;      // principal that published; empty when authentication is off
+  // Ownership: a worker already owned by another non-empty principal may only be replaced when
+  // this is true (an admin); otherwise Publish fails with PermissionDenied.
+  bool override_owner = false;
 };
 
 // One worker as ListWorkers reports it: the representative rank's fields.
@@ -78,6 +82,10 @@ struct StatusUpdate {
   int64_t updated_at = 0;  // server clock, unix ms
   // If set, the update happens only if the worker's version still equals it; else Aborted.
   std::optional<uint64_t> expected_version;
+  // The principal asking. Unless override_owner (an admin, or the reaper), a worker owned by a
+  // different non-empty principal is PermissionDenied.
+  std::string caller;
+  bool override_owner = false;
 };
 
 class MetadataStore {
@@ -88,7 +96,9 @@ class MetadataStore {
   virtual std::string Describe() const = 0;
 
   // Inserts or replaces the record of (mx_source_id, worker_id, worker.worker_rank()), makes
-  // that rank the representative, and replaces the source's stored identity. All or nothing.
+  // that rank the representative, records the owner, and replaces the source's stored
+  // identity. All or nothing. PermissionDenied (and nothing written) when the worker is owned
+  // by another principal and !override_owner.
   virtual Status Publish(const PublishRecord& record) = 0;
 
   // One summary per worker, in no particular order.
@@ -99,7 +109,8 @@ class MetadataStore {
                                            const std::string& worker_id) = 0;
 
   // Sets status and updated_at. Never creates a record: NotFound when the worker or the rank
-  // does not exist; Aborted when expected_version is set and no longer matches.
+  // does not exist; Aborted when expected_version is set and no longer matches;
+  // PermissionDenied when the caller does not own the worker.
   virtual Status UpdateStatus(const StatusUpdate& update) = 0;
 
   // Deletes the worker with all its ranks; the source goes away with its last worker.

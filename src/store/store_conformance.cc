@@ -229,6 +229,40 @@ TEST_P(StoreConformanceTest, ConcurrentPublishersAllLand) {
   EXPECT_EQ(all->size(), static_cast<size_t>(kThreads * kPerThread));
 }
 
+TEST_P(StoreConformanceTest, OwnershipGuardsRepublishAndStatusUpdates) {
+  PublishRecord mine = Record("s", "w", 0);
+  mine.owner = "alice";
+  ASSERT_TRUE(store_->Publish(mine).ok());
+  // Another principal can neither replace the record nor change its status.
+  PublishRecord theirs = Record("s", "w", 0, SOURCE_STATUS_STALE);
+  theirs.owner = "mallory";
+  Status st = store_->Publish(theirs);
+  EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("alice"));
+  StatusUpdate u{"s", "w", 0u, SOURCE_STATUS_STALE, 5000, std::nullopt, "mallory", false};
+  EXPECT_EQ(store_->UpdateStatus(u).code(), absl::StatusCode::kPermissionDenied);
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->worker.status(), SOURCE_STATUS_READY);
+  EXPECT_EQ(got->owner, "alice");
+  // The owner may; an admin may, and takes the record over when it re-publishes.
+  u.caller = "alice";
+  EXPECT_TRUE(store_->UpdateStatus(u).ok());
+  u.caller = "root";
+  u.override_owner = true;
+  u.status = SOURCE_STATUS_READY;
+  EXPECT_TRUE(store_->UpdateStatus(u).ok());
+  theirs.owner = "root";
+  theirs.override_owner = true;
+  EXPECT_TRUE(store_->Publish(theirs).ok());
+  EXPECT_EQ(store_->GetWorker("s", "w")->owner, "root");
+  // Unowned records (authentication off) are open to everyone.
+  ASSERT_TRUE(store_->Publish(Record("s", "open", 0)).ok());
+  PublishRecord anyone = Record("s", "open", 0);
+  anyone.owner = "bob";
+  EXPECT_TRUE(store_->Publish(anyone).ok());
+}
+
 TEST_P(StoreConformanceTest, PingSucceeds) { EXPECT_TRUE(store_->Ping().ok()); }
 
 }  // namespace
