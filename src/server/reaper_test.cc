@@ -93,8 +93,10 @@ TEST_F(ReaperTest, HeartbeatLandingMidScanWins) {
   Put("w", p2p::SOURCE_STATUS_READY, kNow - kTimeout - 5'000);
   // Between the reaper's read and its write, the source's heartbeat arrives.
   faults_.SetAfterListHook([this] {
-    ASSERT_TRUE(
-        memory_->UpdateStatus({"src", "w", 0u, p2p::SOURCE_STATUS_READY, kNow, std::nullopt}).ok());
+    ASSERT_TRUE(memory_
+                    ->UpdateStatus({"src", "w", 0u, p2p::SOURCE_STATUS_READY, kNow, std::nullopt,
+                                    "owner-of-w"})
+                    .ok());
   });
   auto pass = reaper_->RunOnce();
   ASSERT_TRUE(pass.ok());
