@@ -8,7 +8,9 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/env.h"
 #include "common/logging.h"
 #include "server/server.h"
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
       "Flags win over environment variables; see --help-env."};
   std::optional<std::string> listen, admin_listen, store, log_level, scan, hb, gc, max_msg;
   std::string ready_file;
+  std::optional<std::string> auth_tokens, admin_principals, tls_cert, tls_key, tls_client_ca;
   bool help_env = false, version = false;
   std::string store_names;
   for (const auto& b : ferry::store::RegisteredStores()) {
@@ -88,6 +91,15 @@ int main(int argc, char** argv) {
   app.add_option("--ready-file", ready_file,
                  "write {\"grpc_port\":N,\"admin_port\":M} here once listening (for scripts and "
                  "tests that use port 0)");
+  app.add_option("--auth-tokens", auth_tokens,
+                 "require 'authorization: Bearer <token>' on P2P calls; FILE holds one "
+                 "'TOKEN PRINCIPAL' pair per line ('#' comments) and is re-read when it changes");
+  app.add_option("--admin-principals", admin_principals,
+                 "comma-separated principals that may change other principals' records");
+  app.add_option("--tls-cert", tls_cert, "PEM certificate chain: serve gRPC over TLS");
+  app.add_option("--tls-key", tls_key, "PEM private key for --tls-cert");
+  app.add_option("--tls-client-ca", tls_client_ca,
+                 "PEM CA bundle: require client certificates it signed (mutual TLS)");
   app.add_flag("--help-env", help_env, "print the environment variables and exit");
   app.add_flag("--version", version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);
@@ -128,6 +140,17 @@ int main(int argc, char** argv) {
   auto msg_size = ferry::internal::ParseByteSize(msg_text, src);
   if (!msg_size.ok()) return Fail(msg_size.status());
   options.max_message_size = *msg_size;
+
+  options.auth_tokens_file = Resolve(auth_tokens, "--auth-tokens", "FERRY_AUTH_TOKENS", "", &src);
+  for (absl::string_view p : absl::StrSplit(
+           Resolve(admin_principals, "--admin-principals", "FERRY_ADMIN_PRINCIPALS", "", &src), ',',
+           absl::SkipWhitespace())) {
+    options.admin_principals.emplace_back(absl::StripAsciiWhitespace(p));
+  }
+  options.tls_cert = Resolve(tls_cert, "--tls-cert", "FERRY_TLS_CERT", "", &src);
+  options.tls_key = Resolve(tls_key, "--tls-key", "FERRY_TLS_KEY", "", &src);
+  options.tls_client_ca =
+      Resolve(tls_client_ca, "--tls-client-ca", "FERRY_TLS_CLIENT_CA", "", &src);
 
   // Block the stop signals before any thread starts, so only sigwait below receives them.
   sigset_t stop_signals;

@@ -57,6 +57,11 @@ void Metrics::CountReaper(ReaperEvent event, uint64_t n) {
   reaper_[event] += n;
 }
 
+void Metrics::CountAuthFailure(const std::string& reason) {
+  absl::MutexLock lock(&mu_);
+  ++auth_failures_[reason];
+}
+
 void Metrics::SetRecordsByStatus(const std::array<int64_t, 4>& counts) {
   absl::MutexLock lock(&mu_);
   records_ = counts;
@@ -104,6 +109,14 @@ std::string Metrics::Render() const {
     for (size_t i = 0; i < records_.size(); ++i) {
       absl::StrAppendFormat(&out, "ferry_records{status=\"%s\"} %d\n", kNames[i], records_[i]);
     }
+  }
+
+  out += "# HELP ferry_auth_failures_total Refused calls by reason.\n";
+  out += "# TYPE ferry_auth_failures_total counter\n";
+  for (const char* reason : {"missing", "malformed", "unknown_token", "permission_denied"}) {
+    auto it = auth_failures_.find(reason);
+    absl::StrAppendFormat(&out, "ferry_auth_failures_total{reason=\"%s\"} %d\n", reason,
+                          it == auth_failures_.end() ? 0 : it->second);
   }
 
   static constexpr std::pair<ReaperEvent, const char*> kReaper[] = {

@@ -42,6 +42,8 @@ class Metrics {
   // One store call and whether it failed.
   void ObserveStore(const std::string& op, bool failed, double seconds);
   void CountReaper(ReaperEvent event, uint64_t n = 1);
+  // A refused call: reason is "missing", "malformed", "unknown_token" or "permission_denied".
+  void CountAuthFailure(const std::string& reason);
   // Records per status, from the latest reaper scan (index = SourceStatus value).
   void SetRecordsByStatus(const std::array<int64_t, 4>& counts);
 
@@ -57,6 +59,7 @@ class Metrics {
   std::map<std::pair<std::string, bool>, uint64_t> store_counts_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Histogram> store_latency_ ABSL_GUARDED_BY(mu_);
   std::map<ReaperEvent, uint64_t> reaper_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> auth_failures_ ABSL_GUARDED_BY(mu_);
   std::array<int64_t, 4> records_ ABSL_GUARDED_BY(mu_){};
   bool records_known_ ABSL_GUARDED_BY(mu_) = false;
 };

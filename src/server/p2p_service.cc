@@ -18,6 +18,7 @@ namespace p2p = ::model_express::p2p;
 // Store failures other than "not found" become a gRPC error that names the store, so a target
 // can tell "no sources" from "the server cannot see its store" (contract 14.6).
 grpc::Status StoreError(const store::MetadataStore& store, const char* what, const Status& s) {
+  if (s.code() == absl::StatusCode::kPermissionDenied) return ToGrpc(s);
   const grpc::StatusCode code = s.code() == absl::StatusCode::kUnavailable
                                     ? grpc::StatusCode::UNAVAILABLE
                                     : grpc::StatusCode::INTERNAL;
@@ -56,10 +57,22 @@ std::string CheckWorker(const p2p::WorkerMetadata& w) {
 P2pService::P2pService(store::MetadataStore* store, Metrics* metrics, P2pServiceOptions options)
     : store_(store), metrics_(metrics), options_(std::move(options)) {}
 
-grpc::Status P2pService::PublishMetadata(grpc::ServerContext*,
+StatusOr<Principal> P2pService::Authenticate(const grpc::ServerContext& context) {
+  if (options_.auth == nullptr) return Principal{};
+  return options_.auth->Authenticate(context);
+}
+
+// Outcome label for a store failure.
+static const char* StoreOutcome(const Status& s) {
+  return s.code() == absl::StatusCode::kPermissionDenied ? "permission_denied" : "store_error";
+}
+
+grpc::Status P2pService::PublishMetadata(grpc::ServerContext* context,
                                          const p2p::PublishMetadataRequest* req,
                                          p2p::PublishMetadataResponse* resp) {
   RpcScope scope(metrics_, "PublishMetadata");
+  auto principal = Authenticate(*context);
+  if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
   auto refuse = [&](const std::string& message) {
     resp->set_success(false);
     resp->set_message(message);
@@ -85,6 +98,8 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext*,
   record.identity = req->identity();
   record.worker_id = req->worker_id();
   record.worker = req->worker();
+  record.owner = principal->name;
+  record.override_owner = principal->admin;
   p2p::WorkerMetadata& w = record.worker;
   // One stored copy of the tensor list, in source_payload (contract 5.1); GetMetadata writes the
   // legacy copy back out.
@@ -99,7 +114,9 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext*,
   if (w.status() == p2p::SOURCE_STATUS_UNKNOWN) w.set_status(p2p::SOURCE_STATUS_INITIALIZING);
 
   if (Status s = store_->Publish(record); !s.ok()) {
-    return scope.Finish(StoreError(*store_, "publish", s), "store_error");
+    if (s.code() == absl::StatusCode::kPermissionDenied)
+      metrics_->CountAuthFailure("permission_denied");
+    return scope.Finish(StoreError(*store_, "publish", s), StoreOutcome(s));
   }
   resp->set_success(true);
   resp->set_mx_source_id(*source_id);
@@ -110,9 +127,12 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext*,
   return scope.Ok();
 }
 
-grpc::Status P2pService::ListSources(grpc::ServerContext*, const p2p::ListSourcesRequest* req,
+grpc::Status P2pService::ListSources(grpc::ServerContext* context,
+                                     const p2p::ListSourcesRequest* req,
                                      p2p::ListSourcesResponse* resp) {
   RpcScope scope(metrics_, "ListSources");
+  auto principal = Authenticate(*context);
+  if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
   store::ListQuery query;
   if (req->has_identity() && !req->identity().model_name().empty()) {
     Status valid = ValidateIdentity(req->identity());
@@ -177,9 +197,12 @@ grpc::Status P2pService::ListSources(grpc::ServerContext*, const p2p::ListSource
   return scope.Ok(kept.empty() ? "empty" : "ok");
 }
 
-grpc::Status P2pService::GetMetadata(grpc::ServerContext*, const p2p::GetMetadataRequest* req,
+grpc::Status P2pService::GetMetadata(grpc::ServerContext* context,
+                                     const p2p::GetMetadataRequest* req,
                                      p2p::GetMetadataResponse* resp) {
   RpcScope scope(metrics_, "GetMetadata");
+  auto principal = Authenticate(*context);
+  if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
   if (req->mx_source_id().empty() || req->worker_id().empty()) {
     resp->set_found(false);
     return scope.Ok("refused");
@@ -213,9 +236,12 @@ grpc::Status P2pService::GetMetadata(grpc::ServerContext*, const p2p::GetMetadat
   return scope.Ok();
 }
 
-grpc::Status P2pService::UpdateStatus(grpc::ServerContext*, const p2p::UpdateStatusRequest* req,
+grpc::Status P2pService::UpdateStatus(grpc::ServerContext* context,
+                                      const p2p::UpdateStatusRequest* req,
                                       p2p::UpdateStatusResponse* resp) {
   RpcScope scope(metrics_, "UpdateStatus");
+  auto principal = Authenticate(*context);
+  if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
   auto refuse = [&](const std::string& message, const char* outcome = "refused") {
     resp->set_success(false);
     resp->set_message(message);
@@ -232,11 +258,15 @@ grpc::Status P2pService::UpdateStatus(grpc::ServerContext*, const p2p::UpdateSta
   update.worker_rank = req->worker_rank();
   update.status = req->status();
   update.updated_at = options_.now_ms();
+  update.caller = principal->name;
+  update.override_owner = principal->admin;
   Status s = store_->UpdateStatus(update);
   if (s.code() == absl::StatusCode::kNotFound) {
     return refuse(absl::StrCat("Failed to update status: ", s.message()), "not_found");
   }
-  if (!s.ok()) return scope.Finish(StoreError(*store_, "update status", s), "store_error");
+  if (s.code() == absl::StatusCode::kPermissionDenied)
+    metrics_->CountAuthFailure("permission_denied");
+  if (!s.ok()) return scope.Finish(StoreError(*store_, "update status", s), StoreOutcome(s));
   resp->set_success(true);
   resp->set_message(absl::StrFormat("Updated status for source '%s' worker_id '%s' rank %d",
                                     req->mx_source_id(), req->worker_id(), req->worker_rank()));

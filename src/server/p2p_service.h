@@ -9,6 +9,7 @@
 
 #include "absl/time/time.h"
 #include "model_express/p2p.grpc.pb.h"
+#include "server/auth.h"
 #include "server/metrics.h"
 #include "store/metadata_store.h"
 
@@ -19,6 +20,8 @@ struct P2pServiceOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(90);
   // Server clock in unix ms; tests may substitute one.
   std::function<int64_t()> now_ms;
+  // Bearer-token authentication; null turns it off. Borrowed; must outlive the service.
+  TokenAuthenticator* auth = nullptr;
 };
 
 // Limits on request fields beyond ModelExpress's own checks, so that hostile requests are
@@ -45,6 +48,9 @@ class P2pService final : public ::model_express::p2p::P2pService::Service {
                             ::model_express::p2p::UpdateStatusResponse* response) override;
 
  private:
+  // The caller's principal (empty name when authentication is off), or UNAUTHENTICATED.
+  StatusOr<Principal> Authenticate(const grpc::ServerContext& context);
+
   store::MetadataStore* const store_;
   Metrics* const metrics_;
   const P2pServiceOptions options_;

@@ -1,5 +1,8 @@
 #include "server/server.h"
 
+#include <fstream>
+#include <sstream>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
@@ -7,6 +10,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/admin_http.h"
+#include "server/auth.h"
 #include "server/health_service.h"
 #include "server/metered_store.h"
 #include "server/metrics.h"
@@ -42,6 +46,47 @@ Status ParseHostPort(const std::string& address, const std::string& flag, std::s
   return absl::OkStatus();
 }
 
+namespace {
+
+StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  if (!in.good()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": cannot read ", path, ": ", strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not a PEM file"));
+  }
+  return text.str();
+}
+
+// Plain text, TLS, or mutual TLS, from the options.
+StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(const ServerOptions& o) {
+  if (o.tls_cert.empty() && o.tls_key.empty()) {
+    if (!o.tls_client_ca.empty()) {
+      return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (o.tls_cert.empty() || o.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  FERRY_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(o.tls_cert, "--tls-cert"));
+  FERRY_ASSIGN_OR_RETURN(pair.private_key, ReadPem(o.tls_key, "--tls-key"));
+  ssl.pem_key_cert_pairs.push_back(pair);
+  if (!o.tls_client_ca.empty()) {
+    FERRY_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(o.tls_client_ca, "--tls-client-ca"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
 Server::Server() = default;
 
 Server::~Server() { Stop(); }
@@ -73,6 +118,8 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   }
   if (!options.now_ms) options.now_ms = internal::NowMillis;
 
+  FERRY_ASSIGN_OR_RETURN(auto credentials, MakeCredentials(options));
+
   auto server = std::unique_ptr<Server>(new Server());
   Server& s = *server;
   s.options_ = options;
@@ -83,9 +130,17 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   }
   s.metrics_ = std::make_unique<Metrics>(FERRY_VERSION, raw->Describe());
   s.store_ = std::make_unique<MeteredStore>(raw, s.metrics_.get());
-  s.p2p_ =
-      std::make_unique<P2pService>(s.store_.get(), s.metrics_.get(),
-                                   P2pServiceOptions{options.heartbeat_timeout, options.now_ms});
+  if (!options.auth_tokens_file.empty()) {
+    FERRY_ASSIGN_OR_RETURN(
+        s.auth_,
+        TokenAuthenticator::Create(AuthOptions{options.auth_tokens_file, options.admin_principals},
+                                   s.metrics_.get()));
+  } else if (!options.admin_principals.empty()) {
+    return absl::InvalidArgumentError("--admin-principals needs --auth-tokens");
+  }
+  s.p2p_ = std::make_unique<P2pService>(
+      s.store_.get(), s.metrics_.get(),
+      P2pServiceOptions{options.heartbeat_timeout, options.now_ms, s.auth_.get()});
   s.health_ =
       std::make_unique<HealthService>(s.store_.get(), s.metrics_.get(), FERRY_VERSION, absl::Now());
   FERRY_ASSIGN_OR_RETURN(
@@ -100,7 +155,7 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s.grpc_port_);
+  builder.AddListeningPort(options.listen, credentials, &s.grpc_port_);
   // No SO_REUSEPORT: a second server on the same port must fail, not split the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_size));

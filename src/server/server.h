@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "ferry/status.h"
@@ -21,6 +22,7 @@ class Server;
 namespace ferry::server {
 
 class AdminHttp;
+class TokenAuthenticator;
 class HealthService;
 class MeteredStore;
 class Metrics;
@@ -36,6 +38,14 @@ struct ServerOptions {
   absl::Duration gc_timeout = absl::Seconds(3600);
   size_t max_message_size = 100u << 20;  // both directions
   absl::Duration drain_timeout = absl::Seconds(5);
+  // Bearer-token authentication of P2pService calls; "" turns it off (health stays open).
+  std::string auth_tokens_file;
+  std::vector<std::string> admin_principals;  // may change records of other principals
+  // TLS for the gRPC port: PEM certificate chain and key; with a client CA, clients must
+  // present a certificate it signed (mutual TLS). All empty: plain text.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
   std::function<int64_t()> now_ms;  // unset: the system clock
   // Tests: use this store (borrowed; must outlive the server) instead of opening `store`.
   store::MetadataStore* store_override = nullptr;
@@ -68,6 +78,7 @@ class Server {
   std::unique_ptr<store::MetadataStore> owned_store_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<MeteredStore> store_;
+  std::unique_ptr<TokenAuthenticator> auth_;
   std::unique_ptr<P2pService> p2p_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<Reaper> reaper_;

@@ -29,7 +29,10 @@ class TestServer {
     options.store_override = faults_.get();
     options.now_ms = [this] { return now_ms.load(); };
     auto server = Server::Create(options);
-    EXPECT_TRUE(server.ok()) << server.status();
+    if (!server.ok()) {
+      ADD_FAILURE() << server.status();
+      std::abort();  // a test server that cannot start makes every later line meaningless
+    }
     server_ = std::move(*server);
     channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->grpc_port()),
                                    grpc::InsecureChannelCredentials());

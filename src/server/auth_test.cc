@@ -1,0 +1,247 @@
+#include "server/auth.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/test_server.h"
+
+namespace ferry::server {
+namespace {
+
+namespace p2p = ::model_express::p2p;
+using ::testing::HasSubstr;
+
+constexpr char kAliceToken[] = "alice-token-0123456789abcdef";
+constexpr char kBobToken[] = "bob-token-0123456789abcdef";
+constexpr char kRootToken[] = "root-token-0123456789abcdef";
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/ferry-auth-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string Write(const std::string& name, const std::string& text) const {
+    const std::string p = path_ + "/" + name;
+    std::ofstream(p, std::ios::trunc) << text;
+    return p;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string TokensText() {
+  return absl::StrCat("# deployment tokens\n", kAliceToken, " alice\n\n", kBobToken,
+                      "   bob  # trailing comment\n", kRootToken, "\troot\n");
+}
+
+TEST(TokenFileTest, ParsesPairsAndCommentsAndNamesBadLines) {
+  auto ok = TokenAuthenticator::Parse(TokensText(), "t.txt");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ASSERT_EQ(ok->size(), 3u);
+  EXPECT_EQ((*ok)[1].principal, "bob");
+  auto three = TokenAuthenticator::Parse("# x\nabcdefghijklmnopq alice extra\n", "t.txt");
+  ASSERT_FALSE(three.ok());
+  EXPECT_THAT(std::string(three.status().message()),
+              HasSubstr("t.txt:2: expected 'TOKEN PRINCIPAL'"));
+  auto short_token = TokenAuthenticator::Parse("abc alice\n", "t.txt");
+  EXPECT_THAT(std::string(short_token.status().message()), HasSubstr("shorter than 16"));
+  EXPECT_FALSE(TokenAuthenticator::Parse("# nothing\n", "t.txt").ok());
+}
+
+TEST(TokenAuthenticatorTest, HeaderRulesAndPrincipals) {
+  TempDir dir;
+  auto auth = TokenAuthenticator::Create({dir.Write("tokens", TokensText()), {"root"}}, nullptr);
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  auto& a = **auth;
+  EXPECT_EQ(a.AuthenticateHeader("").status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(a.AuthenticateHeader("Basic abc").status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(a.AuthenticateHeader("Bearer ").status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(a.AuthenticateHeader("Bearer nope-nope-nope-nope").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  auto alice = a.AuthenticateHeader(absl::StrCat("BEARER ", kAliceToken));
+  ASSERT_TRUE(alice.ok());
+  EXPECT_EQ(alice->name, "alice");
+  EXPECT_FALSE(alice->admin);
+  auto root = a.AuthenticateHeader(absl::StrCat("Bearer ", kRootToken));
+  ASSERT_TRUE(root.ok());
+  EXPECT_TRUE(root->admin);
+}
+
+TEST(TokenAuthenticatorTest, ReloadsWhenTheFileChangesAndKeepsTokensOnABadFile) {
+  TempDir dir;
+  const std::string path = dir.Write("tokens", absl::StrCat(kAliceToken, " alice\n"));
+  auto auth = TokenAuthenticator::Create({path, {}, absl::ZeroDuration()}, nullptr);
+  ASSERT_TRUE(auth.ok());
+  EXPECT_TRUE((*auth)->AuthenticateHeader(absl::StrCat("Bearer ", kAliceToken)).ok());
+  dir.Write("tokens", absl::StrCat(kBobToken, " bob\n"));
+  EXPECT_EQ((*auth)->AuthenticateHeader(absl::StrCat("Bearer ", kBobToken))->name, "bob");
+  EXPECT_FALSE((*auth)->AuthenticateHeader(absl::StrCat("Bearer ", kAliceToken)).ok());
+  dir.Write("tokens", "garbage line with too many fields\n");
+  EXPECT_EQ((*auth)->AuthenticateHeader(absl::StrCat("Bearer ", kBobToken))->name, "bob");
+}
+
+class AuthServerTest : public ::testing::Test {
+ protected:
+  static ServerOptions Options(const TempDir& dir) {
+    ServerOptions o;
+    o.auth_tokens_file = dir.Write("tokens", TokensText());
+    o.admin_principals = {"root"};
+    return o;
+  }
+  grpc::Status Publish(const char* token, const std::string& worker_id,
+                       p2p::PublishMetadataResponse* resp) {
+    grpc::ClientContext ctx;
+    if (token != nullptr) ctx.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+    p2p::PublishMetadataRequest req;
+    req.mutable_identity()->set_model_name("m");
+    req.set_worker_id(worker_id);
+    req.mutable_worker();
+    return s_.p2p->PublishMetadata(&ctx, req, resp);
+  }
+  grpc::Status Update(const char* token, const std::string& source, const std::string& worker,
+                      p2p::UpdateStatusResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+    p2p::UpdateStatusRequest req;
+    req.set_mx_source_id(source);
+    req.set_worker_id(worker);
+    req.set_status(p2p::SOURCE_STATUS_STALE);
+    return s_.p2p->UpdateStatus(&ctx, req, resp);
+  }
+
+  TempDir dir_;
+  TestServer s_{Options(dir_)};
+};
+
+TEST_F(AuthServerTest, UnauthenticatedCallsAreRefusedAndHealthIsExempt) {
+  p2p::PublishMetadataResponse resp;
+  grpc::Status st = Publish(nullptr, "w", &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  st = Publish("wrong-token-0123456789", "w", &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext list_ctx;
+  p2p::ListSourcesResponse list;
+  EXPECT_EQ(s_.p2p->ListSources(&list_ctx, {}, &list).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext health_ctx;
+  model_express::health::HealthResponse health;
+  EXPECT_TRUE(s_.health->GetHealth(&health_ctx, {}, &health).ok());
+}
+
+TEST_F(AuthServerTest, OnlyTheOwnerOrAnAdminChangesARecord) {
+  p2p::PublishMetadataResponse resp;
+  ASSERT_TRUE(Publish(kAliceToken, "w", &resp).ok());
+  ASSERT_TRUE(resp.success()) << resp.message();
+  const std::string sid = resp.mx_source_id();
+  // Bob can neither re-publish alice's worker nor change its status.
+  p2p::PublishMetadataResponse bob_pub;
+  grpc::Status st = Publish(kBobToken, "w", &bob_pub);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(st.error_message(), HasSubstr("belongs to principal 'alice'"));
+  p2p::UpdateStatusResponse upd;
+  EXPECT_EQ(Update(kBobToken, sid, "w", &upd).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // Alice and root can.
+  EXPECT_TRUE(Update(kAliceToken, sid, "w", &upd).ok());
+  EXPECT_TRUE(upd.success());
+  EXPECT_TRUE(Update(kRootToken, sid, "w", &upd).ok());
+  EXPECT_TRUE(upd.success());
+  // Bob's own worker is his.
+  ASSERT_TRUE(Publish(kBobToken, "bobs", &bob_pub).ok());
+  EXPECT_TRUE(bob_pub.success());
+}
+
+// Runs the openssl command; returns its exit status.
+int Openssl(const std::string& args) {
+  return std::system(("openssl " + args + " 2>/dev/null").c_str());
+}
+
+class TlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string d = dir_.path();
+    // A CA, a server certificate for 127.0.0.1/localhost, and a client certificate.
+    ASSERT_EQ(Openssl("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+                      "-subj /CN=ferry-test-ca -keyout " +
+                      d + "/ca.key -out " + d + "/ca.pem"),
+              0);
+    const std::string ext = dir_.Write("san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+    for (const char* name : {"server", "client"}) {
+      const std::string n = d + "/" + name;
+      ASSERT_EQ(Openssl("req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=" +
+                        std::string(name) + " -keyout " + n + ".key -out " + n + ".csr"),
+                0);
+      ASSERT_EQ(Openssl("x509 -req -in " + n + ".csr -CA " + d + "/ca.pem -CAkey " + d +
+                        "/ca.key -CAcreateserial -days 2 -extfile " + ext + " -out " + n + ".pem"),
+                0);
+    }
+  }
+  static std::string Read(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  std::shared_ptr<grpc::Channel> Channel(int port, bool client_cert) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = Read(dir_.path() + "/ca.pem");
+    if (client_cert) {
+      o.pem_private_key = Read(dir_.path() + "/client.key");
+      o.pem_cert_chain = Read(dir_.path() + "/client.pem");
+    }
+    return grpc::CreateChannel(absl::StrCat("localhost:", port), grpc::SslCredentials(o));
+  }
+  static grpc::Status Health(const std::shared_ptr<grpc::Channel>& ch) {
+    auto stub = model_express::health::HealthService::NewStub(ch);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    model_express::health::HealthResponse resp;
+    return stub->GetHealth(&ctx, {}, &resp);
+  }
+  ServerOptions Tls(bool mutual) {
+    ServerOptions o;
+    o.tls_cert = dir_.path() + "/server.pem";
+    o.tls_key = dir_.path() + "/server.key";
+    if (mutual) o.tls_client_ca = dir_.path() + "/ca.pem";
+    return o;
+  }
+  TempDir dir_;
+};
+
+TEST_F(TlsTest, ServesTlsAndRefusesPlainText) {
+  TestServer s(Tls(false));
+  EXPECT_TRUE(Health(Channel(s.server().grpc_port(), false)).ok());
+  auto plain = grpc::CreateChannel(absl::StrCat("127.0.0.1:", s.server().grpc_port()),
+                                   grpc::InsecureChannelCredentials());
+  EXPECT_EQ(Health(plain).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(TlsTest, MutualTlsRequiresAClientCertificate) {
+  TestServer s(Tls(true));
+  EXPECT_TRUE(Health(Channel(s.server().grpc_port(), true)).ok());
+  EXPECT_EQ(Health(Channel(s.server().grpc_port(), false)).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST(TlsOptionsTest, BadTlsOptionsNameTheFlag) {
+  ServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.admin_listen = "";
+  o.tls_cert = "/nonexistent/cert.pem";
+  auto s = Server::Create(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("--tls-cert and --tls-key"));
+  o.tls_key = "/nonexistent/key.pem";
+  s = Server::Create(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("--tls-cert: cannot read /nonexistent"));
+}
+
+}  // namespace
+}  // namespace ferry::server
