@@ -1,6 +1,7 @@
 #include "server/admin_http.h"
 
 #include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "server/test_server.h"
@@ -44,6 +45,31 @@ TEST(AdminHttpTest, TakenPortFailsCreateNamingTheFlag) {
   auto second = AdminHttp::Create("127.0.0.1", s.server().admin_port(), memory.get(), &metrics);
   ASSERT_FALSE(second.ok());
   EXPECT_THAT(std::string(second.status().message()), HasSubstr("--admin-listen"));
+}
+
+TEST(ServerTest, GrpcHealthFollowsTheStoreAndRecovers) {
+  ServerOptions options;
+  options.health_check_interval = absl::Milliseconds(20);
+  TestServer s(options);
+  s.server().Start();
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", s.server().grpc_port()),
+                                     grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  auto status_is = [&](grpc::health::v1::HealthCheckResponse::ServingStatus want) {
+    for (int i = 0; i < 250; ++i) {
+      grpc::ClientContext ctx;
+      grpc::health::v1::HealthCheckRequest req;
+      grpc::health::v1::HealthCheckResponse resp;
+      if (health->Check(&ctx, req, &resp).ok() && resp.status() == want) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  };
+  EXPECT_TRUE(status_is(grpc::health::v1::HealthCheckResponse::SERVING));
+  s.faults().SetFailure(store::FaultStore::Op::kPing, absl::UnavailableError("down"));
+  EXPECT_TRUE(status_is(grpc::health::v1::HealthCheckResponse::NOT_SERVING));
+  s.faults().ClearFailure();
+  EXPECT_TRUE(status_is(grpc::health::v1::HealthCheckResponse::SERVING));
 }
 
 TEST(ServerTest, TakenGrpcPortFailsCreateNamingTheFlag) {

@@ -109,6 +109,7 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
       {options.heartbeat_timeout, "--heartbeat-timeout"},
       {options.gc_timeout, "--gc-timeout"},
       {options.drain_timeout, "drain_timeout"},
+      {options.health_check_interval, "health_check_interval"},
   };
   for (const auto& [d, flag] : durations) {
     if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
@@ -175,7 +176,29 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   return server;
 }
 
+void Server::MonitorStore() {
+  bool serving = true;
+  while (true) {
+    Status s = store_->Ping();
+    if (s.ok() != serving) {
+      serving = s.ok();
+      if (serving) {
+        spdlog::info("store {} answers again; health SERVING", store_->Describe());
+      } else {
+        spdlog::error("store {} unavailable: {}; health NOT_SERVING", store_->Describe(),
+                      s.message());
+      }
+      auto* health = grpc_->GetHealthCheckService();
+      health->SetServingStatus(serving);
+    }
+    absl::MutexLock lock(&mu_);
+    auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+    if (mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.health_check_interval)) return;
+  }
+}
+
 void Server::Start() {
+  if (!health_thread_.joinable()) health_thread_ = std::thread([this] { MonitorStore(); });
   reaper_->Start();
   if (admin_ != nullptr) admin_->Start();
   spdlog::info("ferry-server {} serving gRPC on port {} (store {}), admin HTTP on port {}",
@@ -185,6 +208,11 @@ void Server::Start() {
 void Server::Stop() {
   if (stopped_ || grpc_ == nullptr) return;
   stopped_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (health_thread_.joinable()) health_thread_.join();
   grpc_->GetHealthCheckService()->SetServingStatus(false);
   grpc_->Shutdown(std::chrono::system_clock::now() +
                   absl::ToChronoMilliseconds(options_.drain_timeout));

@@ -9,8 +9,10 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ferry/status.h"
 #include "store/metadata_store.h"
@@ -38,6 +40,9 @@ struct ServerOptions {
   absl::Duration gc_timeout = absl::Seconds(3600);
   size_t max_message_size = 100u << 20;  // both directions
   absl::Duration drain_timeout = absl::Seconds(5);
+  // How often the store is pinged to keep grpc.health.v1 truthful (NOT_SERVING while the
+  // store is unreachable, SERVING again when it answers).
+  absl::Duration health_check_interval = absl::Seconds(1);
   // Bearer-token authentication of P2pService calls; "" turns it off (health stays open).
   std::string auth_tokens_file;
   std::vector<std::string> admin_principals;  // may change records of other principals
@@ -62,7 +67,8 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Starts the reaper and the admin port; gRPC already serves after Create().
+  // Starts the reaper, the store health monitor and the admin port; gRPC already serves after
+  // Create().
   void Start();
   // Marks health NOT_SERVING, drains RPCs for up to drain_timeout, stops threads. Idempotent.
   void Stop();
@@ -73,6 +79,7 @@ class Server {
 
  private:
   Server();
+  void MonitorStore();  // health thread body
 
   ServerOptions options_;
   std::unique_ptr<store::MetadataStore> owned_store_;
@@ -86,6 +93,9 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_;
   int grpc_port_ = 0;
   bool stopped_ = false;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread health_thread_;
 };
 
 }  // namespace ferry::server
