@@ -9,6 +9,8 @@
 //   health (baseline)    model_express.health.HealthService/GetHealth: a trivial round trip on
 //                        the same server and channels; every p50/p99 is also given as a ratio
 //                        to this one
+//   grpc_floor           the same call to a minimal in-process gRPC server (no store, no
+//                        metrics): gRPC's own cost on this machine, for scale
 //   publish              PublishMetadata re-publishing an existing endpoint-only worker
 //   update_status        UpdateStatus(READY) of that worker (the heartbeat; restores READY)
 //   list_identity_ready  ListSources(identity, status_filter=READY): what a target sends
@@ -20,6 +22,8 @@
 // Population shape: worker i is rank i % 8 of source k = i / 8 (model "bench/model-<k>",
 // tensor_parallel_size 8), with its own worker_id, as 8-GPU sources publish: N/8 sources of
 // 8 workers. So list_identity_ready returns 8 entries whatever N is.
+//
+// After the last size: the child's SIGTERM-to-exit time (it must exit 0).
 //
 // Output: one JSON object per line on stdout per measurement; a summary table on stderr.
 // Every response is checked (success/found/entry counts); any failed call fails the run.
@@ -54,6 +58,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -84,6 +89,7 @@ struct Options {
   std::string server;             // empty: start --server-bin as a child
   int server_pid = 0;             // with --server: read RSS of this process if set
   std::string server_bin;         // default: ferry-server next to this binary
+  std::vector<std::string> only;  // workload names to run; empty: all (health always runs)
   bool smoke = false;
 };
 
@@ -92,7 +98,8 @@ struct Options {
 // A ferry-server child process on loopback ports. Thread-compatible.
 class ServerProcess {
  public:
-  static StatusOr<std::unique_ptr<ServerProcess>> Start(const std::string& binary) {
+  // Starts `binary` and waits until it has written its ports.
+  static StatusOr<std::unique_ptr<ServerProcess>> Create(const std::string& binary) {
     char dir_template[] = "/tmp/ferry-bench-XXXXXX";
     if (mkdtemp(dir_template) == nullptr) {
       return absl::InternalError(absl::StrCat("mkdtemp: ", strerror(errno)));
@@ -110,8 +117,13 @@ class ServerProcess {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    // The server's stdout joins our stderr: stdout carries only the JSON lines.
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
     pid_t pid = 0;
-    int rc = posix_spawn(&pid, binary.c_str(), nullptr, nullptr, argv.data(), environ);
+    int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) {
       return absl::FailedPreconditionError(absl::StrCat("cannot start ", binary, ": ", strerror(rc),
                                                         "; build target ferry-server or pass "
@@ -192,6 +204,41 @@ std::optional<std::pair<int64_t, int64_t>> ReadRss(int pid) {
   return std::make_pair(rss, hwm);
 }
 
+// The floor under every figure: a minimal in-process gRPC server whose GetHealth only sets
+// "ok", called over loopback like ferry-server. Separates gRPC's own cost from ferry's.
+// Thread-safe.
+class FloorServer final : public health::HealthService::Service {
+ public:
+  static StatusOr<std::unique_ptr<FloorServer>> Create() {
+    auto floor = std::unique_ptr<FloorServer>(new FloorServer());
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &floor->port_);
+    builder.RegisterService(floor.get());
+    floor->server_ = builder.BuildAndStart();
+    if (floor->server_ == nullptr || floor->port_ == 0) {
+      return absl::UnavailableError("cannot start the in-process floor server on 127.0.0.1:0");
+    }
+    return floor;
+  }
+  ~FloorServer() override {
+    if (server_ != nullptr) server_->Shutdown();
+  }
+
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+  grpc::Status GetHealth(grpc::ServerContext*, const health::HealthRequest*,
+                         health::HealthResponse* response) override {
+    response->set_status("ok");
+    return grpc::Status::OK;
+  }
+
+ private:
+  FloorServer() = default;
+
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+};
+
 // ---- the population ---------------------------------------------------------------------------
 
 std::string WorkerId(int64_t i) {
@@ -237,16 +284,14 @@ struct Source {
 // Every client-side handle of one run. Thread-compatible; each thread uses its own stub.
 class Bench {
  public:
-  Bench(const Options& options, const std::string& address) : options_(options) {
+  Bench(const Options& options, const std::string& address, const std::string& floor_address)
+      : options_(options) {
     int channels = std::max(options.threads, options.populate_threads);
     for (int t = 0; t < channels; ++t) {
-      grpc::ChannelArguments args;
-      args.SetMaxReceiveMessageSize(kMaxMessageBytes);
-      args.SetMaxSendMessageSize(kMaxMessageBytes);
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // one TCP connection per thread
-      auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+      auto channel = Channel(address);
       p2p_.push_back(p2p::P2pService::NewStub(channel));
       health_.push_back(health::HealthService::NewStub(channel));
+      floor_.push_back(health::HealthService::NewStub(Channel(floor_address)));
     }
   }
 
@@ -308,8 +353,8 @@ class Bench {
     }
     grpc::ClientContext ctx;
     p2p::PublishMetadataResponse resp;
-    FERRY_RETURN_IF_ERROR(Check("PublishMetadata", p2p_[0]->PublishMetadata(&ctx, req, &resp),
-                                resp.success(), resp.message()));
+    grpc::Status status = p2p_[0]->PublishMetadata(&ctx, req, &resp);
+    FERRY_RETURN_IF_ERROR(Check("PublishMetadata", status, [&] { return Failure(resp); }));
     tensor_source_.id = resp.mx_source_id();
     tensor_worker_id_ = "7e7507a1";
     return UpdateReady(0, tensor_source_.id, tensor_worker_id_, 0);
@@ -318,7 +363,6 @@ class Bench {
   int64_t workers() const { return workers_; }
   int64_t server_workers() const { return workers_ + (tensor_source_.id.empty() ? 0 : 1); }
   int64_t sources() const { return sources_.size(); }
-  int tensor_count() const { return options_.tensors; }
 
   // One measured call: the `i`-th of a workload, on client thread `t`. OK if the response
   // is what the population implies.
@@ -327,8 +371,17 @@ class Bench {
   Status Health(int t, int64_t) {
     grpc::ClientContext ctx;
     health::HealthResponse resp;
-    return Check("GetHealth", health_[t]->GetHealth(&ctx, health::HealthRequest(), &resp),
-                 resp.status() == "ok", resp.status());
+    grpc::Status status = health_[t]->GetHealth(&ctx, health::HealthRequest(), &resp);
+    return Check("GetHealth", status, [&] {
+      return resp.status() == "ok" ? "" : absl::StrCat("status '", resp.status(), "'");
+    });
+  }
+
+  Status Floor(int t, int64_t) {
+    grpc::ClientContext ctx;
+    health::HealthResponse resp;
+    grpc::Status status = floor_[t]->GetHealth(&ctx, health::HealthRequest(), &resp);
+    return Check("GetHealth(floor)", status, [] { return std::string(); });
   }
 
   Status Publish(int t, int64_t i) {
@@ -336,8 +389,8 @@ class Bench {
     auto req = EndpointPublish(sources_[w / kRanksPerSource].identity, w);
     grpc::ClientContext ctx;
     p2p::PublishMetadataResponse resp;
-    return Check("PublishMetadata", p2p_[t]->PublishMetadata(&ctx, req, &resp), resp.success(),
-                 resp.message());
+    grpc::Status status = p2p_[t]->PublishMetadata(&ctx, req, &resp);
+    return Check("PublishMetadata", status, [&] { return Failure(resp); });
   }
 
   Status Update(int t, int64_t i) {
@@ -353,17 +406,17 @@ class Bench {
     grpc::ClientContext ctx;
     p2p::ListSourcesResponse resp;
     int64_t expected = std::min<int64_t>(kRanksPerSource, workers_ - k * kRanksPerSource);
-    return Check("ListSources(identity, READY)", p2p_[t]->ListSources(&ctx, req, &resp),
-                 resp.instances_size() == expected,
-                 absl::StrCat(resp.instances_size(), " entries, expected ", expected));
+    grpc::Status status = p2p_[t]->ListSources(&ctx, req, &resp);
+    return Check("ListSources(identity, READY)", status,
+                 [&] { return CountFailure(resp.instances_size(), expected, "entries"); });
   }
 
   Status ListAll(int t, int64_t) {
     grpc::ClientContext ctx;
     p2p::ListSourcesResponse resp;
-    return Check("ListSources()", p2p_[t]->ListSources(&ctx, p2p::ListSourcesRequest(), &resp),
-                 resp.instances_size() == server_workers(),
-                 absl::StrCat(resp.instances_size(), " entries, expected ", server_workers()));
+    grpc::Status status = p2p_[t]->ListSources(&ctx, p2p::ListSourcesRequest(), &resp);
+    return Check("ListSources()", status,
+                 [&] { return CountFailure(resp.instances_size(), server_workers(), "entries"); });
   }
 
   Status GetEndpoint(int t, int64_t i) {
@@ -373,9 +426,13 @@ class Bench {
     req.set_worker_id(WorkerId(w));
     grpc::ClientContext ctx;
     p2p::GetMetadataResponse resp;
-    return Check("GetMetadata", p2p_[t]->GetMetadata(&ctx, req, &resp),
-                 resp.found() && resp.worker().worker_rank() == w % kRanksPerSource,
-                 absl::StrCat("found=", resp.found(), " for worker ", w));
+    grpc::Status status = p2p_[t]->GetMetadata(&ctx, req, &resp);
+    return Check("GetMetadata", status, [&] {
+      return resp.found() && resp.worker().worker_rank() == w % kRanksPerSource
+                 ? ""
+                 : absl::StrCat("found=", resp.found(), " rank ", resp.worker().worker_rank(),
+                                " for worker ", w);
+    });
   }
 
   Status GetTensors(int t, int64_t) {
@@ -384,12 +441,22 @@ class Bench {
     req.set_worker_id(tensor_worker_id_);
     grpc::ClientContext ctx;
     p2p::GetMetadataResponse resp;
-    return Check("GetMetadata(tensors)", p2p_[t]->GetMetadata(&ctx, req, &resp),
-                 resp.found() && resp.worker().tensor_source().tensors_size() == options_.tensors,
-                 absl::StrCat(resp.worker().tensor_source().tensors_size(), " tensors"));
+    grpc::Status status = p2p_[t]->GetMetadata(&ctx, req, &resp);
+    return Check("GetMetadata(tensors)", status, [&] {
+      return CountFailure(resp.worker().tensor_source().tensors_size(), options_.tensors,
+                          "tensors");
+    });
   }
 
  private:
+  static std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+    args.SetMaxSendMessageSize(kMaxMessageBytes);
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // one TCP connection per thread
+    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+
   // Spreads call i over [0, n) in a scrambled but repeatable order, so that two workloads run
   // with the same i touch the same workers.
   static int64_t Spread(int64_t i, int64_t n) {
@@ -397,14 +464,26 @@ class Bench {
                                 static_cast<uint64_t>(n));
   }
 
-  static Status Check(const char* rpc, const grpc::Status& status, bool ok,
-                      const std::string& detail) {
+  // OK if the call succeeded and `failure`, run once the response is in, returns "";
+  // otherwise what went wrong.
+  static Status Check(const char* rpc, const grpc::Status& status,
+                      absl::FunctionRef<std::string()> failure) {
     if (!status.ok()) {
       return absl::UnavailableError(
           absl::StrCat(rpc, " failed: gRPC ", status.error_code(), " ", status.error_message()));
     }
-    if (!ok) return absl::InternalError(absl::StrCat(rpc, " returned a wrong answer: ", detail));
+    std::string what = failure();
+    if (!what.empty()) {
+      return absl::InternalError(absl::StrCat(rpc, " returned a wrong answer: ", what));
+    }
     return absl::OkStatus();
+  }
+  template <typename Response>
+  static std::string Failure(const Response& resp) {
+    return resp.success() ? "" : absl::StrCat("success=false: ", resp.message());
+  }
+  static std::string CountFailure(int64_t got, int64_t expected, const char* what) {
+    return got == expected ? "" : absl::StrCat(got, " ", what, ", expected ", expected);
   }
 
   Status UpdateReady(int t, const std::string& source_id, const std::string& worker_id, int rank) {
@@ -415,16 +494,16 @@ class Bench {
     req.set_status(p2p::SOURCE_STATUS_READY);
     grpc::ClientContext ctx;
     p2p::UpdateStatusResponse resp;
-    return Check("UpdateStatus", p2p_[t]->UpdateStatus(&ctx, req, &resp), resp.success(),
-                 resp.message());
+    grpc::Status status = p2p_[t]->UpdateStatus(&ctx, req, &resp);
+    return Check("UpdateStatus", status, [&] { return Failure(resp); });
   }
 
   Status PublishReady(int t, Source& source, int64_t i) {
     auto req = EndpointPublish(source.identity, i);
     grpc::ClientContext ctx;
     p2p::PublishMetadataResponse resp;
-    FERRY_RETURN_IF_ERROR(Check("PublishMetadata", p2p_[t]->PublishMetadata(&ctx, req, &resp),
-                                resp.success(), resp.message()));
+    grpc::Status status = p2p_[t]->PublishMetadata(&ctx, req, &resp);
+    FERRY_RETURN_IF_ERROR(Check("PublishMetadata", status, [&] { return Failure(resp); }));
     source.id = resp.mx_source_id();
     return UpdateReady(t, source.id, req.worker_id(), req.worker().worker_rank());
   }
@@ -432,6 +511,7 @@ class Bench {
   const Options& options_;
   std::vector<std::unique_ptr<p2p::P2pService::Stub>> p2p_;
   std::vector<std::unique_ptr<health::HealthService::Stub>> health_;
+  std::vector<std::unique_ptr<health::HealthService::Stub>> floor_;
   std::vector<Source> sources_;  // source k holds workers [8k, 8k+8)
   int64_t workers_ = 0;
   Source tensor_source_;
@@ -501,17 +581,11 @@ nlohmann::json Line(const char* workload, int64_t workers, const Options& option
           {"threads", options.threads}};
 }
 
-Status Run(const Options& options) {
-  std::unique_ptr<ServerProcess> child;
-  std::string address = options.server;
-  int rss_pid = options.server_pid;
-  if (address.empty()) {
-    FERRY_ASSIGN_OR_RETURN(child, ServerProcess::Start(options.server_bin));
-    address = child->address();
-    rss_pid = child->pid();
-  }
-  std::cerr << "control_plane_bench: server " << address << (child ? " (child)" : "") << "\n";
-  Bench bench(options, address);
+// Every workload at every population size against the server at `address`; reads RSS of
+// `rss_pid` unless it is 0.
+Status RunWorkloads(const Options& options, const std::string& address, int rss_pid) {
+  FERRY_ASSIGN_OR_RETURN(auto floor, FloorServer::Create());
+  Bench bench(options, address, floor->address());
   FERRY_RETURN_IF_ERROR(bench.PublishTensorWorker(options.tensors));
 
   std::ostringstream summary;
@@ -554,6 +628,7 @@ Status Run(const Options& options) {
     using namespace std::placeholders;
     std::vector<Workload> workloads = {
         {"health", baseline_calls, nullptr},
+        {"grpc_floor", baseline_calls, std::bind(&Bench::Floor, &bench, _1, _2)},
         {"publish", options.iterations, std::bind(&Bench::Publish, &bench, _1, _2)},
         {"update_status", options.iterations, std::bind(&Bench::Update, &bench, _1, _2)},
         {"list_identity_ready", options.iterations,
@@ -565,6 +640,10 @@ Status Run(const Options& options) {
          std::bind(&Bench::GetTensors, &bench, _1, _2)},
     };
     for (const Workload& w : workloads) {
+      if (w.call && !options.only.empty() &&
+          std::find(options.only.begin(), options.only.end(), w.name) == options.only.end()) {
+        continue;
+      }
       Stats s = base;
       if (w.call) {
         auto measured = Measure(options.threads, w.calls, w.call);
@@ -603,7 +682,22 @@ Status Run(const Options& options) {
     }
   }
   std::cerr << summary.str();
-  if (child) FERRY_RETURN_IF_ERROR(child->Stop());
+  return absl::OkStatus();
+}
+
+Status Run(const Options& options) {
+  if (!options.server.empty()) {
+    std::cerr << "control_plane_bench: server " << options.server << "\n";
+    return RunWorkloads(options, options.server, options.server_pid);
+  }
+  FERRY_ASSIGN_OR_RETURN(auto child, ServerProcess::Create(options.server_bin));
+  std::cerr << "control_plane_bench: server " << child->address() << " (child)\n";
+  FERRY_RETURN_IF_ERROR(RunWorkloads(options, child->address(), child->pid()));
+  auto begin = Clock::now();
+  FERRY_RETURN_IF_ERROR(child->Stop());
+  auto line = Line("sigterm_to_exit", options.workers.back(), options);
+  line["seconds"] = std::chrono::duration<double>(Clock::now() - begin).count();
+  Emit(line);
   return absl::OkStatus();
 }
 
@@ -615,6 +709,8 @@ int main(int argc, char** argv) {
   CLI::App app{"Latency and throughput of ferry-server's P2P control plane (see file header)"};
   std::string workers;
   app.add_option("--workers", workers, "population sizes, comma-separated (1000,10000,100000)");
+  app.add_option("--only", options.only, "run only these workloads (names as in the header)")
+      ->delimiter(',');
   app.add_option("--threads", options.threads, "client threads per workload")
       ->check(CLI::Range(1, 64));
   app.add_option("--iterations", options.iterations, "calls per workload and population size")

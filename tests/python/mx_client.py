@@ -128,7 +128,10 @@ class MxClient:
         return self.health.GetHealth(health_pb2.HealthRequest(), timeout=10)
 
     def publish_ready(self, identity, worker, worker_id=None):
-        """The source's first heartbeat tick: publish, then READY. Returns (source_id, worker_id)."""
+        """The source's first heartbeat tick: publish, then READY.
+
+        Returns (mx_source_id, worker_id).
+        """
         worker_id = worker_id or new_worker_id()
         published = self.publish(identity, worker, worker_id)
         assert published.success, published.message

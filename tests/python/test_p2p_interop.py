@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 
+import grpc
 import pytest
 
 from model_express import p2p_pb2
@@ -180,7 +181,9 @@ def test_ready_listing_excludes_stale_and_is_newest_first(client):
     assert client.update_status(BASE_SOURCE_ID, ids[0], 0, READY).success  # heartbeat
     assert [e.worker_id for e in client.list_ready(identity)] == [ids[0], ids[2]]
 
-    stale = client.p2p.ListSources(p2p_pb2.ListSourcesRequest(identity=identity, status_filter=STALE))
+    stale = client.p2p.ListSources(
+        p2p_pb2.ListSourcesRequest(identity=identity, status_filter=STALE)
+    )
     assert [e.worker_id for e in stale.instances] == [ids[1]]
 
 
@@ -237,7 +240,7 @@ def test_identity_filter_matches_case_insensitively_and_keeps_last_writers_case(
     assert names == {"DEEPSEEK-AI/deepseek-v3"}
 
 
-def test_list_limit_and_invalid_status_filter(client):
+def test_list_limit(client):
     identity = base_identity()
     ids = []
     for rank in range(4):
@@ -247,10 +250,17 @@ def test_list_limit_and_invalid_status_filter(client):
         p2p_pb2.ListSourcesRequest(identity=identity, status_filter=READY, limit=2)
     ).instances
     assert [e.worker_id for e in limited] == [ids[3], ids[2]]
-    # An unknown enum value in status_filter is no filter at all (upstream behaviour).
-    assert client.update_status(BASE_SOURCE_ID, ids[0], 0, STALE).success
-    odd = client.p2p.ListSources(p2p_pb2.ListSourcesRequest(identity=identity, status_filter=42))
-    assert {e.worker_id for e in odd.instances} == set(ids)
+
+
+def test_list_rejects_unknown_status_filter(client):
+    """ferry (docs/protocol.md, 14.5): upstream reads an unknown enum as "no filter", which
+    returns STALE records on a typo; ferry answers INVALID_ARGUMENT naming the value."""
+    with pytest.raises(grpc.RpcError) as err:
+        client.p2p.ListSources(
+            p2p_pb2.ListSourcesRequest(identity=base_identity(), status_filter=42)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "status_filter=42" in err.value.details()
 
 
 @pytest.mark.parametrize(
@@ -464,18 +474,24 @@ def test_get_with_empty_ids_returns_nothing(client, source_id, worker_id):
 
 
 def test_update_of_unknown_worker_fails_and_creates_nothing(client):
-    resp = client.update_status(BASE_SOURCE_ID, "deadbeef", 0, READY)
-    assert not resp.success
-    assert "not found" in resp.message
-    assert "deadbeef" in resp.message
+    unknown_source = client.update_status(BASE_SOURCE_ID, "deadbeef", 0, READY)
+    assert not unknown_source.success
+    assert unknown_source.message.startswith("Failed to update status: ")
+    assert f"source '{BASE_SOURCE_ID}' not found" in unknown_source.message
     assert list(client.p2p.ListSources(p2p_pb2.ListSourcesRequest()).instances) == []
 
-    # A known worker with another rank is not found either.
     source_id, worker_id = client.publish_ready(base_identity(), p2p_worker(0))
+    unknown_worker = client.update_status(source_id, "deadbeef", 0, READY)
+    assert not unknown_worker.success
+    assert "worker 'deadbeef' not found" in unknown_worker.message
     wrong_rank = client.update_status(source_id, worker_id, 5, READY)
     assert not wrong_rank.success
-    assert "not found" in wrong_rank.message
-    assert client.get(source_id, worker_id).worker.worker_rank == 0
+    assert wrong_rank.message == (
+        f"Failed to update status: update_status: rank 5 not found in source '{source_id}' "
+        f"worker '{worker_id}'"
+    )
+    listed = client.p2p.ListSources(p2p_pb2.ListSourcesRequest()).instances
+    assert [(e.worker_id, e.worker_rank) for e in listed] == [(worker_id, 0)]
 
 
 @pytest.mark.parametrize(
