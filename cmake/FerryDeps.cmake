@@ -20,3 +20,6 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 add_library(ferry_httplib INTERFACE)
 target_link_libraries(ferry_httplib INTERFACE PkgConfig::HTTPLIB Threads::Threads)
+# hiredis ships no CMake config; Debian's libhiredis-dev (0.14, no TLS) has a pkg-config file.
+# Linked PRIVATE by ferry_store only: hiredis never appears in a public header.
+pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)

@@ -263,6 +263,88 @@ TEST_P(StoreConformanceTest, OwnershipGuardsRepublishAndStatusUpdates) {
   EXPECT_TRUE(store_->Publish(anyone).ok());
 }
 
+TEST_P(StoreConformanceTest, RemovingOneWorkerKeepsTheSourceAndItsOtherWorkers) {
+  ASSERT_TRUE(store_->Publish(Record("s", "w1", 0)).ok());
+  ASSERT_TRUE(store_->Publish(Record("s", "w2", 0)).ok());
+  ASSERT_TRUE(store_->RemoveWorker("s", "w1", std::nullopt).ok());
+  auto got = store_->GetWorker("s", "w2");
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(got->identity.has_value());
+  EXPECT_EQ(got->identity->model_name(), "Org/Model-s");
+  auto list = store_->ListWorkers({std::string("s")});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].worker_id, "w2");
+  EXPECT_EQ((*list)[0].model_name, "Org/Model-s");
+  // The source goes with its last worker, and comes back with the next publish.
+  ASSERT_TRUE(store_->RemoveWorker("s", "w2", std::nullopt).ok());
+  EXPECT_TRUE(store_->ListWorkers({})->empty());
+  EXPECT_EQ(store_->GetWorker("s", "w2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->RemoveWorker("s", "w2", std::nullopt).code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(store_->Publish(Record("s", "w3", 0)).ok());
+  EXPECT_EQ(store_->ListWorkers({})->size(), 1u);
+}
+
+TEST_P(StoreConformanceTest, UpdatingOneRankLeavesTheOthers) {
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0, SOURCE_STATUS_INITIALIZING, 1000)).ok());
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 1, SOURCE_STATUS_INITIALIZING, 1000)).ok());
+  ASSERT_TRUE(store_->UpdateStatus({"s", "w", 1u, SOURCE_STATUS_READY, 555, {}}).ok());
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  const WorkerSummary& s = (*list)[0];
+  EXPECT_EQ(s.worker_rank, 1u);
+  EXPECT_EQ(s.status, SOURCE_STATUS_READY);
+  EXPECT_EQ(s.updated_at, 555);
+  EXPECT_EQ(s.status_mask, (1u << SOURCE_STATUS_READY) | (1u << SOURCE_STATUS_INITIALIZING));
+  auto got = store_->GetWorker("s", "w");  // rank 0, untouched
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->worker.worker_rank(), 0u);
+  EXPECT_EQ(got->worker.status(), SOURCE_STATUS_INITIALIZING);
+  EXPECT_EQ(got->worker.updated_at(), 1000);
+}
+
+TEST_P(StoreConformanceTest, RepublishInvalidatesCompareAndSetTokens) {
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0)).ok());
+  auto before = store_->GetWorker("s", "w");
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0)).ok());  // the worker came back meanwhile
+  auto after = store_->GetWorker("s", "w");
+  ASSERT_TRUE(after.ok());
+  EXPECT_NE(before->version, after->version);
+  EXPECT_EQ(store_->UpdateStatus({"s", "w", std::nullopt, SOURCE_STATUS_STALE, 9, before->version})
+                .code(),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ(store_->RemoveWorker("s", "w", before->version).code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(store_->RemoveWorker("s", "w", after->version).ok());
+}
+
+TEST_P(StoreConformanceTest, MillisecondClocksRoundTripExactly) {
+  const int64_t t = 1751234567891;  // past 2^32 and past float precision
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0, SOURCE_STATUS_READY, t)).ok());
+  EXPECT_EQ(store_->GetWorker("s", "w")->worker.updated_at(), t);
+  ASSERT_TRUE(store_->UpdateStatus({"s", "w", 0u, SOURCE_STATUS_READY, t + 7, {}}).ok());
+  EXPECT_EQ(store_->GetWorker("s", "w")->worker.updated_at(), t + 7);
+  auto list = store_->ListWorkers({});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].updated_at, t + 7);
+}
+
+TEST_P(StoreConformanceTest, IdsWithSeparatorsDoNotCollide) {
+  PublishRecord a = Record("a:b", "c", 0);
+  a.worker.set_agent_name("first");
+  PublishRecord b = Record("a", "b:c", 0);
+  b.worker.set_agent_name("second");
+  ASSERT_TRUE(store_->Publish(a).ok());
+  ASSERT_TRUE(store_->Publish(b).ok());
+  EXPECT_EQ(store_->GetWorker("a:b", "c")->worker.agent_name(), "first");
+  EXPECT_EQ(store_->GetWorker("a", "b:c")->worker.agent_name(), "second");
+  EXPECT_EQ(store_->ListWorkers({})->size(), 2u);
+  ASSERT_TRUE(store_->RemoveWorker("a", "b:c", std::nullopt).ok());
+  EXPECT_EQ(store_->GetWorker("a:b", "c")->worker.agent_name(), "first");
+}
+
 TEST_P(StoreConformanceTest, PingSucceeds) { EXPECT_TRUE(store_->Ping().ok()); }
 
 }  // namespace
