@@ -106,8 +106,7 @@ struct HealthInfo {
 class MetadataClient {
  public:
   // Validates `options` (errors name the field) and creates the channel.
-  static StatusOr<std::unique_ptr<MetadataClient>> Create(
-      const MetadataClientOptions& options);
+  static StatusOr<std::unique_ptr<MetadataClient>> Create(const MetadataClientOptions& options);
 
   ~MetadataClient();
   MetadataClient(const MetadataClient&) = delete;
@@ -118,8 +117,7 @@ class MetadataClient {
   StatusOr<PublishResult> Publish(const PublishMetadataRequest& request);
 
   // One entry per (mx_source_id, worker_id) matching the request's filters, newest first.
-  StatusOr<std::vector<SourceInstanceRef>> ListSources(
-      const ListSourcesRequest& request);
+  StatusOr<std::vector<SourceInstanceRef>> ListSources(const ListSourcesRequest& request);
 
   // The record of `worker_id` under `mx_source_id` (its lowest rank). NotFound if the server
   // holds no such record.
@@ -128,9 +126,8 @@ class MetadataClient {
 
   // Sets the status of an existing record and refreshes its updated_at. NotFound if the server
   // holds no record for (mx_source_id, worker_id, worker_rank): it never creates one.
-  Status UpdateStatus(const std::string& mx_source_id,
-                      const std::string& worker_id, uint32_t worker_rank,
-                      SourceStatus status);
+  Status UpdateStatus(const std::string& mx_source_id, const std::string& worker_id,
+                      uint32_t worker_rank, SourceStatus status);
 
   // The server's version, status and uptime.
   StatusOr<HealthInfo> Health();
@@ -147,6 +144,7 @@ class MetadataClient {
   // Runs `attempt` up to max_attempts times with backoff; see the .cc file.
   template <typename Fn>
   Status CallWithRetry(const char* rpc, Fn attempt);
+  void WaitBeforeRetry(absl::Duration delay);
 
   const MetadataClientOptions options_;
   const std::string address_;

@@ -1,0 +1,346 @@
+#include "ferry/metadata_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "client/metadata_client_internal.h"
+#include "common/env.h"
+#include "model_express/health.grpc.pb.h"
+#include "model_express/p2p.grpc.pb.h"
+#include "spdlog/spdlog.h"
+
+namespace ferry {
+
+namespace p2p = ::model_express::p2p;
+namespace health = ::model_express::health;
+
+// ---------------------------------------------------------------------------------------------
+// Pure helpers.
+
+namespace internal {
+
+std::string ResolveServerAddressFrom(const std::optional<std::string>& flag,
+                                     const std::optional<std::string>& env) {
+  if (flag.has_value() && !flag->empty()) return *flag;
+  if (env.has_value() && !env->empty()) return *env;
+  return kDefaultServerAddress;
+}
+
+StatusOr<NormalizedAddress> NormalizeServerAddress(absl::string_view address,
+                                                   absl::string_view what) {
+  NormalizedAddress out;
+  absl::string_view a = absl::StripAsciiWhitespace(address);
+  if (absl::ConsumePrefix(&a, "https://")) {
+    out.https_prefix = true;
+  } else {
+    absl::ConsumePrefix(&a, "http://");
+  }
+  while (absl::ConsumeSuffix(&a, "/")) {
+  }
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, "='", address, "' ", why, "; use host:port, e.g. localhost:8001"));
+  };
+  if (a.empty()) return bad("is empty");
+  for (absl::string_view scheme : {"dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:"}) {
+    if (absl::StartsWith(a, scheme)) {
+      out.target = std::string(a);
+      return out;
+    }
+  }
+  if (absl::StrContains(a, "/")) return bad("has a path");
+  absl::string_view host;
+  absl::string_view port;
+  if (absl::StartsWith(a, "[")) {  // [v6addr]:port
+    size_t close = a.find("]:");
+    if (close == absl::string_view::npos) return bad("has no port");
+    host = a.substr(1, close - 1);
+    port = a.substr(close + 2);
+  } else {
+    size_t colon = a.rfind(':');
+    if (colon == absl::string_view::npos) return bad("has no port");
+    host = a.substr(0, colon);
+    port = a.substr(colon + 1);
+    if (absl::StrContains(host, ":")) {
+      return bad("is an IPv6 address without brackets");
+    }
+  }
+  int port_number = 0;
+  if (host.empty()) return bad("has no host");
+  if (!absl::SimpleAtoi(port, &port_number) || port_number < 1 || port_number > 65535) {
+    return bad("has no valid port (1-65535)");
+  }
+  out.target = std::string(a);
+  return out;
+}
+
+Status ValidateClientOptions(const MetadataClientOptions& options) {
+  FERRY_RETURN_IF_ERROR(NormalizeServerAddress(options.server_address).status());
+  auto positive = [](absl::Duration d, absl::string_view field) -> Status {
+    if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, "=", absl::FormatDuration(d),
+                                                     " must be a positive, finite duration"));
+    }
+    return absl::OkStatus();
+  };
+  FERRY_RETURN_IF_ERROR(positive(options.call_timeout, "call_timeout"));
+  FERRY_RETURN_IF_ERROR(positive(options.connect_timeout, "connect_timeout"));
+  FERRY_RETURN_IF_ERROR(positive(options.retry_initial_backoff, "retry_initial_backoff"));
+  FERRY_RETURN_IF_ERROR(positive(options.retry_max_backoff, "retry_max_backoff"));
+  if (options.retry_max_backoff < options.retry_initial_backoff) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("retry_max_backoff=", absl::FormatDuration(options.retry_max_backoff),
+                     " must not be below retry_initial_backoff=",
+                     absl::FormatDuration(options.retry_initial_backoff)));
+  }
+  if (options.max_attempts < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_attempts=", options.max_attempts, " must be at least 1"));
+  }
+  if (options.max_message_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_message_size=", options.max_message_size,
+                                                   " must be a positive number of bytes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Duration RetryBackoff(int retry, absl::Duration initial, absl::Duration max) {
+  absl::Duration d = initial;
+  for (int i = 1; i < retry && d < max; ++i) d *= 2;
+  return std::min(d, max);
+}
+
+bool IsRetryableCode(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded;
+}
+
+Status RpcError(absl::string_view rpc, absl::string_view address, absl::StatusCode code,
+                absl::string_view details, int attempts) {
+  std::string msg = absl::StrCat(rpc, " to ", address, " failed: ", absl::StatusCodeToString(code));
+  if (!details.empty()) absl::StrAppend(&msg, ": ", details);
+  if (attempts > 1) absl::StrAppend(&msg, " (", attempts, " attempts)");
+  if (IsRetryableCode(code)) {
+    absl::StrAppend(&msg, "; check --server/FERRY_SERVER or start ferry-server");
+  }
+  return Status(code, msg);
+}
+
+Status ServerRejection(absl::string_view rpc, absl::string_view address,
+                       absl::string_view server_message) {
+  const std::string lower = absl::AsciiStrToLower(server_message);
+  absl::StatusCode code = absl::StatusCode::kFailedPrecondition;
+  if (absl::StrContains(lower, "not found")) {
+    code = absl::StatusCode::kNotFound;
+  } else if (absl::StrContains(lower, "is required") || absl::StrContains(lower, "invalid")) {
+    code = absl::StatusCode::kInvalidArgument;
+  } else if (absl::StartsWith(lower, "failed to ")) {
+    code = absl::StatusCode::kUnavailable;  // the server's store failed
+  }
+  absl::string_view details = server_message;
+  if (details.empty()) details = "server answered success=false with no message";
+  return Status(code, absl::StrCat(rpc, " to ", address,
+                                   " failed: ", absl::StatusCodeToString(code), ": ", details));
+}
+
+}  // namespace internal
+
+std::string ResolveServerAddress(std::optional<std::string> flag) {
+  return internal::ResolveServerAddressFrom(flag, internal::GetEnv("FERRY_SERVER"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// MetadataClient.
+
+struct MetadataClient::Stubs {
+  std::unique_ptr<p2p::P2pService::Stub> p2p;
+  std::unique_ptr<health::HealthService::Stub> health;
+};
+
+namespace {
+
+// First delay of gRPC's own reconnect backoff after a failed connection attempt, and its cap.
+// gRPC's defaults (1 s growing to 120 s) would keep a client that lost its server (a restart)
+// failing fast for minutes after the server is back; a metadata client talks to one server,
+// so reconnecting at most every few seconds costs nothing.
+constexpr int kReconnectInitialBackoffMs = 100;
+constexpr int kReconnectMaxBackoffMs = 5000;
+
+int ClampToIntMillis(absl::Duration d) {
+  return static_cast<int>(
+      std::min<int64_t>(absl::ToInt64Milliseconds(d), std::numeric_limits<int>::max()));
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<MetadataClient>> MetadataClient::Create(
+    const MetadataClientOptions& options) {
+  FERRY_RETURN_IF_ERROR(internal::ValidateClientOptions(options));
+  FERRY_ASSIGN_OR_RETURN(internal::NormalizedAddress address,
+                         internal::NormalizeServerAddress(options.server_address));
+
+  std::shared_ptr<grpc::ChannelCredentials> creds = options.credentials;
+  if (creds == nullptr) {
+    creds = address.https_prefix ? grpc::SslCredentials(grpc::SslCredentialsOptions())
+                                 : grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_size);
+  args.SetMaxSendMessageSize(options.max_message_size);
+  // A connection attempt that neither succeeds nor fails (dropped packets) is abandoned after
+  // connect_timeout; pending RPCs (which do not wait for ready) then fail with UNAVAILABLE.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+              std::max(100, ClampToIntMillis(options.connect_timeout)));
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kReconnectInitialBackoffMs);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kReconnectMaxBackoffMs);
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address.target, creds, args);
+  if (channel == nullptr) {
+    return absl::InternalError(absl::StrCat("could not create a gRPC channel to ", address.target));
+  }
+  return std::unique_ptr<MetadataClient>(
+      new MetadataClient(options, address.target, std::move(channel)));
+}
+
+MetadataClient::MetadataClient(const MetadataClientOptions& options, std::string address,
+                               std::shared_ptr<grpc::Channel> channel)
+    : options_(options),
+      address_(std::move(address)),
+      channel_(std::move(channel)),
+      stubs_(std::make_unique<Stubs>()) {
+  stubs_->p2p = p2p::P2pService::NewStub(channel_);
+  stubs_->health = health::HealthService::NewStub(channel_);
+}
+
+MetadataClient::~MetadataClient() = default;
+
+// While the channel is not connected, the wait watches the channel instead of sleeping, and
+// ends early once it is READY. The watch is what makes reconnection prompt: after a failed
+// connection attempt gRPC's pick_first policy stays in TRANSIENT_FAILURE (failing RPCs that do
+// not wait for ready at once) while it reconnects in the background, and with no RPC polling
+// the channel the result of that background attempt is only noticed by gRPC's backup poller,
+// every 5 s. A connected channel (the attempt ran out of time) gets the plain backoff.
+void MetadataClient::WaitBeforeRetry(absl::Duration delay) {
+  if (channel_->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY) {
+    absl::SleepFor(delay);
+    return;
+  }
+  channel_->WaitForConnected(absl::ToChronoTime(absl::Now() + delay));
+}
+
+// Each attempt gets a fresh context whose deadline is call_timeout from its start. RPCs do not
+// set wait_for_ready, so an unreachable server fails an attempt instead of queueing it.
+template <typename Fn>
+Status MetadataClient::CallWithRetry(const char* rpc, Fn attempt) {
+  grpc::Status status;
+  int attempts = 0;
+  absl::BitGen gen;
+  while (true) {
+    ++attempts;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(options_.call_timeout));
+    status = attempt(&context);
+    if (status.ok()) return absl::OkStatus();
+    const auto code = static_cast<absl::StatusCode>(status.error_code());
+    if (!internal::IsRetryableCode(code) || attempts >= options_.max_attempts) {
+      return internal::RpcError(rpc, address_, code, status.error_message(), attempts);
+    }
+    const absl::Duration delay = internal::RetryBackoff(attempts, options_.retry_initial_backoff,
+                                                        options_.retry_max_backoff) *
+                                 absl::Uniform(gen, 0.8, 1.2);
+    spdlog::debug("{} to {}: {} ({}); attempt {} of {} in {}", rpc, address_,
+                  absl::StatusCodeToString(code), status.error_message(), attempts + 1,
+                  options_.max_attempts, absl::FormatDuration(delay));
+    WaitBeforeRetry(delay);
+  }
+}
+
+StatusOr<PublishResult> MetadataClient::Publish(const PublishMetadataRequest& request) {
+  p2p::PublishMetadataResponse response;
+  FERRY_RETURN_IF_ERROR(CallWithRetry("PublishMetadata", [&](grpc::ClientContext* context) {
+    response.Clear();
+    return stubs_->p2p->PublishMetadata(context, request, &response);
+  }));
+  if (!response.success()) {
+    return internal::ServerRejection("PublishMetadata", address_, response.message());
+  }
+  if (response.mx_source_id().empty()) {
+    return absl::InternalError(absl::StrCat("PublishMetadata to ", address_,
+                                            " failed: INTERNAL: the server answered success=true "
+                                            "without an mx_source_id"));
+  }
+  return PublishResult{response.mx_source_id(), response.worker_id(), response.message()};
+}
+
+StatusOr<std::vector<SourceInstanceRef>> MetadataClient::ListSources(
+    const ListSourcesRequest& request) {
+  p2p::ListSourcesResponse response;
+  FERRY_RETURN_IF_ERROR(CallWithRetry("ListSources", [&](grpc::ClientContext* context) {
+    response.Clear();
+    return stubs_->p2p->ListSources(context, request, &response);
+  }));
+  return std::vector<SourceInstanceRef>(response.instances().begin(), response.instances().end());
+}
+
+StatusOr<GetMetadataResponse> MetadataClient::GetMetadata(const std::string& mx_source_id,
+                                                          const std::string& worker_id) {
+  if (mx_source_id.empty() || worker_id.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GetMetadata to ", address_, " not sent: INVALID_ARGUMENT: ",
+                     mx_source_id.empty() ? "mx_source_id" : "worker_id", " is required"));
+  }
+  p2p::GetMetadataRequest request;
+  request.set_mx_source_id(mx_source_id);
+  request.set_worker_id(worker_id);
+  GetMetadataResponse response;
+  FERRY_RETURN_IF_ERROR(CallWithRetry("GetMetadata", [&](grpc::ClientContext* context) {
+    response.Clear();
+    return stubs_->p2p->GetMetadata(context, request, &response);
+  }));
+  if (!response.found()) {
+    return absl::NotFoundError(absl::StrCat(
+        "GetMetadata to ", address_, " failed: NOT_FOUND: no record for source '", mx_source_id,
+        "' worker '", worker_id, "'; list sources to see what the server holds"));
+  }
+  return response;
+}
+
+Status MetadataClient::UpdateStatus(const std::string& mx_source_id, const std::string& worker_id,
+                                    uint32_t worker_rank, SourceStatus status) {
+  p2p::UpdateStatusRequest request;
+  request.set_mx_source_id(mx_source_id);
+  request.set_worker_id(worker_id);
+  request.set_worker_rank(worker_rank);
+  request.set_status(status);
+  p2p::UpdateStatusResponse response;
+  FERRY_RETURN_IF_ERROR(CallWithRetry("UpdateStatus", [&](grpc::ClientContext* context) {
+    response.Clear();
+    return stubs_->p2p->UpdateStatus(context, request, &response);
+  }));
+  if (!response.success()) {
+    return internal::ServerRejection("UpdateStatus", address_, response.message());
+  }
+  return absl::OkStatus();
+}
+
+StatusOr<HealthInfo> MetadataClient::Health() {
+  health::HealthRequest request;
+  health::HealthResponse response;
+  FERRY_RETURN_IF_ERROR(CallWithRetry("GetHealth", [&](grpc::ClientContext* context) {
+    response.Clear();
+    return stubs_->health->GetHealth(context, request, &response);
+  }));
+  return HealthInfo{response.version(), response.status(), response.uptime()};
+}
+
+}  // namespace ferry

@@ -1,0 +1,55 @@
+// Pure pieces of MetadataClient, exposed for unit tests. Not part of the installed API.
+#ifndef FERRY_CLIENT_METADATA_CLIENT_INTERNAL_H_
+#define FERRY_CLIENT_METADATA_CLIENT_INTERNAL_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "ferry/metadata_client.h"
+#include "ferry/status.h"
+
+namespace ferry::internal {
+
+// ResolveServerAddress with the environment passed in: `flag`, else `env` (the value of
+// FERRY_SERVER / MX_SERVER_ADDRESS), else kDefaultServerAddress. Empty strings count as absent.
+std::string ResolveServerAddressFrom(const std::optional<std::string>& flag,
+                                     const std::optional<std::string>& env);
+
+struct NormalizedAddress {
+  std::string target;         // what grpc::CreateChannel gets
+  bool https_prefix = false;  // the address said https://
+};
+
+// Strips surrounding whitespace, an http:// or https:// prefix and trailing '/'. A gRPC target
+// URI (dns:, unix:, unix-abstract:, ipv4:, ipv6:) is passed through; anything else must be
+// host:port or [v6addr]:port with a port in 1..65535. InvalidArgument names `what`.
+StatusOr<NormalizedAddress> NormalizeServerAddress(absl::string_view address,
+                                                   absl::string_view what = "server_address");
+
+// Checks every field of `options`; the error names the field and the bad value.
+Status ValidateClientOptions(const MetadataClientOptions& options);
+
+// Delay before retry number `retry` (1 = before the second attempt): initial * 2^(retry-1),
+// capped at `max`. No jitter; the caller adds it.
+absl::Duration RetryBackoff(int retry, absl::Duration initial, absl::Duration max);
+
+// Codes after which the same RPC is tried again.
+bool IsRetryableCode(absl::StatusCode code);
+
+// A failed RPC: "<rpc> to <address> failed: <CODE>: <details>", plus the attempt count when
+// more than one was made and, for UNAVAILABLE and DEADLINE_EXCEEDED, what to check.
+Status RpcError(absl::string_view rpc, absl::string_view address, absl::StatusCode code,
+                absl::string_view details, int attempts);
+
+// A success=false answer. The code comes from the server's message: "not found" -> NotFound;
+// "... is required" / "invalid ..." -> InvalidArgument; "Failed to <verb> ..." (the server's
+// store failed) -> Unavailable; anything else -> FailedPrecondition.
+Status ServerRejection(absl::string_view rpc, absl::string_view address,
+                       absl::string_view server_message);
+
+}  // namespace ferry::internal
+
+#endif  // FERRY_CLIENT_METADATA_CLIENT_INTERNAL_H_
