@@ -1,0 +1,272 @@
+// The `ferry` binary against a real ferry-server child process.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "ferry/metadata_client.h"
+#include "nlohmann/json.hpp"
+#include "server_process.h"
+
+namespace ferry {
+namespace {
+
+namespace p2p = ::model_express::p2p;
+using ::ferry::testing::BinaryPath;
+using ::ferry::testing::CommandResult;
+using ::ferry::testing::RunCommand;
+using ::ferry::testing::ServerProcess;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr absl::Duration kCommandTimeout = absl::Seconds(60);
+
+// Server-address variables are blanked for every command (an empty value counts as unset), so
+// the caller's shell cannot change what the tests see.
+const std::vector<std::string> kCleanEnv = {"FERRY_SERVER=", "MX_SERVER_ADDRESS="};
+
+CommandResult Ferry(const std::vector<std::string>& args,
+                    std::vector<std::string> env = kCleanEnv) {
+  std::vector<std::string> argv = {BinaryPath("ferry")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = RunCommand(argv, kCommandTimeout, env);
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *std::move(r) : CommandResult{};
+}
+
+// For failure messages.
+std::string Describe(const CommandResult& r) {
+  return absl::StrCat("exit ", r.exit_code, "\nstdout:\n", r.out, "\nstderr:\n", r.err);
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto s = ServerProcess::Create();
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(s).value();
+    MetadataClientOptions o;
+    o.server_address = server_->grpc_address();
+    auto c = MetadataClient::Create(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(c).value();
+  }
+
+  // The server must still drain and exit 0 on SIGTERM after whatever the test did.
+  void TearDown() override {
+    if (server_ == nullptr || !server_->running()) return;
+    StatusOr<int> exit_code = server_->Stop(SIGTERM);
+    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+    EXPECT_EQ(*exit_code, 0) << server_->LogTail();
+  }
+
+  // Publishes rank 0 of "cli/model" with two tensors and marks it READY.
+  void PublishReady(const std::string& worker_id) {
+    PublishMetadataRequest r;
+    r.mutable_identity()->set_model_name("cli/model");
+    r.mutable_identity()->set_dtype("bfloat16");
+    r.set_worker_id(worker_id);
+    r.mutable_worker()->set_worker_grpc_endpoint("10.1.2.3:6555");
+    r.mutable_worker()->set_accelerator("cuda");
+    for (const char* name : {"embed.weight", "lm_head.weight"}) {
+      TensorDescriptor* t = r.mutable_worker()->mutable_tensor_source()->add_tensors();
+      t->set_name(name);
+      t->set_size(1 << 20);
+      t->set_dtype("torch.bfloat16");
+    }
+    auto published = client_->Publish(r);
+    ASSERT_TRUE(published.ok()) << published.status();
+    source_id_ = published->mx_source_id;
+    ASSERT_TRUE(client_->UpdateStatus(source_id_, worker_id, 0, p2p::SOURCE_STATUS_READY).ok());
+  }
+
+  std::vector<std::string> WithServer(std::vector<std::string> args) {
+    args.insert(args.begin(), {"--server", server_->grpc_address()});
+    return args;
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<MetadataClient> client_;
+  std::string source_id_;
+};
+
+TEST_F(CliTest, Health) {
+  CommandResult r = Ferry(WithServer({"health"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("status   ok"));
+  EXPECT_THAT(r.out, HasSubstr(server_->grpc_address()));
+}
+
+TEST_F(CliTest, HealthJson) {
+  CommandResult r = Ferry(WithServer({"health", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["status"], "ok");
+  EXPECT_EQ(j["server"], server_->grpc_address());
+  EXPECT_TRUE(j["uptime_seconds"].is_number_unsigned());
+}
+
+TEST_F(CliTest, ServerFlagAfterTheSubcommand) {
+  CommandResult r = Ferry({"health", "--server", server_->grpc_address()});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+}
+
+TEST_F(CliTest, SourcesListJson) {
+  PublishReady("w-json");
+  CommandResult r = Ferry(WithServer({"sources", "list", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["mx_source_id"], source_id_);
+  EXPECT_EQ(j[0]["worker_id"], "w-json");
+  EXPECT_EQ(j[0]["model_name"], "cli/model");
+  EXPECT_EQ(j[0]["worker_rank"], 0);
+  EXPECT_EQ(j[0]["accelerator"], "cuda");
+}
+
+TEST_F(CliTest, SourcesListTableAndFilters) {
+  PublishReady("w-table");
+  CommandResult r = Ferry(WithServer({"sources", "list", "--status", "READY"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, StartsWith("MX_SOURCE_ID"));
+  EXPECT_THAT(r.out, HasSubstr(source_id_));
+  EXPECT_THAT(r.out, HasSubstr("w-table"));
+  EXPECT_THAT(r.out, HasSubstr("cli/model"));
+
+  r = Ferry(WithServer({"sources", "list", "--status", "stale"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("no sources match"));
+
+  r = Ferry(WithServer({"sources", "list", "--model", "other/model", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(nlohmann::json::parse(r.out), nlohmann::json::array());
+
+  r = Ferry(WithServer({"sources", "list", "--rank", "0", "--limit", "1", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(nlohmann::json::parse(r.out).size(), 1u);
+}
+
+TEST_F(CliTest, SourcesGetJson) {
+  PublishReady("w-get");
+  CommandResult r = Ferry(WithServer({"sources", "get", source_id_, "w-get", "--json"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["found"], true);
+  EXPECT_EQ(j["mx_source_id"], source_id_);
+  EXPECT_EQ(j["identity"]["model_name"], "cli/model");
+  EXPECT_EQ(j["worker"]["status"], "SOURCE_STATUS_READY");
+  ASSERT_EQ(j["worker"]["tensor_source"]["tensors"].size(), 2u);
+  EXPECT_EQ(j["worker"]["tensor_source"]["tensors"][1]["name"], "lm_head.weight");
+}
+
+TEST_F(CliTest, SourcesGetText) {
+  PublishReady("w-text");
+  CommandResult r = Ferry(WithServer({"sources", "get", source_id_, "w-text"}));
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("model_name: \"cli/model\""));
+  EXPECT_THAT(r.out, HasSubstr("status                READY"));
+  EXPECT_THAT(r.out, HasSubstr("worker_grpc_endpoint  10.1.2.3:6555"));
+  EXPECT_THAT(r.out, HasSubstr("tensors               2 (2.0 MiB)"));
+  EXPECT_THAT(r.out, HasSubstr("lm_head.weight"));
+}
+
+TEST_F(CliTest, SourcesGetUnknownIsAnError) {
+  CommandResult r = Ferry(WithServer({"sources", "get", "0123456789abcdef", "ghost"}));
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(
+      r.err, StartsWith("ferry: GetMetadata to " + server_->grpc_address() + " failed: NOT_FOUND"));
+  EXPECT_EQ(r.out, "");
+}
+
+TEST_F(CliTest, BadStatusIsAUsageErrorListingValidNames) {
+  CommandResult r = Ferry(WithServer({"sources", "list", "--status", "bogus"}));
+  EXPECT_EQ(r.exit_code, 2) << Describe(r);
+  EXPECT_THAT(r.err, StartsWith("ferry: --status: 'bogus' is not a source status"));
+  EXPECT_THAT(r.err, HasSubstr("unknown, initializing, ready, stale"));
+}
+
+TEST_F(CliTest, ServerFromEnvironment) {
+  PublishReady("w-env");
+  // FERRY_SERVER, then MX_SERVER_ADDRESS (with ModelExpress's http:// prefix).
+  CommandResult r = Ferry(
+      {"health"}, {"FERRY_SERVER=" + server_->grpc_address(), "MX_SERVER_ADDRESS=127.0.0.1:1"});
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+  r = Ferry({"health"}, {"FERRY_SERVER=", "MX_SERVER_ADDRESS=http://" + server_->grpc_address()});
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+  // --server wins over both.
+  r = Ferry({"--server", server_->grpc_address(), "health"},
+            {"FERRY_SERVER=127.0.0.1:1", "MX_SERVER_ADDRESS=127.0.0.1:1"});
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+}
+
+TEST(CliStandaloneTest, UnreachableServerFailsNamingTheAddress) {
+  const std::string address = absl::StrCat("127.0.0.1:", testing::UnusedLoopbackPort());
+  const absl::Time start = absl::Now();
+  CommandResult r = Ferry({"--server", address, "sources", "list"});
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, StartsWith("ferry: ListSources to " + address + " failed: UNAVAILABLE"));
+  EXPECT_THAT(r.err, HasSubstr("check --server/FERRY_SERVER or start ferry-server"));
+}
+
+TEST(CliStandaloneTest, MalformedServerAddressNamesItsSource) {
+  CommandResult r = Ferry({"--server", "nohost", "health"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, StartsWith("ferry: --server='nohost' has no port"));
+  r = Ferry({"health"}, {"FERRY_SERVER=", "MX_SERVER_ADDRESS=nohost"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, StartsWith("ferry: MX_SERVER_ADDRESS='nohost' has no port"));
+}
+
+TEST(CliStandaloneTest, DemoRunsTheRoundTrip) {
+  CommandResult r = Ferry({"demo"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("Started an embedded ferry-server on 127.0.0.1:"));
+  EXPECT_THAT(r.out, HasSubstr("Published demo/tiny-llama"));
+  EXPECT_THAT(r.out, HasSubstr("ListSources(identity, status=READY) finds 1 worker"));
+  EXPECT_THAT(r.out, HasSubstr("lm_head.weight"));
+  EXPECT_THAT(r.out, HasSubstr("Heartbeat refreshed updated_at"));
+  EXPECT_THAT(r.out, HasSubstr("the worker is now STALE"));
+  EXPECT_THAT(r.out, HasSubstr("Stopped the embedded ferry-server (SIGTERM, exit status 0)"));
+  EXPECT_THAT(r.out, HasSubstr("Demo complete."));
+}
+
+TEST_F(CliTest, DemoAgainstAGivenServer) {
+  CommandResult r = Ferry({"demo", "--server", server_->grpc_address()});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("Using the server given by --server"));
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr("embedded")));
+  // The demo's worker stays behind as STALE.
+  ListSourcesRequest stale;
+  stale.set_status_filter(p2p::SOURCE_STATUS_STALE);
+  auto refs = client_->ListSources(stale);
+  ASSERT_TRUE(refs.ok()) << refs.status();
+  ASSERT_EQ(refs->size(), 1u);
+  EXPECT_EQ((*refs)[0].model_name(), "demo/tiny-llama");
+}
+
+TEST(CliStandaloneTest, HelpEnvVersionAndUsage) {
+  CommandResult r = Ferry({"--help-env"});
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("FERRY_SERVER"));
+  EXPECT_THAT(r.out, HasSubstr("MX_SERVER_ADDRESS"));
+
+  r = Ferry({"--version"});
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, StartsWith("ferry "));
+
+  r = Ferry({"--help"});
+  EXPECT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("sources"));
+  EXPECT_THAT(r.out, HasSubstr("demo"));
+
+  r = Ferry({});
+  EXPECT_EQ(r.exit_code, 2) << Describe(r);
+  EXPECT_THAT(r.err, StartsWith("ferry: "));
+
+  r = Ferry({"sources", "get", "only-one-arg"});
+  EXPECT_EQ(r.exit_code, 2) << Describe(r);
+}
+
+}  // namespace
+}  // namespace ferry
