@@ -1,5 +1,7 @@
 #include "server/admin_http.h"
 
+#include <thread>
+
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -70,6 +72,35 @@ TEST(ServerTest, GrpcHealthFollowsTheStoreAndRecovers) {
   EXPECT_TRUE(status_is(grpc::health::v1::HealthCheckResponse::NOT_SERVING));
   s.faults().ClearFailure();
   EXPECT_TRUE(status_is(grpc::health::v1::HealthCheckResponse::SERVING));
+}
+
+TEST(ServerTest, StopDrainsRunningCallsAndDoesNotWaitForIdleConnections) {
+  TestServer s;
+  s.server().Start();
+  // An idle, connected client must not hold shutdown for the drain timeout (5 s).
+  grpc::ClientContext warm;
+  model_express::health::HealthResponse health;
+  ASSERT_TRUE(s.health->GetHealth(&warm, {}, &health).ok());
+  // A call in flight when Stop() begins still completes.
+  s.faults().SetLatency(absl::Milliseconds(400));
+  grpc::Status in_flight;
+  model_express::p2p::PublishMetadataResponse resp;
+  std::thread caller([&] {
+    grpc::ClientContext ctx;
+    model_express::p2p::PublishMetadataRequest req;
+    req.mutable_identity()->set_model_name("m");
+    req.set_worker_id("w");
+    req.mutable_worker();
+    in_flight = s.p2p->PublishMetadata(&ctx, req, &resp);
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  const absl::Time start = absl::Now();
+  s.server().Stop();
+  const absl::Duration took = absl::Now() - start;
+  caller.join();
+  EXPECT_TRUE(in_flight.ok()) << in_flight.error_message();
+  EXPECT_TRUE(resp.success());
+  EXPECT_LT(took, absl::Seconds(2));
 }
 
 TEST(ServerTest, TakenGrpcPortFailsCreateNamingTheFlag) {

@@ -5,6 +5,7 @@
 #define FERRY_SERVER_METRICS_H_
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -49,7 +50,13 @@ class Metrics {
 
   std::string Render() const;
 
+  // RPC handlers currently running (RpcScope maintains it); shutdown waits for zero.
+  void RpcStarted() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
+  void RpcEnded() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
+  int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+
  private:
+  std::atomic<int64_t> in_flight_{0};
   const std::string version_;
   const std::string store_;
   mutable absl::Mutex mu_;

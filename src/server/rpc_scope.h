@@ -14,7 +14,10 @@ namespace ferry::server {
 class RpcScope {
  public:
   RpcScope(Metrics* metrics, const char* method)
-      : metrics_(metrics), method_(method), start_(absl::Now()) {}
+      : metrics_(metrics), method_(method), start_(absl::Now()) {
+    metrics_->RpcStarted();
+  }
+  ~RpcScope() { metrics_->RpcEnded(); }
   RpcScope(const RpcScope&) = delete;
   RpcScope& operator=(const RpcScope&) = delete;
 

@@ -214,8 +214,14 @@ void Server::Stop() {
   }
   if (health_thread_.joinable()) health_thread_.join();
   grpc_->GetHealthCheckService()->SetServingStatus(false);
-  grpc_->Shutdown(std::chrono::system_clock::now() +
-                  absl::ToChronoMilliseconds(options_.drain_timeout));
+  // Drain: wait for running handlers to finish (bounded), then shut down at once. Handing the
+  // drain deadline to grpc::Server::Shutdown instead would also wait that long for idle client
+  // connections to close, which clients that hold a channel open (every publisher) never do.
+  const absl::Time drain_until = absl::Now() + options_.drain_timeout;
+  while (metrics_->in_flight() > 0 && absl::Now() < drain_until) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   grpc_->Wait();
   reaper_->Stop();
   if (admin_ != nullptr) admin_->Stop();
