@@ -25,6 +25,10 @@ class ChannelCredentials;
 
 namespace ferry {
 
+namespace internal {
+class TokenSource;
+}  // namespace internal
+
 using PublishMetadataRequest = ::model_express::p2p::PublishMetadataRequest;
 using ListSourcesRequest = ::model_express::p2p::ListSourcesRequest;
 using GetMetadataResponse = ::model_express::p2p::GetMetadataResponse;
@@ -69,10 +73,54 @@ struct MetadataClientOptions {
   // Largest message sent or received, in bytes. Default 100 MiB, the ModelExpress limit.
   int max_message_size = 100 * 1024 * 1024;
 
-  // Channel credentials. nullptr means plaintext, except that an "https://" address prefix
-  // selects TLS with the system's root certificates.
+  // --- Authentication: a bearer token sent as `authorization: Bearer <token>` on every call
+  // (health calls included; servers do not require it there). Set at most one of the two;
+  // neither means no header. The token is never logged.
+
+  // The token itself: printable ASCII without spaces. Prefer token_file: a literal token in
+  // a command line or environment is easier to leak.
+  std::string token;
+
+  // A file holding the token (surrounding whitespace is ignored), as ModelExpress's client reads
+  // MX_AUTH_TOKEN_PATH. Create() fails, naming the file, if it cannot be read or holds no valid
+  // token. The file is re-read before a call when its modification time, size or inode changed
+  // (a rotated Kubernetes projected token takes effect on the next call); a rewrite that cannot
+  // be read or is empty keeps the previous token in force and logs a warning.
+  std::string token_file;
+
+  // --- Transport security. TLS is used when `tls` is true, when any tls_* file is set, or when
+  // the address starts with "https://"; otherwise the channel is plaintext.
+  bool tls = false;
+
+  // PEM root certificates that the server's certificate must chain to. Empty with TLS on: the
+  // system's roots (gRPC's default root store).
+  std::string tls_ca_file;
+
+  // PEM client certificate chain and its private key, for servers that require mutual TLS
+  // (ferry-server --tls-client-ca). Set both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+
+  // The name the server's certificate must carry, instead of the host in server_address
+  // (useful when connecting by IP address or through a tunnel). Requires TLS.
+  std::string tls_server_name;
+
+  // Channel credentials built by the caller, for anything the fields above cannot express.
+  // Must not be combined with tls / tls_* fields. nullptr: built from the fields above.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
+
+// Fills the credential fields of `options` that are unset from the environment:
+//   token_file     FERRY_TOKEN_FILE, else MX_AUTH_TOKEN_PATH   } only if neither token nor
+//   token          FERRY_TOKEN                                 } token_file is set
+//   tls_ca_file    FERRY_TLS_CA
+//   tls_cert_file  FERRY_TLS_CLIENT_CERT
+//   tls_key_file   FERRY_TLS_CLIENT_KEY
+// TLS fields are left alone when `credentials` is set. No default token path is read:
+// ModelExpress's /var/run/secrets/tokens/modelexpress is used only when MX_AUTH_TOKEN_PATH names
+// it. InvalidArgument if the environment sets both a token file and FERRY_TOKEN. Nothing is read
+// from the files here; MetadataClient::Create() does that.
+Status FillCredentialsFromEnv(MetadataClientOptions* options);
 
 // The outcome of a successful PublishMetadata.
 struct PublishResult {
@@ -99,13 +147,19 @@ struct HealthInfo {
 //              server does not hold);
 //   INVALID_ARGUMENT: the server rejected the request (success=false naming a field);
 //   FAILED_PRECONDITION: any other success=false answer;
-//   anything else: the gRPC status the transport or the server's auth layer returned.
+//   UNAUTHENTICATED: the server wants a token and got none, or did not accept it; the message
+//                    says which and where the token came from;
+//   PERMISSION_DENIED: the record belongs to another principal (only its publisher, or an
+//                      admin principal, may change it);
+//   anything else: the gRPC status the transport or the server returned.
+// UNAUTHENTICATED and PERMISSION_DENIED are never retried.
 //
 // Thread-safe: all methods may be called concurrently; they share one channel, and gRPC stubs
 // are thread-safe. Creating a client does not connect; the first RPC does.
 class MetadataClient {
  public:
-  // Validates `options` (errors name the field) and creates the channel.
+  // Validates `options` (errors name the field, and the ferry flag and variable that fill it),
+  // reads the token file and the TLS files, and creates the channel.
   static StatusOr<std::unique_ptr<MetadataClient>> Create(const MetadataClientOptions& options);
 
   ~MetadataClient();
@@ -139,7 +193,8 @@ class MetadataClient {
   struct Stubs;
 
   MetadataClient(const MetadataClientOptions& options, std::string address,
-                 std::shared_ptr<grpc::Channel> channel);
+                 std::shared_ptr<grpc::Channel> channel, bool tls,
+                 std::unique_ptr<internal::TokenSource> token);
 
   // Runs `attempt` up to max_attempts times with backoff; see the .cc file.
   template <typename Fn>
@@ -149,6 +204,8 @@ class MetadataClient {
   const MetadataClientOptions options_;
   const std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
+  const bool tls_;
+  const std::unique_ptr<internal::TokenSource> token_;  // nullptr: no authorization header
   std::unique_ptr<Stubs> stubs_;
 };
 

@@ -23,6 +23,13 @@ namespace ferry::cli {
 struct GlobalFlags {
   std::optional<std::string> server;  // --server, as given; nullopt if absent
   std::string log_level = "warn";     // --log-level
+  // Credentials; each unset one falls back to its variable (see FillCredentialsFromEnv).
+  std::optional<std::string> token_file;       // --token-file (FERRY_TOKEN_FILE)
+  bool tls = false;                            // --tls: TLS with the system's roots
+  std::optional<std::string> tls_ca;           // --tls-ca (FERRY_TLS_CA)
+  std::optional<std::string> tls_cert;         // --tls-cert (FERRY_TLS_CLIENT_CERT)
+  std::optional<std::string> tls_key;          // --tls-key (FERRY_TLS_CLIENT_KEY)
+  std::optional<std::string> tls_server_name;  // --tls-server-name
 };
 
 // What parsing chose: the subcommand's action, run after a successful parse.
@@ -35,13 +42,21 @@ void AddHealthCommand(CLI::App& app, Cli& cli);
 void AddSourcesCommand(CLI::App& app, Cli& cli);
 void AddDemoCommand(CLI::App& app, Cli& cli);
 
-// A client for the server chosen by --server, FERRY_SERVER, MX_SERVER_ADDRESS or the default.
-// A malformed address is an InvalidArgument naming where it came from.
+// Registers --server, --log-level and the credential flags on `app`, filling `flags`.
+void AddGlobalFlags(CLI::App& app, GlobalFlags& flags);
+
+// A client for the server chosen by --server, FERRY_SERVER, MX_SERVER_ADDRESS or the default,
+// with the token and TLS settings of `flags` and the environment. A malformed address is an
+// InvalidArgument naming where it came from; a missing token or certificate file names the
+// flag.
 StatusOr<std::unique_ptr<MetadataClient>> ConnectClient(const GlobalFlags& flags);
 
-// As above, for an explicit address; `what` names its source in errors.
+// As above, for an explicit address; `what` names its source in errors. `credentials` supplies
+// the token and TLS settings (flags, then environment); nullptr connects in plaintext with no
+// token (the demo's embedded server).
 StatusOr<std::unique_ptr<MetadataClient>> ConnectClientTo(const std::string& address,
-                                                          absl::string_view what);
+                                                          absl::string_view what,
+                                                          const GlobalFlags* credentials);
 
 // "READY" for SOURCE_STATUS_READY; the number for values outside the enum.
 std::string StatusName(int status);

@@ -30,16 +30,58 @@ StatusOr<std::unique_ptr<MetadataClient>> ConnectClient(const GlobalFlags& flags
     what = internal::GetEnv("FERRY_SERVER").has_value() ? internal::EnvSource("FERRY_SERVER")
                                                         : "the default server address";
   }
-  return ConnectClientTo(ResolveServerAddress(flags.server), what);
+  return ConnectClientTo(ResolveServerAddress(flags.server), what, &flags);
 }
 
 StatusOr<std::unique_ptr<MetadataClient>> ConnectClientTo(const std::string& address,
-                                                          absl::string_view what) {
+                                                          absl::string_view what,
+                                                          const GlobalFlags* credentials) {
   FERRY_RETURN_IF_ERROR(internal::NormalizeServerAddress(address, what).status());
   MetadataClientOptions options;
   options.server_address = address;
   options.call_timeout = kCliCallTimeout;
+  if (credentials != nullptr) {
+    options.token_file = credentials->token_file.value_or("");
+    options.tls = credentials->tls;
+    options.tls_ca_file = credentials->tls_ca.value_or("");
+    options.tls_cert_file = credentials->tls_cert.value_or("");
+    options.tls_key_file = credentials->tls_key.value_or("");
+    options.tls_server_name = credentials->tls_server_name.value_or("");
+    FERRY_RETURN_IF_ERROR(FillCredentialsFromEnv(&options));
+  }
   return MetadataClient::Create(options);
+}
+
+void AddGlobalFlags(CLI::App& app, GlobalFlags& flags) {
+  app.add_option("--server", flags.server,
+                 "server address HOST:PORT (an http:// prefix is accepted; https:// turns TLS "
+                 "on). Default: FERRY_SERVER, else MX_SERVER_ADDRESS, else localhost:8001");
+  app.add_option("--log-level", flags.log_level,
+                 "library log level on stderr: trace, debug, info, warn, error, off")
+      ->capture_default_str();
+  app.add_option("--token-file", flags.token_file,
+                 "file holding the bearer token sent as 'authorization: Bearer <token>'. "
+                 "Default: FERRY_TOKEN_FILE, else MX_AUTH_TOKEN_PATH; FERRY_TOKEN gives the "
+                 "token itself. Unset: no token")
+      ->type_name("FILE");
+  app.add_flag("--tls", flags.tls,
+               "connect with TLS, trusting the system's root certificates (implied by --tls-ca, "
+               "--tls-cert and an https:// address)");
+  app.add_option("--tls-ca", flags.tls_ca,
+                 "PEM CA certificates the server's certificate must chain to; turns TLS on. "
+                 "Default: FERRY_TLS_CA")
+      ->type_name("FILE");
+  app.add_option("--tls-cert", flags.tls_cert,
+                 "PEM client certificate for servers that require mutual TLS (with --tls-key). "
+                 "Default: FERRY_TLS_CLIENT_CERT")
+      ->type_name("FILE");
+  app.add_option("--tls-key", flags.tls_key,
+                 "PEM private key of --tls-cert. Default: FERRY_TLS_CLIENT_KEY")
+      ->type_name("FILE");
+  app.add_option("--tls-server-name", flags.tls_server_name,
+                 "name the server's certificate must carry, when it differs from the host in "
+                 "--server")
+      ->type_name("NAME");
 }
 
 std::string StatusName(int status) {

@@ -116,8 +116,11 @@ class Demo {
       Step(absl::StrCat("Started an embedded ferry-server on ", address, " (pid ", server_->pid(),
                         ", memory store)"));
     }
-    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client,
-                           ConnectClientTo(address, server_ ? "the embedded server" : "--server"));
+    // The embedded server runs without TLS or tokens; a --server one gets the credential flags.
+    FERRY_ASSIGN_OR_RETURN(
+        std::unique_ptr<MetadataClient> client,
+        server_ ? ConnectClientTo(address, "the embedded server", /*credentials=*/nullptr)
+                : ConnectClientTo(address, "--server", &flags_));
 
     FERRY_ASSIGN_OR_RETURN(HealthInfo health, client->Health());
     Step(absl::StrCat("Health: ", health.status, ", version ", health.version, ", up ",
@@ -196,7 +199,9 @@ void AddDemoCommand(CLI::App& app, Cli& cli) {
       "list READY sources, read the worker's metadata, see a heartbeat, stop the\n"
       "publisher (STALE) and check it is no longer listed.\n"
       "Without --server it starts the ferry-server next to this executable on\n"
-      "loopback ports and stops it at the end (FERRY_SERVER is not used here).");
+      "loopback ports and stops it at the end (FERRY_SERVER is not used here, and\n"
+      "neither are the token and TLS settings: the embedded server needs none).\n"
+      "With --server it uses them as the other commands do.");
   cmd->callback([&cli] { cli.action = [&cli] { return Demo(cli.flags).Run(); }; });
 }
 

@@ -2,6 +2,8 @@
 //
 // Exit status: 0 success; 1 the command failed (message on stderr as "ferry: ..."); 2 usage
 // error.
+#include <grpc/support/log.h>
+
 #include <iostream>
 #include <string>
 
@@ -9,11 +11,17 @@
 #include "cli/cli.h"
 #include "common/env.h"
 #include "common/logging.h"
+#include "spdlog/spdlog.h"
 
 namespace {
 
 constexpr int kExitFailure = 1;
 constexpr int kExitUsage = 2;
+
+// gRPC's core writes what it sees on each connection attempt (a failed TLS handshake, say) to
+// stderr. A command reports the outcome once, in its error, so those lines go to the debug log:
+// `--log-level debug` shows them.
+void ForwardGrpcLog(gpr_log_func_args* args) { spdlog::debug("grpc: {}", args->message); }
 
 }  // namespace
 
@@ -28,12 +36,7 @@ int main(int argc, char** argv) {
   app.fallthrough();
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("ferry ") + FERRY_VERSION);
-  app.add_option("--server", cli.flags.server,
-                 "server address HOST:PORT (an http:// prefix is accepted). Default: "
-                 "FERRY_SERVER, else MX_SERVER_ADDRESS, else localhost:8001");
-  app.add_option("--log-level", cli.flags.log_level,
-                 "library log level on stderr: trace, debug, info, warn, error, off")
-      ->capture_default_str();
+  ferry::cli::AddGlobalFlags(app, cli.flags);
   app.add_flag_callback(
       "--help-env",
       [] {
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
     std::cerr << "ferry: " << s.message() << "\n";
     return kExitUsage;
   }
+  gpr_set_log_function(ForwardGrpcLog);
   if (!cli.action) {
     std::cerr << "ferry: no command given\nRun `ferry --help` for usage.\n";
     return kExitUsage;

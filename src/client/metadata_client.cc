@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "client/credentials.h"
 #include "client/metadata_client_internal.h"
 #include "common/env.h"
 #include "model_express/health.grpc.pb.h"
@@ -86,7 +87,7 @@ StatusOr<NormalizedAddress> NormalizeServerAddress(absl::string_view address,
 }
 
 Status ValidateClientOptions(const MetadataClientOptions& options) {
-  FERRY_RETURN_IF_ERROR(NormalizeServerAddress(options.server_address).status());
+  FERRY_ASSIGN_OR_RETURN(NormalizedAddress address, NormalizeServerAddress(options.server_address));
   auto positive = [](absl::Duration d, absl::string_view field) -> Status {
     if (d <= absl::ZeroDuration() || d == absl::InfiniteDuration()) {
       return absl::InvalidArgumentError(absl::StrCat(field, "=", absl::FormatDuration(d),
@@ -112,6 +113,35 @@ Status ValidateClientOptions(const MetadataClientOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("max_message_size=", options.max_message_size,
                                                    " must be a positive number of bytes"));
   }
+  return ValidateCredentialOptions(options, address.https_prefix);
+}
+
+Status ValidateCredentialOptions(const MetadataClientOptions& options, bool https_prefix) {
+  if (!options.token.empty() && !options.token_file.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kTokenField, " and ", kTokenFileField, " are both set; set one"));
+  }
+  if (!options.token.empty()) FERRY_RETURN_IF_ERROR(ValidateToken(options.token, kTokenField));
+  // What turns TLS on (see MakeChannelSecurity); tls_server_name only modifies it.
+  const bool tls_on = options.tls || !options.tls_ca_file.empty() ||
+                      !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  const bool tls_fields = tls_on || !options.tls_server_name.empty();
+  if (options.credentials != nullptr && tls_fields) {
+    return absl::InvalidArgumentError(
+        "credentials and tls / tls_* are both set; build the TLS credentials either way, not "
+        "both");
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.tls_cert_file.empty() ? kTlsKeyField : kTlsCertField, " is set but ",
+                     options.tls_cert_file.empty() ? kTlsCertField : kTlsKeyField,
+                     " is not; a client certificate needs both"));
+  }
+  if (!options.tls_server_name.empty() && !tls_on && !https_prefix) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kTlsServerNameField, "='", options.tls_server_name,
+                     "' needs TLS; add tls (--tls) or tls_ca_file (--tls-ca, FERRY_TLS_CA)"));
+  }
   return absl::OkStatus();
 }
 
@@ -126,12 +156,45 @@ bool IsRetryableCode(absl::StatusCode code) {
 }
 
 Status RpcError(absl::string_view rpc, absl::string_view address, absl::StatusCode code,
-                absl::string_view details, int attempts) {
+                absl::string_view details, int attempts, const CallSecurity& security) {
   std::string msg = absl::StrCat(rpc, " to ", address, " failed: ", absl::StatusCodeToString(code));
   if (!details.empty()) absl::StrAppend(&msg, ": ", details);
   if (attempts > 1) absl::StrAppend(&msg, " (", attempts, " attempts)");
-  if (IsRetryableCode(code)) {
-    absl::StrAppend(&msg, "; check --server/FERRY_SERVER or start ferry-server");
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      absl::StrAppend(&msg, "; check --server/FERRY_SERVER or start ferry-server");
+      // A refused connection says nothing about TLS; any other failure to connect may be a
+      // TLS mismatch (a plaintext client is cut off by a TLS server with no further reason).
+      if (code == absl::StatusCode::kUnavailable &&
+          !absl::StrContains(details, "Connection refused")) {
+        absl::StrAppend(&msg, security.tls
+                                  ? "; with TLS, check --tls-ca/FERRY_TLS_CA, --tls-server-name, "
+                                    "and --tls-cert/--tls-key if the server requires client "
+                                    "certificates"
+                                  : "; if the server uses TLS, pass --tls-ca/FERRY_TLS_CA (or "
+                                    "--tls for a certificate the system trusts)");
+      }
+      break;
+    case absl::StatusCode::kUnauthenticated:
+      if (security.token_origin.empty()) {
+        absl::StrAppend(&msg,
+                        "; the server requires a bearer token and this client sends none: pass "
+                        "--token-file FILE or set FERRY_TOKEN_FILE (ModelExpress: "
+                        "MX_AUTH_TOKEN_PATH)");
+      } else {
+        absl::StrAppend(&msg, "; the server did not accept ", security.token_origin,
+                        ": check --token-file/FERRY_TOKEN_FILE names a token listed in the "
+                        "server's --auth-tokens file");
+      }
+      break;
+    case absl::StatusCode::kPermissionDenied:
+      absl::StrAppend(&msg,
+                      "; only the principal that published a record, or an admin principal, "
+                      "may change it: use that principal's token");
+      break;
+    default:
+      break;
   }
   return Status(code, msg);
 }
@@ -188,13 +251,19 @@ StatusOr<std::unique_ptr<MetadataClient>> MetadataClient::Create(
   FERRY_RETURN_IF_ERROR(internal::ValidateClientOptions(options));
   FERRY_ASSIGN_OR_RETURN(internal::NormalizedAddress address,
                          internal::NormalizeServerAddress(options.server_address));
-
-  std::shared_ptr<grpc::ChannelCredentials> creds = options.credentials;
-  if (creds == nullptr) {
-    creds = address.https_prefix ? grpc::SslCredentials(grpc::SslCredentialsOptions())
-                                 : grpc::InsecureChannelCredentials();
+  std::unique_ptr<internal::TokenSource> token;
+  if (!options.token_file.empty()) {
+    FERRY_ASSIGN_OR_RETURN(token, internal::TokenSource::FromFile(options.token_file));
+  } else if (!options.token.empty()) {
+    FERRY_ASSIGN_OR_RETURN(token, internal::TokenSource::FromToken(options.token));
   }
+  FERRY_ASSIGN_OR_RETURN(internal::ChannelSecurity security,
+                         internal::MakeChannelSecurity(options, address.https_prefix));
+
   grpc::ChannelArguments args;
+  if (!security.server_name.empty()) {
+    args.SetSslTargetNameOverride(security.server_name);
+  }
   args.SetMaxReceiveMessageSize(options.max_message_size);
   args.SetMaxSendMessageSize(options.max_message_size);
   // A connection attempt that neither succeeds nor fails (dropped packets) is abandoned after
@@ -203,19 +272,23 @@ StatusOr<std::unique_ptr<MetadataClient>> MetadataClient::Create(
               std::max(100, ClampToIntMillis(options.connect_timeout)));
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, kReconnectInitialBackoffMs);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kReconnectMaxBackoffMs);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address.target, creds, args);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(address.target, security.credentials, args);
   if (channel == nullptr) {
     return absl::InternalError(absl::StrCat("could not create a gRPC channel to ", address.target));
   }
-  return std::unique_ptr<MetadataClient>(
-      new MetadataClient(options, address.target, std::move(channel)));
+  return std::unique_ptr<MetadataClient>(new MetadataClient(
+      options, address.target, std::move(channel), security.tls, std::move(token)));
 }
 
 MetadataClient::MetadataClient(const MetadataClientOptions& options, std::string address,
-                               std::shared_ptr<grpc::Channel> channel)
+                               std::shared_ptr<grpc::Channel> channel, bool tls,
+                               std::unique_ptr<internal::TokenSource> token)
     : options_(options),
       address_(std::move(address)),
       channel_(std::move(channel)),
+      tls_(tls),
+      token_(std::move(token)),
       stubs_(std::make_unique<Stubs>()) {
   stubs_->p2p = p2p::P2pService::NewStub(channel_);
   stubs_->health = health::HealthService::NewStub(channel_);
@@ -239,6 +312,11 @@ void MetadataClient::WaitBeforeRetry(absl::Duration delay) {
 
 // Each attempt gets a fresh context whose deadline is call_timeout from its start. RPCs do not
 // set wait_for_ready, so an unreachable server fails an attempt instead of queueing it.
+//
+// The bearer token is added to each context rather than through grpc::CallCredentials: gRPC
+// sends call credentials only over secure channels, and servers accept tokens over plaintext
+// too (ModelExpress's client sends them either way). Each attempt asks the token source
+// again, so a rotated token file takes effect on the next attempt.
 template <typename Fn>
 Status MetadataClient::CallWithRetry(const char* rpc, Fn attempt) {
   grpc::Status status;
@@ -249,11 +327,15 @@ Status MetadataClient::CallWithRetry(const char* rpc, Fn attempt) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          absl::ToChronoMilliseconds(options_.call_timeout));
+    if (token_ != nullptr) context.AddMetadata("authorization", "Bearer " + token_->Get());
     status = attempt(&context);
     if (status.ok()) return absl::OkStatus();
     const auto code = static_cast<absl::StatusCode>(status.error_code());
     if (!internal::IsRetryableCode(code) || attempts >= options_.max_attempts) {
-      return internal::RpcError(rpc, address_, code, status.error_message(), attempts);
+      internal::CallSecurity security;
+      security.tls = tls_;
+      if (token_ != nullptr) security.token_origin = token_->Origin();
+      return internal::RpcError(rpc, address_, code, status.error_message(), attempts, security);
     }
     const absl::Duration delay = internal::RetryBackoff(attempts, options_.retry_initial_backoff,
                                                         options_.retry_max_backoff) *

@@ -29,8 +29,14 @@ struct NormalizedAddress {
 StatusOr<NormalizedAddress> NormalizeServerAddress(absl::string_view address,
                                                    absl::string_view what = "server_address");
 
-// Checks every field of `options`; the error names the field and the bad value.
+// Checks every field of `options` without reading any file; the error names the field and the
+// bad value.
 Status ValidateClientOptions(const MetadataClientOptions& options);
+
+// The token and TLS fields: token and token_file exclusive, a valid literal token, credentials
+// not combined with tls / tls_*, tls_cert_file and tls_key_file together, tls_server_name only
+// with TLS (which `https_prefix`, from the address, also turns on).
+Status ValidateCredentialOptions(const MetadataClientOptions& options, bool https_prefix);
 
 // Delay before retry number `retry` (1 = before the second attempt): initial * 2^(retry-1),
 // capped at `max`. No jitter; the caller adds it.
@@ -39,10 +45,18 @@ absl::Duration RetryBackoff(int retry, absl::Duration initial, absl::Duration ma
 // Codes after which the same RPC is tried again.
 bool IsRetryableCode(absl::StatusCode code);
 
+// How a client was set up, for the advice in RpcError.
+struct CallSecurity {
+  bool tls = false;
+  std::string token_origin;  // TokenSource::Origin(); empty when no token is sent
+};
+
 // A failed RPC: "<rpc> to <address> failed: <CODE>: <details>", plus the attempt count when
-// more than one was made and, for UNAVAILABLE and DEADLINE_EXCEEDED, what to check.
+// more than one was made, then what to do: for UNAVAILABLE and DEADLINE_EXCEEDED the server
+// address (and, unless the connection was refused, the TLS settings); for UNAUTHENTICATED the
+// token (none sent, or which one was refused); for PERMISSION_DENIED whose token to use.
 Status RpcError(absl::string_view rpc, absl::string_view address, absl::StatusCode code,
-                absl::string_view details, int attempts);
+                absl::string_view details, int attempts, const CallSecurity& security = {});
 
 // A success=false answer. The code comes from the server's message: "not found" -> NotFound;
 // "... is required" / "invalid ..." -> InvalidArgument; "Failed to <verb> ..." (the server's

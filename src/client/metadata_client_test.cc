@@ -9,6 +9,7 @@ namespace ferry {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 TEST(ResolveServerAddressTest, FlagWinsOverEnvironment) {
@@ -151,11 +152,45 @@ TEST(RetryBackoffTest, OnlyTransportFailuresAreRetried) {
 TEST(RpcErrorTest, NamesRpcAddressCodeDetailsAndWhatToCheck) {
   Status s = internal::RpcError("ListSources", "localhost:8001", absl::StatusCode::kUnavailable,
                                 "failed to connect to all addresses", 3);
+  // (Not "Connection refused", so a plaintext client is also told about TLS.)
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(s.message(),
             "ListSources to localhost:8001 failed: UNAVAILABLE: failed to "
             "connect to all addresses (3 attempts); check "
-            "--server/FERRY_SERVER or start ferry-server");
+            "--server/FERRY_SERVER or start ferry-server; if the server uses TLS, pass "
+            "--tls-ca/FERRY_TLS_CA (or --tls for a certificate the system trusts)");
+}
+
+TEST(RpcErrorTest, UnavailableWithoutARefusedConnectionMentionsTls) {
+  Status plain =
+      internal::RpcError("ListSources", "h:1", absl::StatusCode::kUnavailable, "Socket closed", 1);
+  EXPECT_THAT(std::string(plain.message()),
+              HasSubstr("start ferry-server; if the server uses TLS, pass --tls-ca/FERRY_TLS_CA"));
+  Status tls = internal::RpcError("ListSources", "h:1", absl::StatusCode::kUnavailable,
+                                  "Ssl handshake failed", 1, {.tls = true});
+  EXPECT_THAT(std::string(tls.message()), HasSubstr("; with TLS, check --tls-ca/FERRY_TLS_CA"));
+  Status refused = internal::RpcError("ListSources", "h:1", absl::StatusCode::kUnavailable,
+                                      "connect: Connection refused", 1);
+  EXPECT_THAT(std::string(refused.message()), Not(HasSubstr("TLS")));
+}
+
+TEST(RpcErrorTest, AuthErrorsSayWhatToDoAboutTheToken) {
+  Status none = internal::RpcError("ListSources", "h:1", absl::StatusCode::kUnauthenticated,
+                                   "missing authorization header", 1);
+  EXPECT_EQ(none.code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(none.message(),
+            "ListSources to h:1 failed: UNAUTHENTICATED: missing authorization header; the "
+            "server requires a bearer token and this client sends none: pass --token-file FILE "
+            "or set FERRY_TOKEN_FILE (ModelExpress: MX_AUTH_TOKEN_PATH)");
+  Status refused = internal::RpcError("ListSources", "h:1", absl::StatusCode::kUnauthenticated,
+                                      "unknown token", 1, {.token_origin = "the token in /t"});
+  EXPECT_THAT(std::string(refused.message()),
+              HasSubstr("unknown token; the server did not accept the token in /t: check "
+                        "--token-file/FERRY_TOKEN_FILE"));
+  Status denied = internal::RpcError("UpdateStatus", "h:1", absl::StatusCode::kPermissionDenied,
+                                     "belongs to principal 'alice'", 1);
+  EXPECT_THAT(std::string(denied.message()),
+              HasSubstr("alice'; only the principal that published a record"));
 }
 
 TEST(RpcErrorTest, NoHintForNonTransportErrors) {

@@ -37,6 +37,18 @@ constexpr EnvVar kTable[] = {
      "ferry-server PEM CA that client certificates must chain to (--tls-client-ca)"},
     {"FERRY_HEARTBEAT_INTERVAL", "MX_HEARTBEAT_INTERVAL_SECS", "30s",
      "how often a publisher refreshes its records"},
+    {"FERRY_TOKEN_FILE", "MX_AUTH_TOKEN_PATH", "",
+     "client: file holding the bearer token sent to the server (--token-file); re-read when it "
+     "changes. Unset: no token (ModelExpress's default path is not read unless "
+     "MX_AUTH_TOKEN_PATH names it)"},
+    {"FERRY_TOKEN", "", "",
+     "client: the bearer token itself, when there is no token file (prefer FERRY_TOKEN_FILE)"},
+    {"FERRY_TLS_CA", "", "",
+     "client: PEM CA certificates the server's certificate must chain to; turns TLS on "
+     "(--tls-ca)"},
+    {"FERRY_TLS_CLIENT_CERT", "", "",
+     "client: PEM client certificate chain for mutual TLS (--tls-cert)"},
+    {"FERRY_TLS_CLIENT_KEY", "", "", "client: PEM private key of --tls-cert (--tls-key)"},
 };
 
 }  // namespace

@@ -2,10 +2,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "ferry/metadata_client.h"
 #include "nlohmann/json.hpp"
 #include "server_process.h"
+#include "test_certs.h"
 
 namespace ferry {
 namespace {
@@ -20,15 +25,24 @@ using ::testing::StartsWith;
 
 constexpr absl::Duration kCommandTimeout = absl::Seconds(60);
 
-// Server-address variables are blanked for every command (an empty value counts as unset), so
-// the caller's shell cannot change what the tests see.
-const std::vector<std::string> kCleanEnv = {"FERRY_SERVER=", "MX_SERVER_ADDRESS="};
+// Server-address and credential variables are blanked for every command (an empty value counts
+// as unset), so the caller's shell cannot change what the tests see.
+const std::vector<std::string> kCleanEnv = {
+    "FERRY_SERVER=", "MX_SERVER_ADDRESS=", "FERRY_TOKEN_FILE=",      "MX_AUTH_TOKEN_PATH=",
+    "FERRY_TOKEN=",  "FERRY_TLS_CA=",      "FERRY_TLS_CLIENT_CERT=", "FERRY_TLS_CLIENT_KEY="};
 
+// Runs the ferry binary with kCleanEnv, overridden by `env` ("NAME=value").
 CommandResult Ferry(const std::vector<std::string>& args,
-                    std::vector<std::string> env = kCleanEnv) {
+                    const std::vector<std::string>& env = {}) {
   std::vector<std::string> argv = {BinaryPath("ferry")};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto r = RunCommand(argv, kCommandTimeout, env);
+  std::vector<std::string> merged = kCleanEnv;
+  for (const std::string& e : env) {
+    const std::string name = e.substr(0, e.find('=') + 1);
+    std::erase_if(merged, [&](const std::string& m) { return m.starts_with(name); });
+    merged.push_back(e);
+  }
+  auto r = RunCommand(argv, kCommandTimeout, merged);
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? *std::move(r) : CommandResult{};
 }
@@ -245,11 +259,183 @@ TEST_F(CliTest, DemoAgainstAGivenServer) {
   EXPECT_EQ((*refs)[0].model_name(), "demo/tiny-llama");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Against a server with TLS and bearer tokens.
+
+constexpr char kAliceToken[] = "alice-token-0123456789abcdef";
+
+class CliAuthTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto certs = testing::MakeTestCerts(dir_.path());
+    ASSERT_TRUE(certs.ok()) << certs.status();
+    certs_ = *certs;
+    token_file_ = dir_.Write("alice.token", absl::StrCat(kAliceToken, "\n"));
+  }
+
+  void TearDown() override {
+    if (server_ == nullptr || !server_->running()) return;
+    StatusOr<int> exit_code = server_->Stop(SIGTERM);
+    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+    EXPECT_EQ(*exit_code, 0) << server_->LogTail();
+  }
+
+  // Starts a TLS server that requires tokens (and, if `mutual`, client certificates), and
+  // publishes one READY worker as alice.
+  void StartServer(bool mutual) {
+    std::vector<std::string> args = {
+        "--tls-cert",    certs_.server_cert,
+        "--tls-key",     certs_.server_key,
+        "--auth-tokens", dir_.Write("tokens", absl::StrCat(kAliceToken, " alice\n"))};
+    if (mutual) args.insert(args.end(), {"--tls-client-ca", certs_.ca});
+    auto s = ServerProcess::Create({.extra_args = args});
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(s).value();
+
+    MetadataClientOptions o;
+    o.server_address = server_->grpc_address();
+    o.token_file = token_file_;
+    o.tls_ca_file = certs_.ca;
+    if (mutual) {
+      o.tls_cert_file = certs_.client_cert;
+      o.tls_key_file = certs_.client_key;
+    }
+    auto c = MetadataClient::Create(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    PublishMetadataRequest r;
+    r.mutable_identity()->set_model_name("cli/secure-model");
+    r.set_worker_id("w-secure");
+    r.mutable_worker()->set_worker_grpc_endpoint("10.1.2.3:6555");
+    auto published = (*c)->Publish(r);
+    ASSERT_TRUE(published.ok()) << published.status();
+    source_id_ = published->mx_source_id;
+    ASSERT_TRUE((*c)->UpdateStatus(source_id_, "w-secure", 0, p2p::SOURCE_STATUS_READY).ok());
+  }
+
+  // The one worker alice published, as `sources list --json` prints it.
+  void ExpectListsTheWorker(const CommandResult& r) {
+    ASSERT_EQ(r.exit_code, 0) << Describe(r);
+    nlohmann::json j = nlohmann::json::parse(r.out);
+    ASSERT_TRUE(j.is_array());
+    ASSERT_EQ(j.size(), 1u);
+    EXPECT_EQ(j[0]["mx_source_id"], source_id_);
+    EXPECT_EQ(j[0]["worker_id"], "w-secure");
+  }
+
+  testing::TempDir dir_;
+  testing::TestCerts certs_;
+  std::string token_file_;
+  std::unique_ptr<ServerProcess> server_;
+  std::string source_id_;
+};
+
+TEST_F(CliAuthTlsTest, TokenFileAndCaFlags) {
+  StartServer(/*mutual=*/false);
+  const std::string address = server_->grpc_address();
+  ExpectListsTheWorker(Ferry({"--server", address, "--token-file", token_file_, "--tls-ca",
+                              certs_.ca, "sources", "list", "--json"}));
+
+  CommandResult r = Ferry({"--server", address, "--token-file", token_file_, "--tls-ca", certs_.ca,
+                           "sources", "get", source_id_, "w-secure", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(nlohmann::json::parse(r.out)["worker"]["status"], "SOURCE_STATUS_READY");
+
+  // Health needs TLS but no token.
+  r = Ferry({"--server", address, "--tls-ca", certs_.ca, "health"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("status   ok"));
+}
+
+TEST_F(CliAuthTlsTest, WithoutTheTokenOneLineErrorAndExit1) {
+  StartServer(/*mutual=*/false);
+  CommandResult r =
+      Ferry({"--server", server_->grpc_address(), "--tls-ca", certs_.ca, "sources", "list"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_EQ(r.out, "");
+  EXPECT_THAT(r.err, StartsWith("ferry: ListSources to " + server_->grpc_address() +
+                                " failed: UNAUTHENTICATED"));
+  EXPECT_THAT(r.err, HasSubstr("pass --token-file FILE or set FERRY_TOKEN_FILE"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+
+  // A token file that does not exist is named.
+  r = Ferry({"--server", server_->grpc_address(), "--tls-ca", certs_.ca, "--token-file",
+             dir_.path() + "/missing.token", "sources", "list"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, StartsWith("ferry: token_file (--token-file"));
+  EXPECT_THAT(r.err, HasSubstr("/missing.token cannot be read: No such file or directory"));
+}
+
+TEST_F(CliAuthTlsTest, WithoutTlsOneLineUnavailable) {
+  StartServer(/*mutual=*/false);
+  CommandResult r =
+      Ferry({"--server", server_->grpc_address(), "--token-file", token_file_, "health"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("failed: UNAVAILABLE"));
+  EXPECT_THAT(r.err, HasSubstr("if the server uses TLS, pass --tls-ca/FERRY_TLS_CA"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST_F(CliAuthTlsTest, CredentialsFromTheEnvironment) {
+  StartServer(/*mutual=*/false);
+  const std::vector<std::string> args = {"--server", server_->grpc_address(), "sources", "list",
+                                         "--json"};
+  ExpectListsTheWorker(
+      Ferry(args, {"FERRY_TOKEN_FILE=" + token_file_, "FERRY_TLS_CA=" + certs_.ca}));
+  // ModelExpress's variable as the fallback, and the token itself.
+  ExpectListsTheWorker(
+      Ferry(args, {"MX_AUTH_TOKEN_PATH=" + token_file_, "FERRY_TLS_CA=" + certs_.ca}));
+  ExpectListsTheWorker(
+      Ferry(args, {absl::StrCat("FERRY_TOKEN=", kAliceToken), "FERRY_TLS_CA=" + certs_.ca}));
+  // The flag wins over the variable.
+  ExpectListsTheWorker(
+      Ferry({"--server", server_->grpc_address(), "--token-file", token_file_, "sources", "list",
+             "--json"},
+            {"FERRY_TOKEN_FILE=" + dir_.path() + "/missing", "FERRY_TLS_CA=" + certs_.ca}));
+  // Two token sources in the environment are ambiguous.
+  CommandResult r = Ferry(args, {"FERRY_TOKEN_FILE=" + token_file_, "FERRY_TOKEN=x-0123456789",
+                                 "FERRY_TLS_CA=" + certs_.ca});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("FERRY_TOKEN are set"));
+}
+
+TEST_F(CliAuthTlsTest, MutualTlsClientCertificateFlags) {
+  StartServer(/*mutual=*/true);
+  const std::string address = server_->grpc_address();
+  ExpectListsTheWorker(
+      Ferry({"--server", address, "--token-file", token_file_, "--tls-ca", certs_.ca, "--tls-cert",
+             certs_.client_cert, "--tls-key", certs_.client_key, "sources", "list", "--json"}));
+  ExpectListsTheWorker(Ferry({"--server", address, "sources", "list", "--json"},
+                             {"FERRY_TOKEN_FILE=" + token_file_, "FERRY_TLS_CA=" + certs_.ca,
+                              "FERRY_TLS_CLIENT_CERT=" + certs_.client_cert,
+                              "FERRY_TLS_CLIENT_KEY=" + certs_.client_key}));
+  CommandResult r = Ferry(
+      {"--server", address, "--token-file", token_file_, "--tls-ca", certs_.ca, "sources", "list"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("--tls-cert/--tls-key if the server requires client certificates"));
+  r = Ferry(
+      {"--server", address, "--tls-ca", certs_.ca, "--tls-cert", certs_.client_cert, "health"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, StartsWith("ferry: tls_cert_file (--tls-cert, FERRY_TLS_CLIENT_CERT) is set "
+                                "but tls_key_file"));
+}
+
+TEST(CliStandaloneTest, DemoIgnoresCredentialSettings) {
+  // The embedded server needs no token or TLS; settings meant for another server do not break
+  // the demo.
+  CommandResult r =
+      Ferry({"demo"}, {"FERRY_TOKEN_FILE=/nonexistent/token", "FERRY_TLS_CA=/nonexistent/ca.pem"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_THAT(r.out, HasSubstr("Demo complete."));
+}
+
 TEST(CliStandaloneTest, HelpEnvVersionAndUsage) {
   CommandResult r = Ferry({"--help-env"});
   EXPECT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_THAT(r.out, HasSubstr("FERRY_SERVER"));
   EXPECT_THAT(r.out, HasSubstr("MX_SERVER_ADDRESS"));
+  EXPECT_THAT(r.out, HasSubstr("FERRY_TOKEN_FILE"));
+  EXPECT_THAT(r.out, HasSubstr("fallback: MX_AUTH_TOKEN_PATH"));
+  EXPECT_THAT(r.out, HasSubstr("FERRY_TLS_CLIENT_KEY"));
 
   r = Ferry({"--version"});
   EXPECT_EQ(r.exit_code, 0) << Describe(r);
@@ -259,6 +445,8 @@ TEST(CliStandaloneTest, HelpEnvVersionAndUsage) {
   EXPECT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_THAT(r.out, HasSubstr("sources"));
   EXPECT_THAT(r.out, HasSubstr("demo"));
+  EXPECT_THAT(r.out, HasSubstr("--token-file FILE"));
+  EXPECT_THAT(r.out, HasSubstr("--tls-ca FILE"));
 
   r = Ferry({});
   EXPECT_EQ(r.exit_code, 2) << Describe(r);
