@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/metadata_client_internal.h"
+#include "common/testing/test_certs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -22,23 +23,7 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/ferry-creds-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string Write(const std::string& name, const std::string& text) const {
-    const std::string p = path_ + "/" + name;
-    std::ofstream(p, std::ios::trunc) << text;
-    return p;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::ferry::testing::TempDir;
 
 // Sets the modification time of `path` to `age` ago.
 void Age(const std::string& path, absl::Duration age) {

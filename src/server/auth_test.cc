@@ -1,9 +1,8 @@
 #include "server/auth.h"
 
-#include <cstdlib>
-#include <filesystem>
 #include <fstream>
 
+#include "common/testing/test_certs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/test_server.h"
@@ -18,23 +17,7 @@ constexpr char kAliceToken[] = "alice-token-0123456789abcdef";
 constexpr char kBobToken[] = "bob-token-0123456789abcdef";
 constexpr char kRootToken[] = "root-token-0123456789abcdef";
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/ferry-auth-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string Write(const std::string& name, const std::string& text) const {
-    const std::string p = path_ + "/" + name;
-    std::ofstream(p, std::ios::trunc) << text;
-    return p;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::ferry::testing::TempDir;
 
 std::string TokensText() {
   return absl::StrCat("# deployment tokens\n", kAliceToken, " alice\n\n", kBobToken,
@@ -157,30 +140,12 @@ TEST_F(AuthServerTest, OnlyTheOwnerOrAnAdminChangesARecord) {
   EXPECT_TRUE(bob_pub.success());
 }
 
-// Runs the openssl command; returns its exit status.
-int Openssl(const std::string& args) {
-  return std::system(("openssl " + args + " 2>/dev/null").c_str());
-}
-
 class TlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string d = dir_.path();
-    // A CA, a server certificate for 127.0.0.1/localhost, and a client certificate.
-    ASSERT_EQ(Openssl("req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
-                      "-subj /CN=ferry-test-ca -keyout " +
-                      d + "/ca.key -out " + d + "/ca.pem"),
-              0);
-    const std::string ext = dir_.Write("san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
-    for (const char* name : {"server", "client"}) {
-      const std::string n = d + "/" + name;
-      ASSERT_EQ(Openssl("req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=" +
-                        std::string(name) + " -keyout " + n + ".key -out " + n + ".csr"),
-                0);
-      ASSERT_EQ(Openssl("x509 -req -in " + n + ".csr -CA " + d + "/ca.pem -CAkey " + d +
-                        "/ca.key -CAcreateserial -days 2 -extfile " + ext + " -out " + n + ".pem"),
-                0);
-    }
+    auto certs = ::ferry::testing::MakeTestCerts(dir_.path());
+    ASSERT_TRUE(certs.ok()) << certs.status();
+    certs_ = *certs;
   }
   static std::string Read(const std::string& path) {
     std::ifstream in(path);
@@ -190,10 +155,10 @@ class TlsTest : public ::testing::Test {
   }
   std::shared_ptr<grpc::Channel> Channel(int port, bool client_cert) {
     grpc::SslCredentialsOptions o;
-    o.pem_root_certs = Read(dir_.path() + "/ca.pem");
+    o.pem_root_certs = Read(certs_.ca);
     if (client_cert) {
-      o.pem_private_key = Read(dir_.path() + "/client.key");
-      o.pem_cert_chain = Read(dir_.path() + "/client.pem");
+      o.pem_private_key = Read(certs_.client_key);
+      o.pem_cert_chain = Read(certs_.client_cert);
     }
     return grpc::CreateChannel(absl::StrCat("localhost:", port), grpc::SslCredentials(o));
   }
@@ -206,12 +171,13 @@ class TlsTest : public ::testing::Test {
   }
   ServerOptions Tls(bool mutual) {
     ServerOptions o;
-    o.tls_cert = dir_.path() + "/server.pem";
-    o.tls_key = dir_.path() + "/server.key";
-    if (mutual) o.tls_client_ca = dir_.path() + "/ca.pem";
+    o.tls_cert = certs_.server_cert;
+    o.tls_key = certs_.server_key;
+    if (mutual) o.tls_client_ca = certs_.ca;
     return o;
   }
   TempDir dir_;
+  ::ferry::testing::TestCerts certs_;
 };
 
 TEST_F(TlsTest, ServesTlsAndRefusesPlainText) {

@@ -10,7 +10,7 @@
 #include "ferry/metadata_client.h"
 #include "nlohmann/json.hpp"
 #include "server_process.h"
-#include "test_certs.h"
+#include "common/testing/test_certs.h"
 
 namespace ferry {
 namespace {

@@ -13,7 +13,7 @@
 #include "ferry/publisher.h"
 #include "ferry/source_identity.h"
 #include "server_process.h"
-#include "test_certs.h"
+#include "common/testing/test_certs.h"
 
 namespace ferry {
 namespace {

@@ -1,12 +1,12 @@
 // Test support for authentication and TLS tests: a temporary folder, and a CA with server and
-// client certificates made with the openssl command (as src/server/auth_test.cc does).
+// client certificates made with the openssl command (header-only, for tests in any layer).
 //
 //   TempDir dir;
 //   auto certs = MakeTestCerts(dir.path());
 //   ASSERT_TRUE(certs.ok()) << certs.status();
 //   ServerProcess::Create({.extra_args = {"--tls-cert", certs->server_cert, ...}});
-#ifndef FERRY_TESTS_INTEGRATION_TEST_CERTS_H_
-#define FERRY_TESTS_INTEGRATION_TEST_CERTS_H_
+#ifndef FERRY_COMMON_TESTING_TEST_CERTS_H_
+#define FERRY_COMMON_TESTING_TEST_CERTS_H_
 
 #include <stdlib.h>
 
@@ -104,4 +104,4 @@ inline StatusOr<TestCerts> MakeTestCerts(const std::string& dir) {
 
 }  // namespace ferry::testing
 
-#endif  // FERRY_TESTS_INTEGRATION_TEST_CERTS_H_
+#endif  // FERRY_COMMON_TESTING_TEST_CERTS_H_
