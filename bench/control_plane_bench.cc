@@ -31,12 +31,6 @@
 //   control_plane_bench [--workers 1000,10000,100000] [--threads 2] [--iterations 10000]
 //                       [--server HOST:PORT [--server-pid PID]] [--server-bin PATH] [--smoke]
 
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -63,6 +57,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "bench_population.h"
+#include "bench_server.h"
+#include "bench_stats.h"
 #include "ferry/status.h"
 #include "grpcpp/grpcpp.h"
 #include "model_express/health.grpc.pb.h"
@@ -76,7 +73,6 @@ namespace p2p = ::model_express::p2p;
 namespace health = ::model_express::health;
 using Clock = std::chrono::steady_clock;
 
-constexpr int kRanksPerSource = 8;
 constexpr int kMaxMessageBytes = 256 << 20;
 
 struct Options {
@@ -92,117 +88,6 @@ struct Options {
   std::vector<std::string> only;  // workload names to run; empty: all (health always runs)
   bool smoke = false;
 };
-
-// ---- the server under test ------------------------------------------------------------------
-
-// A ferry-server child process on loopback ports. Thread-compatible.
-class ServerProcess {
- public:
-  // Starts `binary` and waits until it has written its ports.
-  static StatusOr<std::unique_ptr<ServerProcess>> Create(const std::string& binary) {
-    char dir_template[] = "/tmp/ferry-bench-XXXXXX";
-    if (mkdtemp(dir_template) == nullptr) {
-      return absl::InternalError(absl::StrCat("mkdtemp: ", strerror(errno)));
-    }
-    std::string dir = dir_template;
-    std::string ready = dir + "/ready.json";
-    // Nothing may expire during a run: heartbeat timeout of a day; the reaper still scans
-    // at the upstream default period so its cost is part of what is measured.
-    std::vector<std::string> args = {
-        binary,        "--listen",           "127.0.0.1:0", "--admin-listen",
-        "127.0.0.1:0", "--ready-file",       ready,         "--store",
-        "memory",      "--log-level",        "warn",        "--heartbeat-timeout",
-        "86400s",      "--gc-timeout",       "86400s",      "--reaper-scan-interval",
-        "30s",         "--max-message-size", "100MiB"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    // The server's stdout joins our stderr: stdout carries only the JSON lines.
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
-    pid_t pid = 0;
-    int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) {
-      return absl::FailedPreconditionError(absl::StrCat("cannot start ", binary, ": ", strerror(rc),
-                                                        "; build target ferry-server or pass "
-                                                        "--server-bin / --server"));
-    }
-    auto server = std::unique_ptr<ServerProcess>(new ServerProcess(pid, dir));
-    auto deadline = Clock::now() + std::chrono::seconds(20);
-    while (Clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid, &status, WNOHANG) == pid) {
-        server->pid_ = 0;
-        return absl::InternalError(
-            absl::StrCat(binary, " exited (status ", status, ") before writing ", ready));
-      }
-      std::ifstream in(ready);
-      auto ports = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-      if (ports.is_object() && ports.value("grpc_port", 0) > 0) {
-        server->address_ = absl::StrCat("127.0.0.1:", ports["grpc_port"].get<int>());
-        return server;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return absl::DeadlineExceededError(
-        absl::StrCat(binary, " wrote no ready file ", ready, " within 20 s"));
-  }
-
-  ~ServerProcess() {
-    if (pid_ != 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  const std::string& address() const { return address_; }
-  pid_t pid() const { return pid_; }
-
-  // SIGTERM, then waits up to 10 s. OK only if the server exits with status 0.
-  Status Stop() {
-    kill(pid_, SIGTERM);
-    auto deadline = Clock::now() + std::chrono::seconds(10);
-    int status = 0;
-    while (waitpid(pid_, &status, WNOHANG) == 0) {
-      if (Clock::now() > deadline) {
-        return absl::DeadlineExceededError("ferry-server ignored SIGTERM for 10 s");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    pid_ = 0;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      return absl::InternalError(
-          absl::StrCat("ferry-server did not exit cleanly on SIGTERM (wait status ", status, ")"));
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  ServerProcess(pid_t pid, std::string dir) : pid_(pid), dir_(std::move(dir)) {}
-
-  pid_t pid_;
-  std::string dir_;
-  std::string address_;
-};
-
-// VmRSS and VmHWM of `pid` in bytes; nullopt if unreadable.
-std::optional<std::pair<int64_t, int64_t>> ReadRss(int pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  int64_t rss = -1, hwm = -1;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) rss = std::atoll(line.c_str() + 6) * 1024;
-    if (line.rfind("VmHWM:", 0) == 0) hwm = std::atoll(line.c_str() + 6) * 1024;
-  }
-  if (rss < 0 || hwm < 0) return std::nullopt;
-  return std::make_pair(rss, hwm);
-}
 
 // The floor under every figure: a minimal in-process gRPC server whose GetHealth only sets
 // "ok", called over loopback like ferry-server. Separates gRPC's own cost from ferry's.
@@ -240,41 +125,6 @@ class FloorServer final : public health::HealthService::Service {
 };
 
 // ---- the population ---------------------------------------------------------------------------
-
-std::string WorkerId(int64_t i) {
-  // A bijection on 32 bits, so ids are distinct but not sequential (the client's are random).
-  char buf[9];
-  std::snprintf(buf, sizeof(buf), "%08x", static_cast<uint32_t>(i * 2654435761u));
-  return buf;
-}
-
-p2p::SourceIdentity Identity(const std::string& model_name) {
-  p2p::SourceIdentity id;
-  id.set_mx_version("0.5.0");
-  id.set_mx_source_type(p2p::MX_SOURCE_TYPE_WEIGHTS);
-  id.set_model_name(model_name);
-  id.set_backend_framework(p2p::BACKEND_FRAMEWORK_VLLM);
-  id.set_tensor_parallel_size(kRanksPerSource);
-  id.set_pipeline_parallel_size(1);
-  id.set_dtype("bfloat16");
-  return id;
-}
-
-// What the ModelExpress client sends in P2P mode: endpoints only, status/updated_at unset.
-p2p::PublishMetadataRequest EndpointPublish(const p2p::SourceIdentity& identity, int64_t i) {
-  p2p::PublishMetadataRequest req;
-  *req.mutable_identity() = identity;
-  req.set_worker_id(WorkerId(i));
-  p2p::WorkerMetadata* w = req.mutable_worker();
-  int rank = static_cast<int>(i % kRanksPerSource);
-  std::string host = absl::StrCat("10.", (i >> 16) & 255, ".", (i >> 8) & 255, ".", i & 255);
-  w->set_worker_rank(rank);
-  w->set_metadata_endpoint(absl::StrCat(host, ":", 5600 + rank));
-  w->set_agent_name(absl::StrCat("mx-agent-", WorkerId(i)));
-  w->set_worker_grpc_endpoint(absl::StrCat(host, ":", 6600 + rank));
-  w->set_accelerator("cuda");
-  return req;
-}
 
 struct Source {
   p2p::SourceIdentity identity;
@@ -525,11 +375,6 @@ struct Stats {
   double p50_us = 0, p99_us = 0, mean_us = 0, max_us = 0, qps = 0;
 };
 
-double Percentile(const std::vector<double>& sorted, double q) {
-  size_t rank = static_cast<size_t>(std::ceil(q * sorted.size()));
-  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
-}
-
 // Runs `calls` calls of `call` spread over `threads` threads, each timing its own calls.
 StatusOr<Stats> Measure(int threads, int64_t calls, const Bench::Call& call) {
   std::vector<std::vector<double>> per_thread(threads);
@@ -690,7 +535,9 @@ Status Run(const Options& options) {
     std::cerr << "control_plane_bench: server " << options.server << "\n";
     return RunWorkloads(options, options.server, options.server_pid);
   }
-  FERRY_ASSIGN_OR_RETURN(auto child, ServerProcess::Create(options.server_bin));
+  ServerProcessOptions server_options;
+  server_options.binary = options.server_bin;
+  FERRY_ASSIGN_OR_RETURN(auto child, ServerProcess::Create(server_options));
   std::cerr << "control_plane_bench: server " << child->address() << " (child)\n";
   FERRY_RETURN_IF_ERROR(RunWorkloads(options, child->address(), child->pid()));
   auto begin = Clock::now();
