@@ -105,7 +105,7 @@ void TokenAuthenticator::MaybeReload() {
   }
 }
 
-StatusOr<Principal> TokenAuthenticator::Authenticate(const grpc::ServerContextBase& context) {
+StatusOr<Principal> TokenAuthenticator::Authenticate(const grpc::ServerContext& context) {
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return AuthenticateHeader({});

@@ -43,7 +43,7 @@ class TokenAuthenticator {
 
   // The caller's principal, from the `authorization: Bearer <token>` header. A missing or
   // malformed header, or an unknown token, is UNAUTHENTICATED.
-  StatusOr<Principal> Authenticate(const grpc::ServerContextBase& context);
+  StatusOr<Principal> Authenticate(const grpc::ServerContext& context);
   // Same, for a header value already extracted (tests, other transports).
   StatusOr<Principal> AuthenticateHeader(std::string_view authorization);
 

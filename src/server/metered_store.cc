@@ -18,8 +18,7 @@ auto Measure(Metrics* metrics, const char* op, F&& call) {
     code = result.status().code();
   }
   const bool failed = code != absl::StatusCode::kOk && code != absl::StatusCode::kNotFound &&
-                      code != absl::StatusCode::kAborted &&
-                      code != absl::StatusCode::kUnimplemented;
+                      code != absl::StatusCode::kAborted;
   metrics->ObserveStore(op, failed, absl::ToDoubleSeconds(absl::Now() - start));
   return result;
 }
@@ -39,12 +38,6 @@ StatusOr<store::WorkerDetail> MeteredStore::GetWorker(const std::string& mx_sour
                                                       const std::string& worker_id) {
   return Measure(metrics_, "get_worker",
                  [&] { return inner_->GetWorker(mx_source_id, worker_id); });
-}
-
-StatusOr<uint64_t> MeteredStore::GetWorkerVersion(const std::string& mx_source_id,
-                                                  const std::string& worker_id) {
-  return Measure(metrics_, "get_worker_version",
-                 [&] { return inner_->GetWorkerVersion(mx_source_id, worker_id); });
 }
 
 Status MeteredStore::UpdateStatus(const store::StatusUpdate& update) {

@@ -21,8 +21,6 @@ class MeteredStore final : public store::MetadataStore {
   StatusOr<std::vector<store::WorkerSummary>> ListWorkers(const store::ListQuery& query) override;
   StatusOr<store::WorkerDetail> GetWorker(const std::string& mx_source_id,
                                           const std::string& worker_id) override;
-  StatusOr<uint64_t> GetWorkerVersion(const std::string& mx_source_id,
-                                      const std::string& worker_id) override;
   Status UpdateStatus(const store::StatusUpdate& update) override;
   Status RemoveWorker(const std::string& mx_source_id, const std::string& worker_id,
                       std::optional<uint64_t> expected_version) override;

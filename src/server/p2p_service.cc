@@ -57,7 +57,7 @@ std::string CheckWorker(const p2p::WorkerMetadata& w) {
 P2pService::P2pService(store::MetadataStore* store, Metrics* metrics, P2pServiceOptions options)
     : store_(store), metrics_(metrics), options_(std::move(options)) {}
 
-StatusOr<Principal> P2pService::Authenticate(const grpc::ServerContextBase& context) {
+StatusOr<Principal> P2pService::Authenticate(const grpc::ServerContext& context) {
   if (options_.auth == nullptr) return Principal{};
   return options_.auth->Authenticate(context);
 }
@@ -197,65 +197,20 @@ grpc::Status P2pService::ListSources(grpc::ServerContext* context,
   return scope.Ok(kept.empty() ? "empty" : "ok");
 }
 
-grpc::ServerUnaryReactor* P2pService::GetMetadata(grpc::CallbackServerContext* context,
-                                                  const grpc::ByteBuffer* request,
-                                                  grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(GetMetadataRaw(*context, *request, response));
-  return reactor;
-}
-
-grpc::Status P2pService::GetMetadataRaw(const grpc::ServerContextBase& context,
-                                        const grpc::ByteBuffer& in, grpc::ByteBuffer* out) {
+grpc::Status P2pService::GetMetadata(grpc::ServerContext* context,
+                                     const p2p::GetMetadataRequest* req,
+                                     p2p::GetMetadataResponse* resp) {
   RpcScope scope(metrics_, "GetMetadata");
-  auto principal = Authenticate(context);
+  auto principal = Authenticate(*context);
   if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
-  p2p::GetMetadataRequest request;
-  {
-    std::vector<grpc::Slice> slices;
-    std::string raw;
-    if (in.Dump(&slices).ok()) {
-      for (const grpc::Slice& slice : slices) {
-        raw.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-      }
-    }
-    if (!request.ParseFromString(raw)) {
-      return scope.Finish(
-          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "GetMetadataRequest does not parse"),
-          "refused");
-    }
-  }
-  const p2p::GetMetadataRequest* req = &request;
-  p2p::GetMetadataResponse answer;
-  p2p::GetMetadataResponse* resp = &answer;
-  auto reply = [&](const char* outcome) {
-    grpc::Slice bytes(resp->SerializeAsString());
-    *out = grpc::ByteBuffer(&bytes, 1);
-    return scope.Ok(outcome);
-  };
   if (req->mx_source_id().empty() || req->worker_id().empty()) {
     resp->set_found(false);
-    return reply("refused");
+    return scope.Ok("refused");
   }
   for (const auto& [value, name] : {std::pair{&req->mx_source_id(), "mx_source_id"},
                                     std::pair{&req->worker_id(), "worker_id"}}) {
     if (std::string e = CheckLength(*value, kMaxIdBytes, name); !e.empty()) {
       return scope.Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e), "refused");
-    }
-  }
-  const std::string cache_key =
-      absl::StrCat(req->mx_source_id(), std::string(1, '\0'), req->worker_id());
-  if (auto version = store_->GetWorkerVersion(req->mx_source_id(), req->worker_id());
-      version.ok() || version.status().code() == absl::StatusCode::kNotFound) {
-    absl::MutexLock lock(&cache_mu_);
-    auto it = cache_.find(cache_key);
-    if (it != cache_.end() && version.ok() && it->second.version == *version) {
-      *out = grpc::ByteBuffer(&it->second.bytes, 1);
-      return scope.Ok("ok");
-    }
-    if (it != cache_.end() && !version.ok()) {  // the worker is gone: drop its answer
-      cache_bytes_ -= it->second.bytes.size();
-      cache_.erase(it);
     }
   }
   auto detail = store_->GetWorker(req->mx_source_id(), req->worker_id());
@@ -264,7 +219,7 @@ grpc::Status P2pService::GetMetadataRaw(const grpc::ServerContextBase& context,
       resp->set_found(false);
       resp->set_mx_source_id(req->mx_source_id());
       resp->set_worker_id(req->worker_id());
-      return reply("not_found");
+      return scope.Ok("not_found");
     }
     return scope.Finish(StoreError(*store_, "get worker", detail.status()), "store_error");
   }
@@ -278,18 +233,6 @@ grpc::Status P2pService::GetMetadataRaw(const grpc::ServerContextBase& context,
     *w->mutable_tensors() = w->mutable_tensor_source()->tensors();
   }
   if (detail->identity.has_value()) *resp->mutable_identity() = std::move(*detail->identity);
-  grpc::Slice bytes(resp->SerializeAsString());
-  if (bytes.size() >= kCacheMinBytes) {
-    absl::MutexLock lock(&cache_mu_);
-    if (cache_bytes_ + bytes.size() > kCacheMaxBytes) {  // crude bound: start over
-      cache_.clear();
-      cache_bytes_ = 0;
-    }
-    CachedAnswer& slot = cache_[cache_key];
-    cache_bytes_ += bytes.size() - slot.bytes.size();
-    slot = CachedAnswer{detail->version, bytes};
-  }
-  *out = grpc::ByteBuffer(&bytes, 1);
   return scope.Ok();
 }
 

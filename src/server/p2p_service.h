@@ -7,8 +7,6 @@
 #include <cstdint>
 #include <functional>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "model_express/p2p.grpc.pb.h"
 #include "server/auth.h"
@@ -31,11 +29,7 @@ struct P2pServiceOptions {
 inline constexpr size_t kMaxIdBytes = 256;         // worker_id, mx_source_id
 inline constexpr size_t kMaxEndpointBytes = 4096;  // endpoints, agent name, accelerator, session
 
-// GetMetadata is served as a raw (pre-serialized) callback method so that the encoded answer for
-// a large worker (thousands of tensors) can be cached and reused while the worker's version is
-// unchanged; the other methods are ordinary synchronous handlers.
-class P2pService final : public ::model_express::p2p::P2pService::WithRawCallbackMethod_GetMetadata<
-                             ::model_express::p2p::P2pService::Service> {
+class P2pService final : public ::model_express::p2p::P2pService::Service {
  public:
   // Borrows `store` and `metrics`; both must outlive the service.
   P2pService(store::MetadataStore* store, Metrics* metrics, P2pServiceOptions options);
@@ -46,34 +40,20 @@ class P2pService final : public ::model_express::p2p::P2pService::WithRawCallbac
   grpc::Status ListSources(grpc::ServerContext* context,
                            const ::model_express::p2p::ListSourcesRequest* request,
                            ::model_express::p2p::ListSourcesResponse* response) override;
-  grpc::ServerUnaryReactor* GetMetadata(grpc::CallbackServerContext* context,
-                                        const grpc::ByteBuffer* request,
-                                        grpc::ByteBuffer* response) override;
+  grpc::Status GetMetadata(grpc::ServerContext* context,
+                           const ::model_express::p2p::GetMetadataRequest* request,
+                           ::model_express::p2p::GetMetadataResponse* response) override;
   grpc::Status UpdateStatus(grpc::ServerContext* context,
                             const ::model_express::p2p::UpdateStatusRequest* request,
                             ::model_express::p2p::UpdateStatusResponse* response) override;
 
  private:
   // The caller's principal (empty name when authentication is off), or UNAUTHENTICATED.
-  StatusOr<Principal> Authenticate(const grpc::ServerContextBase& context);
-  // GetMetadata's body: decodes the request, answers from the cache or the store.
-  grpc::Status GetMetadataRaw(const grpc::ServerContextBase& context, const grpc::ByteBuffer& in,
-                              grpc::ByteBuffer* out);
-
-  // Encoded GetMetadata answers of large workers, keyed by "source\0worker".
-  struct CachedAnswer {
-    uint64_t version = 0;
-    grpc::Slice bytes;  // reference-counted: serving it copies nothing
-  };
-  static constexpr size_t kCacheMinBytes = 32 << 10;  // smaller answers are cheap to build
-  static constexpr size_t kCacheMaxBytes = 256 << 20;
+  StatusOr<Principal> Authenticate(const grpc::ServerContext& context);
 
   store::MetadataStore* const store_;
   Metrics* const metrics_;
   const P2pServiceOptions options_;
-  absl::Mutex cache_mu_;
-  absl::flat_hash_map<std::string, CachedAnswer> cache_ ABSL_GUARDED_BY(cache_mu_);
-  size_t cache_bytes_ ABSL_GUARDED_BY(cache_mu_) = 0;
 };
 
 }  // namespace ferry::server

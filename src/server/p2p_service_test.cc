@@ -226,32 +226,6 @@ TEST_F(P2pServiceTest, GetMetadataContract) {
   EXPECT_EQ(got.identity().SerializeAsString(), BaseIdentity().SerializeAsString());
 }
 
-TEST_F(P2pServiceTest, LargeAnswersAreCachedButNeverStale) {
-  p2p::PublishMetadataRequest big = Request("big");
-  for (int i = 0; i < 2000; ++i) {
-    auto* t = big.mutable_worker()->mutable_tensor_source()->add_tensors();
-    t->set_name(absl::StrCat("model.layers.", i, ".weight"));
-    t->set_size(4096);
-  }
-  ASSERT_TRUE(Publish(big).success());
-  p2p::GetMetadataResponse first = Get(kBaseId, "big");
-  p2p::GetMetadataResponse again = Get(kBaseId, "big");  // served from the cache
-  ASSERT_TRUE(again.found());
-  EXPECT_EQ(again.SerializeAsString(), first.SerializeAsString());
-  EXPECT_EQ(again.worker().tensors_size(), 2000);
-  // A heartbeat changes status and updated_at: the next answer shows it.
-  s_.now_ms += 1000;
-  ASSERT_TRUE(Update(kBaseId, "big", 0, p2p::SOURCE_STATUS_READY).success());
-  p2p::GetMetadataResponse after_beat = Get(kBaseId, "big");
-  EXPECT_EQ(after_beat.worker().status(), p2p::SOURCE_STATUS_READY);
-  EXPECT_EQ(after_beat.worker().updated_at(), TestServer::kStartMs + 1000);
-  // Another worker re-publishes the source's identity in other letter case: the answer follows.
-  p2p::SourceIdentity upper = BaseIdentity();
-  upper.set_model_name("DEEPSEEK-AI/DEEPSEEK-V3");
-  ASSERT_TRUE(Publish(Request("other", 0, upper)).success());
-  EXPECT_EQ(Get(kBaseId, "big").identity().model_name(), "DEEPSEEK-AI/DEEPSEEK-V3");
-}
-
 TEST_F(P2pServiceTest, StoreFailuresAreUnavailableAndNameTheStore) {
   s_.faults().SetFailure(store::FaultStore::Op::kAny, absl::UnavailableError("backend down"));
   grpc::Status st;

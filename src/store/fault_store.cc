@@ -60,12 +60,6 @@ StatusOr<WorkerDetail> FaultStore::GetWorker(const std::string& mx_source_id,
   return inner_->GetWorker(mx_source_id, worker_id);
 }
 
-StatusOr<uint64_t> FaultStore::GetWorkerVersion(const std::string& mx_source_id,
-                                                const std::string& worker_id) {
-  FERRY_RETURN_IF_ERROR(Inject(Op::kGet));
-  return inner_->GetWorkerVersion(mx_source_id, worker_id);
-}
-
 Status FaultStore::UpdateStatus(const StatusUpdate& update) {
   FERRY_RETURN_IF_ERROR(Inject(Op::kUpdateStatus));
   return inner_->UpdateStatus(update);

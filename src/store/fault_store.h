@@ -34,8 +34,6 @@ class FaultStore final : public MetadataStore {
   StatusOr<std::vector<WorkerSummary>> ListWorkers(const ListQuery& query) override;
   StatusOr<WorkerDetail> GetWorker(const std::string& mx_source_id,
                                    const std::string& worker_id) override;
-  StatusOr<uint64_t> GetWorkerVersion(const std::string& mx_source_id,
-                                      const std::string& worker_id) override;
   Status UpdateStatus(const StatusUpdate& update) override;
   Status RemoveWorker(const std::string& mx_source_id, const std::string& worker_id,
                       std::optional<uint64_t> expected_version) override;

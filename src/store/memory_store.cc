@@ -1,7 +1,5 @@
 #include "store/memory_store.h"
 
-#include <algorithm>
-
 #include "absl/strings/str_cat.h"
 #include "ferry/source_identity.h"
 
@@ -33,7 +31,6 @@ Status MemoryStore::Publish(const PublishRecord& record) {
   }
   Source& source = sources_[record.mx_source_id];
   source.identity = record.identity;
-  source.identity_version = next_version_;
   source.training_step = TrainingStepOf(record.identity);
   source.layout_signature = LayoutSignatureOf(record.identity);
   Worker& worker = source.workers[record.worker_id];
@@ -97,22 +94,8 @@ StatusOr<WorkerDetail> MemoryStore::GetWorker(const std::string& mx_source_id,
   detail.worker = w->second.ranks.begin()->second;
   detail.identity = s->second.identity;
   detail.owner = w->second.owner;
-  detail.version = std::max(w->second.version, s->second.identity_version);
+  detail.version = w->second.version;
   return detail;
-}
-
-StatusOr<uint64_t> MemoryStore::GetWorkerVersion(const std::string& mx_source_id,
-                                                 const std::string& worker_id) {
-  absl::ReaderMutexLock lock(&mu_);
-  auto s = sources_.find(mx_source_id);
-  if (s != sources_.end()) {
-    auto w = s->second.workers.find(worker_id);
-    if (w != s->second.workers.end()) {
-      return std::max(w->second.version, s->second.identity_version);
-    }
-  }
-  return absl::NotFoundError(
-      absl::StrCat("worker '", worker_id, "' not found in source '", mx_source_id, "'"));
 }
 
 Status MemoryStore::UpdateStatus(const StatusUpdate& u) {

@@ -26,8 +26,6 @@ class MemoryStore final : public MetadataStore {
   StatusOr<std::vector<WorkerSummary>> ListWorkers(const ListQuery& query) override;
   StatusOr<WorkerDetail> GetWorker(const std::string& mx_source_id,
                                    const std::string& worker_id) override;
-  StatusOr<uint64_t> GetWorkerVersion(const std::string& mx_source_id,
-                                      const std::string& worker_id) override;
   Status UpdateStatus(const StatusUpdate& update) override;
   Status RemoveWorker(const std::string& mx_source_id, const std::string& worker_id,
                       std::optional<uint64_t> expected_version) override;
@@ -42,7 +40,6 @@ class MemoryStore final : public MetadataStore {
   };
   struct Source {
     SourceIdentity identity;
-    uint64_t identity_version = 0;          // version of the Publish that last wrote `identity`
     std::optional<uint64_t> training_step;  // derived once per publish, not per listing
     std::optional<std::string> layout_signature;
     absl::flat_hash_map<std::string, Worker> workers;

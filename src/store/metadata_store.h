@@ -65,7 +65,6 @@ struct WorkerDetail {
   WorkerMetadata worker;
   std::optional<SourceIdentity> identity;
   std::string owner;
-  // Changes whenever this answer may change (the worker's records or the source's identity).
   uint64_t version = 0;
 };
 
@@ -108,16 +107,6 @@ class MetadataStore {
   // The worker's lowest-rank record. NotFound if the worker has no record.
   virtual StatusOr<WorkerDetail> GetWorker(const std::string& mx_source_id,
                                            const std::string& worker_id) = 0;
-
-  // GetWorker(...).version as it would be now, if the backend can tell it much more cheaply
-  // than GetWorker (the server then reuses a cached GetMetadata answer while it is unchanged).
-  // NotFound if absent; Unimplemented when the backend has no cheap way (the default).
-  virtual StatusOr<uint64_t> GetWorkerVersion(const std::string& mx_source_id,
-                                              const std::string& worker_id) {
-    (void)mx_source_id;
-    (void)worker_id;
-    return absl::UnimplementedError("GetWorkerVersion");
-  }
 
   // Sets status and updated_at. Never creates a record: NotFound when the worker or the rank
   // does not exist; Aborted when expected_version is set and no longer matches;

@@ -345,32 +345,6 @@ TEST_P(StoreConformanceTest, IdsWithSeparatorsDoNotCollide) {
   EXPECT_EQ(store_->GetWorker("a:b", "c")->worker.agent_name(), "first");
 }
 
-TEST_P(StoreConformanceTest, CheapVersionLookupTracksGetWorkerWhenOffered) {
-  ASSERT_TRUE(store_->Publish(Record("s", "w", 0)).ok());
-  auto version = store_->GetWorkerVersion("s", "w");
-  if (version.status().code() == absl::StatusCode::kUnimplemented) {
-    // Optional for a backend; then a missing worker must say Unimplemented too, not NotFound.
-    EXPECT_EQ(store_->GetWorkerVersion("s", "nobody").status().code(),
-              absl::StatusCode::kUnimplemented);
-    return;
-  }
-  ASSERT_TRUE(version.ok()) << version.status();
-  EXPECT_EQ(*version, store_->GetWorker("s", "w")->version);
-  // A heartbeat changes it.
-  ASSERT_TRUE(store_->UpdateStatus({"s", "w", 0u, SOURCE_STATUS_STALE, 7, {}}).ok());
-  const uint64_t v2 = *store_->GetWorkerVersion("s", "w");
-  EXPECT_NE(v2, *version);
-  EXPECT_EQ(v2, store_->GetWorker("s", "w")->version);
-  // So does another worker's publish that rewrites the source's identity.
-  PublishRecord other = Record("s", "w2", 0);
-  other.identity.set_model_name("ORG/MODEL-S");
-  ASSERT_TRUE(store_->Publish(other).ok());
-  const uint64_t v3 = *store_->GetWorkerVersion("s", "w");
-  EXPECT_NE(v3, v2);
-  EXPECT_EQ(v3, store_->GetWorker("s", "w")->version);
-  EXPECT_EQ(store_->GetWorkerVersion("s", "nobody").status().code(), absl::StatusCode::kNotFound);
-}
-
 TEST_P(StoreConformanceTest, PingSucceeds) { EXPECT_TRUE(store_->Ping().ok()); }
 
 }  // namespace
