@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
 #include "nlohmann/json.hpp"
 #include "server_process.h"
-#include "common/testing/test_certs.h"
 
 namespace ferry {
 namespace {

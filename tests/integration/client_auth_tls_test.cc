@@ -9,11 +9,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
 #include "ferry/publisher.h"
 #include "ferry/source_identity.h"
 #include "server_process.h"
-#include "common/testing/test_certs.h"
 
 namespace ferry {
 namespace {
