@@ -10,6 +10,7 @@
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
 #include "nlohmann/json.hpp"
+#include "server_client_test.h"
 #include "server_process.h"
 
 namespace ferry {
@@ -52,27 +53,8 @@ std::string Describe(const CommandResult& r) {
   return absl::StrCat("exit ", r.exit_code, "\nstdout:\n", r.out, "\nstderr:\n", r.err);
 }
 
-class CliTest : public ::testing::Test {
+class CliTest : public ::ferry::testing::ServerClientTest {
  protected:
-  void SetUp() override {
-    auto s = ServerProcess::Create();
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(s).value();
-    MetadataClientOptions o;
-    o.server_address = server_->grpc_address();
-    auto c = MetadataClient::Create(o);
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = std::move(c).value();
-  }
-
-  // The server must still drain and exit 0 on SIGTERM after whatever the test did.
-  void TearDown() override {
-    if (server_ == nullptr || !server_->running()) return;
-    StatusOr<int> exit_code = server_->Stop(SIGTERM);
-    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
-    EXPECT_EQ(*exit_code, 0) << server_->LogTail();
-  }
-
   // Publishes rank 0 of "cli/model" with two tensors and marks it READY.
   void PublishReady(const std::string& worker_id) {
     PublishMetadataRequest r;
@@ -98,8 +80,6 @@ class CliTest : public ::testing::Test {
     return args;
   }
 
-  std::unique_ptr<ServerProcess> server_;
-  std::unique_ptr<MetadataClient> client_;
   std::string source_id_;
 };
 

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "ferry/metadata_client.h"
 #include "ferry/source_identity.h"
+#include "server_client_test.h"
 #include "server_process.h"
 
 namespace ferry {
@@ -61,27 +62,7 @@ std::unique_ptr<MetadataClient> ClientFor(const std::string& address,
   return c.ok() ? std::move(c).value() : nullptr;
 }
 
-class ClientTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto s = ServerProcess::Create();
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(s).value();
-    client_ = ClientFor(server_->grpc_address());
-    ASSERT_NE(client_, nullptr);
-  }
-
-  // The server must still drain and exit 0 on SIGTERM after whatever the test did.
-  void TearDown() override {
-    if (server_ == nullptr || !server_->running()) return;
-    StatusOr<int> exit_code = server_->Stop(SIGTERM);
-    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
-    EXPECT_EQ(*exit_code, 0) << server_->LogTail();
-  }
-
-  std::unique_ptr<ServerProcess> server_;
-  std::unique_ptr<MetadataClient> client_;
-};
+using ClientTest = ::ferry::testing::ServerClientTest;
 
 TEST_F(ClientTest, PublishListGetUpdateRoundTrip) {
   const int64_t before_ms = absl::ToUnixMillis(absl::Now());

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "ferry/metadata_client.h"
+#include "server_client_test.h"
 #include "server_process.h"
 
 namespace ferry {
@@ -31,27 +32,8 @@ bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
   return true;
 }
 
-class PublisherTest : public ::testing::Test {
+class PublisherTest : public ::ferry::testing::ServerClientTest {
  protected:
-  void SetUp() override {
-    auto s = ServerProcess::Create();
-    ASSERT_TRUE(s.ok()) << s.status();
-    server_ = std::move(s).value();
-    MetadataClientOptions o;
-    o.server_address = server_->grpc_address();
-    auto c = MetadataClient::Create(o);
-    ASSERT_TRUE(c.ok()) << c.status();
-    client_ = std::move(c).value();
-  }
-
-  // The server must still drain and exit 0 on SIGTERM after whatever the test did.
-  void TearDown() override {
-    if (server_ == nullptr || !server_->running()) return;
-    StatusOr<int> exit_code = server_->Stop(SIGTERM);
-    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
-    EXPECT_EQ(*exit_code, 0) << server_->LogTail();
-  }
-
   PublisherOptions Options() {
     PublisherOptions o;
     o.client = client_.get();
@@ -92,9 +74,6 @@ class PublisherTest : public ::testing::Test {
     }
     return false;
   }
-
-  std::unique_ptr<ServerProcess> server_;
-  std::unique_ptr<MetadataClient> client_;
 };
 
 TEST_F(PublisherTest, StartPublishesAndMarksReady) {
