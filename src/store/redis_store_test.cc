@@ -72,16 +72,7 @@ INSTANTIATE_TEST_SUITE_P(Redis, StoreConformanceTest,
 
 PublishRecord Record(const std::string& source, const std::string& worker_id, uint32_t rank,
                      SourceStatus status = SOURCE_STATUS_READY, int64_t updated_at = 1000) {
-  PublishRecord r;
-  r.mx_source_id = source;
-  r.identity.set_model_name("Org/Model-" + source);
-  r.worker_id = worker_id;
-  r.worker.set_worker_rank(rank);
-  r.worker.set_status(status);
-  r.worker.set_updated_at(updated_at);
-  r.worker.set_worker_grpc_endpoint("10.0.0.1:6555");
-  r.worker.set_accelerator("cuda");
-  return r;
+  return SampleRecord(source, worker_id, rank, status, updated_at);
 }
 
 uint64_t VersionOf(MetadataStore& store, const std::string& source, const std::string& worker) {

@@ -7,15 +7,9 @@
 #include "gmock/gmock.h"
 
 namespace ferry::store {
-namespace {
 
-using ::model_express::p2p::SOURCE_STATUS_INITIALIZING;
-using ::model_express::p2p::SOURCE_STATUS_READY;
-using ::model_express::p2p::SOURCE_STATUS_STALE;
-using ::testing::HasSubstr;
-
-PublishRecord Record(const std::string& source, const std::string& worker_id, uint32_t rank,
-                     SourceStatus status = SOURCE_STATUS_READY, int64_t updated_at = 1000) {
+PublishRecord SampleRecord(const std::string& source, const std::string& worker_id, uint32_t rank,
+                           SourceStatus status, int64_t updated_at) {
   PublishRecord r;
   r.mx_source_id = source;
   r.identity.set_model_name("Org/Model-" + source);
@@ -27,6 +21,20 @@ PublishRecord Record(const std::string& source, const std::string& worker_id, ui
   r.worker.set_accelerator("cuda");
   return r;
 }
+
+namespace {
+
+// Short name inside the suite.
+PublishRecord Record(const std::string& source, const std::string& worker_id, uint32_t rank,
+                     SourceStatus status = ::model_express::p2p::SOURCE_STATUS_READY,
+                     int64_t updated_at = 1000) {
+  return SampleRecord(source, worker_id, rank, status, updated_at);
+}
+
+using ::model_express::p2p::SOURCE_STATUS_INITIALIZING;
+using ::model_express::p2p::SOURCE_STATUS_READY;
+using ::model_express::p2p::SOURCE_STATUS_STALE;
+using ::testing::HasSubstr;
 
 const WorkerSummary* FindSummary(const std::vector<WorkerSummary>& list, const std::string& src,
                                  const std::string& worker_id) {

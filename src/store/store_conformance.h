@@ -23,6 +23,12 @@ struct StoreFactoryParam {
 
 inline std::string PrintToString(const StoreFactoryParam& p) { return p.name; }
 
+// A READY record of (source, worker_id, rank) with an endpoint and accelerator, model name
+// "Org/Model-<source>": the record the suite uses, shared with backend-specific tests.
+PublishRecord SampleRecord(const std::string& source, const std::string& worker_id, uint32_t rank,
+                           SourceStatus status = ::model_express::p2p::SOURCE_STATUS_READY,
+                           int64_t updated_at = 1000);
+
 class StoreConformanceTest : public ::testing::TestWithParam<StoreFactoryParam> {
  protected:
   void SetUp() override {
