@@ -23,3 +23,7 @@ target_link_libraries(ferry_httplib INTERFACE PkgConfig::HTTPLIB Threads::Thread
 # hiredis ships no CMake config; Debian's libhiredis-dev (0.14, no TLS) has a pkg-config file.
 # Linked PRIVATE by ferry_store only: hiredis never appears in a public header.
 pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)
+# UCX ships a CMake config (ucx::ucp ucx::uct ucx::ucs); linked PRIVATE by the UCX transport only.
+find_package(ucx CONFIG REQUIRED)
+# xxHash (per-tensor checksums) has a pkg-config file only.
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)

@@ -8,7 +8,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
   libssl-dev openssl libicu-dev libhiredis-dev redis-server
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libucx-dev ucx-utils libxxhash-dev
+  libgtest-dev libgmock-dev libbenchmark-dev clang-14 libfuzzer-14-dev
   python3 python3-grpcio python3-protobuf python3-pytest
 )
 

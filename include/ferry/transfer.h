@@ -1,0 +1,195 @@
+// ferry's transfer engine: one per process (per rank). A source registers memory regions (one
+// arena, not one region per tensor) and exports a small connection blob; a target connects to
+// that blob and reads remote bytes one-sided, in batches, with many reads in flight.
+//
+// Example (source and target in different processes; the blob travels through the worker
+// endpoint):
+//
+//   // source
+//   FERRY_ASSIGN_OR_RETURN(auto engine, ferry::TransferEngine::Create({}));
+//   FERRY_ASSIGN_OR_RETURN(auto arena, engine->AllocateRegion(bytes));
+//   LoadWeightsInto(arena->data(), arena->size());
+//   std::string blob = engine->ExportBlob();            // hand to targets
+//
+//   // target
+//   FERRY_ASSIGN_OR_RETURN(auto engine, ferry::TransferEngine::Create({}));
+//   FERRY_ASSIGN_OR_RETURN(auto dst, engine->AllocateRegion(bytes));
+//   FERRY_ASSIGN_OR_RETURN(auto peer, engine->Connect(blob));
+//   FERRY_RETURN_IF_ERROR(peer->Read({{/*remote_region=*/0, /*remote_offset=*/0,
+//                                      dst->data(), bytes}}, absl::Seconds(60)));
+//
+// Thread-safety: TransferEngine is thread-safe. A Peer runs one batch at a time (Submit waits
+// for the previous batch to finish); use several Peers for concurrent batches. Region and
+// ReadBatch are thread-compatible.
+#ifndef FERRY_TRANSFER_H_
+#define FERRY_TRANSFER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "ferry/status.h"
+
+namespace ferry {
+
+namespace internal {
+class EngineCore;
+class PeerConnection;
+}  // namespace internal
+
+enum class MemoryKind { kHost = 0, kCuda = 1 };
+
+enum class TransportKind {
+  kAuto = 0,  // Connect(): UCX for a peer on this host or with RDMA on both ends, else TCP
+  kUcx = 1,   // UCX: RDMA verbs where a NIC exists, shared memory between local processes
+  kTcp = 2,   // ferry's native multi-stream TCP
+};
+
+// "auto", "ucx", "tcp". InvalidArgument listing the valid names otherwise.
+StatusOr<TransportKind> ParseTransportKind(std::string_view name);
+std::string_view TransportKindName(TransportKind kind);
+
+struct TransferEngineOptions {
+  // Human-readable name, put in the blob and in error messages ("publish rank 0").
+  std::string name;
+
+  // Transports this engine serves as a source and may use as a target. At least one.
+  bool enable_ucx = true;
+  bool enable_tcp = true;
+
+  // TCP: the address the data listener binds ("host:port"; port 0 = any free port).
+  std::string tcp_listen = "0.0.0.0:0";
+  // TCP: the host put in the blob for peers to dial. Empty: the listen host unless it is a
+  // wildcard, else this machine's host name.
+  std::string advertise_host;
+  // TCP: connections (streams) per peer. 1..64.
+  int tcp_streams = 4;
+  // TCP: socket send/receive buffer bytes; 0 leaves the kernel's autotuning alone.
+  int tcp_socket_buffer = 0;
+
+  // Largest single wire request; longer reads are split. 64 KiB..1 GiB.
+  uint64_t chunk_bytes = 8ull << 20;
+  // Reads in flight per stream (TCP) or per peer (UCX). 1..1024.
+  int max_inflight = 16;
+
+  // UCX network devices (UCX_NET_DEVICES, e.g. "lo" in tests) and transports (UCX_TLS), set on
+  // ferry's own UCX config with ucp_config_modify, never through the environment. Empty: UCX's
+  // defaults.
+  std::string ucx_net_devices;
+  std::string ucx_transports;
+
+  // Validates ranges; errors name the field.
+  Status Validate() const;
+};
+
+// A registered memory range. Destroying it deregisters it from every transport; reads by peers
+// that are still in flight then fail on their side (never touch freed memory on ours: memory
+// the engine allocated is released only after deregistration).
+class Region {
+ public:
+  ~Region();
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+
+  uint32_t id() const { return id_; }
+  void* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  MemoryKind kind() const { return kind_; }
+
+ private:
+  friend class internal::EngineCore;
+  Region(std::shared_ptr<internal::EngineCore> core, uint32_t id, void* data, uint64_t size,
+         MemoryKind kind)
+      : core_(std::move(core)), id_(id), data_(data), size_(size), kind_(kind) {}
+
+  std::shared_ptr<internal::EngineCore> core_;
+  uint32_t id_;
+  void* data_;
+  uint64_t size_;
+  MemoryKind kind_;
+};
+
+// One remote range to read into local memory. `local` must stay valid until the batch ends.
+struct ReadOp {
+  uint32_t remote_region = 0;
+  uint64_t remote_offset = 0;
+  void* local = nullptr;
+  uint64_t length = 0;
+};
+
+// Reads in flight. Destroying an unfinished batch cancels it and waits for it to stop.
+class ReadBatch {
+ public:
+  virtual ~ReadBatch() = default;
+  // Waits until every read finished or one failed. DeadlineExceeded after `timeout` (the batch
+  // is then cancelled, and its error names the peer and the first unfinished range). The first
+  // error is returned; later calls return the same status.
+  virtual Status Wait(absl::Duration timeout) = 0;
+  // Asks the batch to stop; Wait() then returns Cancelled unless it already finished.
+  virtual void Cancel() = 0;
+  virtual uint64_t bytes_done() const = 0;
+  virtual uint64_t bytes_total() const = 0;
+};
+
+// A connection to one remote engine, over one transport.
+class Peer {
+ public:
+  virtual ~Peer() = default;
+  virtual TransportKind transport() const = 0;
+  // "<remote name> (<engine id>) at <address> over <transport>", for messages.
+  virtual const std::string& description() const = 0;
+  // Validates every op against the remote regions (InvalidArgument naming the op) and starts
+  // the reads. Waits for this Peer's previous batch to finish first.
+  virtual StatusOr<std::unique_ptr<ReadBatch>> Submit(std::vector<ReadOp> ops) = 0;
+  // Submit + Wait.
+  Status Read(std::vector<ReadOp> ops, absl::Duration timeout);
+  // Closes the connection; later Submits fail with FailedPrecondition. Idempotent; also done
+  // by the destructor.
+  virtual void Disconnect() = 0;
+};
+
+class TransferEngine {
+ public:
+  static StatusOr<std::unique_ptr<TransferEngine>> Create(TransferEngineOptions options);
+  ~TransferEngine();  // calls Stop()
+  TransferEngine(const TransferEngine&) = delete;
+  TransferEngine& operator=(const TransferEngine&) = delete;
+
+  // Allocates `bytes` of pre-faulted memory suited to every enabled transport (with UCX:
+  // UCX-allocated shared memory, which local peers read one-sided) and registers it.
+  StatusOr<std::unique_ptr<Region>> AllocateRegion(uint64_t bytes,
+                                                   MemoryKind kind = MemoryKind::kHost);
+  // Registers caller-owned memory, which must outlive the Region. UCX reads from such memory by
+  // local peers need this engine's progress thread (it runs while the engine is started).
+  StatusOr<std::unique_ptr<Region>> RegisterRegion(void* data, uint64_t bytes,
+                                                   MemoryKind kind = MemoryKind::kHost);
+
+  // Serialized ferry.v1.TransferBlob describing this engine and its current regions.
+  std::string ExportBlob() const;
+
+  // Connects to the engine described by `blob` over `transport` (kAuto: see TransportKind).
+  // InvalidArgument for a malformed blob; FailedPrecondition when neither side shares the
+  // requested transport; Unavailable when the peer cannot be reached (names the address).
+  StatusOr<std::unique_ptr<Peer>> Connect(std::string_view blob,
+                                          TransportKind transport = TransportKind::kAuto);
+
+  // The transports this engine serves, in preference order.
+  std::vector<TransportKind> transports() const;
+  const TransferEngineOptions& options() const;
+
+  // Stops listeners and progress threads and fails peers' in-flight reads. Regions must be
+  // destroyed by their owners (before or after). Idempotent.
+  void Stop();
+
+ private:
+  explicit TransferEngine(std::shared_ptr<internal::EngineCore> core);
+  std::shared_ptr<internal::EngineCore> core_;
+};
+
+}  // namespace ferry
+
+#endif  // FERRY_TRANSFER_H_
