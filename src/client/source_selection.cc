@@ -1,0 +1,72 @@
+#include "client/source_selection.h"
+
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace ferry {
+
+namespace {
+
+bool Unquantized(absl::string_view dtype, absl::string_view quantization) {
+  std::string d = absl::AsciiStrToLower(dtype);
+  if (absl::StartsWith(d, "torch.")) d = d.substr(6);
+  const bool plain_dtype = d == "float32" || d == "fp32" || d == "float16" || d == "fp16" ||
+                           d == "half" || d == "bfloat16" || d == "bf16" || d == "float";
+  const std::string q = absl::AsciiStrToLower(quantization);
+  return plain_dtype && (q.empty() || q == "none");
+}
+
+}  // namespace
+
+bool AcceleratorsCompatible(absl::string_view target, absl::string_view source,
+                            absl::string_view dtype, absl::string_view quantization) {
+  if (target.empty() || source.empty()) return true;
+  const std::string t = absl::AsciiStrToLower(target);
+  const std::string s = absl::AsciiStrToLower(source);
+  if (t == s) return true;
+  const bool cross_gpu = (t == "cuda" && s == "xpu") || (t == "xpu" && s == "cuda");
+  return cross_gpu && Unquantized(dtype, quantization);
+}
+
+uint64_t RendezvousScore(absl::string_view model_name, absl::string_view target_worker_id,
+                         uint32_t target_rank, const SourceInstanceRef& candidate) {
+  const std::string text = absl::StrCat(model_name, "|", target_worker_id, "|", target_rank, "|",
+                                        candidate.mx_source_id(), "|", candidate.worker_id(), "|",
+                                        candidate.worker_rank());
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
+  uint64_t score = 0;
+  for (int i = 0; i < 8; ++i) score = (score << 8) | digest[i];
+  return score;
+}
+
+std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceRef>& refs,
+                                               const SourceSelection& selection) {
+  std::vector<std::pair<uint64_t, SourceInstanceRef>> scored;
+  for (const SourceInstanceRef& ref : refs) {
+    if (ref.worker_rank() != selection.worker_rank) continue;
+    if (!AcceleratorsCompatible(selection.accelerator, ref.accelerator(), selection.dtype,
+                                selection.quantization)) {
+      continue;
+    }
+    scored.emplace_back(RendezvousScore(selection.model_name, selection.target_worker_id,
+                                        selection.worker_rank, ref),
+                        ref);
+  }
+  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
+    return std::forward_as_tuple(b.first, a.second.mx_source_id(), a.second.worker_id()) <
+           std::forward_as_tuple(a.first, b.second.mx_source_id(), b.second.worker_id());
+  });
+  std::vector<SourceInstanceRef> out;
+  out.reserve(scored.size());
+  for (auto& [score, ref] : scored) out.push_back(std::move(ref));
+  return out;
+}
+
+}  // namespace ferry

@@ -1,0 +1,46 @@
+// Choosing which sources a target tries, and in which order (contract section 10.1, step 5).
+#ifndef FERRY_CLIENT_SOURCE_SELECTION_H_
+#define FERRY_CLIENT_SOURCE_SELECTION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "ferry/metadata_client.h"
+
+namespace ferry {
+
+// Whether a target with accelerator `target` can take weights from a source with `source`, as
+// ModelExpress decides it: empty on either side (unknown) is accepted; the same family (case
+// insensitive) is accepted; cuda<->xpu only for unquantized fp32/fp16/bf16 weights
+// (`dtype`, `quantization` from the identity); anything else is refused.
+bool AcceleratorsCompatible(absl::string_view target, absl::string_view source,
+                            absl::string_view dtype, absl::string_view quantization);
+
+// The rendezvous score of `candidate` for the target (model, worker id, rank): the first 8
+// bytes, big-endian, of SHA-256 over
+// "{model_name}|{target_worker_id}|{target_rank}|{mx_source_id}|{worker_id}|{worker_rank}".
+// (ModelExpress uses blake2b-64 over the same text; OpenSSL 3.0 has no 64-bit blake2b, and the
+// order only needs to be stable and well spread, not identical.)
+uint64_t RendezvousScore(absl::string_view model_name, absl::string_view target_worker_id,
+                         uint32_t target_rank, const SourceInstanceRef& candidate);
+
+struct SourceSelection {
+  std::string model_name;
+  uint32_t worker_rank = 0;
+  std::string accelerator;  // the target's; "" accepts every source
+  std::string dtype;
+  std::string quantization;
+  std::string target_worker_id;  // seeds the rendezvous order
+};
+
+// Keeps the refs with the target's rank and a compatible accelerator, ordered by descending
+// rendezvous score (ties: mx_source_id, then worker_id), so that many targets spread over many
+// sources and one target always tries them in the same order.
+std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceRef>& refs,
+                                               const SourceSelection& selection);
+
+}  // namespace ferry
+
+#endif  // FERRY_CLIENT_SOURCE_SELECTION_H_
