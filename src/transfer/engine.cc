@@ -1,0 +1,102 @@
+// TransferEngine, Region, Peer::Read and the option helpers of include/ferry/transfer.h. The
+// work happens in EngineCore (engine_core.cc), the transports and peer.cc.
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "ferry/transfer.h"
+#include "transfer/engine_core.h"
+#include "transfer/tcp/tcp_socket.h"
+
+namespace ferry {
+
+StatusOr<TransportKind> ParseTransportKind(std::string_view name) {
+  if (name == "auto") return TransportKind::kAuto;
+  if (name == "ucx") return TransportKind::kUcx;
+  if (name == "tcp") return TransportKind::kTcp;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown transport \"", std::string(name), "\"; valid: auto, ucx, tcp"));
+}
+
+std::string_view TransportKindName(TransportKind kind) {
+  switch (kind) {
+    case TransportKind::kAuto:
+      return "auto";
+    case TransportKind::kUcx:
+      return "ucx";
+    case TransportKind::kTcp:
+      return "tcp";
+  }
+  return "unknown";
+}
+
+Status TransferEngineOptions::Validate() const {
+  if (!enable_ucx && !enable_tcp) {
+    return absl::InvalidArgumentError(
+        "TransferEngineOptions: enable_ucx and enable_tcp are both false; enable at least one");
+  }
+  if (enable_tcp) {
+    FERRY_RETURN_IF_ERROR(
+        internal::tcp::ParseHostPort(tcp_listen, "TransferEngineOptions.tcp_listen").status());
+  }
+  if (tcp_streams < 1 || tcp_streams > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TransferEngineOptions.tcp_streams=", tcp_streams, " is outside 1..64"));
+  }
+  if (tcp_socket_buffer < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TransferEngineOptions.tcp_socket_buffer=", tcp_socket_buffer,
+                     " is negative; use 0 for the kernel's autotuning"));
+  }
+  if (chunk_bytes < (64ull << 10) || chunk_bytes > (1ull << 30)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TransferEngineOptions.chunk_bytes=", chunk_bytes, " is outside 64 KiB..1 GiB"));
+  }
+  if (max_inflight < 1 || max_inflight > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TransferEngineOptions.max_inflight=", max_inflight, " is outside 1..1024"));
+  }
+  return absl::OkStatus();
+}
+
+Region::~Region() { core_->RemoveRegion(id_); }
+
+Status Peer::Read(std::vector<ReadOp> ops, absl::Duration timeout) {
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<ReadBatch> batch, Submit(std::move(ops)));
+  return batch->Wait(timeout);
+}
+
+StatusOr<std::unique_ptr<TransferEngine>> TransferEngine::Create(TransferEngineOptions options) {
+  FERRY_RETURN_IF_ERROR(options.Validate());
+  FERRY_ASSIGN_OR_RETURN(std::shared_ptr<internal::EngineCore> core,
+                         internal::EngineCore::Create(std::move(options)));
+  return std::unique_ptr<TransferEngine>(new TransferEngine(std::move(core)));
+}
+
+TransferEngine::TransferEngine(std::shared_ptr<internal::EngineCore> core)
+    : core_(std::move(core)) {}
+
+TransferEngine::~TransferEngine() { Stop(); }
+
+StatusOr<std::unique_ptr<Region>> TransferEngine::AllocateRegion(uint64_t bytes, MemoryKind kind) {
+  return core_->AllocateRegion(bytes, kind);
+}
+
+StatusOr<std::unique_ptr<Region>> TransferEngine::RegisterRegion(void* data, uint64_t bytes,
+                                                                 MemoryKind kind) {
+  return core_->RegisterRegion(data, bytes, kind);
+}
+
+std::string TransferEngine::ExportBlob() const { return core_->ExportBlob(); }
+
+StatusOr<std::unique_ptr<Peer>> TransferEngine::Connect(std::string_view blob,
+                                                        TransportKind transport) {
+  return core_->Connect(blob, transport);
+}
+
+std::vector<TransportKind> TransferEngine::transports() const { return core_->transports(); }
+
+const TransferEngineOptions& TransferEngine::options() const { return core_->options(); }
+
+void TransferEngine::Stop() { core_->Stop(); }
+
+}  // namespace ferry

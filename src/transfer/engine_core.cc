@@ -1,0 +1,292 @@
+#include "transfer/engine_core.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "transfer/peer.h"
+
+namespace ferry::internal {
+
+namespace {
+
+std::string RandomEngineId() {
+  absl::BitGen gen;
+  return absl::StrFormat("%016x", absl::Uniform<uint64_t>(gen));
+}
+
+std::string HostName() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
+  return name;
+}
+
+std::string BootId() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id;
+}
+
+std::string KindList(const std::vector<TransportKind>& kinds) {
+  if (kinds.empty()) return "none";
+  return absl::StrJoin(kinds, ", ", [](std::string* out, TransportKind k) {
+    absl::StrAppend(out, std::string(TransportKindName(k)));
+  });
+}
+
+}  // namespace
+
+StatusOr<std::shared_ptr<EngineCore>> EngineCore::Create(TransferEngineOptions options) {
+  std::vector<std::unique_ptr<Transport>> transports;
+  if (options.enable_ucx) {
+    auto ucx = CreateUcxTransport(options);
+    if (ucx.ok()) {
+      transports.push_back(std::move(*ucx));
+    } else if (!options.enable_tcp) {
+      return Status(ucx.status().code(),
+                    absl::StrCat("transfer engine \"", options.name,
+                                 "\": UCX transport unavailable and TCP is disabled: ",
+                                 ucx.status().message()));
+    } else {
+      spdlog::warn(
+          "transfer engine \"{}\": UCX transport unavailable, continuing with TCP only: {}",
+          options.name, ucx.status().message());
+    }
+  }
+  if (options.enable_tcp) {
+    auto tcp = CreateTcpTransport(options);
+    if (!tcp.ok()) {
+      for (auto& t : transports) t->Stop();
+      return Status(tcp.status().code(), absl::StrCat("transfer engine \"", options.name,
+                                                      "\": ", tcp.status().message()));
+    }
+    transports.push_back(std::move(*tcp));
+  }
+  return std::shared_ptr<EngineCore>(new EngineCore(std::move(options), std::move(transports)));
+}
+
+EngineCore::EngineCore(TransferEngineOptions options,
+                       std::vector<std::unique_ptr<Transport>> transports)
+    : options_(std::move(options)),
+      transports_(std::move(transports)),
+      engine_id_(RandomEngineId()),
+      hostname_(HostName()),
+      boot_id_(BootId()) {}
+
+EngineCore::~EngineCore() { Stop(); }
+
+void EngineCore::Stop() {
+  absl::MutexLock lock(&stop_mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  for (const auto& t : transports_) t->Stop();
+}
+
+std::vector<TransportKind> EngineCore::transports() const {
+  std::vector<TransportKind> kinds;
+  for (const auto& t : transports_) kinds.push_back(t->kind());
+  return kinds;
+}
+
+Transport* EngineCore::Find(TransportKind kind) const {
+  for (const auto& t : transports_) {
+    if (t->kind() == kind) return t.get();
+  }
+  return nullptr;
+}
+
+StatusOr<std::unique_ptr<Region>> EngineCore::AllocateRegion(uint64_t bytes, MemoryKind kind) {
+  if (bytes == 0) return absl::InvalidArgumentError("AllocateRegion: bytes must be > 0");
+  if (kind != MemoryKind::kHost) {
+    return absl::UnimplementedError(
+        "AllocateRegion: only MemoryKind::kHost is supported; no transport serves device memory");
+  }
+  RegionRecord record;
+  record.size = bytes;
+  record.kind = kind;
+  record.engine_owned = true;
+  for (const auto& t : transports_) {
+    auto allocation = t->Allocate(bytes);
+    if (allocation.ok()) {
+      record.allocator = t.get();
+      record.allocation = *allocation;
+      record.data = allocation->data;
+      break;
+    }
+    if (allocation.status().code() != absl::StatusCode::kUnimplemented) {
+      return allocation.status();
+    }
+  }
+  if (record.allocator == nullptr) {
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("AllocateRegion: mmap of ", bytes, " bytes failed: ", strerror(errno)));
+    }
+    record.data = p;
+  }
+  RegionRecord copy = record;
+  auto region = AddRegion(std::move(record));
+  if (!region.ok()) {
+    if (copy.allocator != nullptr) {
+      copy.allocator->Free(copy.allocation);
+    } else {
+      ::munmap(copy.data, copy.size);
+    }
+  }
+  return region;
+}
+
+StatusOr<std::unique_ptr<Region>> EngineCore::RegisterRegion(void* data, uint64_t bytes,
+                                                             MemoryKind kind) {
+  if (data == nullptr || bytes == 0) {
+    return absl::InvalidArgumentError("RegisterRegion: data must be non-null and bytes > 0");
+  }
+  RegionRecord record;
+  record.data = data;
+  record.size = bytes;
+  record.kind = kind;
+  return AddRegion(std::move(record));
+}
+
+StatusOr<std::unique_ptr<Region>> EngineCore::AddRegion(RegionRecord record) {
+  uint32_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    id = next_region_id_++;
+  }
+  for (size_t i = 0; i < transports_.size(); ++i) {
+    Transport* t = transports_[i].get();
+    Status s = t->AddRegion(id, record.data, record.size, record.kind,
+                            t == record.allocator ? &record.allocation : nullptr);
+    if (!s.ok()) {
+      for (size_t j = 0; j < i; ++j) transports_[j]->RemoveRegion(id);
+      return Status(s.code(),
+                    absl::StrCat("registering ", record.size, " bytes at ",
+                                 absl::StrFormat("%p", record.data), " with ",
+                                 std::string(TransportKindName(t->kind())), ": ", s.message()));
+    }
+  }
+  void* data = record.data;
+  const uint64_t size = record.size;
+  const MemoryKind kind = record.kind;
+  {
+    absl::MutexLock lock(&mu_);
+    regions_.emplace(id, std::move(record));
+  }
+  return std::unique_ptr<Region>(new Region(shared_from_this(), id, data, size, kind));
+}
+
+void EngineCore::RemoveRegion(uint32_t id) {
+  RegionRecord record;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = regions_.find(id);
+    if (it == regions_.end()) return;
+    record = std::move(it->second);
+    regions_.erase(it);
+  }
+  for (const auto& t : transports_) t->RemoveRegion(id);
+  if (!record.engine_owned) return;
+  if (record.allocator != nullptr) {
+    record.allocator->Free(record.allocation);
+  } else {
+    ::munmap(record.data, record.size);
+  }
+}
+
+std::string EngineCore::ExportBlob() const {
+  ferry::v1::TransferBlob blob;
+  blob.set_version(1);
+  blob.set_engine_id(engine_id_);
+  blob.set_name(options_.name);
+  blob.set_hostname(hostname_);
+  blob.set_boot_id(boot_id_);
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, r] : regions_) {
+      ferry::v1::RegionInfo* info = blob.add_regions();
+      info->set_id(id);
+      info->set_size(r.size);
+      info->set_kind(r.kind == MemoryKind::kCuda ? ferry::v1::MEMORY_KIND_CUDA
+                                                 : ferry::v1::MEMORY_KIND_HOST);
+      info->set_base_address(reinterpret_cast<uint64_t>(r.data));
+    }
+  }
+  for (const auto& t : transports_) t->Describe(&blob);
+  return blob.SerializeAsString();
+}
+
+StatusOr<Transport*> EngineCore::Choose(const ferry::v1::TransferBlob& remote,
+                                        TransportKind wanted) const {
+  std::vector<TransportKind> theirs;
+  if (remote.has_ucx()) theirs.push_back(TransportKind::kUcx);
+  if (remote.has_tcp()) theirs.push_back(TransportKind::kTcp);
+  auto mismatch = [&](const char* what) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot connect to \"", remote.name(), "\" (", remote.engine_id(), ") ", what,
+                     ": this engine offers [", KindList(transports()), "], the peer offers [",
+                     KindList(theirs), "]; enable a common transport on both sides"));
+  };
+  Transport* ucx = remote.has_ucx() ? Find(TransportKind::kUcx) : nullptr;
+  Transport* tcp = remote.has_tcp() ? Find(TransportKind::kTcp) : nullptr;
+  switch (wanted) {
+    case TransportKind::kUcx:
+      if (ucx == nullptr) return mismatch("over ucx");
+      return ucx;
+    case TransportKind::kTcp:
+      if (tcp == nullptr) return mismatch("over tcp");
+      return tcp;
+    case TransportKind::kAuto:
+      break;
+  }
+  if (ucx != nullptr) {
+    const bool same_host = remote.hostname() == hostname_ && remote.boot_id() == boot_id_;
+    bool both_rdma = false;
+    if (!same_host && remote.ucx().rdma()) {
+      ferry::v1::TransferBlob mine;
+      ucx->Describe(&mine);
+      both_rdma = mine.ucx().rdma();
+    }
+    if (same_host || both_rdma) return ucx;
+  }
+  if (tcp != nullptr) return tcp;
+  return mismatch("automatically (UCX needs the same host or RDMA on both ends)");
+}
+
+StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, TransportKind kind) {
+  ferry::v1::TransferBlob remote;
+  if (!remote.ParseFromArray(blob.data(), static_cast<int>(blob.size())) || remote.version() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed transfer blob (", blob.size(), " bytes",
+                     remote.version() != 1 ? absl::StrCat(", version ", remote.version()) : "",
+                     "); pass the exact bytes TransferEngine::ExportBlob() returned (version 1)"));
+  }
+  FERRY_ASSIGN_OR_RETURN(Transport * transport, Choose(remote, kind));
+  const std::string address =
+      transport->kind() == TransportKind::kTcp
+          ? (remote.tcp().host().find(':') != std::string::npos
+                 ? absl::StrCat("[", remote.tcp().host(), "]:", remote.tcp().port())
+                 : absl::StrCat(remote.tcp().host(), ":", remote.tcp().port()))
+          : remote.hostname();
+  std::string description =
+      absl::StrCat(remote.name(), " (", remote.engine_id(), ") at ", address, " over ",
+                   std::string(TransportKindName(transport->kind())));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PeerConnection> conn,
+                         transport->Connect(remote, description));
+  std::map<uint32_t, uint64_t> region_sizes;
+  for (const auto& r : remote.regions()) region_sizes[r.id()] = r.size();
+  return MakePeer(std::shared_ptr<PeerConnection>(std::move(conn)), transport->kind(),
+                  std::move(description), std::move(region_sizes));
+}
+
+}  // namespace ferry::internal

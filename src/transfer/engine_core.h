@@ -1,0 +1,77 @@
+// The engine behind TransferEngine: the enabled transports, the region table, the blob, and
+// transport selection for Connect. TransferEngine and every Region share it, so a Region may
+// outlive its engine object.
+//
+// Thread-safety: thread-safe.
+#ifndef FERRY_TRANSFER_ENGINE_CORE_H_
+#define FERRY_TRANSFER_ENGINE_CORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "ferry/transfer.h"
+#include "transfer/transport.h"
+
+namespace ferry::internal {
+
+class EngineCore : public std::enable_shared_from_this<EngineCore> {
+ public:
+  // REQUIRES: options.Validate() is OK.
+  static StatusOr<std::shared_ptr<EngineCore>> Create(TransferEngineOptions options);
+  ~EngineCore();  // Stop()
+  EngineCore(const EngineCore&) = delete;
+  EngineCore& operator=(const EngineCore&) = delete;
+
+  StatusOr<std::unique_ptr<Region>> AllocateRegion(uint64_t bytes, MemoryKind kind);
+  StatusOr<std::unique_ptr<Region>> RegisterRegion(void* data, uint64_t bytes, MemoryKind kind);
+  // Called by ~Region: removes the region from every transport, then frees memory the engine
+  // allocated for it. Idempotent.
+  void RemoveRegion(uint32_t id);
+
+  std::string ExportBlob() const;
+  StatusOr<std::unique_ptr<Peer>> Connect(std::string_view blob, TransportKind kind);
+
+  std::vector<TransportKind> transports() const;
+  const TransferEngineOptions& options() const { return options_; }
+  void Stop();
+
+ private:
+  struct RegionRecord {
+    void* data = nullptr;
+    uint64_t size = 0;
+    MemoryKind kind = MemoryKind::kHost;
+    bool engine_owned = false;       // AllocateRegion: freed on removal
+    Transport* allocator = nullptr;  // the transport that allocated it; nullptr: mmap
+    Allocation allocation;
+  };
+
+  EngineCore(TransferEngineOptions options, std::vector<std::unique_ptr<Transport>> transports);
+  // Registers `record` with every transport under a fresh id. On failure, undoes the partial
+  // registration (the caller frees engine-owned memory).
+  StatusOr<std::unique_ptr<Region>> AddRegion(RegionRecord record);
+  Transport* Find(TransportKind kind) const;
+  // Picks the transport for `remote`, or FailedPrecondition naming what each side offers.
+  StatusOr<Transport*> Choose(const ferry::v1::TransferBlob& remote, TransportKind wanted) const;
+
+  const TransferEngineOptions options_;
+  const std::vector<std::unique_ptr<Transport>> transports_;  // preference order
+  const std::string engine_id_;
+  const std::string hostname_;
+  const std::string boot_id_;
+
+  mutable absl::Mutex mu_;
+  uint32_t next_region_id_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint32_t, RegionRecord> regions_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex stop_mu_;
+  bool stopped_ ABSL_GUARDED_BY(stop_mu_) = false;
+};
+
+}  // namespace ferry::internal
+
+#endif  // FERRY_TRANSFER_ENGINE_CORE_H_
