@@ -1,0 +1,57 @@
+// The admission check every worker-endpoint RPC passes first: the deployment's bearer token
+// (when one is configured) and a bound on concurrent requests. Not part of the installed API.
+#ifndef FERRY_WORKER_REQUEST_GATE_H_
+#define FERRY_WORKER_REQUEST_GATE_H_
+
+#include <atomic>
+#include <functional>
+#include <string_view>
+
+#include "grpcpp/grpcpp.h"
+
+namespace ferry::internal {
+class TokenSource;
+}  // namespace ferry::internal
+
+namespace ferry::worker::internal {
+
+// Thread-safe.
+class RequestGate {
+ public:
+  // `tokens` is borrowed for the gate's lifetime; nullptr: every caller is accepted.
+  // `max_in_flight` >= 1. `on_admitted` (tests) runs in each admitted handler, after the checks.
+  RequestGate(ferry::internal::TokenSource* tokens, int max_in_flight,
+              std::function<void(std::string_view method)> on_admitted);
+
+  // Holds one in-flight slot from construction to destruction, admitted or not, so that
+  // in_flight() counts every running handler (Stop drains on it).
+  class Admission {
+   public:
+    Admission(RequestGate* gate, const grpc::ServerContext& context, std::string_view method);
+    ~Admission();
+    Admission(const Admission&) = delete;
+    Admission& operator=(const Admission&) = delete;
+
+    // OK, or UNAUTHENTICATED (missing, malformed or wrong token; the message says what to pass)
+    // or RESOURCE_EXHAUSTED ("worker endpoint busy: N requests in flight; retry").
+    const grpc::Status& status() const { return status_; }
+
+   private:
+    RequestGate* const gate_;
+    grpc::Status status_;
+  };
+
+  int in_flight() const { return in_flight_.load(std::memory_order_acquire); }
+
+ private:
+  grpc::Status Authenticate(const grpc::ServerContext& context) const;
+
+  ferry::internal::TokenSource* const tokens_;
+  const int max_in_flight_;
+  const std::function<void(std::string_view)> on_admitted_;
+  std::atomic<int> in_flight_{0};
+};
+
+}  // namespace ferry::worker::internal
+
+#endif  // FERRY_WORKER_REQUEST_GATE_H_

@@ -1,0 +1,219 @@
+#include "worker/worker_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "client/credentials.h"
+#include "client/metadata_client_internal.h"
+#include "ferry/v1/worker.grpc.pb.h"
+#include "model_express/p2p.grpc.pb.h"
+#include "worker/worker_state.h"
+
+namespace ferry::worker {
+
+namespace p2p = ::model_express::p2p;
+
+struct WorkerClient::Stubs {
+  std::unique_ptr<p2p::WorkerService::Stub> manifest;
+  std::unique_ptr<ferry::v1::FerryWorkerService::Stub> transfer;
+};
+
+namespace {
+
+// The TLS and token fields in the form the metadata client's helpers take.
+MetadataClientOptions AsMetadataOptions(const WorkerClientOptions& o) {
+  MetadataClientOptions m;
+  m.server_address = o.endpoint;
+  m.token = o.token;
+  m.token_file = o.token_file;
+  m.tls = o.tls;
+  m.tls_ca_file = o.tls_ca_file;
+  m.tls_cert_file = o.tls_cert_file;
+  m.tls_key_file = o.tls_key_file;
+  m.tls_server_name = o.tls_server_name;
+  return m;
+}
+
+// Names non-empty and unique: a target matches tensors by name.
+template <typename Tensors>
+Status CheckNames(const Tensors& tensors, const std::string& what) {
+  absl::flat_hash_set<std::string_view> names;
+  names.reserve(tensors.size());
+  for (int i = 0; i < tensors.size(); ++i) {
+    const std::string& name = tensors[i].name();
+    if (name.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": tensor ", i, " has an empty name; try another source"));
+    }
+    if (!names.insert(name).second) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": tensor name '", name, "' appears twice; try another source"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<WorkerClient>> WorkerClient::Create(const WorkerClientOptions& options) {
+  FERRY_ASSIGN_OR_RETURN(
+      ferry::internal::NormalizedAddress address,
+      ferry::internal::NormalizeServerAddress(options.endpoint, "WorkerClientOptions.endpoint"));
+  const MetadataClientOptions m = AsMetadataOptions(options);
+  FERRY_RETURN_IF_ERROR(ferry::internal::ValidateCredentialOptions(m, address.https_prefix));
+  if (options.token_source != nullptr && (!options.token.empty() || !options.token_file.empty())) {
+    return absl::InvalidArgumentError(
+        "WorkerClientOptions.token_source and token / token_file are both set; set one");
+  }
+  if (options.deadline <= absl::ZeroDuration() || options.deadline == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WorkerClientOptions.deadline=", absl::FormatDuration(options.deadline),
+                     " must be a positive, finite duration (default 5s)"));
+  }
+  if (options.max_receive_message_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "WorkerClientOptions.max_receive_message_size=", options.max_receive_message_size,
+        " must be a positive number of bytes"));
+  }
+  std::unique_ptr<ferry::internal::TokenSource> owned;
+  if (!options.token_file.empty()) {
+    FERRY_ASSIGN_OR_RETURN(owned, ferry::internal::TokenSource::FromFile(options.token_file));
+  } else if (!options.token.empty()) {
+    FERRY_ASSIGN_OR_RETURN(owned, ferry::internal::TokenSource::FromToken(options.token));
+  }
+  FERRY_ASSIGN_OR_RETURN(ferry::internal::ChannelSecurity security,
+                         ferry::internal::MakeChannelSecurity(m, address.https_prefix));
+  grpc::ChannelArguments args;
+  if (!security.server_name.empty()) args.SetSslTargetNameOverride(security.server_name);
+  args.SetMaxReceiveMessageSize(options.max_receive_message_size);
+  // A target talks to many sources once each; its requests are two ids.
+  args.SetMaxSendMessageSize(64 * 1024);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(address.target, security.credentials, args);
+  if (channel == nullptr) {
+    return absl::InternalError(absl::StrCat("could not create a gRPC channel to ", address.target));
+  }
+  return std::unique_ptr<WorkerClient>(new WorkerClient(options, address.target, std::move(channel),
+                                                        security.tls, std::move(owned)));
+}
+
+WorkerClient::WorkerClient(const WorkerClientOptions& options, std::string endpoint,
+                           std::shared_ptr<grpc::Channel> channel, bool tls,
+                           std::unique_ptr<ferry::internal::TokenSource> owned_tokens)
+    : options_(options),
+      endpoint_(std::move(endpoint)),
+      channel_(std::move(channel)),
+      tls_(tls),
+      owned_tokens_(std::move(owned_tokens)),
+      tokens_(owned_tokens_ != nullptr ? owned_tokens_.get() : options.token_source),
+      stubs_(std::make_unique<Stubs>()) {
+  stubs_->manifest = p2p::WorkerService::NewStub(channel_);
+  stubs_->transfer = ferry::v1::FerryWorkerService::NewStub(channel_);
+}
+
+WorkerClient::~WorkerClient() = default;
+
+Status WorkerClient::RpcError(const char* rpc, int grpc_code, const std::string& details) const {
+  const auto code = static_cast<absl::StatusCode>(grpc_code);
+  std::string msg =
+      absl::StrCat(rpc, " to ", endpoint_, " failed: ", absl::StatusCodeToString(code));
+  if (!details.empty()) absl::StrAppend(&msg, ": ", details);
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      absl::StrAppend(&msg,
+                      "; the source's worker endpoint is unreachable or slow (it may have "
+                      "exited): try another source");
+      if (code == absl::StatusCode::kUnavailable &&
+          !absl::StrContains(details, "Connection refused")) {
+        absl::StrAppend(&msg, tls_ ? "; with TLS, check --tls-ca/FERRY_TLS_CA and the client "
+                                     "certificate"
+                                   : "; if the source serves TLS, pass --tls-ca/FERRY_TLS_CA");
+      }
+      break;
+    case absl::StatusCode::kUnauthenticated:
+      if (tokens_ == nullptr) {
+        absl::StrAppend(&msg,
+                        "; this client sends no token: pass the deployment token with "
+                        "--token-file or FERRY_TOKEN_FILE");
+      } else {
+        absl::StrAppend(&msg, "; the source did not accept ", tokens_->Origin(),
+                        ": pass the deployment token with --token-file or FERRY_TOKEN_FILE");
+      }
+      break;
+    case absl::StatusCode::kResourceExhausted:
+      absl::StrAppend(&msg,
+                      "; the source is busy or the answer is larger than "
+                      "max_receive_message_size: try another source");
+      break;
+    default:
+      break;
+  }
+  return Status(code, msg);
+}
+
+StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
+    const std::string& mx_source_id, const std::string& worker_id) {
+  ferry::v1::GetTransferInfoRequest request;
+  request.set_mx_source_id(mx_source_id);
+  if (!worker_id.empty()) request.set_worker_id(worker_id);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.deadline));
+  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  ferry::v1::GetTransferInfoResponse response;
+  grpc::Status status = stubs_->transfer->GetTransferInfo(&context, request, &response);
+  if (!status.ok()) return RpcError("GetTransferInfo", status.error_code(), status.error_message());
+
+  const std::string what = absl::StrCat("GetTransferInfo to ", endpoint_);
+  if (!worker_id.empty() && response.worker_id() != worker_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": the source answered for worker '", response.worker_id(), "', not '",
+                     worker_id, "'; another process now serves this endpoint: re-list sources"));
+  }
+  if (response.checksum_algorithm() != kChecksumAlgorithm) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": checksum_algorithm '", response.checksum_algorithm(), "' is not ",
+        kChecksumAlgorithm, "; this ferry cannot verify that source: try another source"));
+  }
+  FERRY_RETURN_IF_ERROR(CheckNames(response.tensors(), what));
+  uint64_t total = 0;
+  for (const ferry::v1::TensorEntry& t : response.tensors()) total += t.size();
+  if (total != response.total_bytes()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": tensor sizes add up to ", total, " bytes but total_bytes is ",
+                     response.total_bytes(), "; try another source"));
+  }
+  return response;
+}
+
+StatusOr<p2p::GetTensorManifestResponse> WorkerClient::GetTensorManifest(
+    const std::string& mx_source_id, const std::string& worker_id) {
+  p2p::GetTensorManifestRequest request;
+  request.set_mx_source_id(mx_source_id);
+  if (!worker_id.empty()) request.set_worker_id(worker_id);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.deadline));
+  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  p2p::GetTensorManifestResponse response;
+  grpc::Status status = stubs_->manifest->GetTensorManifest(&context, request, &response);
+  if (!status.ok()) {
+    return RpcError("GetTensorManifest", status.error_code(), status.error_message());
+  }
+  const std::string what = absl::StrCat("GetTensorManifest to ", endpoint_);
+  if (!worker_id.empty() && response.has_worker_id() && response.worker_id() != worker_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": the source answered for worker '", response.worker_id(), "', not '",
+                     worker_id, "'; another process now serves this endpoint: re-list sources"));
+  }
+  FERRY_RETURN_IF_ERROR(CheckNames(response.tensors(), what));
+  return response;
+}
+
+}  // namespace ferry::worker

@@ -1,0 +1,99 @@
+// WorkerClient: a target's calls to one source's worker endpoint (the worker_grpc_endpoint of
+// its record): ModelExpress's GetTensorManifest and ferry's GetTransferInfo.
+//
+// No retries: a source that fails is skipped and the caller tries the next one. Every error
+// names the RPC, the endpoint, the gRPC code and the source's message, then what to do, e.g.
+// "GetTransferInfo to 10.0.0.7:40123 failed: UNAUTHENTICATED: ...; pass the deployment token
+// with --token-file or FERRY_TOKEN_FILE".
+//
+// Thread-safe: calls may run concurrently over the one channel. Creating a client does not
+// connect; the first call does.
+#ifndef FERRY_WORKER_WORKER_CLIENT_H_
+#define FERRY_WORKER_WORKER_CLIENT_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+#include "ferry/status.h"
+#include "ferry/v1/worker.pb.h"
+#include "model_express/p2p.pb.h"
+
+namespace grpc {
+class Channel;
+}  // namespace grpc
+
+namespace ferry::internal {
+class TokenSource;
+}  // namespace ferry::internal
+
+namespace ferry::worker {
+
+struct WorkerClientOptions {
+  // host:port of the source's endpoint (its record's worker_grpc_endpoint). Required.
+  std::string endpoint;
+
+  // --- The deployment's bearer token; set at most one. None: no authorization header.
+  std::string token;
+  std::string token_file;  // re-read when it changes
+  // Shared with the caller (e.g. one for every source a target tries). Borrowed; must outlive
+  // the client.
+  ferry::internal::TokenSource* token_source = nullptr;
+
+  // --- TLS, as MetadataClientOptions: on when `tls` or any tls_* file is set.
+  bool tls = false;
+  std::string tls_ca_file;    // PEM roots; empty: the system's
+  std::string tls_cert_file;  // client certificate and key, for mutual TLS; both or neither
+  std::string tls_key_file;
+  std::string tls_server_name;  // name the server certificate must carry, if not the host
+
+  // Deadline of one call. Default 5 s, as ModelExpress's target.
+  absl::Duration deadline = absl::Seconds(5);
+  // Largest answer accepted, in bytes. Default 256 MiB (the server's default send limit).
+  int max_receive_message_size = 256 * 1024 * 1024;
+};
+
+class WorkerClient {
+ public:
+  // Validates options (errors name the field), reads the token and TLS files, creates the
+  // channel.
+  static StatusOr<std::unique_ptr<WorkerClient>> Create(const WorkerClientOptions& options);
+  ~WorkerClient();
+  WorkerClient(const WorkerClient&) = delete;
+  WorkerClient& operator=(const WorkerClient&) = delete;
+
+  // The source's transfer info. `mx_source_id` empty: not checked by the source; `worker_id`
+  // empty: not sent and not checked. FailedPrecondition when the answer's worker_id differs
+  // from `worker_id`, or the answer is inconsistent (an empty or repeated tensor name, sizes
+  // that do not add up to total_bytes, an unknown checksum algorithm). Other codes are the
+  // RPC's (UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, RESOURCE_EXHAUSTED,
+  // FAILED_PRECONDITION for an id the source does not serve).
+  StatusOr<ferry::v1::GetTransferInfoResponse> GetTransferInfo(const std::string& mx_source_id,
+                                                               const std::string& worker_id);
+
+  // The source's ModelExpress manifest; the same rules, without the checksum and total checks.
+  StatusOr<model_express::p2p::GetTensorManifestResponse> GetTensorManifest(
+      const std::string& mx_source_id, const std::string& worker_id);
+
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  struct Stubs;
+  WorkerClient(const WorkerClientOptions& options, std::string endpoint,
+               std::shared_ptr<grpc::Channel> channel, bool tls,
+               std::unique_ptr<ferry::internal::TokenSource> owned_tokens);
+
+  Status RpcError(const char* rpc, int code, const std::string& message) const;
+
+  const WorkerClientOptions options_;
+  const std::string endpoint_;
+  std::shared_ptr<grpc::Channel> channel_;
+  const bool tls_;
+  const std::unique_ptr<ferry::internal::TokenSource> owned_tokens_;
+  ferry::internal::TokenSource* const tokens_;  // nullptr: no header
+  std::unique_ptr<Stubs> stubs_;
+};
+
+}  // namespace ferry::worker
+
+#endif  // FERRY_WORKER_WORKER_CLIENT_H_

@@ -1,0 +1,100 @@
+// What a source's worker endpoint serves: the tensor manifest (ModelExpress's
+// WorkerService.GetTensorManifest) and ferry's transfer info (FerryWorkerService.GetTransferInfo).
+// The publish flow builds a WorkerManifest once the weights sit in registered memory, wraps it in
+// a WorkerState, and sets the mx_source_id when PublishMetadata has returned it.
+#ifndef FERRY_WORKER_WORKER_STATE_H_
+#define FERRY_WORKER_WORKER_STATE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "ferry/status.h"
+#include "ferry/v1/worker.pb.h"
+#include "model_express/p2p.pb.h"
+
+namespace ferry::worker {
+
+// One source worker's tensors and connection details. Plain data, filled by the publish flow.
+struct WorkerManifest {
+  std::string worker_id;  // required: the id this rank publishes under
+  uint32_t worker_rank = 0;
+  std::string accelerator;  // "cuda", "xpu", "cpu", or "" (unknown)
+  // ModelExpress's NIXL fields; empty unless a NIXL agent serves the same memory.
+  std::string agent_name;
+  std::string metadata_endpoint;
+  std::string transfer_blob;  // serialized ferry.v1.TransferBlob (TransferEngine::ExportBlob)
+  // name, dtype (safetensors name), shape, region, offset, size, checksum (XXH3-64).
+  std::vector<ferry::v1::TensorEntry> tensors;
+  // Indexed by region id: the region's address in this process, so that a ModelExpress
+  // TensorDescriptor carries addr = base + offset.
+  std::vector<uint64_t> region_base_addresses;
+  // The source file's safetensors "__metadata__", handed to targets in GetTransferInfo.
+  std::map<std::string, std::string> metadata;
+};
+
+// The torch dtype name ModelExpress puts in TensorDescriptor.dtype ("torch.bfloat16") for a
+// safetensors dtype name ("BF16"); nullopt for a name outside the table.
+std::optional<std::string_view> TorchDtypeName(std::string_view safetensors_dtype);
+
+// The checksum algorithm of TensorEntry.checksum.
+inline constexpr char kChecksumAlgorithm[] = "xxh3-64";
+
+// A validated WorkerManifest plus the mx_source_id, which is known only after publishing.
+// The manifest is immutable; the answers built from it are prepared once in Create().
+// Thread-safe.
+class WorkerState {
+ public:
+  // InvalidArgument naming the field and the tensor when the manifest is unusable: empty
+  // worker_id, an empty or repeated tensor name, a dtype outside TorchDtypeName's table, a region
+  // id without a base address, or an offset + size that overflows 64 bits.
+  static StatusOr<std::unique_ptr<WorkerState>> Create(WorkerManifest manifest);
+
+  WorkerState(const WorkerState&) = delete;
+  WorkerState& operator=(const WorkerState&) = delete;
+
+  const WorkerManifest& manifest() const { return manifest_; }
+  uint64_t total_bytes() const { return total_bytes_; }  // sum of tensor sizes
+
+  // "" until set.
+  std::string mx_source_id() const;
+  void SetMxSourceId(std::string mx_source_id);
+
+  // The checks every endpoint request passes (contract section 11): a non-empty mx_source_id
+  // must equal the served one, and a present worker_id must equal the manifest's. Both failures
+  // are FailedPrecondition; the message names both ids. `mx_source_id_now` receives the served
+  // id the check used, so that the answer carries the same one.
+  Status CheckRequest(std::string_view mx_source_id, const std::string* worker_id,
+                      std::string* mx_source_id_now) const;
+
+  // The answers, carrying `mx_source_id` (the one CheckRequest returned).
+  void FillTensorManifest(const std::string& mx_source_id,
+                          model_express::p2p::GetTensorManifestResponse* response) const;
+  void FillTransferInfo(const std::string& mx_source_id,
+                        ferry::v1::GetTransferInfoResponse* response) const;
+
+  // ModelExpress TensorDescriptors {name, addr = base + offset, size, device_id 0, torch dtype}.
+  const model_express::p2p::TensorSourceMetadata& tensor_source() const { return tensor_source_; }
+
+ private:
+  explicit WorkerState(WorkerManifest manifest);
+
+  const WorkerManifest manifest_;
+  uint64_t total_bytes_ = 0;
+  // Prepared answers, without mx_source_id.
+  model_express::p2p::TensorSourceMetadata tensor_source_;
+  ferry::v1::GetTransferInfoResponse transfer_info_;
+
+  mutable absl::Mutex mu_;
+  std::string mx_source_id_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ferry::worker
+
+#endif  // FERRY_WORKER_WORKER_STATE_H_
