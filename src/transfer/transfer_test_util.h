@@ -1,0 +1,127 @@
+// Test support for the transfer engine and its transports: a byte pattern that reveals
+// misplaced or missing bytes, and a source engine running in a child process.
+#ifndef FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
+#define FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
+
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "ferry/transfer.h"
+
+namespace ferry::testing {
+
+// The byte a source region holds at `offset`: differs between neighbours and between offsets
+// 256 apart, so shifted or swapped ranges do not compare equal.
+inline uint8_t PatternByte(uint64_t offset) {
+  return static_cast<uint8_t>((offset * 131) ^ (offset >> 8) ^ (offset >> 16) ^ 0x5a);
+}
+
+inline void FillPattern(void* data, uint64_t size) {
+  uint8_t* p = static_cast<uint8_t*>(data);
+  for (uint64_t i = 0; i < size; ++i) p[i] = PatternByte(i);
+}
+
+// The first offset in [0, size) where `data` differs from the pattern that starts at
+// `remote_offset`; -1 when all match.
+inline int64_t FirstMismatch(const void* data, uint64_t size, uint64_t remote_offset) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  for (uint64_t i = 0; i < size; ++i) {
+    if (p[i] != PatternByte(remote_offset + i)) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+// A source engine in a forked child: TCP only on 127.0.0.1, one region of `bytes` filled with
+// the pattern. The child exits when this object is destroyed (or is killed by Kill()).
+// REQUIRES: the calling process runs no other threads when Start is called (fork).
+class ChildSource {
+ public:
+  static std::unique_ptr<ChildSource> Start(uint64_t bytes, std::string name = "child source") {
+    int blob_pipe[2];
+    int control_pipe[2];
+    if (::pipe(blob_pipe) != 0 || ::pipe(control_pipe) != 0) return nullptr;
+    pid_t pid = ::fork();
+    if (pid < 0) return nullptr;
+    if (pid == 0) {
+      ::close(blob_pipe[0]);
+      ::close(control_pipe[1]);
+      RunChild(bytes, name, blob_pipe[1], control_pipe[0]);  // never returns
+    }
+    ::close(blob_pipe[1]);
+    ::close(control_pipe[0]);
+    std::unique_ptr<ChildSource> child(new ChildSource(pid, control_pipe[1]));
+    uint32_t len = 0;
+    if (!ReadFull(blob_pipe[0], &len, sizeof(len))) {
+      ::close(blob_pipe[0]);
+      return nullptr;
+    }
+    child->blob_.resize(len);
+    bool ok = ReadFull(blob_pipe[0], child->blob_.data(), len);
+    ::close(blob_pipe[0]);
+    if (!ok) return nullptr;
+    return child;
+  }
+
+  ~ChildSource() {
+    ::close(control_fd_);  // the child sees EOF and exits
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+
+  const std::string& blob() const { return blob_; }
+  pid_t pid() const { return pid_; }
+  void Kill() { ::kill(pid_, SIGKILL); }
+
+ private:
+  ChildSource(pid_t pid, int control_fd) : pid_(pid), control_fd_(control_fd) {}
+
+  static bool ReadFull(int fd, void* buf, size_t len) {
+    char* p = static_cast<char*>(buf);
+    while (len > 0) {
+      ssize_t n = ::read(fd, p, len);
+      if (n <= 0) return false;
+      p += n;
+      len -= static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  [[noreturn]] static void RunChild(uint64_t bytes, const std::string& name, int blob_fd,
+                                    int control_fd) {
+    TransferEngineOptions options;
+    options.name = name;
+    options.enable_ucx = false;
+    options.tcp_listen = "127.0.0.1:0";
+    auto engine = TransferEngine::Create(options);
+    if (!engine.ok()) ::_exit(2);
+    auto region = (*engine)->AllocateRegion(bytes);
+    if (!region.ok()) ::_exit(3);
+    FillPattern((*region)->data(), bytes);
+    std::string blob = (*engine)->ExportBlob();
+    uint32_t len = static_cast<uint32_t>(blob.size());
+    if (::write(blob_fd, &len, sizeof(len)) != sizeof(len) ||
+        ::write(blob_fd, blob.data(), len) != static_cast<ssize_t>(len)) {
+      ::_exit(4);
+    }
+    ::close(blob_fd);
+    char c;
+    while (::read(control_fd, &c, 1) > 0) {
+    }
+    ::_exit(0);  // no destructors: the parent only needs the process gone
+  }
+
+  const pid_t pid_;
+  const int control_fd_;
+  std::string blob_;
+};
+
+}  // namespace ferry::testing
+
+#endif  // FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
