@@ -82,6 +82,7 @@ void RunStream(int fd, const std::vector<Chunk>& chunks, const std::vector<uint3
   size_t sent = 0;
   size_t received = 0;
   while (received < mine.size()) {
+    if (interrupted()) return;
     int n = 0;
     while (sent < mine.size() && sent - received < static_cast<size_t>(max_inflight) &&
            n < kRequestBatch) {
@@ -128,7 +129,6 @@ void RunStream(int fd, const std::vector<Chunk>& chunks, const std::vector<uint3
     done[index] = 1;
     ctl.bytes_done->fetch_add(c.length, std::memory_order_relaxed);
     ++received;
-    if (interrupted()) return;
   }
 }
 

@@ -80,7 +80,10 @@ void TcpServer::RemoveRegion(uint32_t id) {
 void TcpServer::Stop() {
   absl::MutexLock stop_lock(&stop_mu_);
   stopping_.store(true);
+  // Wakes the accept thread's poll() at once (Linux reports the shut-down listener readable).
+  if (listener_.valid()) ::shutdown(listener_.get(), SHUT_RDWR);
   if (accept_thread_.joinable()) accept_thread_.join();
+  listener_.Reset();  // new connections are refused from here on
   std::list<std::unique_ptr<Connection>> connections;
   {
     absl::MutexLock lock(&mu_);

@@ -63,7 +63,7 @@ class TcpServer {
   // Joins connections whose threads have returned.
   void ReapFinished();
 
-  const Fd listener_;
+  Fd listener_;  // closed by Stop() after the accept thread is joined
   const uint16_t port_;
   const int buffer_bytes_;
   const std::string secret_;

@@ -189,8 +189,8 @@ TEST_F(TcpTransportTest, WrongSecretIsRefused) {
   forged.mutable_tcp()->set_secret(secret);
   auto conn = target_->Connect(forged, kDesc);
   EXPECT_EQ(conn.status().code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_THAT(conn.status().message(), HasSubstr(kDesc));
-  EXPECT_THAT(conn.status().message(), HasSubstr("wrong secret"));
+  EXPECT_THAT(std::string(conn.status().message()), HasSubstr(kDesc));
+  EXPECT_THAT(std::string(conn.status().message()), HasSubstr("wrong secret"));
 
   forged.mutable_tcp()->set_secret("short");
   conn = target_->Connect(forged, kDesc);
@@ -204,8 +204,8 @@ TEST_F(TcpTransportTest, UnreachableNamesTheAddress) {
   source_->Stop();  // closes the listener: connecting is refused
   auto conn = target_->Connect(blob, kDesc);
   EXPECT_EQ(conn.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_THAT(conn.status().message(), HasSubstr("127.0.0.1:" + std::to_string(port)));
-  EXPECT_THAT(conn.status().message(), HasSubstr("Connection refused"));
+  EXPECT_THAT(std::string(conn.status().message()), HasSubstr("127.0.0.1:" + std::to_string(port)));
+  EXPECT_THAT(std::string(conn.status().message()), HasSubstr("Connection refused"));
 }
 
 TEST_F(TcpTransportTest, RemoteErrorComesBackAndBreaksTheConnection) {
@@ -216,17 +216,17 @@ TEST_F(TcpTransportTest, RemoteErrorComesBackAndBreaksTheConnection) {
   // must not trust that).
   Status s = conn_->Read({ReadOp{9, 0, dst.data(), 100}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(s.message(), HasSubstr(kDesc));
-  EXPECT_THAT(s.message(), HasSubstr("region 9 [0, 100)"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr(kDesc));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("region 9 [0, 100)"));
   s = conn_->Read({ReadOp{0, 0, dst.data(), 100}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(s.message(), HasSubstr("broken by an earlier failure; reconnect"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("broken by an earlier failure; reconnect"));
 
   auto conn = target_->Connect(blob_, kDesc);
   ASSERT_TRUE(conn.ok());
   s = (*conn)->Read({ReadOp{0, (1 << 20) - 50, dst.data(), 100}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s.message(), HasSubstr("region 0 [1048526, 1048626) is out of range"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("region 0 [1048526, 1048626) is out of range"));
 }
 
 TEST_F(TcpTransportTest, CancelledBeforeTheFirstChunkCompletes) {
@@ -236,9 +236,9 @@ TEST_F(TcpTransportTest, CancelledBeforeTheFirstChunkCompletes) {
   run.cancelled = true;
   Status s = conn_->Read({ReadOp{0, 0, dst.data(), 8 << 20}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
-  EXPECT_THAT(s.message(), HasSubstr(kDesc));
-  EXPECT_THAT(s.message(), HasSubstr("first unfinished range: region 0 ["));
-  EXPECT_LT(run.bytes_done.load(), 8u << 20);
+  EXPECT_THAT(std::string(s.message()), HasSubstr(kDesc));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("first unfinished range: region 0 ["));
+  EXPECT_EQ(run.bytes_done.load(), 0u);
 }
 
 TEST_F(TcpTransportTest, PastDeadline) {
@@ -248,8 +248,10 @@ TEST_F(TcpTransportTest, PastDeadline) {
   run.ctl.deadline = absl::Now() - absl::Seconds(1);
   Status s = conn_->Read({ReadOp{0, 4096, dst.data(), (8 << 20) - 4096}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(s.message(), HasSubstr("passed its deadline"));
-  EXPECT_THAT(s.message(), HasSubstr("region 0 [4096, "));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("passed its deadline"));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("first unfinished range: region 0 [4096, 69632)"));
+  EXPECT_EQ(run.bytes_done.load(), 0u);
 }
 
 TEST_F(TcpTransportTest, CloseThenReadFails) {
@@ -260,7 +262,7 @@ TEST_F(TcpTransportTest, CloseThenReadFails) {
   Running run;
   Status s = conn_->Read({ReadOp{0, 0, dst.data(), 10}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(s.message(), HasSubstr("is closed"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("is closed"));
 }
 
 TEST_F(TcpTransportTest, StopFailsConnectedPeersAndIsIdempotent) {
@@ -272,8 +274,8 @@ TEST_F(TcpTransportTest, StopFailsConnectedPeersAndIsIdempotent) {
   source_->Stop();
   Status s = conn_->Read({ReadOp{0, 0, dst.data(), dst.size()}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
-  EXPECT_THAT(s.message(), HasSubstr(kDesc));
-  EXPECT_THAT(s.message(), HasSubstr("first unfinished range: region 0 [0, 65536)"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr(kDesc));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("first unfinished range: region 0 [0, 65536)"));
 }
 
 // RemoveRegion returns only when no send touches the memory: unmapping it right after must not
@@ -299,7 +301,7 @@ TEST_F(TcpTransportTest, RegionRemovedWhileAPeerReads) {
   EXPECT_TRUE(last.code() == absl::StatusCode::kNotFound ||
               last.code() == absl::StatusCode::kUnavailable)
       << last;
-  EXPECT_THAT(last.message(), HasSubstr(kDesc));
+  EXPECT_THAT(std::string(last.message()), HasSubstr(kDesc));
   // The source still serves new connections.
   ASSERT_TRUE(source_->AddRegion(1, dst.data(), 4096, MemoryKind::kHost, nullptr).ok());
   auto conn = target_->Connect(blob_, kDesc);
@@ -308,7 +310,7 @@ TEST_F(TcpTransportTest, RegionRemovedWhileAPeerReads) {
   Running run;
   Status s = (*conn)->Read({ReadOp{0, 0, small.data(), 10}}, run.ctl);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(s.message(), HasSubstr("has no region 0"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("has no region 0"));
 }
 
 }  // namespace
