@@ -72,6 +72,7 @@ class WorkerClient {
                                                                const std::string& worker_id);
 
   // The source's ModelExpress manifest; the same rules, without the checksum and total checks.
+  // An answer without worker_id (older ModelExpress sources leave it unset) is accepted.
   StatusOr<model_express::p2p::GetTensorManifestResponse> GetTensorManifest(
       const std::string& mx_source_id, const std::string& worker_id);
 
