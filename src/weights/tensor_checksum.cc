@@ -1,0 +1,51 @@
+#include "weights/tensor_checksum.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <numeric>
+#include <thread>
+
+namespace ferry::weights {
+
+uint64_t TensorChecksum(const void* data, uint64_t size) {
+  return XXH3_64bits(data, static_cast<size_t>(size));
+}
+
+std::vector<uint64_t> ChecksumTensors(const uint8_t* base, const std::vector<TensorInfo>& tensors,
+                                      int threads) {
+  std::vector<uint64_t> sums(tensors.size());
+  const size_t workers = std::min<size_t>(static_cast<size_t>(std::max(threads, 1)),
+                                          std::max<size_t>(tensors.size(), 1));
+  if (workers <= 1) {
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      sums[i] = TensorChecksum(base + tensors[i].offset, tensors[i].size);
+    }
+    return sums;
+  }
+  // Longest-processing-time-first assignment: biggest tensor to the least-loaded worker.
+  std::vector<size_t> order(tensors.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return tensors[a].size > tensors[b].size; });
+  std::vector<std::vector<size_t>> assigned(workers);
+  std::vector<uint64_t> load(workers, 0);
+  for (size_t i : order) {
+    const size_t w = std::min_element(load.begin(), load.end()) - load.begin();
+    assigned[w].push_back(i);
+    load[w] += tensors[i].size + 1;  // + 1: empty tensors still cost a call
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(workers);
+  for (size_t w = 0; w < workers; ++w) {
+    pool.emplace_back([&, w] {
+      for (size_t i : assigned[w]) {
+        sums[i] = TensorChecksum(base + tensors[i].offset, tensors[i].size);
+      }
+    });
+  }
+  for (std::thread& t : pool) t.join();
+  return sums;
+}
+
+}  // namespace ferry::weights
