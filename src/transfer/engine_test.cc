@@ -1,0 +1,387 @@
+// The transfer engine end to end over the TCP transport: two engines in this process, and a
+// source engine in a forked child process (killed mid-transfer in one test).
+#include <atomic>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "ferry/transfer.h"
+#include "ferry/v1/transfer.pb.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "transfer/transfer_test_util.h"
+
+namespace ferry {
+namespace {
+
+using ::ferry::testing::ChildSource;
+using ::ferry::testing::FillPattern;
+using ::ferry::testing::FirstMismatch;
+using ::testing::HasSubstr;
+using ::testing::MatchesRegex;
+
+std::string Msg(const Status& s) { return std::string(s.message()); }
+
+TransferEngineOptions TcpOptions(std::string name, int streams = 4,
+                                 uint64_t chunk_bytes = 8 << 20) {
+  TransferEngineOptions o;
+  o.chunk_bytes = chunk_bytes;
+  o.name = std::move(name);
+  o.enable_ucx = false;
+  o.tcp_listen = "127.0.0.1:0";
+  o.tcp_streams = streams;
+  return o;
+}
+
+std::unique_ptr<TransferEngine> MustCreate(TransferEngineOptions o) {
+  auto engine = TransferEngine::Create(std::move(o));
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? std::move(*engine) : nullptr;
+}
+
+TEST(TransportKindTest, ParseAndName) {
+  EXPECT_EQ(*ParseTransportKind("auto"), TransportKind::kAuto);
+  EXPECT_EQ(*ParseTransportKind("ucx"), TransportKind::kUcx);
+  EXPECT_EQ(*ParseTransportKind("tcp"), TransportKind::kTcp);
+  auto bad = ParseTransportKind("rdma");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(bad.status()), HasSubstr("valid: auto, ucx, tcp"));
+  EXPECT_EQ(TransportKindName(TransportKind::kTcp), "tcp");
+}
+
+TEST(OptionsTest, ValidateNamesTheField) {
+  TransferEngineOptions o;
+  EXPECT_TRUE(o.Validate().ok());
+  auto check = [](TransferEngineOptions o, const std::string& field) {
+    Status s = o.Validate();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_THAT(Msg(s), HasSubstr(field));
+  };
+  o.tcp_streams = 0;
+  check(o, "tcp_streams=0");
+  o = {};
+  o.tcp_streams = 65;
+  check(o, "tcp_streams=65");
+  o = {};
+  o.chunk_bytes = 1000;
+  check(o, "chunk_bytes=1000");
+  o = {};
+  o.max_inflight = 2000;
+  check(o, "max_inflight=2000");
+  o = {};
+  o.tcp_socket_buffer = -1;
+  check(o, "tcp_socket_buffer=-1");
+  o = {};
+  o.tcp_listen = "nohost";
+  check(o, "tcp_listen=\"nohost\"");
+  o = {};
+  o.enable_tcp = o.enable_ucx = false;
+  check(o, "enable_ucx and enable_tcp");
+  auto engine = TransferEngine::Create(o);
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EngineTest, ExportBlobDescribesEngineRegionsAndTcp) {
+  auto engine = MustCreate(TcpOptions("publish rank 0"));
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->transports(), std::vector<TransportKind>{TransportKind::kTcp});
+  auto r0 = engine->AllocateRegion(1 << 20);
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  std::vector<char> mine(4096);
+  auto r1 = engine->RegisterRegion(mine.data(), mine.size());
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ((*r0)->id(), 0u);
+  EXPECT_EQ((*r1)->id(), 1u);
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(engine->ExportBlob()));
+  EXPECT_EQ(blob.version(), 1u);
+  EXPECT_THAT(blob.engine_id(), MatchesRegex("[0-9a-f]{16}"));
+  EXPECT_EQ(blob.name(), "publish rank 0");
+  EXPECT_FALSE(blob.hostname().empty());
+  EXPECT_FALSE(blob.boot_id().empty());
+  ASSERT_EQ(blob.regions_size(), 2);
+  EXPECT_EQ(blob.regions(0).size(), 1u << 20);
+  EXPECT_EQ(blob.regions(1).size(), 4096u);
+  EXPECT_EQ(blob.regions(1).base_address(), reinterpret_cast<uint64_t>(mine.data()));
+  EXPECT_EQ(blob.tcp().host(), "127.0.0.1");
+  EXPECT_NE(blob.tcp().port(), 0u);
+  EXPECT_EQ(blob.tcp().secret().size(), 32u);
+  EXPECT_FALSE(blob.has_ucx());
+  r0->reset();
+  ASSERT_TRUE(blob.ParseFromString(engine->ExportBlob()));
+  ASSERT_EQ(blob.regions_size(), 1);
+  EXPECT_EQ(blob.regions(0).id(), 1u);
+  EXPECT_EQ(engine->AllocateRegion(0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Two engines in this process.
+class EnginePairTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    source_ = MustCreate(TcpOptions("source", GetParam(), chunk_bytes_));
+    target_ = MustCreate(TcpOptions("target", GetParam(), chunk_bytes_));
+    ASSERT_NE(source_, nullptr);
+    ASSERT_NE(target_, nullptr);
+    auto region = source_->AllocateRegion(kSize);
+    ASSERT_TRUE(region.ok()) << region.status();
+    region_ = std::move(*region);
+    FillPattern(region_->data(), kSize);
+    auto peer = target_->Connect(source_->ExportBlob());
+    ASSERT_TRUE(peer.ok()) << peer.status();
+    peer_ = std::move(*peer);
+  }
+
+  static constexpr uint64_t kSize = 24 << 20;
+  uint64_t chunk_bytes_ = 8 << 20;
+  std::unique_ptr<TransferEngine> source_;
+  std::unique_ptr<TransferEngine> target_;
+  std::unique_ptr<Region> region_;
+  std::unique_ptr<Peer> peer_;
+};
+
+TEST_P(EnginePairTest, ExactBytesManyOps) {
+  EXPECT_EQ(peer_->transport(), TransportKind::kTcp);
+  EXPECT_THAT(peer_->description(),
+              MatchesRegex("source \\([0-9a-f]{16}\\) at 127\\.0\\.0\\.1:[0-9]+ over tcp"));
+  auto dst = target_->AllocateRegion(kSize + (1 << 20));
+  ASSERT_TRUE(dst.ok());
+  char* base = static_cast<char*>((*dst)->data());
+  std::mt19937_64 rng(GetParam());
+  std::vector<ReadOp> ops;
+  uint64_t cursor = 0;
+  // Unaligned offsets and lengths, zero-length ops, ops longer than a chunk (8 MiB default).
+  ops.push_back(ReadOp{0, 0, nullptr, 0});
+  ops.push_back(ReadOp{0, 1, base + cursor, (8 << 20) + 3});
+  cursor += (8 << 20) + 3;
+  ops.push_back(ReadOp{0, kSize, nullptr, 0});
+  for (int i = 0; i < 300; ++i) {
+    uint64_t len = rng() % (40 << 10);
+    uint64_t off = rng() % (kSize - len);
+    ops.push_back(ReadOp{0, off, len ? base + cursor : nullptr, len});
+    cursor += len;
+  }
+  ops.push_back(ReadOp{0, 0, base + cursor, kSize - (20 << 20)});
+  auto batch = peer_->Submit(ops);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  Status s = (*batch)->Wait(absl::Seconds(60));
+  ASSERT_TRUE(s.ok()) << s;
+  uint64_t total = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    total += ops[i].length;
+    ASSERT_EQ(FirstMismatch(ops[i].local, ops[i].length, ops[i].remote_offset), -1) << i;
+  }
+  EXPECT_EQ((*batch)->bytes_total(), total);
+  EXPECT_EQ((*batch)->bytes_done(), total);
+  EXPECT_TRUE((*batch)->Wait(absl::Seconds(1)).ok());  // same status again
+}
+
+TEST_P(EnginePairTest, TenThousandSmallOps) {
+  std::vector<char> dst(10000 * 100);
+  std::vector<ReadOp> ops;
+  for (uint64_t i = 0; i < 10000; ++i) {
+    ops.push_back(ReadOp{0, (i * 104729) % (kSize - 100), dst.data() + i * 100, 100});
+  }
+  ASSERT_TRUE(peer_->Read(ops, absl::Seconds(60)).ok());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    ASSERT_EQ(FirstMismatch(ops[i].local, 100, ops[i].remote_offset), -1) << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Streams, EnginePairTest, ::testing::Values(1, 4));
+
+// Small chunks, so that cancellation and deadlines take effect between chunks of one read.
+class EngineErrorsTest : public EnginePairTest {
+ protected:
+  EngineErrorsTest() { chunk_bytes_ = 256 << 10; }
+};
+INSTANTIATE_TEST_SUITE_P(FourStreams, EngineErrorsTest, ::testing::Values(4));
+
+TEST_P(EngineErrorsTest, OutOfRangeOpIsRejectedNamingTheIndex) {
+  std::vector<char> dst(4096);
+  std::vector<ReadOp> ops = {
+      {0, 0, dst.data(), 10}, {0, 5, dst.data(), 10}, {0, kSize - 10, dst.data(), 11}};
+  Status s = peer_->Read(ops, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("op 2 (region 0 [25165814, 25165825)) is out of range"));
+  EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
+
+  s = peer_->Read({{0, UINT64_MAX - 1, dst.data(), 4}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("op 0 (region 0 [18446744073709551614, +4)) is out of range"));
+  s = peer_->Read({{7, 0, dst.data(), 4}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("op 0 (region 7 [0, 4)) names a region that"));
+  s = peer_->Read({{0, 0, nullptr, 4}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(s), HasSubstr("null local pointer"));
+  // Validation failures leave the connection usable.
+  ASSERT_TRUE(peer_->Read({{0, 100, dst.data(), 4096}}, absl::Seconds(10)).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), 4096, 100), -1);
+}
+
+TEST_P(EngineErrorsTest, DeadlineExceededThenBroken) {
+  auto dst = target_->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  // 24 MiB cannot arrive within a microsecond.
+  Status s = peer_->Read({{0, 0, (*dst)->data(), kSize}}, absl::Microseconds(1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(Msg(s), HasSubstr("deadline of 1us passed"));
+  EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
+  EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 ["));
+  s = peer_->Read({{0, 0, (*dst)->data(), 10}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Msg(s), HasSubstr("broken by an earlier failure; reconnect"));
+}
+
+TEST_P(EngineErrorsTest, CancelReturnsCancelled) {
+  auto dst = target_->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  auto batch = peer_->Submit({{0, 0, (*dst)->data(), kSize}});
+  ASSERT_TRUE(batch.ok());
+  (*batch)->Cancel();
+  Status s = (*batch)->Wait(absl::Seconds(10));
+  if (s.ok()) GTEST_SKIP() << "the batch finished before Cancel() took effect";
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(Msg(s), HasSubstr("cancelled; first unfinished range: region 0 ["));
+  EXPECT_EQ((*batch)->Wait(absl::Seconds(1)).code(), absl::StatusCode::kCancelled);
+}
+
+TEST_P(EngineErrorsTest, DestroyingAnUnfinishedBatchCancelsIt) {
+  auto dst = target_->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  {
+    auto batch = peer_->Submit({{0, 0, (*dst)->data(), kSize}});
+    ASSERT_TRUE(batch.ok());
+  }
+  // The next Submit does not wait forever for the destroyed batch.
+  auto batch = peer_->Submit({{0, 0, (*dst)->data(), 0}});
+  ASSERT_TRUE(batch.ok());
+}
+
+TEST_P(EngineErrorsTest, MalformedBlob) {
+  for (std::string blob : {std::string("not a blob \xff\xff"), std::string()}) {
+    auto peer = target_->Connect(blob);
+    EXPECT_EQ(peer.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(Msg(peer.status()), HasSubstr("malformed transfer blob"));
+  }
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(source_->ExportBlob()));
+  blob.set_version(2);
+  auto peer = target_->Connect(blob.SerializeAsString());
+  EXPECT_EQ(peer.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Msg(peer.status()), HasSubstr("version 2"));
+}
+
+TEST_P(EngineErrorsTest, TransportMismatch) {
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(source_->ExportBlob()));
+  blob.clear_tcp();
+  blob.mutable_ucx()->set_worker_address("x");
+  auto peer = target_->Connect(blob.SerializeAsString());
+  EXPECT_EQ(peer.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Msg(peer.status()), HasSubstr("this engine offers [tcp], the peer offers [ucx]"));
+  peer = target_->Connect(source_->ExportBlob(), TransportKind::kUcx);
+  EXPECT_EQ(peer.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Msg(peer.status()), HasSubstr("over ucx"));
+}
+
+TEST_P(EngineErrorsTest, RegionRemovedWhileAPeerReads) {
+  auto dst = target_->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  std::atomic<bool> first_done{false};
+  Status last;
+  std::thread reader([&] {
+    for (;;) {
+      last = peer_->Read({{0, 0, (*dst)->data(), kSize}}, absl::Seconds(30));
+      first_done = true;
+      if (!last.ok()) return;
+    }
+  });
+  while (!first_done.load()) std::this_thread::yield();
+  region_.reset();  // deregisters and unmaps: a late send would crash this process
+  reader.join();
+  EXPECT_TRUE(last.code() == absl::StatusCode::kNotFound ||
+              last.code() == absl::StatusCode::kUnavailable)
+      << last;
+  EXPECT_THAT(Msg(last), HasSubstr(peer_->description()));
+  // A fresh connection sees the region gone.
+  auto blob = source_->ExportBlob();
+  ferry::v1::TransferBlob parsed;
+  ASSERT_TRUE(parsed.ParseFromString(blob));
+  EXPECT_EQ(parsed.regions_size(), 0);
+}
+
+TEST_P(EngineErrorsTest, StopIsIdempotentWithConnectedPeers) {
+  std::vector<char> dst(1000);
+  ASSERT_TRUE(peer_->Read({{0, 0, dst.data(), dst.size()}}, absl::Seconds(10)).ok());
+  source_->Stop();
+  source_->Stop();
+  Status s = peer_->Read({{0, 0, dst.data(), dst.size()}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
+  EXPECT_THAT(Msg(s), HasSubstr("region 0 [0, 1000)"));
+  target_->Stop();
+  target_.reset();  // the peer outlives its engine
+  peer_->Disconnect();
+  peer_->Disconnect();
+  auto batch = peer_->Submit({{0, 0, dst.data(), 10}});
+  EXPECT_EQ(batch.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Msg(batch.status()), HasSubstr("disconnected"));
+}
+
+// The source is a child process.
+TEST(ChildSourceTest, ReadsFromAnotherProcess) {
+  constexpr uint64_t kSize = 32 << 20;
+  auto child = ChildSource::Start(kSize, "child rank 3");
+  ASSERT_NE(child, nullptr);
+  auto target = MustCreate(TcpOptions("target", 4));
+  auto dst = target->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  auto peer = target->Connect(child->blob());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_THAT((*peer)->description(), HasSubstr("child rank 3 ("));
+  ASSERT_TRUE((*peer)->Read({{0, 3, (*dst)->data(), kSize - 3}}, absl::Seconds(60)).ok());
+  EXPECT_EQ(FirstMismatch((*dst)->data(), kSize - 3, 3), -1);
+}
+
+TEST(ChildSourceTest, PeerKilledMidTransfer) {
+  constexpr uint64_t kSize = 256 << 20;
+  auto child = ChildSource::Start(kSize, "doomed source");
+  ASSERT_NE(child, nullptr);
+  TransferEngineOptions o = TcpOptions("target", 2);
+  o.chunk_bytes = 1 << 20;
+  auto target = MustCreate(o);
+  auto dst = target->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  auto peer = target->Connect(child->blob());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  // Keep a large read in flight until the kill lands in the middle of one.
+  std::atomic<bool> reading{false};
+  Status s;
+  absl::Time failed_at;
+  std::thread reader([&] {
+    for (int i = 0; i < 1000; ++i) {
+      auto batch = (*peer)->Submit({{0, 0, (*dst)->data(), kSize}});
+      if (!batch.ok()) {
+        s = batch.status();
+        break;
+      }
+      while ((*batch)->bytes_done() == 0) std::this_thread::yield();
+      reading = true;
+      s = (*batch)->Wait(absl::Seconds(60));
+      if (!s.ok()) break;
+    }
+    failed_at = absl::Now();
+  });
+  while (!reading.load()) std::this_thread::yield();
+  const absl::Time killed_at = absl::Now();
+  child->Kill();
+  reader.join();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(Msg(s), HasSubstr((*peer)->description()));
+  EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 ["));
+  EXPECT_LT(failed_at - killed_at, absl::Seconds(5));
+}
+
+}  // namespace
+}  // namespace ferry
