@@ -77,7 +77,7 @@ class Transport {
   // Connects to `remote` (which has this transport's section). `description` is the engine's
   // text for the peer, to use in errors. Unavailable naming the address when unreachable.
   virtual StatusOr<std::unique_ptr<PeerConnection>> Connect(const ferry::v1::TransferBlob& remote,
-                                                           const std::string& description) = 0;
+                                                            const std::string& description) = 0;
 
   // Stops listeners/progress threads; peers' in-flight reads fail. Idempotent.
   virtual void Stop() = 0;
