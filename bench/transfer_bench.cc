@@ -1,0 +1,370 @@
+// transfer_bench: throughput of ferry's transfer engine against the baselines it must approach,
+// all measured in the same run on the same buffers.
+//
+// Workloads (--transport picks tcp, ucx or all):
+//   memcpy       one thread copying --bytes between two pre-faulted buffers (the memory bound)
+//   raw_socket   --streams TCP connections on loopback, a sender thread per stream sending its
+//                share from a pre-faulted buffer and a receiver thread per stream recv()ing it
+//                into a pre-faulted buffer (the kernel-TCP bound)
+//   tcp          ferry's TCP transport, --streams streams: reads --bytes, split into --ops ops,
+//                from a source engine in a child process (forked before any thread starts)
+//                into a pre-faulted destination region; baseline: raw_socket of the same repeat
+//   ucx          the same over the UCX transport; skipped with a reason when UCX is unavailable
+//
+// Output: one JSON object per line and run on stdout:
+//   {"workload":..., "transport":..., "bytes":..., "ops":..., "streams":..., "seconds":...,
+//    "gbps":..., "baseline":"raw_socket"|"memcpy", "baseline_gbps":..., "ratio":...}
+// (gbps = 1e9 bytes per second). Every read is checked against the source's pattern once.
+//
+//   transfer_bench [--bytes 1073741824] [--streams 4] [--chunk 8388608] [--ops 10]
+//                  [--transport tcp|ucx|all] [--repeat 3] [--socket-buffer 0]
+//                  [--max-inflight 16] [--smoke]
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "ferry/transfer.h"
+
+namespace {
+
+struct Flags {
+  uint64_t bytes = 1ull << 30;
+  int streams = 4;
+  uint64_t chunk = 8ull << 20;
+  int ops = 10;
+  std::string transport = "all";
+  int repeat = 3;
+  int socket_buffer = 0;
+  int max_inflight = 16;
+  bool smoke = false;
+};
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+uint8_t Pattern(uint64_t i) { return static_cast<uint8_t>((i * 131) ^ (i >> 8) ^ 0x5a); }
+
+// Pre-faulted anonymous memory.
+class Buffer {
+ public:
+  explicit Buffer(uint64_t size) : size_(size) {
+    data_ = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (data_ == MAP_FAILED) {
+      std::perror("mmap");
+      std::exit(1);
+    }
+  }
+  ~Buffer() { ::munmap(data_, size_); }
+  char* data() const { return static_cast<char*>(data_); }
+
+ private:
+  void* data_;
+  uint64_t size_;
+};
+
+void PrintLine(const char* workload, const char* transport, const Flags& f, int ops, int streams,
+               double seconds, const char* baseline, double baseline_gbps) {
+  const double gbps = static_cast<double>(f.bytes) / seconds / 1e9;
+  std::printf(
+      "{\"workload\":\"%s\",\"transport\":\"%s\",\"bytes\":%llu,\"ops\":%d,\"streams\":%d,"
+      "\"chunk\":%llu,\"seconds\":%.6f,\"gbps\":%.3f,\"baseline\":\"%s\",\"baseline_gbps\":%.3f,"
+      "\"ratio\":%.3f}\n",
+      workload, transport, static_cast<unsigned long long>(f.bytes), ops, streams,
+      static_cast<unsigned long long>(f.chunk), seconds, gbps, baseline, baseline_gbps,
+      gbps / baseline_gbps);
+  std::fflush(stdout);
+}
+
+void PrintSkip(const char* workload, const std::string& reason) {
+  std::string escaped;
+  for (char c : reason) {
+    if (c == '"' || c == '\\') escaped += '\\';
+    escaped += (c == '\n' ? ' ' : c);
+  }
+  std::printf("{\"workload\":\"%s\",\"skipped\":\"%s\"}\n", workload, escaped.c_str());
+  std::fflush(stdout);
+}
+
+// ---- memcpy ----
+
+double MemcpySeconds(const Flags& f, Buffer& src, Buffer& dst) {
+  const double t0 = Now();
+  std::memcpy(dst.data(), src.data(), f.bytes);
+  return Now() - t0;
+}
+
+// ---- raw socket pair ----
+
+class RawSockets {
+ public:
+  // N connected loopback pairs.
+  explicit RawSockets(const Flags& f) : f_(f) {
+    int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (f.socket_buffer > 0) SetBuffers(listener);
+    if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::listen(listener, 64) != 0 ||
+        ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      std::perror("raw socket listener");
+      std::exit(1);
+    }
+    for (int i = 0; i < f.streams; ++i) {
+      int c = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (f.socket_buffer > 0) SetBuffers(c);
+      if (::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        std::perror("raw socket connect");
+        std::exit(1);
+      }
+      int s = ::accept(listener, nullptr, nullptr);
+      int one = 1;
+      ::setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      senders_.push_back(s);
+      receivers_.push_back(c);
+    }
+    ::close(listener);
+  }
+  ~RawSockets() {
+    for (int fd : senders_) ::close(fd);
+    for (int fd : receivers_) ::close(fd);
+  }
+
+  double Seconds(Buffer& src, Buffer& dst) {
+    std::vector<std::thread> threads;
+    const uint64_t share = f_.bytes / f_.streams;
+    const double t0 = Now();
+    for (int i = 0; i < f_.streams; ++i) {
+      const uint64_t off = share * i;
+      const uint64_t len = i + 1 == f_.streams ? f_.bytes - off : share;
+      threads.emplace_back([&, i, off, len] {
+        for (uint64_t done = 0; done < len;) {
+          ssize_t n = ::send(senders_[i], src.data() + off + done, len - done, MSG_NOSIGNAL);
+          if (n <= 0) std::exit(1);
+          done += n;
+        }
+      });
+      threads.emplace_back([&, i, off, len] {
+        for (uint64_t done = 0; done < len;) {
+          ssize_t n = ::recv(receivers_[i], dst.data() + off + done, len - done, MSG_WAITALL);
+          if (n <= 0) std::exit(1);
+          done += n;
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    return Now() - t0;
+  }
+
+ private:
+  void SetBuffers(int fd) {
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &f_.socket_buffer, sizeof(f_.socket_buffer));
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &f_.socket_buffer, sizeof(f_.socket_buffer));
+  }
+  const Flags& f_;
+  std::vector<int> senders_;
+  std::vector<int> receivers_;
+};
+
+// ---- the source engine, in a child process ----
+
+struct Child {
+  pid_t pid = -1;
+  int control_fd = -1;  // closing it ends the child
+  std::string blob;
+};
+
+bool ReadFull(int fd, void* buf, size_t len) {
+  char* p = static_cast<char*>(buf);
+  while (len > 0) {
+    ssize_t n = ::read(fd, p, len);
+    if (n <= 0) return false;
+    p += n;
+    len -= n;
+  }
+  return true;
+}
+
+Child StartSource(const Flags& f, bool with_ucx) {
+  int blob_pipe[2], control_pipe[2];
+  if (::pipe(blob_pipe) != 0 || ::pipe(control_pipe) != 0) std::exit(1);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(blob_pipe[0]);
+    ::close(control_pipe[1]);
+    ferry::TransferEngineOptions o;
+    o.name = "transfer_bench source";
+    o.enable_ucx = with_ucx;
+    o.ucx_net_devices = "lo";
+    o.tcp_listen = "127.0.0.1:0";
+    o.tcp_socket_buffer = f.socket_buffer;
+    auto engine = ferry::TransferEngine::Create(o);
+    if (!engine.ok()) {
+      std::fprintf(stderr, "source engine: %s\n", std::string(engine.status().message()).c_str());
+      ::_exit(2);
+    }
+    auto region = (*engine)->AllocateRegion(f.bytes);
+    if (!region.ok()) ::_exit(3);
+    char* p = static_cast<char*>((*region)->data());
+    for (uint64_t i = 0; i < f.bytes; ++i) p[i] = static_cast<char>(Pattern(i));
+    std::string blob = (*engine)->ExportBlob();
+    uint32_t len = blob.size();
+    if (::write(blob_pipe[1], &len, 4) != 4 || ::write(blob_pipe[1], blob.data(), len) != len) {
+      ::_exit(4);
+    }
+    char c;
+    while (::read(control_pipe[0], &c, 1) > 0) {
+    }
+    ::_exit(0);
+  }
+  ::close(blob_pipe[1]);
+  ::close(control_pipe[0]);
+  Child child;
+  child.pid = pid;
+  child.control_fd = control_pipe[1];
+  uint32_t len = 0;
+  if (!ReadFull(blob_pipe[0], &len, 4)) {
+    std::fprintf(stderr, "the source child failed to start\n");
+    std::exit(1);
+  }
+  child.blob.resize(len);
+  ReadFull(blob_pipe[0], child.blob.data(), len);
+  ::close(blob_pipe[0]);
+  return child;
+}
+
+void StopSource(Child& child) {
+  ::close(child.control_fd);
+  ::waitpid(child.pid, nullptr, 0);
+}
+
+std::vector<ferry::ReadOp> SplitOps(const Flags& f, char* dst) {
+  std::vector<ferry::ReadOp> ops;
+  const uint64_t piece = f.bytes / f.ops;
+  for (int i = 0; i < f.ops; ++i) {
+    const uint64_t off = piece * i;
+    const uint64_t len = i + 1 == f.ops ? f.bytes - off : piece;
+    ops.push_back({0, off, dst + off, len});
+  }
+  return ops;
+}
+
+bool Verify(const char* dst, uint64_t bytes) {
+  for (uint64_t i = 0; i < bytes; ++i) {
+    if (static_cast<uint8_t>(dst[i]) != Pattern(i)) {
+      std::fprintf(stderr, "mismatch at byte %llu\n", static_cast<unsigned long long>(i));
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags f;
+  CLI::App app{"ferry transfer engine throughput against memcpy and raw sockets"};
+  app.add_option("--bytes", f.bytes, "bytes per run");
+  app.add_option("--streams", f.streams, "TCP streams (raw and ferry)");
+  app.add_option("--chunk", f.chunk, "ferry chunk_bytes");
+  app.add_option("--ops", f.ops, "ops the total is split into");
+  app.add_option("--transport", f.transport, "tcp, ucx or all")
+      ->check(CLI::IsMember({"tcp", "ucx", "all"}));
+  app.add_option("--repeat", f.repeat, "runs per workload");
+  app.add_option("--socket-buffer", f.socket_buffer, "SO_SNDBUF/SO_RCVBUF; 0: autotuning");
+  app.add_option("--max-inflight", f.max_inflight, "ferry max_inflight");
+  app.add_flag("--smoke", f.smoke, "tiny sizes: checks the bench still runs");
+  CLI11_PARSE(app, argc, argv);
+  if (f.smoke) {
+    f.bytes = 8 << 20;
+    f.chunk = 1 << 20;
+    f.repeat = 1;
+    f.ops = 300;
+    f.streams = 2;
+  }
+  if (f.ops < 1 || f.streams < 1 || f.repeat < 1 || f.bytes < static_cast<uint64_t>(f.ops)) {
+    std::fprintf(stderr, "--ops, --streams, --repeat must be >= 1 and --bytes >= --ops\n");
+    return 1;
+  }
+  const bool want_tcp = f.transport != "ucx";
+  const bool want_ucx = f.transport != "tcp";
+
+  // Fork the source before this process starts any thread.
+  Child child = StartSource(f, want_ucx);
+
+  Buffer src(f.bytes);
+  for (uint64_t i = 0; i < f.bytes; i += 4096) src.data()[i] = 1;
+  Buffer dst_raw(f.bytes);
+
+  int failures = 0;
+  double memcpy_gbps = 0;
+  for (int r = 0; r < f.repeat; ++r) {
+    const double s = MemcpySeconds(f, src, dst_raw);
+    memcpy_gbps = std::max(memcpy_gbps, f.bytes / s / 1e9);
+    PrintLine("memcpy", "none", f, 1, 1, s, "memcpy", f.bytes / s / 1e9);
+  }
+
+  RawSockets raw(f);
+  auto run_engine = [&](ferry::TransportKind kind, const char* name) {
+    ferry::TransferEngineOptions o;
+    o.name = "transfer_bench target";
+    o.enable_ucx = kind == ferry::TransportKind::kUcx;
+    o.enable_tcp = kind == ferry::TransportKind::kTcp;
+    o.ucx_net_devices = "lo";
+    o.tcp_listen = "127.0.0.1:0";
+    o.tcp_streams = f.streams;
+    o.tcp_socket_buffer = f.socket_buffer;
+    o.chunk_bytes = f.chunk;
+    o.max_inflight = f.max_inflight;
+    auto engine = ferry::TransferEngine::Create(o);
+    if (!engine.ok()) return PrintSkip(name, std::string(engine.status().message()));
+    auto dst = (*engine)->AllocateRegion(f.bytes);
+    if (!dst.ok()) return PrintSkip(name, std::string(dst.status().message()));
+    auto peer = (*engine)->Connect(child.blob, kind);
+    if (!peer.ok()) return PrintSkip(name, std::string(peer.status().message()));
+    char* out = static_cast<char*>((*dst)->data());
+    for (int r = 0; r < f.repeat; ++r) {
+      const double raw_s = raw.Seconds(src, dst_raw);
+      const double t0 = Now();
+      ferry::Status s = (*peer)->Read(SplitOps(f, out), absl::Seconds(600));
+      const double seconds = Now() - t0;
+      if (!s.ok()) {
+        std::fprintf(stderr, "%s read failed: %s\n", name, std::string(s.message()).c_str());
+        ++failures;
+        return;
+      }
+      if (r == 0 && !Verify(out, f.bytes)) {
+        ++failures;
+        return;
+      }
+      if (kind == ferry::TransportKind::kTcp) {
+        PrintLine(name, name, f, f.ops, f.streams, seconds, "raw_socket", f.bytes / raw_s / 1e9);
+      } else {
+        PrintLine(name, name, f, f.ops, 1, seconds, "memcpy", memcpy_gbps);
+      }
+    }
+  };
+  if (want_tcp) run_engine(ferry::TransportKind::kTcp, "tcp");
+  if (want_ucx) run_engine(ferry::TransportKind::kUcx, "ucx");
+  StopSource(child);
+  return failures == 0 ? 0 : 1;
+}
