@@ -116,6 +116,7 @@ void TcpServer::AcceptLoop() {
     int rc = ::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(kIoPollInterval)));
     ReapFinished();
     if (rc <= 0) continue;
+    if (stopping_.load()) break;  // Stop() shut the listener down
     Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!fd.valid()) {
       if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
