@@ -1,10 +1,288 @@
-// (being written)
-#include "transfer/transport.h"
+#include "transfer/ucx/ucx_transport.h"
+
+#include <sys/mman.h>
+#include <ucp/api/ucp.h>
+#include <uct/api/uct.h>
+#include <unistd.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/logging.h"
+#include "transfer/ucx/ucx_handles.h"
+#include "transfer/ucx/ucx_peer.h"
+#include "transfer/ucx/ucx_progress.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 namespace ferry::internal {
+namespace {
+
+// Fault in every page of [data, data+size) for writing, so neither the first reader nor the
+// first writer pays for page faults (very slow in VMs). MADV_POPULATE_WRITE (Linux 5.14+) does
+// it in the kernel; otherwise touch one byte per page.
+void Prefault(void* data, uint64_t size) {
+  if (::madvise(data, size, MADV_POPULATE_WRITE) == 0) return;
+  const long page = ::sysconf(_SC_PAGESIZE);
+  volatile char* p = static_cast<volatile char*>(data);
+  for (uint64_t off = 0; off < size; off += static_cast<uint64_t>(page)) p[off] = 0;
+}
+
+// Whether this context may use an RDMA device: an InfiniBand/RoCE memory domain exists (UCT's
+// "ib" component lists one per HCA) and neither NET_DEVICES nor TLS rules it out. UCX has no
+// query for "the transports my context uses", so this mirrors the two settings we pass it.
+bool HasRdma(const TransferEngineOptions& options) {
+  uct_component_h* components = nullptr;
+  unsigned count = 0;
+  if (uct_query_components(&components, &count) != UCS_OK) return false;
+  std::vector<std::string> hcas;
+  for (unsigned i = 0; i < count; ++i) {
+    uct_component_attr_t attr = {};
+    attr.field_mask = UCT_COMPONENT_ATTR_FIELD_NAME | UCT_COMPONENT_ATTR_FIELD_MD_RESOURCE_COUNT;
+    if (uct_component_query(components[i], &attr) != UCS_OK) continue;
+    if (std::string(attr.name) != "ib" || attr.md_resource_count == 0) continue;
+    std::vector<uct_md_resource_desc_t> mds(attr.md_resource_count);
+    attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCES;
+    attr.md_resources = mds.data();
+    if (uct_component_query(components[i], &attr) != UCS_OK) continue;
+    for (const auto& md : mds) hcas.emplace_back(md.md_name);
+  }
+  uct_release_component_list(components);
+  if (hcas.empty()) return false;
+
+  const std::string tls = absl::AsciiStrToLower(options.ucx_transports);
+  if (!tls.empty() && tls[0] != '^' && tls != "all") {
+    bool any = false;
+    for (absl::string_view tl : absl::StrSplit(tls, ',')) {
+      for (absl::string_view rdma_tl : {"rc", "ud", "dc", "ib"}) {
+        if (absl::StartsWith(tl, rdma_tl)) any = true;
+      }
+    }
+    if (!any) return false;
+  }
+  const std::string& devs = options.ucx_net_devices;
+  if (devs.empty() || devs == "all") return true;
+  for (absl::string_view dev : absl::StrSplit(devs, ',')) {
+    const absl::string_view name = dev.substr(0, dev.find(':'));
+    for (const auto& hca : hcas) {
+      if (name == hca) return true;
+    }
+  }
+  return false;
+}
+
+class UcxTransport final : public Transport {
+ public:
+  static StatusOr<std::unique_ptr<Transport>> Create(const TransferEngineOptions& options,
+                                                     const UcxTuning& tuning);
+  ~UcxTransport() override;
+
+  TransportKind kind() const override { return TransportKind::kUcx; }
+  StatusOr<Allocation> Allocate(uint64_t bytes) override;
+  void Free(const Allocation& allocation) override;
+  Status AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
+                   const Allocation* allocation) override;
+  void RemoveRegion(uint32_t id) override;
+  void Describe(ferry::v1::TransferBlob* blob) const override;
+  StatusOr<std::unique_ptr<PeerConnection>> Connect(const ferry::v1::TransferBlob& remote,
+                                                    const std::string& description) override;
+  void Stop() override;
+
+ private:
+  struct RegionEntry {
+    ucp_mem_h memh = nullptr;
+    std::optional<ucx::MemHandle> owned;  // set when we mapped caller memory ourselves
+    std::string rkey;
+  };
+
+  UcxTransport(TransferEngineOptions options, std::shared_ptr<ucx::Context> context,
+               ucx::Worker worker, std::string address, bool rdma)
+      : options_(std::move(options)),
+        context_(std::move(context)),
+        worker_(std::move(worker)),
+        address_(std::move(address)),
+        rdma_(rdma) {}
+
+  const TransferEngineOptions options_;
+  // Declared first so it is destroyed last (peers may still hold it).
+  std::shared_ptr<ucx::Context> context_;
+  ucx::Worker worker_;  // the source worker; driven only by progress_ once started
+  const std::string address_;
+  const bool rdma_;
+  std::unique_ptr<ucx::ProgressThread> progress_;  // null when tuning.progress_thread is false
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint32_t, RegionEntry> regions_ ABSL_GUARDED_BY(mu_);
+  // Allocations not yet freed, unmapped by the destructor if the engine did not.
+  absl::flat_hash_map<void*, ucp_mem_h> allocations_ ABSL_GUARDED_BY(mu_);
+};
+
+StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const TransferEngineOptions& options,
+                                                          const UcxTuning& tuning) {
+  // Shared memory transports only advertise peer-failure detection (which our endpoints
+  // require) with *_ERROR_HANDLING=y; without it UCX would pick TCP between local processes.
+  FERRY_ASSIGN_OR_RETURN(
+      ucx::Config config,
+      ucx::ReadConfig(
+          {{"MM_ERROR_HANDLING", "y"},
+           {"KEEPALIVE_INTERVAL",
+            absl::StrCat(absl::ToInt64Milliseconds(tuning.keepalive_interval), "ms")}}));
+  if (!options.ucx_net_devices.empty()) {
+    const ucs_status_t st =
+        ucp_config_modify(config.get(), "NET_DEVICES", options.ucx_net_devices.c_str());
+    if (st != UCS_OK) {
+      return ucx::UcsError("ucp_config_modify(NET_DEVICES)", st,
+                           absl::StrCat("ucx_net_devices \"", options.ucx_net_devices, "\""));
+    }
+  }
+  if (!options.ucx_transports.empty()) {
+    const ucs_status_t st = ucp_config_modify(config.get(), "TLS", options.ucx_transports.c_str());
+    if (st != UCS_OK) {
+      return ucx::UcsError("ucp_config_modify(TLS)", st,
+                           absl::StrCat("ucx_transports \"", options.ucx_transports, "\""));
+    }
+  }
+
+  ucp_params_t params = {};
+  params.field_mask =
+      UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+  params.mt_workers_shared = 1;  // target connections create workers on other threads
+  params.name = "ferry";
+  auto context = ucx::Context::Create(config.get(), params);
+  if (!context.ok()) {
+    return absl::Status(context.status().code(),
+                        absl::StrCat("UCX transport: ", context.status().message(),
+                                     "; check ucx_net_devices / ucx_transports"));
+  }
+  FERRY_ASSIGN_OR_RETURN(ucx::Worker worker,
+                         ucx::CreateWorker((*context)->get(), UCS_THREAD_MODE_SINGLE));
+  std::string address;
+  {
+    FERRY_ASSIGN_OR_RETURN(ucx::WorkerAddress addr, ucx::WorkerAddress::Get(worker.get()));
+    address = addr.bytes();
+  }
+  std::unique_ptr<UcxTransport> t(new UcxTransport(options, *std::move(context), std::move(worker),
+                                                   std::move(address), HasRdma(options)));
+  if (tuning.progress_thread) {
+    FERRY_ASSIGN_OR_RETURN(t->progress_, ucx::ProgressThread::Start(t->worker_.get()));
+  }
+  return std::unique_ptr<Transport>(std::move(t));
+}
+
+UcxTransport::~UcxTransport() {
+  Stop();
+  absl::MutexLock lock(&mu_);
+  regions_.clear();  // unmaps what we mapped
+  for (auto& [data, memh] : allocations_) ucx::MemHandle(context_->get(), memh).Reset();
+  allocations_.clear();
+}
+
+void UcxTransport::Stop() {
+  if (progress_ != nullptr) progress_->Stop();
+}
+
+StatusOr<Allocation> UcxTransport::Allocate(uint64_t bytes) {
+  if (bytes == 0) return absl::InvalidArgumentError("UCX Allocate: bytes must be > 0");
+  FERRY_ASSIGN_OR_RETURN(ucx::MemHandle memh, ucx::MemHandle::Map(context_->get(), nullptr, bytes));
+  FERRY_ASSIGN_OR_RETURN(void* data, memh.address());
+  Prefault(data, bytes);
+  Allocation a;
+  a.data = data;
+  a.size = bytes;
+  a.handle = memh.release();
+  absl::MutexLock lock(&mu_);
+  allocations_[a.data] = static_cast<ucp_mem_h>(a.handle);
+  return a;
+}
+
+void UcxTransport::Free(const Allocation& allocation) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (allocations_.erase(allocation.data) == 0) return;  // not ours, or freed already
+  }
+  ucx::MemHandle(context_->get(), static_cast<ucp_mem_h>(allocation.handle)).Reset();
+}
+
+Status UcxTransport::AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
+                               const Allocation* allocation) {
+  if (kind != MemoryKind::kHost) {
+    return absl::UnimplementedError(
+        absl::StrCat("UCX region ", id, ": Debian's UCX cannot serve device memory"));
+  }
+  RegionEntry entry;
+  if (allocation != nullptr && allocation->handle != nullptr) {
+    entry.memh = static_cast<ucp_mem_h>(allocation->handle);
+  } else {
+    auto mapped = ucx::MemHandle::Map(context_->get(), data, size);
+    if (!mapped.ok()) {
+      return absl::Status(mapped.status().code(),
+                          absl::StrCat("UCX region ", id, ": ", mapped.status().message()));
+    }
+    entry.memh = mapped->get();
+    entry.owned.emplace(std::move(*mapped));
+  }
+  auto rkey = ucx::PackRkey(context_->get(), entry.memh);
+  if (!rkey.ok()) {
+    return absl::Status(rkey.status().code(),
+                        absl::StrCat("UCX region ", id, ": ", rkey.status().message()));
+  }
+  entry.rkey = *std::move(rkey);
+  absl::MutexLock lock(&mu_);
+  if (regions_.contains(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("UCX region ", id, " is already registered"));
+  }
+  regions_.emplace(id, std::move(entry));
+  return absl::OkStatus();
+}
+
+void UcxTransport::RemoveRegion(uint32_t id) {
+  std::optional<RegionEntry> entry;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = regions_.find(id);
+    if (it == regions_.end()) return;
+    entry.emplace(std::move(it->second));
+    regions_.erase(it);
+  }
+  // A software read UCX is serving from this memory right now finishes before we return.
+  if (progress_ != nullptr) progress_->Barrier();
+  entry.reset();  // unmaps caller memory we mapped; allocations stay mapped until Free
+}
+
+void UcxTransport::Describe(ferry::v1::TransferBlob* blob) const {
+  blob->mutable_ucx()->set_worker_address(address_);
+  blob->mutable_ucx()->set_rdma(rdma_);
+  absl::MutexLock lock(&mu_);
+  for (auto& region : *blob->mutable_regions()) {
+    auto it = regions_.find(region.id());
+    if (it != regions_.end()) region.set_ucx_rkey(it->second.rkey);
+  }
+}
+
+StatusOr<std::unique_ptr<PeerConnection>> UcxTransport::Connect(
+    const ferry::v1::TransferBlob& remote, const std::string& description) {
+  return ucx::ConnectUcxPeer(context_, options_, remote, description);
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options,
+                                                        const UcxTuning& tuning) {
+  return UcxTransport::Create(options, tuning);
+}
 
 StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options) {
-  return absl::UnimplementedError("UCX transport is being written");
+  return UcxTransport::Create(options, UcxTuning{});
 }
 
 }  // namespace ferry::internal

@@ -1,0 +1,39 @@
+// The UCX transport. As a source it owns one UCX context and one worker, whose address goes in
+// the blob; regions are ucp_mem_map'ed (UCX-allocated shared memory when the engine allocates
+// through us, so local peers read it one-sided with no work on our side) and their packed rkeys
+// go in the blob. As a target every PeerConnection gets its own worker (see ucx_peer.h).
+//
+// Thread-safety: thread-safe (the Transport contract). The source worker is driven only by the
+// progress thread; the other methods touch only context-level UCX calls (ucp_mem_map,
+// ucp_rkey_pack), which UCX makes thread-safe for a context created with mt_workers_shared.
+#ifndef FERRY_TRANSFER_UCX_UCX_TRANSPORT_H_
+#define FERRY_TRANSFER_UCX_UCX_TRANSPORT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+#include "ferry/status.h"
+#include "ferry/transfer.h"
+#include "transfer/transport.h"
+
+namespace ferry::internal {
+
+// Knobs that are not engine options: fixed in production, varied by tests and benchmarks.
+struct UcxTuning {
+  // Run the source progress thread. Needed for reads of memory UCX did not allocate and for
+  // UCX over TCP; idle otherwise (measured: no effect on shared-memory reads of UCX-allocated
+  // memory, see docs/benchmarks.md).
+  bool progress_thread = true;
+  // How often a worker checks that its peers are alive (UCX_KEEPALIVE_INTERVAL). A killed
+  // source is reported by a reading target within about this long (UCX's default is 20 s).
+  absl::Duration keepalive_interval = absl::Seconds(1);
+};
+
+StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options,
+                                                        const UcxTuning& tuning);
+
+}  // namespace ferry::internal
+
+#endif  // FERRY_TRANSFER_UCX_UCX_TRANSPORT_H_
