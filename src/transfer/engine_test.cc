@@ -366,7 +366,8 @@ TEST(ChildSourceTest, PeerKilledMidTransfer) {
         s = batch.status();
         break;
       }
-      while ((*batch)->bytes_done() == 0) std::this_thread::yield();
+      const absl::Time give_up = absl::Now() + absl::Seconds(10);
+      while ((*batch)->bytes_done() == 0 && absl::Now() < give_up) std::this_thread::yield();
       reading = true;
       s = (*batch)->Wait(absl::Seconds(60));
       if (!s.ok()) break;
