@@ -86,7 +86,7 @@ bool ReadAll(int fd, void* data, size_t n) {
 // The child's body: "<mode>,<bytes>,<progress 0|1>,<blob fd>,<command fd>". mode "alloc": the
 // region is UCX-allocated (Allocate); "caller": the region is our own mmap. Writes the
 // length-prefixed blob, then serves commands: 'x' removes region 0 (and frees it) and answers
-// 'k'; end of input exits.
+// 'k' and the blob described again; end of input exits.
 [[noreturn]] void ChildMain(const char* spec) {
   std::vector<std::string> f = absl::StrSplit(spec, ',');
   uint64_t bytes = 0;
@@ -140,7 +140,13 @@ bool ReadAll(int fd, void* data, size_t n) {
     if (c == 'x') {
       (*transport)->RemoveRegion(0);
       if (alloc.handle != nullptr) (*transport)->Free(alloc);
+      r->clear_ucx_rkey();
+      (*transport)->Describe(&blob);
+      const std::string again = blob.SerializeAsString();
+      const uint64_t n = again.size();
       WriteAll(blob_fd, "k", 1);
+      WriteAll(blob_fd, &n, sizeof(n));
+      WriteAll(blob_fd, again.data(), again.size());
     }
   }
   (*transport)->Stop();
@@ -196,11 +202,20 @@ class SourceProcess {
     ::waitpid(pid_, nullptr, 0);
     pid_ = -1;
   }
-  // Asks the source to remove (and free) region 0; true once it did.
-  bool RemoveRegion() {
+  // Asks the source to remove (and free) region 0; returns the blob it describes afterwards.
+  ferry::v1::TransferBlob RemoveRegion() {
     char c = 0;
-    return WriteAll(to_, "x", 1) && ReadAll(from_, &c, 1) && c == 'k';
+    uint64_t len = 0;
+    std::string wire;
+    ferry::v1::TransferBlob blob;
+    if (WriteAll(to_, "x", 1) && ReadAll(from_, &c, 1) && c == 'k' &&
+        ReadAll(from_, &len, sizeof(len)) && len < (1u << 20)) {
+      wire.resize(len);
+      if (ReadAll(from_, wire.data(), len)) blob.ParseFromString(wire);
+    }
+    return blob;
   }
+  bool Alive() const { return ::kill(pid_, 0) == 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
 
  private:
   pid_t pid_ = -1;
@@ -237,6 +252,10 @@ class UcxTransportTest : public ::testing::Test {
   // A target transport and a connection to `source`.
   std::unique_ptr<PeerConnection> Connect(const SourceProcess& source, uint64_t chunk_bytes,
                                           int max_inflight) {
+    return Connect(source.blob(), chunk_bytes, max_inflight);
+  }
+  std::unique_ptr<PeerConnection> Connect(const ferry::v1::TransferBlob& blob, uint64_t chunk_bytes,
+                                          int max_inflight) {
     TransferEngineOptions o = LoopbackOptions();
     o.chunk_bytes = chunk_bytes;
     o.max_inflight = max_inflight;
@@ -244,8 +263,8 @@ class UcxTransportTest : public ::testing::Test {
     EXPECT_TRUE(t.ok()) << t.status();
     if (!t.ok()) return nullptr;
     target_ = *std::move(t);
-    EXPECT_TRUE(source.blob().has_ucx());
-    auto peer = target_->Connect(source.blob(), "source-under-test");
+    EXPECT_TRUE(blob.has_ucx());
+    auto peer = target_->Connect(blob, "source-under-test");
     EXPECT_TRUE(peer.ok()) << peer.status();
     return peer.ok() ? *std::move(peer) : nullptr;
   }
@@ -404,6 +423,34 @@ TEST_F(UcxTransportTest, ReadOfARegionThePeerDidNotExportIsInvalidArgument) {
   const Status s = peer->Read({{7, 0, dst.data, 4096}}, c.ctl());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_THAT(s.message(), HasSubstr("region 7"));
+}
+
+// After RemoveRegion the source no longer describes the region, so a connection made from its
+// new blob refuses to read it. A connection made before keeps the rkey it unpacked: shared
+// memory rkeys cannot be revoked in UCX 1.13, so that read is not an error, but it must not
+// crash either process (UCX-allocated pages live on in the reader's mapping).
+TEST_F(UcxTransportTest, RemovedRegionIsNotReadableThroughANewBlobAndNothingCrashes) {
+  SourceProcess source("alloc", 1 << 20, /*progress=*/true);
+  auto before = Connect(source, 1 << 20, 4);
+  ASSERT_NE(before, nullptr);
+  const ferry::v1::TransferBlob after_blob = source.RemoveRegion();
+  ASSERT_EQ(after_blob.regions_size(), 1);
+  EXPECT_TRUE(after_blob.regions(0).ucx_rkey().empty());
+
+  auto after = Connect(after_blob, 1 << 20, 4);
+  ASSERT_NE(after, nullptr);
+  Buffer dst(1 << 20);
+  Control c;
+  const Status s = after->Read({{0, 0, dst.data, 1 << 20}}, c.ctl());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("region 0"));
+  EXPECT_EQ(c.bytes_done.load(), 0u);
+
+  Control c2;
+  const Status stale =
+      before->Read({{0, 0, dst.data, 1 << 20}}, c2.ctl(absl::Now() + absl::Seconds(5)));
+  EXPECT_TRUE(stale.ok() || stale.code() == absl::StatusCode::kUnavailable) << stale;
+  EXPECT_TRUE(source.Alive());
 }
 
 }  // namespace
