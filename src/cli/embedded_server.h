@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "cli/child_process.h"
 #include "ferry/status.h"
 
 namespace ferry::cli {
@@ -43,16 +44,14 @@ class EmbeddedServer {
   std::string address() const;  // "127.0.0.1:<grpc_port>"
   int grpc_port() const { return grpc_port_; }
   int admin_port() const { return admin_port_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return child_ ? child_->pid() : -1; }
 
  private:
   EmbeddedServer(EmbeddedServerOptions options, std::string dir);
 
-  std::string LogTail() const;
-
   const EmbeddedServerOptions options_;
   const std::string dir_;  // temporary folder; removed by the destructor
-  pid_t pid_ = -1;         // -1 once reaped
+  std::unique_ptr<ChildProcess> child_;
   int grpc_port_ = 0;
   int admin_port_ = 0;
 };

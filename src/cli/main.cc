@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
 
   ferry::cli::AddHealthCommand(app, cli);
   ferry::cli::AddSourcesCommand(app, cli);
+  ferry::cli::AddPublishCommand(app, cli);
+  ferry::cli::AddPullCommand(app, cli);
   ferry::cli::AddDemoCommand(app, cli);
 
   try {

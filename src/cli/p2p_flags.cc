@@ -1,0 +1,162 @@
+#include "cli/p2p_flags.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace ferry::cli {
+
+namespace p2p = ::model_express::p2p;
+
+void AddIdentityFlags(CLI::App* cmd, IdentityFlags& flags) {
+  cmd->add_option("--model", flags.model, "model name (SourceIdentity.model_name)")
+      ->required()
+      ->group("Identity (must match between sources and targets)");
+  const std::string group = "Identity (must match between sources and targets)";
+  cmd->add_option("--framework", flags.framework, "vllm, sglang, trt-llm or unknown")
+      ->capture_default_str()
+      ->group(group);
+  cmd->add_option("--tp", flags.tp, "tensor-parallel size")->capture_default_str()->group(group);
+  cmd->add_option("--pp", flags.pp, "pipeline-parallel size")->capture_default_str()->group(group);
+  cmd->add_option("--ep", flags.ep, "expert-parallel size")->capture_default_str()->group(group);
+  cmd->add_option("--dtype", flags.dtype, "weight dtype label, e.g. bfloat16")->group(group);
+  cmd->add_option("--quantization", flags.quantization, "quantization label, e.g. fp8")
+      ->group(group);
+  cmd->add_option("--revision", flags.revision, "model revision, e.g. a commit hash")->group(group);
+  cmd->add_option("--mx-version", flags.mx_version, "SourceIdentity.mx_version")->group(group);
+  cmd->add_option("--extra", flags.extra, "extra identity parameter KEY=VALUE (repeatable)")
+      ->group(group);
+}
+
+StatusOr<SourceIdentity> BuildIdentity(const IdentityFlags& flags) {
+  SourceIdentity id;
+  id.set_model_name(flags.model);
+  id.set_mx_source_type(p2p::MX_SOURCE_TYPE_WEIGHTS);
+  const std::string fw = absl::AsciiStrToLower(flags.framework);
+  if (fw == "vllm") {
+    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_VLLM);
+  } else if (fw == "sglang") {
+    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_SGLANG);
+  } else if (fw == "trt-llm" || fw == "trtllm" || fw == "tensorrt-llm") {
+    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_TRT_LLM);
+  } else if (fw == "unknown" || fw.empty()) {
+    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_UNKNOWN);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--framework: unknown framework '",
+                                                   flags.framework,
+                                                   "'; use vllm, sglang, trt-llm or unknown"));
+  }
+  id.set_tensor_parallel_size(flags.tp);
+  id.set_pipeline_parallel_size(flags.pp);
+  id.set_expert_parallel_size(flags.ep);
+  id.set_dtype(flags.dtype);
+  id.set_quantization(flags.quantization);
+  id.set_revision(flags.revision);
+  id.set_mx_version(flags.mx_version);
+  for (const std::string& kv : flags.extra) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--extra: expected KEY=VALUE, got '", kv, "'"));
+    }
+    (*id.mutable_extra_parameters())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return id;
+}
+
+void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
+  const std::string group = "Data plane";
+  cmd->add_option("--transport", flags.transport,
+                  serving ? "transports to serve: auto (UCX and TCP), ucx or tcp"
+                          : "transport to read with: auto (UCX for a source on this host or "
+                            "with RDMA on both ends, else TCP), ucx or tcp")
+      ->capture_default_str()
+      ->group(group);
+  cmd->add_option("--data-listen", flags.data_listen,
+                  "HOST:PORT the TCP data listener binds (port 0: any free port)")
+      ->capture_default_str()
+      ->group(group);
+  cmd->add_option("--advertise-host", flags.advertise_host,
+                  "host peers dial for this process's endpoints (default: the listen host "
+                  "unless it is a wildcard, else this machine's host name)")
+      ->group(group);
+  cmd->add_option("--tcp-streams", flags.tcp_streams,
+                  "TCP connections per peer (default: the engine's)")
+      ->group(group);
+  cmd->add_option("--ucx-net-devices", flags.ucx_net_devices,
+                  "UCX network devices, as UCX_NET_DEVICES (e.g. mlx5_0:1, or lo)")
+      ->group(group);
+}
+
+StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
+                                                   const std::string& name,
+                                                   TransportKind* transport) {
+  FERRY_ASSIGN_OR_RETURN(TransportKind kind, ParseTransportKind(flags.transport));
+  *transport = kind;
+  TransferEngineOptions options;
+  options.name = name;
+  options.enable_ucx = kind != TransportKind::kTcp;
+  options.enable_tcp = kind != TransportKind::kUcx;
+  options.tcp_listen = flags.data_listen;
+  options.advertise_host = flags.advertise_host;
+  if (flags.tcp_streams > 0) options.tcp_streams = flags.tcp_streams;
+  options.ucx_net_devices = flags.ucx_net_devices;
+  FERRY_RETURN_IF_ERROR(options.Validate());
+  return options;
+}
+
+StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags) {
+  MetadataClientOptions options;
+  options.token_file = flags.token_file.value_or("");
+  FERRY_RETURN_IF_ERROR(FillCredentialsFromEnv(&options));
+  return DeploymentToken{options.token, options.token_file};
+}
+
+StatusOr<uint64_t> ParseByteSize(absl::string_view text, absl::string_view what) {
+  std::string s = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  uint64_t multiplier = 1;
+  for (const auto& [suffix, m] : std::vector<std::pair<std::string, uint64_t>>{{"kib", 1ull << 10},
+                                                                               {"mib", 1ull << 20},
+                                                                               {"gib", 1ull << 30},
+                                                                               {"k", 1ull << 10},
+                                                                               {"m", 1ull << 20},
+                                                                               {"g", 1ull << 30},
+                                                                               {"b", 1}}) {
+    if (s.size() > suffix.size() &&
+        s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      multiplier = m;
+      s.resize(s.size() - suffix.size());
+      break;
+    }
+  }
+  double value = 0;
+  if (!absl::SimpleAtod(s, &value) || !std::isfinite(value) || value <= 0 ||
+      value * multiplier > 1.0e15) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": '", text, "' is not a byte size; use e.g. 1073741824, 64MiB or 1GiB"));
+  }
+  return static_cast<uint64_t>(value * multiplier);
+}
+
+Status WriteReadyFile(const std::string& path, const std::string& json) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot write ready file ", tmp, ": ", std::strerror(errno)));
+  }
+  const bool ok = std::fwrite(json.data(), 1, json.size(), f) == json.size();
+  if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::UnavailableError(
+        absl::StrCat("cannot write ready file ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ferry::cli

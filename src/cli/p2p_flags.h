@@ -1,0 +1,101 @@
+// Flags shared by `ferry publish`, `ferry pull` and `ferry demo`: the source identity, the
+// transfer engine and the worker endpoint.
+#ifndef FERRY_CLI_P2P_FLAGS_H_
+#define FERRY_CLI_P2P_FLAGS_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/string_view.h"
+#include "cli/cli.h"
+#include "ferry/metadata_client.h"
+#include "ferry/status.h"
+#include "ferry/transfer.h"
+#include "weights/weight_source.h"
+
+namespace ferry::cli {
+
+struct IdentityFlags {
+  std::string model;
+  std::string framework = "unknown";
+  uint32_t tp = 1;
+  uint32_t pp = 1;
+  uint32_t ep = 1;
+  std::string dtype;
+  std::string quantization;
+  std::string revision;
+  std::string mx_version;
+  std::vector<std::string> extra;  // KEY=VALUE
+};
+
+// --model (required), --framework, --tp, --pp, --ep, --dtype, --quantization, --revision,
+// --mx-version, --extra KEY=VALUE.
+void AddIdentityFlags(CLI::App* cmd, IdentityFlags& flags);
+// The weights identity the flags describe. InvalidArgument naming the flag for a bad value.
+StatusOr<SourceIdentity> BuildIdentity(const IdentityFlags& flags);
+
+struct EngineFlags {
+  std::string transport = "auto";
+  std::string data_listen = "0.0.0.0:0";
+  std::string advertise_host;
+  int tcp_streams = 0;  // 0: the engine's default
+  std::string ucx_net_devices;
+};
+
+// --transport, --data-listen, --advertise-host, --tcp-streams, --ucx-net-devices.
+void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving);
+// Engine options: `serving` (publish) enables both transports for "auto"; a target enables
+// what it may use. `*transport` receives the parsed --transport.
+StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
+                                                   const std::string& name,
+                                                   TransportKind* transport);
+
+// The bearer token (or token file) the metadata client would send, for worker endpoints: the
+// same deployment token protects both. Empty fields: none configured.
+struct DeploymentToken {
+  std::string token;
+  std::string token_file;
+};
+StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags);
+
+// Parses "1073741824", "64M", "64MiB", "1G", "1.5GiB" (binary multiples). InvalidArgument
+// naming `what` otherwise.
+StatusOr<uint64_t> ParseByteSize(absl::string_view text, absl::string_view what);
+
+// Writes `json` to `path` atomically (temporary file, then rename), for --ready-file.
+Status WriteReadyFile(const std::string& path, const std::string& json);
+
+// How a process serves weights it holds (`ferry publish`, `ferry pull --then-publish`).
+struct ServeFlags {
+  std::string worker_listen = "0.0.0.0:0";
+  std::string worker_id;
+  std::string accelerator = "cpu";
+  bool centralized = false;
+  double heartbeat_seconds = 0;  // 0: the publisher's default
+  std::string ready_file;
+};
+
+// --worker-listen, --worker-id, --accelerator, --centralized, --heartbeat-interval,
+// --ready-file.
+void AddServeFlags(CLI::App* cmd, ServeFlags& flags);
+
+// Blocks SIGTERM and SIGINT in the calling thread and in every thread started after it, so that
+// only ServeModel's sigwait receives them. Call first, before any thread exists.
+void BlockStopSignals();
+
+// Serves `model` (held in `engine`) as worker `rank` of `identity`: starts the worker endpoint,
+// publishes READY with heartbeats, writes --ready-file (JSON: pid, mx_source_id, worker_id,
+// worker_endpoint, worker_port), then waits for SIGTERM or SIGINT, marks the record STALE and
+// returns OK. `what` names the process in messages ("ferry publish").
+Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
+                  const EngineFlags& engine_flags, MetadataClient* client, TransferEngine* engine,
+                  const SourceIdentity& identity, uint32_t rank, weights::ServedModel model,
+                  absl::string_view what);
+
+}  // namespace ferry::cli
+
+#endif  // FERRY_CLI_P2P_FLAGS_H_

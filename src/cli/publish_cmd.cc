@@ -1,0 +1,172 @@
+// ferry publish FILE.safetensors --model NAME ...: serve a model's weights to peers until
+// SIGTERM. Also ServeModel, shared with `ferry pull --then-publish`.
+#include <signal.h>
+#include <unistd.h>
+
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "cli/p2p_flags.h"
+#include "common/logging.h"
+#include "nlohmann/json.hpp"
+#include "weights/weight_source.h"
+
+namespace ferry::cli {
+
+namespace {
+
+sigset_t StopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  return signals;
+}
+
+struct PublishFlags {
+  std::string file;
+  IdentityFlags identity;
+  uint32_t rank = 0;
+  EngineFlags engine;
+  ServeFlags serve;
+  int64_t corrupt_offset = -1;  // hidden, for tests
+};
+
+Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
+  BlockStopSignals();
+  FERRY_ASSIGN_OR_RETURN(SourceIdentity identity, BuildIdentity(publish.identity));
+  TransportKind transport;
+  FERRY_ASSIGN_OR_RETURN(
+      TransferEngineOptions engine_options,
+      BuildEngineOptions(publish.engine, absl::StrCat("ferry publish rank ", publish.rank),
+                         &transport));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
+                         TransferEngine::Create(engine_options));
+  FERRY_ASSIGN_OR_RETURN(weights::ServedModel model,
+                         weights::LoadSafetensors(*engine, publish.file));
+  if (publish.corrupt_offset >= 0) {
+    // Test hook: serve one byte that differs from what the checksums announce.
+    if (static_cast<uint64_t>(publish.corrupt_offset) >= model.region->size()) {
+      return absl::InvalidArgumentError("--corrupt-byte-for-testing is past the data");
+    }
+    static_cast<uint8_t*>(model.region->data())[publish.corrupt_offset] ^= 0xff;
+  }
+  return ServeModel(flags, publish.serve, publish.engine, client.get(), engine.get(), identity,
+                    publish.rank, std::move(model), "ferry publish");
+}
+
+}  // namespace
+
+void BlockStopSignals() {
+  sigset_t signals = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
+void AddServeFlags(CLI::App* cmd, ServeFlags& flags) {
+  const std::string group = "Serving";
+  cmd->add_option("--worker-listen", flags.worker_listen,
+                  "HOST:PORT of this worker's gRPC endpoint (port 0: any free port)")
+      ->capture_default_str()
+      ->group(group);
+  cmd->add_option("--worker-id", flags.worker_id,
+                  "this worker's id under the source (default: random)")
+      ->group(group);
+  cmd->add_option("--accelerator", flags.accelerator,
+                  "what the served memory is: cpu for host memory (ferry pull takes only sources "
+                  "compatible with its own --accelerator; \"\" accepts all)")
+      ->capture_default_str()
+      ->group(group);
+  cmd->add_flag("--centralized", flags.centralized,
+                "also put the transfer blob and tensor list in the server's record "
+                "(default: endpoints only, as ModelExpress's P2P metadata mode)")
+      ->group(group);
+  cmd->add_option("--heartbeat-interval", flags.heartbeat_seconds,
+                  "seconds between heartbeats (default: FERRY_HEARTBEAT_INTERVAL, else 30)")
+      ->check(CLI::PositiveNumber)
+      ->group(group);
+  cmd->add_option("--ready-file", flags.ready_file,
+                  "write a JSON object (pid, mx_source_id, worker_id, worker_endpoint, "
+                  "worker_port) here once READY")
+      ->group(group);
+}
+
+Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
+                  const EngineFlags& engine_flags, MetadataClient* client, TransferEngine* engine,
+                  const SourceIdentity& identity, uint32_t rank, weights::ServedModel model,
+                  absl::string_view what) {
+  FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
+  weights::WeightSourceOptions options;
+  options.client = client;
+  options.engine = engine;
+  options.identity = identity;
+  options.worker_rank = rank;
+  options.accelerator = serve.accelerator;
+  options.worker_id = serve.worker_id;
+  options.centralized = serve.centralized;
+  if (serve.heartbeat_seconds > 0) {
+    options.heartbeat_interval = absl::Seconds(serve.heartbeat_seconds);
+  }
+  options.endpoint.listen = serve.worker_listen;
+  options.endpoint.advertise_host = engine_flags.advertise_host;
+  options.endpoint.token = token.token;
+  options.endpoint.token_file = token.token_file;
+  const uint64_t bytes = model.total_bytes;
+  const size_t tensors = model.tensors.size();
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<weights::WeightSource> source,
+                         weights::WeightSource::Create(std::move(options), std::move(model)));
+  FERRY_RETURN_IF_ERROR(source->Start());
+
+  std::string transports;
+  for (TransportKind k : engine->transports()) {
+    absl::StrAppend(&transports, transports.empty() ? "" : ", ", std::string(TransportKindName(k)));
+  }
+  spdlog::info("{}: serving {} tensors ({} bytes) of {} rank {} as worker {} at {} over {}", what,
+               tensors, bytes, identity.model_name(), rank, source->worker_id(), source->endpoint(),
+               transports);
+  std::cerr << what << ": serving " << identity.model_name() << " rank " << rank << " (" << tensors
+            << " tensors, " << FormatBytes(bytes) << ") as worker " << source->worker_id() << " at "
+            << source->endpoint() << " over " << transports << "; SIGTERM or Ctrl-C to stop\n";
+  if (!serve.ready_file.empty()) {
+    const std::string endpoint = source->endpoint();
+    nlohmann::json ready = {
+        {"pid", getpid()},
+        {"mx_source_id", source->mx_source_id()},
+        {"worker_id", source->worker_id()},
+        {"worker_endpoint", endpoint},
+        {"worker_port", std::stoi(endpoint.substr(endpoint.rfind(':') + 1))},
+        {"tensors", tensors},
+        {"bytes", bytes},
+    };
+    FERRY_RETURN_IF_ERROR(WriteReadyFile(serve.ready_file, ready.dump()));
+  }
+  sigset_t signals = StopSignals();
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("{}: {} received; marking the worker STALE", what,
+               sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  source->Stop();
+  return absl::OkStatus();
+}
+
+void AddPublishCommand(CLI::App& app, Cli& cli) {
+  auto flags = std::make_shared<PublishFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "publish",
+      "Serve a safetensors file's weights to peers: load it into one registered memory arena,\n"
+      "checksum every tensor, start this worker's endpoint, publish the worker to the server\n"
+      "(READY, with heartbeats) and serve until SIGTERM or Ctrl-C, then mark it STALE and exit\n"
+      "0. For several ranks, run one process per rank with its shard file and --rank.");
+  cmd->add_option("FILE", flags->file, "the .safetensors file (this rank's shard)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  AddIdentityFlags(cmd, flags->identity);
+  cmd->add_option("--rank", flags->rank, "this worker's global rank")->capture_default_str();
+  AddEngineFlags(cmd, flags->engine, /*serving=*/true);
+  AddServeFlags(cmd, flags->serve);
+  cmd->add_option("--corrupt-byte-for-testing", flags->corrupt_offset)->group("");
+  cmd->callback(
+      [&cli, flags] { cli.action = [&cli, flags] { return RunPublish(cli.flags, *flags); }; });
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,218 @@
+// ferry pull --model NAME [--rank R ...] -o OUT.safetensors: read a model's weights from a peer
+// that serves them, verify them, and write them atomically (or keep serving them with
+// --then-publish).
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "cli/p2p_flags.h"
+#include "nlohmann/json.hpp"
+#include "weights/safetensors.h"
+#include "weights/weight_puller.h"
+
+namespace ferry::cli {
+
+namespace {
+
+struct PullFlags {
+  IdentityFlags identity;
+  uint32_t rank = 0;
+  std::string output;
+  bool json = false;
+  std::string progress = "auto";
+  int max_sources = 3;
+  double transfer_timeout = 300;
+  std::string target_worker_id;
+  EngineFlags engine;
+  bool then_publish = false;
+  ServeFlags serve;
+  uint64_t testing_batch_bytes = 0;  // hidden
+  int testing_batch_pause_ms = 0;    // hidden
+};
+
+// Progress on stderr: a bar redrawn in place on a terminal, or one line per second.
+class ProgressPrinter {
+ public:
+  ProgressPrinter(bool bar) : bar_(bar), start_(absl::Now()) {}
+  void Update(const weights::PullProgress& p) {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    const bool done = p.bytes_done == p.bytes_total;
+    if (!bar_ && !done && now - last_ < absl::Seconds(1) && p.bytes_done != 0) return;
+    if (!bar_ && p.bytes_done == last_bytes_ && !done) return;
+    last_ = now;
+    last_bytes_ = p.bytes_done;
+    const double seconds = absl::ToDoubleSeconds(now - start_);
+    const double fraction = p.bytes_total ? static_cast<double>(p.bytes_done) / p.bytes_total : 1.0;
+    const double gbps = seconds > 0 ? p.bytes_done / seconds / 1e9 : 0;
+    if (bar_) {
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(fraction * kWidth);
+      std::fprintf(stderr, "\r[%s%s] %5.1f%%  %s / %s  %.2f GB/s  %s",
+                   std::string(filled, '#').c_str(), std::string(kWidth - filled, ' ').c_str(),
+                   fraction * 100, FormatBytes(p.bytes_done).c_str(),
+                   FormatBytes(p.bytes_total).c_str(), gbps, p.source.c_str());
+      if (done) std::fprintf(stderr, "\n");
+    } else {
+      std::fprintf(stderr, "progress %llu/%llu bytes from %s\n",
+                   static_cast<unsigned long long>(p.bytes_done),
+                   static_cast<unsigned long long>(p.bytes_total), p.source.c_str());
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  const bool bar_;
+  const absl::Time start_;
+  absl::Mutex mu_;
+  absl::Time last_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  uint64_t last_bytes_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
+};
+
+nlohmann::json Summary(const weights::PullResult& r, const std::string& output) {
+  nlohmann::json attempts = nlohmann::json::array();
+  for (const weights::PullAttempt& a : r.attempts) {
+    attempts.push_back({{"mx_source_id", a.mx_source_id},
+                        {"worker_id", a.worker_id},
+                        {"endpoint", a.endpoint},
+                        {"ok", a.status.ok()},
+                        {"error", a.status.ok() ? "" : std::string(a.status.message())}});
+  }
+  const double transfer = absl::ToDoubleSeconds(r.transfer_time);
+  return {{"bytes", r.bytes},
+          {"tensors", r.model.tensors.size()},
+          {"seconds", absl::ToDoubleSeconds(r.total_time)},
+          {"transfer_seconds", transfer},
+          {"verify_seconds", absl::ToDoubleSeconds(r.verify_time)},
+          {"gbps", transfer > 0 ? r.bytes / transfer / 1e9 : 0.0},
+          {"transport", std::string(TransportKindName(r.transport))},
+          {"verified", true},
+          {"checksum", "xxh3-64"},
+          {"source",
+           {{"mx_source_id", r.mx_source_id},
+            {"worker_id", r.source_worker_id},
+            {"endpoint", r.source_endpoint},
+            {"peer", r.peer}}},
+          {"attempts", attempts},
+          {"output", output}};
+}
+
+Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
+  if (pull.output.empty() && !pull.then_publish) {
+    return absl::InvalidArgumentError(
+        "ferry pull needs -o OUT.safetensors (or --then-publish to keep serving the weights)");
+  }
+  if (pull.then_publish) BlockStopSignals();
+  FERRY_ASSIGN_OR_RETURN(SourceIdentity identity, BuildIdentity(pull.identity));
+  TransportKind transport;
+  FERRY_ASSIGN_OR_RETURN(
+      TransferEngineOptions engine_options,
+      BuildEngineOptions(pull.engine, absl::StrCat("ferry pull rank ", pull.rank), &transport));
+  if (pull.then_publish && transport != TransportKind::kAuto) {
+    // A fan-out source serves every transport, whatever it read with.
+    engine_options.enable_ucx = engine_options.enable_tcp = true;
+  }
+  FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
+                         TransferEngine::Create(engine_options));
+
+  weights::PullOptions options;
+  options.client = client.get();
+  options.engine = engine.get();
+  options.identity = identity;
+  options.worker_rank = pull.rank;
+  // The target's memory kind: sources must be compatible with it (--accelerator).
+  options.accelerator = pull.serve.accelerator;
+  options.target_worker_id = pull.target_worker_id;
+  options.transport = transport;
+  options.max_sources = pull.max_sources;
+  options.endpoint.token = token.token;
+  options.endpoint.token_file = token.token_file;
+  options.transfer_timeout = absl::Seconds(pull.transfer_timeout);
+  options.batch_bytes = pull.testing_batch_bytes;
+  options.batch_pause = absl::Milliseconds(pull.testing_batch_pause_ms);
+  const bool tty = isatty(STDERR_FILENO);
+  std::unique_ptr<ProgressPrinter> printer;
+  if (pull.progress == "bar" || (pull.progress == "auto" && tty && !pull.json)) {
+    printer = std::make_unique<ProgressPrinter>(true);
+  } else if (pull.progress == "lines") {
+    printer = std::make_unique<ProgressPrinter>(false);
+  }
+  if (printer) {
+    options.on_progress = [&printer](const weights::PullProgress& p) { printer->Update(p); };
+  }
+  FERRY_ASSIGN_OR_RETURN(weights::PullResult result, weights::PullWeights(options));
+
+  if (!pull.output.empty()) {
+    FERRY_RETURN_IF_ERROR(
+        weights::WriteSafetensorsAtomic(pull.output, result.model.tensors, result.model.metadata,
+                                        result.model.region->data(), result.bytes));
+  }
+  if (pull.json) {
+    std::cout << Summary(result, pull.output).dump(2) << std::endl;
+  } else {
+    std::cout << absl::StrFormat(
+        "pulled %d tensors (%s) of %s rank %d from worker %s over %s in %.3f s (transfer %.3f "
+        "s, %.2f GB/s; verified xxh3-64)%s\n",
+        result.model.tensors.size(), FormatBytes(result.bytes), identity.model_name(), pull.rank,
+        result.source_worker_id, TransportKindName(result.transport),
+        absl::ToDoubleSeconds(result.total_time), absl::ToDoubleSeconds(result.transfer_time),
+        absl::ToDoubleSeconds(result.transfer_time) > 0
+            ? result.bytes / absl::ToDoubleSeconds(result.transfer_time) / 1e9
+            : 0.0,
+        pull.output.empty() ? "" : absl::StrCat("; wrote ", pull.output));
+    std::cout.flush();
+  }
+  if (!pull.then_publish) return absl::OkStatus();
+  return ServeModel(flags, pull.serve, pull.engine, client.get(), engine.get(), identity, pull.rank,
+                    std::move(result.model), "ferry pull --then-publish");
+}
+
+}  // namespace
+
+void AddPullCommand(CLI::App& app, Cli& cli) {
+  auto flags = std::make_shared<PullFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "pull",
+      "Read a model's weights from a peer that serves them (see `ferry publish`): list READY\n"
+      "sources of the identity with this rank, try them in rendezvous order (at most\n"
+      "--max-sources), read every tensor straight from the source's memory, verify each\n"
+      "tensor's checksum and write OUT atomically. Nothing is written unless a source\n"
+      "delivered verified weights. Exits 1 with what happened at each source otherwise.");
+  AddIdentityFlags(cmd, flags->identity);
+  cmd->add_option("--rank", flags->rank, "the rank whose shard to pull")->capture_default_str();
+  cmd->add_option("-o,--output", flags->output, "where to write the .safetensors file");
+  cmd->add_flag("--json", flags->json,
+                "print a JSON summary: bytes, tensors, seconds, transfer_seconds, gbps, "
+                "transport, verified, source, attempts");
+  cmd->add_option("--progress", flags->progress,
+                  "auto (a bar when stderr is a terminal), bar, lines or none")
+      ->check(CLI::IsMember({"auto", "bar", "lines", "none"}))
+      ->capture_default_str();
+  cmd->add_option("--max-sources", flags->max_sources, "sources to try before giving up")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  cmd->add_option("--transfer-timeout", flags->transfer_timeout,
+                  "seconds allowed for reading one source's tensors")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--target-worker-id", flags->target_worker_id,
+                  "this target's id, which seeds the rendezvous order (default: random)");
+  AddEngineFlags(cmd, flags->engine, /*serving=*/false);
+  cmd->add_flag("--then-publish", flags->then_publish,
+                "keep the pulled weights in memory and serve them as a new source until "
+                "SIGTERM (fan-out); the Serving options apply");
+  AddServeFlags(cmd, flags->serve);
+  cmd->add_option("--testing-batch-bytes", flags->testing_batch_bytes)->group("");
+  cmd->add_option("--testing-batch-pause-ms", flags->testing_batch_pause_ms)->group("");
+  cmd->callback(
+      [&cli, flags] { cli.action = [&cli, flags] { return RunPull(cli.flags, *flags); }; });
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,341 @@
+#include "weights/weight_puller.h"
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "client/source_selection.h"
+#include "common/logging.h"
+#include "ferry/publisher.h"
+#include "ferry/source_identity.h"
+#include "ferry/v1/transfer.pb.h"
+#include "weights/tensor_checksum.h"
+#include "worker/centralized.h"
+
+namespace ferry::weights {
+
+namespace {
+
+namespace p2p = ::model_express::p2p;
+
+std::string IdentityText(const SourceIdentity& identity, const std::string& mx_source_id,
+                         uint32_t rank, const std::string& accelerator) {
+  std::string text = absl::StrCat("model ", identity.model_name());
+  if (!identity.revision().empty()) absl::StrAppend(&text, " revision ", identity.revision());
+  if (!identity.dtype().empty()) absl::StrAppend(&text, " dtype ", identity.dtype());
+  absl::StrAppend(&text, " tp ", identity.tensor_parallel_size(), " rank ", rank);
+  if (!accelerator.empty()) absl::StrAppend(&text, " accelerator ", accelerator);
+  if (!mx_source_id.empty()) absl::StrAppend(&text, " (mx_source_id ", mx_source_id, ")");
+  return text;
+}
+
+// The source's tensors, checked and ordered by (region, offset), and the local layout:
+// tensor i goes to local offset `local[i].offset`, contiguous in that order.
+struct Plan {
+  std::vector<ferry::v1::TensorEntry> remote;
+  std::vector<TensorInfo> local;
+  std::map<std::string, std::string> metadata;
+  uint64_t total = 0;
+};
+
+StatusOr<Plan> MakePlan(const ferry::v1::GetTransferInfoResponse& info) {
+  if (info.tensors().empty()) {
+    return absl::FailedPreconditionError(
+        "the source serves 0 tensors; refusing an empty model (is it the right identity?)");
+  }
+  Plan plan;
+  plan.remote.assign(info.tensors().begin(), info.tensors().end());
+  std::sort(plan.remote.begin(), plan.remote.end(), [](const auto& a, const auto& b) {
+    return std::make_pair(a.region(), a.offset()) < std::make_pair(b.region(), b.offset());
+  });
+  for (const ferry::v1::TensorEntry& e : plan.remote) {
+    FERRY_ASSIGN_OR_RETURN(DType dtype, ParseDType(e.dtype()));
+    uint64_t elements = 1;
+    for (uint64_t d : e.shape()) {
+      if (d != 0 && elements > UINT64_MAX / d) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("tensor ", e.name(), ": shape overflows 64 bits"));
+      }
+      elements *= d;
+    }
+    if (elements > UINT64_MAX / DTypeSize(dtype) || elements * DTypeSize(dtype) != e.size()) {
+      return absl::FailedPreconditionError(absl::StrCat("tensor ", e.name(), ": size ", e.size(),
+                                                        " does not match its shape and dtype ",
+                                                        e.dtype()));
+    }
+    TensorInfo& t = plan.local.emplace_back();
+    t.name = e.name();
+    t.dtype = dtype;
+    t.shape.assign(e.shape().begin(), e.shape().end());
+    t.offset = plan.total;
+    t.size = e.size();
+    plan.total += e.size();
+  }
+  plan.metadata.insert(info.metadata().begin(), info.metadata().end());
+  return plan;
+}
+
+// One read per run of tensors that are adjacent in the remote region (they are adjacent
+// locally by construction), so that the op count does not grow with the tensor count.
+std::vector<ReadOp> MakeOps(const Plan& plan, uint8_t* base) {
+  std::vector<ReadOp> ops;
+  for (size_t i = 0; i < plan.remote.size(); ++i) {
+    const ferry::v1::TensorEntry& e = plan.remote[i];
+    if (e.size() == 0) continue;
+    if (!ops.empty() && ops.back().remote_region == e.region() &&
+        ops.back().remote_offset + ops.back().length == e.offset()) {
+      ops.back().length += e.size();
+      continue;
+    }
+    ops.push_back(ReadOp{e.region(), e.offset(), base + plan.local[i].offset, e.size()});
+  }
+  return ops;
+}
+
+// Splits ops into batches of about `batch_bytes` (0: one batch).
+std::vector<std::vector<ReadOp>> Batches(std::vector<ReadOp> ops, uint64_t batch_bytes) {
+  std::vector<std::vector<ReadOp>> out;
+  if (batch_bytes == 0) {
+    out.push_back(std::move(ops));
+    return out;
+  }
+  out.emplace_back();
+  uint64_t in_batch = 0;
+  for (ReadOp op : ops) {
+    while (op.length > 0) {
+      const uint64_t take = std::min(op.length, batch_bytes - in_batch);
+      out.back().push_back(ReadOp{op.remote_region, op.remote_offset, op.local, take});
+      op.remote_offset += take;
+      op.local = static_cast<uint8_t*>(op.local) + take;
+      op.length -= take;
+      in_batch += take;
+      if (in_batch == batch_bytes) {
+        out.emplace_back();
+        in_batch = 0;
+      }
+    }
+  }
+  if (out.back().empty()) out.pop_back();
+  return out;
+}
+
+class Puller {
+ public:
+  explicit Puller(const PullOptions& options) : options_(options) {}
+
+  StatusOr<PullResult> Run() {
+    const absl::Time start = absl::Now();
+    FERRY_RETURN_IF_ERROR(Validate());
+    FERRY_ASSIGN_OR_RETURN(const std::string mx_source_id, ComputeMxSourceId(options_.identity));
+    const std::string who =
+        IdentityText(options_.identity, mx_source_id, options_.worker_rank, options_.accelerator);
+
+    ListSourcesRequest request;
+    *request.mutable_identity() = options_.identity;
+    request.set_status_filter(p2p::SOURCE_STATUS_READY);
+    StatusOr<std::vector<SourceInstanceRef>> refs = options_.client->ListSources(request);
+    if (!refs.ok()) {
+      return Status(refs.status().code(), absl::StrCat("listing sources for ", who,
+                                                       " failed: ", refs.status().message()));
+    }
+    SourceSelection selection;
+    selection.model_name = options_.identity.model_name();
+    selection.worker_rank = options_.worker_rank;
+    selection.accelerator = options_.accelerator;
+    selection.dtype = options_.identity.dtype();
+    selection.quantization = options_.identity.quantization();
+    selection.target_worker_id =
+        options_.target_worker_id.empty() ? GenerateWorkerId() : options_.target_worker_id;
+    std::vector<SourceInstanceRef> candidates = OrderCandidates(*refs, selection);
+    if (candidates.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "no READY source for ", who, " on ", options_.client->server_address(), " (",
+          refs->size(), " READY worker(s) of this identity, none with rank ", options_.worker_rank,
+          " and a compatible accelerator); start one with `ferry publish`"
+          " or check the identity flags"));
+    }
+
+    PullResult result;
+    std::string failures;
+    const size_t tries = std::min<size_t>(candidates.size(), options_.max_sources);
+    for (size_t i = 0; i < tries; ++i) {
+      const SourceInstanceRef& ref = candidates[i];
+      PullAttempt& attempt = result.attempts.emplace_back();
+      attempt.mx_source_id = ref.mx_source_id();
+      attempt.worker_id = ref.worker_id();
+      attempt.status = TryOne(ref, &attempt, &result);
+      if (attempt.status.ok()) {
+        result.mx_source_id = ref.mx_source_id();
+        result.source_worker_id = ref.worker_id();
+        result.source_endpoint = attempt.endpoint;
+        result.total_time = absl::Now() - start;
+        return result;
+      }
+      spdlog::warn("source {} of {} (worker {}{}{}) failed: {}", i + 1, tries, ref.worker_id(),
+                   attempt.endpoint.empty() ? "" : " at ", attempt.endpoint,
+                   attempt.status.message());
+      absl::StrAppend(&failures, "\n  [", i + 1, "] worker ", ref.worker_id(),
+                      attempt.endpoint.empty() ? "" : " at ", attempt.endpoint, ": ",
+                      attempt.status.message());
+    }
+    return absl::UnavailableError(absl::StrCat("could not pull ", who, ": ", tries, " of ",
+                                               candidates.size(), " READY source(s) tried,",
+                                               " all failed (nothing was written):", failures));
+  }
+
+ private:
+  Status Validate() const {
+    if (options_.client == nullptr) {
+      return absl::InvalidArgumentError("PullOptions.client is required");
+    }
+    if (options_.engine == nullptr) {
+      return absl::InvalidArgumentError("PullOptions.engine is required");
+    }
+    if (options_.max_sources < 1 || options_.max_sources > 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PullOptions.max_sources must be 1..16, got ", options_.max_sources));
+    }
+    return ValidateIdentity(options_.identity);
+  }
+
+  // The transfer info of `ref`: from the record (centralized mode) or the worker endpoint.
+  StatusOr<ferry::v1::GetTransferInfoResponse> TransferInfo(const SourceInstanceRef& ref,
+                                                            PullAttempt* attempt) {
+    FERRY_ASSIGN_OR_RETURN(GetMetadataResponse record,
+                           options_.client->GetMetadata(ref.mx_source_id(), ref.worker_id()));
+    if (!record.found()) {
+      return absl::NotFoundError("the server no longer holds this worker's record");
+    }
+    attempt->endpoint = record.worker().worker_grpc_endpoint();
+    if (record.worker().has_nixl_metadata()) {
+      FERRY_ASSIGN_OR_RETURN(std::optional<ferry::v1::GetTransferInfoResponse> info,
+                             worker::DecodeCentralizedMetadata(record.worker().nixl_metadata()));
+      if (info.has_value()) {
+        if (!info->worker_id().empty() && info->worker_id() != ref.worker_id()) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("the record's transfer info is for worker ", info->worker_id()));
+        }
+        return *std::move(info);
+      }
+    }
+    if (attempt->endpoint.empty()) {
+      return absl::FailedPreconditionError(
+          "the record has neither a worker endpoint nor ferry transfer info (not a ferry "
+          "source?)");
+    }
+    worker::WorkerClientOptions client_options = options_.endpoint;
+    client_options.endpoint = attempt->endpoint;
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerClient> client,
+                           worker::WorkerClient::Create(client_options));
+    return client->GetTransferInfo(ref.mx_source_id(), ref.worker_id());
+  }
+
+  Status TryOne(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
+    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
+    FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
+    // Reuse the destination between attempts when the size matches (allocation pre-faults,
+    // which costs more than the copy on this kind of machine).
+    if (region_ == nullptr || region_->size() != std::max<uint64_t>(plan.total, 1)) {
+      region_.reset();
+      FERRY_ASSIGN_OR_RETURN(region_,
+                             options_.engine->AllocateRegion(std::max<uint64_t>(plan.total, 1)));
+    }
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
+                           options_.engine->Connect(info.transfer_blob(), options_.transport));
+    uint8_t* base = static_cast<uint8_t*>(region_->data());
+    const std::string source_text = absl::StrCat(
+        "worker ", ref.worker_id(), attempt->endpoint.empty() ? "" : " at ", attempt->endpoint);
+
+    const absl::Time transfer_start = absl::Now();
+    FERRY_RETURN_IF_ERROR(
+        Transfer(*peer, MakeOps(plan, base), plan.total, source_text, transfer_start));
+    const absl::Time transfer_end = absl::Now();
+
+    std::vector<uint64_t> checksums =
+        ChecksumTensors(base, plan.local, std::max(1, options_.verify_threads));
+    for (size_t i = 0; i < plan.local.size(); ++i) {
+      if (checksums[i] != plan.remote[i].checksum()) {
+        return absl::DataLossError(absl::StrCat(
+            "tensor ", plan.local[i].name, " (", plan.local[i].size,
+            " bytes) failed verification: xxh3-64 ", absl::Hex(checksums[i], absl::kZeroPad16),
+            " but the source announced ", absl::Hex(plan.remote[i].checksum(), absl::kZeroPad16),
+            "; the source's memory or the transfer is corrupt"));
+      }
+    }
+    result->model.region = std::move(region_);
+    result->model.tensors = std::move(plan.local);
+    result->model.checksums = std::move(checksums);
+    result->model.metadata = std::move(plan.metadata);
+    result->model.total_bytes = plan.total;
+    result->bytes = plan.total;
+    result->peer = peer->description();
+    result->transport = peer->transport();
+    result->transfer_time = transfer_end - transfer_start;
+    result->verify_time = absl::Now() - transfer_end;
+    return absl::OkStatus();
+  }
+
+  Status Transfer(Peer& peer, std::vector<ReadOp> ops, uint64_t total,
+                  const std::string& source_text, absl::Time start) {
+    std::atomic<uint64_t> done_before{0};
+    std::atomic<ReadBatch*> current{nullptr};
+    absl::Notification finished;
+    std::thread progress;
+    if (options_.on_progress) {
+      progress = std::thread([&] {
+        do {
+          uint64_t now = 0;
+          {
+            // `current` is cleared under this lock before its batch is destroyed.
+            absl::MutexLock lock(&progress_mu_);
+            ReadBatch* batch = current.load();
+            now = done_before.load() + (batch ? batch->bytes_done() : 0);
+          }
+          options_.on_progress(PullProgress{now, total, source_text});
+        } while (!finished.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
+      });
+    }
+    Status status;
+    std::vector<std::vector<ReadOp>> batches = Batches(std::move(ops), options_.batch_bytes);
+    for (size_t i = 0; i < batches.size() && status.ok(); ++i) {
+      if (i > 0 && options_.batch_pause > absl::ZeroDuration()) {
+        absl::SleepFor(options_.batch_pause);
+      }
+      uint64_t bytes = 0;
+      for (const ReadOp& op : batches[i]) bytes += op.length;
+      StatusOr<std::unique_ptr<ReadBatch>> batch = peer.Submit(std::move(batches[i]));
+      if (!batch.ok()) {
+        status = batch.status();
+        break;
+      }
+      current.store(batch->get());
+      const absl::Duration left = options_.transfer_timeout - (absl::Now() - start);
+      status = (*batch)->Wait(std::max(left, absl::ZeroDuration()));
+      // Hold the progress thread off the batch while it is destroyed.
+      {
+        absl::MutexLock lock(&progress_mu_);
+        current.store(nullptr);
+      }
+      done_before += bytes;
+    }
+    finished.Notify();
+    if (progress.joinable()) progress.join();
+    if (status.ok() && options_.on_progress) {
+      options_.on_progress(PullProgress{total, total, source_text});
+    }
+    return status;
+  }
+
+  const PullOptions& options_;
+  std::unique_ptr<Region> region_;
+  absl::Mutex progress_mu_;
+};
+
+}  // namespace
+
+StatusOr<PullResult> PullWeights(const PullOptions& options) { return Puller(options).Run(); }
+
+}  // namespace ferry::weights

@@ -1,0 +1,136 @@
+#include "weights/weight_source.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "ferry/source_identity.h"
+#include "weights/tensor_checksum.h"
+#include "worker/centralized.h"
+
+namespace ferry::weights {
+
+StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string& path,
+                                      int threads) {
+  FERRY_ASSIGN_OR_RETURN(SafetensorsLayout layout, ReadSafetensorsLayout(path));
+  if (layout.tensors.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " holds no tensors; there is nothing to publish"));
+  }
+  ServedModel model;
+  // A zero-byte region cannot be registered; a model of empty tensors still gets one page.
+  FERRY_ASSIGN_OR_RETURN(model.region,
+                         engine.AllocateRegion(std::max<uint64_t>(layout.data_size, 1)));
+  FERRY_RETURN_IF_ERROR(
+      ReadSafetensorsData(path, layout, model.region->data(), model.region->size()));
+  model.checksums =
+      ChecksumTensors(static_cast<const uint8_t*>(model.region->data()), layout.tensors, threads);
+  for (const TensorInfo& t : layout.tensors) model.total_bytes += t.size;
+  model.tensors = std::move(layout.tensors);
+  model.metadata = std::move(layout.metadata);
+  return model;
+}
+
+StatusOr<std::unique_ptr<WeightSource>> WeightSource::Create(WeightSourceOptions options,
+                                                             ServedModel model) {
+  if (options.client == nullptr) {
+    return absl::InvalidArgumentError("WeightSourceOptions.client is required");
+  }
+  if (options.engine == nullptr) {
+    return absl::InvalidArgumentError("WeightSourceOptions.engine is required");
+  }
+  if (model.region == nullptr) {
+    return absl::InvalidArgumentError("the served model has no memory region");
+  }
+  if (model.checksums.size() != model.tensors.size()) {
+    return absl::InvalidArgumentError("the served model needs one checksum per tensor");
+  }
+  FERRY_RETURN_IF_ERROR(ValidateIdentity(options.identity));
+  // The id the server will compute; known before publishing so that the endpoint never
+  // answers with an empty one.
+  FERRY_ASSIGN_OR_RETURN(std::string mx_source_id, ComputeMxSourceId(options.identity));
+  std::string worker_id = options.worker_id.empty() ? GenerateWorkerId() : options.worker_id;
+
+  worker::WorkerManifest manifest;
+  manifest.worker_id = worker_id;
+  manifest.worker_rank = options.worker_rank;
+  manifest.accelerator = options.accelerator;
+  manifest.agent_name = absl::StrCat("ferry-rank", options.worker_rank, "-", worker_id);
+  manifest.transfer_blob = options.engine->ExportBlob();
+  manifest.metadata = model.metadata;
+  const uint32_t region_id = model.region->id();
+  manifest.region_base_addresses.assign(region_id + 1, 0);
+  manifest.region_base_addresses[region_id] = reinterpret_cast<uint64_t>(model.region->data());
+  for (size_t i = 0; i < model.tensors.size(); ++i) {
+    const TensorInfo& t = model.tensors[i];
+    ferry::v1::TensorEntry& e = manifest.tensors.emplace_back();
+    e.set_name(t.name);
+    e.set_dtype(std::string(DTypeName(t.dtype)));
+    for (uint64_t d : t.shape) e.add_shape(d);
+    e.set_region(region_id);
+    e.set_offset(t.offset);
+    e.set_size(t.size);
+    e.set_checksum(model.checksums[i]);
+  }
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerState> state,
+                         worker::WorkerState::Create(std::move(manifest)));
+  state->SetMxSourceId(mx_source_id);
+  std::unique_ptr<WeightSource> source(new WeightSource(
+      std::move(options), std::move(model), std::move(worker_id), std::move(mx_source_id)));
+  source->state_ = std::move(state);
+  return source;
+}
+
+WeightSource::WeightSource(WeightSourceOptions options, ServedModel model, std::string worker_id,
+                           std::string mx_source_id)
+    : options_(std::move(options)),
+      model_(std::move(model)),
+      worker_id_(std::move(worker_id)),
+      mx_source_id_(std::move(mx_source_id)) {}
+
+WeightSource::~WeightSource() { Stop(); }
+
+Status WeightSource::Start() {
+  if (server_ != nullptr || stopped_) {
+    return absl::FailedPreconditionError("a WeightSource starts once");
+  }
+  worker::WorkerServerOptions endpoint = options_.endpoint;
+  endpoint.state = state_.get();
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerServer> server,
+                         worker::WorkerServer::Create(std::move(endpoint)));
+  FERRY_RETURN_IF_ERROR(server->Start());
+
+  PublisherOptions popts;
+  popts.client = options_.client;
+  popts.identity = options_.identity;
+  popts.worker_id = worker_id_;
+  popts.heartbeat_interval = options_.heartbeat_interval;
+  worker::FillP2pRecord(*state_, server->endpoint(), &popts.worker);
+  if (options_.centralized) worker::FillCentralizedRecord(*state_, &popts.worker);
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Publisher> publisher, Publisher::Create(std::move(popts)));
+  if (Status s = publisher->Start(); !s.ok()) {
+    server->Stop();
+    return s;
+  }
+  if (publisher->mx_source_id() != mx_source_id_) {
+    // The server hashed the identity differently (an older ModelExpress server); targets use
+    // the server's id, so serve that one.
+    spdlog::warn("server computed mx_source_id {} but ferry computed {}; serving the server's",
+                 publisher->mx_source_id(), mx_source_id_);
+    state_->SetMxSourceId(publisher->mx_source_id());
+  }
+  server_ = std::move(server);
+  publisher_ = std::move(publisher);
+  return absl::OkStatus();
+}
+
+void WeightSource::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  if (publisher_ != nullptr) publisher_->Stop();
+  if (server_ != nullptr) server_->Stop();
+}
+
+std::string WeightSource::endpoint() const {
+  return server_ != nullptr ? server_->endpoint() : std::string();
+}
+
+}  // namespace ferry::weights

@@ -1,0 +1,95 @@
+// The source side of a peer-to-peer weight transfer: a model's tensors in one registered region
+// of a TransferEngine, served by a worker endpoint and published to ferry-server with
+// heartbeats. Used by `ferry publish` (weights loaded from a safetensors file) and by
+// `ferry pull --then-publish` (the weights just pulled).
+#ifndef FERRY_WEIGHTS_WEIGHT_SOURCE_H_
+#define FERRY_WEIGHTS_WEIGHT_SOURCE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "ferry/metadata_client.h"
+#include "ferry/publisher.h"
+#include "ferry/status.h"
+#include "ferry/transfer.h"
+#include "weights/safetensors.h"
+#include "worker/worker_server.h"
+#include "worker/worker_state.h"
+
+namespace ferry::weights {
+
+// A model held in one registered region: tensor offsets are relative to the region's start.
+struct ServedModel {
+  std::unique_ptr<Region> region;
+  std::vector<TensorInfo> tensors;              // sorted by offset, contiguous or with gaps
+  std::vector<uint64_t> checksums;              // XXH3-64 of each tensor, same order as `tensors`
+  std::map<std::string, std::string> metadata;  // safetensors "__metadata__"
+  uint64_t total_bytes = 0;                     // sum of tensor sizes
+};
+
+// Reads `path`'s data section into a pre-faulted region allocated by `engine` and checksums
+// every tensor on `threads` threads. Errors name the file.
+StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string& path,
+                                      int threads = 2);
+
+struct WeightSourceOptions {
+  MetadataClient* client = nullptr;  // borrowed; required
+  TransferEngine* engine = nullptr;  // borrowed; required (the model's region belongs to it)
+  SourceIdentity identity;           // model_name required
+  uint32_t worker_rank = 0;
+  // What the memory is: "cpu" for host memory (ModelExpress's GPU targets then skip this
+  // source, since they cannot read host memory).
+  std::string accelerator = "cpu";
+  std::string worker_id;  // empty: GenerateWorkerId()
+  // Listen/advertise address, token and TLS of the worker endpoint. `state` is filled here.
+  worker::WorkerServerOptions endpoint;
+  // false (ModelExpress's default, P2P metadata): the server record carries endpoints only.
+  // true: it also carries the transfer blob and tensor list (centralized mode).
+  bool centralized = false;
+  std::optional<absl::Duration> heartbeat_interval;  // unset: the Publisher's default
+};
+
+// Thread-compatible.
+class WeightSource {
+ public:
+  // Validates options; builds the worker manifest from `model`. Starts nothing.
+  static StatusOr<std::unique_ptr<WeightSource>> Create(WeightSourceOptions options,
+                                                        ServedModel model);
+  ~WeightSource();  // Stop()s
+  WeightSource(const WeightSource&) = delete;
+  WeightSource& operator=(const WeightSource&) = delete;
+
+  // Starts the worker endpoint, publishes the record, marks it READY and starts heartbeats.
+  // On failure nothing keeps running.
+  Status Start();
+  // Marks the record STALE (the publisher stops first, so no heartbeat overwrites it), then
+  // closes the endpoint. Idempotent.
+  void Stop();
+
+  const std::string& mx_source_id() const { return mx_source_id_; }
+  const std::string& worker_id() const { return worker_id_; }
+  std::string endpoint() const;  // worker endpoint host:port; "" before Start()
+  const ServedModel& model() const { return model_; }
+
+ private:
+  WeightSource(WeightSourceOptions options, ServedModel model, std::string worker_id,
+               std::string mx_source_id);
+
+  WeightSourceOptions options_;
+  ServedModel model_;
+  const std::string worker_id_;
+  const std::string mx_source_id_;
+  std::unique_ptr<worker::WorkerState> state_;
+  std::unique_ptr<worker::WorkerServer> server_;
+  std::unique_ptr<Publisher> publisher_;
+  bool stopped_ = false;
+};
+
+}  // namespace ferry::weights
+
+#endif  // FERRY_WEIGHTS_WEIGHT_SOURCE_H_

@@ -1,0 +1,329 @@
+// End to end: real `ferry publish` and `ferry pull` processes moving a model over loopback
+// through a real ferry-server, for each transport. Covers one and two ranks, a source killed
+// mid-transfer, a corrupted source byte, no source at all, and a restarted source whose old
+// coordinates must be refused.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "cli/child_process.h"
+#include "client/source_selection.h"
+#include "common/testing/test_certs.h"
+#include "ferry/metadata_client.h"
+#include "ferry/source_identity.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "server_process.h"
+#include "weights/llama_model.h"
+
+namespace ferry {
+namespace {
+
+using ::ferry::cli::ChildOptions;
+using ::ferry::cli::ChildProcess;
+using ::ferry::testing::BinaryPath;
+using ::ferry::testing::CommandResult;
+using ::ferry::testing::RunCommand;
+using ::ferry::testing::ServerProcess;
+using ::ferry::testing::TempDir;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kModelBytes = 24ull << 20;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class P2pPullTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto server = ServerProcess::Create({.extra_args = {"--heartbeat-timeout", "30s"}});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    MetadataClientOptions options;
+    options.server_address = server_->grpc_address();
+    auto client = MetadataClient::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+
+  std::string transport() const { return GetParam(); }
+
+  // Writes a Llama-shaped model and returns its path.
+  std::string Model(const std::string& name, uint64_t bytes, uint64_t seed) {
+    const std::string path = dir_.path() + "/" + name;
+    Status s = weights::WriteLlamaModel(path, bytes, seed);
+    EXPECT_TRUE(s.ok()) << s;
+    return path;
+  }
+
+  std::vector<std::string> Identity(const std::string& model, int tp = 1) const {
+    return {"--model", model,      "--tp",     std::to_string(tp),
+            "--dtype", "bfloat16", "--server", server_->grpc_address()};
+  }
+
+  std::vector<std::string> EngineArgs() const {
+    return {"--transport", transport(), "--data-listen", "127.0.0.1:0", "--ucx-net-devices", "lo"};
+  }
+
+  struct Source {
+    std::unique_ptr<ChildProcess> process;
+    std::string worker_id;
+    std::string mx_source_id;
+    std::string endpoint;
+  };
+
+  // Starts `ferry publish FILE` and waits until it is READY.
+  Source Publish(const std::string& file, const std::string& model,
+                 std::vector<std::string> extra = {}, int tp = 1) {
+    const std::string tag = absl::StrCat("publish-", ++children_);
+    std::vector<std::string> argv = {BinaryPath("ferry"), "publish", file};
+    for (const auto& a : Identity(model, tp)) argv.push_back(a);
+    for (const auto& a : EngineArgs()) argv.push_back(a);
+    const std::string ready = dir_.path() + "/" + tag + ".ready";
+    for (const auto& a : {std::string("--worker-listen"), std::string("127.0.0.1:0"),
+                          std::string("--heartbeat-interval"), std::string("1"),
+                          std::string("--ready-file"), ready}) {
+      argv.push_back(a);
+    }
+    for (auto& a : extra) {
+      // A later --worker-listen replaces the default above.
+      if (a == "--worker-listen") {
+        auto it = std::find(argv.begin(), argv.end(), "--worker-listen");
+        argv.erase(it, it + 2);
+      }
+      argv.push_back(a);
+    }
+    ChildOptions options{.argv = argv, .log_file = dir_.path() + "/" + tag + ".log"};
+    Source source;
+    auto child = ChildProcess::Start(options);
+    EXPECT_TRUE(child.ok()) << child.status();
+    if (!child.ok()) return source;
+    source.process = *std::move(child);
+    auto json = source.process->WaitForReadyFile(ready, "worker_port", absl::Seconds(60));
+    EXPECT_TRUE(json.ok()) << json.status();
+    if (!json.ok()) return source;
+    source.worker_id = (*json)["worker_id"];
+    source.mx_source_id = (*json)["mx_source_id"];
+    source.endpoint = (*json)["worker_endpoint"];
+    return source;
+  }
+
+  std::vector<std::string> PullArgs(const std::string& model, const std::string& out,
+                                    std::vector<std::string> extra = {}, int tp = 1) {
+    std::vector<std::string> argv = {BinaryPath("ferry"), "pull", "-o", out, "--json"};
+    for (const auto& a : Identity(model, tp)) argv.push_back(a);
+    for (const auto& a : EngineArgs()) argv.push_back(a);
+    for (auto& a : extra) argv.push_back(a);
+    return argv;
+  }
+
+  CommandResult Pull(const std::string& model, const std::string& out,
+                     std::vector<std::string> extra = {}, int tp = 1) {
+    auto r = RunCommand(PullArgs(model, out, std::move(extra), tp), absl::Seconds(120));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : CommandResult{};
+  }
+
+  // A target worker id for which `first` is the rendezvous favourite among the READY sources.
+  std::string TargetIdPreferring(const std::string& model, const std::string& first, int tp = 1) {
+    SourceIdentity id;
+    id.set_model_name(model);
+    id.set_mx_source_type(model_express::p2p::MX_SOURCE_TYPE_WEIGHTS);
+    id.set_tensor_parallel_size(tp);
+    id.set_pipeline_parallel_size(1);
+    id.set_expert_parallel_size(1);
+    id.set_dtype("bfloat16");
+    ListSourcesRequest request;
+    *request.mutable_identity() = id;
+    request.set_status_filter(model_express::p2p::SOURCE_STATUS_READY);
+    auto refs = client_->ListSources(request);
+    EXPECT_TRUE(refs.ok()) << refs.status();
+    if (!refs.ok()) return "";
+    for (int i = 0; i < 1000; ++i) {
+      SourceSelection sel;
+      sel.model_name = model;
+      sel.accelerator = "cpu";
+      sel.target_worker_id = absl::StrCat("target-", i);
+      auto order = OrderCandidates(*refs, sel);
+      if (!order.empty() && order.front().worker_id() == first) return sel.target_worker_id;
+    }
+    ADD_FAILURE() << "no target id prefers " << first;
+    return "";
+  }
+
+  static nlohmann::json Json(const CommandResult& r) {
+    nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << "stdout: " << r.out << "\nstderr: " << r.err;
+    return j;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<MetadataClient> client_;
+  int children_ = 0;
+};
+
+TEST_P(P2pPullTest, OneRankPullIsByteIdenticalAndPublishRetiresCleanly) {
+  const std::string model = Model("m.safetensors", kModelBytes, 1);
+  Source src = Publish(model, "it/one-rank");
+  ASSERT_NE(src.process, nullptr);
+  const std::string out = dir_.path() + "/out.safetensors";
+  CommandResult r = Pull("it/one-rank", out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = Json(r);
+  EXPECT_EQ(j["transport"], transport() == "auto" ? "ucx" : transport());
+  EXPECT_EQ(j["verified"], true);
+  EXPECT_GT(j["tensors"].get<int>(), 10);
+  EXPECT_EQ(j["source"]["worker_id"], src.worker_id);
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+
+  ASSERT_TRUE(src.process->Terminate(absl::Seconds(20)).ok());
+  auto record = client_->GetMetadata(src.mx_source_id, src.worker_id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_EQ(record->worker().status(), model_express::p2p::SOURCE_STATUS_STALE);
+}
+
+TEST_P(P2pPullTest, TwoRanksEachGetTheirShard) {
+  const std::string shard0 = Model("rank0.safetensors", 8ull << 20, 10);
+  const std::string shard1 = Model("rank1.safetensors", 12ull << 20, 11);
+  Source s0 = Publish(shard0, "it/two-ranks", {"--rank", "0"}, /*tp=*/2);
+  Source s1 = Publish(shard1, "it/two-ranks", {"--rank", "1"}, /*tp=*/2);
+  ASSERT_NE(s0.process, nullptr);
+  ASSERT_NE(s1.process, nullptr);
+  const std::string out0 = dir_.path() + "/out0.safetensors";
+  const std::string out1 = dir_.path() + "/out1.safetensors";
+  CommandResult r1 = Pull("it/two-ranks", out1, {"--rank", "1"}, 2);
+  CommandResult r0 = Pull("it/two-ranks", out0, {"--rank", "0"}, 2);
+  ASSERT_EQ(r0.exit_code, 0) << r0.err;
+  ASSERT_EQ(r1.exit_code, 0) << r1.err;
+  EXPECT_EQ(Json(r0)["source"]["worker_id"], s0.worker_id);
+  EXPECT_EQ(Json(r1)["source"]["worker_id"], s1.worker_id);
+  EXPECT_EQ(ReadFile(out0), ReadFile(shard0));
+  EXPECT_EQ(ReadFile(out1), ReadFile(shard1));
+}
+
+TEST_P(P2pPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
+  const std::string model = Model("m.safetensors", kModelBytes, 2);
+  Source a = Publish(model, "it/kill");
+  Source b = Publish(model, "it/kill");
+  ASSERT_NE(a.process, nullptr);
+  ASSERT_NE(b.process, nullptr);
+  const std::string target = TargetIdPreferring("it/kill", a.worker_id);
+  const std::string out = dir_.path() + "/out.safetensors";
+  // Small batches with pauses, so that the transfer is still under way when `a` dies.
+  ChildOptions pull{
+      .argv = PullArgs("it/kill", out,
+                       {"--target-worker-id", target, "--progress", "lines",
+                        "--testing-batch-bytes", "1048576", "--testing-batch-pause-ms", "100"}),
+      .log_file = dir_.path() + "/pull.log",
+      .stdout_file = dir_.path() + "/pull.json"};
+  auto puller = ChildProcess::Start(pull);
+  ASSERT_TRUE(puller.ok()) << puller.status();
+  // Wait until bytes have moved from `a`, then kill it.
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  bool moving = false;
+  while (!moving && absl::Now() < deadline) {
+    std::istringstream log(ReadFile(pull.log_file));
+    for (std::string line; std::getline(log, line);) {
+      if (line.rfind("progress ", 0) == 0 && line.rfind("progress 0/", 0) != 0) moving = true;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(moving) << ReadFile(pull.log_file);
+  ASSERT_EQ(kill(a.process->pid(), SIGKILL), 0);
+  ASSERT_TRUE((*puller)->Wait(absl::Seconds(60)).ok()) << ReadFile(pull.log_file);
+  nlohmann::json j = nlohmann::json::parse(ReadFile(pull.stdout_file), nullptr, false);
+  ASSERT_TRUE(j.is_object()) << ReadFile(pull.stdout_file);
+  ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
+  EXPECT_EQ(j["attempts"][0]["worker_id"], a.worker_id);
+  EXPECT_EQ(j["attempts"][0]["ok"], false);
+  EXPECT_EQ(j["attempts"][1]["worker_id"], b.worker_id);
+  EXPECT_EQ(j["source"]["worker_id"], b.worker_id);
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+}
+
+TEST_P(P2pPullTest, CorruptedSourceByteIsDetectedAndTheNextSourceUsed) {
+  const std::string model = Model("m.safetensors", kModelBytes, 3);
+  Source bad = Publish(model, "it/corrupt", {"--corrupt-byte-for-testing", "1000003"});
+  Source good = Publish(model, "it/corrupt");
+  ASSERT_NE(bad.process, nullptr);
+  ASSERT_NE(good.process, nullptr);
+  const std::string out = dir_.path() + "/out.safetensors";
+  CommandResult r = Pull("it/corrupt", out,
+                         {"--target-worker-id", TargetIdPreferring("it/corrupt", bad.worker_id)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = Json(r);
+  ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
+  EXPECT_EQ(j["attempts"][0]["worker_id"], bad.worker_id);
+  EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("failed verification"));
+  EXPECT_EQ(j["source"]["worker_id"], good.worker_id);
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+}
+
+TEST_P(P2pPullTest, OnlyACorruptedSourceFailsAndWritesNothing) {
+  const std::string model = Model("m.safetensors", kModelBytes, 4);
+  Source bad = Publish(model, "it/corrupt-only", {"--corrupt-byte-for-testing", "77"});
+  ASSERT_NE(bad.process, nullptr);
+  const std::string out = dir_.path() + "/out.safetensors";
+  CommandResult r = Pull("it/corrupt-only", out);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("failed verification"));
+  EXPECT_THAT(r.err, HasSubstr("nothing was written"));
+  EXPECT_FALSE(std::filesystem::exists(out));
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+    EXPECT_EQ(e.path().string().find("out.safetensors.tmp"), std::string::npos) << e.path();
+  }
+}
+
+TEST_P(P2pPullTest, NoSourceFailsQuicklyNamingTheIdentity) {
+  const std::string out = dir_.path() + "/out.safetensors";
+  const absl::Time start = absl::Now();
+  CommandResult r = Pull("nobody/publishes-this", out);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(15));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no READY source for model nobody/publishes-this"));
+  EXPECT_THAT(r.err, HasSubstr("mx_source_id"));
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST_P(P2pPullTest, RestartedSourceRefusesTheOldWorkerId) {
+  const std::string model = Model("m.safetensors", kModelBytes, 5);
+  const std::string port = std::to_string(testing::UnusedLoopbackPort());
+  Source old_source = Publish(model, "it/restart",
+                              {"--worker-listen", "127.0.0.1:" + port, "--worker-id", "w-old"});
+  ASSERT_NE(old_source.process, nullptr);
+  // The process dies without retiring its record, and comes back on the same endpoint with a
+  // new worker id: the old record still points at the endpoint.
+  ASSERT_EQ(kill(old_source.process->pid(), SIGKILL), 0);
+  EXPECT_FALSE(old_source.process->Wait(absl::Seconds(10)).ok());
+  Source restarted = Publish(model, "it/restart",
+                             {"--worker-listen", "127.0.0.1:" + port, "--worker-id", "w-new"});
+  ASSERT_NE(restarted.process, nullptr);
+  const std::string out = dir_.path() + "/out.safetensors";
+  CommandResult r =
+      Pull("it/restart", out, {"--target-worker-id", TargetIdPreferring("it/restart", "w-old")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = Json(r);
+  ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
+  EXPECT_EQ(j["attempts"][0]["worker_id"], "w-old");
+  EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("w-old"));
+  EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("w-new"));
+  EXPECT_EQ(j["source"]["worker_id"], "w-new");
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, P2pPullTest, ::testing::Values("tcp", "ucx"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace ferry
