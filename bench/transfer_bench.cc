@@ -38,9 +38,14 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "baselines.h"
 #include "ferry/transfer.h"
 
 namespace {
+
+using ::ferry::bench::Buffer;
+using ::ferry::bench::Now;
+using ::ferry::bench::RawSockets;
 
 struct Flags {
   uint64_t bytes = 1ull << 30;
@@ -54,30 +59,7 @@ struct Flags {
   bool smoke = false;
 };
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 uint8_t Pattern(uint64_t i) { return static_cast<uint8_t>((i * 131) ^ (i >> 8) ^ 0x5a); }
-
-// Pre-faulted anonymous memory.
-class Buffer {
- public:
-  explicit Buffer(uint64_t size) : size_(size) {
-    data_ = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (data_ == MAP_FAILED) {
-      std::perror("mmap");
-      std::exit(1);
-    }
-  }
-  ~Buffer() { ::munmap(data_, size_); }
-  char* data() const { return static_cast<char*>(data_); }
-
- private:
-  void* data_;
-  uint64_t size_;
-};
 
 void PrintLine(const char* workload, const char* transport, const Flags& f, int ops, int streams,
                double seconds, const char* baseline, double baseline_gbps) {
@@ -101,89 +83,6 @@ void PrintSkip(const char* workload, const std::string& reason) {
   std::printf("{\"workload\":\"%s\",\"skipped\":\"%s\"}\n", workload, escaped.c_str());
   std::fflush(stdout);
 }
-
-// ---- memcpy ----
-
-double MemcpySeconds(const Flags& f, Buffer& src, Buffer& dst) {
-  const double t0 = Now();
-  std::memcpy(dst.data(), src.data(), f.bytes);
-  return Now() - t0;
-}
-
-// ---- raw socket pair ----
-
-class RawSockets {
- public:
-  // N connected loopback pairs.
-  explicit RawSockets(const Flags& f) : f_(f) {
-    int listener = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    if (f.socket_buffer > 0) SetBuffers(listener);
-    if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-        ::listen(listener, 64) != 0 ||
-        ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-      std::perror("raw socket listener");
-      std::exit(1);
-    }
-    for (int i = 0; i < f.streams; ++i) {
-      int c = ::socket(AF_INET, SOCK_STREAM, 0);
-      if (f.socket_buffer > 0) SetBuffers(c);
-      if (::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-        std::perror("raw socket connect");
-        std::exit(1);
-      }
-      int s = ::accept(listener, nullptr, nullptr);
-      int one = 1;
-      ::setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      senders_.push_back(s);
-      receivers_.push_back(c);
-    }
-    ::close(listener);
-  }
-  ~RawSockets() {
-    for (int fd : senders_) ::close(fd);
-    for (int fd : receivers_) ::close(fd);
-  }
-
-  double Seconds(Buffer& src, Buffer& dst) {
-    std::vector<std::thread> threads;
-    const uint64_t share = f_.bytes / f_.streams;
-    const double t0 = Now();
-    for (int i = 0; i < f_.streams; ++i) {
-      const uint64_t off = share * i;
-      const uint64_t len = i + 1 == f_.streams ? f_.bytes - off : share;
-      threads.emplace_back([&, i, off, len] {
-        for (uint64_t done = 0; done < len;) {
-          ssize_t n = ::send(senders_[i], src.data() + off + done, len - done, MSG_NOSIGNAL);
-          if (n <= 0) std::exit(1);
-          done += n;
-        }
-      });
-      threads.emplace_back([&, i, off, len] {
-        for (uint64_t done = 0; done < len;) {
-          ssize_t n = ::recv(receivers_[i], dst.data() + off + done, len - done, MSG_WAITALL);
-          if (n <= 0) std::exit(1);
-          done += n;
-        }
-      });
-    }
-    for (auto& t : threads) t.join();
-    return Now() - t0;
-  }
-
- private:
-  void SetBuffers(int fd) {
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &f_.socket_buffer, sizeof(f_.socket_buffer));
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &f_.socket_buffer, sizeof(f_.socket_buffer));
-  }
-  const Flags& f_;
-  std::vector<int> senders_;
-  std::vector<int> receivers_;
-};
 
 // ---- the source engine, in a child process ----
 
@@ -318,12 +217,12 @@ int main(int argc, char** argv) {
   int failures = 0;
   double memcpy_gbps = 0;
   for (int r = 0; r < f.repeat; ++r) {
-    const double s = MemcpySeconds(f, src, dst_raw);
+    const double s = ferry::bench::MemcpySeconds(src, dst_raw, f.bytes);
     memcpy_gbps = std::max(memcpy_gbps, f.bytes / s / 1e9);
     PrintLine("memcpy", "none", f, 1, 1, s, "memcpy", f.bytes / s / 1e9);
   }
 
-  RawSockets raw(f);
+  RawSockets raw(f.streams, f.socket_buffer);
   auto run_engine = [&](ferry::TransportKind kind, const char* name) {
     ferry::TransferEngineOptions o;
     o.name = "transfer_bench target";
@@ -343,7 +242,7 @@ int main(int argc, char** argv) {
     if (!peer.ok()) return PrintSkip(name, std::string(peer.status().message()));
     char* out = static_cast<char*>((*dst)->data());
     for (int r = 0; r < f.repeat; ++r) {
-      const double raw_s = raw.Seconds(src, dst_raw);
+      const double raw_s = raw.Seconds(src, dst_raw, f.bytes);
       const double t0 = Now();
       ferry::Status s = (*peer)->Read(SplitOps(f, out), absl::Seconds(600));
       const double seconds = Now() - t0;
