@@ -1,0 +1,365 @@
+// pull_bench: the whole peer-to-peer pull (`ferry publish` in a child process, PullWeights in
+// this one, through a real ferry-server), against baselines measured in the same run.
+//
+// Workloads:
+//   pull          transport x tensor count (--tensors) x total size (--bytes): PullWeights into
+//                 a region it prepares; gbps is bytes / transfer_seconds (reading only; the
+//                 destination is allocated and pre-faulted before the clock starts), also
+//                 reported: total_seconds (list, metadata, transfer info, connect, prepare,
+//                 transfer, verify). Baseline: single-thread memcpy (ucx) or a raw loopback
+//                 socket pair with the engine's stream count (tcp), same size, same run.
+//   registration  --registration-tensors regions registered one per tensor vs one arena of the
+//                 same bytes, per transport; baseline: the arena.
+//   first_byte    a model of --first-byte-tensors tensors: from the target's start (client and
+//                 engine creation) to the first tensor's bytes in prepared memory (ListSources,
+//                 GetMetadata, GetTransferInfo, Connect, one read). Also without engine creation.
+//   target_memory a `ferry pull -o` process's peak RSS minus the bytes it pulled.
+//
+// Output: one JSON object per line on stdout.
+//
+//   pull_bench [--bytes 268435456,1073741824] [--tensors 10,300,10000] [--transport tcp,ucx]
+//              [--repeat 3] [--first-byte-tensors 2000] [--registration-tensors 10000] [--smoke]
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "baselines.h"
+#include "cli/child_process.h"
+#include "cli/embedded_server.h"
+#include "ferry/metadata_client.h"
+#include "ferry/transfer.h"
+#include "ferry/v1/transfer.pb.h"
+#include "nlohmann/json.hpp"
+#include "weights/llama_model.h"
+#include "weights/safetensors.h"
+#include "weights/weight_puller.h"
+#include "worker/worker_client.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::ferry::bench::Buffer;
+using ::ferry::bench::Now;
+
+struct Flags {
+  std::vector<uint64_t> bytes = {256ull << 20, 1ull << 30};
+  std::vector<int> tensors = {10, 300, 10000};
+  std::vector<std::string> transports = {"tcp", "ucx"};
+  int repeat = 3;
+  int first_byte_tensors = 2000;
+  int registration_tensors = 10000;
+  bool smoke = false;
+};
+
+[[noreturn]] void Die(const std::string& what, const ferry::Status& s) {
+  std::fprintf(stderr, "pull_bench: %s: %s\n", what.c_str(), std::string(s.message()).c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T Must(ferry::StatusOr<T> v, const std::string& what) {
+  if (!v.ok()) Die(what, v.status());
+  return *std::move(v);
+}
+
+void Print(const nlohmann::json& j) {
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
+std::string Dir() {
+  static std::string dir = [] {
+    std::string t = (fs::temp_directory_path() / "ferry-pull-bench-XXXXXX").string();
+    if (mkdtemp(t.data()) == nullptr) std::exit(1);
+    return t;
+  }();
+  return dir;
+}
+
+// A model of `count` equal BF16 tensors totalling about `bytes`.
+std::string WriteModel(uint64_t bytes, int count) {
+  const std::string path = absl::StrCat(Dir(), "/m-", bytes, "-", count, ".safetensors");
+  const uint64_t each = std::max<uint64_t>(2, bytes / count / 2 * 2);
+  std::vector<ferry::weights::TensorInfo> tensors;
+  for (int i = 0; i < count; ++i) {
+    tensors.push_back({absl::StrCat("model.layers.", i, ".weight"),
+                       ferry::weights::DType::kBF16,
+                       {each / 2},
+                       each * i,
+                       each});
+  }
+  Buffer data(each * count);
+  ferry::weights::FillTensorData(tensors, reinterpret_cast<uint8_t*>(data.data()), 7);
+  ferry::Status s =
+      ferry::weights::WriteSafetensorsAtomic(path, tensors, {}, data.data(), each * count);
+  if (!s.ok()) Die("writing " + path, s);
+  return path;
+}
+
+ferry::SourceIdentity Identity(const std::string& model) {
+  ferry::SourceIdentity id;
+  id.set_model_name(model);
+  id.set_tensor_parallel_size(1);
+  id.set_pipeline_parallel_size(1);
+  id.set_expert_parallel_size(1);
+  return id;
+}
+
+std::string SelfDir() { return fs::read_symlink("/proc/self/exe").parent_path().string(); }
+
+struct Source {
+  std::unique_ptr<ferry::cli::ChildProcess> process;
+  std::string model;
+};
+
+Source Publish(const std::string& server, const std::string& file, const std::string& model) {
+  static int n = 0;
+  const std::string ready = absl::StrCat(Dir(), "/publish-", ++n, ".ready");
+  ferry::cli::ChildOptions o;
+  o.argv = {SelfDir() + "/ferry",
+            "publish",
+            file,
+            "--model",
+            model,
+            "--server",
+            server,
+            "--data-listen",
+            "127.0.0.1:0",
+            "--worker-listen",
+            "127.0.0.1:0",
+            "--ucx-net-devices",
+            "lo",
+            "--ready-file",
+            ready};
+  o.log_file = absl::StrCat(Dir(), "/publish-", n, ".log");
+  Source s;
+  s.model = model;
+  s.process = Must(ferry::cli::ChildProcess::Start(o), "starting ferry publish");
+  Must(s.process->WaitForReadyFile(ready, "worker_port", absl::Minutes(5)), "ferry publish");
+  return s;
+}
+
+std::unique_ptr<ferry::TransferEngine> Engine(const std::string& transport) {
+  ferry::TransferEngineOptions o;
+  o.name = "pull_bench target";
+  o.enable_ucx = transport == "ucx";
+  o.enable_tcp = transport == "tcp";
+  o.tcp_listen = "127.0.0.1:0";
+  o.ucx_net_devices = "lo";
+  return Must(ferry::TransferEngine::Create(o), "creating the " + transport + " engine");
+}
+
+std::unique_ptr<ferry::MetadataClient> Client(const std::string& server) {
+  ferry::MetadataClientOptions o;
+  o.server_address = server;
+  return Must(ferry::MetadataClient::Create(o), "connecting to the server");
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void RunPull(const Flags& f, const std::string& server) {
+  for (uint64_t bytes : f.bytes) {
+    Buffer src(bytes), dst(bytes);
+    std::memset(src.data(), 1, bytes);
+    double memcpy_gbps = 0, raw_gbps = 0;
+    ferry::bench::RawSockets raw(ferry::TransferEngineOptions().tcp_streams, 0);
+    for (int r = 0; r < f.repeat; ++r) {
+      memcpy_gbps =
+          std::max(memcpy_gbps, bytes / ferry::bench::MemcpySeconds(src, dst, bytes) / 1e9);
+      raw_gbps = std::max(raw_gbps, bytes / raw.Seconds(src, dst, bytes) / 1e9);
+    }
+    Print({{"workload", "baseline"},
+           {"bytes", bytes},
+           {"memcpy_gbps", memcpy_gbps},
+           {"raw_socket_gbps", raw_gbps},
+           {"raw_socket_streams", ferry::TransferEngineOptions().tcp_streams}});
+    for (int count : f.tensors) {
+      const std::string model = absl::StrCat("bench/pull-", bytes, "-", count);
+      Source source = Publish(server, WriteModel(bytes, count), model);
+      auto client = Client(server);
+      for (const std::string& transport : f.transports) {
+        auto engine = Engine(transport);
+        std::vector<double> gbps, total;
+        for (int r = 0; r < f.repeat; ++r) {
+          ferry::weights::PullOptions o;
+          o.client = client.get();
+          o.engine = engine.get();
+          o.identity = Identity(model);
+          o.transport =
+              transport == "ucx" ? ferry::TransportKind::kUcx : ferry::TransportKind::kTcp;
+          ferry::weights::PullResult result = Must(ferry::weights::PullWeights(o), "pull");
+          gbps.push_back(result.bytes / absl::ToDoubleSeconds(result.transfer_time) / 1e9);
+          total.push_back(absl::ToDoubleSeconds(result.total_time));
+        }
+        const double baseline = transport == "ucx" ? memcpy_gbps : raw_gbps;
+        Print({{"workload", "pull"},
+               {"transport", transport},
+               {"tensors", count},
+               {"bytes", bytes},
+               {"gbps", Median(gbps)},
+               {"gbps_runs", gbps},
+               {"total_seconds", Median(total)},
+               {"baseline", transport == "ucx" ? "memcpy" : "raw_socket"},
+               {"baseline_gbps", baseline},
+               {"ratio", Median(gbps) / baseline}});
+      }
+      (void)source.process->Terminate(absl::Seconds(20));
+    }
+  }
+}
+
+void RunRegistration(const Flags& f) {
+  const uint64_t per = 64 << 10;
+  const uint64_t bytes = per * f.registration_tensors;
+  Buffer memory(bytes);
+  for (const std::string& transport : f.transports) {
+    auto engine = Engine(transport);
+    std::vector<std::unique_ptr<ferry::Region>> regions;
+    double t0 = Now();
+    for (int i = 0; i < f.registration_tensors; ++i) {
+      regions.push_back(Must(engine->RegisterRegion(memory.data() + per * i, per), "register"));
+    }
+    const double per_tensor = Now() - t0;
+    regions.clear();
+    t0 = Now();
+    auto arena = Must(engine->RegisterRegion(memory.data(), bytes), "register arena");
+    const double one = Now() - t0;
+    Print({{"workload", "registration"},
+           {"transport", transport},
+           {"regions", f.registration_tensors},
+           {"bytes", bytes},
+           {"per_tensor_seconds", per_tensor},
+           {"per_region_us", per_tensor / f.registration_tensors * 1e6},
+           {"arena_seconds", one},
+           {"baseline", "arena"},
+           {"ratio", per_tensor / one}});
+  }
+}
+
+void RunFirstByte(const Flags& f, const std::string& server) {
+  const uint64_t bytes = f.smoke ? (8ull << 20) : (256ull << 20);
+  const std::string model = "bench/first-byte";
+  Source source = Publish(server, WriteModel(bytes, f.first_byte_tensors), model);
+  for (const std::string& transport : f.transports) {
+    std::vector<double> with_engine, without_engine;
+    for (int r = 0; r < f.repeat; ++r) {
+      Buffer dst(bytes / f.first_byte_tensors + 4096);
+      const double t0 = Now();
+      auto engine = Engine(transport);
+      auto client = Client(server);
+      const double t1 = Now();
+      ferry::ListSourcesRequest list;
+      *list.mutable_identity() = Identity(model);
+      list.set_status_filter(model_express::p2p::SOURCE_STATUS_READY);
+      auto refs = Must(client->ListSources(list), "ListSources");
+      if (refs.empty()) Die("first_byte", absl::NotFoundError("no source"));
+      auto record =
+          Must(client->GetMetadata(refs[0].mx_source_id(), refs[0].worker_id()), "GetMetadata");
+      ferry::worker::WorkerClientOptions wo;
+      wo.endpoint = record.worker().worker_grpc_endpoint();
+      auto worker = Must(ferry::worker::WorkerClient::Create(wo), "worker client");
+      auto info = Must(worker->GetTransferInfo(refs[0].mx_source_id(), refs[0].worker_id()),
+                       "GetTransferInfo");
+      auto peer = Must(
+          engine->Connect(info.transfer_blob(), transport == "ucx" ? ferry::TransportKind::kUcx
+                                                                   : ferry::TransportKind::kTcp),
+          "Connect");
+      const auto& t = info.tensors(0);
+      ferry::Status s =
+          peer->Read({{t.region(), t.offset(), dst.data(), t.size()}}, absl::Seconds(30));
+      if (!s.ok()) Die("first read", s);
+      const double t2 = Now();
+      with_engine.push_back(t2 - t0);
+      without_engine.push_back(t2 - t1);
+    }
+    Print({{"workload", "first_byte"},
+           {"transport", transport},
+           {"tensors", f.first_byte_tensors},
+           {"seconds", Median(with_engine)},
+           {"seconds_without_engine_create", Median(without_engine)},
+           {"aim_seconds", 0.05},
+           {"ratio", Median(with_engine) / 0.05}});
+  }
+  (void)source.process->Terminate(absl::Seconds(20));
+}
+
+void RunTargetMemory(const Flags& f, const std::string& server) {
+  const uint64_t bytes = f.smoke ? (16ull << 20) : (1ull << 30);
+  const std::string model = "bench/target-memory";
+  Source source = Publish(server, WriteModel(bytes, 300), model);
+  for (const std::string& transport : f.transports) {
+    const std::string out = Dir() + "/pulled.safetensors";
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const int null_fd = open("/dev/null", O_WRONLY);
+      if (null_fd >= 0) dup2(null_fd, STDOUT_FILENO);
+      const std::string ferry = SelfDir() + "/ferry";
+      execl(ferry.c_str(), ferry.c_str(), "pull", "--model", model.c_str(), "--server",
+            server.c_str(), "--transport", transport.c_str(), "--data-listen", "127.0.0.1:0",
+            "--ucx-net-devices", "lo", "-o", out.c_str(), "--progress", "none",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    int status = 0;
+    rusage usage{};
+    wait4(pid, &status, 0, &usage);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      Die("ferry pull", absl::InternalError("exited with an error"));
+    }
+    const double rss = usage.ru_maxrss * 1024.0;
+    Print({{"workload", "target_memory"},
+           {"transport", transport},
+           {"bytes", bytes},
+           {"peak_rss_bytes", rss},
+           {"overhead_bytes", rss - static_cast<double>(bytes)},
+           {"baseline", "pulled_bytes"},
+           {"ratio", rss / bytes}});
+    fs::remove(out);
+  }
+  (void)source.process->Terminate(absl::Seconds(20));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags f;
+  CLI::App app{"ferry pull benchmark (see the header of bench/pull_bench.cc)"};
+  app.add_option("--bytes", f.bytes, "total sizes")->delimiter(',');
+  app.add_option("--tensors", f.tensors, "tensor counts")->delimiter(',');
+  app.add_option("--transport", f.transports, "tcp and/or ucx")->delimiter(',');
+  app.add_option("--repeat", f.repeat, "runs per point (the median is reported)");
+  app.add_option("--first-byte-tensors", f.first_byte_tensors);
+  app.add_option("--registration-tensors", f.registration_tensors);
+  app.add_flag("--smoke", f.smoke, "tiny sizes: checks the benchmark still runs");
+  CLI11_PARSE(app, argc, argv);
+  if (f.smoke) {
+    f.bytes = {8ull << 20};
+    f.tensors = {10, 300};
+    f.repeat = 1;
+    f.first_byte_tensors = 200;
+    f.registration_tensors = 200;
+  }
+  ferry::cli::EmbeddedServerOptions so;
+  so.server_binary = SelfDir() + "/ferry-server";
+  auto server = Must(ferry::cli::EmbeddedServer::Create(so), "starting ferry-server");
+  RunRegistration(f);
+  RunFirstByte(f, server->address());
+  RunPull(f, server->address());
+  RunTargetMemory(f, server->address());
+  (void)server->Stop();
+  fs::remove_all(Dir());
+  return 0;
+}
