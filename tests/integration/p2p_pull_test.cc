@@ -330,6 +330,34 @@ TEST_P(P2pPullTest, RestartedSourceRefusesTheOldWorkerId) {
   EXPECT_EQ(ReadFile(out), ReadFile(model));
 }
 
+TEST_P(P2pPullTest, ThenPublishMakesTheTargetASource) {
+  const std::string model = Model("m.safetensors", kModelBytes, 6);
+  Source first = Publish(model, "it/fan-out");
+  ASSERT_NE(first.process, nullptr);
+  // The target pulls, writes its copy, then serves what it pulled.
+  const std::string ready = dir_.path() + "/fan-out.ready";
+  const std::string out1 = dir_.path() + "/out1.safetensors";
+  std::vector<std::string> argv = PullArgs("it/fan-out", out1,
+                                           {"--then-publish", "--worker-listen", "127.0.0.1:0",
+                                            "--ready-file", ready, "--heartbeat-interval", "1"});
+  ChildOptions options{.argv = argv,
+                       .log_file = dir_.path() + "/fan-out.log",
+                       .stdout_file = dir_.path() + "/fan-out.json"};
+  auto fan_out = ChildProcess::Start(options);
+  ASSERT_TRUE(fan_out.ok()) << fan_out.status();
+  auto ready_json = (*fan_out)->WaitForReadyFile(ready, "worker_port", absl::Seconds(60));
+  ASSERT_TRUE(ready_json.ok()) << ready_json.status();
+  EXPECT_EQ(ReadFile(out1), ReadFile(model));
+  // The original source retires; a new target pulls from the fan-out source.
+  ASSERT_TRUE(first.process->Terminate(absl::Seconds(20)).ok());
+  const std::string out2 = dir_.path() + "/out2.safetensors";
+  CommandResult r = Pull("it/fan-out", out2);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Json(r)["source"]["worker_id"], (*ready_json)["worker_id"]);
+  EXPECT_EQ(ReadFile(out2), ReadFile(model));
+  EXPECT_TRUE((*fan_out)->Terminate(absl::Seconds(20)).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, P2pPullTest, ::testing::Values("tcp", "ucx"),
                          [](const auto& info) { return info.param; });
 
