@@ -1,0 +1,77 @@
+#include "cli/p2p_flags.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ferry::cli {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ParseByteSizeTest, AcceptsPlainAndBinarySuffixes) {
+  EXPECT_EQ(*ParseByteSize("1073741824", "--size"), 1073741824u);
+  EXPECT_EQ(*ParseByteSize("64MiB", "--size"), 64ull << 20);
+  EXPECT_EQ(*ParseByteSize("64m", "--size"), 64ull << 20);
+  EXPECT_EQ(*ParseByteSize("1G", "--size"), 1ull << 30);
+  EXPECT_EQ(*ParseByteSize(" 1.5GiB ", "--size"), 3ull << 29);
+  EXPECT_EQ(*ParseByteSize("512k", "--size"), 512ull << 10);
+}
+
+TEST(ParseByteSizeTest, RejectsGarbageNamingTheFlag) {
+  for (const char* bad : {"", "abc", "-1", "0", "1TB", "1e30", "nan"}) {
+    StatusOr<uint64_t> r = ParseByteSize(bad, "--size");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(), HasSubstr("--size"));
+  }
+}
+
+TEST(BuildIdentityTest, FillsEveryField) {
+  IdentityFlags f;
+  f.model = "org/model";
+  f.framework = "vLLM";
+  f.tp = 4;
+  f.pp = 2;
+  f.ep = 1;
+  f.dtype = "bfloat16";
+  f.quantization = "fp8";
+  f.revision = "abc";
+  f.extra = {"k=v", "a=b=c"};
+  StatusOr<SourceIdentity> id = BuildIdentity(f);
+  ASSERT_TRUE(id.ok()) << id.status();
+  EXPECT_EQ(id->model_name(), "org/model");
+  EXPECT_EQ(id->backend_framework(), model_express::p2p::BACKEND_FRAMEWORK_VLLM);
+  EXPECT_EQ(id->mx_source_type(), model_express::p2p::MX_SOURCE_TYPE_WEIGHTS);
+  EXPECT_EQ(id->tensor_parallel_size(), 4u);
+  EXPECT_EQ(id->pipeline_parallel_size(), 2u);
+  EXPECT_EQ(id->quantization(), "fp8");
+  EXPECT_EQ(id->extra_parameters().at("k"), "v");
+  EXPECT_EQ(id->extra_parameters().at("a"), "b=c");
+}
+
+TEST(BuildIdentityTest, RejectsBadFrameworkAndExtra) {
+  IdentityFlags f;
+  f.model = "m";
+  f.framework = "pytorch";
+  EXPECT_THAT(BuildIdentity(f).status().message(), HasSubstr("--framework"));
+  f.framework = "sglang";
+  f.extra = {"novalue"};
+  EXPECT_THAT(BuildIdentity(f).status().message(), HasSubstr("--extra"));
+}
+
+TEST(BuildEngineOptionsTest, TransportPicksWhatIsEnabled) {
+  EngineFlags flags;
+  TransportKind kind;
+  flags.transport = "tcp";
+  StatusOr<TransferEngineOptions> o = BuildEngineOptions(flags, "t", &kind);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(kind, TransportKind::kTcp);
+  EXPECT_TRUE(o->enable_tcp);
+  EXPECT_FALSE(o->enable_ucx);
+  flags.transport = "carrier-pigeon";
+  EXPECT_EQ(BuildEngineOptions(flags, "t", &kind).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ferry::cli
