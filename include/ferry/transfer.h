@@ -44,12 +44,17 @@ class PeerConnection;
 enum class MemoryKind { kHost = 0, kCuda = 1 };
 
 enum class TransportKind {
-  kAuto = 0,  // Connect(): UCX for a peer on this host or with RDMA on both ends, else TCP
-  kUcx = 1,   // UCX: RDMA verbs where a NIC exists, shared memory between local processes
-  kTcp = 2,   // ferry's native multi-stream TCP
+  // Connect() picks, in order: shm for a peer on this host (same hostname and boot id) when
+  // both sides offer it and the peer's shm serves every region in its blob; else UCX for a peer
+  // on this host or with RDMA on both ends; else TCP. When the chosen transport cannot reach the
+  // peer (Unavailable), the next candidate is tried.
+  kAuto = 0,
+  kUcx = 1,  // UCX: RDMA verbs where a NIC exists, shared memory between local processes
+  kTcp = 2,  // ferry's native multi-stream TCP
+  kShm = 3,  // ferry's native shared memory: same host only, regions from AllocateRegion only
 };
 
-// "auto", "ucx", "tcp". InvalidArgument listing the valid names otherwise.
+// "auto", "ucx", "tcp", "shm". InvalidArgument listing the valid names otherwise.
 StatusOr<TransportKind> ParseTransportKind(std::string_view name);
 std::string_view TransportKindName(TransportKind kind);
 
@@ -58,8 +63,13 @@ struct TransferEngineOptions {
   std::string name;
 
   // Transports this engine serves as a source and may use as a target. At least one.
+  bool enable_shm = true;
   bool enable_ucx = true;
   bool enable_tcp = true;
+
+  // shm: threads copying one batch (the calling thread included). Page faults on a fresh
+  // mapping dominate a first read, and two threads fault in parallel. 1..16.
+  int shm_copy_threads = 2;
 
   // TCP: the address the data listener binds ("host:port"; port 0 = any free port).
   std::string tcp_listen = "0.0.0.0:0";
@@ -159,12 +169,14 @@ class TransferEngine {
   TransferEngine(const TransferEngine&) = delete;
   TransferEngine& operator=(const TransferEngine&) = delete;
 
-  // Allocates `bytes` of pre-faulted memory suited to every enabled transport (with UCX:
-  // UCX-allocated shared memory, which local peers read one-sided) and registers it.
+  // Allocates `bytes` of pre-faulted memory suited to every enabled transport and registers it.
+  // With shm: a sealed memfd (local peers map it read-only and copy one-sided; UCX and TCP
+  // serve it as ordinary memory); else with UCX: UCX-allocated shared memory.
   StatusOr<std::unique_ptr<Region>> AllocateRegion(uint64_t bytes,
                                                    MemoryKind kind = MemoryKind::kHost);
   // Registers caller-owned memory, which must outlive the Region. UCX reads from such memory by
-  // local peers need this engine's progress thread (it runs while the engine is started).
+  // local peers need this engine's progress thread (it runs while the engine is started). The
+  // shm transport does not serve such regions (kAuto then picks UCX or TCP for this engine).
   StatusOr<std::unique_ptr<Region>> RegisterRegion(void* data, uint64_t bytes,
                                                    MemoryKind kind = MemoryKind::kHost);
 

@@ -13,8 +13,9 @@ StatusOr<TransportKind> ParseTransportKind(std::string_view name) {
   if (name == "auto") return TransportKind::kAuto;
   if (name == "ucx") return TransportKind::kUcx;
   if (name == "tcp") return TransportKind::kTcp;
+  if (name == "shm") return TransportKind::kShm;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown transport \"", std::string(name), "\"; valid: auto, ucx, tcp"));
+      absl::StrCat("unknown transport \"", std::string(name), "\"; valid: auto, ucx, tcp, shm"));
 }
 
 std::string_view TransportKindName(TransportKind kind) {
@@ -25,14 +26,21 @@ std::string_view TransportKindName(TransportKind kind) {
       return "ucx";
     case TransportKind::kTcp:
       return "tcp";
+    case TransportKind::kShm:
+      return "shm";
   }
   return "unknown";
 }
 
 Status TransferEngineOptions::Validate() const {
-  if (!enable_ucx && !enable_tcp) {
+  if (!enable_shm && !enable_ucx && !enable_tcp) {
     return absl::InvalidArgumentError(
-        "TransferEngineOptions: enable_ucx and enable_tcp are both false; enable at least one");
+        "TransferEngineOptions: enable_shm, enable_ucx and enable_tcp are all false; enable at "
+        "least one");
+  }
+  if (shm_copy_threads < 1 || shm_copy_threads > 16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TransferEngineOptions.shm_copy_threads=", shm_copy_threads, " is outside 1..16"));
   }
   if (enable_tcp) {
     FERRY_RETURN_IF_ERROR(

@@ -45,26 +45,43 @@ std::string KindList(const std::vector<TransportKind>& kinds) {
 }  // namespace
 
 StatusOr<std::shared_ptr<EngineCore>> EngineCore::Create(TransferEngineOptions options) {
+  // Preference order: shm (its memfd allocator comes first in AllocateRegion), UCX, TCP.
   std::vector<std::unique_ptr<Transport>> transports;
+  auto stop_all = [&] {
+    for (auto& t : transports) t->Stop();
+  };
+  if (options.enable_shm) {
+    auto shm = CreateShmTransport(options);
+    if (shm.ok()) {
+      transports.push_back(std::move(*shm));
+    } else if (!options.enable_ucx && !options.enable_tcp) {
+      return Status(shm.status().code(),
+                    absl::StrCat("transfer engine \"", options.name,
+                                 "\": shm transport unavailable and UCX and TCP are disabled: ",
+                                 shm.status().message()));
+    } else {
+      spdlog::warn("transfer engine \"{}\": shm transport unavailable, continuing without it: {}",
+                   options.name, shm.status().message());
+    }
+  }
   if (options.enable_ucx) {
     auto ucx = CreateUcxTransport(options);
     if (ucx.ok()) {
       transports.push_back(std::move(*ucx));
-    } else if (!options.enable_tcp) {
+    } else if (!options.enable_tcp && transports.empty()) {
       return Status(ucx.status().code(),
                     absl::StrCat("transfer engine \"", options.name,
                                  "\": UCX transport unavailable and TCP is disabled: ",
                                  ucx.status().message()));
     } else {
-      spdlog::warn(
-          "transfer engine \"{}\": UCX transport unavailable, continuing with TCP only: {}",
-          options.name, ucx.status().message());
+      spdlog::warn("transfer engine \"{}\": UCX transport unavailable, continuing without it: {}",
+                   options.name, ucx.status().message());
     }
   }
   if (options.enable_tcp) {
     auto tcp = CreateTcpTransport(options);
     if (!tcp.ok()) {
-      for (auto& t : transports) t->Stop();
+      stop_all();
       return Status(tcp.status().code(), absl::StrCat("transfer engine \"", options.name,
                                                       "\": ", tcp.status().message()));
     }
@@ -226,9 +243,10 @@ std::string EngineCore::ExportBlob() const {
   return blob.SerializeAsString();
 }
 
-StatusOr<Transport*> EngineCore::Choose(const ferry::v1::TransferBlob& remote,
-                                        TransportKind wanted) const {
+StatusOr<std::vector<Transport*>> EngineCore::Candidates(const ferry::v1::TransferBlob& remote,
+                                                         TransportKind wanted) const {
   std::vector<TransportKind> theirs;
+  if (remote.has_shm()) theirs.push_back(TransportKind::kShm);
   if (remote.has_ucx()) theirs.push_back(TransportKind::kUcx);
   if (remote.has_tcp()) theirs.push_back(TransportKind::kTcp);
   auto mismatch = [&](const char* what) {
@@ -237,30 +255,46 @@ StatusOr<Transport*> EngineCore::Choose(const ferry::v1::TransferBlob& remote,
                      ": this engine offers [", KindList(transports()), "], the peer offers [",
                      KindList(theirs), "]; enable a common transport on both sides"));
   };
+  Transport* shm = remote.has_shm() ? Find(TransportKind::kShm) : nullptr;
   Transport* ucx = remote.has_ucx() ? Find(TransportKind::kUcx) : nullptr;
   Transport* tcp = remote.has_tcp() ? Find(TransportKind::kTcp) : nullptr;
   switch (wanted) {
+    case TransportKind::kShm:
+      if (shm == nullptr) return mismatch("over shm");
+      return std::vector<Transport*>{shm};
     case TransportKind::kUcx:
       if (ucx == nullptr) return mismatch("over ucx");
-      return ucx;
+      return std::vector<Transport*>{ucx};
     case TransportKind::kTcp:
       if (tcp == nullptr) return mismatch("over tcp");
-      return tcp;
+      return std::vector<Transport*>{tcp};
     case TransportKind::kAuto:
       break;
   }
+  const bool same_host = remote.hostname() == hostname_ && remote.boot_id() == boot_id_;
+  std::vector<Transport*> candidates;
+  if (shm != nullptr && same_host) {
+    // shm can only hand out memory it allocated; a blob with caller memory needs another
+    // transport for at least some ops, so use that one for the whole connection.
+    bool all_served = true;
+    for (const auto& r : remote.regions()) all_served = all_served && r.shm_served();
+    if (all_served) candidates.push_back(shm);
+  }
   if (ucx != nullptr) {
-    const bool same_host = remote.hostname() == hostname_ && remote.boot_id() == boot_id_;
     bool both_rdma = false;
     if (!same_host && remote.ucx().rdma()) {
       ferry::v1::TransferBlob mine;
       ucx->Describe(&mine);
       both_rdma = mine.ucx().rdma();
     }
-    if (same_host || both_rdma) return ucx;
+    if (same_host || both_rdma) candidates.push_back(ucx);
   }
-  if (tcp != nullptr) return tcp;
-  return mismatch("automatically (UCX needs the same host or RDMA on both ends)");
+  if (tcp != nullptr) candidates.push_back(tcp);
+  if (candidates.empty()) {
+    return mismatch(
+        "automatically (shm and UCX need the same host, or UCX needs RDMA on both ends)");
+  }
+  return candidates;
 }
 
 StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, TransportKind kind) {
@@ -271,22 +305,34 @@ StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, Trans
                      remote.version() != 1 ? absl::StrCat(", version ", remote.version()) : "",
                      "); pass the exact bytes TransferEngine::ExportBlob() returned (version 1)"));
   }
-  FERRY_ASSIGN_OR_RETURN(Transport * transport, Choose(remote, kind));
-  const std::string address =
-      transport->kind() == TransportKind::kTcp
-          ? (remote.tcp().host().find(':') != std::string::npos
-                 ? absl::StrCat("[", remote.tcp().host(), "]:", remote.tcp().port())
-                 : absl::StrCat(remote.tcp().host(), ":", remote.tcp().port()))
-          : remote.hostname();
-  std::string description =
-      absl::StrCat(remote.name(), " (", remote.engine_id(), ") at ", address, " over ",
-                   std::string(TransportKindName(transport->kind())));
-  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PeerConnection> conn,
-                         transport->Connect(remote, description));
-  std::map<uint32_t, uint64_t> region_sizes;
-  for (const auto& r : remote.regions()) region_sizes[r.id()] = r.size();
-  return MakePeer(std::shared_ptr<PeerConnection>(std::move(conn)), transport->kind(),
-                  std::move(description), std::move(region_sizes));
+  FERRY_ASSIGN_OR_RETURN(std::vector<Transport*> candidates, Candidates(remote, kind));
+  for (size_t i = 0;; ++i) {
+    Transport* transport = candidates[i];
+    const std::string address =
+        transport->kind() == TransportKind::kTcp
+            ? (remote.tcp().host().find(':') != std::string::npos
+                   ? absl::StrCat("[", remote.tcp().host(), "]:", remote.tcp().port())
+                   : absl::StrCat(remote.tcp().host(), ":", remote.tcp().port()))
+            : remote.hostname();
+    std::string description =
+        absl::StrCat(remote.name(), " (", remote.engine_id(), ") at ", address, " over ",
+                     std::string(TransportKindName(transport->kind())));
+    auto conn = transport->Connect(remote, description);
+    if (!conn.ok()) {
+      // kAuto only: an unreachable transport (another network namespace, a firewalled port)
+      // falls back to the next candidate; an explicit choice never does.
+      if (conn.status().code() == absl::StatusCode::kUnavailable && i + 1 < candidates.size()) {
+        spdlog::info("transfer: {} unreachable, trying {}: {}", description,
+                     TransportKindName(candidates[i + 1]->kind()), conn.status().message());
+        continue;
+      }
+      return conn.status();
+    }
+    std::map<uint32_t, uint64_t> region_sizes;
+    for (const auto& r : remote.regions()) region_sizes[r.id()] = r.size();
+    return MakePeer(std::shared_ptr<PeerConnection>(std::move(*conn)), transport->kind(),
+                    std::move(description), std::move(region_sizes));
+  }
 }
 
 }  // namespace ferry::internal

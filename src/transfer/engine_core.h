@@ -56,8 +56,11 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // registration (the caller frees engine-owned memory).
   StatusOr<std::unique_ptr<Region>> AddRegion(RegionRecord record);
   Transport* Find(TransportKind kind) const;
-  // Picks the transport for `remote`, or FailedPrecondition naming what each side offers.
-  StatusOr<Transport*> Choose(const ferry::v1::TransferBlob& remote, TransportKind wanted) const;
+  // The transports to try for `remote`, best first (one for an explicit `wanted`; see
+  // TransportKind::kAuto for the automatic order), or FailedPrecondition naming what each side
+  // offers. Never empty.
+  StatusOr<std::vector<Transport*>> Candidates(const ferry::v1::TransferBlob& remote,
+                                               TransportKind wanted) const;
 
   const TransferEngineOptions options_;
   const std::vector<std::unique_ptr<Transport>> transports_;  // preference order

@@ -1,4 +1,4 @@
-// The Transport interface: one implementation per folder (tcp/, ucx/). The engine core
+// The Transport interface: one implementation per folder (tcp/, ucx/, shm/). The engine core
 // (engine.cc) owns one Transport per enabled kind, tells each about every region, merges their
 // blob sections, and asks one of them to connect to a remote blob.
 //
@@ -70,8 +70,8 @@ class Transport {
   // After this returns, no new read by a peer touches the region. Idempotent.
   virtual void RemoveRegion(uint32_t id) = 0;
 
-  // Fills this transport's part of the blob: its section (tcp / ucx) and, for each region
-  // already listed in blob->regions(), its per-region fields (ucx_rkey).
+  // Fills this transport's part of the blob: its section (tcp / ucx / shm) and, for each region
+  // already listed in blob->regions(), its per-region fields (ucx_rkey, shm_served).
   virtual void Describe(ferry::v1::TransferBlob* blob) const = 0;
 
   // Connects to `remote` (which has this transport's section). `description` is the engine's
@@ -86,6 +86,7 @@ class Transport {
 // Factories, one per transport folder. `options` was validated by the engine.
 StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOptions& options);
 StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options);
+StatusOr<std::unique_ptr<Transport>> CreateShmTransport(const TransferEngineOptions& options);
 
 }  // namespace ferry::internal
 

@@ -1,0 +1,230 @@
+#include "transfer/shm/shm_server.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace ferry::internal::shm {
+
+namespace {
+
+// How long an accepted connection may take to present its Hello.
+constexpr absl::Duration kHandshakeTimeout = absl::Seconds(10);
+// Poll interval of the server thread (only for the handshake timeout; Stop() wakes it).
+constexpr int kPollMs = 1000;
+
+Reply MakeReply(ReplyType type, absl::StatusCode code, uint32_t region, uint64_t size,
+                const std::string& message) {
+  Reply r{};
+  r.type = type;
+  r.code = static_cast<uint32_t>(code);
+  r.region = region;
+  r.size = size;
+  std::strncpy(r.message, message.c_str(), sizeof(r.message) - 1);
+  return r;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<ShmServer>> ShmServer::Create(std::string socket_name,
+                                                       std::string secret) {
+  if (secret.size() != kSecretBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shm secret is ", secret.size(), " bytes; expected ", kSecretBytes));
+  }
+  FERRY_ASSIGN_OR_RETURN(Fd listener, ListenAbstract(socket_name));
+  Fd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake.valid()) {
+    return absl::InternalError(absl::StrCat("eventfd failed: ", ErrnoText(errno)));
+  }
+  std::unique_ptr<ShmServer> server(
+      new ShmServer(std::move(listener), std::move(wake), std::move(secret)));
+  server->thread_ = std::thread([s = server.get()] { s->Loop(); });
+  return server;
+}
+
+ShmServer::ShmServer(Fd listener, Fd wake, std::string secret)
+    : listener_(std::move(listener)), wake_(std::move(wake)), secret_(std::move(secret)) {}
+
+ShmServer::~ShmServer() { Stop(); }
+
+Status ShmServer::AddRegion(uint32_t id, int memfd, uint64_t size) {
+  absl::MutexLock lock(&mu_);
+  if (!regions_.emplace(id, RegionEntry{memfd, size}).second) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shm transport: region ", id, " is already registered"));
+  }
+  return absl::OkStatus();
+}
+
+void ShmServer::RemoveRegion(uint32_t id) {
+  absl::MutexLock lock(&mu_);
+  if (regions_.erase(id) == 0) return;
+  const Reply notice = MakeReply(kRegionRemoved, absl::StatusCode::kOk, id, 0, "");
+  for (Connection& conn : connections_) {
+    if (!conn.authenticated) continue;
+    // A target that cannot take the notice at once is not reading its socket; cut it off so
+    // that its next read fails (Unavailable) instead of missing the removal.
+    if (!SendPacket(conn.fd.get(), &notice, sizeof(notice))) ::shutdown(conn.fd.get(), SHUT_RDWR);
+  }
+}
+
+bool ShmServer::Serves(uint32_t id) const {
+  absl::MutexLock lock(&mu_);
+  return regions_.count(id) != 0;
+}
+
+void ShmServer::Stop() {
+  absl::MutexLock stop_lock(&stop_mu_);
+  stopping_.store(true);
+  const uint64_t one = 1;
+  if (::write(wake_.get(), &one, sizeof(one)) < 0) {
+    // The eventfd counter cannot overflow here; the thread also polls every kPollMs.
+  }
+  if (thread_.joinable()) thread_.join();
+  listener_.Reset();  // connects from here on are refused
+  std::list<Connection> connections;
+  absl::MutexLock lock(&mu_);
+  connections.swap(connections_);
+  // Closing a connection is what a target sees as "the source stopped".
+}
+
+void ShmServer::Loop() {
+  std::vector<pollfd> fds;
+  std::vector<Connection*> conns;
+  while (!stopping_.load()) {
+    fds.clear();
+    conns.clear();
+    fds.push_back(pollfd{wake_.get(), POLLIN, 0});
+    fds.push_back(pollfd{listener_.get(), POLLIN, 0});
+    {
+      absl::MutexLock lock(&mu_);
+      for (Connection& c : connections_) {
+        fds.push_back(pollfd{c.fd.get(), POLLIN, 0});
+        conns.push_back(&c);
+      }
+    }
+    const int rc = ::poll(fds.data(), fds.size(), kPollMs);
+    if (stopping_.load()) break;
+    if (rc < 0) {
+      if (errno != EINTR) spdlog::error("shm server: poll failed: {}", ErrnoText(errno));
+      continue;
+    }
+    // Connections to close, decided without the lock (only this thread removes them).
+    std::vector<Connection*> dead;
+    const absl::Time now = absl::Now();
+    for (size_t i = 0; i < conns.size(); ++i) {
+      const short ev = fds[i + 2].revents;
+      Connection& c = *conns[i];
+      if ((ev & POLLIN) != 0) {
+        if (!Handle(c)) dead.push_back(&c);
+      } else if ((ev & (POLLHUP | POLLERR | POLLNVAL)) != 0) {
+        dead.push_back(&c);
+      } else if (!c.authenticated && now - c.accepted_at > kHandshakeTimeout) {
+        dead.push_back(&c);
+      }
+    }
+    if (!dead.empty()) {
+      absl::MutexLock lock(&mu_);
+      connections_.remove_if([&](const Connection& c) {
+        for (Connection* d : dead) {
+          if (d == &c) return true;
+        }
+        return false;
+      });
+    }
+    if ((fds[1].revents & POLLIN) != 0) {
+      Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!fd.valid()) {
+        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+          spdlog::warn("shm server: accept failed: {}", ErrnoText(errno));
+        }
+        continue;
+      }
+      absl::MutexLock lock(&mu_);
+      connections_.push_back(Connection{std::move(fd), false, absl::Now()});
+    }
+  }
+}
+
+bool ShmServer::Handle(Connection& conn) {
+  // Every request is one packet of a known size: Hello before authentication, OpenRequest
+  // after. Anything else ends the connection.
+  int err = 0;
+  if (!conn.authenticated) {
+    Hello hello{};
+    if (RecvPacket(conn.fd.get(), &hello, sizeof(hello), absl::Now(), nullptr, &err) != Recv::kOk) {
+      return false;
+    }
+    return HandleHello(conn, hello);
+  }
+  OpenRequest request{};
+  if (RecvPacket(conn.fd.get(), &request, sizeof(request), absl::Now(), nullptr, &err) !=
+      Recv::kOk) {
+    return false;
+  }
+  return HandleOpen(conn, request);
+}
+
+bool ShmServer::HandleHello(Connection& conn, const Hello& hello) {
+  if (std::memcmp(hello.magic, kMagic, sizeof(kMagic)) != 0 || hello.version != kVersion) {
+    const Reply r = MakeReply(kHelloReply, absl::StatusCode::kInvalidArgument, 0, 0,
+                              absl::StrCat("unsupported shm protocol (version ", hello.version,
+                                           "); this source speaks version ", kVersion));
+    SendPacket(conn.fd.get(), &r, sizeof(r));
+    return false;
+  }
+  if (CRYPTO_memcmp(hello.secret, secret_.data(), kSecretBytes) != 0) {
+    const Reply r = MakeReply(
+        kHelloReply, absl::StatusCode::kPermissionDenied, 0, 0,
+        "wrong secret; use the blob this source exported (it changes when the source restarts)");
+    SendPacket(conn.fd.get(), &r, sizeof(r));
+    return false;
+  }
+  conn.authenticated = true;
+  const Reply r = MakeReply(kHelloReply, absl::StatusCode::kOk, 0, 0, "");
+  return SendPacket(conn.fd.get(), &r, sizeof(r));
+}
+
+bool ShmServer::HandleOpen(Connection& conn, const OpenRequest& request) {
+  Fd readonly;
+  uint64_t size = 0;
+  std::string error;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  {
+    // Under the lock: RemoveRegion (and then the memfd's close) cannot run while we reopen it,
+    // so the descriptor number cannot have been reused.
+    absl::MutexLock lock(&mu_);
+    auto it = regions_.find(request.region);
+    if (it == regions_.end()) {
+      code = absl::StatusCode::kNotFound;
+      error = absl::StrCat("the source has no region ", request.region,
+                           " (removed, or never allocated by its shm transport)");
+    } else {
+      // A new open file description, read-only: the target cannot map it writable.
+      const std::string path = absl::StrCat("/proc/self/fd/", it->second.memfd);
+      readonly = Fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      size = it->second.size;
+      if (!readonly.valid()) {
+        code = absl::StatusCode::kInternal;
+        error = absl::StrCat("the source could not reopen region ", request.region, " (", path,
+                             ") read-only: ", ErrnoText(errno));
+        spdlog::error("shm server: {}", error);
+      }
+    }
+  }
+  const Reply r = MakeReply(kOpenReply, code, request.region, size, error);
+  return SendPacket(conn.fd.get(), &r, sizeof(r), readonly.valid() ? readonly.get() : -1);
+}
+
+}  // namespace ferry::internal::shm

@@ -1,0 +1,163 @@
+#include "transfer/shm/shm_wire.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace ferry::internal::shm {
+
+namespace {
+
+// sockaddr_un for the abstract name: sun_path[0] = NUL, then the name (not NUL-terminated).
+StatusOr<std::pair<sockaddr_un, socklen_t>> AbstractAddress(const std::string& name) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (name.empty() || name.size() + 1 > sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat("abstract unix socket name \"", name,
+                                                   "\" is empty or longer than ",
+                                                   sizeof(addr.sun_path) - 1, " bytes"));
+  }
+  std::memcpy(addr.sun_path + 1, name.data(), name.size());
+  return std::make_pair(addr,
+                        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size()));
+}
+
+}  // namespace
+
+void Fd::Reset() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+std::string ErrnoText(int err) {
+  char buf[128];
+  return std::string(strerror_r(err, buf, sizeof(buf)));
+}
+
+StatusOr<Fd> ListenAbstract(const std::string& name) {
+  FERRY_ASSIGN_OR_RETURN(auto addr, AbstractAddress(name));
+  Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) {
+    return absl::InternalError(absl::StrCat("socket(AF_UNIX) failed: ", ErrnoText(errno)));
+  }
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr.first), addr.second) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("bind to abstract unix socket @", name, " failed: ", ErrnoText(errno)));
+  }
+  if (::listen(fd.get(), 128) != 0) {
+    return absl::InternalError(
+        absl::StrCat("listen on abstract unix socket @", name, " failed: ", ErrnoText(errno)));
+  }
+  return fd;
+}
+
+StatusOr<Fd> ConnectAbstract(const std::string& name) {
+  FERRY_ASSIGN_OR_RETURN(auto addr, AbstractAddress(name));
+  Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) {
+    return absl::InternalError(absl::StrCat("socket(AF_UNIX) failed: ", ErrnoText(errno)));
+  }
+  int rc;
+  do {
+    rc = ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr.first), addr.second);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    const int err = errno;
+    return absl::UnavailableError(absl::StrCat(
+        "connect to abstract unix socket @", name, " failed: ", ErrnoText(err),
+        err == ECONNREFUSED || err == ENOENT
+            ? " (the source stopped, or runs in another network namespace or on another host)"
+            : ""));
+  }
+  return fd;
+}
+
+bool SendPacket(int fd, const void* data, size_t len, int pass_fd) {
+  iovec iov{const_cast<void*>(data), len};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (pass_fd >= 0) {
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cmsg), &pass_fd, sizeof(int));
+  }
+  ssize_t n;
+  do {
+    n = ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n == static_cast<ssize_t>(len);
+}
+
+Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* received, int* err) {
+  *err = 0;
+  for (;;) {
+    const absl::Duration left = deadline - absl::Now();
+    const int wait_ms =
+        left <= absl::ZeroDuration()
+            ? 0
+            : static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 100));
+    pollfd pfd{fd, POLLIN, 0};
+    const int rc = ::poll(&pfd, 1, wait_ms);
+    if (rc < 0 && errno != EINTR) {
+      *err = errno;
+      return Recv::kError;
+    }
+    if (rc > 0) break;
+    if (absl::Now() >= deadline) return Recv::kTimeout;
+  }
+  // One byte more than expected, so that a longer packet shows up as a wrong size.
+  char buf[sizeof(Reply) + sizeof(Hello) + 1];
+  iovec iov{buf, std::min(sizeof(buf), len + 1)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    *err = errno;
+    return errno == EAGAIN ? Recv::kTimeout : Recv::kError;
+  }
+  // Take ownership of every passed descriptor before looking at the payload, so none leaks.
+  Fd passed;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int one;
+      std::memcpy(&one, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (!passed.valid()) {
+        passed = Fd(one);
+      } else {
+        ::close(one);
+      }
+    }
+  }
+  if (n == 0) return Recv::kEof;
+  if (static_cast<size_t>(n) != len || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) {
+    *err = EPROTO;
+    return Recv::kError;
+  }
+  std::memcpy(data, buf, len);
+  if (received != nullptr) *received = std::move(passed);
+  return Recv::kOk;
+}
+
+}  // namespace ferry::internal::shm

@@ -1,0 +1,99 @@
+// The shm transport's control protocol and socket plumbing. A target and a source on one host
+// talk over an abstract-namespace unix SOCK_SEQPACKET socket (one message per packet, both ends
+// built from the same sources, so native struct layout is the wire format):
+//
+//   target -> source  Hello{magic, version, secret}
+//   source -> target  Reply{kHelloReply, code}                      (then closes unless OK)
+//   target -> source  OpenRequest{region}
+//   source -> target  Reply{kOpenReply, code, region, size} + a read-only fd (SCM_RIGHTS) if OK
+//   source -> target  Reply{kRegionRemoved, region}                 (unsolicited, any time)
+//
+// Once a target holds a region's fd it maps it and copies on its own: no message per read.
+#ifndef FERRY_TRANSFER_SHM_SHM_WIRE_H_
+#define FERRY_TRANSFER_SHM_SHM_WIRE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "absl/time/time.h"
+#include "ferry/status.h"
+
+namespace ferry::internal::shm {
+
+constexpr size_t kSecretBytes = 32;
+constexpr char kMagic[8] = {'F', 'E', 'R', 'R', 'Y', 'S', 'H', 'M'};
+constexpr uint32_t kVersion = 1;
+
+struct Hello {
+  char magic[8];
+  uint32_t version;
+  uint32_t reserved;
+  char secret[kSecretBytes];
+};
+
+struct OpenRequest {
+  uint32_t region;
+  uint32_t reserved;
+};
+
+enum ReplyType : uint32_t { kHelloReply = 1, kOpenReply = 2, kRegionRemoved = 3 };
+
+struct Reply {
+  uint32_t type;
+  uint32_t code;  // absl::StatusCode
+  uint32_t region;
+  uint32_t reserved;
+  uint64_t size;      // kOpenReply: the region's bytes
+  char message[200];  // NUL-terminated error text when code != 0
+};
+
+// Owns a file descriptor; closes it on destruction. Move-only.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { Reset(); }
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() { return std::exchange(fd_, -1); }
+  void Reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// strerror text for `err`.
+std::string ErrnoText(int err);
+
+// A listening SOCK_SEQPACKET socket on the abstract name `name` (no leading NUL).
+StatusOr<Fd> ListenAbstract(const std::string& name);
+// A connected socket. Unavailable naming "@name" when nobody listens there (ECONNREFUSED,
+// ENOENT: the source is gone, or lives in another network namespace or on another host).
+StatusOr<Fd> ConnectAbstract(const std::string& name);
+
+// Sends one packet (MSG_DONTWAIT | MSG_NOSIGNAL), with `pass_fd` attached when >= 0. False when
+// it could not be sent whole at once (the peer is gone or not reading).
+bool SendPacket(int fd, const void* data, size_t len, int pass_fd = -1);
+
+enum class Recv { kOk, kEof, kTimeout, kError };
+// Receives one packet of exactly `len` bytes, waiting until `deadline`; a passed descriptor, if
+// any, goes to *received (closed when the caller does not ask for one). A packet of another
+// size is kError with err = EPROTO.
+Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* received, int* err);
+
+}  // namespace ferry::internal::shm
+
+#endif  // FERRY_TRANSFER_SHM_SHM_WIRE_H_
