@@ -152,6 +152,11 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const TransferEngineOp
     }
   }
 
+  for (const auto& [name, value] : tuning.extra_config) {
+    const ucs_status_t st = ucp_config_modify(config.get(), name.c_str(), value.c_str());
+    if (st != UCS_OK) return ucx::UcsError(absl::StrCat("ucp_config_modify(", name, ")"), st);
+  }
+
   ucp_params_t params = {};
   params.field_mask =
       UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_NAME;

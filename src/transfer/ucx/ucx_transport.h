@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "ferry/status.h"
@@ -29,6 +31,8 @@ struct UcxTuning {
   // How often a worker checks that its peers are alive (UCX_KEEPALIVE_INTERVAL). A killed
   // source is reported by a reading target within about this long (UCX's default is 20 s).
   absl::Duration keepalive_interval = absl::Seconds(1);
+  // Further UCX settings (name without UCX_, value) for experiments; applied last.
+  std::vector<std::pair<std::string, std::string>> extra_config;
 };
 
 StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options,
