@@ -1,5 +1,6 @@
-// The transfer engine end to end over the TCP transport: two engines in this process, and a
-// source engine in a forked child process (killed mid-transfer in one test).
+// The transfer engine end to end over the TCP and shm transports: two engines in this process,
+// and a source engine in a forked child process (killed mid-transfer in one test); kAuto's
+// choice of transport and its fallback.
 #include <atomic>
 #include <random>
 #include <thread>
@@ -27,9 +28,17 @@ TransferEngineOptions TcpOptions(std::string name, int streams = 4,
   TransferEngineOptions o;
   o.chunk_bytes = chunk_bytes;
   o.name = std::move(name);
+  o.enable_shm = false;
   o.enable_ucx = false;
   o.tcp_listen = "127.0.0.1:0";
   o.tcp_streams = streams;
+  return o;
+}
+
+// shm and TCP (no UCX): kAuto picks shm for a source on this host.
+TransferEngineOptions ShmOptions(std::string name, uint64_t chunk_bytes = 8 << 20) {
+  TransferEngineOptions o = TcpOptions(std::move(name), 2, chunk_bytes);
+  o.enable_shm = true;
   return o;
 }
 
@@ -43,10 +52,12 @@ TEST(TransportKindTest, ParseAndName) {
   EXPECT_EQ(*ParseTransportKind("auto"), TransportKind::kAuto);
   EXPECT_EQ(*ParseTransportKind("ucx"), TransportKind::kUcx);
   EXPECT_EQ(*ParseTransportKind("tcp"), TransportKind::kTcp);
+  EXPECT_EQ(*ParseTransportKind("shm"), TransportKind::kShm);
   auto bad = ParseTransportKind("rdma");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(Msg(bad.status()), HasSubstr("valid: auto, ucx, tcp"));
+  EXPECT_THAT(Msg(bad.status()), HasSubstr("valid: auto, ucx, tcp, shm"));
   EXPECT_EQ(TransportKindName(TransportKind::kTcp), "tcp");
+  EXPECT_EQ(TransportKindName(TransportKind::kShm), "shm");
 }
 
 TEST(OptionsTest, ValidateNamesTheField) {
@@ -75,8 +86,16 @@ TEST(OptionsTest, ValidateNamesTheField) {
   o.tcp_listen = "nohost";
   check(o, "tcp_listen=\"nohost\"");
   o = {};
+  o.shm_copy_threads = 0;
+  check(o, "shm_copy_threads=0");
+  o = {};
+  o.shm_copy_threads = 17;
+  check(o, "shm_copy_threads=17");
+  o = {};
   o.enable_tcp = o.enable_ucx = false;
-  check(o, "enable_ucx and enable_tcp");
+  EXPECT_TRUE(o.Validate().ok());  // shm alone is enough
+  o.enable_shm = false;
+  check(o, "enable_shm, enable_ucx and enable_tcp are all false");
   auto engine = TransferEngine::Create(o);
   EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -107,6 +126,7 @@ TEST(EngineTest, ExportBlobDescribesEngineRegionsAndTcp) {
   EXPECT_NE(blob.tcp().port(), 0u);
   EXPECT_EQ(blob.tcp().secret().size(), 32u);
   EXPECT_FALSE(blob.has_ucx());
+  EXPECT_FALSE(blob.has_shm());
   r0->reset();
   ASSERT_TRUE(blob.ParseFromString(engine->ExportBlob()));
   ASSERT_EQ(blob.regions_size(), 1);
@@ -382,6 +402,215 @@ TEST(ChildSourceTest, PeerKilledMidTransfer) {
   EXPECT_THAT(Msg(s), HasSubstr((*peer)->description()));
   EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 ["));
   EXPECT_LT(failed_at - killed_at, absl::Seconds(5));
+}
+
+// ---- shm ----
+
+TEST(ShmEngineTest, BlobMarksWhichRegionsShmServes) {
+  auto engine = MustCreate(ShmOptions("publish rank 0"));
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->transports(),
+            (std::vector<TransportKind>{TransportKind::kShm, TransportKind::kTcp}));
+  auto allocated = engine->AllocateRegion(1 << 20);
+  ASSERT_TRUE(allocated.ok()) << allocated.status();
+  std::vector<char> mine(4096);
+  auto registered = engine->RegisterRegion(mine.data(), mine.size());
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(engine->ExportBlob()));
+  ASSERT_EQ(blob.regions_size(), 2);
+  EXPECT_TRUE(blob.regions(0).shm_served());
+  EXPECT_FALSE(blob.regions(1).shm_served());
+  EXPECT_THAT(blob.shm().socket_name(), MatchesRegex("ferry-shm-[0-9]+-[0-9a-f]{16}"));
+  EXPECT_EQ(blob.shm().secret().size(), 32u);
+  EXPECT_TRUE(blob.has_tcp());
+}
+
+TEST(ShmEngineTest, AutoPicksShmForASourceProcessOnThisHost) {
+  constexpr uint64_t kSize = 24 << 20;
+  auto child = ChildSource::Start(kSize, "child rank 1");  // shm and TCP, like the defaults
+  ASSERT_NE(child, nullptr);
+  auto target = MustCreate(ShmOptions("target", 1 << 20));
+  ASSERT_NE(target, nullptr);
+  auto peer = target->Connect(child->blob());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ((*peer)->transport(), TransportKind::kShm);
+  EXPECT_THAT((*peer)->description(),
+              MatchesRegex("child rank 1 \\([0-9a-f]{16}\\) at .+ over shm"));
+
+  auto dst = target->AllocateRegion(kSize + (1 << 20));
+  ASSERT_TRUE(dst.ok());
+  char* base = static_cast<char*>((*dst)->data());
+  std::mt19937_64 rng(7);
+  std::vector<ReadOp> ops;
+  uint64_t cursor = 0;
+  auto add = [&](uint64_t off, uint64_t len) {
+    ops.push_back(ReadOp{0, off, len ? base + cursor : nullptr, len});
+    cursor += len;
+  };
+  add(0, 0);
+  add(1, (8 << 20) + 3);  // unaligned, spans 9 chunks of 1 MiB
+  for (int i = 0; i < 300; ++i) {
+    const uint64_t len = rng() % (40 << 10);
+    add(rng() % (kSize - len), len);
+  }
+  add(kSize - (2 << 20) - 1, (2 << 20) + 1);
+  auto batch = (*peer)->Submit(ops);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  ASSERT_TRUE((*batch)->Wait(absl::Seconds(60)).ok());
+  uint64_t total = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    total += ops[i].length;
+    ASSERT_EQ(FirstMismatch(ops[i].local, ops[i].length, ops[i].remote_offset), -1) << i;
+  }
+  EXPECT_EQ((*batch)->bytes_done(), total);
+
+  std::vector<char> small(10000 * 100);
+  std::vector<ReadOp> many;
+  for (uint64_t i = 0; i < 10000; ++i) {
+    many.push_back(ReadOp{0, (i * 104729) % (kSize - 100), small.data() + i * 100, 100});
+  }
+  ASSERT_TRUE((*peer)->Read(many, absl::Seconds(60)).ok());
+  for (size_t i = 0; i < many.size(); ++i) {
+    ASSERT_EQ(FirstMismatch(many[i].local, 100, many[i].remote_offset), -1) << i;
+  }
+}
+
+TEST(ShmEngineTest, AutoFallsBackToTcpWhenTheShmSocketIsUnreachable) {
+  auto source = MustCreate(ShmOptions("source"));
+  auto target = MustCreate(ShmOptions("target"));
+  ASSERT_NE(source, nullptr);
+  ASSERT_NE(target, nullptr);
+  auto region = source->AllocateRegion(1 << 20);
+  ASSERT_TRUE(region.ok());
+  FillPattern((*region)->data(), 1 << 20);
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(source->ExportBlob()));
+  // What a source in another network namespace looks like: nobody listens on the name here.
+  blob.mutable_shm()->set_socket_name("ferry-shm-in-another-netns");
+  auto peer = target->Connect(blob.SerializeAsString());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ((*peer)->transport(), TransportKind::kTcp);
+  std::vector<char> dst(4096);
+  ASSERT_TRUE((*peer)->Read({{0, 10, dst.data(), dst.size()}}, absl::Seconds(10)).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), dst.size(), 10), -1);
+  // An explicit transport never falls back.
+  auto shm = target->Connect(blob.SerializeAsString(), TransportKind::kShm);
+  EXPECT_EQ(shm.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(Msg(shm.status()),
+              HasSubstr("@ferry-shm-in-another-netns failed: Connection refused"));
+  // A source on another host is never tried over shm.
+  ASSERT_TRUE(blob.ParseFromString(source->ExportBlob()));
+  blob.set_boot_id("another-boot");
+  peer = target->Connect(blob.SerializeAsString());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ((*peer)->transport(), TransportKind::kTcp);
+}
+
+TEST(ShmEngineTest, CallerMemoryIsNotOfferedOverShm) {
+  auto source = MustCreate(ShmOptions("source"));
+  auto target = MustCreate(ShmOptions("target"));
+  ASSERT_NE(source, nullptr);
+  ASSERT_NE(target, nullptr);
+  auto allocated = source->AllocateRegion(1 << 20);
+  ASSERT_TRUE(allocated.ok());
+  std::vector<char> mine(8192);
+  FillPattern(mine.data(), mine.size());
+  auto registered = source->RegisterRegion(mine.data(), mine.size());
+  ASSERT_TRUE(registered.ok());
+  auto peer = target->Connect(source->ExportBlob());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ((*peer)->transport(), TransportKind::kTcp);
+  std::vector<char> dst(8192);
+  ASSERT_TRUE((*peer)->Read({{1, 0, dst.data(), dst.size()}}, absl::Seconds(10)).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), dst.size(), 0), -1);
+  // Forcing shm connects, but the caller-memory region is refused by name.
+  auto shm = target->Connect(source->ExportBlob(), TransportKind::kShm);
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  Status s = (*shm)->Read({{1, 0, dst.data(), 16}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Msg(s), HasSubstr("the source has no region 1"));
+  // Once only engine-allocated regions remain, kAuto picks shm.
+  registered->reset();
+  peer = target->Connect(source->ExportBlob());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ((*peer)->transport(), TransportKind::kShm);
+}
+
+// Two shm engines in this process, with small chunks so that cancellation and deadlines land
+// between chunks.
+class ShmEnginePairTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    source_ = MustCreate(ShmOptions("source", 256 << 10));
+    target_ = MustCreate(ShmOptions("target", 256 << 10));
+    ASSERT_NE(source_, nullptr);
+    ASSERT_NE(target_, nullptr);
+    auto region = source_->AllocateRegion(kSize);
+    ASSERT_TRUE(region.ok()) << region.status();
+    region_ = std::move(*region);
+    FillPattern(region_->data(), kSize);
+    auto peer = target_->Connect(source_->ExportBlob());
+    ASSERT_TRUE(peer.ok()) << peer.status();
+    peer_ = std::move(*peer);
+    ASSERT_EQ(peer_->transport(), TransportKind::kShm);
+  }
+
+  static constexpr uint64_t kSize = 24 << 20;
+  std::unique_ptr<TransferEngine> source_;
+  std::unique_ptr<TransferEngine> target_;
+  std::unique_ptr<Region> region_;
+  std::unique_ptr<Peer> peer_;
+};
+
+TEST_F(ShmEnginePairTest, DeadlineAndCancelLeaveTheConnectionUsable) {
+  auto dst = target_->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  std::vector<ReadOp> big;
+  for (int i = 0; i < 16; ++i) big.push_back(ReadOp{0, 0, (*dst)->data(), kSize});
+  Status s = peer_->Read(big, absl::Microseconds(1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(Msg(s), HasSubstr("deadline of 1us passed"));
+  EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
+  EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 ["));
+
+  auto batch = peer_->Submit(big);
+  ASSERT_TRUE(batch.ok());
+  (*batch)->Cancel();
+  s = (*batch)->Wait(absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(Msg(s), HasSubstr("cancelled; first unfinished range: region 0 ["));
+  EXPECT_LT((*batch)->bytes_done(), (*batch)->bytes_total());
+
+  ASSERT_TRUE(peer_->Read({{0, 5, (*dst)->data(), kSize - 5}}, absl::Seconds(30)).ok());
+  EXPECT_EQ(FirstMismatch((*dst)->data(), kSize - 5, 5), -1);
+}
+
+TEST_F(ShmEnginePairTest, RegionRemovedIsRefusedFromTheNextRead) {
+  std::vector<char> dst(4096);
+  ASSERT_TRUE(peer_->Read({{0, 0, dst.data(), dst.size()}}, absl::Seconds(10)).ok());
+  region_.reset();
+  Status s = peer_->Read({{0, 0, dst.data(), dst.size()}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
+  EXPECT_THAT(Msg(s), HasSubstr("the source has no region 0 (removed"));
+}
+
+TEST_F(ShmEnginePairTest, StopWithConnectedPeers) {
+  std::vector<char> dst(1000);
+  ASSERT_TRUE(peer_->Read({{0, 0, dst.data(), dst.size()}}, absl::Seconds(10)).ok());
+  source_->Stop();
+  source_->Stop();
+  Status s = peer_->Read({{0, 0, dst.data(), dst.size()}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
+  EXPECT_THAT(Msg(s), HasSubstr("region 0 [0, 1000)"));
+  target_->Stop();
+  target_.reset();
+  peer_->Disconnect();
+  peer_->Disconnect();
+  auto batch = peer_->Submit({{0, 0, dst.data(), 10}});
+  EXPECT_EQ(batch.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

@@ -38,8 +38,9 @@ inline int64_t FirstMismatch(const void* data, uint64_t size, uint64_t remote_of
   return -1;
 }
 
-// A source engine in a forked child: TCP only on 127.0.0.1, one region of `bytes` filled with
-// the pattern. The child exits when this object is destroyed (or is killed by Kill()).
+// A source engine in a forked child: shm and TCP on 127.0.0.1 (no UCX), one region of `bytes`
+// (AllocateRegion: memfd-backed) filled with the pattern. The child exits when this object is
+// destroyed (or is killed by Kill()).
 // REQUIRES: the calling process runs no other threads when Start is called (fork).
 class ChildSource {
  public:
