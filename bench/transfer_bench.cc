@@ -1,7 +1,7 @@
 // transfer_bench: throughput of ferry's transfer engine against the baselines it must approach,
 // all measured in the same run on the same buffers.
 //
-// Workloads (--transport picks tcp, ucx or all):
+// Workloads (--transport picks tcp, ucx, shm or all):
 //   memcpy       one thread copying --bytes between two pre-faulted buffers (the memory bound)
 //   raw_socket   --streams TCP connections on loopback, a sender thread per stream sending its
 //                share from a pre-faulted buffer and a receiver thread per stream recv()ing it
@@ -10,6 +10,9 @@
 //                from a source engine in a child process (forked before any thread starts)
 //                into a pre-faulted destination region; baseline: raw_socket of the same repeat
 //   ucx          the same over the UCX transport; skipped with a reason when UCX is unavailable
+//   shm          the same over the native shared-memory transport, once per --shm-threads value,
+//                with a fresh connection per repeat (so every repeat maps the source's region
+//                anew and pays its page faults, as a new replica does); baseline: memcpy
 //
 // Output: one JSON object per line and run on stdout:
 //   {"workload":..., "transport":..., "bytes":..., "ops":..., "streams":..., "seconds":...,
@@ -17,8 +20,9 @@
 // (gbps = 1e9 bytes per second). Every read is checked against the source's pattern once.
 //
 //   transfer_bench [--bytes 1073741824] [--streams 4] [--chunk 8388608] [--ops 10]
-//                  [--transport tcp|ucx|all] [--repeat 3] [--socket-buffer 0]
-//                  [--max-inflight 16] [--smoke]
+//                  [--transport tcp|ucx|shm|all] [--repeat 3] [--socket-buffer 0]
+//                  [--max-inflight 16] [--shm-threads 1,2,4] [--smoke]
+// ("streams" is the copy thread count for shm.)
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -56,6 +60,7 @@ struct Flags {
   int repeat = 3;
   int socket_buffer = 0;
   int max_inflight = 16;
+  std::vector<int> shm_threads = {1, 2, 4};
   bool smoke = false;
 };
 
@@ -103,7 +108,7 @@ bool ReadFull(int fd, void* buf, size_t len) {
   return true;
 }
 
-Child StartSource(const Flags& f, bool with_ucx) {
+Child StartSource(const Flags& f, bool with_ucx, bool with_shm) {
   int blob_pipe[2], control_pipe[2];
   if (::pipe(blob_pipe) != 0 || ::pipe(control_pipe) != 0) std::exit(1);
   pid_t pid = ::fork();
@@ -113,6 +118,7 @@ Child StartSource(const Flags& f, bool with_ucx) {
     ferry::TransferEngineOptions o;
     o.name = "transfer_bench source";
     o.enable_ucx = with_ucx;
+    o.enable_shm = with_shm;  // its allocator then backs the region (memfd) for every transport
     o.ucx_net_devices = "lo";
     o.tcp_listen = "127.0.0.1:0";
     o.tcp_socket_buffer = f.socket_buffer;
@@ -186,11 +192,14 @@ int main(int argc, char** argv) {
   app.add_option("--streams", f.streams, "TCP streams (raw and ferry)");
   app.add_option("--chunk", f.chunk, "ferry chunk_bytes");
   app.add_option("--ops", f.ops, "ops the total is split into");
-  app.add_option("--transport", f.transport, "tcp, ucx or all")
-      ->check(CLI::IsMember({"tcp", "ucx", "all"}));
+  app.add_option("--transport", f.transport, "tcp, ucx, shm or all")
+      ->check(CLI::IsMember({"tcp", "ucx", "shm", "all"}));
   app.add_option("--repeat", f.repeat, "runs per workload");
   app.add_option("--socket-buffer", f.socket_buffer, "SO_SNDBUF/SO_RCVBUF; 0: autotuning");
   app.add_option("--max-inflight", f.max_inflight, "ferry max_inflight");
+  app.add_option("--shm-threads", f.shm_threads, "shm copy thread counts to run")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 16));
   app.add_flag("--smoke", f.smoke, "tiny sizes: checks the bench still runs");
   CLI11_PARSE(app, argc, argv);
   if (f.smoke) {
@@ -204,11 +213,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--ops, --streams, --repeat must be >= 1 and --bytes >= --ops\n");
     return 1;
   }
-  const bool want_tcp = f.transport != "ucx";
-  const bool want_ucx = f.transport != "tcp";
+  const bool want_tcp = f.transport == "tcp" || f.transport == "all";
+  const bool want_ucx = f.transport == "ucx" || f.transport == "all";
+  const bool want_shm = f.transport == "shm" || f.transport == "all";
 
   // Fork the source before this process starts any thread.
-  Child child = StartSource(f, want_ucx);
+  Child child = StartSource(f, want_ucx, want_shm);
 
   Buffer src(f.bytes);
   for (uint64_t i = 0; i < f.bytes; i += 4096) src.data()[i] = 1;
@@ -223,11 +233,13 @@ int main(int argc, char** argv) {
   }
 
   RawSockets raw(f.streams, f.socket_buffer);
-  auto run_engine = [&](ferry::TransportKind kind, const char* name) {
+  auto run_engine = [&](ferry::TransportKind kind, const char* name, int shm_threads) {
     ferry::TransferEngineOptions o;
     o.name = "transfer_bench target";
     o.enable_ucx = kind == ferry::TransportKind::kUcx;
     o.enable_tcp = kind == ferry::TransportKind::kTcp;
+    o.enable_shm = kind == ferry::TransportKind::kShm;
+    o.shm_copy_threads = shm_threads;
     o.ucx_net_devices = "lo";
     o.tcp_listen = "127.0.0.1:0";
     o.tcp_streams = f.streams;
@@ -241,8 +253,15 @@ int main(int argc, char** argv) {
     auto peer = (*engine)->Connect(child.blob, kind);
     if (!peer.ok()) return PrintSkip(name, std::string(peer.status().message()));
     char* out = static_cast<char*>((*dst)->data());
+    const bool shm = kind == ferry::TransportKind::kShm;
     for (int r = 0; r < f.repeat; ++r) {
-      const double raw_s = raw.Seconds(src, dst_raw, f.bytes);
+      const double raw_s = shm ? 0 : raw.Seconds(src, dst_raw, f.bytes);
+      if (shm && r > 0) {
+        // A new connection maps the region anew: every repeat is a first pass.
+        (*peer).reset();
+        peer = (*engine)->Connect(child.blob, kind);
+        if (!peer.ok()) return PrintSkip(name, std::string(peer.status().message()));
+      }
       const double t0 = Now();
       ferry::Status s = (*peer)->Read(SplitOps(f, out), absl::Seconds(600));
       const double seconds = Now() - t0;
@@ -258,12 +277,15 @@ int main(int argc, char** argv) {
       if (kind == ferry::TransportKind::kTcp) {
         PrintLine(name, name, f, f.ops, f.streams, seconds, "raw_socket", f.bytes / raw_s / 1e9);
       } else {
-        PrintLine(name, name, f, f.ops, 1, seconds, "memcpy", memcpy_gbps);
+        PrintLine(name, name, f, f.ops, shm ? shm_threads : 1, seconds, "memcpy", memcpy_gbps);
       }
     }
   };
-  if (want_tcp) run_engine(ferry::TransportKind::kTcp, "tcp");
-  if (want_ucx) run_engine(ferry::TransportKind::kUcx, "ucx");
+  if (want_tcp) run_engine(ferry::TransportKind::kTcp, "tcp", 1);
+  if (want_ucx) run_engine(ferry::TransportKind::kUcx, "ucx", 1);
+  if (want_shm) {
+    for (int threads : f.shm_threads) run_engine(ferry::TransportKind::kShm, "shm", threads);
+  }
   StopSource(child);
   return failures == 0 ? 0 : 1;
 }
