@@ -56,7 +56,8 @@ class Transport {
   virtual ~Transport() = default;
   virtual TransportKind kind() const = 0;
 
-  // Allocates memory this transport serves best (UCX: ucp_mem_map with ALLOCATE). Unimplemented
+  // Allocates memory this transport serves best (shm: a sealed memfd; UCX: ucp_mem_map with
+  // ALLOCATE); the engine asks the transports in preference order. Unimplemented
   // when the transport has no preference (the engine then uses pre-faulted anonymous mmap).
   virtual StatusOr<Allocation> Allocate(uint64_t bytes) {
     return absl::UnimplementedError("no transport-specific allocator");
