@@ -191,7 +191,10 @@ bool ShmServer::HandleHello(Connection& conn, const Hello& hello) {
     SendPacket(conn.fd.get(), &r, sizeof(r));
     return false;
   }
-  conn.authenticated = true;
+  {
+    absl::MutexLock lock(&mu_);  // RemoveRegion reads it
+    conn.authenticated = true;
+  }
   const Reply r = MakeReply(kHelloReply, absl::StatusCode::kOk, 0, 0, "");
   return SendPacket(conn.fd.get(), &r, sizeof(r));
 }
