@@ -338,8 +338,8 @@ void AddDemoCommand(CLI::App& app, Cli& cli) {
       "the end; with --server it uses that one (with the token and TLS flags).");
   cmd->add_option("--size", flags->size, "approximate model size: bytes, or 64MiB, 1GiB, ...")
       ->capture_default_str();
-  cmd->add_option("--transport", flags->transport, "auto, ucx or tcp")
-      ->check(CLI::IsMember({"auto", "ucx", "tcp"}))
+  cmd->add_option("--transport", flags->transport, "auto, shm, ucx or tcp")
+      ->check(CLI::IsMember({"auto", "shm", "ucx", "tcp"}))
       ->capture_default_str();
   cmd->add_flag("--json", flags->json, "print only a JSON summary");
   cmd->add_flag("--keep", flags->keep, "keep the temporary folder (model, pulled copy, logs)");

@@ -72,9 +72,10 @@ StatusOr<SourceIdentity> BuildIdentity(const IdentityFlags& flags) {
 void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
   const std::string group = "Data plane";
   cmd->add_option("--transport", flags.transport,
-                  serving ? "transports to serve: auto (UCX and TCP), ucx or tcp"
-                          : "transport to read with: auto (UCX for a source on this host or "
-                            "with RDMA on both ends, else TCP), ucx or tcp")
+                  serving
+                      ? "transports to serve: auto (shared memory, UCX and TCP), shm, ucx or tcp"
+                      : "transport to read with: auto (shared memory for a source on this "
+                        "host, UCX when both ends have RDMA, else TCP), shm, ucx or tcp")
       ->capture_default_str()
       ->group(group);
   cmd->add_option("--data-listen", flags.data_listen,
@@ -100,8 +101,10 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
   *transport = kind;
   TransferEngineOptions options;
   options.name = name;
-  options.enable_ucx = kind != TransportKind::kTcp;
-  options.enable_tcp = kind != TransportKind::kUcx;
+  const bool all = kind == TransportKind::kAuto;
+  options.enable_shm = all || kind == TransportKind::kShm;
+  options.enable_ucx = all || kind == TransportKind::kUcx;
+  options.enable_tcp = all || kind == TransportKind::kTcp;
   options.tcp_listen = flags.data_listen;
   options.advertise_host = flags.advertise_host;
   if (flags.tcp_streams > 0) options.tcp_streams = flags.tcp_streams;

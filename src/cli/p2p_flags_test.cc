@@ -68,6 +68,11 @@ TEST(BuildEngineOptionsTest, TransportPicksWhatIsEnabled) {
   EXPECT_EQ(kind, TransportKind::kTcp);
   EXPECT_TRUE(o->enable_tcp);
   EXPECT_FALSE(o->enable_ucx);
+  EXPECT_FALSE(o->enable_shm);
+  flags.transport = "auto";
+  o = BuildEngineOptions(flags, "t", &kind);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->enable_shm && o->enable_ucx && o->enable_tcp);
   flags.transport = "carrier-pigeon";
   EXPECT_EQ(BuildEngineOptions(flags, "t", &kind).status().code(),
             absl::StatusCode::kInvalidArgument);

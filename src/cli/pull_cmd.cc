@@ -115,7 +115,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
       BuildEngineOptions(pull.engine, absl::StrCat("ferry pull rank ", pull.rank), &transport));
   if (pull.then_publish && transport != TransportKind::kAuto) {
     // A fan-out source serves every transport, whatever it read with.
-    engine_options.enable_ucx = engine_options.enable_tcp = true;
+    engine_options.enable_shm = engine_options.enable_ucx = engine_options.enable_tcp = true;
   }
   FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));

@@ -181,7 +181,7 @@ TEST_P(P2pPullTest, OneRankPullIsByteIdenticalAndPublishRetiresCleanly) {
   CommandResult r = Pull("it/one-rank", out);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   nlohmann::json j = Json(r);
-  EXPECT_EQ(j["transport"], transport() == "auto" ? "ucx" : transport());
+  EXPECT_EQ(j["transport"], transport());
   EXPECT_EQ(j["verified"], true);
   EXPECT_GT(j["tensors"].get<int>(), 10);
   EXPECT_EQ(j["source"]["worker_id"], src.worker_id);
@@ -245,10 +245,10 @@ TEST_P(P2pPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   nlohmann::json j = nlohmann::json::parse(ReadFile(pull.stdout_file), nullptr, false);
   ASSERT_TRUE(j.is_object()) << ReadFile(pull.stdout_file);
   EXPECT_EQ(ReadFile(out), ReadFile(model));
-  if (transport() == "ucx" && j["attempts"].size() == 1) {
-    // UCX shared memory on one host: the target has mapped the source's segment, and the
-    // mapping keeps those pages alive after the process dies, so the read completes (and
-    // verifies) from the killed source itself.
+  if ((transport() == "ucx" || transport() == "shm") && j["attempts"].size() == 1) {
+    // Shared memory on one host: the target has mapped the source's memory, and the mapping
+    // keeps those pages alive after the process dies, so the read completes (and verifies)
+    // from the killed source itself.
     EXPECT_EQ(j["source"]["worker_id"], a.worker_id);
     EXPECT_EQ(j["verified"], true);
     return;
@@ -358,7 +358,7 @@ TEST_P(P2pPullTest, ThenPublishMakesTheTargetASource) {
   EXPECT_TRUE((*fan_out)->Terminate(absl::Seconds(20)).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, P2pPullTest, ::testing::Values("tcp", "ucx"),
+INSTANTIATE_TEST_SUITE_P(Transports, P2pPullTest, ::testing::Values("shm", "tcp", "ucx"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace
