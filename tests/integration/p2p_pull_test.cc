@@ -358,6 +358,32 @@ TEST_P(P2pPullTest, ThenPublishMakesTheTargetASource) {
   EXPECT_TRUE((*fan_out)->Terminate(absl::Seconds(20)).ok());
 }
 
+TEST_P(P2pPullTest, CentralizedRecordCarriesEverythingTheTargetNeeds) {
+  const std::string model = Model("m.safetensors", 4ull << 20, 7);
+  Source src = Publish(model, "it/centralized", {"--centralized"});
+  ASSERT_NE(src.process, nullptr);
+  auto record = client_->GetMetadata(src.mx_source_id, src.worker_id);
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_GT(record->worker().tensor_source().tensors_size(), 10);
+  EXPECT_EQ(record->worker().nixl_metadata().rfind("FERRYTI1", 0), 0u);
+  const std::string out = dir_.path() + "/out.safetensors";
+  CommandResult r = Pull("it/centralized", out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+}
+
+TEST_P(P2pPullTest, IncompatibleAcceleratorIsNotChosen) {
+  const std::string model = Model("m.safetensors", 4ull << 20, 8);
+  Source gpu = Publish(model, "it/accelerator", {"--accelerator", "cuda"});
+  ASSERT_NE(gpu.process, nullptr);
+  const std::string out = dir_.path() + "/out.safetensors";
+  CommandResult r = Pull("it/accelerator", out);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("1 READY worker(s) of this identity, none with rank 0 and a "
+                               "compatible accelerator"));
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, P2pPullTest, ::testing::Values("shm", "tcp", "ucx"),
                          [](const auto& info) { return info.param; });
 
