@@ -6,7 +6,7 @@
 //                 a region it prepares; gbps is bytes / transfer_seconds (reading only; the
 //                 destination is allocated and pre-faulted before the clock starts), also
 //                 reported: total_seconds (list, metadata, transfer info, connect, prepare,
-//                 transfer, verify). Baseline: single-thread memcpy (ucx) or a raw loopback
+//                 transfer, verify). Baseline: single-thread memcpy (shm, ucx) or a raw loopback
 //                 socket pair with the engine's stream count (tcp), same size, same run.
 //   registration  --registration-tensors regions registered one per tensor vs one arena of the
 //                 same bytes, per transport; baseline: the arena.
@@ -17,7 +17,7 @@
 //
 // Output: one JSON object per line on stdout.
 //
-//   pull_bench [--bytes 268435456,1073741824] [--tensors 10,300,10000] [--transport tcp,ucx]
+//   pull_bench [--bytes 268435456,1073741824] [--tensors 10,300,10000] [--transport shm,tcp,ucx]
 //              [--repeat 3] [--first-byte-tensors 2000] [--registration-tensors 10000] [--smoke]
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -54,7 +54,7 @@ using ::ferry::bench::Now;
 struct Flags {
   std::vector<uint64_t> bytes = {256ull << 20, 1ull << 30};
   std::vector<int> tensors = {10, 300, 10000};
-  std::vector<std::string> transports = {"tcp", "ucx"};
+  std::vector<std::string> transports = {"shm", "tcp", "ucx"};
   int repeat = 3;
   int first_byte_tensors = 2000;
   int registration_tensors = 10000;
@@ -152,6 +152,7 @@ Source Publish(const std::string& server, const std::string& file, const std::st
 std::unique_ptr<ferry::TransferEngine> Engine(const std::string& transport) {
   ferry::TransferEngineOptions o;
   o.name = "pull_bench target";
+  o.enable_shm = transport == "shm";
   o.enable_ucx = transport == "ucx";
   o.enable_tcp = transport == "tcp";
   o.tcp_listen = "127.0.0.1:0";
@@ -198,13 +199,13 @@ void RunPull(const Flags& f, const std::string& server) {
           o.client = client.get();
           o.engine = engine.get();
           o.identity = Identity(model);
-          o.transport =
-              transport == "ucx" ? ferry::TransportKind::kUcx : ferry::TransportKind::kTcp;
+          o.transport = Must(ferry::ParseTransportKind(transport), "--transport");
           ferry::weights::PullResult result = Must(ferry::weights::PullWeights(o), "pull");
           gbps.push_back(result.bytes / absl::ToDoubleSeconds(result.transfer_time) / 1e9);
           total.push_back(absl::ToDoubleSeconds(result.total_time));
         }
-        const double baseline = transport == "ucx" ? memcpy_gbps : raw_gbps;
+        const bool socket = transport == "tcp";
+        const double baseline = socket ? raw_gbps : memcpy_gbps;
         Print({{"workload", "pull"},
                {"transport", transport},
                {"tensors", count},
@@ -212,7 +213,7 @@ void RunPull(const Flags& f, const std::string& server) {
                {"gbps", Median(gbps)},
                {"gbps_runs", gbps},
                {"total_seconds", Median(total)},
-               {"baseline", transport == "ucx" ? "memcpy" : "raw_socket"},
+               {"baseline", socket ? "raw_socket" : "memcpy"},
                {"baseline_gbps", baseline},
                {"ratio", Median(gbps) / baseline}});
       }
@@ -273,10 +274,9 @@ void RunFirstByte(const Flags& f, const std::string& server) {
       auto worker = Must(ferry::worker::WorkerClient::Create(wo), "worker client");
       auto info = Must(worker->GetTransferInfo(refs[0].mx_source_id(), refs[0].worker_id()),
                        "GetTransferInfo");
-      auto peer = Must(
-          engine->Connect(info.transfer_blob(), transport == "ucx" ? ferry::TransportKind::kUcx
-                                                                   : ferry::TransportKind::kTcp),
-          "Connect");
+      auto peer = Must(engine->Connect(info.transfer_blob(),
+                                       Must(ferry::ParseTransportKind(transport), "transport")),
+                       "Connect");
       const auto& t = info.tensors(0);
       ferry::Status s =
           peer->Read({{t.region(), t.offset(), dst.data(), t.size()}}, absl::Seconds(30));
@@ -339,7 +339,7 @@ int main(int argc, char** argv) {
   CLI::App app{"ferry pull benchmark (see the header of bench/pull_bench.cc)"};
   app.add_option("--bytes", f.bytes, "total sizes")->delimiter(',');
   app.add_option("--tensors", f.tensors, "tensor counts")->delimiter(',');
-  app.add_option("--transport", f.transports, "tcp and/or ucx")->delimiter(',');
+  app.add_option("--transport", f.transports, "shm, tcp and/or ucx")->delimiter(',');
   app.add_option("--repeat", f.repeat, "runs per point (the median is reported)");
   app.add_option("--first-byte-tensors", f.first_byte_tensors);
   app.add_option("--registration-tensors", f.registration_tensors);
