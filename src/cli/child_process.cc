@@ -53,6 +53,18 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(ChildOptions options
   std::vector<char*> argv;
   for (std::string& a : options.argv) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // Built before fork: the child may only make async-signal-safe calls.
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    bool removed = false;
+    for (const std::string& name : options.env_remove) {
+      removed |= entry.size() > name.size() && entry.compare(0, name.size(), name) == 0 &&
+                 entry[name.size()] == '=';
+    }
+    if (!removed) envp.push_back(*e);
+  }
+  envp.push_back(nullptr);
 
   const int log_fd = open(options.log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (log_fd < 0) {
@@ -82,7 +94,7 @@ StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::Start(ChildOptions options
     if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
     dup2(out_fd, STDOUT_FILENO);
     dup2(log_fd, STDERR_FILENO);
-    execv(argv[0], argv.data());
+    execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
   close(log_fd);

@@ -22,6 +22,8 @@ struct ChildOptions {
   std::vector<std::string> argv;  // argv[0] is the executable's path; required
   std::string log_file;           // receives stderr (and stdout unless stdout_file is set)
   std::string stdout_file;        // optional: stdout goes here instead
+  // Variables removed from the child's environment (which is otherwise this process's).
+  std::vector<std::string> env_remove;
 };
 
 // Owns the process: the destructor kills (SIGKILL) and reaps it if it still runs.

@@ -132,7 +132,7 @@ class Demo {
 
   Status Run() {
     if (!demo_.json) {
-      std::cout << "ferry demo: pull a model peer to peer, through an embedded ferry-server.\n\n";
+      std::cout << "ferry demo: pull a model peer to peer through a ferry-server.\n\n";
     }
     std::string dir_template = (fs::temp_directory_path() / "ferry-demo-XXXXXX").string();
     if (mkdtemp(dir_template.data()) == nullptr) {
@@ -167,6 +167,15 @@ class Demo {
  private:
   void Step(absl::string_view text) {
     if (!demo_.json) std::cout << "[" << ++step_ << "] " << text << std::endl;
+  }
+
+  // The embedded server needs no credentials: settings in the environment meant for another
+  // server must not reach the children.
+  std::vector<std::string> EnvRemove() const {
+    if (server_ == nullptr) return {};
+    return {"FERRY_SERVER",          "MX_SERVER_ADDRESS",   "FERRY_TOKEN",
+            "FERRY_TOKEN_FILE",      "MX_AUTH_TOKEN_PATH",  "FERRY_TLS_CA",
+            "FERRY_TLS_CLIENT_CERT", "FERRY_TLS_CLIENT_KEY"};
   }
 
   // --server and the credential flags, for the child processes.
@@ -241,6 +250,7 @@ class Demo {
       publish.argv.push_back(a);
     }
     publish.log_file = dir_ + "/publish.log";
+    publish.env_remove = EnvRemove();
     t0 = absl::Now();
     FERRY_ASSIGN_OR_RETURN(publisher_, ChildProcess::Start(publish));
     FERRY_ASSIGN_OR_RETURN(nlohmann::json ready, publisher_->WaitForReadyFile(
@@ -268,6 +278,7 @@ class Demo {
     for (const std::string& a : IdentityArgs()) pull.argv.push_back(a);
     for (const std::string& a : ServerArgs()) pull.argv.push_back(a);
     pull.log_file = dir_ + "/pull.log";
+    pull.env_remove = EnvRemove();
     pull.stdout_file = dir_ + "/pull.json";
     t0 = absl::Now();
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> puller, ChildProcess::Start(pull));

@@ -212,21 +212,43 @@ TEST(CliStandaloneTest, MalformedServerAddressNamesItsSource) {
   EXPECT_THAT(r.err, StartsWith("ferry: MX_SERVER_ADDRESS='nohost' has no port"));
 }
 
-TEST(CliStandaloneTest, DemoRunsTheRoundTrip) {
-  CommandResult r = Ferry({"demo"});
+TEST(CliStandaloneTest, DemoPullsAModelPeerToPeer) {
+  CommandResult r = Ferry({"demo", "--size", "32MiB"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_THAT(r.out, HasSubstr("Started an embedded ferry-server on 127.0.0.1:"));
-  EXPECT_THAT(r.out, HasSubstr("Published demo/tiny-llama"));
-  EXPECT_THAT(r.out, HasSubstr("ListSources(identity, status=READY) finds 1 worker"));
-  EXPECT_THAT(r.out, HasSubstr("lm_head.weight"));
-  EXPECT_THAT(r.out, HasSubstr("Heartbeat refreshed updated_at"));
-  EXPECT_THAT(r.out, HasSubstr("the worker is now STALE"));
-  EXPECT_THAT(r.out, HasSubstr("Stopped the embedded ferry-server (SIGTERM, exit status 0)"));
+  EXPECT_THAT(r.out, HasSubstr("Wrote a Llama-shaped bf16 model"));
+  EXPECT_THAT(r.out, HasSubstr("Baselines on this machine: memcpy between prepared buffers"));
+  EXPECT_THAT(r.out, HasSubstr("Started `ferry publish`"));
+  EXPECT_THAT(r.out, HasSubstr("over shm and verified every xxh3-64 checksum"));
+  EXPECT_THAT(r.out, HasSubstr("the written file is byte-identical to the model"));
+  EXPECT_THAT(r.out, HasSubstr("x memcpy"));
+  EXPECT_THAT(r.out, HasSubstr("it marked its worker STALE and exited 0"));
+  EXPECT_THAT(r.out, HasSubstr("Stopped the embedded ferry-server"));
   EXPECT_THAT(r.out, HasSubstr("Demo complete."));
 }
 
+TEST(CliStandaloneTest, DemoJsonOverTcp) {
+  CommandResult r = Ferry({"demo", "--size", "16MiB", "--transport", "tcp", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_EQ(j["transport"], "tcp");
+  EXPECT_EQ(j["verified"], true);
+  EXPECT_EQ(j["identical_file"], true);
+  EXPECT_GT(j["bytes"].get<uint64_t>(), 15u << 20);
+  EXPECT_GT(j["tensors"].get<int>(), 10);
+  EXPECT_GT(j["baseline_memcpy_gbps"].get<double>(), 0);
+  EXPECT_GT(j["ratio_to_memcpy"].get<double>(), 0);
+}
+
+TEST(CliStandaloneTest, DemoRejectsABadSize) {
+  CommandResult r = Ferry({"demo", "--size", "lots"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("--size: 'lots' is not a byte size"));
+}
+
 TEST_F(CliTest, DemoAgainstAGivenServer) {
-  CommandResult r = Ferry({"demo", "--server", server_->grpc_address()});
+  CommandResult r = Ferry({"demo", "--size", "16MiB", "--server", server_->grpc_address()});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_THAT(r.out, HasSubstr("Using the server given by --server"));
   EXPECT_THAT(r.out, ::testing::Not(HasSubstr("embedded")));
@@ -236,7 +258,7 @@ TEST_F(CliTest, DemoAgainstAGivenServer) {
   auto refs = client_->ListSources(stale);
   ASSERT_TRUE(refs.ok()) << refs.status();
   ASSERT_EQ(refs->size(), 1u);
-  EXPECT_EQ((*refs)[0].model_name(), "demo/tiny-llama");
+  EXPECT_THAT((*refs)[0].model_name(), StartsWith("demo/llama-"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -402,8 +424,8 @@ TEST_F(CliAuthTlsTest, MutualTlsClientCertificateFlags) {
 TEST(CliStandaloneTest, DemoIgnoresCredentialSettings) {
   // The embedded server needs no token or TLS; settings meant for another server do not break
   // the demo.
-  CommandResult r =
-      Ferry({"demo"}, {"FERRY_TOKEN_FILE=/nonexistent/token", "FERRY_TLS_CA=/nonexistent/ca.pem"});
+  CommandResult r = Ferry({"demo", "--size", "8MiB"}, {"FERRY_TOKEN_FILE=/nonexistent/token",
+                                                       "FERRY_TLS_CA=/nonexistent/ca.pem"});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
   EXPECT_THAT(r.out, HasSubstr("Demo complete."));
 }
