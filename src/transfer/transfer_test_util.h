@@ -1,21 +1,60 @@
-// Test support for the transfer engine and its transports: a byte pattern that reveals
-// misplaced or missing bytes, and a source engine running in a child process.
+// Test support for the transfer engine and its transports: pre-faulted buffers, a read
+// control, a byte pattern that reveals misplaced or missing bytes, and a source engine running
+// in a child process.
 #ifndef FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
 #define FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
 
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
 
 #include "ferry/transfer.h"
+#include "gtest/gtest.h"
+#include "transfer/transport.h"
 
 namespace ferry::testing {
+
+// Pre-faulted anonymous memory, unmapped on destruction (or by Release()).
+class Buffer {
+ public:
+  explicit Buffer(uint64_t size) : size_(size) {
+    data_ = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    EXPECT_NE(data_, MAP_FAILED);
+  }
+  ~Buffer() { Release(); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void Release() {
+    if (data_ != nullptr) ::munmap(data_, size_);
+    data_ = nullptr;
+  }
+  char* data() const { return static_cast<char*>(data_); }
+  uint64_t size() const { return size_; }
+
+ private:
+  void* data_;
+  uint64_t size_;
+};
+
+// The ReadControl of one PeerConnection::Read, with the flags it points at.
+struct Running {
+  std::atomic<bool> cancelled{false};
+  std::atomic<uint64_t> bytes_done{0};
+  ferry::internal::ReadControl ctl;
+  Running() {
+    ctl.cancelled = &cancelled;
+    ctl.bytes_done = &bytes_done;
+  }
+};
 
 // The byte a source region holds at `offset`: differs between neighbours and between offsets
 // 256 apart, so shifted or swapped ranges do not compare equal.

@@ -26,8 +26,10 @@
 namespace ferry::internal {
 namespace {
 
+using ::ferry::testing::Buffer;
 using ::ferry::testing::FillPattern;
 using ::ferry::testing::FirstMismatch;
+using ::ferry::testing::Running;
 using ::testing::HasSubstr;
 
 constexpr char kDesc[] = "test source (0123456789abcdef) at localhost over shm";
@@ -40,32 +42,6 @@ TransferEngineOptions Options(int threads, uint64_t chunk_bytes = 64 << 10) {
   o.chunk_bytes = chunk_bytes;
   return o;
 }
-
-struct Running {
-  std::atomic<bool> cancelled{false};
-  std::atomic<uint64_t> bytes_done{0};
-  ReadControl ctl;
-  Running() {
-    ctl.cancelled = &cancelled;
-    ctl.bytes_done = &bytes_done;
-  }
-};
-
-// Pre-faulted anonymous destination memory.
-class Buffer {
- public:
-  explicit Buffer(uint64_t size) : size_(size) {
-    data_ = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    EXPECT_NE(data_, MAP_FAILED);
-  }
-  ~Buffer() { ::munmap(data_, size_); }
-  char* data() const { return static_cast<char*>(data_); }
-
- private:
-  void* data_;
-  uint64_t size_;
-};
 
 // A shm source transport in a forked child: region 0 of `bytes` (memfd, pattern-filled) and
 // region 1 of 4096 bytes of caller memory (not served). Exits when destroyed.
@@ -144,10 +120,10 @@ class ChildShmSource {
 
 // Speaks the control protocol by hand: authenticates and returns the descriptor the source
 // hands out for `region` (invalid on any failure, with a test failure recorded).
-shm::Fd OpenRaw(const ferry::v1::TransferBlob& blob, uint32_t region, uint64_t* size) {
+Fd OpenRaw(const ferry::v1::TransferBlob& blob, uint32_t region, uint64_t* size) {
   auto control = shm::ConnectAbstract(blob.shm().socket_name());
   EXPECT_TRUE(control.ok()) << control.status();
-  if (!control.ok()) return shm::Fd();
+  if (!control.ok()) return Fd();
   shm::Hello hello{};
   std::memcpy(hello.magic, shm::kMagic, sizeof(shm::kMagic));
   hello.version = shm::kVersion;
@@ -161,7 +137,7 @@ shm::Fd OpenRaw(const ferry::v1::TransferBlob& blob, uint32_t region, uint64_t* 
   EXPECT_EQ(reply.code, 0u);
   const shm::OpenRequest request{region, 0};
   EXPECT_TRUE(shm::SendPacket(control->get(), &request, sizeof(request)));
-  shm::Fd fd;
+  Fd fd;
   EXPECT_EQ(shm::RecvPacket(control->get(), &reply, sizeof(reply), deadline, &fd, &err),
             shm::Recv::kOk);
   EXPECT_EQ(reply.code, 0u) << reply.message;
@@ -242,7 +218,7 @@ TEST(ShmKilledSourceTest, MappedPagesOutliveTheSourceButTheNextReadFails) {
   constexpr uint64_t kSize = 4 << 20;
   ChildShmSource child(kSize);
   uint64_t size = 0;
-  shm::Fd raw = OpenRaw(child.blob(), 0, &size);
+  Fd raw = OpenRaw(child.blob(), 0, &size);
   ASSERT_TRUE(raw.valid());
   void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, raw.get(), 0);
   ASSERT_NE(mapped, MAP_FAILED);
@@ -342,7 +318,7 @@ TEST_F(ShmTransportTest, UnreachableSocketIsUnavailableNamingIt) {
 // read-write reopen through /proc fails.
 TEST_F(ShmTransportTest, TheReceivedDescriptorCannotWrite) {
   uint64_t size = 0;
-  shm::Fd fd = OpenRaw(blob_, 0, &size);
+  Fd fd = OpenRaw(blob_, 0, &size);
   ASSERT_TRUE(fd.valid());
   ASSERT_EQ(size, kSize);
   EXPECT_EQ(::fcntl(fd.get(), F_GETFL) & O_ACCMODE, O_RDONLY);
@@ -353,7 +329,7 @@ TEST_F(ShmTransportTest, TheReceivedDescriptorCannotWrite) {
   EXPECT_EQ(::write(fd.get(), "x", 1), -1);
   EXPECT_EQ(errno, EBADF);
 
-  shm::Fd reopened(::open(absl::StrCat("/proc/self/fd/", fd.get()).c_str(), O_RDWR));
+  Fd reopened(::open(absl::StrCat("/proc/self/fd/", fd.get()).c_str(), O_RDWR));
   if (reopened.valid()) {
     errno = 0;
     EXPECT_EQ(::mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, reopened.get(), 0),

@@ -31,16 +31,6 @@ StatusOr<std::pair<sockaddr_un, socklen_t>> AbstractAddress(const std::string& n
 
 }  // namespace
 
-void Fd::Reset() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-}
-
-std::string ErrnoText(int err) {
-  char buf[128];
-  return std::string(strerror_r(err, buf, sizeof(buf)));
-}
-
 StatusOr<Fd> ListenAbstract(const std::string& name) {
   FERRY_ASSIGN_OR_RETURN(auto addr, AbstractAddress(name));
   Fd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "absl/time/time.h"
+#include "common/fd.h"
 #include "ferry/status.h"
 
 namespace ferry::internal::shm {
@@ -48,35 +49,6 @@ struct Reply {
   uint64_t size;      // kOpenReply: the region's bytes
   char message[200];  // NUL-terminated error text when code != 0
 };
-
-// Owns a file descriptor; closes it on destruction. Move-only.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { Reset(); }
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&& other) noexcept {
-    if (this != &other) {
-      Reset();
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  int Release() { return std::exchange(fd_, -1); }
-  void Reset();
-
- private:
-  int fd_ = -1;
-};
-
-// strerror text for `err`.
-std::string ErrnoText(int err);
 
 // A listening SOCK_SEQPACKET socket on the abstract name `name` (no leading NUL).
 StatusOr<Fd> ListenAbstract(const std::string& name);

@@ -15,18 +15,6 @@
 
 namespace ferry::internal::tcp {
 
-void Fd::Reset() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-}
-
-std::string ErrnoText(int err) {
-  char buf[256];
-  // GNU strerror_r returns the message pointer (which may not be buf).
-  const char* text = strerror_r(err, buf, sizeof(buf));
-  return text;
-}
-
 StatusOr<HostPort> ParseHostPort(std::string_view text, std::string_view what) {
   auto bad = [&](std::string_view why) {
     return absl::InvalidArgumentError(absl::StrCat(std::string(what), "=\"", std::string(text),

@@ -18,34 +18,10 @@
 #include <utility>
 
 #include "absl/time/time.h"
+#include "common/fd.h"
 #include "ferry/status.h"
 
 namespace ferry::internal::tcp {
-
-// Owns a file descriptor; closes it on destruction. Move-only.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { Reset(); }
-  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Fd& operator=(Fd&& other) noexcept {
-    if (this != &other) {
-      Reset();
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  void Reset();
-
- private:
-  int fd_ = -1;
-};
 
 struct HostPort {
   std::string host;  // without IPv6 brackets
@@ -58,8 +34,6 @@ StatusOr<HostPort> ParseHostPort(std::string_view text, std::string_view what);
 std::string FormatHostPort(const std::string& host, uint16_t port);
 // "", "0.0.0.0", "::" and "*".
 bool IsWildcardHost(const std::string& host);
-// strerror_r text for `err`.
-std::string ErrnoText(int err);
 
 // The I/O timeout every transport socket carries (see the file comment).
 constexpr absl::Duration kIoPollInterval = absl::Milliseconds(100);

@@ -84,7 +84,7 @@ StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOpti
   if (tcp::IsWildcardHost(host)) {
     char name[256] = {};
     if (::gethostname(name, sizeof(name) - 1) != 0) {
-      return absl::InternalError(absl::StrCat("gethostname failed: ", tcp::ErrnoText(errno),
+      return absl::InternalError(absl::StrCat("gethostname failed: ", ErrnoText(errno),
                                               "; set TransferEngineOptions.advertise_host"));
     }
     host = name;

@@ -16,8 +16,10 @@
 namespace ferry::internal {
 namespace {
 
+using ::ferry::testing::Buffer;
 using ::ferry::testing::FillPattern;
 using ::ferry::testing::FirstMismatch;
+using ::ferry::testing::Running;
 using ::testing::HasSubstr;
 
 constexpr char kDesc[] = "test source (0123456789abcdef) at 127.0.0.1 over tcp";
@@ -31,37 +33,6 @@ TransferEngineOptions Options(int streams, uint64_t chunk_bytes = 64 << 10) {
   o.max_inflight = 4;
   return o;
 }
-
-// Pre-faulted anonymous memory, unmapped on destruction.
-class Buffer {
- public:
-  explicit Buffer(uint64_t size) : size_(size) {
-    data_ = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    EXPECT_NE(data_, MAP_FAILED);
-  }
-  ~Buffer() { Release(); }
-  void Release() {
-    if (data_ != nullptr) ::munmap(data_, size_);
-    data_ = nullptr;
-  }
-  char* data() const { return static_cast<char*>(data_); }
-  uint64_t size() const { return size_; }
-
- private:
-  void* data_;
-  uint64_t size_;
-};
-
-struct Running {
-  std::atomic<bool> cancelled{false};
-  std::atomic<uint64_t> bytes_done{0};
-  ReadControl ctl;
-  Running() {
-    ctl.cancelled = &cancelled;
-    ctl.bytes_done = &bytes_done;
-  }
-};
 
 class TcpTransportTest : public ::testing::Test {
  protected:
