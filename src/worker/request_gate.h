@@ -5,9 +5,11 @@
 
 #include <atomic>
 #include <functional>
+#include <string>
 #include <string_view>
 
 #include "grpcpp/grpcpp.h"
+#include "worker/worker_state.h"
 
 namespace ferry::internal {
 class TokenSource;
@@ -51,6 +53,26 @@ class RequestGate {
   const std::function<void(std::string_view)> on_admitted_;
   std::atomic<int> in_flight_{0};
 };
+
+// One worker-endpoint request: admission through `gate` (token, busy limit), then the id checks
+// every request passes (WorkerState::CheckRequest: mx_source_id, worker_id), then
+// `fill(mx_source_id)` builds the answer with the id the check used.
+template <typename Request, typename Fill>
+grpc::Status ServeChecked(RequestGate* gate, const WorkerState& state,
+                          const grpc::ServerContext& context, std::string_view method,
+                          const Request& request, Fill fill) {
+  RequestGate::Admission admission(gate, context, method);
+  if (!admission.status().ok()) return admission.status();
+  std::string mx_source_id;
+  const Status check =
+      state.CheckRequest(request.mx_source_id(),
+                         request.has_worker_id() ? &request.worker_id() : nullptr, &mx_source_id);
+  if (!check.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+  }
+  fill(mx_source_id);
+  return grpc::Status::OK;
+}
 
 }  // namespace ferry::worker::internal
 
