@@ -135,6 +135,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   options.endpoint.token = token.token;
   options.endpoint.token_file = token.token_file;
   options.transfer_timeout = absl::Seconds(pull.transfer_timeout);
+  options.servable = pull.then_publish;
   options.batch_bytes = pull.testing_batch_bytes;
   options.batch_pause = absl::Milliseconds(pull.testing_batch_pause_ms);
   const bool tty = isatty(STDERR_FILENO);

@@ -1,7 +1,11 @@
 #include "weights/weight_puller.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -240,8 +244,8 @@ class Puller {
     // which costs more than the copy on this kind of machine).
     if (region_ == nullptr || region_->size() != std::max<uint64_t>(plan.total, 1)) {
       region_.reset();
-      FERRY_ASSIGN_OR_RETURN(region_,
-                             options_.engine->AllocateRegion(std::max<uint64_t>(plan.total, 1)));
+      memory_.reset();
+      FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1)));
     }
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
                            options_.engine->Connect(info.transfer_blob(), options_.transport));
@@ -265,6 +269,7 @@ class Puller {
             "; the source's memory or the transfer is corrupt"));
       }
     }
+    result->model.owned_memory = std::move(memory_);
     result->model.region = std::move(region_);
     result->model.tensors = std::move(plan.local);
     result->model.checksums = std::move(checksums);
@@ -329,7 +334,26 @@ class Puller {
     return status;
   }
 
+  // The destination: engine memory when it will be served, else anonymous memory (see
+  // PullOptions.servable) registered with the engine.
+  Status PrepareDestination(uint64_t bytes) {
+    if (options_.servable) {
+      FERRY_ASSIGN_OR_RETURN(region_, options_.engine->AllocateRegion(bytes));
+      return absl::OkStatus();
+    }
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot map ", bytes, " bytes for the pulled weights: ", std::strerror(errno)));
+    }
+    memory_ = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
+    FERRY_ASSIGN_OR_RETURN(region_, options_.engine->RegisterRegion(p, bytes));
+    return absl::OkStatus();
+  }
+
   const PullOptions& options_;
+  std::shared_ptr<void> memory_;  // declared before region_: released after it
   std::unique_ptr<Region> region_;
   absl::Mutex progress_mu_;
 };

@@ -25,6 +25,9 @@ namespace ferry::weights {
 
 // A model held in one registered region: tensor offsets are relative to the region's start.
 struct ServedModel {
+  // Memory behind `region` that the engine did not allocate (RegisterRegion), if any. Declared
+  // first so that it is released after the region is deregistered.
+  std::shared_ptr<void> owned_memory;
   std::unique_ptr<Region> region;
   std::vector<TensorInfo> tensors;              // sorted by offset, contiguous or with gaps
   std::vector<uint64_t> checksums;              // XXH3-64 of each tensor, same order as `tensors`
