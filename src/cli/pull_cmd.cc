@@ -3,7 +3,10 @@
 // --then-publish).
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -106,6 +109,16 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   if (pull.output.empty() && !pull.then_publish) {
     return absl::InvalidArgumentError(
         "ferry pull needs -o OUT.safetensors (or --then-publish to keep serving the weights)");
+  }
+  if (!pull.output.empty()) {
+    // Fail before moving any bytes if OUT cannot be written.
+    const std::filesystem::path out(pull.output);
+    const std::filesystem::path dir = out.has_parent_path() ? out.parent_path() : ".";
+    if (access(dir.c_str(), W_OK | X_OK) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("-o ", pull.output, ": cannot write in ",
+                                                     dir.string(), " (", std::strerror(errno),
+                                                     "); pick an existing, writable directory"));
+    }
   }
   if (pull.then_publish) BlockStopSignals();
   FERRY_ASSIGN_OR_RETURN(SourceIdentity identity, BuildIdentity(pull.identity));

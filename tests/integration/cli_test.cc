@@ -247,6 +247,28 @@ TEST(CliStandaloneTest, DemoRejectsABadSize) {
   EXPECT_THAT(r.err, HasSubstr("--size: 'lots' is not a byte size"));
 }
 
+TEST(CliStandaloneTest, PullRefusesAnUnwritableOutputBeforeContactingAnything) {
+  CommandResult r = Ferry({"pull", "--model", "m", "-o", "/nonexistent/dir/out.safetensors",
+                           "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("-o /nonexistent/dir/out.safetensors: cannot write in "
+                               "/nonexistent/dir"));
+}
+
+TEST(CliStandaloneTest, PullNeedsAnOutputOrThenPublish) {
+  CommandResult r = Ferry({"pull", "--model", "m", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("ferry pull needs -o OUT.safetensors (or --then-publish"));
+}
+
+TEST(CliStandaloneTest, PublishNamesACorruptFile) {
+  testing::TempDir dir;
+  const std::string file = dir.Write("bad.safetensors", "not a safetensors file at all");
+  CommandResult r = Ferry({"publish", file, "--model", "m", "--server", "127.0.0.1:1"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("safetensors file " + file));
+}
+
 TEST_F(CliTest, DemoAgainstAGivenServer) {
   CommandResult r = Ferry({"demo", "--size", "16MiB", "--server", server_->grpc_address()});
   ASSERT_EQ(r.exit_code, 0) << Describe(r);
