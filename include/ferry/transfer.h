@@ -132,6 +132,7 @@ struct ReadOp {
 };
 
 // Reads in flight. Destroying an unfinished batch cancels it and waits for it to stop.
+// Cancel() and bytes_done() may be called from any thread, also while another thread waits.
 class ReadBatch {
  public:
   virtual ~ReadBatch() = default;

@@ -30,6 +30,7 @@ struct PullFlags {
   std::string progress = "auto";
   int max_sources = 3;
   double transfer_timeout = 300;
+  double stall_timeout = 15;
   std::string target_worker_id;
   EngineFlags engine;
   bool then_publish = false;
@@ -149,6 +150,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   options.endpoint.token_file = token.token_file;
   options.transfer_timeout = absl::Seconds(pull.transfer_timeout);
   options.servable = pull.then_publish;
+  options.stall_timeout = absl::Seconds(pull.stall_timeout);
   options.batch_bytes = pull.testing_batch_bytes;
   options.batch_pause = absl::Milliseconds(pull.testing_batch_pause_ms);
   const bool tty = isatty(STDERR_FILENO);
@@ -215,6 +217,11 @@ void AddPullCommand(CLI::App& app, Cli& cli) {
   cmd->add_option("--transfer-timeout", flags->transfer_timeout,
                   "seconds allowed for reading one source's tensors")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--stall-timeout", flags->stall_timeout,
+                  "seconds without a byte arriving before a source is abandoned for the next "
+                  "(0: only --transfer-timeout)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--target-worker-id", flags->target_worker_id,
                   "this target's id, which seeds the rendezvous order (default: random)");

@@ -1,5 +1,6 @@
 #include "transfer/peer.h"
 
+#include <atomic>
 #include <thread>
 #include <utility>
 
@@ -83,7 +84,7 @@ class ReadBatchImpl : public ReadBatch {
  private:
   std::shared_ptr<BatchState> state_;
   std::thread thread_;
-  bool user_cancelled_ = false;
+  std::atomic<bool> user_cancelled_{false};  // Cancel() may run on another thread
   bool finished_ = false;
   Status final_;
 };

@@ -287,22 +287,33 @@ class Puller {
                   const std::string& source_text, absl::Time start) {
     std::atomic<uint64_t> done_before{0};
     std::atomic<ReadBatch*> current{nullptr};
+    std::atomic<bool> stalled{false};
     absl::Notification finished;
-    std::thread progress;
-    if (options_.on_progress) {
-      progress = std::thread([&] {
-        do {
-          uint64_t now = 0;
-          {
-            // `current` is cleared under this lock before its batch is destroyed.
-            absl::MutexLock lock(&progress_mu_);
-            ReadBatch* batch = current.load();
-            now = done_before.load() + (batch ? batch->bytes_done() : 0);
+    // Reports progress and abandons a transfer that stopped moving.
+    std::thread monitor([&] {
+      uint64_t last = UINT64_MAX;
+      const ReadBatch* last_batch = nullptr;
+      absl::Time last_change = absl::Now();
+      do {
+        uint64_t now = 0;
+        {
+          // `current` is cleared under this lock before its batch is destroyed.
+          absl::MutexLock lock(&progress_mu_);
+          ReadBatch* batch = current.load();
+          now = done_before.load() + (batch ? batch->bytes_done() : 0);
+          if (batch != last_batch || now != last) {
+            last_batch = batch;
+            last = now;
+            last_change = absl::Now();
+          } else if (batch != nullptr && options_.stall_timeout > absl::ZeroDuration() &&
+                     absl::Now() - last_change >= options_.stall_timeout) {
+            stalled = true;
+            batch->Cancel();
           }
-          options_.on_progress(PullProgress{now, total, source_text});
-        } while (!finished.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
-      });
-    }
+        }
+        if (options_.on_progress) options_.on_progress(PullProgress{now, total, source_text});
+      } while (!finished.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
+    });
     Status status;
     std::vector<std::vector<ReadOp>> batches = Batches(std::move(ops), options_.batch_bytes);
     for (size_t i = 0; i < batches.size() && status.ok(); ++i) {
@@ -327,7 +338,13 @@ class Puller {
       done_before += bytes;
     }
     finished.Notify();
-    if (progress.joinable()) progress.join();
+    monitor.join();
+    if (stalled && !status.ok()) {
+      return absl::DeadlineExceededError(absl::StrCat("the transfer stalled: no bytes arrived for ",
+                                                      absl::FormatDuration(options_.stall_timeout),
+                                                      " (", done_before.load(), " of ", total,
+                                                      " bytes read); ", status.message()));
+    }
     if (status.ok() && options_.on_progress) {
       options_.on_progress(PullProgress{total, total, source_text});
     }

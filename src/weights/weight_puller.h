@@ -37,6 +37,9 @@ struct PullOptions {
   worker::WorkerClientOptions endpoint;
   // Limit for reading one source's tensors.
   absl::Duration transfer_timeout = absl::Seconds(300);
+  // A transfer during which no byte lands for this long is abandoned and the next source tried
+  // (a hung or stopped source). Zero: only transfer_timeout applies.
+  absl::Duration stall_timeout = absl::Seconds(15);
   int verify_threads = 2;
   // The pulled weights will be served afterwards (`ferry pull --then-publish`): the destination
   // comes from TransferEngine::AllocateRegion, which every transport can serve (a memfd when

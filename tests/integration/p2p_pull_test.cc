@@ -260,6 +260,50 @@ TEST_P(P2pPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   EXPECT_EQ(j["source"]["worker_id"], b.worker_id);
 }
 
+TEST_P(P2pPullTest, StoppedSourceIsAbandonedAfterTheStallTimeout) {
+  const std::string model = Model("m.safetensors", kModelBytes, 9);
+  Source a = Publish(model, "it/stall");
+  Source b = Publish(model, "it/stall");
+  ASSERT_NE(a.process, nullptr);
+  ASSERT_NE(b.process, nullptr);
+  const std::string target = TargetIdPreferring("it/stall", a.worker_id);
+  const std::string out = dir_.path() + "/out.safetensors";
+  ChildOptions pull{
+      .argv = PullArgs("it/stall", out,
+                       {"--target-worker-id", target, "--progress", "lines", "--stall-timeout", "1",
+                        "--testing-batch-bytes", "1048576", "--testing-batch-pause-ms", "100"}),
+      .log_file = dir_.path() + "/pull.log",
+      .stdout_file = dir_.path() + "/pull.json"};
+  auto puller = ChildProcess::Start(pull);
+  ASSERT_TRUE(puller.ok()) << puller.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  bool moving = false;
+  while (!moving && absl::Now() < deadline) {
+    std::istringstream log(ReadFile(pull.log_file));
+    for (std::string line; std::getline(log, line);) {
+      if (line.rfind("progress ", 0) == 0 && line.rfind("progress 0/", 0) != 0) moving = true;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(moving) << ReadFile(pull.log_file);
+  // Hung, not dead: its sockets stay open.
+  ASSERT_EQ(kill(a.process->pid(), SIGSTOP), 0);
+  Status done = (*puller)->Wait(absl::Seconds(60));
+  kill(a.process->pid(), SIGCONT);
+  ASSERT_TRUE(done.ok()) << done << ReadFile(pull.log_file);
+  nlohmann::json j = nlohmann::json::parse(ReadFile(pull.stdout_file), nullptr, false);
+  ASSERT_TRUE(j.is_object()) << ReadFile(pull.stdout_file);
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+  if (transport() == "tcp") {
+    ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
+    EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("the transfer stalled"));
+    EXPECT_EQ(j["source"]["worker_id"], b.worker_id);
+  } else {
+    // Shared memory is one-sided: a stopped source does not stop the read.
+    EXPECT_EQ(j["source"]["worker_id"], a.worker_id);
+  }
+}
+
 TEST_P(P2pPullTest, CorruptedSourceByteIsDetectedAndTheNextSourceUsed) {
   const std::string model = Model("m.safetensors", kModelBytes, 3);
   Source bad = Publish(model, "it/corrupt", {"--corrupt-byte-for-testing", "1000003"});
