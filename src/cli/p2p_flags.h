@@ -77,10 +77,14 @@ struct ServeFlags {
   bool centralized = false;
   double heartbeat_seconds = 0;  // 0: the publisher's default
   std::string ready_file;
+  // TLS on the worker endpoint (all empty: plaintext).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
 
 // --worker-listen, --worker-id, --accelerator, --centralized, --heartbeat-interval,
-// --ready-file.
+// --ready-file, --worker-tls-cert, --worker-tls-key, --worker-tls-client-ca.
 void AddServeFlags(CLI::App* cmd, ServeFlags& flags);
 
 // Blocks SIGTERM and SIGINT in the calling thread and in every thread started after it, so that

@@ -85,6 +85,19 @@ void AddServeFlags(CLI::App* cmd, ServeFlags& flags) {
                   "seconds between heartbeats (default: FERRY_HEARTBEAT_INTERVAL, else 30)")
       ->check(CLI::PositiveNumber)
       ->group(group);
+  cmd->add_option("--worker-tls-cert", flags.tls_cert,
+                  "PEM certificate chain: serve the worker endpoint over TLS (with "
+                  "--worker-tls-key)")
+      ->check(CLI::ExistingFile)
+      ->group(group);
+  cmd->add_option("--worker-tls-key", flags.tls_key, "PEM private key of --worker-tls-cert")
+      ->check(CLI::ExistingFile)
+      ->group(group);
+  cmd->add_option("--worker-tls-client-ca", flags.tls_client_ca,
+                  "PEM CA: the worker endpoint requires client certificates it signed (mutual "
+                  "TLS)")
+      ->check(CLI::ExistingFile)
+      ->group(group);
   cmd->add_option("--ready-file", flags.ready_file,
                   "write a JSON object (pid, mx_source_id, worker_id, worker_endpoint, "
                   "worker_port) here once READY")
@@ -111,6 +124,9 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
   options.endpoint.advertise_host = engine_flags.advertise_host;
   options.endpoint.token = token.token;
   options.endpoint.token_file = token.token_file;
+  options.endpoint.tls_cert = serve.tls_cert;
+  options.endpoint.tls_key = serve.tls_key;
+  options.endpoint.tls_client_ca = serve.tls_client_ca;
   const uint64_t bytes = model.total_bytes;
   const size_t tensors = model.tensors.size();
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<weights::WeightSource> source,

@@ -31,6 +31,9 @@ struct PullFlags {
   int max_sources = 3;
   double transfer_timeout = 300;
   double stall_timeout = 15;
+  std::string worker_tls_ca;
+  std::string worker_tls_client_cert;
+  std::string worker_tls_client_key;
   std::string target_worker_id;
   EngineFlags engine;
   bool then_publish = false;
@@ -148,6 +151,10 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   options.max_sources = pull.max_sources;
   options.endpoint.token = token.token;
   options.endpoint.token_file = token.token_file;
+  options.endpoint.tls = !pull.worker_tls_ca.empty();
+  options.endpoint.tls_ca_file = pull.worker_tls_ca;
+  options.endpoint.tls_cert_file = pull.worker_tls_client_cert;
+  options.endpoint.tls_key_file = pull.worker_tls_client_key;
   options.transfer_timeout = absl::Seconds(pull.transfer_timeout);
   options.servable = pull.then_publish;
   options.stall_timeout = absl::Seconds(pull.stall_timeout);
@@ -223,6 +230,15 @@ void AddPullCommand(CLI::App& app, Cli& cli) {
                   "(0: only --transfer-timeout)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--worker-tls-ca", flags->worker_tls_ca,
+                  "PEM CA: call the sources' worker endpoints over TLS, trusting this CA")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--worker-tls-client-cert", flags->worker_tls_client_cert,
+                  "PEM client certificate for worker endpoints that require one (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--worker-tls-client-key", flags->worker_tls_client_key,
+                  "PEM private key of --worker-tls-client-cert")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--target-worker-id", flags->target_worker_id,
                   "this target's id, which seeds the rendezvous order (default: random)");
   AddEngineFlags(cmd, flags->engine, /*serving=*/false);

@@ -402,6 +402,30 @@ TEST_P(P2pPullTest, ThenPublishMakesTheTargetASource) {
   EXPECT_TRUE((*fan_out)->Terminate(absl::Seconds(20)).ok());
 }
 
+TEST_P(P2pPullTest, WorkerEndpointOverMutualTls) {
+  auto certs = testing::MakeTestCerts(dir_.path());
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  const std::string model = Model("m.safetensors", 4ull << 20, 10);
+  Source src = Publish(model, "it/tls",
+                       {"--worker-tls-cert", certs->server_cert, "--worker-tls-key",
+                        certs->server_key, "--worker-tls-client-ca", certs->ca});
+  ASSERT_NE(src.process, nullptr);
+  const std::string out = dir_.path() + "/out.safetensors";
+  // Plaintext to a TLS endpoint: refused, nothing written.
+  CommandResult plain = Pull("it/tls", out);
+  EXPECT_EQ(plain.exit_code, 1);
+  EXPECT_THAT(plain.err, HasSubstr(src.endpoint));
+  EXPECT_FALSE(std::filesystem::exists(out));
+  // TLS without a client certificate: refused by mutual TLS.
+  CommandResult no_cert = Pull("it/tls", out, {"--worker-tls-ca", certs->ca});
+  EXPECT_EQ(no_cert.exit_code, 1);
+  CommandResult r = Pull("it/tls", out,
+                         {"--worker-tls-ca", certs->ca, "--worker-tls-client-cert",
+                          certs->client_cert, "--worker-tls-client-key", certs->client_key});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+}
+
 TEST_P(P2pPullTest, CentralizedRecordCarriesEverythingTheTargetNeeds) {
   const std::string model = Model("m.safetensors", 4ull << 20, 7);
   Source src = Publish(model, "it/centralized", {"--centralized"});
