@@ -161,6 +161,47 @@ class P2pPullTest : public ::testing::TestWithParam<std::string> {
     return "";
   }
 
+  // Starts a pull that reads in 1 MiB batches 100 ms apart (so that it is still under way when
+  // the test acts), preferring `first`, and waits until bytes have moved.
+  std::unique_ptr<ChildProcess> StartSlowPull(const std::string& model, const std::string& out,
+                                              const std::string& first,
+                                              std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--target-worker-id",
+                                     TargetIdPreferring(model, first),
+                                     "--progress",
+                                     "lines",
+                                     "--testing-batch-bytes",
+                                     "1048576",
+                                     "--testing-batch-pause-ms",
+                                     "100"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    ChildOptions pull{.argv = PullArgs(model, out, args),
+                      .log_file = dir_.path() + "/pull.log",
+                      .stdout_file = dir_.path() + "/pull.json"};
+    auto puller = ChildProcess::Start(pull);
+    EXPECT_TRUE(puller.ok()) << puller.status();
+    if (!puller.ok()) return nullptr;
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (absl::Now() < deadline) {
+      std::istringstream log(ReadFile(pull.log_file));
+      for (std::string line; std::getline(log, line);) {
+        if (line.rfind("progress ", 0) == 0 && line.rfind("progress 0/", 0) != 0) {
+          return *std::move(puller);
+        }
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    ADD_FAILURE() << "no bytes moved: " << ReadFile(pull.log_file);
+    return nullptr;
+  }
+
+  // The JSON summary a StartSlowPull child printed.
+  nlohmann::json SlowPullSummary() {
+    nlohmann::json j = nlohmann::json::parse(ReadFile(dir_.path() + "/pull.json"), nullptr, false);
+    EXPECT_TRUE(j.is_object()) << ReadFile(dir_.path() + "/pull.log");
+    return j;
+  }
+
   static nlohmann::json Json(const CommandResult& r) {
     nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
     EXPECT_TRUE(j.is_object()) << "stdout: " << r.out << "\nstderr: " << r.err;
@@ -218,32 +259,12 @@ TEST_P(P2pPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   Source b = Publish(model, "it/kill");
   ASSERT_NE(a.process, nullptr);
   ASSERT_NE(b.process, nullptr);
-  const std::string target = TargetIdPreferring("it/kill", a.worker_id);
   const std::string out = dir_.path() + "/out.safetensors";
-  // Small batches with pauses, so that the transfer is still under way when `a` dies.
-  ChildOptions pull{
-      .argv = PullArgs("it/kill", out,
-                       {"--target-worker-id", target, "--progress", "lines",
-                        "--testing-batch-bytes", "1048576", "--testing-batch-pause-ms", "100"}),
-      .log_file = dir_.path() + "/pull.log",
-      .stdout_file = dir_.path() + "/pull.json"};
-  auto puller = ChildProcess::Start(pull);
-  ASSERT_TRUE(puller.ok()) << puller.status();
-  // Wait until bytes have moved from `a`, then kill it.
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  bool moving = false;
-  while (!moving && absl::Now() < deadline) {
-    std::istringstream log(ReadFile(pull.log_file));
-    for (std::string line; std::getline(log, line);) {
-      if (line.rfind("progress ", 0) == 0 && line.rfind("progress 0/", 0) != 0) moving = true;
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  ASSERT_TRUE(moving) << ReadFile(pull.log_file);
+  std::unique_ptr<ChildProcess> puller = StartSlowPull("it/kill", out, a.worker_id);
+  ASSERT_NE(puller, nullptr);
   ASSERT_EQ(kill(a.process->pid(), SIGKILL), 0);
-  ASSERT_TRUE((*puller)->Wait(absl::Seconds(60)).ok()) << ReadFile(pull.log_file);
-  nlohmann::json j = nlohmann::json::parse(ReadFile(pull.stdout_file), nullptr, false);
-  ASSERT_TRUE(j.is_object()) << ReadFile(pull.stdout_file);
+  ASSERT_TRUE(puller->Wait(absl::Seconds(60)).ok()) << ReadFile(dir_.path() + "/pull.log");
+  nlohmann::json j = SlowPullSummary();
   EXPECT_EQ(ReadFile(out), ReadFile(model));
   if ((transport() == "ucx" || transport() == "shm") && j["attempts"].size() == 1) {
     // Shared memory on one host: the target has mapped the source's memory, and the mapping
@@ -266,33 +287,16 @@ TEST_P(P2pPullTest, StoppedSourceIsAbandonedAfterTheStallTimeout) {
   Source b = Publish(model, "it/stall");
   ASSERT_NE(a.process, nullptr);
   ASSERT_NE(b.process, nullptr);
-  const std::string target = TargetIdPreferring("it/stall", a.worker_id);
   const std::string out = dir_.path() + "/out.safetensors";
-  ChildOptions pull{
-      .argv = PullArgs("it/stall", out,
-                       {"--target-worker-id", target, "--progress", "lines", "--stall-timeout", "1",
-                        "--testing-batch-bytes", "1048576", "--testing-batch-pause-ms", "100"}),
-      .log_file = dir_.path() + "/pull.log",
-      .stdout_file = dir_.path() + "/pull.json"};
-  auto puller = ChildProcess::Start(pull);
-  ASSERT_TRUE(puller.ok()) << puller.status();
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  bool moving = false;
-  while (!moving && absl::Now() < deadline) {
-    std::istringstream log(ReadFile(pull.log_file));
-    for (std::string line; std::getline(log, line);) {
-      if (line.rfind("progress ", 0) == 0 && line.rfind("progress 0/", 0) != 0) moving = true;
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  ASSERT_TRUE(moving) << ReadFile(pull.log_file);
+  std::unique_ptr<ChildProcess> puller =
+      StartSlowPull("it/stall", out, a.worker_id, {"--stall-timeout", "1"});
+  ASSERT_NE(puller, nullptr);
   // Hung, not dead: its sockets stay open.
   ASSERT_EQ(kill(a.process->pid(), SIGSTOP), 0);
-  Status done = (*puller)->Wait(absl::Seconds(60));
+  Status done = puller->Wait(absl::Seconds(60));
   kill(a.process->pid(), SIGCONT);
-  ASSERT_TRUE(done.ok()) << done << ReadFile(pull.log_file);
-  nlohmann::json j = nlohmann::json::parse(ReadFile(pull.stdout_file), nullptr, false);
-  ASSERT_TRUE(j.is_object()) << ReadFile(pull.stdout_file);
+  ASSERT_TRUE(done.ok()) << done << ReadFile(dir_.path() + "/pull.log");
+  nlohmann::json j = SlowPullSummary();
   EXPECT_EQ(ReadFile(out), ReadFile(model));
   if (transport() == "tcp") {
     ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
