@@ -72,7 +72,8 @@ int64_t ChunkSizeFromEnvValue(const char* value);
 // chunks of options.chunk_size and records CRC32C per chunk and per file, reading every file
 // once. Errors: InvalidArgument for bad options, a root that is not a directory, or a path
 // that is not UTF-8 or has an empty, "." or ".." component; NotFound for a missing root;
-// Aborted when a file changes size while being read (seal again); Internal for I/O errors.
+// Aborted when a file changes size while being read (seal again); PermissionDenied for an
+// unreadable file or directory; Internal for other I/O errors.
 // The manifest describes the bytes as read; a tree being written concurrently may mix states.
 StatusOr<Manifest> SealDirectory(const std::string& root, const SealOptions& options);
 

@@ -100,8 +100,10 @@ Status Walk(const std::string& root, std::vector<std::string>& paths) {
     DirPtr d(::opendir(dir.c_str()));
     if (!d) {
       int err = errno;
-      return absl::InternalError(absl::StrCat("cannot open directory '", dir, "' while sealing: ",
-                                              ErrnoText(err), "; check its permissions"));
+      std::string msg =
+          absl::StrCat("cannot open directory '", dir, "' while sealing: ", ErrnoText(err),
+                       "; check its permissions");
+      return err == EACCES ? absl::PermissionDeniedError(msg) : absl::InternalError(msg);
     }
     const std::string prefix = dir == "/" ? "/" : dir + "/";
     for (;;) {
@@ -142,8 +144,9 @@ Status SealFile(ManifestFile& file, uint64_t chunk_size, std::vector<char>& buf,
   Fd fd(::open(file.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.valid()) {
     int err = errno;
-    return absl::InternalError(
-        absl::StrCat("cannot open '", file.path, "' while sealing: ", ErrnoText(err)));
+    std::string msg = absl::StrCat("cannot open '", file.path, "' while sealing: ", ErrnoText(err),
+                                   "; check its permissions");
+    return err == EACCES ? absl::PermissionDeniedError(msg) : absl::InternalError(msg);
   }
   struct stat st;
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
