@@ -1,15 +1,16 @@
 #include "artifacts/manifest.h"
 
-#include <openssl/evp.h>
-
 #include <cerrno>
 #include <cstdlib>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/hashing.h"
 
 namespace ferry::artifacts {
 namespace {
+
+using ::ferry::internal::Sha256Hex;
 
 // Appends `s` as a JSON string the way serde_json writes it (contract 3.1 step 6).
 void AppendJsonString(std::string& out, std::string_view s) {
@@ -50,20 +51,6 @@ void AppendJsonString(std::string& out, std::string_view s) {
     }
   }
   out.push_back('"');
-}
-
-std::string Sha256Hex(std::string_view data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(len * 2);
-  for (unsigned int i = 0; i < len; ++i) {
-    out.push_back(kHex[digest[i] >> 4]);
-    out.push_back(kHex[digest[i] & 0xf]);
-  }
-  return out;
 }
 
 Status Corrupt(std::string_view what) {

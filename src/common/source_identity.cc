@@ -1,6 +1,5 @@
 #include "ferry/source_identity.h"
 
-#include <openssl/evp.h>
 #include <unicode/locid.h>
 #include <unicode/unistr.h>
 
@@ -10,10 +9,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/hashing.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry {
 namespace {
+
+using ::ferry::internal::Sha256Hex;
 
 // Full Unicode lowercasing in the root locale (one code point may become several, and a final
 // capital sigma becomes a final small sigma), matching Rust's str::to_lowercase.
@@ -30,20 +32,6 @@ std::string Lower(std::string_view s) {
   icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), s.size()));
   u.toLower(icu::Locale::getRoot());
   u.toUTF8String(out);
-  return out;
-}
-
-std::string Sha256Hex(std::string_view data) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(len * 2);
-  for (unsigned int i = 0; i < len; ++i) {
-    out.push_back(kHex[digest[i] >> 4]);
-    out.push_back(kHex[digest[i] & 0xf]);
-  }
   return out;
 }
 
