@@ -43,6 +43,7 @@ void AddSourcesCommand(CLI::App& app, Cli& cli);
 void AddDemoCommand(CLI::App& app, Cli& cli);
 void AddPublishCommand(CLI::App& app, Cli& cli);
 void AddPullCommand(CLI::App& app, Cli& cli);
+void AddArtifactCommand(CLI::App& app, Cli& cli);
 
 // Registers --server, --log-level and the credential flags on `app`, filling `flags`.
 void AddGlobalFlags(CLI::App& app, GlobalFlags& flags);

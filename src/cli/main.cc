@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   ferry::cli::AddSourcesCommand(app, cli);
   ferry::cli::AddPublishCommand(app, cli);
   ferry::cli::AddPullCommand(app, cli);
+  ferry::cli::AddArtifactCommand(app, cli);
   ferry::cli::AddDemoCommand(app, cli);
 
   try {

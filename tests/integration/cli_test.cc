@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/hashing.h"
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
 #include "nlohmann/json.hpp"
@@ -267,6 +269,31 @@ TEST(CliStandaloneTest, PublishNamesACorruptFile) {
   CommandResult r = Ferry({"publish", file, "--model", "m", "--server", "127.0.0.1:1"});
   EXPECT_EQ(r.exit_code, 1) << Describe(r);
   EXPECT_THAT(r.err, HasSubstr("safetensors file " + file));
+}
+
+TEST(CliStandaloneTest, ArtifactSealPrintsTheManifestItHashed) {
+  testing::TempDir dir;
+  std::filesystem::create_directories(dir.path() + "/cache/sub");
+  dir.Write("cache/sub.txt", "abcd");
+  dir.Write("cache/sub/inner.bin", "hello world");
+  CommandResult r = Ferry({"artifact", "seal", dir.path() + "/cache", "--chunk-size", "8", "--kind",
+                           "triton", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  nlohmann::ordered_json j = nlohmann::ordered_json::parse(r.out);
+  EXPECT_EQ(j["file_count"], 2);
+  EXPECT_EQ(j["chunk_count"], 3);  // 4 bytes: one chunk; 11 bytes: two
+  EXPECT_EQ(j["total_size"], 15);
+  EXPECT_EQ(j["manifest"]["mx_source_type"], 4);
+  // '.' sorts before '/': sub.txt is file 0.
+  EXPECT_THAT(j["manifest"]["files"][0]["path"].get<std::string>(), HasSubstr("/cache/sub.txt"));
+  EXPECT_EQ(j["artifact_id"], internal::Sha256Hex(j["manifest"].dump()));
+
+  r = Ferry({"artifact", "seal", dir.path() + "/cache", "--kind", "cuda-graphs"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("--kind: unknown cache kind 'cuda-graphs'; use one of"));
+  r = Ferry({"artifact", "seal", dir.path() + "/cache", "--chunk-size", "0"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("--chunk-size"));
 }
 
 TEST_F(CliTest, DemoAgainstAGivenServer) {
