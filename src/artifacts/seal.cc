@@ -17,6 +17,7 @@
 #include "artifacts/crc32c.h"
 #include "artifacts/manifest.h"
 #include "common/fd.h"
+#include "common/utf8.h"
 #include "spdlog/spdlog.h"
 
 namespace ferry::artifacts {
@@ -29,42 +30,6 @@ struct DirCloser {
   void operator()(DIR* d) const { ::closedir(d); }
 };
 using DirPtr = std::unique_ptr<DIR, DirCloser>;
-
-// Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as Rust's str requires.
-bool IsUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t n;
-    uint32_t cp;
-    if ((c & 0xE0) == 0xC0) {
-      n = 1;
-      cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2;
-      cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + n >= s.size()) return false;
-    for (size_t k = 1; k <= n; ++k) {
-      unsigned char cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += n + 1;
-  }
-  return true;
-}
 
 // Contract 4.1 step 4: absolute, '/'-separated, no empty, "." or ".." component, valid UTF-8.
 Status CheckManifestPath(const std::string& path) {
@@ -83,7 +48,7 @@ Status CheckManifestPath(const std::string& path) {
     }
     start = end + 1;
   }
-  if (!IsUtf8(path)) {
+  if (!::ferry::internal::IsValidUtf8(path)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "artifact path '", path, "' is not valid UTF-8; ModelExpress manifests need UTF-8 names"));
   }

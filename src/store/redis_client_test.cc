@@ -160,17 +160,6 @@ TEST(RedisLayoutTest, RejectsBadSummariesAsDataLoss) {
   }
 }
 
-TEST(RedisLayoutTest, Utf8Validation) {
-  EXPECT_TRUE(internal::IsValidUtf8(""));
-  EXPECT_TRUE(internal::IsValidUtf8("cuda"));
-  EXPECT_TRUE(internal::IsValidUtf8("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"));
-  EXPECT_FALSE(internal::IsValidUtf8("\xff"));
-  EXPECT_FALSE(internal::IsValidUtf8("\xc3"));              // truncated
-  EXPECT_FALSE(internal::IsValidUtf8("\xc0\xaf"));          // overlong
-  EXPECT_FALSE(internal::IsValidUtf8("\xed\xa0\x80"));      // surrogate
-  EXPECT_FALSE(internal::IsValidUtf8("\xf4\x90\x80\x80"));  // past U+10FFFF
-}
-
 TEST(RedisLayoutTest, ScriptsHaveDistinctShas) {
   EXPECT_EQ(internal::PublishScript().sha1.size(), 40u);
   EXPECT_NE(internal::PublishScript().sha1, internal::UpdateStatusScript().sha1);

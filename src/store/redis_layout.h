@@ -23,6 +23,7 @@
 #include <string>
 #include <string_view>
 
+#include "common/utf8.h"
 #include "ferry/status.h"
 #include "model_express/p2p.pb.h"
 
@@ -54,8 +55,8 @@ struct StoredSummary {
 // DataLoss (saying what is wrong) when the text is not a summary.
 StatusOr<StoredSummary> ParseSummary(std::string_view json);
 
-// True if `s` is well-formed UTF-8 (the summary JSON carries owner and accelerator as text).
-bool IsValidUtf8(std::string_view s);
+// The summary JSON carries owner and accelerator as text: both must be UTF-8.
+using ::ferry::internal::IsValidUtf8;
 
 // One Lua script and its SHA-1, for EVALSHA.
 struct LuaScript {
