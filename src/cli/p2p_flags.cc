@@ -86,9 +86,11 @@ void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
                   "host peers dial for this process's endpoints (default: the listen host "
                   "unless it is a wildcard, else this machine's host name)")
       ->group(group);
-  cmd->add_option("--tcp-streams", flags.tcp_streams,
-                  "TCP connections per peer (default: the engine's)")
-      ->group(group);
+  if (!serving) {  // streams are opened by the reading side
+    cmd->add_option("--tcp-streams", flags.tcp_streams,
+                    "TCP connections per source (default: the engine's)")
+        ->group(group);
+  }
   cmd->add_option("--ucx-net-devices", flags.ucx_net_devices,
                   "UCX network devices, as UCX_NET_DEVICES (e.g. mlx5_0:1, or lo)")
       ->group(group);
