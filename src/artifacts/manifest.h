@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -76,6 +77,27 @@ int64_t ChunkSizeFromEnvValue(const char* value);
 // unreadable file or directory; Internal for other I/O errors.
 // The manifest describes the bytes as read; a tree being written concurrently may mix states.
 StatusOr<Manifest> SealDirectory(const std::string& root, const SealOptions& options);
+
+// A sealed snapshot: the tree's files copied, back to back in file order, into memory the caller
+// provides, and the manifest sealed from those copied bytes, so that later writes to the live
+// tree cannot change what is served.
+struct Snapshot {
+  Manifest manifest;
+  std::string root;                    // canonical root; every manifest path starts with root + "/"
+  std::vector<uint64_t> file_offsets;  // by file_index: where the file starts in the memory
+  uint64_t total_bytes = 0;            // sum of file sizes
+};
+
+// Returns writable memory of at least `bytes` bytes (called once, with bytes >= 1) that stays
+// valid while the caller needs the snapshot.
+using SnapshotAllocator = std::function<StatusOr<char*>(uint64_t bytes)>;
+
+// SealDirectory's walk, ordering and checks, but every file is first copied into memory from
+// `allocate` (sized by the files' sizes at the walk) and checksummed from the copy. Aborted when
+// a file changed size between the walk and the copy (seal again); InvalidArgument when the tree
+// holds no regular file; other errors as SealDirectory.
+StatusOr<Snapshot> SnapshotDirectory(const std::string& root, const SealOptions& options,
+                                     const SnapshotAllocator& allocate);
 
 // The canonical JSON of contract 4.2: compact, keys in fixed (not sorted) order, strings raw
 // UTF-8 with '"', '\\' and control characters escaped like serde_json. Hashes whatever the

@@ -159,9 +159,10 @@ Status SealFile(ManifestFile& file, uint64_t chunk_size, std::vector<char>& buf,
   return absl::OkStatus();
 }
 
-}  // namespace
-
-StatusOr<Manifest> SealDirectory(const std::string& root, const SealOptions& options) {
+// The canonical root of `root` and its regular files, sorted, checked and indexed (sizes and
+// checksums still empty).
+StatusOr<Manifest> ListTree(const std::string& root, const SealOptions& options,
+                            std::string* canonical_root) {
   FERRY_RETURN_IF_ERROR(ValidateChunkSize(options.chunk_size));
   if (options.read_buffer_bytes == 0) {
     return absl::InvalidArgumentError("SealOptions.read_buffer_bytes is 0; it must be positive");
@@ -196,12 +197,101 @@ StatusOr<Manifest> SealDirectory(const std::string& root, const SealOptions& opt
     FERRY_RETURN_IF_ERROR(CheckManifestPath(paths[i]));
     m.files.push_back(ManifestFile{static_cast<uint32_t>(i), std::move(paths[i]), 0, ""});
   }
+  *canonical_root = canonical;
+  return m;
+}
+
+Status OpenError(const std::string& path, int err) {
+  std::string msg = absl::StrCat("cannot open '", path, "' while sealing: ", ErrnoText(err),
+                                 "; check its permissions");
+  return err == EACCES ? absl::PermissionDeniedError(msg) : absl::InternalError(msg);
+}
+
+// Copies `file` (expected `size` bytes) to `dst`; Aborted if it is no longer that size.
+Status CopyFile(const ManifestFile& file, uint64_t size, char* dst) {
+  Fd fd(::open(file.path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return OpenError(file.path, errno);
+  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  uint64_t done = 0;
+  for (;;) {
+    // Ask for one byte more than expected at the end, to notice a file that grew.
+    char extra;
+    char* to = done < size ? dst + done : &extra;
+    size_t want = done < size ? static_cast<size_t>(std::min<uint64_t>(size - done, 1u << 30)) : 1;
+    ssize_t got = ::pread(fd.get(), to, want, static_cast<off_t>(done));
+    if (got < 0) {
+      int err = errno;
+      if (err == EINTR) continue;
+      return absl::InternalError(absl::StrCat("cannot read '", file.path, "' at offset ", done,
+                                              " while sealing: ", ErrnoText(err)));
+    }
+    if (got == 0) break;
+    if (done >= size) {
+      return absl::AbortedError(
+          absl::StrCat("'", file.path, "' grew beyond ", size, " bytes while sealing; seal again"));
+    }
+    done += static_cast<uint64_t>(got);
+  }
+  if (done != size) {
+    return absl::AbortedError(absl::StrCat("'", file.path, "' shrank from ", size, " to ", done,
+                                           " bytes while sealing; seal again"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+StatusOr<Manifest> SealDirectory(const std::string& root, const SealOptions& options) {
+  std::string canonical;
+  FERRY_ASSIGN_OR_RETURN(Manifest m, ListTree(root, options, &canonical));
   std::vector<char> buf(
       std::min<uint64_t>(options.read_buffer_bytes, static_cast<uint64_t>(options.chunk_size)));
   for (ManifestFile& f : m.files) {
     FERRY_RETURN_IF_ERROR(SealFile(f, m.chunk_size, buf, m));
   }
   return m;
+}
+
+StatusOr<Snapshot> SnapshotDirectory(const std::string& root, const SealOptions& options,
+                                     const SnapshotAllocator& allocate) {
+  Snapshot snap;
+  FERRY_ASSIGN_OR_RETURN(snap.manifest, ListTree(root, options, &snap.root));
+  Manifest& m = snap.manifest;
+  if (m.files.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("artifact root '", snap.root, "' holds no regular file; nothing to seal"));
+  }
+  snap.file_offsets.reserve(m.files.size());
+  for (ManifestFile& f : m.files) {
+    struct stat st;
+    if (::lstat(f.path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      return absl::AbortedError(absl::StrCat(
+          "'", f.path,
+          "' is no longer a regular file; the tree changed while sealing, seal again"));
+    }
+    f.size = static_cast<uint64_t>(st.st_size);
+    snap.file_offsets.push_back(snap.total_bytes);
+    snap.total_bytes += f.size;
+  }
+  FERRY_ASSIGN_OR_RETURN(char* base, allocate(std::max<uint64_t>(snap.total_bytes, 1)));
+  for (ManifestFile& f : m.files) {
+    char* data = base + snap.file_offsets[f.file_index];
+    FERRY_RETURN_IF_ERROR(CopyFile(f, f.size, data));
+    uint64_t offset = 0;
+    while (offset < f.size) {
+      const uint64_t length = std::min<uint64_t>(m.chunk_size, f.size - offset);
+      if (m.chunks.size() >= std::numeric_limits<uint32_t>::max()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sealing needs more than 2^32-1 chunks (at '", f.path, "'); raise the chunk size"));
+      }
+      m.chunks.push_back(ManifestChunk{static_cast<uint32_t>(m.chunks.size()), f.file_index, offset,
+                                       length, Crc32cHex(Crc32c(data + offset, length, 0))});
+      offset += length;
+    }
+    f.checksum = f.size <= m.chunk_size && f.size > 0 ? m.chunks.back().checksum
+                                                      : Crc32cHex(Crc32c(data, f.size, 0));
+  }
+  return snap;
 }
 
 }  // namespace ferry::artifacts

@@ -50,7 +50,7 @@ std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceR
                                                const SourceSelection& selection) {
   std::vector<std::pair<uint64_t, SourceInstanceRef>> scored;
   for (const SourceInstanceRef& ref : refs) {
-    if (ref.worker_rank() != selection.worker_rank) continue;
+    if (selection.match_rank && ref.worker_rank() != selection.worker_rank) continue;
     if (!AcceleratorsCompatible(selection.accelerator, ref.accelerator(), selection.dtype,
                                 selection.quantization)) {
       continue;

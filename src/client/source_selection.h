@@ -29,15 +29,18 @@ uint64_t RendezvousScore(absl::string_view model_name, absl::string_view target_
 struct SourceSelection {
   std::string model_name;
   uint32_t worker_rank = 0;
+  // false: every rank is a candidate (artifact caches are per node, not per rank);
+  // worker_rank still seeds the order.
+  bool match_rank = true;
   std::string accelerator;  // the target's; "" accepts every source
   std::string dtype;
   std::string quantization;
   std::string target_worker_id;  // seeds the rendezvous order
 };
 
-// Keeps the refs with the target's rank and a compatible accelerator, ordered by descending
-// rendezvous score (ties: mx_source_id, then worker_id), so that many targets spread over many
-// sources and one target always tries them in the same order.
+// Keeps the refs with the target's rank (when match_rank) and a compatible accelerator, ordered by
+// descending rendezvous score (ties: mx_source_id, then worker_id), so that many targets spread
+// over many sources and one target always tries them in the same order.
 std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceRef>& refs,
                                                const SourceSelection& selection);
 

@@ -3,19 +3,17 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "client/source_selection.h"
 #include "common/logging.h"
 #include "ferry/publisher.h"
 #include "ferry/source_identity.h"
 #include "ferry/v1/transfer.pb.h"
+#include "transfer/monitored_read.h"
 #include "weights/tensor_checksum.h"
 #include "worker/centralized.h"
 
@@ -97,33 +95,6 @@ std::vector<ReadOp> MakeOps(const Plan& plan, uint8_t* base) {
     ops.push_back(ReadOp{e.region(), e.offset(), base + plan.local[i].offset, e.size()});
   }
   return ops;
-}
-
-// Splits ops into batches of about `batch_bytes` (0: one batch).
-std::vector<std::vector<ReadOp>> Batches(std::vector<ReadOp> ops, uint64_t batch_bytes) {
-  std::vector<std::vector<ReadOp>> out;
-  if (batch_bytes == 0) {
-    out.push_back(std::move(ops));
-    return out;
-  }
-  out.emplace_back();
-  uint64_t in_batch = 0;
-  for (ReadOp op : ops) {
-    while (op.length > 0) {
-      const uint64_t take = std::min(op.length, batch_bytes - in_batch);
-      out.back().push_back(ReadOp{op.remote_region, op.remote_offset, op.local, take});
-      op.remote_offset += take;
-      op.local = static_cast<uint8_t*>(op.local) + take;
-      op.length -= take;
-      in_batch += take;
-      if (in_batch == batch_bytes) {
-        out.emplace_back();
-        in_batch = 0;
-      }
-    }
-  }
-  if (out.back().empty()) out.pop_back();
-  return out;
 }
 
 class Puller {
@@ -285,70 +256,18 @@ class Puller {
 
   Status Transfer(Peer& peer, std::vector<ReadOp> ops, uint64_t total,
                   const std::string& source_text, absl::Time start) {
-    std::atomic<uint64_t> done_before{0};
-    std::atomic<ReadBatch*> current{nullptr};
-    std::atomic<bool> stalled{false};
-    absl::Notification finished;
-    // Reports progress and abandons a transfer that stopped moving.
-    std::thread monitor([&] {
-      uint64_t last = UINT64_MAX;
-      const ReadBatch* last_batch = nullptr;
-      absl::Time last_change = absl::Now();
-      do {
-        uint64_t now = 0;
-        {
-          // `current` is cleared under this lock before its batch is destroyed.
-          absl::MutexLock lock(&progress_mu_);
-          ReadBatch* batch = current.load();
-          now = done_before.load() + (batch ? batch->bytes_done() : 0);
-          if (batch != last_batch || now != last) {
-            last_batch = batch;
-            last = now;
-            last_change = absl::Now();
-          } else if (batch != nullptr && options_.stall_timeout > absl::ZeroDuration() &&
-                     absl::Now() - last_change >= options_.stall_timeout) {
-            stalled = true;
-            batch->Cancel();
-          }
-        }
-        if (options_.on_progress) options_.on_progress(PullProgress{now, total, source_text});
-      } while (!finished.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
-    });
-    Status status;
-    std::vector<std::vector<ReadOp>> batches = Batches(std::move(ops), options_.batch_bytes);
-    for (size_t i = 0; i < batches.size() && status.ok(); ++i) {
-      if (i > 0 && options_.batch_pause > absl::ZeroDuration()) {
-        absl::SleepFor(options_.batch_pause);
-      }
-      uint64_t bytes = 0;
-      for (const ReadOp& op : batches[i]) bytes += op.length;
-      StatusOr<std::unique_ptr<ReadBatch>> batch = peer.Submit(std::move(batches[i]));
-      if (!batch.ok()) {
-        status = batch.status();
-        break;
-      }
-      current.store(batch->get());
-      const absl::Duration left = options_.transfer_timeout - (absl::Now() - start);
-      status = (*batch)->Wait(std::max(left, absl::ZeroDuration()));
-      // Hold the progress thread off the batch while it is destroyed.
-      {
-        absl::MutexLock lock(&progress_mu_);
-        current.store(nullptr);
-      }
-      done_before += bytes;
+    MonitoredReadOptions read;
+    read.timeout = options_.transfer_timeout;
+    read.start = start;
+    read.stall_timeout = options_.stall_timeout;
+    read.batch_bytes = options_.batch_bytes;
+    read.batch_pause = options_.batch_pause;
+    if (options_.on_progress) {
+      read.on_progress = [&](uint64_t done, uint64_t all) {
+        options_.on_progress(PullProgress{done, all, source_text});
+      };
     }
-    finished.Notify();
-    monitor.join();
-    if (stalled && !status.ok()) {
-      return absl::DeadlineExceededError(absl::StrCat("the transfer stalled: no bytes arrived for ",
-                                                      absl::FormatDuration(options_.stall_timeout),
-                                                      " (", done_before.load(), " of ", total,
-                                                      " bytes read); ", status.message()));
-    }
-    if (status.ok() && options_.on_progress) {
-      options_.on_progress(PullProgress{total, total, source_text});
-    }
-    return status;
+    return MonitoredRead(peer, std::move(ops), total, read);
   }
 
   // The destination: engine memory when it will be served, else anonymous memory (see
@@ -372,7 +291,6 @@ class Puller {
   const PullOptions& options_;
   std::shared_ptr<void> memory_;  // declared before region_: released after it
   std::unique_ptr<Region> region_;
-  absl::Mutex progress_mu_;
 };
 
 }  // namespace

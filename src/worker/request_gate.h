@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "grpcpp/grpcpp.h"
+#include "worker/artifact_state.h"
 #include "worker/worker_state.h"
 
 namespace ferry::internal {
@@ -71,6 +72,29 @@ grpc::Status ServeChecked(RequestGate* gate, const WorkerState& state,
     return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
   }
   fill(mx_source_id);
+  return grpc::Status::OK;
+}
+
+// One artifact request: admission through `gate`, NOT_FOUND when `artifacts` is null (the
+// endpoint serves no artifact), the selection checks of ArtifactState::Check (mx_source_id,
+// artifact_id), then `fill(mx_source_id)`, whose Status becomes the answer's.
+template <typename Request, typename Fill>
+grpc::Status ServeArtifact(RequestGate* gate, const ArtifactState* artifacts,
+                           const grpc::ServerContext& context, std::string_view method,
+                           const Request& request, Fill fill) {
+  RequestGate::Admission admission(gate, context, method);
+  if (!admission.status().ok()) return admission.status();
+  if (artifacts == nullptr) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        "this worker endpoint serves no artifact manifests");
+  }
+  std::string mx_source_id;
+  Status status = artifacts->Check(request.mx_source_id(), request.artifact_id(), &mx_source_id);
+  if (status.ok()) status = fill(mx_source_id);
+  if (!status.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                        std::string(status.message()));
+  }
   return grpc::Status::OK;
 }
 

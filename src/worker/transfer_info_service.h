@@ -5,6 +5,7 @@
 #define FERRY_WORKER_TRANSFER_INFO_SERVICE_H_
 
 #include "ferry/v1/worker.grpc.pb.h"
+#include "worker/artifact_state.h"
 #include "worker/request_gate.h"
 #include "worker/worker_state.h"
 
@@ -13,7 +14,9 @@ namespace ferry::worker::internal {
 // Thread-safe. Borrows `state` and `gate`, which must outlive the service.
 class TransferInfoService final : public ferry::v1::FerryWorkerService::Service {
  public:
-  TransferInfoService(const WorkerState* state, RequestGate* gate) : state_(state), gate_(gate) {}
+  // `state` (tensors) and `artifacts` may each be null.
+  TransferInfoService(const WorkerState* state, const ArtifactState* artifacts, RequestGate* gate)
+      : state_(state), artifacts_(artifacts), gate_(gate) {}
 
   // UNAUTHENTICATED / RESOURCE_EXHAUSTED from the gate; FAILED_PRECONDITION on an
   // mx_source_id or worker_id mismatch; else the blob, tensors, checksums and totals.
@@ -21,8 +24,15 @@ class TransferInfoService final : public ferry::v1::FerryWorkerService::Service 
                                const ferry::v1::GetTransferInfoRequest* request,
                                ferry::v1::GetTransferInfoResponse* response) override;
 
+  // NOT_FOUND when no artifact is served; FAILED_PRECONDITION on an mx_source_id or artifact_id
+  // mismatch; else the blob, file offsets, source root and signature.
+  grpc::Status GetArtifactTransferInfo(
+      grpc::ServerContext* context, const ferry::v1::GetArtifactTransferInfoRequest* request,
+      ferry::v1::GetArtifactTransferInfoResponse* response) override;
+
  private:
   const WorkerState* const state_;
+  const ArtifactState* const artifacts_;
   RequestGate* const gate_;
 };
 

@@ -7,11 +7,13 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client/credentials.h"
 #include "client/metadata_client_internal.h"
 #include "ferry/v1/worker.grpc.pb.h"
 #include "model_express/p2p.grpc.pb.h"
+#include "worker/artifact_state.h"
 #include "worker/worker_state.h"
 
 namespace ferry::worker {
@@ -213,6 +215,111 @@ StatusOr<p2p::GetTensorManifestResponse> WorkerClient::GetTensorManifest(
                      worker_id, "'; another process now serves this endpoint: re-list sources"));
   }
   FERRY_RETURN_IF_ERROR(CheckNames(response.tensors(), what));
+  return response;
+}
+
+StatusOr<WorkerClient::FetchedManifest> WorkerClient::GetArtifactManifest(
+    const std::string& mx_source_id, const std::string& artifact_id, uint64_t max_chunks) {
+  auto new_context = [&](grpc::ClientContext& context) {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(options_.deadline));
+    if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  };
+  p2p::GetArtifactManifestHeaderRequest header_request;
+  header_request.set_mx_source_id(mx_source_id);
+  header_request.set_artifact_id(artifact_id);
+  p2p::GetArtifactManifestHeaderResponse header;
+  {
+    grpc::ClientContext context;
+    new_context(context);
+    grpc::Status status =
+        stubs_->manifest->GetArtifactManifestHeader(&context, header_request, &header);
+    if (!status.ok()) {
+      return RpcError("GetArtifactManifestHeader", status.error_code(), status.error_message());
+    }
+  }
+  const std::string what = absl::StrCat("artifact manifest from ", endpoint_);
+  if (!artifact_id.empty() && header.artifact_id() != artifact_id) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": the source answered for artifact ",
+                                                      header.artifact_id(), ", not ", artifact_id,
+                                                      "; re-list sources"));
+  }
+  if (header.chunk_count() > max_chunks) {
+    return absl::DataLossError(absl::StrCat(what, ": chunk_count ", header.chunk_count(),
+                                            " exceeds the limit of ", max_chunks,
+                                            "; refusing the artifact"));
+  }
+  FetchedManifest out;
+  out.mx_source_id = header.mx_source_id();
+  out.worker_rank = header.worker_rank();
+  out.header = artifacts::SourceSummary{header.artifact_id(), header.total_size(),
+                                        header.file_count(), header.chunk_count()};
+  artifacts::Manifest& m = out.manifest;
+  m.manifest_version = header.manifest_version();
+  m.mx_source_type = header.mx_source_type();
+  m.chunk_size = header.chunk_size();
+  m.files.reserve(static_cast<size_t>(header.files_size()));
+  for (const p2p::ArtifactManifestFile& f : header.files()) {
+    m.files.push_back(ManifestFileFromProto(f));
+  }
+  m.chunks.reserve(header.chunk_count());
+  uint32_t start = 0;
+  for (;;) {
+    p2p::GetArtifactManifestChunksRequest request;
+    request.set_mx_source_id(mx_source_id.empty() ? header.mx_source_id() : mx_source_id);
+    request.set_artifact_id(header.artifact_id());
+    request.set_start_chunk_index(start);
+    p2p::GetArtifactManifestChunksResponse page;
+    grpc::ClientContext context;
+    new_context(context);
+    grpc::Status status = stubs_->manifest->GetArtifactManifestChunks(&context, request, &page);
+    if (!status.ok()) {
+      return RpcError("GetArtifactManifestChunks", status.error_code(), status.error_message());
+    }
+    if (page.start_chunk_index() != start) {
+      return absl::DataLossError(absl::StrCat(what, ": asked for chunks from ", start,
+                                              " but the page starts at ", page.start_chunk_index(),
+                                              "; try another source"));
+    }
+    if (m.chunks.size() + static_cast<size_t>(page.chunks_size()) > header.chunk_count()) {
+      return absl::DataLossError(absl::StrCat(what, ": the chunk pages hold more than chunk_count ",
+                                              header.chunk_count(), " chunks; try another source"));
+    }
+    for (const p2p::ArtifactManifestChunk& c : page.chunks()) {
+      m.chunks.push_back(ManifestChunkFromProto(c));
+    }
+    if (page.next_page_token().empty()) break;
+    uint32_t next = 0;
+    if (!absl::SimpleAtoi(page.next_page_token(), &next) || next <= start ||
+        next != m.chunks.size()) {
+      return absl::DataLossError(absl::StrCat(what, ": next_page_token '", page.next_page_token(),
+                                              "' does not move forward from ", start,
+                                              "; try another source"));
+    }
+    start = next;
+  }
+  return out;
+}
+
+StatusOr<ferry::v1::GetArtifactTransferInfoResponse> WorkerClient::GetArtifactTransferInfo(
+    const std::string& mx_source_id, const std::string& artifact_id) {
+  ferry::v1::GetArtifactTransferInfoRequest request;
+  request.set_mx_source_id(mx_source_id);
+  request.set_artifact_id(artifact_id);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.deadline));
+  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  ferry::v1::GetArtifactTransferInfoResponse response;
+  grpc::Status status = stubs_->transfer->GetArtifactTransferInfo(&context, request, &response);
+  if (!status.ok()) {
+    return RpcError("GetArtifactTransferInfo", status.error_code(), status.error_message());
+  }
+  if (!artifact_id.empty() && response.artifact_id() != artifact_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "GetArtifactTransferInfo to ", endpoint_, ": the source answered for artifact ",
+        response.artifact_id(), ", not ", artifact_id, "; re-list sources"));
+  }
   return response;
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "artifacts/manifest.h"
 #include "ferry/status.h"
 #include "ferry/v1/worker.pb.h"
 #include "model_express/p2p.pb.h"
@@ -75,6 +76,26 @@ class WorkerClient {
   // An answer without worker_id (older ModelExpress sources leave it unset) is accepted.
   StatusOr<model_express::p2p::GetTensorManifestResponse> GetTensorManifest(
       const std::string& mx_source_id, const std::string& worker_id);
+
+  // An artifact source's sealed manifest, as ModelExpress's target fetches it: the header (file
+  // table), then the chunk table page by page. DataLoss when the pages misbehave (a page that
+  // starts elsewhere than asked, a next_page_token that does not move forward or is not a
+  // number, more chunks than chunk_count, or more than `max_chunks`); the manifest itself is
+  // not validated here (ValidateFetchedManifest). `artifact_id` empty: the only one served.
+  struct FetchedManifest {
+    artifacts::Manifest manifest;
+    artifacts::SourceSummary header;  // what the source claims
+    std::string mx_source_id;
+    uint32_t worker_rank = 0;
+  };
+  StatusOr<FetchedManifest> GetArtifactManifest(const std::string& mx_source_id,
+                                                const std::string& artifact_id,
+                                                uint64_t max_chunks = 16u << 20);
+
+  // The artifact's transfer info (blob, file offsets, source root, signature).
+  // FailedPrecondition when the answer names another artifact_id than asked.
+  StatusOr<ferry::v1::GetArtifactTransferInfoResponse> GetArtifactTransferInfo(
+      const std::string& mx_source_id, const std::string& artifact_id);
 
   const std::string& endpoint() const { return endpoint_; }
 

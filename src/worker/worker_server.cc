@@ -12,8 +12,8 @@
 #include "client/credentials.h"
 #include "common/logging.h"
 #include "worker/request_gate.h"
-#include "worker/tensor_manifest_service.h"
 #include "worker/transfer_info_service.h"
+#include "worker/worker_service.h"
 
 namespace ferry::worker {
 namespace {
@@ -93,9 +93,9 @@ WorkerServer::WorkerServer() = default;
 WorkerServer::~WorkerServer() { Stop(); }
 
 StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(WorkerServerOptions options) {
-  if (options.state == nullptr) {
+  if (options.state == nullptr && options.artifacts == nullptr) {
     return absl::InvalidArgumentError(
-        "WorkerServerOptions.state is null; pass the WorkerState to serve");
+        "WorkerServerOptions.state and .artifacts are both null; pass what to serve");
   }
   std::string host;
   int port = 0;
@@ -149,10 +149,10 @@ StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(WorkerServerOptions
   if (s.owned_tokens_ != nullptr) tokens = s.owned_tokens_.get();
   s.gate_ = std::make_unique<internal::RequestGate>(tokens, options.max_concurrent_requests,
                                                     options.on_request_for_test);
-  s.manifest_service_ =
-      std::make_unique<internal::TensorManifestService>(options.state, s.gate_.get());
-  s.transfer_service_ =
-      std::make_unique<internal::TransferInfoService>(options.state, s.gate_.get());
+  s.manifest_service_ = std::make_unique<internal::WorkerServiceImpl>(
+      options.state, options.artifacts, s.gate_.get());
+  s.transfer_service_ = std::make_unique<internal::TransferInfoService>(
+      options.state, options.artifacts, s.gate_.get());
   s.options_ = std::move(options);
   return server;
 }
@@ -187,9 +187,18 @@ Status WorkerServer::Start() {
         "FERRY_TOKEN_FILE)",
         endpoint());
   }
-  spdlog::info("worker endpoint serving on {} (worker {}, {} tensors, {} bytes{})", endpoint(),
-               options_.state->manifest().worker_id, options_.state->manifest().tensors.size(),
-               options_.state->total_bytes(), options_.tls_cert.empty() ? "" : ", TLS");
+  if (options_.state != nullptr) {
+    spdlog::info("worker endpoint serving on {} (worker {}, {} tensors, {} bytes{})", endpoint(),
+                 options_.state->manifest().worker_id, options_.state->manifest().tensors.size(),
+                 options_.state->total_bytes(), options_.tls_cert.empty() ? "" : ", TLS");
+  }
+  if (options_.artifacts != nullptr) {
+    spdlog::info("worker endpoint serving on {} (worker {}, artifact {}: {} files, {} bytes{})",
+                 endpoint(), options_.artifacts->serving().worker_id,
+                 options_.artifacts->artifact_id(), options_.artifacts->summary().file_count,
+                 options_.artifacts->summary().total_size,
+                 options_.tls_cert.empty() ? "" : ", TLS");
+  }
   return absl::OkStatus();
 }
 

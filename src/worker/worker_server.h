@@ -1,6 +1,7 @@
 // WorkerServer: the gRPC endpoint one source process (one rank of "ferry publish") serves to
-// targets: model_express.p2p.WorkerService/GetTensorManifest (ModelExpress-compatible) and
-// ferry.v1.FerryWorkerService/GetTransferInfo, both on one port. Its host:port goes into the
+// targets: model_express.p2p.WorkerService (GetTensorManifest for tensors, the artifact manifest
+// and lease RPCs for an artifact; ModelExpress-compatible) and ferry.v1.FerryWorkerService
+// (GetTransferInfo, GetArtifactTransferInfo), all on one port. Its host:port goes into the
 // published record's worker_grpc_endpoint.
 //
 // Thread-compatible: call Start/Stop from one thread. The served WorkerState is thread-safe and
@@ -15,6 +16,7 @@
 
 #include "absl/time/time.h"
 #include "ferry/status.h"
+#include "worker/artifact_state.h"
 #include "worker/worker_state.h"
 
 namespace grpc {
@@ -30,13 +32,15 @@ namespace ferry::worker {
 
 namespace internal {
 class RequestGate;
-class TensorManifestService;
+class WorkerServiceImpl;
 class TransferInfoService;
 }  // namespace internal
 
 struct WorkerServerOptions {
-  // What is served. Borrowed; required; must outlive the server.
+  // What is served: tensors, an artifact, or both (at least one). Borrowed; must outlive the
+  // server. Artifact leases change while serving, hence not const.
   const WorkerState* state = nullptr;
+  ArtifactState* artifacts = nullptr;
 
   // Where to listen: HOST:PORT or [V6]:PORT. Port 0 picks a free port (see port()).
   std::string listen = "0.0.0.0:0";
@@ -105,7 +109,7 @@ class WorkerServer {
   std::shared_ptr<grpc::ServerCredentials> credentials_;
   std::unique_ptr<ferry::internal::TokenSource> owned_tokens_;
   std::unique_ptr<internal::RequestGate> gate_;
-  std::unique_ptr<internal::TensorManifestService> manifest_service_;
+  std::unique_ptr<internal::WorkerServiceImpl> manifest_service_;
   std::unique_ptr<internal::TransferInfoService> transfer_service_;
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;
