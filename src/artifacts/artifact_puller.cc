@@ -1,1 +1,363 @@
-// Placeholder
+#include "artifacts/artifact_puller.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "artifacts/crc32c.h"
+#include "artifacts/install_lock.h"
+#include "client/source_selection.h"
+#include "common/env.h"
+#include "common/logging.h"
+#include "ferry/publisher.h"
+#include "ferry/source_identity.h"
+#include "transfer/monitored_read.h"
+
+namespace ferry::artifacts {
+
+namespace {
+
+namespace p2p = ::model_express::p2p;
+
+std::string IdentityText(const SourceIdentity& identity, const std::string& mx_source_id) {
+  std::string text = absl::StrCat(p2p::MxSourceType_Name(identity.mx_source_type()),
+                                  " artifact of model ", identity.model_name());
+  if (!identity.revision().empty()) absl::StrAppend(&text, " revision ", identity.revision());
+  if (!identity.gpu_arch().empty()) absl::StrAppend(&text, " gpu_arch ", identity.gpu_arch());
+  absl::StrAppend(&text, " (mx_source_id ", mx_source_id, ")");
+  return text;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Anonymous memory registered with the engine, released after its region.
+struct Buffer {
+  std::shared_ptr<void> memory;
+  std::unique_ptr<Region> region;
+  uint64_t size = 0;
+  char* data() const { return static_cast<char*>(region->data()); }
+};
+
+StatusOr<Buffer> MakeBuffer(TransferEngine& engine, uint64_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot map a ", bytes, "-byte transfer window: ", std::strerror(errno),
+                     "; lower the window size"));
+  }
+  Buffer b;
+  b.memory = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
+  b.size = bytes;
+  FERRY_ASSIGN_OR_RETURN(b.region, engine.RegisterRegion(p, bytes));
+  return b;
+}
+
+class ArtifactPuller {
+ public:
+  explicit ArtifactPuller(const ArtifactPullOptions& options) : o_(options) {}
+
+  StatusOr<ArtifactPullResult> Run() {
+    const absl::Time start = absl::Now();
+    FERRY_RETURN_IF_ERROR(Validate());
+    FERRY_ASSIGN_OR_RETURN(mx_source_id_, ComputeMxSourceId(o_.identity));
+    const std::string who = IdentityText(o_.identity, mx_source_id_);
+
+    FERRY_ASSIGN_OR_RETURN(
+        std::unique_ptr<InstallLock> lock,
+        InstallLock::Acquire(o_.state_dir, o_.into, o_.lock_timeout, o_.on_lock_wait));
+    ArtifactPullResult result;
+    result.installed_into = lock->canonical_target();
+    result.mx_source_id = mx_source_id_;
+    if (!o_.force) {
+      if (auto done = lock->ReadDone(mx_source_id_);
+          done.has_value() && IsDirectory(lock->canonical_target())) {
+        spdlog::info("{} is already installed in {} (artifact {} from {}); nothing to do", who,
+                     lock->canonical_target(), done->artifact_id, done->source);
+        result.installed = false;
+        result.artifact_id = done->artifact_id;
+        result.total_time = absl::Now() - start;
+        return result;
+      }
+      if (auto failed = lock->ReadFailed(mx_source_id_);
+          failed.has_value() && FailureMarkerActive(*failed, o_.failure_ttl, absl::Now())) {
+        const absl::Duration age = absl::Now() - failed->failed_at;
+        return absl::FailedPreconditionError(absl::StrCat(
+            "a pull of ", who, " into ", lock->canonical_target(), " failed ",
+            absl::FormatDuration(absl::Trunc(age, absl::Seconds(1))),
+            " ago on this node, so this one is not repeating it for another ",
+            absl::FormatDuration(absl::Trunc(o_.failure_ttl - age, absl::Seconds(1))),
+            " (--failure-ttl); pass --force to retry now. That failure: ", failed->reason));
+      }
+    }
+
+    ListSourcesRequest request;
+    *request.mutable_identity() = o_.identity;
+    request.set_status_filter(p2p::SOURCE_STATUS_READY);
+    StatusOr<std::vector<SourceInstanceRef>> refs = o_.client->ListSources(request);
+    if (!refs.ok()) {
+      return Status(refs.status().code(), absl::StrCat("listing sources for ", who,
+                                                       " failed: ", refs.status().message()));
+    }
+    SourceSelection selection;
+    selection.model_name = o_.identity.model_name();
+    selection.match_rank = false;
+    selection.accelerator = o_.accelerator;
+    selection.target_worker_id =
+        o_.target_worker_id.empty() ? GenerateWorkerId() : o_.target_worker_id;
+    std::vector<SourceInstanceRef> candidates = OrderCandidates(*refs, selection);
+    if (candidates.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "no READY source for ", who, " on ", o_.client->server_address(), " (", refs->size(),
+          " READY worker(s) of this identity, none with a compatible accelerator); start one "
+          "with `ferry artifact publish`, check the identity flags, or build the cache locally"));
+    }
+
+    std::string failures;
+    const size_t tries = std::min<size_t>(candidates.size(), o_.max_sources);
+    for (size_t i = 0; i < tries; ++i) {
+      const SourceInstanceRef& ref = candidates[i];
+      ArtifactPullAttempt& attempt = result.attempts.emplace_back();
+      attempt.worker_id = ref.worker_id();
+      attempt.status = TryOne(ref, &attempt, &result);
+      if (attempt.status.ok()) {
+        result.installed = true;
+        result.mx_source_id = ref.mx_source_id();
+        result.source_worker_id = ref.worker_id();
+        result.source_endpoint = attempt.endpoint;
+        result.total_time = absl::Now() - start;
+        if (Status s = lock->WriteDone(
+                mx_source_id_, InstallLock::DoneMarker{result.artifact_id,
+                                                       absl::StrCat("worker ", ref.worker_id(),
+                                                                    " at ", attempt.endpoint),
+                                                       absl::Now()});
+            !s.ok()) {
+          spdlog::warn("installed, but could not record it for other pulls on this node: {}",
+                       s.message());
+        }
+        return result;
+      }
+      spdlog::warn("source {} of {} (worker {}{}{}) failed: {}", i + 1, tries, ref.worker_id(),
+                   attempt.endpoint.empty() ? "" : " at ", attempt.endpoint,
+                   attempt.status.message());
+      absl::StrAppend(&failures, "\n  [", i + 1, "] worker ", ref.worker_id(),
+                      attempt.endpoint.empty() ? "" : " at ", attempt.endpoint, ": ",
+                      attempt.status.message());
+    }
+    Status failed = absl::UnavailableError(
+        absl::StrCat("could not pull ", who, ": ", tries, " of ", candidates.size(),
+                     " READY source(s) tried, all failed (", lock->canonical_target(),
+                     " was left untouched):", failures));
+    if (Status s = lock->WriteFailed(
+            mx_source_id_,
+            InstallLock::FailedMarker{std::string(failed.message().substr(0, 4096)), absl::Now()});
+        !s.ok()) {
+      spdlog::warn("could not record the failure for other pulls on this node: {}", s.message());
+    }
+    return failed;
+  }
+
+ private:
+  Status Validate() const {
+    if (o_.client == nullptr) {
+      return absl::InvalidArgumentError("ArtifactPullOptions.client is required");
+    }
+    if (o_.engine == nullptr) {
+      return absl::InvalidArgumentError("ArtifactPullOptions.engine is required");
+    }
+    if (o_.into.empty()) {
+      return absl::InvalidArgumentError(
+          "ArtifactPullOptions.into is empty; name the cache directory to install into");
+    }
+    if (o_.state_dir.empty()) {
+      return absl::InvalidArgumentError("ArtifactPullOptions.state_dir is required");
+    }
+    if (o_.max_sources < 1 || o_.max_sources > 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ArtifactPullOptions.max_sources must be 1..16, got ", o_.max_sources));
+    }
+    const int type = o_.identity.mx_source_type();
+    if (type < p2p::MX_SOURCE_TYPE_TORCH_COMPILE_CACHE ||
+        type > p2p::MX_SOURCE_TYPE_TVM_FFI_CACHE) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ArtifactPullOptions.identity.mx_source_type=", type, " is not a cache type (3..9)"));
+    }
+    return ValidateIdentity(o_.identity);
+  }
+
+  Status TryOne(const SourceInstanceRef& ref, ArtifactPullAttempt* attempt,
+                ArtifactPullResult* result) {
+    FERRY_ASSIGN_OR_RETURN(GetMetadataResponse record,
+                           o_.client->GetMetadata(ref.mx_source_id(), ref.worker_id()));
+    if (!record.found()) {
+      return absl::NotFoundError("the server no longer holds this worker's record");
+    }
+    const p2p::WorkerMetadata& w = record.worker();
+    attempt->endpoint = w.worker_grpc_endpoint();
+    if (!w.has_artifact_source()) {
+      return absl::FailedPreconditionError("the record carries no artifact_source payload");
+    }
+    if (w.artifact_source().node_rank() != o_.node_rank) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the source serves node_rank ", w.artifact_source().node_rank(), ", not ", o_.node_rank));
+    }
+    if (attempt->endpoint.empty()) {
+      return absl::FailedPreconditionError("the record has no worker endpoint");
+    }
+    const std::string expected_id = w.artifact_source().artifact_id();
+    const std::string source_text =
+        absl::StrCat("worker ", ref.worker_id(), " at ", attempt->endpoint);
+
+    worker::WorkerClientOptions client_options = o_.endpoint;
+    client_options.endpoint = attempt->endpoint;
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerClient> client,
+                           worker::WorkerClient::Create(client_options));
+    FERRY_ASSIGN_OR_RETURN(worker::WorkerClient::FetchedManifest fetched,
+                           client->GetArtifactManifest(ref.mx_source_id(), expected_id,
+                                                       o_.limits.max_files * 64 + 1024));
+    const Manifest& m = fetched.manifest;
+    FERRY_RETURN_IF_ERROR(ValidateFetchedManifest(m, fetched.header, expected_id));
+    const std::string& artifact_id = fetched.header.artifact_id;
+    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetArtifactTransferInfoResponse info,
+                           client->GetArtifactTransferInfo(ref.mx_source_id(), artifact_id));
+
+    // Trust before a byte moves.
+    const TrustedKeys empty;
+    const TrustedKeys& trusted = o_.trusted != nullptr ? *o_.trusted : empty;
+    FERRY_ASSIGN_OR_RETURN(
+        TrustDecision trust,
+        trusted.Check(ref.mx_source_id(), artifact_id, info.signature(), info.signing_public_key(),
+                      source_text, o_.allow_unsigned));
+    if (trust == TrustDecision::kUnsignedAccepted) {
+      spdlog::warn("installing UNSIGNED artifact {} from {} because of --allow-unsigned",
+                   artifact_id, source_text);
+    } else if (trust == TrustDecision::kUntrustedAccepted) {
+      spdlog::warn(
+          "installing artifact {} from {} signed by UNTRUSTED key {} because of "
+          "--allow-unsigned",
+          artifact_id, source_text, KeyFingerprint(info.signing_public_key()));
+    }
+
+    FERRY_ASSIGN_OR_RETURN(std::vector<std::string> paths,
+                           PlanInstallPaths(m, info.source_root(), o_.limits));
+    if (static_cast<size_t>(info.file_offsets_size()) != m.files.size()) {
+      return absl::DataLossError(absl::StrCat("the source gave ", info.file_offsets_size(),
+                                              " file offsets for ", m.files.size(), " files"));
+    }
+    uint64_t total = 0;
+    uint64_t largest_chunk = 1;
+    std::vector<uint64_t> sizes;
+    sizes.reserve(m.files.size());
+    for (const ManifestFile& f : m.files) {
+      sizes.push_back(f.size);
+      total += f.size;
+      if (f.size == 0 && f.checksum != Crc32cHex(0)) {
+        return absl::DataLossError(absl::StrCat("empty file ", f.file_index, " '", f.path,
+                                                "' has checksum ", f.checksum, ", not 00000000"));
+      }
+    }
+    for (const ManifestChunk& c : m.chunks) largest_chunk = std::max(largest_chunk, c.length);
+
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
+                           o_.engine->Connect(info.transfer_blob(), o_.transport));
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<StagedInstall> stage, StagedInstall::Create(o_.into));
+    FERRY_RETURN_IF_ERROR(stage->CreateFiles(paths, sizes));
+
+    const absl::Time transfer_start = absl::Now();
+    const uint64_t window =
+        std::max(largest_chunk, std::min(o_.window_bytes, std::max<uint64_t>(total, 1)));
+    if (buffer_.region == nullptr || buffer_.size < window) {
+      buffer_ = Buffer{};
+      FERRY_ASSIGN_OR_RETURN(buffer_, MakeBuffer(*o_.engine, window));
+    }
+    uint64_t done = 0;
+    uint32_t file_crc = 0;  // running CRC of the file whose chunks are being read
+    size_t next = 0;
+    while (next < m.chunks.size()) {
+      // The chunks of this round, back to back in the window.
+      const size_t first = next;
+      uint64_t used = 0;
+      std::vector<ReadOp> ops;
+      while (next < m.chunks.size() && used + m.chunks[next].length <= window) {
+        const ManifestChunk& c = m.chunks[next];
+        ops.push_back(ReadOp{info.region(), info.file_offsets(c.file_index) + c.file_offset,
+                             buffer_.data() + used, c.length});
+        used += c.length;
+        ++next;
+      }
+      MonitoredReadOptions read;
+      read.timeout = o_.transfer_timeout;
+      read.start = transfer_start;
+      read.stall_timeout = o_.stall_timeout;
+      read.batch_bytes = o_.batch_bytes_for_test;
+      read.batch_pause = o_.batch_pause_for_test;
+      if (o_.on_progress) {
+        read.on_progress = [&](uint64_t round_done, uint64_t) {
+          o_.on_progress(ArtifactPullProgress{done + round_done, total, source_text});
+        };
+      }
+      FERRY_RETURN_IF_ERROR(MonitoredRead(*peer, CoalesceReadOps(std::move(ops)), used, read));
+      // Verify every chunk, and each file as its last chunk arrives, then stage the bytes.
+      uint64_t pos = 0;
+      for (size_t i = first; i < next; ++i) {
+        const ManifestChunk& c = m.chunks[i];
+        const char* data = buffer_.data() + pos;
+        pos += c.length;
+        const uint32_t crc = Crc32c(data, c.length);
+        const ManifestFile& f = m.files[c.file_index];
+        if (Crc32cHex(crc) != c.checksum) {
+          return absl::DataLossError(absl::StrCat(
+              "chunk ", c.chunk_index, " of '", f.path, "' (bytes ", c.file_offset, "..",
+              c.file_offset + c.length, ") failed verification: CRC32C ", Crc32cHex(crc),
+              " but the manifest says ", c.checksum, "; the source or the transfer is corrupt"));
+        }
+        file_crc = c.file_offset == 0 ? crc : Crc32c(data, c.length, file_crc);
+        if (c.file_offset + c.length == f.size && Crc32cHex(file_crc) != f.checksum) {
+          return absl::DataLossError(
+              absl::StrCat("file '", f.path, "' failed verification: CRC32C ", Crc32cHex(file_crc),
+                           " but the manifest says ", f.checksum, "; the source is corrupt"));
+        }
+        FERRY_RETURN_IF_ERROR(stage->Write(c.file_index, c.file_offset, data, c.length));
+      }
+      done += used;
+    }
+    const absl::Time install_start = absl::Now();
+    if (o_.before_commit_for_test) o_.before_commit_for_test();
+    FERRY_RETURN_IF_ERROR(stage->Commit());
+    result->artifact_id = artifact_id;
+    result->transport = peer->transport();
+    result->trust = trust;
+    result->signer =
+        info.signing_public_key().empty() ? "" : KeyFingerprint(info.signing_public_key());
+    result->bytes = total;
+    result->files = m.files.size();
+    result->transfer_time = install_start - transfer_start;
+    result->install_time = absl::Now() - install_start;
+    return absl::OkStatus();
+  }
+
+  const ArtifactPullOptions& o_;
+  std::string mx_source_id_;
+  Buffer buffer_;
+};
+
+}  // namespace
+
+std::string DefaultArtifactStateDir() {
+  return internal::GetEnv("FERRY_ARTIFACT_STATE_DIR").value_or("/tmp/ferry-artifacts");
+}
+
+StatusOr<ArtifactPullResult> PullArtifact(const ArtifactPullOptions& options) {
+  return ArtifactPuller(options).Run();
+}
+
+}  // namespace ferry::artifacts

@@ -1,25 +1,26 @@
-// ferry artifact seal DIR: build the sealed manifest of a compile-cache tree (contract section
-// 4) and print it with its artifact_id, exactly as ModelExpress computes them.
+// ferry artifact: the command group for compile-cache artifacts. This file holds the shared
+// kind and identity flags, `seal` (print a tree's sealed manifest and artifact_id, exactly as
+// ModelExpress computes them) and `keygen`; publish and pull have their own files.
 #include <iostream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "artifacts/manifest.h"
+#include "artifacts/signing.h"
+#include "cli/artifact_flags.h"
 #include "cli/cli.h"
 #include "cli/p2p_flags.h"
+#include "common/env.h"
+#include "common/logging.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry::cli {
 
-namespace {
-
 namespace p2p = ::model_express::p2p;
 
-struct Kind {
-  const char* name;
-  p2p::MxSourceType type;
-};
+namespace {
 
-constexpr Kind kKinds[] = {
+constexpr ArtifactKind kKinds[] = {
     {"torch-compile", p2p::MX_SOURCE_TYPE_TORCH_COMPILE_CACHE},
     {"triton", p2p::MX_SOURCE_TYPE_TRITON_CACHE},
     {"deep-gemm", p2p::MX_SOURCE_TYPE_DEEP_GEMM_CACHE},
@@ -29,31 +30,23 @@ constexpr Kind kKinds[] = {
     {"tvm-ffi", p2p::MX_SOURCE_TYPE_TVM_FFI_CACHE},
 };
 
-std::string KindNames() {
-  std::string out;
-  for (const Kind& k : kKinds) absl::StrAppend(&out, out.empty() ? "" : ", ", k.name);
-  return out;
-}
-
 struct SealFlags {
   std::string dir;
-  std::string chunk_size = "64MiB";
+  std::string chunk_size;
   std::string kind = "torch-compile";
+  bool json = false;
+};
+
+struct KeygenFlags {
+  std::string dir;
   bool json = false;
 };
 
 Status RunSeal(const SealFlags& flags) {
   artifacts::SealOptions options;
-  FERRY_ASSIGN_OR_RETURN(const uint64_t chunk, ParseByteSize(flags.chunk_size, "--chunk-size"));
-  options.chunk_size = static_cast<int64_t>(chunk);
-  const Kind* kind = nullptr;
-  for (const Kind& k : kKinds) {
-    if (flags.kind == k.name) kind = &k;
-  }
-  if (kind == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--kind: unknown cache kind '", flags.kind, "'; use one of ", KindNames()));
-  }
+  FERRY_ASSIGN_OR_RETURN(options.chunk_size, ResolveChunkSize(flags.chunk_size));
+  FERRY_ASSIGN_OR_RETURN(const ArtifactKind k, ParseArtifactKind(flags.kind));
+  const ArtifactKind* kind = &k;
   options.mx_source_type = kind->type;
   FERRY_ASSIGN_OR_RETURN(artifacts::Manifest manifest,
                          artifacts::SealDirectory(flags.dir, options));
@@ -76,7 +69,98 @@ Status RunSeal(const SealFlags& flags) {
   return absl::OkStatus();
 }
 
+Status RunKeygen(const KeygenFlags& flags) {
+  FERRY_ASSIGN_OR_RETURN(artifacts::KeyPairFiles files, artifacts::WriteKeyPair(flags.dir));
+  if (flags.json) {
+    nlohmann::ordered_json out = {{"private_key", files.private_key_path},
+                                  {"public_key", files.public_key_path},
+                                  {"fingerprint", files.fingerprint}};
+    std::cout << out.dump(2) << "\n";
+  } else {
+    std::cout << "wrote " << files.private_key_path << " (keep it secret: sources sign with "
+              << "--signing-key)\nwrote " << files.public_key_path
+              << " (give it to targets: --trust)\nfingerprint " << files.fingerprint << "\n";
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+std::string ArtifactKindNames() {
+  std::string out;
+  for (const ArtifactKind& k : kKinds) absl::StrAppend(&out, out.empty() ? "" : ", ", k.name);
+  return out;
+}
+
+StatusOr<ArtifactKind> ParseArtifactKind(const std::string& name) {
+  for (const ArtifactKind& k : kKinds) {
+    if (name == k.name) return k;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--kind: unknown cache kind '", name, "'; use one of ", ArtifactKindNames()));
+}
+
+void AddArtifactIdentityFlags(CLI::App* cmd, ArtifactIdentityFlags& flags) {
+  cmd->add_option("--kind", flags.kind, "cache kind: " + ArtifactKindNames())
+      ->required()
+      ->group("Identity");
+  AddIdentityFlags(cmd, flags.base);
+  const std::string group = "Identity";
+  cmd->add_option("--framework-version", flags.framework_version,
+                  "SourceIdentity.backend_framework_version (vLLM/SGLang/TRT-LLM version)")
+      ->group(group);
+  cmd->add_option("--torch-version", flags.torch_version, "SourceIdentity.torch_version")
+      ->group(group);
+  cmd->add_option("--cuda-version", flags.cuda_version, "SourceIdentity.cuda_version")
+      ->group(group);
+  cmd->add_option("--triton-version", flags.triton_version, "SourceIdentity.triton_version")
+      ->group(group);
+  cmd->add_option("--gpu-arch", flags.gpu_arch, "SourceIdentity.gpu_arch, e.g. sm90")->group(group);
+  cmd->add_option("--compile-config-digest", flags.compile_config_digest,
+                  "SourceIdentity.compile_config_digest (MX_ARTIFACT_COMPILE_CONFIG_DIGEST)")
+      ->group(group);
+}
+
+StatusOr<SourceIdentity> BuildArtifactIdentity(const ArtifactIdentityFlags& flags) {
+  FERRY_ASSIGN_OR_RETURN(SourceIdentity id, BuildIdentity(flags.base));
+  FERRY_ASSIGN_OR_RETURN(const ArtifactKind kind, ParseArtifactKind(flags.kind));
+  id.set_mx_source_type(kind.type);
+  id.set_backend_framework_version(flags.framework_version);
+  id.set_torch_version(flags.torch_version);
+  id.set_cuda_version(flags.cuda_version);
+  id.set_triton_version(flags.triton_version);
+  id.set_gpu_arch(flags.gpu_arch);
+  id.set_compile_config_digest(flags.compile_config_digest);
+  return id;
+}
+
+StatusOr<int64_t> ResolveChunkSize(const std::string& flag) {
+  int64_t chunk = artifacts::kDefaultChunkSize;
+  std::string from = "the default";
+  if (!flag.empty()) {
+    FERRY_ASSIGN_OR_RETURN(const uint64_t v, ParseByteSize(flag, "--chunk-size"));
+    chunk = static_cast<int64_t>(std::min<uint64_t>(v, uint64_t{1} << 62));
+    from = "--chunk-size";
+  } else if (std::optional<std::string> env = internal::GetEnv("FERRY_ARTIFACT_CHUNK_SIZE")) {
+    from = internal::EnvSource("FERRY_ARTIFACT_CHUNK_SIZE");
+    if (from == "FERRY_ARTIFACT_CHUNK_SIZE") {
+      FERRY_ASSIGN_OR_RETURN(const uint64_t v, ParseByteSize(*env, from));
+      chunk = static_cast<int64_t>(std::min<uint64_t>(v, uint64_t{1} << 62));
+    } else {
+      // ModelExpress's rule for its variable: bad or non-positive values fall back to 64 MiB.
+      chunk = artifacts::ChunkSizeFromEnvValue(env->c_str());
+      int64_t parsed = 0;
+      if (!absl::SimpleAtoi(*env, &parsed) || parsed <= 0) {
+        spdlog::warn("{}='{}' is not a positive integer; using 64 MiB chunks", from, *env);
+      }
+    }
+  }
+  if (Status s = artifacts::ValidateChunkSize(chunk); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        from, ": chunk size ", chunk, " is outside 1 B..4 GiB; pick a size such as 64MiB"));
+  }
+  return chunk;
+}
 
 void AddArtifactCommand(CLI::App& app, Cli& cli) {
   CLI::App* artifact =
@@ -89,12 +173,27 @@ void AddArtifactCommand(CLI::App& app, Cli& cli) {
       "ModelExpress computes it: symlinks and special files skipped, canonical absolute paths\n"
       "in bytewise order, fixed-size chunks, CRC32C per chunk and per file.");
   cmd->add_option("DIR", seal->dir, "the cache directory")->required();
-  cmd->add_option("--chunk-size", seal->chunk_size, "chunk size: bytes, or 64MiB, ... (1 B..4 GiB)")
+  cmd->add_option(
+      "--chunk-size", seal->chunk_size,
+      "chunk size: bytes, or 64MiB, ... (1 B..4 GiB; default FERRY_ARTIFACT_CHUNK_SIZE, "
+      "else 64 MiB)");
+  cmd->add_option("--kind", seal->kind, "cache kind: " + ArtifactKindNames())
       ->capture_default_str();
-  cmd->add_option("--kind", seal->kind, "cache kind: " + KindNames())->capture_default_str();
   cmd->add_flag("--json", seal->json,
                 "print the manifest (the JSON artifact_id is computed over) with the id");
   cmd->callback([&cli, seal] { cli.action = [seal] { return RunSeal(*seal); }; });
+
+  auto keygen = std::make_shared<KeygenFlags>();
+  CLI::App* kg = artifact->add_subcommand(
+      "keygen",
+      "Create a deployment signing key pair: DIR/signing.key (Ed25519, PKCS#8 PEM, mode 0600)\n"
+      "for sources (--signing-key) and DIR/signing.pub for targets (--trust). Never overwrites.");
+  kg->add_option("DIR", keygen->dir, "directory for the key pair (created, mode 0700)")->required();
+  kg->add_flag("--json", keygen->json, "print the paths and fingerprint as JSON");
+  kg->callback([&cli, keygen] { cli.action = [keygen] { return RunKeygen(*keygen); }; });
+
+  AddArtifactPublishCommand(artifact, cli);
+  AddArtifactPullCommand(artifact, cli);
 }
 
 }  // namespace ferry::cli

@@ -49,6 +49,10 @@ constexpr EnvVar kTable[] = {
     {"FERRY_TLS_CLIENT_CERT", "", "",
      "client: PEM client certificate chain for mutual TLS (--tls-cert)"},
     {"FERRY_TLS_CLIENT_KEY", "", "", "client: PEM private key of --tls-cert (--tls-key)"},
+    {"FERRY_ARTIFACT_CHUNK_SIZE", "MX_ARTIFACT_TRANSFER_CHUNK_SIZE", "64MiB",
+     "ferry artifact publish/seal: bytes per manifest chunk, 1 B..4 GiB (--chunk-size)"},
+    {"FERRY_ARTIFACT_STATE_DIR", "", "/tmp/ferry-artifacts",
+     "ferry artifact pull: node-wide install locks and markers (--state-dir)"},
 };
 
 }  // namespace

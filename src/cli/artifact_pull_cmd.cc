@@ -1,0 +1,224 @@
+// ferry artifact pull --kind KIND --model NAME ... --into DIR: install a compile cache from a
+// peer, verified, trusted and atomically (see artifacts/artifact_puller.h).
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "artifacts/artifact_puller.h"
+#include "cli/artifact_flags.h"
+#include "common/logging.h"
+#include "nlohmann/json.hpp"
+
+namespace ferry::cli {
+
+namespace {
+
+struct ArtifactPullFlags {
+  ArtifactIdentityFlags identity;
+  std::string into;
+  uint32_t node_rank = 0;
+  std::string accelerator;
+  std::vector<std::string> trust;
+  bool allow_unsigned = false;
+  std::string state_dir;
+  double failure_ttl = 120;
+  double lock_timeout = 1800;
+  bool force = false;
+  bool json = false;
+  int max_sources = 3;
+  double transfer_timeout = 600;
+  double stall_timeout = 15;
+  std::string worker_tls_ca;
+  std::string worker_tls_client_cert;
+  std::string worker_tls_client_key;
+  std::string target_worker_id;
+  EngineFlags engine;
+  int testing_pause_before_install_ms = 0;  // hidden
+  uint64_t testing_batch_bytes = 0;         // hidden
+  int testing_batch_pause_ms = 0;           // hidden
+};
+
+nlohmann::json Summary(const artifacts::ArtifactPullResult& r) {
+  nlohmann::json attempts = nlohmann::json::array();
+  for (const artifacts::ArtifactPullAttempt& a : r.attempts) {
+    attempts.push_back({{"worker_id", a.worker_id},
+                        {"endpoint", a.endpoint},
+                        {"ok", a.status.ok()},
+                        {"error", a.status.ok() ? "" : std::string(a.status.message())}});
+  }
+  const double transfer = absl::ToDoubleSeconds(r.transfer_time);
+  return {{"installed", r.installed},
+          {"into", r.installed_into},
+          {"artifact_id", r.artifact_id},
+          {"mx_source_id", r.mx_source_id},
+          {"bytes", r.bytes},
+          {"files", r.files},
+          {"seconds", absl::ToDoubleSeconds(r.total_time)},
+          {"transfer_seconds", transfer},
+          {"install_seconds", absl::ToDoubleSeconds(r.install_time)},
+          {"gbps", transfer > 0 ? r.bytes / transfer / 1e9 : 0.0},
+          {"transport", r.installed ? std::string(TransportKindName(r.transport)) : ""},
+          {"verified", r.installed},
+          {"trust", r.installed ? std::string(artifacts::TrustDecisionName(r.trust)) : ""},
+          {"signer", r.signer},
+          {"source", {{"worker_id", r.source_worker_id}, {"endpoint", r.source_endpoint}}},
+          {"attempts", attempts}};
+}
+
+Status RunArtifactPull(const GlobalFlags& flags, const ArtifactPullFlags& pull) {
+  FERRY_ASSIGN_OR_RETURN(SourceIdentity identity, BuildArtifactIdentity(pull.identity));
+  FERRY_ASSIGN_OR_RETURN(artifacts::TrustedKeys trusted, artifacts::TrustedKeys::Load(pull.trust));
+  if (trusted.empty() && !pull.allow_unsigned) {
+    return absl::InvalidArgumentError(
+        "ferry artifact pull needs --trust FILE (a deployment public key, see `ferry artifact "
+        "keygen`) to install signed caches, or --allow-unsigned to accept unsigned ones");
+  }
+  TransportKind transport;
+  FERRY_ASSIGN_OR_RETURN(TransferEngineOptions engine_options,
+                         BuildEngineOptions(pull.engine, "ferry artifact pull", &transport));
+  FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
+                         TransferEngine::Create(engine_options));
+
+  artifacts::ArtifactPullOptions options;
+  options.client = client.get();
+  options.engine = engine.get();
+  options.identity = identity;
+  options.into = pull.into;
+  options.node_rank = pull.node_rank;
+  options.accelerator = pull.accelerator;
+  options.target_worker_id = pull.target_worker_id;
+  options.transport = transport;
+  options.max_sources = pull.max_sources;
+  options.endpoint.token = token.token;
+  options.endpoint.token_file = token.token_file;
+  options.endpoint.tls = !pull.worker_tls_ca.empty();
+  options.endpoint.tls_ca_file = pull.worker_tls_ca;
+  options.endpoint.tls_cert_file = pull.worker_tls_client_cert;
+  options.endpoint.tls_key_file = pull.worker_tls_client_key;
+  options.transfer_timeout = absl::Seconds(pull.transfer_timeout);
+  options.stall_timeout = absl::Seconds(pull.stall_timeout);
+  options.trusted = &trusted;
+  options.allow_unsigned = pull.allow_unsigned;
+  options.state_dir =
+      pull.state_dir.empty() ? artifacts::DefaultArtifactStateDir() : pull.state_dir;
+  options.failure_ttl = absl::Seconds(pull.failure_ttl);
+  options.lock_timeout = absl::Seconds(pull.lock_timeout);
+  options.force = pull.force;
+  options.on_lock_wait = [&pull](int pid) {
+    std::cerr << "ferry artifact pull: waiting for another pull"
+              << (pid > 0 ? absl::StrCat(" (pid ", pid, ")") : std::string()) << " installing into "
+              << pull.into << "\n";
+  };
+  if (pull.testing_pause_before_install_ms > 0) {
+    options.before_commit_for_test = [&pull] {
+      std::cerr << "ferry artifact pull: staged; pausing before install (testing)\n";
+      absl::SleepFor(absl::Milliseconds(pull.testing_pause_before_install_ms));
+    };
+  }
+  options.batch_bytes_for_test = pull.testing_batch_bytes;
+  options.batch_pause_for_test = absl::Milliseconds(pull.testing_batch_pause_ms);
+  FERRY_ASSIGN_OR_RETURN(artifacts::ArtifactPullResult result, artifacts::PullArtifact(options));
+  if (pull.json) {
+    std::cout << Summary(result).dump(2) << std::endl;
+  } else if (!result.installed) {
+    std::cout << "artifact " << result.artifact_id << " is already installed in "
+              << result.installed_into << " (by an earlier pull on this node; --force to redo)\n";
+  } else {
+    std::cout << absl::StrFormat(
+        "installed %d files (%s) of artifact %s into %s from worker %s over %s in %.3f s "
+        "(transfer %.3f s; verified CRC32C; %s%s)\n",
+        result.files, FormatBytes(result.bytes), result.artifact_id, result.installed_into,
+        result.source_worker_id, TransportKindName(result.transport),
+        absl::ToDoubleSeconds(result.total_time), absl::ToDoubleSeconds(result.transfer_time),
+        artifacts::TrustDecisionName(result.trust),
+        result.signer.empty() ? "" : absl::StrCat(" ", result.signer));
+  }
+  std::cout.flush();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void AddArtifactPullCommand(CLI::App* artifact, Cli& cli) {
+  auto flags = std::make_shared<ArtifactPullFlags>();
+  CLI::App* cmd = artifact->add_subcommand(
+      "pull",
+      "Install a compile cache from a peer (see `ferry artifact publish`): under a node-wide\n"
+      "lock, list READY sources of the identity, fetch and validate the sealed manifest, check\n"
+      "its signature against --trust keys, read the bytes, verify every chunk and file CRC32C,\n"
+      "stage the files beside --into and swap them in atomically: the cache is either untouched\n"
+      "or complete. Local entries the artifact does not contain are kept. Other pulls of the\n"
+      "same cache on this node wait and reuse the result; after a failure they fail fast for\n"
+      "--failure-ttl seconds. Exits 1 with what happened at each source if none succeeded.");
+  AddArtifactIdentityFlags(cmd, flags->identity);
+  cmd->add_option("--into", flags->into, "the cache directory to install into")->required();
+  cmd->add_option("--node-rank", flags->node_rank, "take only sources of this node_rank")
+      ->capture_default_str();
+  cmd->add_option("--accelerator", flags->accelerator,
+                  "this target's accelerator; sources must be compatible (\"\" accepts all)");
+  const std::string trust = "Trust";
+  cmd->add_option("--trust", flags->trust, "a trusted signing public key (signing.pub); repeatable")
+      ->check(CLI::ExistingFile)
+      ->group(trust);
+  cmd->add_flag("--allow-unsigned", flags->allow_unsigned,
+                "also install unsigned artifacts, or ones signed by an untrusted key (a warning "
+                "names the source); a bad signature by a trusted key is still refused")
+      ->group(trust);
+  const std::string node = "Node coordination";
+  cmd->add_option("--state-dir", flags->state_dir,
+                  "where install locks and markers live (default FERRY_ARTIFACT_STATE_DIR, else "
+                  "/tmp/ferry-artifacts)")
+      ->group(node);
+  cmd->add_option("--failure-ttl", flags->failure_ttl,
+                  "seconds other pulls on this node skip a cache whose pull failed")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(node);
+  cmd->add_option("--lock-timeout", flags->lock_timeout,
+                  "seconds to wait for another pull installing into the same directory")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(node);
+  cmd->add_flag("--force", flags->force,
+                "pull even if this node already installed the cache or recently failed to")
+      ->group(node);
+  cmd->add_flag("--json", flags->json,
+                "print a JSON summary: installed, into, artifact_id, bytes, files, seconds, "
+                "gbps, transport, trust, signer, source, attempts");
+  cmd->add_option("--max-sources", flags->max_sources, "sources to try before giving up")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  cmd->add_option("--transfer-timeout", flags->transfer_timeout,
+                  "seconds allowed for reading one source's bytes")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--stall-timeout", flags->stall_timeout,
+                  "seconds without a byte arriving before a source is abandoned (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--worker-tls-ca", flags->worker_tls_ca,
+                  "PEM CA: call the sources' worker endpoints over TLS, trusting this CA")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--worker-tls-client-cert", flags->worker_tls_client_cert,
+                  "PEM client certificate for worker endpoints that require one (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--worker-tls-client-key", flags->worker_tls_client_key,
+                  "PEM private key of --worker-tls-client-cert")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--target-worker-id", flags->target_worker_id,
+                  "this target's id, which seeds the rendezvous order (default: random)");
+  AddEngineFlags(cmd, flags->engine, /*serving=*/false);
+  cmd->add_option("--testing-pause-before-install-ms", flags->testing_pause_before_install_ms)
+      ->group("");
+  cmd->add_option("--testing-batch-bytes", flags->testing_batch_bytes)->group("");
+  cmd->add_option("--testing-batch-pause-ms", flags->testing_batch_pause_ms)->group("");
+  cmd->callback(
+      [&cli, flags] { cli.action = [&cli, flags] { return RunArtifactPull(cli.flags, *flags); }; });
+}
+
+}  // namespace ferry::cli
