@@ -143,6 +143,10 @@ void ArtifactSource::Stop() {
   if (server_ != nullptr) server_->Stop();
 }
 
+void ArtifactSource::CorruptByteForTest(uint64_t offset) {
+  if (offset < snapshot_.total_bytes) static_cast<uint8_t*>(region_->data())[offset] ^= 0xff;
+}
+
 std::string ArtifactSource::endpoint() const {
   return server_ != nullptr ? server_->endpoint() : std::string();
 }

@@ -68,6 +68,10 @@ class ArtifactSource {
   std::string endpoint() const;  // worker endpoint host:port; "" before Start()
   const worker::ArtifactState& state() const { return *state_; }
 
+  // Tests: flips the snapshot byte at `offset` (bytes counted through the files in order), so
+  // that the served bytes no longer match the sealed manifest.
+  void CorruptByteForTest(uint64_t offset);
+
  private:
   ArtifactSource(ArtifactSourceOptions options, std::string worker_id, std::string mx_source_id);
 
