@@ -432,7 +432,7 @@ TEST(WorkerServerTest, OptionsAndEndpoint) {
     EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(s.status().message(), HasSubstr(message));
   };
-  bad({}, "WorkerServerOptions.state is null");
+  bad({}, "WorkerServerOptions.state and .artifacts are both null");
   bad({.state = state.get(), .listen = "7001"}, "WorkerServerOptions.listen='7001' has no");
   bad({.state = state.get(), .listen = "h:70000"}, "has no valid port");
   bad({.state = state.get(), .token = kToken, .token_file = "/x"}, "set at most one");
