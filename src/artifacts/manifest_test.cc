@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -398,6 +399,98 @@ TEST_F(TamperTest, WrongIdAndHeader) {
   counts.file_count = 1;
   EXPECT_THAT(ValidateFetchedManifest(m_, counts, id_).message(),
               HasSubstr("header file_count 1 but 2 files received"));
+}
+
+}  // namespace
+}  // namespace ferry::artifacts
+
+namespace ferry::artifacts {
+namespace {
+
+// Memory for SnapshotDirectory, kept by the test.
+struct SnapshotMemory {
+  std::vector<char> bytes;
+  int calls = 0;
+  SnapshotAllocator allocator() {
+    return [this](uint64_t n) -> StatusOr<char*> {
+      ++calls;
+      bytes.assign(n, '\0');
+      return bytes.data();
+    };
+  }
+};
+
+TEST(SnapshotTest, EveryVectorTreeSnapshotsToTheSealedManifestAndItsBytes) {
+  nlohmann::json doc = LoadVectors();
+  for (const auto& v : doc["from_directory"]) {
+    SCOPED_TRACE(v["name"].get<std::string>());
+    TempDir dir;
+    std::map<std::string, std::string> contents;
+    for (const auto& f : v["input_files"]) {
+      std::string content = FromHex(f["content_hex"].get<std::string>());
+      dir.Write(f["relative_path"].get<std::string>(), content);
+      contents[dir.path() + "/" + f["relative_path"].get<std::string>()] = content;
+    }
+    const SealOptions options =
+        Chunk(v["chunk_size_argument"].get<int64_t>(), v["mx_source_type"].get<int>());
+    auto sealed = SealDirectory(dir.path(), options);
+    ASSERT_TRUE(sealed.ok()) << sealed.status();
+    SnapshotMemory memory;
+    auto snap = SnapshotDirectory(dir.path(), options, memory.allocator());
+    if (sealed->files.empty()) {
+      EXPECT_TRUE(absl::IsInvalidArgument(snap.status()));
+      continue;
+    }
+    ASSERT_TRUE(snap.ok()) << snap.status();
+    EXPECT_EQ(memory.calls, 1);
+    EXPECT_EQ(snap->manifest, *sealed);
+    EXPECT_EQ(snap->root, dir.path());
+    ASSERT_EQ(snap->file_offsets.size(), sealed->files.size());
+    uint64_t expected_offset = 0;
+    for (const ManifestFile& f : sealed->files) {
+      EXPECT_EQ(snap->file_offsets[f.file_index], expected_offset);
+      EXPECT_EQ(std::string(memory.bytes.data() + expected_offset, f.size), contents[f.path])
+          << f.path;
+      expected_offset += f.size;
+    }
+    EXPECT_EQ(snap->total_bytes, expected_offset);
+  }
+}
+
+TEST(SnapshotTest, LaterWritesDoNotChangeTheSnapshot) {
+  TempDir dir;
+  dir.Write("a", "before");
+  SnapshotMemory memory;
+  auto snap = SnapshotDirectory(dir.path(), Chunk(4), memory.allocator());
+  ASSERT_TRUE(snap.ok()) << snap.status();
+  dir.Write("a", "after, and longer");
+  dir.Write("b", "new");
+  EXPECT_EQ(std::string(memory.bytes.data(), 6), "before");
+  EXPECT_EQ(snap->manifest.files.size(), 1u);
+  EXPECT_EQ(snap->manifest.files[0].checksum, Crc32cHex(Crc32c("before", 6)));
+  EXPECT_TRUE(ValidateManifest(snap->manifest, ArtifactId(snap->manifest)).ok());
+}
+
+TEST(SnapshotTest, EmptyTreeAndAllocatorErrors) {
+  TempDir dir;
+  SnapshotMemory memory;
+  auto empty = SnapshotDirectory(dir.path(), Chunk(4), memory.allocator());
+  EXPECT_TRUE(absl::IsInvalidArgument(empty.status()));
+  EXPECT_THAT(std::string(empty.status().message()), ::testing::HasSubstr("holds no regular file"));
+  EXPECT_EQ(memory.calls, 0);
+
+  dir.Write("only-empty", "");
+  auto zero = SnapshotDirectory(dir.path(), Chunk(4), memory.allocator());
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  EXPECT_EQ(memory.bytes.size(), 1u);  // at least one byte is asked for
+  EXPECT_EQ(zero->total_bytes, 0u);
+  EXPECT_TRUE(zero->manifest.chunks.empty());
+  EXPECT_EQ(zero->manifest.files[0].checksum, "00000000");
+
+  auto refused = SnapshotDirectory(dir.path(), Chunk(4), [](uint64_t) -> StatusOr<char*> {
+    return absl::ResourceExhaustedError("no memory for you");
+  });
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status()));
 }
 
 }  // namespace
