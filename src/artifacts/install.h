@@ -104,7 +104,8 @@ class StagedInstall {
   //     directories recreated with their mode, symlinks recreated as the same symlink, never
   //     followed, anything else skipped), so local cache entries survive; entries the artifact
   //     contains (by path) are replaced by the artifact's.
-  //  2. fsync every staged file, then every staged directory, deepest first.
+  //  2. make the stage durable: one syncfs of its filesystem (else an fsync of every staged file,
+  //     then every staged directory, deepest first).
   //  3. renameat2(RENAME_EXCHANGE) of the stage and target_dir when target_dir exists, else
   //     renameat2(RENAME_NOREPLACE). If the filesystem refuses RENAME_EXCHANGE (EINVAL/ENOSYS),
   //     falls back to rename(target_dir -> ".<name>.ferry-old.<hex>") then rename(stage ->
