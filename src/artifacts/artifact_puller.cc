@@ -4,9 +4,11 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -273,63 +275,8 @@ class ArtifactPuller {
     FERRY_RETURN_IF_ERROR(stage->CreateFiles(paths, sizes));
 
     const absl::Time transfer_start = absl::Now();
-    const uint64_t window =
-        std::max(largest_chunk, std::min(o_.window_bytes, std::max<uint64_t>(total, 1)));
-    if (buffer_.region == nullptr || buffer_.size < window) {
-      buffer_ = Buffer{};
-      FERRY_ASSIGN_OR_RETURN(buffer_, MakeBuffer(*o_.engine, window));
-    }
-    uint64_t done = 0;
-    uint32_t file_crc = 0;  // running CRC of the file whose chunks are being read
-    size_t next = 0;
-    while (next < m.chunks.size()) {
-      // The chunks of this round, back to back in the window.
-      const size_t first = next;
-      uint64_t used = 0;
-      std::vector<ReadOp> ops;
-      while (next < m.chunks.size() && used + m.chunks[next].length <= window) {
-        const ManifestChunk& c = m.chunks[next];
-        ops.push_back(ReadOp{info.region(), info.file_offsets(c.file_index) + c.file_offset,
-                             buffer_.data() + used, c.length});
-        used += c.length;
-        ++next;
-      }
-      MonitoredReadOptions read;
-      read.timeout = o_.transfer_timeout;
-      read.start = transfer_start;
-      read.stall_timeout = o_.stall_timeout;
-      read.batch_bytes = o_.batch_bytes_for_test;
-      read.batch_pause = o_.batch_pause_for_test;
-      if (o_.on_progress) {
-        read.on_progress = [&](uint64_t round_done, uint64_t) {
-          o_.on_progress(ArtifactPullProgress{done + round_done, total, source_text});
-        };
-      }
-      FERRY_RETURN_IF_ERROR(MonitoredRead(*peer, CoalesceReadOps(std::move(ops)), used, read));
-      // Verify every chunk, and each file as its last chunk arrives, then stage the bytes.
-      uint64_t pos = 0;
-      for (size_t i = first; i < next; ++i) {
-        const ManifestChunk& c = m.chunks[i];
-        const char* data = buffer_.data() + pos;
-        pos += c.length;
-        const uint32_t crc = Crc32c(data, c.length);
-        const ManifestFile& f = m.files[c.file_index];
-        if (Crc32cHex(crc) != c.checksum) {
-          return absl::DataLossError(absl::StrCat(
-              "chunk ", c.chunk_index, " of '", f.path, "' (bytes ", c.file_offset, "..",
-              c.file_offset + c.length, ") failed verification: CRC32C ", Crc32cHex(crc),
-              " but the manifest says ", c.checksum, "; the source or the transfer is corrupt"));
-        }
-        file_crc = c.file_offset == 0 ? crc : Crc32c(data, c.length, file_crc);
-        if (c.file_offset + c.length == f.size && Crc32cHex(file_crc) != f.checksum) {
-          return absl::DataLossError(
-              absl::StrCat("file '", f.path, "' failed verification: CRC32C ", Crc32cHex(file_crc),
-                           " but the manifest says ", f.checksum, "; the source is corrupt"));
-        }
-        FERRY_RETURN_IF_ERROR(stage->Write(c.file_index, c.file_offset, data, c.length));
-      }
-      done += used;
-    }
+    FERRY_RETURN_IF_ERROR(
+        ReadVerifyStage(*peer, m, info, total, largest_chunk, source_text, transfer_start, *stage));
     const absl::Time install_start = absl::Now();
     if (o_.before_commit_for_test) o_.before_commit_for_test();
     FERRY_RETURN_IF_ERROR(stage->Commit());
@@ -345,9 +292,115 @@ class ArtifactPuller {
     return absl::OkStatus();
   }
 
+  // One window of chunks, back to back in a buffer: chunks [first, next), `bytes` in all.
+  struct Window {
+    size_t first = 0;
+    size_t next = 0;
+    uint64_t bytes = 0;
+  };
+
+  // Reads every chunk through `peer`, a window at a time into two alternating buffers, so that
+  // the next window is read while this one is verified (every chunk's CRC32C, and each file's
+  // as its last chunk arrives) and written into the stage.
+  Status ReadVerifyStage(Peer& peer, const Manifest& m,
+                         const ferry::v1::GetArtifactTransferInfoResponse& info, uint64_t total,
+                         uint64_t largest_chunk, const std::string& source_text, absl::Time start,
+                         StagedInstall& stage) {
+    const uint64_t window =
+        std::max(largest_chunk, std::min(o_.window_bytes, std::max<uint64_t>(total, 1)));
+    std::vector<Window> windows;
+    for (size_t i = 0; i < m.chunks.size();) {
+      Window w{i, i, 0};
+      while (w.next < m.chunks.size() && w.bytes + m.chunks[w.next].length <= window) {
+        w.bytes += m.chunks[w.next++].length;
+      }
+      windows.push_back(w);
+      i = w.next;
+    }
+    const size_t buffers = std::min<size_t>(windows.size(), 2);
+    for (size_t b = 0; b < buffers; ++b) {
+      if (buffers_[b].region == nullptr || buffers_[b].size < window) {
+        buffers_[b] = Buffer{};
+        FERRY_ASSIGN_OR_RETURN(buffers_[b], MakeBuffer(*o_.engine, window));
+      }
+    }
+    std::atomic<uint64_t> done{0};
+    auto read = [&](size_t k) -> Status {
+      const Window& w = windows[k];
+      char* base = buffers_[k % 2].data();
+      std::vector<ReadOp> ops;
+      ops.reserve(w.next - w.first);
+      uint64_t at = 0;
+      for (size_t i = w.first; i < w.next; ++i) {
+        const ManifestChunk& c = m.chunks[i];
+        ops.push_back(ReadOp{info.region(), info.file_offsets(c.file_index) + c.file_offset,
+                             base + at, c.length});
+        at += c.length;
+      }
+      MonitoredReadOptions options;
+      options.timeout = o_.transfer_timeout;
+      options.start = start;
+      options.stall_timeout = o_.stall_timeout;
+      options.batch_bytes = o_.batch_bytes_for_test;
+      options.batch_pause = o_.batch_pause_for_test;
+      if (o_.on_progress) {
+        const uint64_t before = done.load();
+        options.on_progress = [&, before](uint64_t round_done, uint64_t) {
+          o_.on_progress(ArtifactPullProgress{before + round_done, total, source_text});
+        };
+      }
+      Status s = MonitoredRead(peer, CoalesceReadOps(std::move(ops)), w.bytes, options);
+      if (s.ok()) done += w.bytes;
+      return s;
+    };
+
+    uint32_t file_crc = 0;  // running CRC of the file whose chunks are being verified
+    Status current = windows.empty() ? absl::OkStatus() : read(0);
+    for (size_t k = 0; k < windows.size(); ++k) {
+      FERRY_RETURN_IF_ERROR(current);
+      // The next window's read runs while this one is checked and staged; it is joined before
+      // leaving this iteration, also on errors.
+      Status upcoming;
+      std::thread reader;
+      if (k + 1 < windows.size()) reader = std::thread([&] { upcoming = read(k + 1); });
+      Status checked = VerifyAndStage(m, windows[k], buffers_[k % 2].data(), file_crc, stage);
+      if (reader.joinable()) reader.join();
+      FERRY_RETURN_IF_ERROR(checked);
+      current = std::move(upcoming);
+    }
+    return absl::OkStatus();
+  }
+
+  // Verifies window `w` (its bytes at `data`) and writes it into the stage.
+  Status VerifyAndStage(const Manifest& m, const Window& w, const char* data, uint32_t& file_crc,
+                        StagedInstall& stage) {
+    uint64_t pos = 0;
+    for (size_t i = w.first; i < w.next; ++i) {
+      const ManifestChunk& c = m.chunks[i];
+      const char* bytes = data + pos;
+      pos += c.length;
+      const uint32_t crc = Crc32c(bytes, c.length);
+      const ManifestFile& f = m.files[c.file_index];
+      if (Crc32cHex(crc) != c.checksum) {
+        return absl::DataLossError(absl::StrCat(
+            "chunk ", c.chunk_index, " of '", f.path, "' (bytes ", c.file_offset, "..",
+            c.file_offset + c.length, ") failed verification: CRC32C ", Crc32cHex(crc),
+            " but the manifest says ", c.checksum, "; the source or the transfer is corrupt"));
+      }
+      file_crc = c.file_offset == 0 ? crc : Crc32c(bytes, c.length, file_crc);
+      if (c.file_offset + c.length == f.size && Crc32cHex(file_crc) != f.checksum) {
+        return absl::DataLossError(absl::StrCat("file '", f.path, "' failed verification: CRC32C ",
+                                                Crc32cHex(file_crc), " but the manifest says ",
+                                                f.checksum, "; the source is corrupt"));
+      }
+      FERRY_RETURN_IF_ERROR(stage.Write(c.file_index, c.file_offset, bytes, c.length));
+    }
+    return absl::OkStatus();
+  }
+
   const ArtifactPullOptions& o_;
   std::string mx_source_id_;
-  Buffer buffer_;
+  Buffer buffers_[2];
 };
 
 }  // namespace

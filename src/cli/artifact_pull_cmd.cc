@@ -39,6 +39,7 @@ struct ArtifactPullFlags {
   int testing_pause_before_install_ms = 0;  // hidden
   uint64_t testing_batch_bytes = 0;         // hidden
   int testing_batch_pause_ms = 0;           // hidden
+  uint64_t testing_window_bytes = 0;        // hidden
 };
 
 nlohmann::json Summary(const artifacts::ArtifactPullResult& r) {
@@ -120,6 +121,7 @@ Status RunArtifactPull(const GlobalFlags& flags, const ArtifactPullFlags& pull) 
       absl::SleepFor(absl::Milliseconds(pull.testing_pause_before_install_ms));
     };
   }
+  if (pull.testing_window_bytes > 0) options.window_bytes = pull.testing_window_bytes;
   options.batch_bytes_for_test = pull.testing_batch_bytes;
   options.batch_pause_for_test = absl::Milliseconds(pull.testing_batch_pause_ms);
   FERRY_ASSIGN_OR_RETURN(artifacts::ArtifactPullResult result, artifacts::PullArtifact(options));
@@ -217,6 +219,7 @@ void AddArtifactPullCommand(CLI::App* artifact, Cli& cli) {
       ->group("");
   cmd->add_option("--testing-batch-bytes", flags->testing_batch_bytes)->group("");
   cmd->add_option("--testing-batch-pause-ms", flags->testing_batch_pause_ms)->group("");
+  cmd->add_option("--testing-window-bytes", flags->testing_window_bytes)->group("");
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunArtifactPull(cli.flags, *flags); }; });
 }
