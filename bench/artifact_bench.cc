@@ -22,7 +22,9 @@
 //              syncfs(2) of DEST's filesystem (what `sync -f DEST` does): cp alone and cp + sync.
 //   install    the install alone, from the snapshot in memory (no transfer, no CRC): the
 //              node lock, StagedInstall::Create, CreateFiles, Write of every file, Commit
-//              (fsync of every staged file and directory, then the rename). Each phase timed.
+//              (makes the stage durable, then the rename). Each phase timed. What-ifs
+//              (--install-variants, on by default): every staged file fsynced before Commit, one
+//              after another (serial_fsync_first) or from 16 threads (parallel_fsync_first).
 //   pull       a real ferry-server and a `ferry artifact publish TREE --kind triton --signing-key
 //              K` child; this process runs artifacts::PullArtifact (trusting K, force, a fresh
 //              --into and state dir each run) per --transport. Reported: total, the puller's
@@ -585,16 +587,17 @@ CpRun RunCp(const TreeInfo& tree, const std::string& dest, bool check) {
 }
 
 // What runs between the last Write and Commit in the install workload: nothing (what
-// PullArtifact does), or a what-if that flushes the staged files first, so that Commit's
-// one-by-one fsyncs find them clean.
-enum class Presync { kNone, kSyncfs, kParallelFsync };
+// PullArtifact does), or a what-if that makes the staged files durable first with fsync, one
+// file after another (what Commit did before it used syncfs) or from 16 threads at once, so
+// Commit's own flush finds them clean.
+enum class Presync { kNone, kSerialFsync, kParallelFsync };
 
 const char* PresyncName(Presync p) {
   switch (p) {
     case Presync::kNone:
       return "as_is";
-    case Presync::kSyncfs:
-      return "syncfs_first";
+    case Presync::kSerialFsync:
+      return "serial_fsync_first";
     case Presync::kParallelFsync:
       return "parallel_fsync_first";
   }
@@ -603,13 +606,13 @@ const char* PresyncName(Presync p) {
 
 constexpr int kPresyncThreads = 16;
 
-// fsync of every file under `dir`, from kPresyncThreads threads at once (concurrent fsyncs
-// share journal commits).
-void ParallelFsync(const std::string& dir, const std::vector<std::string>& rel_paths) {
+// fsync of every file `rel_paths` names under `dir`, from `threads` threads (concurrent fsyncs
+// can share journal commits).
+void FsyncFiles(const std::string& dir, const std::vector<std::string>& rel_paths, int threads) {
   std::atomic<size_t> next{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kPresyncThreads; ++t) {
-    threads.emplace_back([&] {
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
       for (size_t i = next++; i < rel_paths.size(); i = next++) {
         const std::string path = dir + "/" + rel_paths[i];
         const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
@@ -618,7 +621,7 @@ void ParallelFsync(const std::string& dir, const std::vector<std::string>& rel_p
       }
     });
   }
-  for (std::thread& t : threads) t.join();
+  for (std::thread& t : pool) t.join();
 }
 
 struct InstallRun {
@@ -647,8 +650,10 @@ InstallRun RunInstall(const TreeInfo& tree, const art::Snapshot& snapshot, const
           "Write");
   }
   const double t4 = Now();
-  if (presync == Presync::kSyncfs) SyncFs(stage->staging_dir());
-  if (presync == Presync::kParallelFsync) ParallelFsync(stage->staging_dir(), paths);
+  if (presync == Presync::kSerialFsync) FsyncFiles(stage->staging_dir(), paths, 1);
+  if (presync == Presync::kParallelFsync) {
+    FsyncFiles(stage->staging_dir(), paths, kPresyncThreads);
+  }
   const double t5 = Now();
   Check(stage->Commit(), "Commit");
   const double t6 = Now();
@@ -764,8 +769,8 @@ int main(int argc, char** argv) {
   app.add_option("--crc-bytes", f.crc_bytes, "CRC32C buffer size")->capture_default_str();
   app.add_option("--seed", f.seed, "tree contents and layout")->capture_default_str();
   app.add_flag("--install-variants,!--no-install-variants", f.install_variants,
-               "also time the install with its files flushed before Commit (syncfs, or fsync "
-               "from 16 threads): what-ifs for the fsync cost");
+               "also time the install with its files fsynced before Commit, one by one or from "
+               "16 threads: what-ifs for the cost of durability");
   app.add_flag("--smoke", f.smoke, "tiny sizes, contents checked: checks the benchmark still runs");
   CLI11_PARSE(app, argc, argv);
   if (f.smoke) {
@@ -860,7 +865,7 @@ int main(int argc, char** argv) {
   std::vector<CpRun> cps;
   std::vector<Presync> presyncs = {Presync::kNone};
   if (f.install_variants)
-    presyncs.insert(presyncs.end(), {Presync::kSyncfs, Presync::kParallelFsync});
+    presyncs.insert(presyncs.end(), {Presync::kSerialFsync, Presync::kParallelFsync});
   std::map<Presync, std::vector<InstallRun>> installs;
   std::map<std::string, std::vector<PullRun>> pulls;
   for (int r = 0; r < f.repeat; ++r) {
