@@ -101,30 +101,17 @@ Status RunArtifactPublish(const GlobalFlags& flags, const ArtifactPublishFlags& 
             << source->worker_id() << " at " << source->endpoint()
             << "; SIGTERM or Ctrl-C to stop\n";
   if (!publish.serve.ready_file.empty()) {
-    const std::string endpoint = source->endpoint();
-    nlohmann::json ready = {
-        {"pid", getpid()},
-        {"mx_source_id", source->mx_source_id()},
-        {"worker_id", source->worker_id()},
-        {"worker_endpoint", endpoint},
-        {"worker_port", std::stoi(endpoint.substr(endpoint.rfind(':') + 1))},
-        {"artifact_id", source->artifact_id()},
-        {"files", s.file_count},
-        {"chunks", s.chunk_count},
-        {"bytes", s.total_size},
-        {"root", source->snapshot().root},
-        {"signer", signer},
-    };
-    FERRY_RETURN_IF_ERROR(WriteReadyFile(publish.serve.ready_file, ready.dump()));
+    FERRY_RETURN_IF_ERROR(WriteSourceReadyFile(publish.serve.ready_file, source->mx_source_id(),
+                                               source->worker_id(), source->endpoint(),
+                                               {{"artifact_id", source->artifact_id()},
+                                                {"files", s.file_count},
+                                                {"chunks", s.chunk_count},
+                                                {"bytes", s.total_size},
+                                                {"root", source->snapshot().root},
+                                                {"signer", signer}}));
   }
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  int sig = 0;
-  sigwait(&signals, &sig);
   spdlog::info("ferry artifact publish: {} received; marking the worker STALE",
-               sig == SIGTERM ? "SIGTERM" : "SIGINT");
+               WaitForStopSignal());
   source->Stop();
   return absl::OkStatus();
 }

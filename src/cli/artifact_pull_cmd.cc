@@ -28,13 +28,7 @@ struct ArtifactPullFlags {
   double lock_timeout = 1800;
   bool force = false;
   bool json = false;
-  int max_sources = 3;
-  double transfer_timeout = 600;
-  double stall_timeout = 15;
-  std::string worker_tls_ca;
-  std::string worker_tls_client_cert;
-  std::string worker_tls_client_key;
-  std::string target_worker_id;
+  TargetFlags target = {.transfer_timeout = 600};
   EngineFlags engine;
   int testing_pause_before_install_ms = 0;  // hidden
   uint64_t testing_batch_bytes = 0;         // hidden
@@ -92,17 +86,12 @@ Status RunArtifactPull(const GlobalFlags& flags, const ArtifactPullFlags& pull) 
   options.into = pull.into;
   options.node_rank = pull.node_rank;
   options.accelerator = pull.accelerator;
-  options.target_worker_id = pull.target_worker_id;
+  options.target_worker_id = pull.target.target_worker_id;
   options.transport = transport;
-  options.max_sources = pull.max_sources;
-  options.endpoint.token = token.token;
-  options.endpoint.token_file = token.token_file;
-  options.endpoint.tls = !pull.worker_tls_ca.empty();
-  options.endpoint.tls_ca_file = pull.worker_tls_ca;
-  options.endpoint.tls_cert_file = pull.worker_tls_client_cert;
-  options.endpoint.tls_key_file = pull.worker_tls_client_key;
-  options.transfer_timeout = absl::Seconds(pull.transfer_timeout);
-  options.stall_timeout = absl::Seconds(pull.stall_timeout);
+  options.max_sources = pull.target.max_sources;
+  options.endpoint = WorkerClientFromFlags(pull.target, token);
+  options.transfer_timeout = absl::Seconds(pull.target.transfer_timeout);
+  options.stall_timeout = absl::Seconds(pull.target.stall_timeout);
   options.trusted = &trusted;
   options.allow_unsigned = pull.allow_unsigned;
   options.state_dir =
@@ -192,28 +181,7 @@ void AddArtifactPullCommand(CLI::App* artifact, Cli& cli) {
   cmd->add_flag("--json", flags->json,
                 "print a JSON summary: installed, into, artifact_id, bytes, files, seconds, "
                 "gbps, transport, trust, signer, source, attempts");
-  cmd->add_option("--max-sources", flags->max_sources, "sources to try before giving up")
-      ->check(CLI::Range(1, 16))
-      ->capture_default_str();
-  cmd->add_option("--transfer-timeout", flags->transfer_timeout,
-                  "seconds allowed for reading one source's bytes")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  cmd->add_option("--stall-timeout", flags->stall_timeout,
-                  "seconds without a byte arriving before a source is abandoned (0: off)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  cmd->add_option("--worker-tls-ca", flags->worker_tls_ca,
-                  "PEM CA: call the sources' worker endpoints over TLS, trusting this CA")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--worker-tls-client-cert", flags->worker_tls_client_cert,
-                  "PEM client certificate for worker endpoints that require one (mutual TLS)")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--worker-tls-client-key", flags->worker_tls_client_key,
-                  "PEM private key of --worker-tls-client-cert")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--target-worker-id", flags->target_worker_id,
-                  "this target's id, which seeds the rendezvous order (default: random)");
+  AddTargetFlags(cmd, flags->target, "bytes");
   AddEngineFlags(cmd, flags->engine, /*serving=*/false);
   cmd->add_option("--testing-pause-before-install-ms", flags->testing_pause_before_install_ms)
       ->group("");

@@ -1,5 +1,7 @@
 #include "cli/p2p_flags.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -162,6 +164,58 @@ Status WriteReadyFile(const std::string& path, const std::string& json) {
         absl::StrCat("cannot write ready file ", path, ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
+}
+
+Status WriteSourceReadyFile(const std::string& path, const std::string& mx_source_id,
+                            const std::string& worker_id, const std::string& worker_endpoint,
+                            const nlohmann::json& extra) {
+  nlohmann::json ready = {
+      {"pid", getpid()},
+      {"mx_source_id", mx_source_id},
+      {"worker_id", worker_id},
+      {"worker_endpoint", worker_endpoint},
+      {"worker_port", std::stoi(worker_endpoint.substr(worker_endpoint.rfind(':') + 1))},
+  };
+  ready.update(extra);
+  return WriteReadyFile(path, ready.dump());
+}
+
+void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what) {
+  cmd->add_option("--max-sources", flags.max_sources, "sources to try before giving up")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
+  cmd->add_option("--transfer-timeout", flags.transfer_timeout,
+                  "seconds allowed for reading one source's " + what)
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--stall-timeout", flags.stall_timeout,
+                  "seconds without a byte arriving before a source is abandoned for the next "
+                  "(0: only --transfer-timeout)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--worker-tls-ca", flags.worker_tls_ca,
+                  "PEM CA: call the sources' worker endpoints over TLS, trusting this CA")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--worker-tls-client-cert", flags.worker_tls_client_cert,
+                  "PEM client certificate for worker endpoints that require one (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--worker-tls-client-key", flags.worker_tls_client_key,
+                  "PEM private key of --worker-tls-client-cert")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--target-worker-id", flags.target_worker_id,
+                  "this target's id, which seeds the rendezvous order (default: random)");
+}
+
+worker::WorkerClientOptions WorkerClientFromFlags(const TargetFlags& flags,
+                                                  const DeploymentToken& token) {
+  worker::WorkerClientOptions options;
+  options.token = token.token;
+  options.token_file = token.token_file;
+  options.tls = !flags.worker_tls_ca.empty();
+  options.tls_ca_file = flags.worker_tls_ca;
+  options.tls_cert_file = flags.worker_tls_client_cert;
+  options.tls_key_file = flags.worker_tls_client_key;
+  return options;
 }
 
 }  // namespace ferry::cli

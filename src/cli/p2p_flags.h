@@ -15,7 +15,9 @@
 #include "ferry/metadata_client.h"
 #include "ferry/status.h"
 #include "ferry/transfer.h"
+#include "nlohmann/json.hpp"
 #include "weights/weight_source.h"
+#include "worker/worker_client.h"
 
 namespace ferry::cli {
 
@@ -69,6 +71,31 @@ StatusOr<uint64_t> ParseByteSize(absl::string_view text, absl::string_view what)
 // Writes `json` to `path` atomically (temporary file, then rename), for --ready-file.
 Status WriteReadyFile(const std::string& path, const std::string& json);
 
+// The --ready-file of a serving source: {pid, mx_source_id, worker_id, worker_endpoint,
+// worker_port} plus the fields of `extra` (an object).
+Status WriteSourceReadyFile(const std::string& path, const std::string& mx_source_id,
+                            const std::string& worker_id, const std::string& worker_endpoint,
+                            const nlohmann::json& extra);
+
+// How a target tries sources (`ferry pull`, `ferry artifact pull`).
+struct TargetFlags {
+  int max_sources = 3;
+  double transfer_timeout = 300;
+  double stall_timeout = 15;
+  std::string worker_tls_ca;
+  std::string worker_tls_client_cert;
+  std::string worker_tls_client_key;
+  std::string target_worker_id;
+};
+
+// --max-sources, --transfer-timeout (seconds for one source's `what`), --stall-timeout,
+// --worker-tls-ca, --worker-tls-client-cert, --worker-tls-client-key, --target-worker-id.
+void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what);
+
+// The worker-endpoint client options the flags and the deployment token describe.
+worker::WorkerClientOptions WorkerClientFromFlags(const TargetFlags& flags,
+                                                  const DeploymentToken& token);
+
 // How a process serves weights it holds (`ferry publish`, `ferry pull --then-publish`).
 struct ServeFlags {
   std::string worker_listen = "0.0.0.0:0";
@@ -86,6 +113,10 @@ struct ServeFlags {
 // --worker-listen, --worker-id, --accelerator, --centralized, --heartbeat-interval,
 // --ready-file, --worker-tls-cert, --worker-tls-key, --worker-tls-client-ca.
 void AddServeFlags(CLI::App* cmd, ServeFlags& flags);
+
+// Waits (sigwait) for SIGTERM or SIGINT, blocked by BlockStopSignals; returns "SIGTERM" or
+// "SIGINT".
+const char* WaitForStopSignal();
 
 // Blocks SIGTERM and SIGINT in the calling thread and in every thread started after it, so that
 // only ServeModel's sigwait receives them. Call first, before any thread exists.

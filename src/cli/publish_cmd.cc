@@ -63,6 +63,13 @@ void BlockStopSignals() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 }
 
+const char* WaitForStopSignal() {
+  sigset_t signals = StopSignals();
+  int sig = 0;
+  sigwait(&signals, &sig);
+  return sig == SIGTERM ? "SIGTERM" : "SIGINT";
+}
+
 void AddServeFlags(CLI::App* cmd, ServeFlags& flags) {
   const std::string group = "Serving";
   cmd->add_option("--worker-listen", flags.worker_listen,
@@ -144,23 +151,11 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
             << " tensors, " << FormatBytes(bytes) << ") as worker " << source->worker_id() << " at "
             << source->endpoint() << " over " << transports << "; SIGTERM or Ctrl-C to stop\n";
   if (!serve.ready_file.empty()) {
-    const std::string endpoint = source->endpoint();
-    nlohmann::json ready = {
-        {"pid", getpid()},
-        {"mx_source_id", source->mx_source_id()},
-        {"worker_id", source->worker_id()},
-        {"worker_endpoint", endpoint},
-        {"worker_port", std::stoi(endpoint.substr(endpoint.rfind(':') + 1))},
-        {"tensors", tensors},
-        {"bytes", bytes},
-    };
-    FERRY_RETURN_IF_ERROR(WriteReadyFile(serve.ready_file, ready.dump()));
+    FERRY_RETURN_IF_ERROR(WriteSourceReadyFile(serve.ready_file, source->mx_source_id(),
+                                               source->worker_id(), source->endpoint(),
+                                               {{"tensors", tensors}, {"bytes", bytes}}));
   }
-  sigset_t signals = StopSignals();
-  int sig = 0;
-  sigwait(&signals, &sig);
-  spdlog::info("{}: {} received; marking the worker STALE", what,
-               sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  spdlog::info("{}: {} received; marking the worker STALE", what, WaitForStopSignal());
   source->Stop();
   return absl::OkStatus();
 }

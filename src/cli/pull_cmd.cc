@@ -28,13 +28,7 @@ struct PullFlags {
   std::string output;
   bool json = false;
   std::string progress = "auto";
-  int max_sources = 3;
-  double transfer_timeout = 300;
-  double stall_timeout = 15;
-  std::string worker_tls_ca;
-  std::string worker_tls_client_cert;
-  std::string worker_tls_client_key;
-  std::string target_worker_id;
+  TargetFlags target;
   EngineFlags engine;
   bool then_publish = false;
   ServeFlags serve;
@@ -146,18 +140,13 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   options.worker_rank = pull.rank;
   // The target's memory kind: sources must be compatible with it (--accelerator).
   options.accelerator = pull.serve.accelerator;
-  options.target_worker_id = pull.target_worker_id;
+  options.target_worker_id = pull.target.target_worker_id;
   options.transport = transport;
-  options.max_sources = pull.max_sources;
-  options.endpoint.token = token.token;
-  options.endpoint.token_file = token.token_file;
-  options.endpoint.tls = !pull.worker_tls_ca.empty();
-  options.endpoint.tls_ca_file = pull.worker_tls_ca;
-  options.endpoint.tls_cert_file = pull.worker_tls_client_cert;
-  options.endpoint.tls_key_file = pull.worker_tls_client_key;
-  options.transfer_timeout = absl::Seconds(pull.transfer_timeout);
+  options.max_sources = pull.target.max_sources;
+  options.endpoint = WorkerClientFromFlags(pull.target, token);
+  options.transfer_timeout = absl::Seconds(pull.target.transfer_timeout);
   options.servable = pull.then_publish;
-  options.stall_timeout = absl::Seconds(pull.stall_timeout);
+  options.stall_timeout = absl::Seconds(pull.target.stall_timeout);
   options.batch_bytes = pull.testing_batch_bytes;
   options.batch_pause = absl::Milliseconds(pull.testing_batch_pause_ms);
   const bool tty = isatty(STDERR_FILENO);
@@ -218,29 +207,7 @@ void AddPullCommand(CLI::App& app, Cli& cli) {
                   "auto (a bar when stderr is a terminal), bar, lines or none")
       ->check(CLI::IsMember({"auto", "bar", "lines", "none"}))
       ->capture_default_str();
-  cmd->add_option("--max-sources", flags->max_sources, "sources to try before giving up")
-      ->check(CLI::Range(1, 16))
-      ->capture_default_str();
-  cmd->add_option("--transfer-timeout", flags->transfer_timeout,
-                  "seconds allowed for reading one source's tensors")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  cmd->add_option("--stall-timeout", flags->stall_timeout,
-                  "seconds without a byte arriving before a source is abandoned for the next "
-                  "(0: only --transfer-timeout)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
-  cmd->add_option("--worker-tls-ca", flags->worker_tls_ca,
-                  "PEM CA: call the sources' worker endpoints over TLS, trusting this CA")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--worker-tls-client-cert", flags->worker_tls_client_cert,
-                  "PEM client certificate for worker endpoints that require one (mutual TLS)")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--worker-tls-client-key", flags->worker_tls_client_key,
-                  "PEM private key of --worker-tls-client-cert")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--target-worker-id", flags->target_worker_id,
-                  "this target's id, which seeds the rendezvous order (default: random)");
+  AddTargetFlags(cmd, flags->target, "tensors");
   AddEngineFlags(cmd, flags->engine, /*serving=*/false);
   cmd->add_flag("--then-publish", flags->then_publish,
                 "keep the pulled weights in memory and serve them as a new source until "
