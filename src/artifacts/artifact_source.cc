@@ -86,61 +86,52 @@ ArtifactSource::ArtifactSource(ArtifactSourceOptions options, std::string worker
 ArtifactSource::~ArtifactSource() { Stop(); }
 
 Status ArtifactSource::Start() {
-  if (server_ != nullptr || stopped_) {
+  if (serving_ != nullptr || stopped_) {
     return absl::FailedPreconditionError("an ArtifactSource starts once");
   }
   worker::WorkerServerOptions endpoint = options_.endpoint;
   endpoint.state = nullptr;
   endpoint.artifacts = state_.get();
-  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerServer> server,
-                         worker::WorkerServer::Create(std::move(endpoint)));
-  FERRY_RETURN_IF_ERROR(server->Start());
-
   PublisherOptions popts;
   popts.client = options_.client;
   popts.identity = options_.identity;
   popts.worker_id = worker_id_;
   popts.heartbeat_interval = options_.heartbeat_interval;
-  p2p::WorkerMetadata& record = popts.worker;
-  record.set_worker_rank(options_.worker_rank);
-  record.set_worker_grpc_endpoint(server->endpoint());
-  record.set_agent_name(state_->serving().agent_name);
-  record.set_accelerator(options_.accelerator);
-  p2p::ArtifactSourceMetadata* artifact = record.mutable_artifact_source();
-  artifact->set_artifact_id(state_->artifact_id());
-  artifact->set_total_size(state_->summary().total_size);
-  artifact->set_file_count(state_->summary().file_count);
-  artifact->set_chunk_count(state_->summary().chunk_count);
-  artifact->set_node_rank(options_.node_rank);
-  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Publisher> publisher, Publisher::Create(std::move(popts)));
-  if (Status s = publisher->Start(); !s.ok()) {
-    server->Stop();
-    return s;
-  }
-  if (publisher->mx_source_id() != mx_source_id_) {
+  FERRY_ASSIGN_OR_RETURN(
+      serving_, worker::Serving::Start(
+                    std::move(endpoint), std::move(popts),
+                    [&](const std::string& address, p2p::WorkerMetadata* record) {
+                      record->set_worker_rank(options_.worker_rank);
+                      record->set_worker_grpc_endpoint(address);
+                      record->set_agent_name(state_->serving().agent_name);
+                      record->set_accelerator(options_.accelerator);
+                      p2p::ArtifactSourceMetadata* artifact = record->mutable_artifact_source();
+                      artifact->set_artifact_id(state_->artifact_id());
+                      artifact->set_total_size(state_->summary().total_size);
+                      artifact->set_file_count(state_->summary().file_count);
+                      artifact->set_chunk_count(state_->summary().chunk_count);
+                      artifact->set_node_rank(options_.node_rank);
+                    }));
+  if (serving_->mx_source_id() != mx_source_id_) {
     if (signed_artifact()) {
-      publisher->Stop();
-      server->Stop();
+      const std::string server_id = serving_->mx_source_id();
+      serving_->Stop();
       return absl::FailedPreconditionError(absl::StrCat(
-          "the server computed mx_source_id ", publisher->mx_source_id(), " but ferry computed ",
-          mx_source_id_,
+          "the server computed mx_source_id ", server_id, " but ferry computed ", mx_source_id_,
           " and signed that one; targets would refuse the signature. Use a ferry-server (or a "
           "ModelExpress server of the same identity rules)"));
     }
     spdlog::warn("server computed mx_source_id {} but ferry computed {}; serving the server's",
-                 publisher->mx_source_id(), mx_source_id_);
-    state_->SetMxSourceId(publisher->mx_source_id());
+                 serving_->mx_source_id(), mx_source_id_);
+    state_->SetMxSourceId(serving_->mx_source_id());
   }
-  server_ = std::move(server);
-  publisher_ = std::move(publisher);
   return absl::OkStatus();
 }
 
 void ArtifactSource::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  if (publisher_ != nullptr) publisher_->Stop();
-  if (server_ != nullptr) server_->Stop();
+  if (serving_ != nullptr) serving_->Stop();
 }
 
 void ArtifactSource::CorruptByteForTest(uint64_t offset) {
@@ -148,7 +139,7 @@ void ArtifactSource::CorruptByteForTest(uint64_t offset) {
 }
 
 std::string ArtifactSource::endpoint() const {
-  return server_ != nullptr ? server_->endpoint() : std::string();
+  return serving_ != nullptr ? serving_->endpoint() : std::string();
 }
 
 }  // namespace ferry::artifacts

@@ -19,6 +19,7 @@
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "worker/artifact_state.h"
+#include "worker/serving.h"
 #include "worker/worker_server.h"
 
 namespace ferry::artifacts {
@@ -81,8 +82,7 @@ class ArtifactSource {
   std::unique_ptr<Region> region_;
   Snapshot snapshot_;
   std::unique_ptr<worker::ArtifactState> state_;
-  std::unique_ptr<worker::WorkerServer> server_;
-  std::unique_ptr<Publisher> publisher_;
+  std::unique_ptr<worker::Serving> serving_;
   bool stopped_ = false;
 };
 

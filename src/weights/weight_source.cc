@@ -89,48 +89,43 @@ WeightSource::WeightSource(WeightSourceOptions options, ServedModel model, std::
 WeightSource::~WeightSource() { Stop(); }
 
 Status WeightSource::Start() {
-  if (server_ != nullptr || stopped_) {
+  if (serving_ != nullptr || stopped_) {
     return absl::FailedPreconditionError("a WeightSource starts once");
   }
   worker::WorkerServerOptions endpoint = options_.endpoint;
   endpoint.state = state_.get();
-  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerServer> server,
-                         worker::WorkerServer::Create(std::move(endpoint)));
-  FERRY_RETURN_IF_ERROR(server->Start());
-
   PublisherOptions popts;
   popts.client = options_.client;
   popts.identity = options_.identity;
   popts.worker_id = worker_id_;
   popts.heartbeat_interval = options_.heartbeat_interval;
-  worker::FillP2pRecord(*state_, server->endpoint(), &popts.worker);
-  if (options_.centralized) worker::FillCentralizedRecord(*state_, &popts.worker);
-  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Publisher> publisher, Publisher::Create(std::move(popts)));
-  if (Status s = publisher->Start(); !s.ok()) {
-    server->Stop();
-    return s;
-  }
-  if (publisher->mx_source_id() != mx_source_id_) {
+  FERRY_ASSIGN_OR_RETURN(
+      serving_, worker::Serving::Start(
+                    std::move(endpoint), std::move(popts),
+                    [&](const std::string& address, model_express::p2p::WorkerMetadata* record) {
+                      worker::FillP2pRecord(*state_, address, record);
+                      if (options_.centralized) {
+                        worker::FillCentralizedRecord(*state_, record);
+                      }
+                    }));
+  if (serving_->mx_source_id() != mx_source_id_) {
     // The server hashed the identity differently (an older ModelExpress server); targets use
     // the server's id, so serve that one.
     spdlog::warn("server computed mx_source_id {} but ferry computed {}; serving the server's",
-                 publisher->mx_source_id(), mx_source_id_);
-    state_->SetMxSourceId(publisher->mx_source_id());
+                 serving_->mx_source_id(), mx_source_id_);
+    state_->SetMxSourceId(serving_->mx_source_id());
   }
-  server_ = std::move(server);
-  publisher_ = std::move(publisher);
   return absl::OkStatus();
 }
 
 void WeightSource::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  if (publisher_ != nullptr) publisher_->Stop();
-  if (server_ != nullptr) server_->Stop();
+  if (serving_ != nullptr) serving_->Stop();
 }
 
 std::string WeightSource::endpoint() const {
-  return server_ != nullptr ? server_->endpoint() : std::string();
+  return serving_ != nullptr ? serving_->endpoint() : std::string();
 }
 
 }  // namespace ferry::weights

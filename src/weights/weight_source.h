@@ -18,6 +18,7 @@
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "weights/safetensors.h"
+#include "worker/serving.h"
 #include "worker/worker_server.h"
 #include "worker/worker_state.h"
 
@@ -88,8 +89,7 @@ class WeightSource {
   const std::string worker_id_;
   const std::string mx_source_id_;
   std::unique_ptr<worker::WorkerState> state_;
-  std::unique_ptr<worker::WorkerServer> server_;
-  std::unique_ptr<Publisher> publisher_;
+  std::unique_ptr<worker::Serving> serving_;
   bool stopped_ = false;
 };
 
