@@ -102,24 +102,18 @@ class ArtifactPuller {
       }
     }
 
-    ListSourcesRequest request;
-    *request.mutable_identity() = o_.identity;
-    request.set_status_filter(p2p::SOURCE_STATUS_READY);
-    StatusOr<std::vector<SourceInstanceRef>> refs = o_.client->ListSources(request);
-    if (!refs.ok()) {
-      return Status(refs.status().code(), absl::StrCat("listing sources for ", who,
-                                                       " failed: ", refs.status().message()));
-    }
     SourceSelection selection;
     selection.model_name = o_.identity.model_name();
     selection.match_rank = false;
     selection.accelerator = o_.accelerator;
     selection.target_worker_id =
         o_.target_worker_id.empty() ? GenerateWorkerId() : o_.target_worker_id;
-    std::vector<SourceInstanceRef> candidates = OrderCandidates(*refs, selection);
+    FERRY_ASSIGN_OR_RETURN(Candidates listed,
+                           ListCandidates(*o_.client, o_.identity, selection, who));
+    const std::vector<SourceInstanceRef>& candidates = listed.ordered;
     if (candidates.empty()) {
       return absl::NotFoundError(absl::StrCat(
-          "no READY source for ", who, " on ", o_.client->server_address(), " (", refs->size(),
+          "no READY source for ", who, " on ", o_.client->server_address(), " (", listed.ready,
           " READY worker(s) of this identity, none with a compatible accelerator); start one "
           "with `ferry artifact publish`, check the identity flags, or build the cache locally"));
     }

@@ -69,4 +69,17 @@ std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceR
   return out;
 }
 
+StatusOr<Candidates> ListCandidates(MetadataClient& client, const SourceIdentity& identity,
+                                    const SourceSelection& selection, const std::string& who) {
+  ListSourcesRequest request;
+  *request.mutable_identity() = identity;
+  request.set_status_filter(::model_express::p2p::SOURCE_STATUS_READY);
+  StatusOr<std::vector<SourceInstanceRef>> refs = client.ListSources(request);
+  if (!refs.ok()) {
+    return Status(refs.status().code(),
+                  absl::StrCat("listing sources for ", who, " failed: ", refs.status().message()));
+  }
+  return Candidates{OrderCandidates(*refs, selection), refs->size()};
+}
+
 }  // namespace ferry

@@ -8,6 +8,8 @@
 
 #include "absl/strings/string_view.h"
 #include "ferry/metadata_client.h"
+#include "ferry/source_identity.h"
+#include "ferry/status.h"
 
 namespace ferry {
 
@@ -43,6 +45,17 @@ struct SourceSelection {
 // over many sources and one target always tries them in the same order.
 std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceRef>& refs,
                                                const SourceSelection& selection);
+
+// What a target may try: the READY workers of `identity` that `selection` keeps, in its order.
+struct Candidates {
+  std::vector<SourceInstanceRef> ordered;
+  size_t ready = 0;  // READY workers of the identity before filtering
+};
+
+// ListSources(identity, READY) then OrderCandidates. A listing failure keeps its code, with a
+// message naming `who` (the identity in words).
+StatusOr<Candidates> ListCandidates(MetadataClient& client, const SourceIdentity& identity,
+                                    const SourceSelection& selection, const std::string& who);
 
 }  // namespace ferry
 

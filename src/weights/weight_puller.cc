@@ -108,14 +108,6 @@ class Puller {
     const std::string who =
         IdentityText(options_.identity, mx_source_id, options_.worker_rank, options_.accelerator);
 
-    ListSourcesRequest request;
-    *request.mutable_identity() = options_.identity;
-    request.set_status_filter(p2p::SOURCE_STATUS_READY);
-    StatusOr<std::vector<SourceInstanceRef>> refs = options_.client->ListSources(request);
-    if (!refs.ok()) {
-      return Status(refs.status().code(), absl::StrCat("listing sources for ", who,
-                                                       " failed: ", refs.status().message()));
-    }
     SourceSelection selection;
     selection.model_name = options_.identity.model_name();
     selection.worker_rank = options_.worker_rank;
@@ -124,11 +116,13 @@ class Puller {
     selection.quantization = options_.identity.quantization();
     selection.target_worker_id =
         options_.target_worker_id.empty() ? GenerateWorkerId() : options_.target_worker_id;
-    std::vector<SourceInstanceRef> candidates = OrderCandidates(*refs, selection);
+    FERRY_ASSIGN_OR_RETURN(Candidates listed,
+                           ListCandidates(*options_.client, options_.identity, selection, who));
+    const std::vector<SourceInstanceRef>& candidates = listed.ordered;
     if (candidates.empty()) {
       return absl::NotFoundError(absl::StrCat(
           "no READY source for ", who, " on ", options_.client->server_address(), " (",
-          refs->size(), " READY worker(s) of this identity, none with rank ", options_.worker_rank,
+          listed.ready, " READY worker(s) of this identity, none with rank ", options_.worker_rank,
           " and a compatible accelerator); start one with `ferry publish`"
           " or check the identity flags"));
     }
