@@ -234,7 +234,16 @@ Status ValidateFetchedManifest(const Manifest& m, const SourceSummary& header,
     return Corrupt(absl::StrCat("header chunk_count ", header.chunk_count, " but ", m.chunks.size(),
                                 " chunks received"));
   }
-  return ValidateManifest(m, header.artifact_id);
+  FERRY_RETURN_IF_ERROR(ValidateManifest(m, header.artifact_id));
+  // Checked last, so that a tampered table fails with the specific reason above.
+  uint64_t total = 0;
+  bool overflow = false;
+  for (const ManifestFile& f : m.files) overflow |= __builtin_add_overflow(total, f.size, &total);
+  if (overflow || header.total_size != total) {
+    return Corrupt(absl::StrCat("header total_size ", header.total_size, " but the files hold ",
+                                total, " bytes"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ferry::artifacts

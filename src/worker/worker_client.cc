@@ -262,7 +262,8 @@ StatusOr<WorkerClient::FetchedManifest> WorkerClient::GetArtifactManifest(
   for (const p2p::ArtifactManifestFile& f : header.files()) {
     m.files.push_back(ManifestFileFromProto(f));
   }
-  m.chunks.reserve(header.chunk_count());
+  // Grown page by page: a claimed chunk_count is not trusted with an allocation.
+  m.chunks.reserve(std::min<uint32_t>(header.chunk_count(), 1024));
   uint32_t start = 0;
   for (;;) {
     p2p::GetArtifactManifestChunksRequest request;
@@ -292,9 +293,9 @@ StatusOr<WorkerClient::FetchedManifest> WorkerClient::GetArtifactManifest(
     uint32_t next = 0;
     if (!absl::SimpleAtoi(page.next_page_token(), &next) || next <= start ||
         next != m.chunks.size()) {
-      return absl::DataLossError(absl::StrCat(what, ": next_page_token '", page.next_page_token(),
-                                              "' does not move forward from ", start,
-                                              "; try another source"));
+      return absl::DataLossError(absl::StrCat(
+          what, ": next_page_token '", page.next_page_token(), "' does not continue from the ",
+          m.chunks.size(), " chunks received (page start ", start, "); try another source"));
     }
     start = next;
   }

@@ -1055,8 +1055,10 @@ TEST_F(ArtifactTamperTest, MisbehavingChunkPagesAreRefused) {
     // The only page claims more follow, from where it started.
     Tamper t;
     t.chunks = [](p2p::GetArtifactManifestChunksResponse& page) { page.set_next_page_token("0"); };
-    ExpectRefused("stuck-token", std::move(t),
-                  ": next_page_token '0' does not move forward from 0; try another source");
+    ExpectRefused(
+        "stuck-token", std::move(t),
+        ": next_page_token '0' does not continue from the 9 chunks received (page start 0); "
+        "try another source");
   }
   {
     Tamper t;
@@ -1064,7 +1066,8 @@ TEST_F(ArtifactTamperTest, MisbehavingChunkPagesAreRefused) {
       page.set_next_page_token("next");
     };
     ExpectRefused("garbage-token", std::move(t),
-                  ": next_page_token 'next' does not move forward from 0; try another source");
+                  ": next_page_token 'next' does not continue from the 9 chunks received (page "
+                  "start 0); try another source");
   }
   {
     Tamper t;
