@@ -95,9 +95,9 @@ class ArtifactPuller {
         const absl::Duration age = absl::Now() - failed->failed_at;
         return absl::FailedPreconditionError(absl::StrCat(
             "a pull of ", who, " into ", lock->canonical_target(), " failed ",
-            absl::FormatDuration(absl::Trunc(age, absl::Seconds(1))),
+            absl::FormatDuration(absl::Trunc(age, absl::Milliseconds(100))),
             " ago on this node, so this one is not repeating it for another ",
-            absl::FormatDuration(absl::Trunc(o_.failure_ttl - age, absl::Seconds(1))),
+            absl::FormatDuration(absl::Trunc(o_.failure_ttl - age, absl::Milliseconds(100))),
             " (--failure-ttl); pass --force to retry now. That failure: ", failed->reason));
       }
     }
@@ -153,11 +153,20 @@ class ArtifactPuller {
         absl::StrCat("could not pull ", who, ": ", tries, " of ", candidates.size(),
                      " READY source(s) tried, all failed (", lock->canonical_target(),
                      " was left untouched):", failures));
-    if (Status s = lock->WriteFailed(
-            mx_source_id_,
-            InstallLock::FailedMarker{std::string(failed.message().substr(0, 4096)), absl::Now()});
-        !s.ok()) {
-      spdlog::warn("could not record the failure for other pulls on this node: {}", s.message());
+    // Refusals by this node's own trust settings (PermissionDenied: unsigned, untrusted key)
+    // say nothing about the sources: the caller may fix them at once (--trust,
+    // --allow-unsigned), so they leave no marker that would make the next pull wait.
+    const bool only_trust_refusals = std::all_of(
+        result.attempts.begin(), result.attempts.end(),
+        [](const ArtifactPullAttempt& a) { return absl::IsPermissionDenied(a.status); });
+    if (!only_trust_refusals) {
+      if (Status s =
+              lock->WriteFailed(mx_source_id_,
+                                InstallLock::FailedMarker{
+                                    std::string(failed.message().substr(0, 4096)), absl::Now()});
+          !s.ok()) {
+        spdlog::warn("could not record the failure for other pulls on this node: {}", s.message());
+      }
     }
     return failed;
   }

@@ -137,7 +137,10 @@ StatusOr<SourceIdentity> BuildArtifactIdentity(const ArtifactIdentityFlags& flag
 StatusOr<int64_t> ResolveChunkSize(const std::string& flag) {
   int64_t chunk = artifacts::kDefaultChunkSize;
   std::string from = "the default";
-  if (!flag.empty()) {
+  if (flag == "0") {
+    chunk = 0;  // refused below with the range, not as "not a byte size"
+    from = "--chunk-size";
+  } else if (!flag.empty()) {
     FERRY_ASSIGN_OR_RETURN(const uint64_t v, ParseByteSize(flag, "--chunk-size"));
     chunk = static_cast<int64_t>(std::min<uint64_t>(v, uint64_t{1} << 62));
     from = "--chunk-size";

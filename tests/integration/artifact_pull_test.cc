@@ -446,10 +446,10 @@ TEST_F(ArtifactPullTest, UnsignedSourceIsRefusedUnlessAllowed) {
   EXPECT_THAT(refused.err, HasSubstr(source.worker_id()));
   EXPECT_FALSE(Exists(into));
 
-  // --force: the refusal left a failure marker (see
-  // DISABLED_AcceptingUnsignedAfterATrustRefusalIsNotBlockedByTheMarker below).
+  // A trust refusal leaves no failure marker (see
+  // AcceptingUnsignedAfterATrustRefusalIsNotBlockedByAMarker below): no --force needed.
   CommandResult accepted =
-      Pull("it/unsigned", into, {"--trust", keys.public_key, "--allow-unsigned", "--force"});
+      Pull("it/unsigned", into, {"--trust", keys.public_key, "--allow-unsigned"});
   ASSERT_EQ(accepted.exit_code, 0) << accepted.err;
   nlohmann::json j = Json(accepted);
   EXPECT_EQ(j["installed"], true);
@@ -466,13 +466,10 @@ TEST_F(ArtifactPullTest, UnsignedSourceIsRefusedUnlessAllowed) {
   EXPECT_TRUE(ReadTree(into2).files == ReadTree(src).files);
 }
 
-// BUG (artifact_puller.cc, ArtifactPuller::Run): a pull refused only by this target's trust
-// policy (unsigned, or an untrusted key: PermissionDenied from TrustedKeys::Check, before any
-// byte moves) still writes the node's failure marker. The refusal tells the user to pass
-// --allow-unsigned, but doing so is then refused for --failure-ttl (120 s) by the marker,
-// whose own message repeats the trust refusal. Disabled until the puller stops writing the
-// marker when every attempt was a trust refusal; enable it to check the fix.
-TEST_F(ArtifactPullTest, DISABLED_AcceptingUnsignedAfterATrustRefusalIsNotBlockedByTheMarker) {
+// A pull refused only by this target's trust policy (unsigned, or an untrusted key) writes no
+// failure marker: the refusal tells the user to pass --allow-unsigned, and doing so must work
+// at once, not after --failure-ttl.
+TEST_F(ArtifactPullTest, AcceptingUnsignedAfterATrustRefusalIsNotBlockedByAMarker) {
   const std::string src = MakeCacheTree("cache", 11);
   const Keys keys = Keygen("keys");
   Source source = Publish(src, "it/unsigned-then-allowed");
@@ -738,7 +735,7 @@ TEST_F(ArtifactPullTest, BadInputIsRefusedWithAClearMessage) {
   r = RunCommand(argv, absl::Seconds(30));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->exit_code, 1);
-  EXPECT_THAT(r->err, HasSubstr("--chunk-size: '0' is not a byte size"));
+  EXPECT_THAT(r->err, HasSubstr("--chunk-size: chunk size 0 is outside 1 B..4 GiB"));
   *chunk_size = "5GiB";
   r = RunCommand(argv, absl::Seconds(30));
   ASSERT_TRUE(r.ok()) << r.status();
