@@ -46,6 +46,31 @@ def binary(env_name):
     return path
 
 
+class ServingChild:
+    """A ``ferry`` child that serves until SIGTERM (``ferry publish``, ``ferry artifact
+    publish``): started with ``--ready-file``; ``ready`` is that file's JSON."""
+
+    def __init__(self, args, workdir, name):
+        self.ready_file = workdir / f"{name}.ready"
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary("FERRY_CLI_BIN"), *args, "--ready-file", str(self.ready_file)],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while not self.ready_file.exists():
+            assert self.proc.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, f"{name} never became ready"
+            time.sleep(0.02)
+        self.ready = json.loads(self.ready_file.read_text())
+
+    def stop(self):
+        """SIGTERM; the child must exit 0 (it marks its worker STALE first)."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=20) == 0, self.log_path.read_text()
+        self._log.close()
+
+
 class FerryServer:
     """One ferry-server child process. ``address`` is its gRPC host:port."""
 

@@ -9,14 +9,11 @@ its own canonical JSON, and takes and releases chunk leases.
 
 import hashlib
 import json
-import signal
-import subprocess
-import time
 
 import grpc
 import pytest
 
-from conftest import binary
+from conftest import ServingChild
 from model_express import p2p_pb2, p2p_pb2_grpc
 
 _FILES = {"a/kernel.py": b"print('k')\n", "a/kernel.cubin": bytes(range(256)) * 40,
@@ -30,24 +27,13 @@ def source(server, tmp_path):
     for rel, data in _FILES.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-    ready = tmp_path / "publish.ready"
-    log = open(tmp_path / "publish.log", "wb")
-    proc = subprocess.Popen(
-        [binary("FERRY_CLI_BIN"), "artifact", "publish", str(root), "--kind", "triton",
-         "--model", "interop/artifact", "--gpu-arch", "sm90", "--server", server.address,
-         "--chunk-size", str(_CHUNK), "--node-rank", "1", "--max-leases", "2",
-         "--transport", "tcp", "--data-listen", "127.0.0.1:0", "--worker-listen",
-         "127.0.0.1:0", "--ready-file", str(ready)],
-        stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert proc.poll() is None, (tmp_path / "publish.log").read_text()
-        assert time.monotonic() < deadline, "ferry artifact publish never became ready"
-        time.sleep(0.02)
-    yield json.loads(ready.read_text())
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0, (tmp_path / "publish.log").read_text()
-    log.close()
+    child = ServingChild(
+        ["artifact", "publish", str(root), "--kind", "triton", "--model", "interop/artifact",
+         "--gpu-arch", "sm90", "--server", server.address, "--chunk-size", str(_CHUNK),
+         "--node-rank", "1", "--max-leases", "2", "--transport", "tcp", "--data-listen",
+         "127.0.0.1:0", "--worker-listen", "127.0.0.1:0"], tmp_path, "artifact-publish")
+    yield child.ready
+    child.stop()
 
 
 def identity():

@@ -7,16 +7,12 @@ deadline and gRPC's default 4 MiB receive limit.
 """
 
 import json
-import os
-import signal
 import struct
-import subprocess
-import time
 
 import grpc
 import pytest
 
-from conftest import binary
+from conftest import ServingChild
 from model_express import p2p_pb2, p2p_pb2_grpc
 
 _TENSORS = [("model.embed_tokens.weight", "BF16", [64, 32]),
@@ -40,23 +36,12 @@ def write_safetensors(path):
 def source(server, tmp_path):
     model = tmp_path / "model.safetensors"
     write_safetensors(model)
-    ready = tmp_path / "publish.ready"
-    log = open(tmp_path / "publish.log", "wb")
-    proc = subprocess.Popen(
-        [binary("FERRY_CLI_BIN"), "publish", str(model), "--model", "interop/worker",
-         "--tp", "1", "--server", server.address, "--transport", "tcp",
-         "--data-listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0",
-         "--ready-file", str(ready)],
-        stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert proc.poll() is None, (tmp_path / "publish.log").read_text()
-        assert time.monotonic() < deadline, "ferry publish never became ready"
-        time.sleep(0.02)
-    yield json.loads(ready.read_text())
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0, (tmp_path / "publish.log").read_text()
-    log.close()
+    child = ServingChild(
+        ["publish", str(model), "--model", "interop/worker", "--tp", "1", "--server",
+         server.address, "--transport", "tcp", "--data-listen", "127.0.0.1:0",
+         "--worker-listen", "127.0.0.1:0"], tmp_path, "publish")
+    yield child.ready
+    child.stop()
 
 
 def identity():
