@@ -32,9 +32,13 @@
 //              discovery, manifest, connect, creating the staged files) as setup. Ratios to
 //              cp + sync (both durable) and to cp alone.
 //
-// Before every timed cp, install and pull the bench calls sync(2) (untimed) and removes the
-// previous run's output, so no run pays for another's writeback. cp, install and pull alternate
-// within each repeat so that they see the same machine.
+// Before every timed cp, install and pull the bench calls sync(2) (untimed), so no run pays for
+// another's writeback. Every copy is kept (on a distinct path) until the bench exits: deleting
+// tens of thousands of files makes the next creations on ext4 without a journal CPU-bound for a
+// minute or more (the allocator skips recently deleted inodes, `recently_deleted()` in
+// fs/ext4/ialloc.c), so a run that deleted the previous run's copy would pay for it. Leave a
+// minute between bench runs for the same reason. --size 1GiB with --repeat 3 needs about 20 GiB
+// of free space. cp, install and pull alternate within each repeat so they see the same machine.
 //
 // Output: one JSON object per line on stdout (workloads above, plus "tree" and "machine" with the
 // load average before and after); a summary table on stderr.
@@ -199,12 +203,6 @@ double RunCommand(const std::vector<std::string>& argv) {
     Die(argv[0], absl::InternalError(ferry::cli::DescribeWaitStatus(status)));
   }
   return t;
-}
-
-void RemoveTree(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  if (ec) Die("removing " + path, absl::InternalError(ec.message()));
 }
 
 // splitmix64: fast, deterministic for a seed.
@@ -582,7 +580,6 @@ CpRun RunCp(const TreeInfo& tree, const std::string& dest, bool check) {
   run.cp = RunCommand({"cp", "-a", tree.root, dest});
   run.sync = SyncFs(dest);
   CheckSameTree(tree, dest, check);
-  RemoveTree(dest);
   return run;
 }
 
@@ -630,9 +627,9 @@ struct InstallRun {
 
 // The install alone: what PullArtifact does after the bytes arrive, from the snapshot in memory.
 InstallRun RunInstall(const TreeInfo& tree, const art::Snapshot& snapshot, const char* memory,
-                      const std::string& work, Presync presync, bool check) {
-  const std::string into = work + "/install/cache";
-  const std::string state = work + "/install-state";
+                      const std::string& out, Presync presync, bool check) {
+  const std::string into = out + "/cache";
+  const std::string state = out + "/state";
   Settle();
   InstallRun run;
   const double t0 = Now();
@@ -667,8 +664,6 @@ InstallRun RunInstall(const TreeInfo& tree, const art::Snapshot& snapshot, const
   stage.reset();
   lock.reset();
   CheckSameTree(tree, into, check);
-  RemoveTree(work + "/install");
-  RemoveTree(state);
   return run;
 }
 
@@ -689,11 +684,11 @@ class Puller {
     identity_ = Must(ferry::cli::BuildArtifactIdentity(id), "identity");
   }
 
-  PullRun Pull(const std::string& transport, const TreeInfo& tree, const std::string& work,
+  PullRun Pull(const std::string& transport, const TreeInfo& tree, const std::string& out,
                bool check) {
     ferry::TransferEngine& engine = Engine(transport);
-    const std::string into = work + "/pull/cache";
-    const std::string state = work + "/pull-state";
+    const std::string into = out + "/cache";
+    const std::string state = out + "/state";
     Settle();
     art::ArtifactPullOptions o;
     o.client = client_.get();
@@ -718,8 +713,6 @@ class Puller {
     run.install = absl::ToDoubleSeconds(r.install_time);
     run.setup = run.total - run.transfer - run.install;
     CheckSameTree(tree, into, check);
-    RemoveTree(work + "/pull");
-    RemoveTree(state);
     return run;
   }
 
@@ -869,12 +862,14 @@ int main(int argc, char** argv) {
   std::map<Presync, std::vector<InstallRun>> installs;
   std::map<std::string, std::vector<PullRun>> pulls;
   for (int r = 0; r < f.repeat; ++r) {
-    cps.push_back(RunCp(tree, work + "/cp", f.smoke));
+    cps.push_back(RunCp(tree, absl::StrCat(work, "/cp-", r), f.smoke));
     for (Presync p : presyncs) {
-      installs[p].push_back(RunInstall(tree, snapshot, arena.data(), work, p, f.smoke));
+      installs[p].push_back(RunInstall(tree, snapshot, arena.data(),
+                                       absl::StrCat(work, "/install-", PresyncName(p), "-", r), p,
+                                       f.smoke));
     }
     for (const std::string& t : f.transports) {
-      pulls[t].push_back(puller.Pull(t, tree, work, f.smoke));
+      pulls[t].push_back(puller.Pull(t, tree, absl::StrCat(work, "/pull-", t, "-", r), f.smoke));
     }
   }
   (void)publisher->Terminate(absl::Seconds(20));
