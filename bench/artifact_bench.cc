@@ -33,12 +33,14 @@
 //              cp + sync (both durable) and to cp alone.
 //
 // Before every timed cp, install and pull the bench calls sync(2) (untimed), so no run pays for
-// another's writeback. Every copy is kept (on a distinct path) until the bench exits: deleting
-// tens of thousands of files makes the next creations on ext4 without a journal CPU-bound for a
-// minute or more (the allocator skips recently deleted inodes, `recently_deleted()` in
-// fs/ext4/ialloc.c), so a run that deleted the previous run's copy would pay for it. Leave a
-// minute between bench runs for the same reason. --size 1GiB with --repeat 3 needs about 20 GiB
-// of free space. cp, install and pull alternate within each repeat so they see the same machine.
+// another's writeback; after it, the copy's pages are dropped from the page cache (untimed), so
+// memory does not fill up with copies (the tree itself stays cached). Every copy is kept (on a
+// distinct path) until the bench exits: deleting tens of thousands of files makes the next
+// creations on ext4 without a journal CPU-bound for a minute or more (the allocator skips recently
+// deleted inodes, `recently_deleted()` in fs/ext4/ialloc.c), so a run that deleted the previous
+// run's copy would pay for it. Leave a minute between bench runs for the same reason. --size 1GiB
+// with --repeat 3 needs about 20 GiB of free space. cp, install and pull alternate within each
+// repeat so they see the same machine.
 //
 // Output: one JSON object per line on stdout (workloads above, plus "tree" and "machine" with the
 // load average before and after); a summary table on stderr.
@@ -400,6 +402,20 @@ void CheckSameTree(const TreeInfo& tree, const std::string& copy, bool contents)
   }
 }
 
+// Syncs, then drops `copy`'s pages from the page cache (they are clean after the sync) without
+// deleting it: the copies the bench keeps would otherwise fill memory run after run, and later
+// runs would pay for reclaiming them.
+void Evict(const std::string& copy) {
+  Settle();
+  for (const auto& e : fs::recursive_directory_iterator(copy)) {
+    if (!e.is_regular_file()) continue;
+    const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) DieErrno("open " + e.path().string());
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
 // --- crc32c ---
 
 void RunCrc(const Flags& f, uint64_t bytes, std::vector<std::string>* table) {
@@ -580,6 +596,7 @@ CpRun RunCp(const TreeInfo& tree, const std::string& dest, bool check) {
   run.cp = RunCommand({"cp", "-a", tree.root, dest});
   run.sync = SyncFs(dest);
   CheckSameTree(tree, dest, check);
+  Evict(dest);
   return run;
 }
 
@@ -664,6 +681,7 @@ InstallRun RunInstall(const TreeInfo& tree, const art::Snapshot& snapshot, const
   stage.reset();
   lock.reset();
   CheckSameTree(tree, into, check);
+  Evict(into);
   return run;
 }
 
@@ -713,6 +731,7 @@ class Puller {
     run.install = absl::ToDoubleSeconds(r.install_time);
     run.setup = run.total - run.transfer - run.install;
     CheckSameTree(tree, into, check);
+    Evict(into);
     return run;
   }
 
