@@ -30,7 +30,9 @@
 //              --into and state dir each run) per --transport. Reported: total, the puller's
 //              transfer (read + verify + stage) and install (commit) times, the rest (lock,
 //              discovery, manifest, connect, creating the staged files) as setup. Ratios to
-//              cp + sync (both durable) and to cp alone.
+//              cp + sync (both durable) and to cp alone. Last, once per repeat over the first
+//              transport, the same pull into a directory that already holds the tree (a cache
+//              being replaced: Commit exchanges the trees, then removes the old one).
 //
 // Before every timed cp, install and pull the bench calls sync(2) (untimed), so no run pays for
 // another's writeback; after it, the copy's pages are dropped from the page cache (untimed), so
@@ -52,6 +54,7 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/wait.h>
@@ -150,6 +153,35 @@ std::vector<double> LoadAverage() {
     std::fclose(f);
   }
   return {l[0], l[1], l[2]};
+}
+
+// CPU time since boot from /proc/stat: all of it and the busy part (not idle or iowait), and
+// this process's and its waited-for children's (cp, ferry, ferry-server), in seconds.
+struct CpuTimes {
+  double total = 0, busy = 0, own = 0;
+};
+
+CpuTimes ReadCpuTimes() {
+  CpuTimes t;
+  if (FILE* f = std::fopen("/proc/stat", "r")) {
+    unsigned long long v[10] = {};
+    if (std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                    &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]) >= 8) {
+      double total = 0;
+      for (int i = 0; i < 8; ++i) total += v[i];  // guest time is already in user
+      const double hz = static_cast<double>(::sysconf(_SC_CLK_TCK));
+      t.total = total / hz;
+      t.busy = (total - v[3] - v[4]) / hz;
+    }
+    std::fclose(f);
+  }
+  for (int who : {RUSAGE_SELF, RUSAGE_CHILDREN}) {
+    rusage u{};
+    ::getrusage(who, &u);
+    t.own +=
+        u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec + u.ru_stime.tv_usec / 1e6;
+  }
+  return t;
 }
 
 std::string FsType(const std::string& path) {
@@ -805,6 +837,8 @@ int main(int argc, char** argv) {
     fs::remove_all(work_dir, ec);
   });
   const std::vector<double> load_before = LoadAverage();
+  const CpuTimes cpu_before = ReadCpuTimes();
+  const double wall_before = Now();
   std::vector<std::string> table;
 
   // The tree.
@@ -891,6 +925,13 @@ int main(int argc, char** argv) {
       pulls[t].push_back(puller.Pull(t, tree, absl::StrCat(work, "/pull-", t, "-", r), f.smoke));
     }
   }
+  // Last, because it deletes: pulls into a directory that already holds the tree (a cache being
+  // replaced), so Commit exchanges the trees and then removes the old one.
+  const std::string replace_transport = f.transports.front();
+  for (int r = 0; r < f.repeat; ++r) {
+    pulls["existing"].push_back(puller.Pull(
+        replace_transport, tree, absl::StrCat(work, "/pull-", replace_transport, "-", r), f.smoke));
+  }
   (void)publisher->Terminate(absl::Seconds(20));
   (void)server->Stop();
 
@@ -959,12 +1000,17 @@ int main(int argc, char** argv) {
         gbps / cp_gbps, Median(files), Median(write), Median(presync), Median(commit)));
   }
 
-  for (const std::string& t : f.transports) {
-    const std::vector<PullRun>& runs = pulls[t];
+  std::vector<std::pair<std::string, std::string>> pull_rows;  // (key of `pulls`, transport)
+  for (const std::string& t : f.transports) pull_rows.emplace_back(t, t);
+  pull_rows.emplace_back("existing", replace_transport);
+  for (const auto& [key, t] : pull_rows) {
+    const std::vector<PullRun>& runs = pulls[key];
+    const bool existing = key == "existing";
     const std::vector<double> total = Field(runs, &PullRun::total);
     const double gbps = tree.bytes / Median(total) / 1e9;
     Print({{"workload", "pull"},
            {"transport", t},
+           {"into", existing ? "existing" : "fresh"},
            {"files", tree.files},
            {"bytes", tree.bytes},
            {"seconds", Median(total)},
@@ -985,16 +1031,25 @@ int main(int argc, char** argv) {
     table.push_back(absl::StrFormat(
         "%-34s %10.3f s %8.2f GB/s   %.2fx cp+sync, %.2fx cp (setup %.3f, transfer %.3f, "
         "install %.3f s)",
-        absl::StrCat("pull + install, ", t), Median(total), gbps, gbps / cp_sync_gbps,
-        gbps / cp_gbps, Median(Field(runs, &PullRun::setup)),
+        absl::StrCat("pull + install, ", t, existing ? ", replacing" : ""), Median(total), gbps,
+        gbps / cp_sync_gbps, gbps / cp_gbps, Median(Field(runs, &PullRun::setup)),
         Median(Field(runs, &PullRun::transfer)), Median(Field(runs, &PullRun::install))));
   }
 
   const std::vector<double> load_after = LoadAverage();
+  const CpuTimes cpu_after = ReadCpuTimes();
+  const double wall = Now() - wall_before;
+  // In % of one core; the machine has cpus x 100 %.
+  const double machine_pct = (cpu_after.busy - cpu_before.busy) / wall * 100;
+  const double own_pct = (cpu_after.own - cpu_before.own) / wall * 100;
   Print({{"workload", "machine"},
          {"cpus", std::thread::hardware_concurrency()},
          {"loadavg_before", load_before},
          {"loadavg_after", load_after},
+         {"seconds", wall},
+         {"machine_busy_pct", machine_pct},
+         {"bench_cpu_pct", own_pct},
+         {"others_cpu_pct", machine_pct - own_pct},
          {"filesystem", FsType(work)},
          {"repeat", f.repeat}});
   std::fprintf(stderr,
@@ -1006,7 +1061,11 @@ int main(int argc, char** argv) {
                static_cast<unsigned long long>(tree.dirs), tree.bytes / 1048576.0,
                FsType(work).c_str(), f.repeat);
   for (const std::string& line : table) std::fprintf(stderr, "  %s\n", line.c_str());
-  std::fprintf(stderr, "  load average %.2f before, %.2f after\n", load_before[0], load_after[0]);
+  std::fprintf(stderr,
+               "  load average %.2f before, %.2f after; over the %.0f s measured, the machine was "
+               "%.0f %% busy (of %u00 %%), this bench and its children %.0f %%, others %.0f %%\n",
+               load_before[0], load_after[0], wall, machine_pct,
+               std::thread::hardware_concurrency(), own_pct, machine_pct - own_pct);
   arena.Release();
   return 0;
 }
