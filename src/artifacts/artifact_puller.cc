@@ -118,41 +118,31 @@ class ArtifactPuller {
           "with `ferry artifact publish`, check the identity flags, or build the cache locally"));
     }
 
-    std::string failures;
-    const size_t tries = std::min<size_t>(candidates.size(), o_.max_sources);
-    for (size_t i = 0; i < tries; ++i) {
-      const SourceInstanceRef& ref = candidates[i];
-      ArtifactPullAttempt& attempt = result.attempts.emplace_back();
-      attempt.worker_id = ref.worker_id();
-      attempt.status = TryOne(ref, &attempt, &result);
-      if (attempt.status.ok()) {
-        result.installed = true;
-        result.mx_source_id = ref.mx_source_id();
-        result.source_worker_id = ref.worker_id();
-        result.source_endpoint = attempt.endpoint;
-        result.total_time = absl::Now() - start;
-        if (Status s = lock->WriteDone(
-                mx_source_id_, InstallLock::DoneMarker{result.artifact_id,
-                                                       absl::StrCat("worker ", ref.worker_id(),
-                                                                    " at ", attempt.endpoint),
-                                                       absl::Now()});
-            !s.ok()) {
-          spdlog::warn("installed, but could not record it for other pulls on this node: {}",
-                       s.message());
-        }
-        return result;
+    StatusOr<size_t> chosen =
+        TryCandidates(candidates, o_.max_sources, who,
+                      absl::StrCat(lock->canonical_target(), " was left untouched"),
+                      &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
+                        return TryOne(ref, attempt, &result);
+                      });
+    if (chosen.ok()) {
+      const SourceInstanceRef& ref = candidates[*chosen];
+      result.installed = true;
+      result.mx_source_id = ref.mx_source_id();
+      result.source_worker_id = ref.worker_id();
+      result.source_endpoint = result.attempts.back().endpoint;
+      result.total_time = absl::Now() - start;
+      if (Status s = lock->WriteDone(
+              mx_source_id_, InstallLock::DoneMarker{result.artifact_id,
+                                                     absl::StrCat("worker ", ref.worker_id(),
+                                                                  " at ", result.source_endpoint),
+                                                     absl::Now()});
+          !s.ok()) {
+        spdlog::warn("installed, but could not record it for other pulls on this node: {}",
+                     s.message());
       }
-      spdlog::warn("source {} of {} (worker {}{}{}) failed: {}", i + 1, tries, ref.worker_id(),
-                   attempt.endpoint.empty() ? "" : " at ", attempt.endpoint,
-                   attempt.status.message());
-      absl::StrAppend(&failures, "\n  [", i + 1, "] worker ", ref.worker_id(),
-                      attempt.endpoint.empty() ? "" : " at ", attempt.endpoint, ": ",
-                      attempt.status.message());
+      return result;
     }
-    Status failed = absl::UnavailableError(
-        absl::StrCat("could not pull ", who, ": ", tries, " of ", candidates.size(),
-                     " READY source(s) tried, all failed (", lock->canonical_target(),
-                     " was left untouched):", failures));
+    const Status failed = chosen.status();
     // Refusals by this node's own trust settings (PermissionDenied: unsigned, untrusted key)
     // say nothing about the sources: the caller may fix them at once (--trust,
     // --allow-unsigned), so they leave no marker that would make the next pull wait.

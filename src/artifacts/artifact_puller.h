@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "artifacts/install.h"
 #include "artifacts/signing.h"
+#include "client/source_selection.h"
 #include "ferry/metadata_client.h"
 #include "ferry/source_identity.h"
 #include "ferry/status.h"
@@ -69,11 +70,7 @@ struct ArtifactPullOptions {
   absl::Duration batch_pause_for_test = absl::ZeroDuration();
 };
 
-struct ArtifactPullAttempt {
-  std::string worker_id;
-  std::string endpoint;
-  Status status;
-};
+using ArtifactPullAttempt = SourceAttempt;
 
 struct ArtifactPullResult {
   // false: a marker showed another pull on this node already installed it (nothing moved).

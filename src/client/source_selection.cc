@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 
 namespace ferry {
 
@@ -80,6 +81,30 @@ StatusOr<Candidates> ListCandidates(MetadataClient& client, const SourceIdentity
                   absl::StrCat("listing sources for ", who, " failed: ", refs.status().message()));
   }
   return Candidates{OrderCandidates(*refs, selection), refs->size()};
+}
+
+StatusOr<size_t> TryCandidates(
+    const std::vector<SourceInstanceRef>& candidates, int max_tries, const std::string& who,
+    const std::string& note, std::vector<SourceAttempt>* attempts,
+    const std::function<Status(const SourceInstanceRef&, SourceAttempt*)>& try_one) {
+  std::string failures;
+  const size_t tries = std::min<size_t>(candidates.size(), static_cast<size_t>(max_tries));
+  for (size_t i = 0; i < tries; ++i) {
+    const SourceInstanceRef& ref = candidates[i];
+    SourceAttempt& attempt = attempts->emplace_back();
+    attempt.mx_source_id = ref.mx_source_id();
+    attempt.worker_id = ref.worker_id();
+    attempt.status = try_one(ref, &attempt);
+    if (attempt.status.ok()) return i;
+    const std::string where = attempt.endpoint.empty() ? "" : " at " + attempt.endpoint;
+    spdlog::warn("source {} of {} (worker {}{}) failed: {}", i + 1, tries, ref.worker_id(), where,
+                 attempt.status.message());
+    absl::StrAppend(&failures, "\n  [", i + 1, "] worker ", ref.worker_id(), where, ": ",
+                    attempt.status.message());
+  }
+  return absl::UnavailableError(absl::StrCat("could not pull ", who, ": ", tries, " of ",
+                                             candidates.size(), " READY source(s) tried,",
+                                             " all failed (", note, "):", failures));
 }
 
 }  // namespace ferry

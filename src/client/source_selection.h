@@ -3,6 +3,7 @@
 #define FERRY_CLIENT_SOURCE_SELECTION_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,24 @@ struct Candidates {
 // message naming `who` (the identity in words).
 StatusOr<Candidates> ListCandidates(MetadataClient& client, const SourceIdentity& identity,
                                     const SourceSelection& selection, const std::string& who);
+
+// One source a target tried.
+struct SourceAttempt {
+  std::string mx_source_id;
+  std::string worker_id;
+  std::string endpoint;  // its worker endpoint, once known
+  Status status;
+};
+
+// Tries `candidates` in order, at most `max_tries` of them: appends an attempt for each to
+// `attempts` and calls `try_one(ref, &attempt)` (which may set attempt.endpoint) until one
+// returns OK; each failure is logged. Returns the index of the successful candidate, or
+// Unavailable "could not pull WHO: N of M READY source(s) tried, all failed (NOTE):" followed by
+// one line per attempt.
+StatusOr<size_t> TryCandidates(
+    const std::vector<SourceInstanceRef>& candidates, int max_tries, const std::string& who,
+    const std::string& note, std::vector<SourceAttempt>* attempts,
+    const std::function<Status(const SourceInstanceRef&, SourceAttempt*)>& try_one);
 
 }  // namespace ferry
 

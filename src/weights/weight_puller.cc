@@ -128,31 +128,17 @@ class Puller {
     }
 
     PullResult result;
-    std::string failures;
-    const size_t tries = std::min<size_t>(candidates.size(), options_.max_sources);
-    for (size_t i = 0; i < tries; ++i) {
-      const SourceInstanceRef& ref = candidates[i];
-      PullAttempt& attempt = result.attempts.emplace_back();
-      attempt.mx_source_id = ref.mx_source_id();
-      attempt.worker_id = ref.worker_id();
-      attempt.status = TryOne(ref, &attempt, &result);
-      if (attempt.status.ok()) {
-        result.mx_source_id = ref.mx_source_id();
-        result.source_worker_id = ref.worker_id();
-        result.source_endpoint = attempt.endpoint;
-        result.total_time = absl::Now() - start;
-        return result;
-      }
-      spdlog::warn("source {} of {} (worker {}{}{}) failed: {}", i + 1, tries, ref.worker_id(),
-                   attempt.endpoint.empty() ? "" : " at ", attempt.endpoint,
-                   attempt.status.message());
-      absl::StrAppend(&failures, "\n  [", i + 1, "] worker ", ref.worker_id(),
-                      attempt.endpoint.empty() ? "" : " at ", attempt.endpoint, ": ",
-                      attempt.status.message());
-    }
-    return absl::UnavailableError(absl::StrCat("could not pull ", who, ": ", tries, " of ",
-                                               candidates.size(), " READY source(s) tried,",
-                                               " all failed (nothing was written):", failures));
+    FERRY_ASSIGN_OR_RETURN(
+        const size_t chosen,
+        TryCandidates(candidates, options_.max_sources, who, "nothing was written",
+                      &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
+                        return TryOne(ref, attempt, &result);
+                      }));
+    result.mx_source_id = candidates[chosen].mx_source_id();
+    result.source_worker_id = candidates[chosen].worker_id();
+    result.source_endpoint = result.attempts.back().endpoint;
+    result.total_time = absl::Now() - start;
+    return result;
   }
 
  private:

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "client/source_selection.h"
 #include "ferry/metadata_client.h"
 #include "ferry/status.h"
 #include "ferry/transfer.h"
@@ -55,12 +56,7 @@ struct PullOptions {
 };
 
 // One source tried.
-struct PullAttempt {
-  std::string mx_source_id;
-  std::string worker_id;
-  std::string endpoint;
-  Status status;
-};
+using PullAttempt = SourceAttempt;
 
 struct PullResult {
   ServedModel model;  // in a region of options.engine; tensors contiguous in source order
