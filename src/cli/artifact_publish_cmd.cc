@@ -31,11 +31,6 @@ struct ArtifactPublishFlags {
 
 Status RunArtifactPublish(const GlobalFlags& flags, const ArtifactPublishFlags& publish) {
   BlockStopSignals();
-  if (publish.serve.centralized) {
-    return absl::InvalidArgumentError(
-        "--centralized applies to weights only; artifact sources always serve their manifest "
-        "from the worker endpoint");
-  }
   FERRY_ASSIGN_OR_RETURN(SourceIdentity identity, BuildArtifactIdentity(publish.identity));
   artifacts::SealOptions seal;
   FERRY_ASSIGN_OR_RETURN(seal.chunk_size, ResolveChunkSize(publish.chunk_size));
@@ -150,7 +145,7 @@ void AddArtifactPublishCommand(CLI::App* artifact, Cli& cli) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   AddEngineFlags(cmd, flags->engine, /*serving=*/true);
-  AddServeFlags(cmd, flags->serve);
+  AddServeFlags(cmd, flags->serve, /*artifact=*/true);
   cmd->add_option("--corrupt-byte-for-testing", flags->corrupt_offset)->group("");
   cmd->callback([&cli, flags] {
     cli.action = [&cli, flags] { return RunArtifactPublish(cli.flags, *flags); };

@@ -112,7 +112,9 @@ struct ServeFlags {
 
 // --worker-listen, --worker-id, --accelerator, --centralized, --heartbeat-interval,
 // --ready-file, --worker-tls-cert, --worker-tls-key, --worker-tls-client-ca.
-void AddServeFlags(CLI::App* cmd, ServeFlags& flags);
+// `artifact`: for `ferry artifact publish`, without --centralized (weights only) and with the
+// accelerator described as the cache's.
+void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact = false);
 
 // Waits (sigwait) for SIGTERM or SIGINT, blocked by BlockStopSignals; returns "SIGTERM" or
 // "SIGINT".

@@ -70,7 +70,7 @@ const char* WaitForStopSignal() {
   return sig == SIGTERM ? "SIGTERM" : "SIGINT";
 }
 
-void AddServeFlags(CLI::App* cmd, ServeFlags& flags) {
+void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact) {
   const std::string group = "Serving";
   cmd->add_option("--worker-listen", flags.worker_listen,
                   "HOST:PORT of this worker's gRPC endpoint (port 0: any free port)")
@@ -80,14 +80,19 @@ void AddServeFlags(CLI::App* cmd, ServeFlags& flags) {
                   "this worker's id under the source (default: random)")
       ->group(group);
   cmd->add_option("--accelerator", flags.accelerator,
-                  "what the served memory is: cpu for host memory (ferry pull takes only sources "
-                  "compatible with its own --accelerator; \"\" accepts all)")
+                  artifact ? "the accelerator family the cache was built for, e.g. cuda (targets "
+                             "take only compatible sources; \"\" is accepted by all)"
+                           : "what the served memory is: cpu for host memory (ferry pull takes "
+                             "only sources compatible with its own --accelerator; \"\" accepts "
+                             "all)")
       ->capture_default_str()
       ->group(group);
-  cmd->add_flag("--centralized", flags.centralized,
-                "also put the transfer blob and tensor list in the server's record "
-                "(default: endpoints only, as ModelExpress's P2P metadata mode)")
-      ->group(group);
+  if (!artifact) {
+    cmd->add_flag("--centralized", flags.centralized,
+                  "also put the transfer blob and tensor list in the server's record "
+                  "(default: endpoints only, as ModelExpress's P2P metadata mode)")
+        ->group(group);
+  }
   cmd->add_option("--heartbeat-interval", flags.heartbeat_seconds,
                   "seconds between heartbeats (default: FERRY_HEARTBEAT_INTERVAL, else 30)")
       ->check(CLI::PositiveNumber)
