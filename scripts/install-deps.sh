@@ -10,7 +10,8 @@ PACKAGES=(
   libssl-dev openssl libicu-dev libhiredis-dev redis-server
   libucx-dev ucx-utils libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-14 libfuzzer-14-dev
-  python3 python3-grpcio python3-protobuf python3-pytest
+  python3 python3-dev python3-grpcio python3-protobuf python3-pytest
+  pybind11-dev python3-torch python3-numpy
 )
 
 missing=()

@@ -27,6 +27,10 @@ StatusOr<std::string> ComputeMxSourceId(const SourceIdentity& identity);
 // hostile identity cannot make the server hash megabytes. The message names the field.
 Status ValidateIdentity(const SourceIdentity& identity);
 
+// "vllm", "sglang", "trt-llm" (also "trtllm", "tensorrt-llm"), "unknown" or "" (any case) ->
+// the BackendFramework value. InvalidArgument listing the names otherwise.
+StatusOr<::model_express::p2p::BackendFramework> ParseBackendFramework(const std::string& name);
+
 // Derived ListSources fields (contract 5.3 step 9), read from the original-case
 // extra_parameters: training_step (key "training_step", else "version"; u64 with an optional
 // leading '+'; present-but-unparsable means absent) and layout_signature (absent when empty).

@@ -20,16 +20,6 @@ namespace p2p = ::model_express::p2p;
 
 namespace {
 
-constexpr ArtifactKind kKinds[] = {
-    {"torch-compile", p2p::MX_SOURCE_TYPE_TORCH_COMPILE_CACHE},
-    {"triton", p2p::MX_SOURCE_TYPE_TRITON_CACHE},
-    {"deep-gemm", p2p::MX_SOURCE_TYPE_DEEP_GEMM_CACHE},
-    {"tilelang", p2p::MX_SOURCE_TYPE_TILELANG_CACHE},
-    {"cute-dsl", p2p::MX_SOURCE_TYPE_CUTE_DSL_CACHE},
-    {"flashinfer", p2p::MX_SOURCE_TYPE_FLASHINFER_CACHE},
-    {"tvm-ffi", p2p::MX_SOURCE_TYPE_TVM_FFI_CACHE},
-};
-
 struct SealFlags {
   std::string dir;
   std::string chunk_size;
@@ -86,18 +76,11 @@ Status RunKeygen(const KeygenFlags& flags) {
 
 }  // namespace
 
-std::string ArtifactKindNames() {
-  std::string out;
-  for (const ArtifactKind& k : kKinds) absl::StrAppend(&out, out.empty() ? "" : ", ", k.name);
-  return out;
-}
-
 StatusOr<ArtifactKind> ParseArtifactKind(const std::string& name) {
-  for (const ArtifactKind& k : kKinds) {
-    if (name == k.name) return k;
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--kind: unknown cache kind '", name, "'; use one of ", ArtifactKindNames()));
+  StatusOr<ArtifactKind> kind = artifacts::ParseArtifactKind(name);
+  if (!kind.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--kind: ", kind.status().message()));
+  return kind;
 }
 
 void AddArtifactIdentityFlags(CLI::App* cmd, ArtifactIdentityFlags& flags) {

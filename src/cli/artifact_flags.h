@@ -7,6 +7,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "artifacts/kinds.h"
 #include "cli/cli.h"
 #include "cli/p2p_flags.h"
 #include "ferry/source_identity.h"
@@ -15,16 +16,10 @@
 
 namespace ferry::cli {
 
-// The cache kinds of the contract's source types.
-struct ArtifactKind {
-  const char* name;  // "torch-compile", "triton", ...
-  model_express::p2p::MxSourceType type;
-};
+using artifacts::ArtifactKind;
+using artifacts::ArtifactKindNames;
 
-// "torch-compile, triton, ..." for help and errors.
-std::string ArtifactKindNames();
-
-// InvalidArgument naming --kind and the valid names for an unknown kind.
+// artifacts::ParseArtifactKind, its error naming --kind.
 StatusOr<ArtifactKind> ParseArtifactKind(const std::string& name);
 
 struct ArtifactIdentityFlags {

@@ -39,20 +39,10 @@ StatusOr<SourceIdentity> BuildIdentity(const IdentityFlags& flags) {
   SourceIdentity id;
   id.set_model_name(flags.model);
   id.set_mx_source_type(p2p::MX_SOURCE_TYPE_WEIGHTS);
-  const std::string fw = absl::AsciiStrToLower(flags.framework);
-  if (fw == "vllm") {
-    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_VLLM);
-  } else if (fw == "sglang") {
-    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_SGLANG);
-  } else if (fw == "trt-llm" || fw == "trtllm" || fw == "tensorrt-llm") {
-    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_TRT_LLM);
-  } else if (fw == "unknown" || fw.empty()) {
-    id.set_backend_framework(p2p::BACKEND_FRAMEWORK_UNKNOWN);
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("--framework: unknown framework '",
-                                                   flags.framework,
-                                                   "'; use vllm, sglang, trt-llm or unknown"));
-  }
+  StatusOr<p2p::BackendFramework> fw = ParseBackendFramework(flags.framework);
+  if (!fw.ok())
+    return absl::InvalidArgumentError(absl::StrCat("--framework: ", fw.status().message()));
+  id.set_backend_framework(*fw);
   id.set_tensor_parallel_size(flags.tp);
   id.set_pipeline_parallel_size(flags.pp);
   id.set_expert_parallel_size(flags.ep);

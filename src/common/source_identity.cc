@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/hashing.h"
 #include "nlohmann/json.hpp"
@@ -102,6 +103,18 @@ StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
 StatusOr<std::string> ComputeMxSourceId(const SourceIdentity& identity) {
   FERRY_ASSIGN_OR_RETURN(std::string json, CanonicalIdentityJson(identity));
   return Sha256Hex(json).substr(0, 16);
+}
+
+StatusOr<::model_express::p2p::BackendFramework> ParseBackendFramework(const std::string& name) {
+  namespace p2p = ::model_express::p2p;
+  const std::string fw = absl::AsciiStrToLower(name);
+  if (fw == "vllm") return p2p::BACKEND_FRAMEWORK_VLLM;
+  if (fw == "sglang") return p2p::BACKEND_FRAMEWORK_SGLANG;
+  if (fw == "trt-llm" || fw == "trtllm" || fw == "tensorrt-llm")
+    return p2p::BACKEND_FRAMEWORK_TRT_LLM;
+  if (fw == "unknown" || fw.empty()) return p2p::BACKEND_FRAMEWORK_UNKNOWN;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown framework '", name, "'; use vllm, sglang, trt-llm or unknown"));
 }
 
 Status ValidateIdentity(const SourceIdentity& id) {

@@ -14,34 +14,39 @@ uint64_t TensorChecksum(const void* data, uint64_t size) {
 
 std::vector<uint64_t> ChecksumTensors(const uint8_t* base, const std::vector<TensorInfo>& tensors,
                                       int threads) {
-  std::vector<uint64_t> sums(tensors.size());
+  std::vector<ByteRange> ranges;
+  ranges.reserve(tensors.size());
+  for (const TensorInfo& t : tensors) ranges.push_back(ByteRange{base + t.offset, t.size});
+  return ChecksumRanges(ranges, threads);
+}
+
+std::vector<uint64_t> ChecksumRanges(const std::vector<ByteRange>& ranges, int threads) {
+  std::vector<uint64_t> sums(ranges.size());
   const size_t workers = std::min<size_t>(static_cast<size_t>(std::max(threads, 1)),
-                                          std::max<size_t>(tensors.size(), 1));
+                                          std::max<size_t>(ranges.size(), 1));
   if (workers <= 1) {
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      sums[i] = TensorChecksum(base + tensors[i].offset, tensors[i].size);
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      sums[i] = TensorChecksum(ranges[i].data, ranges[i].size);
     }
     return sums;
   }
-  // Longest-processing-time-first assignment: biggest tensor to the least-loaded worker.
-  std::vector<size_t> order(tensors.size());
+  // Longest-processing-time-first assignment: biggest range to the least-loaded worker.
+  std::vector<size_t> order(ranges.size());
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return tensors[a].size > tensors[b].size; });
+            [&](size_t a, size_t b) { return ranges[a].size > ranges[b].size; });
   std::vector<std::vector<size_t>> assigned(workers);
   std::vector<uint64_t> load(workers, 0);
   for (size_t i : order) {
     const size_t w = std::min_element(load.begin(), load.end()) - load.begin();
     assigned[w].push_back(i);
-    load[w] += tensors[i].size + 1;  // + 1: empty tensors still cost a call
+    load[w] += ranges[i].size + 1;  // + 1: empty ranges still cost a call
   }
   std::vector<std::thread> pool;
   pool.reserve(workers);
   for (size_t w = 0; w < workers; ++w) {
     pool.emplace_back([&, w] {
-      for (size_t i : assigned[w]) {
-        sums[i] = TensorChecksum(base + tensors[i].offset, tensors[i].size);
-      }
+      for (size_t i : assigned[w]) sums[i] = TensorChecksum(ranges[i].data, ranges[i].size);
     });
   }
   for (std::thread& t : pool) t.join();

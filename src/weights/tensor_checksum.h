@@ -23,6 +23,15 @@ uint64_t TensorChecksum(const void* data, uint64_t size);
 std::vector<uint64_t> ChecksumTensors(const uint8_t* base, const std::vector<TensorInfo>& tensors,
                                       int threads);
 
+// One range of memory to checksum.
+struct ByteRange {
+  const void* data = nullptr;  // may be null when size is 0
+  uint64_t size = 0;
+};
+
+// ChecksumTensors for ranges anywhere in memory (tensors in many allocations).
+std::vector<uint64_t> ChecksumRanges(const std::vector<ByteRange>& ranges, int threads);
+
 }  // namespace ferry::weights
 
 #endif  // FERRY_WEIGHTS_TENSOR_CHECKSUM_H_

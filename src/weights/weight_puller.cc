@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/source_selection.h"
 #include "common/logging.h"
@@ -14,6 +17,7 @@
 #include "ferry/source_identity.h"
 #include "ferry/v1/transfer.pb.h"
 #include "transfer/monitored_read.h"
+#include "weights/buffers.h"
 #include "weights/tensor_checksum.h"
 #include "worker/centralized.h"
 
@@ -97,9 +101,57 @@ std::vector<ReadOp> MakeOps(const Plan& plan, uint8_t* base) {
   return ops;
 }
 
+std::string ShapeText(const google::protobuf::RepeatedField<uint64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+std::string ShapeText(const std::vector<uint64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+// For each of the plan's remote tensors, the buffer of the same name; FailedPrecondition naming
+// the first tensor whose name, dtype or shape does not match.
+StatusOr<std::vector<const NamedBuffer*>> MatchBuffers(const Plan& plan, const BufferSet& into) {
+  std::map<std::string, const NamedBuffer*> by_name;
+  for (const NamedBuffer& b : into.buffers) by_name[b.name] = &b;
+  std::vector<const NamedBuffer*> matched(plan.remote.size(), nullptr);
+  for (size_t i = 0; i < plan.remote.size(); ++i) {
+    const ferry::v1::TensorEntry& e = plan.remote[i];
+    auto it = by_name.find(e.name());
+    if (it == by_name.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the source has tensor ", e.name(), " (", ShapeText(e.shape()), " ",
+                       std::string(DTypeName(plan.local[i].dtype)), ") that the model lacks"));
+    }
+    const NamedBuffer& b = *it->second;
+    if (b.dtype != plan.local[i].dtype) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", e.name(), ": dtype ", std::string(DTypeName(b.dtype)), " in the model but ",
+          std::string(DTypeName(plan.local[i].dtype)), " at the source"));
+    }
+    if (b.shape != plan.local[i].shape) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("tensor ", e.name(), ": shape ", ShapeText(b.shape), " in the model but ",
+                       ShapeText(plan.local[i].shape), " at the source"));
+    }
+    matched[i] = &b;
+    by_name.erase(it);
+  }
+  if (!by_name.empty()) {
+    std::vector<std::string> missing;
+    for (const auto& [name, b] : by_name) {
+      if (missing.size() == 5) break;
+      missing.push_back(name);
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat(by_name.size(), " tensor(s) of the model are not at the source: ",
+                     absl::StrJoin(missing, ", "), by_name.size() > missing.size() ? ", ..." : ""));
+  }
+  return matched;
+}
+
 class Puller {
  public:
-  explicit Puller(const PullOptions& options) : options_(options) {}
+  Puller(const PullOptions& options, const BufferSet* into) : options_(options), into_(into) {}
 
   StatusOr<PullResult> Run() {
     const absl::Time start = absl::Now();
@@ -128,12 +180,18 @@ class Puller {
     }
 
     PullResult result;
-    FERRY_ASSIGN_OR_RETURN(
-        const size_t chosen,
-        TryCandidates(candidates, options_.max_sources, who, "nothing was written",
-                      &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
-                        return TryOne(ref, attempt, &result);
-                      }));
+    StatusOr<size_t> tried = TryCandidates(
+        candidates, options_.max_sources, who,
+        into_ != nullptr ? "the model's tensors may hold partial data; load them another way"
+                         : "nothing was written",
+        &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
+          if (!mismatch_.ok()) return mismatch_;
+          return into_ != nullptr ? TryInto(ref, attempt, &result) : TryOne(ref, attempt, &result);
+        });
+    // A model that does not match the source's layout: the caller's error, the same at every
+    // source of the identity.
+    if (!mismatch_.ok()) return mismatch_;
+    FERRY_ASSIGN_OR_RETURN(const size_t chosen, std::move(tried));
     result.mx_source_id = candidates[chosen].mx_source_id();
     result.source_worker_id = candidates[chosen].worker_id();
     result.source_endpoint = result.attempts.back().endpoint;
@@ -143,6 +201,7 @@ class Puller {
 
  private:
   Status Validate() const {
+    if (into_ != nullptr) FERRY_RETURN_IF_ERROR(ValidateBufferSet(*into_));
     if (options_.client == nullptr) {
       return absl::InvalidArgumentError("PullOptions.client is required");
     }
@@ -234,6 +293,67 @@ class Puller {
     return absl::OkStatus();
   }
 
+  // Reads a source's tensors straight into the caller's buffers (PullIntoBuffers).
+  Status TryInto(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
+    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
+    FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
+    StatusOr<std::vector<const NamedBuffer*>> matched = MatchBuffers(plan, *into_);
+    if (!matched.ok()) {
+      mismatch_ = absl::FailedPreconditionError(absl::StrCat(
+          "the model does not match the source (worker ", ref.worker_id(), " of ",
+          options_.identity.model_name(), "): ", matched.status().message(),
+          "; nothing was pulled. Build the model with the source's configuration, or use "
+          "another identity"));
+      return mismatch_;
+    }
+    if (span_regions_.empty()) {
+      for (const MemorySpan& span : into_->spans) {
+        if (span.size == 0) continue;
+        FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Region> region,
+                               options_.engine->RegisterRegion(span.data, span.size));
+        span_regions_.push_back(std::move(region));
+      }
+    }
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
+                           options_.engine->Connect(info.transfer_blob(), options_.transport));
+    // One read per distinct destination range (tied weights are read once), coalesced where
+    // both sides continue each other.
+    std::vector<ReadOp> ops;
+    std::set<std::pair<void*, uint64_t>> seen;
+    std::vector<ByteRange> ranges;
+    uint64_t total = 0;
+    for (size_t i = 0; i < plan.remote.size(); ++i) {
+      const NamedBuffer& b = *(*matched)[i];
+      ranges.push_back(ByteRange{b.data, b.size});
+      if (b.size == 0 || !seen.emplace(b.data, b.size).second) continue;
+      ops.push_back(ReadOp{plan.remote[i].region(), plan.remote[i].offset(), b.data, b.size});
+      total += b.size;
+    }
+    const std::string source_text = absl::StrCat(
+        "worker ", ref.worker_id(), attempt->endpoint.empty() ? "" : " at ", attempt->endpoint);
+    const absl::Time transfer_start = absl::Now();
+    FERRY_RETURN_IF_ERROR(
+        Transfer(*peer, CoalesceReadOps(std::move(ops)), total, source_text, transfer_start));
+    const absl::Time transfer_end = absl::Now();
+    std::vector<uint64_t> checksums = ChecksumRanges(ranges, std::max(1, options_.verify_threads));
+    for (size_t i = 0; i < plan.remote.size(); ++i) {
+      if (checksums[i] != plan.remote[i].checksum()) {
+        return absl::DataLossError(absl::StrCat(
+            "tensor ", plan.remote[i].name(), " (", plan.remote[i].size(),
+            " bytes) failed verification: xxh3-64 ", absl::Hex(checksums[i], absl::kZeroPad16),
+            " but the source announced ", absl::Hex(plan.remote[i].checksum(), absl::kZeroPad16),
+            "; the source's memory or the transfer is corrupt"));
+      }
+    }
+    result->model.metadata = std::move(plan.metadata);
+    result->bytes = total;
+    result->peer = peer->description();
+    result->transport = peer->transport();
+    result->transfer_time = transfer_end - transfer_start;
+    result->verify_time = absl::Now() - transfer_end;
+    return absl::OkStatus();
+  }
+
   Status Transfer(Peer& peer, std::vector<ReadOp> ops, uint64_t total,
                   const std::string& source_text, absl::Time start) {
     MonitoredReadOptions read;
@@ -269,12 +389,21 @@ class Puller {
   }
 
   const PullOptions& options_;
-  std::shared_ptr<void> memory_;  // declared before region_: released after it
+  const BufferSet* into_;  // PullIntoBuffers: the caller's tensors; else null
+  Status mismatch_;        // set when the model does not match a source's layout
+  std::vector<std::unique_ptr<Region>> span_regions_;  // into_'s spans, registered once
+  std::shared_ptr<void> memory_;                       // declared before region_: released after it
   std::unique_ptr<Region> region_;
 };
 
 }  // namespace
 
-StatusOr<PullResult> PullWeights(const PullOptions& options) { return Puller(options).Run(); }
+StatusOr<PullResult> PullWeights(const PullOptions& options) {
+  return Puller(options, nullptr).Run();
+}
+
+StatusOr<PullResult> PullIntoBuffers(const PullOptions& options, const BufferSet& into) {
+  return Puller(options, &into).Run();
+}
 
 }  // namespace ferry::weights

@@ -56,16 +56,25 @@ StatusOr<std::unique_ptr<WeightSource>> WeightSource::Create(WeightSourceOptions
   manifest.agent_name = absl::StrCat("ferry-rank", options.worker_rank, "-", worker_id);
   manifest.transfer_blob = options.engine->ExportBlob();
   manifest.metadata = model.metadata;
+  if (!model.tensor_regions.empty() && model.tensor_regions.size() != model.tensors.size()) {
+    return absl::InvalidArgumentError("the served model needs one region id per tensor");
+  }
   const uint32_t region_id = model.region->id();
-  manifest.region_base_addresses.assign(region_id + 1, 0);
-  manifest.region_base_addresses[region_id] = reinterpret_cast<uint64_t>(model.region->data());
+  auto add_base = [&](const Region& r) {
+    if (manifest.region_base_addresses.size() <= r.id()) {
+      manifest.region_base_addresses.resize(r.id() + 1, 0);
+    }
+    manifest.region_base_addresses[r.id()] = reinterpret_cast<uint64_t>(r.data());
+  };
+  add_base(*model.region);
+  for (const std::unique_ptr<Region>& r : model.extra_regions) add_base(*r);
   for (size_t i = 0; i < model.tensors.size(); ++i) {
     const TensorInfo& t = model.tensors[i];
     ferry::v1::TensorEntry& e = manifest.tensors.emplace_back();
     e.set_name(t.name);
     e.set_dtype(std::string(DTypeName(t.dtype)));
     for (uint64_t d : t.shape) e.add_shape(d);
-    e.set_region(region_id);
+    e.set_region(model.tensor_regions.empty() ? region_id : model.tensor_regions[i]);
     e.set_offset(t.offset);
     e.set_size(t.size);
     e.set_checksum(model.checksums[i]);

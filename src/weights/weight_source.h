@@ -30,7 +30,12 @@ struct ServedModel {
   // first so that it is released after the region is deregistered.
   std::shared_ptr<void> owned_memory;
   std::unique_ptr<Region> region;
-  std::vector<TensorInfo> tensors;              // sorted by offset, contiguous or with gaps
+  // Buffers served in place (ServeBuffers): one region per caller allocation. `region` is the
+  // first; these are the others, and `tensor_regions` holds, per tensor, the id of the region
+  // its offset is relative to. Empty `tensor_regions`: every tensor is in `region`.
+  std::vector<std::unique_ptr<Region>> extra_regions;
+  std::vector<uint32_t> tensor_regions;
+  std::vector<TensorInfo> tensors;              // offsets relative to the tensor's region
   std::vector<uint64_t> checksums;              // XXH3-64 of each tensor, same order as `tensors`
   std::map<std::string, std::string> metadata;  // safetensors "__metadata__"
   uint64_t total_bytes = 0;                     // sum of tensor sizes

@@ -1,0 +1,302 @@
+// SourceIdentity, mx_source_id, the metadata client and the publisher.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "convert.h"
+#include "ferry/publisher.h"
+#include "status.h"
+
+namespace ferry::python {
+
+namespace py = pybind11;
+namespace p2p = ::model_express::p2p;
+
+namespace {
+
+std::string StrField(const py::handle& value, const std::string& key) {
+  if (!py::isinstance<py::str>(value)) {
+    throw StatusError(absl::InvalidArgumentError(
+        absl::StrCat("identity field ", key, " must be a str, got ",
+                     std::string(py::str(value.get_type().attr("__name__"))))));
+  }
+  return value.cast<std::string>();
+}
+
+uint32_t UintField(const py::handle& value, const std::string& key) {
+  if (!py::isinstance<py::int_>(value) || py::isinstance<py::bool_>(value)) {
+    throw StatusError(
+        absl::InvalidArgumentError(absl::StrCat("identity field ", key, " must be an int")));
+  }
+  const long long v = value.cast<long long>();
+  if (v < 0 || v > UINT32_MAX) {
+    throw StatusError(absl::InvalidArgumentError(
+        absl::StrCat("identity field ", key, " must be 0..4294967295, got ", v)));
+  }
+  return static_cast<uint32_t>(v);
+}
+
+py::dict RefToDict(const SourceInstanceRef& r) {
+  py::dict d;
+  d["mx_source_id"] = r.mx_source_id();
+  d["worker_id"] = r.worker_id();
+  d["model_name"] = r.model_name();
+  d["worker_rank"] = r.worker_rank();
+  d["accelerator"] = r.accelerator();
+  d["updated_at"] = r.updated_at();
+  d["training_step"] = r.has_training_step() ? py::cast(r.training_step()) : py::none();
+  d["layout_signature"] = r.has_layout_signature() ? py::cast(r.layout_signature()) : py::none();
+  return d;
+}
+
+std::optional<std::string> NonEmpty(const std::optional<std::string>& s) {
+  if (s.has_value() && !s->empty()) return s;
+  return std::nullopt;
+}
+
+}  // namespace
+
+SourceIdentity IdentityFromDict(const py::dict& fields) {
+  SourceIdentity id;
+  id.set_tensor_parallel_size(1);
+  id.set_pipeline_parallel_size(1);
+  id.set_expert_parallel_size(1);
+  for (const auto& [k, v] : fields) {
+    const std::string key = py::str(k);
+    if (v.is_none()) continue;
+    if (key == "model_name") {
+      id.set_model_name(StrField(v, key));
+    } else if (key == "mx_version") {
+      id.set_mx_version(StrField(v, key));
+    } else if (key == "mx_source_type") {
+      id.set_mx_source_type(static_cast<p2p::MxSourceType>(UintField(v, key)));
+    } else if (key == "backend_framework") {
+      if (py::isinstance<py::int_>(v)) {
+        id.set_backend_framework(static_cast<p2p::BackendFramework>(UintField(v, key)));
+      } else {
+        StatusOr<p2p::BackendFramework> fw = ParseBackendFramework(StrField(v, key));
+        if (!fw.ok()) {
+          throw StatusError(absl::InvalidArgumentError(
+              absl::StrCat("identity field backend_framework: ", fw.status().message())));
+        }
+        id.set_backend_framework(*fw);
+      }
+    } else if (key == "tensor_parallel_size") {
+      id.set_tensor_parallel_size(UintField(v, key));
+    } else if (key == "pipeline_parallel_size") {
+      id.set_pipeline_parallel_size(UintField(v, key));
+    } else if (key == "expert_parallel_size") {
+      id.set_expert_parallel_size(UintField(v, key));
+    } else if (key == "dtype") {
+      id.set_dtype(StrField(v, key));
+    } else if (key == "quantization") {
+      id.set_quantization(StrField(v, key));
+    } else if (key == "revision") {
+      id.set_revision(StrField(v, key));
+    } else if (key == "backend_framework_version") {
+      id.set_backend_framework_version(StrField(v, key));
+    } else if (key == "torch_version") {
+      id.set_torch_version(StrField(v, key));
+    } else if (key == "cuda_version") {
+      id.set_cuda_version(StrField(v, key));
+    } else if (key == "triton_version") {
+      id.set_triton_version(StrField(v, key));
+    } else if (key == "gpu_arch") {
+      id.set_gpu_arch(StrField(v, key));
+    } else if (key == "compile_config_digest") {
+      id.set_compile_config_digest(StrField(v, key));
+    } else if (key == "extra_parameters") {
+      if (!py::isinstance<py::dict>(v)) {
+        throw StatusError(absl::InvalidArgumentError(
+            "identity field extra_parameters must be a dict of str to str"));
+      }
+      for (const auto& [ek, ev] : v.cast<py::dict>()) {
+        const std::string name = StrField(ek, "extra_parameters key");
+        (*id.mutable_extra_parameters())[name] =
+            StrField(ev, absl::StrCat("extra_parameters[", name, "]"));
+      }
+    } else {
+      throw StatusError(absl::InvalidArgumentError(absl::StrCat(
+          "unknown identity field '", key,
+          "'; use model_name, backend_framework, tensor_parallel_size, pipeline_parallel_size, "
+          "expert_parallel_size, dtype, quantization, revision, mx_version, extra_parameters, "
+          "mx_source_type or the cache fields (torch_version, gpu_arch, ...)")));
+    }
+  }
+  ThrowIfError(ValidateIdentity(id));
+  return id;
+}
+
+py::dict IdentityToDict(const SourceIdentity& id) {
+  py::dict d;
+  d["model_name"] = id.model_name();
+  d["mx_version"] = id.mx_version();
+  d["mx_source_type"] = static_cast<int>(id.mx_source_type());
+  d["backend_framework"] = static_cast<int>(id.backend_framework());
+  d["tensor_parallel_size"] = id.tensor_parallel_size();
+  d["pipeline_parallel_size"] = id.pipeline_parallel_size();
+  d["expert_parallel_size"] = id.expert_parallel_size();
+  d["dtype"] = id.dtype();
+  d["quantization"] = id.quantization();
+  d["revision"] = id.revision();
+  py::dict extra;
+  for (const auto& [k, v] : id.extra_parameters()) extra[py::str(k)] = v;
+  d["extra_parameters"] = extra;
+  d["backend_framework_version"] = id.backend_framework_version();
+  d["torch_version"] = id.torch_version();
+  d["cuda_version"] = id.cuda_version();
+  d["triton_version"] = id.triton_version();
+  d["gpu_arch"] = id.gpu_arch();
+  d["compile_config_digest"] = id.compile_config_digest();
+  return d;
+}
+
+absl::Duration Seconds(double seconds, const char* what) {
+  if (!std::isfinite(seconds) || seconds < 0) {
+    throw StatusError(absl::InvalidArgumentError(
+        absl::StrCat(what, " must be a finite number of seconds >= 0, got ", seconds)));
+  }
+  return absl::Seconds(seconds);
+}
+
+void RegisterClient(py::module_& m) {
+  m.def(
+      "mx_source_id",
+      [](const py::dict& identity) {
+        return Unwrap(ComputeMxSourceId(IdentityFromDict(identity)));
+      },
+      py::arg("identity"),
+      "The 16-hex-character mx_source_id of an identity dict, as the server computes it.");
+  m.def(
+      "canonical_identity",
+      [](const py::dict& identity) { return IdentityToDict(IdentityFromDict(identity)); },
+      py::arg("identity"), "The identity dict validated and with every field filled in.");
+  m.def(
+      "init_logging",
+      [](const std::string& level) { ThrowIfError(internal::InitLogging(level, "log level")); },
+      py::arg("level"), "Sets ferry's log level: trace, debug, info, warn or error.");
+  m.def(
+      "resolve_server_address",
+      [](std::optional<std::string> server) { return ResolveServerAddress(NonEmpty(server)); },
+      py::arg("server") = py::none(),
+      "`server` if given, else FERRY_SERVER, else MX_SERVER_ADDRESS, else localhost:8001.");
+
+  py::class_<ClientHandle, std::shared_ptr<ClientHandle>>(
+      m, "MetadataClient",
+      "A connection to a ferry-server (or any ModelExpress-compatible server). Credentials not "
+      "given come from FERRY_TOKEN_FILE / MX_AUTH_TOKEN_PATH / FERRY_TOKEN and FERRY_TLS_*.")
+      .def(py::init([](std::optional<std::string> server, std::optional<std::string> token,
+                       std::optional<std::string> token_file, std::optional<std::string> tls_ca,
+                       std::optional<std::string> tls_cert, std::optional<std::string> tls_key,
+                       double call_timeout, double connect_timeout) {
+             MetadataClientOptions o;
+             o.server_address = ResolveServerAddress(NonEmpty(server));
+             o.token = token.value_or("");
+             o.token_file = token_file.value_or("");
+             o.tls_ca_file = tls_ca.value_or("");
+             o.tls_cert_file = tls_cert.value_or("");
+             o.tls_key_file = tls_key.value_or("");
+             o.call_timeout = Seconds(call_timeout, "call_timeout");
+             o.connect_timeout = Seconds(connect_timeout, "connect_timeout");
+             ThrowIfError(FillCredentialsFromEnv(&o));
+             auto handle = std::make_shared<ClientHandle>();
+             handle->client = Unwrap(MetadataClient::Create(o));
+             handle->token = o.token;
+             handle->token_file = o.token_file;
+             return handle;
+           }),
+           py::arg("server") = py::none(), py::kw_only(), py::arg("token") = py::none(),
+           py::arg("token_file") = py::none(), py::arg("tls_ca") = py::none(),
+           py::arg("tls_cert") = py::none(), py::arg("tls_key") = py::none(),
+           py::arg("call_timeout") = 30.0, py::arg("connect_timeout") = 5.0)
+      .def_property_readonly("server_address",
+                             [](const ClientHandle& h) { return h.client->server_address(); })
+      .def(
+          "list_sources",
+          [](const ClientHandle& h, const py::dict& identity, bool ready_only) {
+            ListSourcesRequest request;
+            *request.mutable_identity() = IdentityFromDict(identity);
+            if (ready_only) request.set_status_filter(p2p::SOURCE_STATUS_READY);
+            std::vector<SourceInstanceRef> refs;
+            {
+              py::gil_scoped_release release;
+              refs = Unwrap(h.client->ListSources(request));
+            }
+            py::list out;
+            for (const SourceInstanceRef& r : refs) out.append(RefToDict(r));
+            return out;
+          },
+          py::arg("identity"), py::kw_only(), py::arg("ready_only") = true,
+          "The workers publishing `identity` (READY ones unless ready_only=False), newest first.")
+      .def(
+          "get_metadata",
+          [](const ClientHandle& h, const std::string& mx_source_id, const std::string& worker_id) {
+            GetMetadataResponse r;
+            {
+              py::gil_scoped_release release;
+              r = Unwrap(h.client->GetMetadata(mx_source_id, worker_id));
+            }
+            py::dict d;
+            d["mx_source_id"] = r.mx_source_id();
+            d["worker_id"] = r.worker_id();
+            d["worker_rank"] = r.worker().worker_rank();
+            d["status"] = p2p::SourceStatus_Name(r.worker().status());
+            d["worker_grpc_endpoint"] = r.worker().worker_grpc_endpoint();
+            d["identity"] = IdentityToDict(r.identity());
+            return d;
+          },
+          py::arg("mx_source_id"), py::arg("worker_id"),
+          "One worker's record; NotFoundError if the server holds none.")
+      .def(
+          "health",
+          [](const ClientHandle& h) {
+            HealthInfo info;
+            {
+              py::gil_scoped_release release;
+              info = Unwrap(h.client->Health());
+            }
+            py::dict d;
+            d["version"] = info.version;
+            d["status"] = info.status;
+            d["uptime_seconds"] = info.uptime_seconds;
+            return d;
+          },
+          "The server's version, status and uptime.");
+
+  py::class_<Publisher>(m, "Publisher",
+                        "Publishes one worker record, marks it READY and heartbeats until "
+                        "stop() (which marks it STALE).")
+      .def(py::init([](std::shared_ptr<ClientHandle> client, const py::dict& identity,
+                       uint32_t worker_rank, const std::string& worker_grpc_endpoint,
+                       const std::string& accelerator, const std::string& worker_id,
+                       std::optional<double> heartbeat_interval) {
+             PublisherOptions o;
+             o.client = client->client.get();
+             o.identity = IdentityFromDict(identity);
+             o.worker_id = worker_id;
+             o.worker.set_worker_rank(worker_rank);
+             o.worker.set_worker_grpc_endpoint(worker_grpc_endpoint);
+             o.worker.set_accelerator(accelerator);
+             if (heartbeat_interval.has_value()) {
+               o.heartbeat_interval = Seconds(*heartbeat_interval, "heartbeat_interval");
+             }
+             std::unique_ptr<Publisher> p = Unwrap(Publisher::Create(std::move(o)));
+             return p;
+           }),
+           py::arg("client"), py::arg("identity"), py::kw_only(), py::arg("worker_rank") = 0,
+           py::arg("worker_grpc_endpoint") = "", py::arg("accelerator") = "",
+           py::arg("worker_id") = "", py::arg("heartbeat_interval") = py::none(),
+           py::keep_alive<1, 2>())
+      .def(
+          "start", [](Publisher& p) { ThrowIfError(p.Start()); },
+          py::call_guard<py::gil_scoped_release>())
+      .def("stop", &Publisher::Stop, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("mx_source_id", &Publisher::mx_source_id)
+      .def_property_readonly("worker_id", &Publisher::worker_id)
+      .def_property_readonly("heartbeat_count", &Publisher::heartbeat_count);
+}
+
+}  // namespace ferry::python

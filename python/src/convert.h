@@ -1,0 +1,51 @@
+// Conversions between Python values and ferry's C++ types, shared by the binding files.
+#ifndef FERRY_PYTHON_CONVERT_H_
+#define FERRY_PYTHON_CONVERT_H_
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/time/time.h"
+#include "ferry/metadata_client.h"
+#include "ferry/source_identity.h"
+#include "ferry/transfer.h"
+#include "worker/worker_client.h"
+
+namespace ferry::python {
+
+// A dict of SourceIdentity fields (the proto's names; backend_framework may be a name such as
+// "vllm" or the enum value; extra_parameters a dict of str). InvalidArgumentError naming an
+// unknown key or a value of the wrong type. Validated with ValidateIdentity.
+SourceIdentity IdentityFromDict(const pybind11::dict& fields);
+pybind11::dict IdentityToDict(const SourceIdentity& identity);
+
+absl::Duration Seconds(double seconds, const char* what);
+
+// Transfer engine options from the Python arguments (transports: names, empty: all).
+TransferEngineOptions EngineOptionsFrom(const std::string& name,
+                                        const std::vector<std::string>& transports,
+                                        const std::string& tcp_listen,
+                                        const std::string& advertise_host, int tcp_streams,
+                                        const std::string& ucx_net_devices);
+
+// A metadata client plus the credentials it resolved, which the worker endpoints of sources
+// and targets reuse (the deployment token protects both).
+struct ClientHandle {
+  std::unique_ptr<MetadataClient> client;
+  std::string token;
+  std::string token_file;
+};
+
+// Module init helpers, one per binding file.
+void RegisterClient(pybind11::module_& m);
+void RegisterEngine(pybind11::module_& m);
+void RegisterWeights(pybind11::module_& m);
+void RegisterArtifacts(pybind11::module_& m);
+
+}  // namespace ferry::python
+
+#endif  // FERRY_PYTHON_CONVERT_H_

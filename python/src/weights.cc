@@ -1,0 +1,209 @@
+// Publishing a set of named buffers in place, and pulling a source's tensors into one.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "convert.h"
+#include "status.h"
+#include "weights/buffers.h"
+#include "weights/weight_puller.h"
+#include "weights/weight_source.h"
+
+namespace ferry::python {
+
+namespace py = pybind11;
+
+namespace {
+
+using BufferTuple =
+    std::tuple<std::string, std::string, std::vector<uint64_t>, uintptr_t, uint64_t>;
+using SpanTuple = std::tuple<uintptr_t, uint64_t>;
+
+weights::BufferSet MakeBufferSet(const std::vector<BufferTuple>& buffers,
+                                 const std::vector<SpanTuple>& spans) {
+  weights::BufferSet set;
+  for (const auto& [address, size] : spans) {
+    set.spans.push_back(weights::MemorySpan{reinterpret_cast<void*>(address), size});
+  }
+  for (const auto& [name, dtype, shape, address, size] : buffers) {
+    StatusOr<weights::DType> parsed = weights::ParseDType(dtype);
+    if (!parsed.ok()) {
+      throw StatusError(absl::InvalidArgumentError(
+          absl::StrCat("tensor ", name, ": ", parsed.status().message())));
+    }
+    set.buffers.push_back(
+        weights::NamedBuffer{name, *parsed, shape, reinterpret_cast<void*>(address), size});
+  }
+  ThrowIfError(weights::ValidateBufferSet(set));
+  return set;
+}
+
+// A started WeightSource serving caller memory, with what it borrows.
+struct SourceHandle {
+  std::shared_ptr<ClientHandle> client;
+  std::shared_ptr<TransferEngine> engine;
+  std::unique_ptr<weights::WeightSource> source;
+  std::string mx_source_id;
+  std::string worker_id;
+  std::string endpoint;
+  uint64_t total_bytes = 0;
+  size_t regions = 0;
+  size_t tensors = 0;
+  // Marks the record STALE, closes the endpoint and deregisters the memory, so that the caller
+  // may free it afterwards.
+  void Stop() {
+    if (source != nullptr) source->Stop();
+    source.reset();
+  }
+};
+
+double SecondsOf(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+}  // namespace
+
+void RegisterWeights(py::module_& m) {
+  py::class_<SourceHandle, std::shared_ptr<SourceHandle>>(
+      m, "WeightSource", "Tensors served in place to targets until stop().")
+      .def("stop", &SourceHandle::Stop, py::call_guard<py::gil_scoped_release>(),
+           "Marks the record STALE, then closes the worker endpoint. Idempotent.")
+      .def_property_readonly("serving", [](const SourceHandle& h) { return h.source != nullptr; })
+      .def_readonly("mx_source_id", &SourceHandle::mx_source_id)
+      .def_readonly("worker_id", &SourceHandle::worker_id)
+      .def_readonly("endpoint", &SourceHandle::endpoint)
+      .def_property_readonly("total_bytes", [](const SourceHandle& h) { return h.total_bytes; })
+      .def_property_readonly("regions", [](const SourceHandle& h) { return h.regions; })
+      .def_property_readonly("tensors", [](const SourceHandle& h) { return h.tensors; });
+
+  m.def(
+      "serve_buffers",
+      [](std::shared_ptr<ClientHandle> client, std::shared_ptr<TransferEngine> engine,
+         const py::dict& identity, const std::vector<BufferTuple>& buffers,
+         const std::vector<SpanTuple>& spans, uint32_t worker_rank, const std::string& accelerator,
+         const std::string& worker_id, const std::string& worker_listen,
+         const std::string& advertise_host, bool centralized,
+         std::optional<double> heartbeat_interval, int checksum_threads,
+         const std::string& tls_cert, const std::string& tls_key,
+         const std::string& tls_client_ca) {
+        weights::WeightSourceOptions o;
+        o.client = client->client.get();
+        o.engine = engine.get();
+        o.identity = IdentityFromDict(identity);
+        o.worker_rank = worker_rank;
+        o.accelerator = accelerator;
+        o.worker_id = worker_id;
+        o.endpoint.listen = worker_listen;
+        o.endpoint.advertise_host = advertise_host;
+        o.endpoint.token = client->token;
+        o.endpoint.token_file = client->token_file;
+        o.endpoint.tls_cert = tls_cert;
+        o.endpoint.tls_key = tls_key;
+        o.endpoint.tls_client_ca = tls_client_ca;
+        o.centralized = centralized;
+        if (heartbeat_interval.has_value()) {
+          o.heartbeat_interval = Seconds(*heartbeat_interval, "heartbeat_interval");
+        }
+        weights::BufferSet set = MakeBufferSet(buffers, spans);
+        auto handle = std::make_shared<SourceHandle>();
+        handle->client = client;
+        handle->engine = engine;
+        py::gil_scoped_release release;
+        weights::ServedModel model =
+            Unwrap(weights::ServeBuffers(*engine, set, std::max(1, checksum_threads)));
+        handle->total_bytes = model.total_bytes;
+        handle->regions = (model.region != nullptr ? 1 : 0) + model.extra_regions.size();
+        handle->tensors = model.tensors.size();
+        handle->source = Unwrap(weights::WeightSource::Create(std::move(o), std::move(model)));
+        ThrowIfError(handle->source->Start());
+        handle->mx_source_id = handle->source->mx_source_id();
+        handle->worker_id = handle->source->worker_id();
+        handle->endpoint = handle->source->endpoint();
+        return handle;
+      },
+      py::arg("client"), py::arg("engine"), py::arg("identity"), py::arg("buffers"),
+      py::arg("spans"), py::kw_only(), py::arg("worker_rank") = 0, py::arg("accelerator") = "cpu",
+      py::arg("worker_id") = "", py::arg("worker_listen") = "0.0.0.0:0",
+      py::arg("advertise_host") = "", py::arg("centralized") = false,
+      py::arg("heartbeat_interval") = py::none(), py::arg("checksum_threads") = 2,
+      py::arg("tls_cert") = "", py::arg("tls_key") = "", py::arg("tls_client_ca") = "",
+      "Registers each span once, checksums every buffer, starts the worker endpoint and "
+      "publishes READY. buffers: (name, dtype, shape, address, nbytes); spans: (address, "
+      "nbytes). The memory must stay alive and unchanged until stop().");
+
+  m.def(
+      "pull_into_buffers",
+      [](std::shared_ptr<ClientHandle> client, std::shared_ptr<TransferEngine> engine,
+         const py::dict& identity, const std::vector<BufferTuple>& buffers,
+         const std::vector<SpanTuple>& spans, uint32_t worker_rank, const std::string& accelerator,
+         const std::string& transport, int max_sources, double transfer_timeout,
+         double stall_timeout, int verify_threads, const std::string& target_worker_id,
+         const std::string& worker_tls_ca, const std::string& worker_tls_client_cert,
+         const std::string& worker_tls_client_key, uint64_t batch_bytes, double batch_pause) {
+        weights::PullOptions o;
+        o.client = client->client.get();
+        o.engine = engine.get();
+        o.identity = IdentityFromDict(identity);
+        o.worker_rank = worker_rank;
+        o.accelerator = accelerator;
+        o.transport = Unwrap(ParseTransportKind(transport));
+        o.max_sources = max_sources;
+        o.transfer_timeout = Seconds(transfer_timeout, "transfer_timeout");
+        o.stall_timeout = Seconds(stall_timeout, "stall_timeout");
+        o.verify_threads = verify_threads;
+        o.target_worker_id = target_worker_id;
+        o.endpoint.token = client->token;
+        o.endpoint.token_file = client->token_file;
+        o.endpoint.tls_ca_file = worker_tls_ca;
+        o.endpoint.tls_cert_file = worker_tls_client_cert;
+        o.endpoint.tls_key_file = worker_tls_client_key;
+        o.endpoint.tls = !worker_tls_ca.empty() || !worker_tls_client_cert.empty();
+        o.batch_bytes = batch_bytes;
+        o.batch_pause = Seconds(batch_pause, "batch_pause");
+        weights::BufferSet set = MakeBufferSet(buffers, spans);
+        weights::PullResult r;
+        {
+          py::gil_scoped_release release;
+          r = Unwrap(weights::PullIntoBuffers(o, set));
+        }
+        py::dict d;
+        d["bytes"] = r.bytes;
+        d["tensors"] = set.buffers.size();
+        d["seconds"] = SecondsOf(r.total_time);
+        d["transfer_seconds"] = SecondsOf(r.transfer_time);
+        d["verify_seconds"] = SecondsOf(r.verify_time);
+        d["transport"] = std::string(TransportKindName(r.transport));
+        d["peer"] = r.peer;
+        d["mx_source_id"] = r.mx_source_id;
+        d["source_worker_id"] = r.source_worker_id;
+        d["source_endpoint"] = r.source_endpoint;
+        py::list attempts;
+        for (const weights::PullAttempt& a : r.attempts) {
+          py::dict ad;
+          ad["worker_id"] = a.worker_id;
+          ad["endpoint"] = a.endpoint;
+          ad["error"] = a.status.ok() ? py::none() : py::cast(std::string(a.status.message()));
+          attempts.append(ad);
+        }
+        d["attempts"] = attempts;
+        py::dict metadata;
+        for (const auto& [k, v] : r.model.metadata) metadata[py::str(k)] = v;
+        d["metadata"] = metadata;
+        return d;
+      },
+      py::arg("client"), py::arg("engine"), py::arg("identity"), py::arg("buffers"),
+      py::arg("spans"), py::kw_only(), py::arg("worker_rank") = 0, py::arg("accelerator") = "cpu",
+      py::arg("transport") = "auto", py::arg("max_sources") = 3,
+      py::arg("transfer_timeout") = 300.0, py::arg("stall_timeout") = 15.0,
+      py::arg("verify_threads") = 2, py::arg("target_worker_id") = "",
+      py::arg("worker_tls_ca") = "", py::arg("worker_tls_client_cert") = "",
+      py::arg("worker_tls_client_key") = "", py::arg("batch_bytes") = 0,
+      py::arg("batch_pause") = 0.0,
+      "Pulls a READY source's tensors into the buffers in place and verifies every checksum. "
+      "NotFoundError: no source; FailedPreconditionError: the buffers do not match the "
+      "source's tensors (nothing moved); UnavailableError: every source tried failed (the "
+      "buffers may hold partial data).");
+}
+
+}  // namespace ferry::python

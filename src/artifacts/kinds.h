@@ -1,0 +1,26 @@
+// The compile-cache kinds and the contract's artifact source types they publish under
+// (contract section 10.3): the names the CLI's --kind and the Python package accept.
+#ifndef FERRY_ARTIFACTS_KINDS_H_
+#define FERRY_ARTIFACTS_KINDS_H_
+
+#include <string>
+
+#include "ferry/status.h"
+#include "model_express/p2p.pb.h"
+
+namespace ferry::artifacts {
+
+struct ArtifactKind {
+  const char* name;  // "torch-compile", "triton", ...
+  model_express::p2p::MxSourceType type;
+};
+
+// "torch-compile, triton, ..." for help and errors.
+std::string ArtifactKindNames();
+
+// InvalidArgument "unknown cache kind 'NAME'; use one of ..." for an unknown name.
+StatusOr<ArtifactKind> ParseArtifactKind(const std::string& name);
+
+}  // namespace ferry::artifacts
+
+#endif  // FERRY_ARTIFACTS_KINDS_H_

@@ -1,0 +1,67 @@
+// Named tensors that live in caller-owned memory (a Python framework's parameters), published in
+// place or pulled into in place. The caller describes its allocations (spans: a torch storage
+// each) and the tensors inside them; every span is registered with the transfer engine once,
+// however many tensors it holds.
+#ifndef FERRY_WEIGHTS_BUFFERS_H_
+#define FERRY_WEIGHTS_BUFFERS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ferry/status.h"
+#include "ferry/transfer.h"
+#include "weights/dtype.h"
+#include "weights/weight_puller.h"
+#include "weights/weight_source.h"
+
+namespace ferry::weights {
+
+// One allocation of caller memory (a storage). Borrowed: must stay valid while in use.
+struct MemorySpan {
+  void* data = nullptr;
+  uint64_t size = 0;
+};
+
+// One named tensor: `size` bytes at `data`, inside one span, row-major and contiguous.
+struct NamedBuffer {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  void* data = nullptr;
+  uint64_t size = 0;  // product(shape) * DTypeSize(dtype)
+};
+
+struct BufferSet {
+  std::vector<MemorySpan> spans;
+  std::vector<NamedBuffer> buffers;
+};
+
+// The limits of a buffer set, so that a wrong argument fails with a message instead of
+// registering absurd ranges.
+inline constexpr size_t kMaxBuffers = 1'000'000;
+
+// InvalidArgument naming the buffer (or span) when: there are no buffers or no byte to move;
+// a name is empty or repeated; size is not product(shape) * element size; a non-empty buffer
+// lies in no span; spans overlap; two buffers overlap without being the same range (tied
+// weights, the same range under two names, are allowed).
+Status ValidateBufferSet(const BufferSet& set);
+
+// Registers every non-empty span with `engine` and builds a ServedModel of `set`'s tensors in
+// place (not copied), checksummed on `threads` threads. The caller's memory must outlive the
+// model and must not change while it is served: targets verify the checksums taken here.
+StatusOr<ServedModel> ServeBuffers(TransferEngine& engine, const BufferSet& set, int threads = 2);
+
+// Pulls a source's tensors into `into` in place: like PullWeights (same options, listing, order
+// and failover), but every source tensor must match a buffer of the same name, dtype and shape,
+// and the model must have no tensor the source lacks. A mismatch is FailedPrecondition naming
+// the tensor and both shapes or dtypes; it is found before any byte moves, and no other source is
+// tried (sources of one identity share a layout). Every buffer is verified against the source's
+// checksum. The buffers' spans are registered with options.engine for the call.
+// On failure after bytes moved (every source failed), buffers may hold partial data: the caller
+// must not use them (load them another way). result.model is empty.
+StatusOr<PullResult> PullIntoBuffers(const PullOptions& options, const BufferSet& into);
+
+}  // namespace ferry::weights
+
+#endif  // FERRY_WEIGHTS_BUFFERS_H_

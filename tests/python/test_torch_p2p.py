@@ -1,0 +1,408 @@
+"""ferry's Python package against a real ferry-server: ferry.torch publish and pull_into across
+processes, mismatches, failures and fallback, tensor layouts, the error hierarchy, the GIL, and
+interop with the C++ command (both directions) and compile-cache artifacts.
+
+Needs FERRY_PYTHON_PACKAGE (the build tree's python/ folder, set by ctest).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+if not os.environ.get("FERRY_PYTHON_PACKAGE"):
+    raise pytest.UsageError("FERRY_PYTHON_PACKAGE is not set; run these tests through ctest")
+sys.path.insert(0, os.environ["FERRY_PYTHON_PACKAGE"])
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+import ferry  # noqa: E402
+import ferry.torch  # noqa: E402
+import tiny_transformer  # noqa: E402
+from conftest import ServingChild, binary  # noqa: E402
+
+IDENTITY = {"model_name": "tiny-transformer", "dtype": "float32"}
+
+
+class TorchSource:
+    """tests/python/torch_peer.py in its own process."""
+
+    def __init__(self, workdir, server, name="source", extra=(), model="tiny-transformer"):
+        self.ready_file = workdir / f"{name}.json"
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.environ["FERRY_PYTHON_PACKAGE"], os.path.dirname(__file__)])
+        env["FERRY_LOG_LEVEL"] = "warn"
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "torch_peer.py"),
+             "--server", server.address, "--model", model, "--ready-file",
+             str(self.ready_file), *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 60
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                pytest.fail(f"{name} exited with {self.proc.returncode}:\n" + self.log())
+            assert time.monotonic() < deadline, f"{name} never became ready:\n" + self.log()
+            time.sleep(0.05)
+        self.ready = json.loads(self.ready_file.read_text())
+        base = str(self.ready_file)[:-len(".json")]
+        self.checkpoint = base + ".checkpoint.pt"
+        self.output = torch.load(base + ".output.pt")
+
+    def log(self):
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self._log.close()
+        assert code == 0, self.log()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+def ready_workers(server, model="tiny-transformer"):
+    client = ferry.MetadataClient(server.address)
+    return client.list_sources({"model_name": model, "dtype": "float32"})
+
+
+def run(model):
+    with torch.no_grad():
+        return model(tiny_transformer.sample_input())
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before):
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, before[name]), f"{name} was modified"
+
+
+# --- the transformer across two processes ---------------------------------------------------
+
+
+def test_transformer_published_by_one_process_pulled_into_another(server, tmp_path):
+    source = TorchSource(tmp_path, server)
+    try:
+        # One registered region per storage: the tied embedding/head weight counts once.
+        assert source.ready["regions"] == source.ready["storages"]
+        assert source.ready["regions"] == source.ready["tensors"] - 1
+        assert source.ready["mx_source_id"] == ferry.mx_source_id(IDENTITY)
+
+        target = tiny_transformer.build(seed=2)  # freshly initialized, other weights
+        assert not torch.equal(run(target), source.output)
+        report = ferry.torch.pull_into(target, IDENTITY, server=server.address)
+        assert report.ok and bool(report) and report.outcome == "pulled", report.message
+        assert report.tensors == source.ready["tensors"]
+        # The tied weight is read once: bytes moved are the source's distinct bytes.
+        tied = target.embed.weight.numel() * 4
+        assert report.bytes == source.ready["bytes"] - tied
+        assert report.source_worker_id == source.ready["worker_id"]
+        assert report.mx_source_id == source.ready["mx_source_id"]
+        assert target.head.weight.data_ptr() == target.embed.weight.data_ptr()  # still tied
+        assert torch.equal(run(target), source.output)
+        assert torch.equal(target.position_scale, torch.load(source.checkpoint)["position_scale"])
+    finally:
+        source.stop()
+    assert ready_workers(server) == []  # STALE after stop()
+
+
+def test_interpreter_exit_marks_the_source_stale(server, tmp_path):
+    source = TorchSource(tmp_path, server, extra=["--exit-after-ready"])
+    assert source.proc.wait(timeout=30) == 0, source.log()
+    assert ready_workers(server) == []
+
+
+def test_mismatched_model_is_refused_naming_the_tensor(server, tmp_path):
+    source = TorchSource(tmp_path, server)
+    try:
+        target = tiny_transformer.build(seed=3, ff_overrides={1: 96})  # layer 1's MLP differs
+        before = snapshot(target)
+        with pytest.raises(ferry.FailedPreconditionError) as info:
+            ferry.torch.pull_into(target, IDENTITY, server=server.address)
+        message = str(info.value)
+        assert "layers.1.linear1.weight" in message, message
+        assert "[96, 64] in the model but [128, 64] at the source" in message, message
+        assert "nothing was pulled" in message
+        assert info.value.code == "FAILED_PRECONDITION"
+        assert isinstance(info.value, ferry.Error)
+        assert_unchanged(target, before)
+
+        # A model with a tensor the source lacks is refused too, naming it.
+        extra = dict(tiny_transformer.build(seed=2).state_dict())
+        extra["lora.weight"] = torch.zeros(4, 4)
+        with pytest.raises(ferry.FailedPreconditionError, match="not at the source: lora.weight"):
+            ferry.torch.pull_into(extra, IDENTITY, server=server.address)
+        # And a dtype change.
+        halved = tiny_transformer.build(seed=2).state_dict()
+        halved["norm.weight"] = halved["norm.weight"].double()
+        with pytest.raises(ferry.FailedPreconditionError,
+                           match="tensor norm.weight: dtype F64 in the model but F32"):
+            ferry.torch.pull_into(halved, IDENTITY, server=server.address)
+    finally:
+        source.stop()
+
+
+def test_source_killed_mid_pull_leaves_the_target_able_to_fall_back(server, tmp_path):
+    # A larger model so that the paced pull is still running when the source dies.
+    source = TorchSource(tmp_path, server, extra=["--dim", "256", "--layers", "4", "--ff", "1024"])
+    target = tiny_transformer.build(seed=2, dim=256, layers=4, ff=1024)
+    result = {}
+
+    def pull():
+        result["report"] = ferry.torch.pull_into(
+            target, IDENTITY, server=server.address, stall_timeout=3.0, max_sources=2,
+            _batch_bytes=256 << 10, _batch_pause=0.05)
+
+    thread = threading.Thread(target=pull)
+    thread.start()
+    time.sleep(0.5)
+    source.kill()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "pull_into did not return after its source died"
+    report = result["report"]
+    assert not report.ok and report.outcome == "failed", report
+    assert report.modified  # tensors may hold partial data: the caller must load them
+    assert source.ready["worker_id"] in report.message, report.message
+    assert "load them another way" in report.message
+
+    # The fallback: the engine's normal loader.
+    target.load_state_dict(torch.load(source.checkpoint))
+    assert torch.equal(run(target), source.output)
+
+
+def test_no_source_returns_quickly_for_a_fallback(server):
+    target = tiny_transformer.build(seed=2)
+    before = snapshot(target)
+    start = time.monotonic()
+    report = ferry.torch.pull_into(target, {"model_name": "nobody-publishes-this"},
+                                   server=server.address)
+    elapsed = time.monotonic() - start
+    assert not report.ok and report.outcome == "no_source"
+    assert "no READY source for model nobody-publishes-this" in report.message
+    assert not report.modified
+    assert elapsed < 10, elapsed
+    assert_unchanged(target, before)
+
+
+# --- tensor layouts -------------------------------------------------------------------------
+
+
+def test_views_noncontiguous_and_shared_storage(server):
+    base = torch.arange(1000, dtype=torch.float32)
+    matrix = torch.arange(600, dtype=torch.int64).reshape(20, 30)
+    tensors = {
+        "a": base[:100],                       # views into one storage
+        "b": base[100:300].view(10, 20),
+        "b_alias": base[100:300].view(10, 20),  # the same range under another name
+        "t": matrix.t(),                        # non-contiguous: published from a copy
+        "scalar": torch.tensor(7, dtype=torch.int16),
+        "empty": torch.zeros(0, 3),
+        "bf16": torch.linspace(-1, 1, 64).to(torch.bfloat16),
+    }
+    with ferry.torch.publish(tensors, {"model_name": "layouts"}, server=server.address) as h:
+        assert h.copied == ["t"]
+        # base, the copy of t, scalar and bf16: four allocations, seven tensors.
+        assert h.regions == 4 and h.tensors == 7
+
+        big = torch.full((400,), -1.0)
+        into = {
+            "a": big[:100],
+            "b": big[200:400].view(10, 20),
+            "b_alias": big[200:400].view(10, 20),
+            "t": torch.zeros(20, 30, dtype=torch.int64).t(),  # non-contiguous destination
+            "scalar": torch.tensor(0, dtype=torch.int16),
+            "empty": torch.zeros(0, 3),
+            "bf16": torch.zeros(64, dtype=torch.bfloat16),
+        }
+        report = ferry.torch.pull_into(into, {"model_name": "layouts"}, server=server.address)
+        assert report.ok, report.message
+        for name in tensors:
+            assert torch.equal(into[name], tensors[name]), name
+        assert torch.equal(big[100:200], torch.full((100,), -1.0))  # the gap is untouched
+
+        overlapping = dict(into)
+        overlapping["b_alias"] = big[150:350].view(10, 20)
+        with pytest.raises(ferry.InvalidArgumentError, match="overlap in memory") as info:
+            ferry.torch.pull_into(overlapping, {"model_name": "layouts"}, server=server.address)
+        assert isinstance(info.value, ValueError)
+
+
+def test_unsupported_tensors_are_refused_naming_them(server):
+    cases = [
+        ({"z": torch.zeros(3, dtype=torch.complex128)}, "tensor z has dtype torch.complex128"),
+        ({"m": torch.empty(3, device="meta")}, "tensor m is on the meta device"),
+        ({"s": torch.zeros(3, 3).to_sparse()}, "tensor s has layout torch.sparse_coo"),
+        ({"n": 3}, "'n' is a int, not a torch.Tensor"),
+    ]
+    for tensors, message in cases:
+        with pytest.raises(ferry.InvalidArgumentError) as info:
+            ferry.torch.publish(tensors, {"model_name": "bad"}, server=server.address)
+        assert message in str(info.value)
+        with pytest.raises(ferry.InvalidArgumentError) as info:
+            ferry.torch.pull_into(tensors, {"model_name": "bad"}, server=server.address)
+        assert message in str(info.value)
+    with pytest.raises(ferry.InvalidArgumentError, match="nothing to move"):
+        ferry.torch.publish({}, {"model_name": "bad"}, server=server.address)
+
+
+# --- the binding itself ---------------------------------------------------------------------
+
+
+def test_errors_identity_and_client(server):
+    assert issubclass(ferry.NotFoundError, ferry.Error)
+    assert issubclass(ferry.InvalidArgumentError, ValueError)
+    assert issubclass(ferry.DeadlineExceededError, TimeoutError)
+    with pytest.raises(ferry.InvalidArgumentError, match="unknown identity field 'colour'"):
+        ferry.mx_source_id({"model_name": "m", "colour": "red"})
+    with pytest.raises(ferry.InvalidArgumentError, match="model_name is required"):
+        ferry.mx_source_id({"dtype": "float32"})
+    with pytest.raises(ferry.InvalidArgumentError, match="unknown framework 'jax'"):
+        ferry.mx_source_id({"model_name": "m", "framework": "jax"})
+    # The dataclass, the dict and the CLI's short names hash alike; defaults match the CLI's.
+    ident = ferry.SourceIdentity("org/m", backend_framework="vllm", tensor_parallel_size=2,
+                                 extra_parameters={"k": "v"})
+    assert ident.mx_source_id == ferry.mx_source_id(
+        {"model": "org/m", "framework": "vllm", "tp": 2, "extra": {"k": "v"}})
+
+    client = ferry.MetadataClient(server.address)
+    assert client.health()["status"] == "ok"
+    with pytest.raises(ferry.NotFoundError) as info:
+        client.get_metadata("0123456789abcdef", "nobody")
+    assert info.value.code == "NOT_FOUND" and info.value.message == str(info.value)
+
+    dead = ferry.MetadataClient("127.0.0.1:1", call_timeout=2.0, connect_timeout=1.0)
+    with pytest.raises(ferry.UnavailableError) as info:
+        dead.list_sources({"model_name": "m"})
+    assert "127.0.0.1:1" in str(info.value)
+    # pull_into turns an unreachable server into a failed report the caller can fall back on.
+    report = ferry.torch.pull_into({"x": torch.zeros(2)}, {"model_name": "m"}, client=dead)
+    assert report.outcome == "failed" and "127.0.0.1:1" in report.message
+
+
+def test_blocking_calls_release_the_gil(server):
+    tensors = {"w": torch.arange(1 << 20, dtype=torch.float32)}  # 4 MiB
+    with ferry.torch.publish(tensors, {"model_name": "gil"}, server=server.address):
+        into = {"w": torch.zeros(1 << 20)}
+        done = threading.Event()
+        result = {}
+
+        def pull():
+            result["report"] = ferry.torch.pull_into(
+                into, {"model_name": "gil"}, server=server.address, _batch_bytes=256 << 10,
+                _batch_pause=0.05)
+            done.set()
+
+        thread = threading.Thread(target=pull)
+        thread.start()
+        ticks = 0
+        while not done.is_set():
+            ticks += 1  # pure Python work, possible only while the pull has released the GIL
+            time.sleep(0.001)
+        thread.join()
+        assert result["report"].ok, result["report"].message
+        assert result["report"].seconds > 0.5  # 16 paced batches
+        assert ticks > 100, ticks
+        assert torch.equal(into["w"], tensors["w"])
+
+
+# --- interop with the C++ command -----------------------------------------------------------
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    return header, data
+
+
+def test_python_source_pulled_by_the_cli(server, tmp_path):
+    model = tiny_transformer.build(seed=5)
+    with ferry.torch.publish(model, IDENTITY, server=server.address):
+        out = tmp_path / "pulled.safetensors"
+        proc = subprocess.run(
+            [binary("FERRY_CLI_BIN"), "--server", server.address, "pull", "--model",
+             "tiny-transformer", "--dtype", "float32", "-o", str(out), "--json"],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        header, data = read_safetensors(out)
+    state = model.state_dict()
+    names = [k for k in header if k != "__metadata__"]
+    assert sorted(names) == sorted(state)
+    for name in names:
+        begin, end = header[name]["data_offsets"]
+        got = torch.frombuffer(bytearray(data[begin:end]), dtype=torch.float32)
+        assert torch.equal(got.reshape(state[name].shape), state[name]), name
+
+
+def test_cli_source_pulled_into_torch_tensors(server, tmp_path):
+    state = tiny_transformer.build(seed=6).state_dict()
+    del state["head.weight"]  # safetensors files hold a tied weight once
+    path = tmp_path / "model.safetensors"
+    header, offset, blobs = {}, 0, []
+    for name, t in state.items():
+        raw = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blobs.append(raw)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    source = ServingChild(["--server", server.address, "publish", str(path), "--model",
+                           "tiny-transformer", "--dtype", "float32"], tmp_path, "cli-source")
+    try:
+        target = tiny_transformer.build(seed=7).state_dict()
+        del target["head.weight"]
+        report = ferry.torch.pull_into(target, IDENTITY, server=server.address)
+        assert report.ok, report.message
+        assert report.transport in ("shm", "ucx", "tcp")
+        for name in state:
+            assert torch.equal(target[name], state[name]), name
+    finally:
+        source.stop()
+
+
+# --- compile-cache artifacts ----------------------------------------------------------------
+
+
+def test_artifact_publish_and_pull(server, tmp_path):
+    keys = tmp_path / "keys"
+    subprocess.run([binary("FERRY_CLI_BIN"), "artifact", "keygen", str(keys)], check=True,
+                   capture_output=True)
+    cache = tmp_path / "cache"
+    (cache / "ab" / "cd").mkdir(parents=True)
+    (cache / "ab" / "cd" / "kernel.so").write_bytes(os.urandom(300_000))
+    (cache / "index.json").write_text('{"k": 1}')
+    identity = ferry.SourceIdentity("tiny-transformer", gpu_arch="sm90")
+    into = tmp_path / "into"
+    state_dir = tmp_path / "state"
+    with pytest.raises(ferry.NotFoundError, match="no READY"):
+        ferry.artifacts.pull("triton", identity, into, trust=[keys / "signing.pub"],
+                             server=server.address, state_dir=str(state_dir))
+    with ferry.artifacts.publish(cache, "triton", identity, server=server.address,
+                                 signing_key=keys / "signing.key") as handle:
+        assert handle.signed and handle.file_count == 2
+        result = ferry.pull_artifact("triton", identity, into, trust=[keys / "signing.pub"],
+                                     server=server.address, state_dir=str(state_dir))
+        assert result["installed"] and result["trust"] == "trusted"
+        assert result["artifact_id"] == handle.artifact_id
+        assert (into / "ab" / "cd" / "kernel.so").read_bytes() == \
+            (cache / "ab" / "cd" / "kernel.so").read_bytes()
+        assert (into / "index.json").read_text() == '{"k": 1}'
+        with pytest.raises(ferry.InvalidArgumentError, match="unknown cache kind 'tritonn'"):
+            ferry.artifacts.pull("tritonn", identity, into, server=server.address)
