@@ -75,16 +75,17 @@ def publish(
     heartbeat_interval: Optional[float] = None,
 ) -> ArtifactHandle:
     """Snapshots, seals and (with `signing_key`, a key from `ferry artifact keygen`) signs the
-    cache `directory` of `kind` (see KINDS), serves it and publishes READY."""
+    cache `directory` of `kind` (see KINDS), serves it and publishes READY. Paths may start
+    with ~."""
     metadata_client = client_for(server, client)
     engine = _ferry.TransferEngine(f"python artifact publish node {node_rank}",
                                    transports=list(transports or []), tcp_listen=data_listen,
                                    advertise_host=advertise_host)
     try:
         source = _ferry.publish_artifact(
-            metadata_client, engine, os.fspath(directory), kind, as_identity_dict(identity),
+            metadata_client, engine, os.path.expanduser(os.fspath(directory)), kind, as_identity_dict(identity),
             node_rank=node_rank, accelerator=accelerator,
-            signing_key=None if signing_key is None else os.fspath(signing_key),
+            signing_key=None if signing_key is None else os.path.expanduser(os.fspath(signing_key)),
             chunk_size=chunk_size, worker_listen=worker_listen, advertise_host=advertise_host,
             heartbeat_interval=heartbeat_interval)
     except BaseException:
@@ -127,8 +128,8 @@ def pull(
         transports=[] if transport == "auto" else [transport], tcp_listen="127.0.0.1:0")
     try:
         return _ferry.pull_artifact(
-            metadata_client, engine, kind, as_identity_dict(identity), os.fspath(into),
-            trust=[os.fspath(t) for t in trust], allow_unsigned=allow_unsigned,
+            metadata_client, engine, kind, as_identity_dict(identity), os.path.expanduser(os.fspath(into)),
+            trust=[os.path.expanduser(os.fspath(t)) for t in trust], allow_unsigned=allow_unsigned,
             node_rank=node_rank, accelerator=accelerator, transport=transport,
             max_sources=max_sources, transfer_timeout=transfer_timeout,
             stall_timeout=stall_timeout, state_dir=state_dir, lock_timeout=lock_timeout,

@@ -153,7 +153,7 @@ class PublishHandle:
         self.mx_source_id: str = source.mx_source_id
         self.worker_id: str = source.worker_id
         self.endpoint: str = source.endpoint
-        self.total_bytes: int = source.total_bytes
+        self.total_bytes: int = source.total_bytes  # sum over names (tied weights per name)
         self.regions: int = source.regions  # registered allocations (storages)
         self.tensors: int = source.tensors
         self.copied: List[str] = copies  # non-contiguous tensors published from a copy
@@ -250,8 +250,12 @@ class PullReport:
     another way:
 
     - "no_source": no READY source of this identity and rank; no tensor was touched.
-    - "failed": sources were tried and all failed (listed in `attempts`), or the server could
-      not be reached; tensors may hold partial data (`modified`), so load them another way.
+    - "failed": sources were tried and all failed (`message` says what happened at each), or
+      the server could not be reached; tensors may hold partial data (`modified`), so load them
+      another way.
+
+    `attempts` lists the sources tried by a successful pull, the one that delivered last.
+    `bytes` counts what moved: a range shared by several names (tied weights) once.
     """
 
     ok: bool
@@ -310,6 +314,9 @@ def pull_into(
 
     Non-contiguous destination tensors are filled through a contiguous staging copy, written
     into them only after verification. Tensors that share memory (tied weights) are read once.
+
+    `transport`: "auto" (default), "ucx" or "tcp"; "shm" reaches only sources whose memory the
+    engine allocated (`ferry publish`), not tensors published in place by ferry.torch.publish.
     """
     tensors = named_tensors(module_or_state_dict)
     staged: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}

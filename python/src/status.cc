@@ -61,11 +61,19 @@ void RegisterErrors(py::module_& m) {
       "`message` the full message (also str(e)).",
       PyExc_Exception, nullptr);
   m.add_object("Error", py::handle(base_error));
+  // Class-level `code` (instances raised from C++ also carry it), and `message` as a property,
+  // so that errors the plain-Python layer raises have both too.
+  py::handle(base_error).attr("code") = "UNKNOWN";
+  py::handle(base_error).attr("message") =
+      py::module_::import("builtins").attr("property")(py::cpp_function([](py::object self) {
+        return py::str(self);
+      }));
   for (ErrorClass& c : kClasses) {
     py::tuple bases = c.extra_base != nullptr
                           ? py::make_tuple(py::handle(base_error), py::handle(c.extra_base))
                           : py::make_tuple(py::handle(base_error));
     c.type = PyErr_NewException(absl::StrCat("ferry.", c.name).c_str(), bases.ptr(), nullptr);
+    py::handle(c.type).attr("code") = CodeName(c.code);
     m.add_object(c.name, py::handle(c.type));
   }
   py::register_exception_translator([](std::exception_ptr p) {
@@ -77,12 +85,10 @@ void RegisterErrors(py::module_& m) {
       py::object instance;
       try {
         instance = py::handle(type)(py::str(s.message().data(), s.message().size()));
-        instance.attr("code") = CodeName(s.code());
       } catch (py::error_already_set& e) {
         e.restore();  // building the exception failed: raise that instead
         return;
       }
-      instance.attr("message") = std::string(s.message());
       PyErr_SetObject(type, instance.ptr());
     }
   });

@@ -406,3 +406,68 @@ def test_artifact_publish_and_pull(server, tmp_path):
         assert (into / "index.json").read_text() == '{"k": 1}'
         with pytest.raises(ferry.InvalidArgumentError, match="unknown cache kind 'tritonn'"):
             ferry.artifacts.pull("tritonn", identity, into, server=server.address)
+
+
+# --- the low-level pieces: engine regions, peers, the publisher -----------------------------
+
+
+def test_engine_regions_and_one_sided_reads():
+    source = ferry.TransferEngine("py source", transports=["tcp"], tcp_listen="127.0.0.1:0")
+    target = ferry.TransferEngine("py target", transports=["tcp"], tcp_listen="127.0.0.1:0")
+    try:
+        region = source.allocate_region(1 << 20)
+        view = memoryview(region)
+        assert view.nbytes == region.size == 1 << 20
+        payload = os.urandom(1 << 20)
+        view[:] = payload
+        dst = torch.zeros(1 << 20, dtype=torch.uint8)
+        peer = target.connect(source.export_blob(), "tcp")
+        assert peer.transport == "tcp" and "py source" in peer.description
+        half = 1 << 19
+        peer.read([(region.id, half, dst.data_ptr(), half),
+                   (region.id, 0, dst.data_ptr() + half, half)], timeout=10)
+        assert bytes(dst.numpy()) == payload[half:] + payload[:half]
+        with pytest.raises(ferry.InvalidArgumentError):
+            peer.read([(region.id, 1 << 20, dst.data_ptr(), 1)])  # past the region's end
+        region.release()
+        with pytest.raises(ferry.FailedPreconditionError, match="released"):
+            region.size
+        with pytest.raises(ferry.InvalidArgumentError, match="tcpp"):
+            target.connect(source.export_blob(), "tcpp")
+    finally:
+        source.stop()
+        target.stop()
+
+
+def test_publisher_heartbeats_and_marks_stale(server):
+    client = ferry.MetadataClient(server.address)
+    identity = ferry.SourceIdentity("publisher-test", dtype="float32")
+    publisher = ferry.Publisher(client, identity.to_dict(), worker_rank=3,
+                                worker_grpc_endpoint="127.0.0.1:9", accelerator="cpu",
+                                heartbeat_interval=0.1)
+    publisher.start()
+    try:
+        refs = client.list_sources(identity.to_dict())
+        assert [(r["worker_id"], r["worker_rank"], r["accelerator"]) for r in refs] == \
+            [(publisher.worker_id, 3, "cpu")]
+        assert publisher.mx_source_id == identity.mx_source_id
+        record = client.get_metadata(publisher.mx_source_id, publisher.worker_id)
+        assert record["status"] == "SOURCE_STATUS_READY"
+        assert record["worker_grpc_endpoint"] == "127.0.0.1:9"
+        deadline = time.monotonic() + 10
+        while publisher.heartbeat_count < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        publisher.stop()
+    assert client.list_sources(identity.to_dict()) == []
+    record = client.get_metadata(publisher.mx_source_id, publisher.worker_id)
+    assert record["status"] == "SOURCE_STATUS_STALE"
+
+
+def test_errors_raised_by_the_python_layer_carry_code_and_message():
+    with pytest.raises(ferry.InvalidArgumentError) as info:
+        ferry.torch.pull_into({"x": torch.zeros(2)}, 3)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert info.value.message == str(info.value)
+    assert "identity must be a ferry.SourceIdentity" in info.value.message
