@@ -73,6 +73,9 @@ def publish(
     transports: Optional[Sequence[str]] = None,
     data_listen: str = "0.0.0.0:0",
     heartbeat_interval: Optional[float] = None,
+    tls_cert: str = "",
+    tls_key: str = "",
+    tls_client_ca: str = "",
 ) -> ArtifactHandle:
     """Snapshots, seals and (with `signing_key`, a key from `ferry artifact keygen`) signs the
     cache `directory` of `kind` (see KINDS), serves it and publishes READY. Paths may start
@@ -87,7 +90,8 @@ def publish(
             node_rank=node_rank, accelerator=accelerator,
             signing_key=None if signing_key is None else os.path.expanduser(os.fspath(signing_key)),
             chunk_size=chunk_size, worker_listen=worker_listen, advertise_host=advertise_host,
-            heartbeat_interval=heartbeat_interval)
+            heartbeat_interval=heartbeat_interval, tls_cert=tls_cert, tls_key=tls_key,
+            tls_client_ca=tls_client_ca)
     except BaseException:
         engine.stop()
         raise
@@ -113,6 +117,9 @@ def pull(
     lock_timeout: float = 1800.0,
     failure_ttl: float = 120.0,
     force: bool = False,
+    worker_tls_ca: str = "",
+    worker_tls_client_cert: str = "",
+    worker_tls_client_key: str = "",
 ) -> Dict[str, Any]:
     """Pulls the cache of `kind` for `identity` and installs it into `into` atomically.
 
@@ -133,6 +140,8 @@ def pull(
             node_rank=node_rank, accelerator=accelerator, transport=transport,
             max_sources=max_sources, transfer_timeout=transfer_timeout,
             stall_timeout=stall_timeout, state_dir=state_dir, lock_timeout=lock_timeout,
-            failure_ttl=failure_ttl, force=force)
+            failure_ttl=failure_ttl, force=force, worker_tls_ca=worker_tls_ca,
+            worker_tls_client_cert=worker_tls_client_cert,
+            worker_tls_client_key=worker_tls_client_key)
     finally:
         engine.stop()

@@ -202,6 +202,9 @@ def publish(
     centralized: bool = False,
     heartbeat_interval: Optional[float] = None,
     checksum_threads: int = 2,
+    tls_cert: str = "",
+    tls_key: str = "",
+    tls_client_ca: str = "",
 ) -> PublishHandle:
     """Publishes the tensors of a module (its state_dict) or of a mapping, in place.
 
@@ -213,7 +216,9 @@ def publish(
 
     `transports`: any of "shm", "ucx", "tcp" (default: all this machine offers; shared memory
     serves only engine-allocated memory, so same-host targets read published tensors over UCX
-    or TCP). `data_listen`: the TCP data listener's host:port.
+    or TCP). `data_listen`: the TCP data listener's host:port. `tls_cert`/`tls_key` (and
+    `tls_client_ca` for mutual TLS) serve the worker endpoint over TLS, as `ferry publish`'s
+    --worker-tls-* flags.
     """
     tensors = named_tensors(module_or_state_dict)
     served: Dict[str, torch.Tensor] = {}
@@ -236,7 +241,8 @@ def publish(
             metadata_client, engine, as_identity_dict(identity), buffers, spans,
             worker_rank=worker_rank, accelerator=accelerator, worker_id=worker_id,
             worker_listen=worker_listen, advertise_host=advertise_host, centralized=centralized,
-            heartbeat_interval=heartbeat_interval, checksum_threads=checksum_threads)
+            heartbeat_interval=heartbeat_interval, checksum_threads=checksum_threads,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
     except BaseException:
         engine.stop()
         raise

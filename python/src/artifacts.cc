@@ -69,7 +69,8 @@ void RegisterArtifacts(py::module_& m) {
          uint32_t node_rank, uint32_t worker_rank, const std::string& accelerator,
          std::optional<std::string> signing_key, int64_t chunk_size, const std::string& worker_id,
          const std::string& worker_listen, const std::string& advertise_host,
-         std::optional<double> heartbeat_interval) {
+         std::optional<double> heartbeat_interval, const std::string& tls_cert,
+         const std::string& tls_key, const std::string& tls_client_ca) {
         artifacts::ArtifactSourceOptions o;
         o.client = client->client.get();
         o.engine = engine.get();
@@ -81,10 +82,8 @@ void RegisterArtifacts(py::module_& m) {
         o.worker_rank = worker_rank;
         o.accelerator = accelerator;
         o.worker_id = worker_id;
-        o.endpoint.listen = worker_listen;
-        o.endpoint.advertise_host = advertise_host;
-        o.endpoint.token = client->token;
-        o.endpoint.token_file = client->token_file;
+        o.endpoint = ServingEndpoint(*client, worker_listen, advertise_host, tls_cert, tls_key,
+                                     tls_client_ca);
         if (heartbeat_interval.has_value()) {
           o.heartbeat_interval = Seconds(*heartbeat_interval, "heartbeat_interval");
         }
@@ -104,7 +103,8 @@ void RegisterArtifacts(py::module_& m) {
       py::arg("accelerator") = "", py::arg("signing_key") = py::none(),
       py::arg("chunk_size") = artifacts::kDefaultChunkSize, py::arg("worker_id") = "",
       py::arg("worker_listen") = "0.0.0.0:0", py::arg("advertise_host") = "",
-      py::arg("heartbeat_interval") = py::none(),
+      py::arg("heartbeat_interval") = py::none(), py::arg("tls_cert") = "", py::arg("tls_key") = "",
+      py::arg("tls_client_ca") = "",
       "Snapshots, seals and (with signing_key) signs `directory`, serves it and publishes READY.");
 
   m.def(
@@ -114,7 +114,8 @@ void RegisterArtifacts(py::module_& m) {
          const std::vector<std::string>& trust, bool allow_unsigned, uint32_t node_rank,
          const std::string& accelerator, const std::string& transport, int max_sources,
          double transfer_timeout, double stall_timeout, std::optional<std::string> state_dir,
-         double lock_timeout, double failure_ttl, bool force) {
+         double lock_timeout, double failure_ttl, bool force, const std::string& worker_tls_ca,
+         const std::string& worker_tls_client_cert, const std::string& worker_tls_client_key) {
         artifacts::ArtifactPullOptions o;
         o.client = client->client.get();
         o.engine = engine.get();
@@ -131,8 +132,8 @@ void RegisterArtifacts(py::module_& m) {
         o.lock_timeout = Seconds(lock_timeout, "lock_timeout");
         o.failure_ttl = Seconds(failure_ttl, "failure_ttl");
         o.force = force;
-        o.endpoint.token = client->token;
-        o.endpoint.token_file = client->token_file;
+        o.endpoint =
+            TargetEndpoint(*client, worker_tls_ca, worker_tls_client_cert, worker_tls_client_key);
         artifacts::ArtifactPullResult r;
         {
           py::gil_scoped_release release;
@@ -161,7 +162,8 @@ void RegisterArtifacts(py::module_& m) {
       py::arg("transport") = "auto", py::arg("max_sources") = 3,
       py::arg("transfer_timeout") = 600.0, py::arg("stall_timeout") = 15.0,
       py::arg("state_dir") = py::none(), py::arg("lock_timeout") = 1800.0,
-      py::arg("failure_ttl") = 120.0, py::arg("force") = false,
+      py::arg("failure_ttl") = 120.0, py::arg("force") = false, py::arg("worker_tls_ca") = "",
+      py::arg("worker_tls_client_cert") = "", py::arg("worker_tls_client_key") = "",
       "Pulls the cache of `kind` for `identity`, verifies signature and CRC32Cs, and installs it "
       "into `into` atomically under the node lock (see `ferry artifact pull`).");
 }

@@ -162,6 +162,34 @@ absl::Duration Seconds(double seconds, const char* what) {
   return absl::Seconds(seconds);
 }
 
+worker::WorkerServerOptions ServingEndpoint(const ClientHandle& client, const std::string& listen,
+                                            const std::string& advertise_host,
+                                            const std::string& tls_cert, const std::string& tls_key,
+                                            const std::string& tls_client_ca) {
+  worker::WorkerServerOptions o;
+  o.listen = listen;
+  o.advertise_host = advertise_host;
+  o.token = client.token;
+  o.token_file = client.token_file;
+  o.tls_cert = tls_cert;
+  o.tls_key = tls_key;
+  o.tls_client_ca = tls_client_ca;
+  return o;
+}
+
+worker::WorkerClientOptions TargetEndpoint(const ClientHandle& client, const std::string& tls_ca,
+                                           const std::string& tls_cert,
+                                           const std::string& tls_key) {
+  worker::WorkerClientOptions o;
+  o.token = client.token;
+  o.token_file = client.token_file;
+  o.tls_ca_file = tls_ca;
+  o.tls_cert_file = tls_cert;
+  o.tls_key_file = tls_key;
+  o.tls = !tls_ca.empty() || !tls_cert.empty();
+  return o;
+}
+
 void RegisterClient(py::module_& m) {
   m.def(
       "mx_source_id",

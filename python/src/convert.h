@@ -14,6 +14,7 @@
 #include "ferry/source_identity.h"
 #include "ferry/transfer.h"
 #include "worker/worker_client.h"
+#include "worker/worker_server.h"
 
 namespace ferry::python {
 
@@ -39,6 +40,18 @@ struct ClientHandle {
   std::string token;
   std::string token_file;
 };
+
+// The worker endpoint a source serves: where it listens, the host it advertises, the client's
+// deployment token, and TLS files (all empty: plaintext).
+worker::WorkerServerOptions ServingEndpoint(const ClientHandle& client, const std::string& listen,
+                                            const std::string& advertise_host,
+                                            const std::string& tls_cert, const std::string& tls_key,
+                                            const std::string& tls_client_ca);
+
+// How a target calls sources' worker endpoints: the client's token, and TLS when a CA or a
+// client certificate is given.
+worker::WorkerClientOptions TargetEndpoint(const ClientHandle& client, const std::string& tls_ca,
+                                           const std::string& tls_cert, const std::string& tls_key);
 
 // Module init helpers, one per binding file.
 void RegisterClient(pybind11::module_& m);

@@ -94,13 +94,8 @@ void RegisterWeights(py::module_& m) {
         o.worker_rank = worker_rank;
         o.accelerator = accelerator;
         o.worker_id = worker_id;
-        o.endpoint.listen = worker_listen;
-        o.endpoint.advertise_host = advertise_host;
-        o.endpoint.token = client->token;
-        o.endpoint.token_file = client->token_file;
-        o.endpoint.tls_cert = tls_cert;
-        o.endpoint.tls_key = tls_key;
-        o.endpoint.tls_client_ca = tls_client_ca;
+        o.endpoint = ServingEndpoint(*client, worker_listen, advertise_host, tls_cert, tls_key,
+                                     tls_client_ca);
         o.centralized = centralized;
         if (heartbeat_interval.has_value()) {
           o.heartbeat_interval = Seconds(*heartbeat_interval, "heartbeat_interval");
@@ -153,12 +148,8 @@ void RegisterWeights(py::module_& m) {
         o.stall_timeout = Seconds(stall_timeout, "stall_timeout");
         o.verify_threads = verify_threads;
         o.target_worker_id = target_worker_id;
-        o.endpoint.token = client->token;
-        o.endpoint.token_file = client->token_file;
-        o.endpoint.tls_ca_file = worker_tls_ca;
-        o.endpoint.tls_cert_file = worker_tls_client_cert;
-        o.endpoint.tls_key_file = worker_tls_client_key;
-        o.endpoint.tls = !worker_tls_ca.empty() || !worker_tls_client_cert.empty();
+        o.endpoint =
+            TargetEndpoint(*client, worker_tls_ca, worker_tls_client_cert, worker_tls_client_key);
         o.batch_bytes = batch_bytes;
         o.batch_pause = Seconds(batch_pause, "batch_pause");
         weights::BufferSet set = MakeBufferSet(buffers, spans);

@@ -471,3 +471,42 @@ def test_errors_raised_by_the_python_layer_carry_code_and_message():
     assert info.value.code == "INVALID_ARGUMENT"
     assert info.value.message == str(info.value)
     assert "identity must be a ferry.SourceIdentity" in info.value.message
+
+
+def make_certs(d):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl command)."""
+    def ssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=ferry test CA")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+    return {n: str(d / n) for n in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                    "client.key")}
+
+
+def test_worker_endpoint_over_mutual_tls(server, tmp_path):
+    certs = make_certs(tmp_path)
+    tensors = {"w": torch.arange(4096, dtype=torch.float32)}
+    identity = {"model_name": "tls-model"}
+    with ferry.torch.publish(tensors, identity, server=server.address,
+                             advertise_host="127.0.0.1", tls_cert=certs["server.pem"],
+                             tls_key=certs["server.key"], tls_client_ca=certs["ca.pem"]):
+        into = {"w": torch.zeros(4096)}
+        # Plaintext, and TLS without a client certificate, are refused; nothing is written.
+        for kwargs in ({}, {"worker_tls_ca": certs["ca.pem"]}):
+            report = ferry.torch.pull_into(into, identity, server=server.address,
+                                           max_sources=1, **kwargs)
+            assert report.outcome == "failed", (kwargs, report)
+            assert torch.equal(into["w"], torch.zeros(4096))
+        report = ferry.torch.pull_into(
+            into, identity, server=server.address, worker_tls_ca=certs["ca.pem"],
+            worker_tls_client_cert=certs["client.pem"], worker_tls_client_key=certs["client.key"])
+        assert report.ok, report.message
+        assert torch.equal(into["w"], tensors["w"])
