@@ -65,7 +65,7 @@ void RegisterEngine(py::module_& m) {
           "address",
           [](const RegionHandle& r) { return reinterpret_cast<uintptr_t>(r.Get().data()); })
       .def_property_readonly("size", [](const RegionHandle& r) { return r.Get().size(); })
-      .def("release", &RegionHandle::Release,
+      .def("release", &RegionHandle::Release, py::call_guard<py::gil_scoped_release>(),
            "Deregisters the region (and frees memory the engine allocated). Views of it must "
            "not be used afterwards.")
       .def_buffer([](RegionHandle& r) {
