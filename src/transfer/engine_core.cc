@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <utility>
 
@@ -261,6 +262,14 @@ StatusOr<std::vector<Transport*>> EngineCore::Candidates(const ferry::v1::Transf
   switch (wanted) {
     case TransportKind::kShm:
       if (shm == nullptr) return mismatch("over shm");
+      if (remote.regions_size() > 0 &&
+          std::none_of(remote.regions().begin(), remote.regions().end(),
+                       [](const auto& r) { return r.shm_served(); })) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "cannot read from \"", remote.name(), "\" (", remote.engine_id(),
+            ") over shm: its shm transport serves none of its regions (memory registered in "
+            "place, not allocated by the engine); use ucx, tcp or auto"));
+      }
       return std::vector<Transport*>{shm};
     case TransportKind::kUcx:
       if (ucx == nullptr) return mismatch("over ucx");

@@ -426,6 +426,24 @@ TEST(ShmEngineTest, BlobMarksWhichRegionsShmServes) {
   EXPECT_TRUE(blob.has_tcp());
 }
 
+TEST(ShmEngineTest, ExplicitShmToABlobWithNoShmServedRegionIsRefusedAtConnect) {
+  auto source = MustCreate(ShmOptions("in place"));
+  auto target = MustCreate(ShmOptions("target"));
+  ASSERT_NE(source, nullptr);
+  ASSERT_NE(target, nullptr);
+  std::vector<char> mine(4096);
+  auto registered = source->RegisterRegion(mine.data(), mine.size());
+  ASSERT_TRUE(registered.ok()) << registered.status();
+  auto peer = target->Connect(source->ExportBlob(), TransportKind::kShm);
+  ASSERT_EQ(peer.status().code(), absl::StatusCode::kFailedPrecondition) << peer.status();
+  EXPECT_THAT(std::string(peer.status().message()),
+              HasSubstr("its shm transport serves none of its regions"));
+  // auto still connects (over TCP here).
+  auto fallback = target->Connect(source->ExportBlob(), TransportKind::kAuto);
+  ASSERT_TRUE(fallback.ok()) << fallback.status();
+  EXPECT_EQ((*fallback)->transport(), TransportKind::kTcp);
+}
+
 TEST(ShmEngineTest, AutoPicksShmForASourceProcessOnThisHost) {
   constexpr uint64_t kSize = 24 << 20;
   auto child = ChildSource::Start(kSize, "child rank 1");  // shm and TCP, like the defaults
