@@ -34,9 +34,11 @@ using ::ferry::cli::ChildOptions;
 using ::ferry::cli::ChildProcess;
 using ::ferry::testing::BinaryPath;
 using ::ferry::testing::CommandResult;
+using ::ferry::testing::ReadFile;
 using ::ferry::testing::RunCommand;
 using ::ferry::testing::ServerProcess;
 using ::ferry::testing::TempDir;
+using ::ferry::testing::WriteFile;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -44,18 +46,6 @@ using ::testing::Not;
 
 constexpr char kKind[] = "torch-compile";
 constexpr uint64_t kBinaryBytes = 3ull << 20;  // spans 4 chunks of 1 MiB
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void WriteFile(const std::string& path, const std::string& data) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << data;
-}
 
 void AppendFile(const std::string& path, const std::string& data) {
   std::ofstream(path, std::ios::binary | std::ios::app) << data;

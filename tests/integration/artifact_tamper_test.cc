@@ -48,9 +48,11 @@ using ::ferry::cli::ChildOptions;
 using ::ferry::cli::ChildProcess;
 using ::ferry::testing::BinaryPath;
 using ::ferry::testing::CommandResult;
+using ::ferry::testing::ReadFile;
 using ::ferry::testing::RunCommand;
 using ::ferry::testing::ServerProcess;
 using ::ferry::testing::TempDir;
+using ::ferry::testing::WriteFile;
 using ::testing::HasSubstr;
 
 constexpr char kModel[] = "it/tamper";
@@ -70,18 +72,6 @@ const std::vector<std::string> kCleanEnv = {"FERRY_SERVER=",
                                             "FERRY_ARTIFACT_STATE_DIR=",
                                             "FERRY_ARTIFACT_CHUNK_SIZE=",
                                             "MX_ARTIFACT_TRANSFER_CHUNK_SIZE="};
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void WriteFile(const std::string& path, const std::string& data) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << data;
-}
 
 std::string Bytes(size_t n, uint32_t seed) {
   std::string s(n, '\0');

@@ -29,19 +29,13 @@ using ::ferry::cli::ChildOptions;
 using ::ferry::cli::ChildProcess;
 using ::ferry::testing::BinaryPath;
 using ::ferry::testing::CommandResult;
+using ::ferry::testing::ReadFile;
 using ::ferry::testing::RunCommand;
 using ::ferry::testing::ServerProcess;
 using ::ferry::testing::TempDir;
 using ::testing::HasSubstr;
 
 constexpr uint64_t kModelBytes = 24ull << 20;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 class P2pPullTest : public ::testing::TestWithParam<std::string> {
  protected:

@@ -107,6 +107,11 @@ struct CommandResult {
 StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv, absl::Duration timeout,
                                    const std::vector<std::string>& extra_env = {});
 
+// The whole file ("" if it cannot be read: the caller's assertion on the content fails).
+std::string ReadFile(const std::string& path);
+// Writes `data` to `path` (replacing it), creating the parent directories.
+void WriteFile(const std::string& path, const std::string& data);
+
 }  // namespace ferry::testing
 
 #endif  // FERRY_TESTS_INTEGRATION_SERVER_PROCESS_H_
