@@ -82,6 +82,7 @@
 #include "artifacts/manifest.h"
 #include "artifacts/signing.h"
 #include "baselines.h"
+#include "bench_cli.h"
 #include "cli/artifact_flags.h"
 #include "cli/child_process.h"
 #include "cli/embedded_server.h"
@@ -97,7 +98,12 @@ namespace {
 namespace fs = std::filesystem;
 namespace art = ::ferry::artifacts;
 using ::ferry::bench::Buffer;
+using ::ferry::bench::Check;
+using ::ferry::bench::Die;
+using ::ferry::bench::Median;
+using ::ferry::bench::Must;
 using ::ferry::bench::Now;
+using ::ferry::bench::Print;
 
 constexpr char kModel[] = "bench/artifact";
 constexpr char kKind[] = "triton";
@@ -113,33 +119,8 @@ struct Flags {
   bool smoke = false;
 };
 
-[[noreturn]] void Die(const std::string& what, const ferry::Status& s) {
-  std::fprintf(stderr, "artifact_bench: %s: %s\n", what.c_str(), std::string(s.message()).c_str());
-  std::exit(1);
-}
-
 [[noreturn]] void DieErrno(const std::string& what) {
   Die(what, absl::InternalError(std::strerror(errno)));
-}
-
-void Check(const ferry::Status& s, const std::string& what) {
-  if (!s.ok()) Die(what, s);
-}
-
-template <typename T>
-T Must(ferry::StatusOr<T> v, const std::string& what) {
-  if (!v.ok()) Die(what, v.status());
-  return *std::move(v);
-}
-
-void Print(const nlohmann::json& j) {
-  std::printf("%s\n", j.dump().c_str());
-  std::fflush(stdout);
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 double Best(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }

@@ -36,6 +36,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "baselines.h"
+#include "bench_cli.h"
 #include "cli/child_process.h"
 #include "cli/embedded_server.h"
 #include "ferry/metadata_client.h"
@@ -51,7 +52,11 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::ferry::bench::Buffer;
+using ::ferry::bench::Die;
+using ::ferry::bench::Median;
+using ::ferry::bench::Must;
 using ::ferry::bench::Now;
+using ::ferry::bench::Print;
 
 struct Flags {
   std::vector<uint64_t> bytes = {256ull << 20, 1ull << 30};
@@ -62,22 +67,6 @@ struct Flags {
   int registration_tensors = 10000;
   bool smoke = false;
 };
-
-[[noreturn]] void Die(const std::string& what, const ferry::Status& s) {
-  std::fprintf(stderr, "pull_bench: %s: %s\n", what.c_str(), std::string(s.message()).c_str());
-  std::exit(1);
-}
-
-template <typename T>
-T Must(ferry::StatusOr<T> v, const std::string& what) {
-  if (!v.ok()) Die(what, v.status());
-  return *std::move(v);
-}
-
-void Print(const nlohmann::json& j) {
-  std::printf("%s\n", j.dump().c_str());
-  std::fflush(stdout);
-}
 
 std::string Dir() {
   static std::string dir = [] {
@@ -166,11 +155,6 @@ std::unique_ptr<ferry::MetadataClient> Client(const std::string& server) {
   ferry::MetadataClientOptions o;
   o.server_address = server;
   return Must(ferry::MetadataClient::Create(o), "connecting to the server");
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 void RunPull(const Flags& f, const std::string& server) {
