@@ -6,7 +6,6 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "weights/tensor_checksum.h"
 
 namespace ferry::weights {
@@ -14,10 +13,6 @@ namespace ferry::weights {
 namespace {
 
 uintptr_t Addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
-
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
 
 // The index of the span holding [data, data + size), or -1.
 int FindSpan(const std::vector<MemorySpan>& spans, const void* data, uint64_t size) {
@@ -78,7 +73,7 @@ Status ValidateBufferSet(const BufferSet& set) {
     for (uint64_t d : b.shape) {
       if (d != 0 && elements > UINT64_MAX / d) {
         return absl::InvalidArgumentError(
-            absl::StrCat("tensor ", b.name, ": shape ", ShapeText(b.shape), " overflows"));
+            absl::StrCat("tensor ", b.name, ": shape ", ShapeString(b.shape), " overflows"));
       }
       elements *= d;
     }
@@ -86,7 +81,7 @@ Status ValidateBufferSet(const BufferSet& set) {
     if (elements > UINT64_MAX / esize || elements * esize != b.size) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor ", b.name, ": ", b.size, " bytes do not match shape ",
-                       ShapeText(b.shape), " of ", std::string(DTypeName(b.dtype))));
+                       ShapeString(b.shape), " of ", std::string(DTypeName(b.dtype))));
     }
     if (b.size == 0) continue;
     if (FindSpan(set.spans, b.data, b.size) < 0) {

@@ -32,10 +32,6 @@ std::string Quote(std::string_view s) {
   return absl::StrCat("\"", Str(s.substr(0, kMaxQuotedBytes)), "...\" (", s.size(), " bytes)");
 }
 
-std::string ShapeString(const std::vector<uint64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 Status ErrnoError(int err, std::string_view what) {
   return Status(absl::ErrnoToStatusCode(err), absl::StrCat(Str(what), ": ", std::strerror(err)));
 }
@@ -506,6 +502,10 @@ StatusOr<SafetensorsLayout> ParseHeader(std::string_view header_json, uint64_t d
 }
 
 }  // namespace
+
+std::string ShapeString(const std::vector<uint64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
 
 StatusOr<SafetensorsLayout> ParseSafetensorsHeader(std::string_view header_json, uint64_t data_size,
                                                    std::string_view source) {

@@ -33,6 +33,9 @@ inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
 // Most tensors accepted in one file.
 inline constexpr uint64_t kMaxSafetensorsTensors = 1'000'000;
 
+// "[4096, 11008]": a shape for messages.
+std::string ShapeString(const std::vector<uint64_t>& shape);
+
 struct TensorInfo {
   std::string name;
   DType dtype = DType::kU8;

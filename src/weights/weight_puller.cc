@@ -101,11 +101,18 @@ std::vector<ReadOp> MakeOps(const Plan& plan, uint8_t* base) {
   return ops;
 }
 
-std::string ShapeText(const google::protobuf::RepeatedField<uint64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+// DataLoss naming the first tensor whose `checksums` entry differs from the source's.
+Status VerifyChecksums(const Plan& plan, const std::vector<uint64_t>& checksums) {
+  for (size_t i = 0; i < plan.remote.size(); ++i) {
+    if (checksums[i] != plan.remote[i].checksum()) {
+      return absl::DataLossError(absl::StrCat(
+          "tensor ", plan.remote[i].name(), " (", plan.remote[i].size(),
+          " bytes) failed verification: xxh3-64 ", absl::Hex(checksums[i], absl::kZeroPad16),
+          " but the source announced ", absl::Hex(plan.remote[i].checksum(), absl::kZeroPad16),
+          "; the source's memory or the transfer is corrupt"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 // For each of the plan's remote tensors, the buffer of the same name; FailedPrecondition naming
@@ -119,8 +126,8 @@ StatusOr<std::vector<const NamedBuffer*>> MatchBuffers(const Plan& plan, const B
     auto it = by_name.find(e.name());
     if (it == by_name.end()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("the source has tensor ", e.name(), " (", ShapeText(e.shape()), " ",
-                       std::string(DTypeName(plan.local[i].dtype)), ") that the model lacks"));
+          absl::StrCat("the source has tensor ", e.name(), " (", ShapeString(plan.local[i].shape),
+                       " ", std::string(DTypeName(plan.local[i].dtype)), ") that the model lacks"));
     }
     const NamedBuffer& b = *it->second;
     if (b.dtype != plan.local[i].dtype) {
@@ -130,8 +137,8 @@ StatusOr<std::vector<const NamedBuffer*>> MatchBuffers(const Plan& plan, const B
     }
     if (b.shape != plan.local[i].shape) {
       return absl::FailedPreconditionError(
-          absl::StrCat("tensor ", e.name(), ": shape ", ShapeText(b.shape), " in the model but ",
-                       ShapeText(plan.local[i].shape), " at the source"));
+          absl::StrCat("tensor ", e.name(), ": shape ", ShapeString(b.shape), " in the model but ",
+                       ShapeString(plan.local[i].shape), " at the source"));
     }
     matched[i] = &b;
     by_name.erase(it);
@@ -270,15 +277,7 @@ class Puller {
 
     std::vector<uint64_t> checksums =
         ChecksumTensors(base, plan.local, std::max(1, options_.verify_threads));
-    for (size_t i = 0; i < plan.local.size(); ++i) {
-      if (checksums[i] != plan.remote[i].checksum()) {
-        return absl::DataLossError(absl::StrCat(
-            "tensor ", plan.local[i].name, " (", plan.local[i].size,
-            " bytes) failed verification: xxh3-64 ", absl::Hex(checksums[i], absl::kZeroPad16),
-            " but the source announced ", absl::Hex(plan.remote[i].checksum(), absl::kZeroPad16),
-            "; the source's memory or the transfer is corrupt"));
-      }
-    }
+    FERRY_RETURN_IF_ERROR(VerifyChecksums(plan, checksums));
     result->model.owned_memory = std::move(memory_);
     result->model.region = std::move(region_);
     result->model.tensors = std::move(plan.local);
@@ -336,15 +335,7 @@ class Puller {
         Transfer(*peer, CoalesceReadOps(std::move(ops)), total, source_text, transfer_start));
     const absl::Time transfer_end = absl::Now();
     std::vector<uint64_t> checksums = ChecksumRanges(ranges, std::max(1, options_.verify_threads));
-    for (size_t i = 0; i < plan.remote.size(); ++i) {
-      if (checksums[i] != plan.remote[i].checksum()) {
-        return absl::DataLossError(absl::StrCat(
-            "tensor ", plan.remote[i].name(), " (", plan.remote[i].size(),
-            " bytes) failed verification: xxh3-64 ", absl::Hex(checksums[i], absl::kZeroPad16),
-            " but the source announced ", absl::Hex(plan.remote[i].checksum(), absl::kZeroPad16),
-            "; the source's memory or the transfer is corrupt"));
-      }
-    }
+    FERRY_RETURN_IF_ERROR(VerifyChecksums(plan, checksums));
     result->model.metadata = std::move(plan.metadata);
     result->bytes = total;
     result->peer = peer->description();
