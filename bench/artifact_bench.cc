@@ -755,7 +755,7 @@ class Puller {
       ferry::TransferEngineOptions o;
       o.name = "artifact_bench target";
       o.enable_shm = transport == "shm";
-      o.enable_ucx = transport == "ucx";
+      o.enable_ucx = o.ucx_without_rdma = transport == "ucx";
       o.enable_tcp = transport == "tcp";
       o.tcp_listen = "127.0.0.1:0";
       o.ucx_net_devices = "lo";

@@ -144,7 +144,7 @@ std::unique_ptr<ferry::TransferEngine> Engine(const std::string& transport) {
   ferry::TransferEngineOptions o;
   o.name = "pull_bench target";
   o.enable_shm = transport == "shm";
-  o.enable_ucx = transport == "ucx";
+  o.enable_ucx = o.ucx_without_rdma = transport == "ucx";
   o.enable_tcp = transport == "tcp";
   o.tcp_listen = "127.0.0.1:0";
   o.ucx_net_devices = "lo";

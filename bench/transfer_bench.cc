@@ -117,7 +117,7 @@ Child StartSource(const Flags& f, bool with_ucx, bool with_shm) {
     ::close(control_pipe[1]);
     ferry::TransferEngineOptions o;
     o.name = "transfer_bench source";
-    o.enable_ucx = with_ucx;
+    o.enable_ucx = o.ucx_without_rdma = with_ucx;
     o.enable_shm = with_shm;  // its allocator then backs the region (memfd) for every transport
     o.ucx_net_devices = "lo";
     o.tcp_listen = "127.0.0.1:0";
@@ -236,7 +236,7 @@ int main(int argc, char** argv) {
   auto run_engine = [&](ferry::TransportKind kind, const char* name, int shm_threads) {
     ferry::TransferEngineOptions o;
     o.name = "transfer_bench target";
-    o.enable_ucx = kind == ferry::TransportKind::kUcx;
+    o.enable_ucx = o.ucx_without_rdma = kind == ferry::TransportKind::kUcx;
     o.enable_tcp = kind == ferry::TransportKind::kTcp;
     o.enable_shm = kind == ferry::TransportKind::kShm;
     o.shm_copy_threads = shm_threads;

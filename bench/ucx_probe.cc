@@ -42,6 +42,7 @@ void* MapPrefaulted(uint64_t n) {
 ferry::TransferEngineOptions Options(uint64_t chunk, int inflight) {
   ferry::TransferEngineOptions o;
   o.ucx_net_devices = "lo";
+  o.ucx_without_rdma = true;
   o.chunk_bytes = chunk;
   o.max_inflight = inflight;
   return o;

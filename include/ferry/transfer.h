@@ -44,12 +44,13 @@ class PeerConnection;
 enum class MemoryKind { kHost = 0, kCuda = 1 };
 
 enum class TransportKind {
-  // Connect() picks, in order: shm for a peer on this host (same hostname and boot id) when
-  // both sides offer it and the peer's shm serves every region in its blob; else UCX for a peer
-  // on this host or with RDMA on both ends; else TCP. When the chosen transport cannot reach the
-  // peer (Unavailable), the next candidate is tried.
+  // Connect() picks, in order: shm for a peer on this host (same hostname, boot id and network
+  // namespace) when both sides offer it and the peer's shm serves every region in its blob;
+  // else UCX for a peer on this host or with RDMA on both ends; else TCP. When the chosen
+  // transport cannot reach the peer (Unavailable), the next candidate is tried.
   kAuto = 0,
-  kUcx = 1,  // UCX: RDMA verbs where a NIC exists, shared memory between local processes
+  kUcx = 1,  // UCX: RDMA verbs where a NIC exists; shared memory between local processes only
+             // when asked for (TransferEngineOptions::ucx_without_rdma)
   kTcp = 2,  // ferry's native multi-stream TCP
   kShm = 3,  // ferry's native shared memory: same host only, regions from AllocateRegion only
 };
@@ -86,9 +87,14 @@ struct TransferEngineOptions {
   // Reads in flight per stream (TCP) or per peer (UCX). 1..1024.
   int max_inflight = 16;
 
+  // UCX starts only where an RDMA device exists (reads are one-sided and the NIC checks every
+  // rkey), unless this is set: then it also starts without one, for shared memory between local
+  // processes (`--transport ucx`). Without RDMA and without this, enable_ucx starts nothing.
+  bool ucx_without_rdma = false;
   // UCX network devices (UCX_NET_DEVICES, e.g. "lo" in tests) and transports (UCX_TLS), set on
   // ferry's own UCX config with ucp_config_modify, never through the environment. Empty: UCX's
-  // defaults.
+  // defaults less `tcp`. UCX's tcp transport is always refused: it emulates one-sided reads in
+  // software and serves any address to whoever connects to its port, with no authentication.
   std::string ucx_net_devices;
   std::string ucx_transports;
 

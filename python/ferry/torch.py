@@ -214,9 +214,9 @@ def publish(
     copy (listed in handle.copied). Starts the worker endpoint (`worker_listen`), publishes
     READY with heartbeats, and returns the handle that stops serving.
 
-    `transports`: any of "shm", "ucx", "tcp" (default: all this machine offers; shared memory
-    serves only engine-allocated memory, so same-host targets read published tensors over UCX
-    or TCP). `data_listen`: the TCP data listener's host:port. `tls_cert`/`tls_key` (and
+    `transports`: any of "shm", "ucx", "tcp" (default: all this machine offers, UCX only with
+    an RDMA device; shared memory serves only engine-allocated memory, so same-host targets
+    read published tensors over TCP, or over UCX when "ucx" is named on both sides). `data_listen`: the TCP data listener's host:port. `tls_cert`/`tls_key` (and
     `tls_client_ca` for mutual TLS) serve the worker endpoint over TLS, as `ferry publish`'s
     --worker-tls-* flags.
     """

@@ -44,7 +44,7 @@ TransferEngineOptions EngineOptionsFrom(const std::string& name,
       const TransportKind kind = Unwrap(ParseTransportKind(t));
       if (kind == TransportKind::kShm) o.enable_shm = true;
       if (kind == TransportKind::kTcp) o.enable_tcp = true;
-      if (kind == TransportKind::kUcx) o.enable_ucx = true;
+      if (kind == TransportKind::kUcx) o.enable_ucx = o.ucx_without_rdma = true;
       if (kind == TransportKind::kAuto) o.enable_shm = o.enable_tcp = o.enable_ucx = true;
     }
   }

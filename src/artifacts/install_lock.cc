@@ -39,15 +39,47 @@ Status IoError(std::string_view what, const std::string& path, int err) {
   return absl::InternalError(msg);
 }
 
-Status MakeDirs(const std::string& dir) {
+// Creates `dir` (0700; missing parents 0755) and makes sure only we can use it: a directory,
+// not a symlink, owned by our effective uid. Group and other permissions are removed (older
+// ferry versions created it 0755, which let any local user open a lock file and hold a shared
+// flock on it). A directory someone else owns is refused: its owner could plant markers.
+Status PrepareStateDir(const std::string& dir) {
   for (size_t pos = 1; pos <= dir.size(); ++pos) {
     if (pos != dir.size() && dir[pos] != '/') continue;
     const std::string prefix = dir.substr(0, pos);
-    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST) {
+    if (::mkdir(prefix.c_str(), pos == dir.size() ? 0700 : 0755) != 0 && errno != EEXIST) {
       return IoError("cannot create the artifact state directory", prefix, errno);
     }
   }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) {
+    return IoError("cannot inspect the artifact state directory", dir, errno);
+  }
+  const auto refuse = [&](const std::string& why) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "artifact state directory '", dir, "' ", why,
+        "; remove it, or set FERRY_ARTIFACT_STATE_DIR to a directory only this user (uid ",
+        ::geteuid(), ") owns"));
+  };
+  if (!S_ISDIR(st.st_mode)) return refuse("is not a directory (a symlink?)");
+  if (st.st_uid != ::geteuid()) {
+    return refuse(absl::StrCat("is owned by uid ", st.st_uid, ", not by this user"));
+  }
+  if ((st.st_mode & 077) != 0 && ::chmod(dir.c_str(), 0700) != 0) {
+    return IoError("cannot restrict the artifact state directory to its owner", dir, errno);
+  }
   return absl::OkStatus();
+}
+
+// Why the file behind `fd` cannot be trusted as ours ("" when it can): it must be a regular file
+// owned by our effective uid that nobody else can write.
+std::string UntrustedFile(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return absl::StrCat("cannot fstat it: ", ErrnoText(errno));
+  if (!S_ISREG(st.st_mode)) return "it is not a regular file";
+  if (st.st_uid != ::geteuid()) return absl::StrCat("it is owned by uid ", st.st_uid);
+  if ((st.st_mode & 022) != 0) return "others can write it";
+  return "";
 }
 
 // The pid written in the lock file by its holder, or 0 if none can be read yet.
@@ -95,11 +127,20 @@ StatusOr<std::unique_ptr<InstallLock>> InstallLock::Acquire(
         "artifact state directory is empty; set FERRY_ARTIFACT_STATE_DIR or TMPDIR");
   }
   FERRY_ASSIGN_OR_RETURN(std::string target, CanonicalInstallTarget(target_dir));
-  FERRY_RETURN_IF_ERROR(MakeDirs(state_dir));
+  FERRY_RETURN_IF_ERROR(PrepareStateDir(state_dir));
   std::string hash16 = internal::Sha256Hex(target).substr(0, 16);
   std::string lock_path = absl::StrCat(state_dir, "/", hash16, ".lock");
-  Fd fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644));
+  Fd fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd.valid()) return IoError("cannot open install lock file", lock_path, errno);
+  if (std::string why = UntrustedFile(fd.get()); !why.empty()) {
+    return absl::PermissionDeniedError(absl::StrCat("install lock file '", lock_path,
+                                                    "' cannot be trusted: ", why,
+                                                    "; remove it (no pull is using it then)"));
+  }
+  // Lock files older ferry versions created 0644: anyone could open one and hold a shared flock.
+  if (::fchmod(fd.get(), 0600) != 0) {
+    return IoError("cannot restrict install lock file to its owner", lock_path, errno);
+  }
 
   const absl::Time deadline =
       timeout == absl::InfiniteDuration() ? absl::InfiniteFuture() : absl::Now() + timeout;
@@ -159,7 +200,7 @@ Status InstallLock::WriteMarker(std::string_view key, std::string_view suffix,
   FERRY_ASSIGN_OR_RETURN(std::string path, MarkerPath(key, suffix));
   const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   {
-    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644));
+    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd.valid()) return IoError("cannot create install marker", tmp, errno);
     size_t done = 0;
     while (done < json.size()) {
@@ -202,6 +243,12 @@ std::optional<std::string> InstallLock::ReadMarker(std::string_view key,
     if (errno != ENOENT) {
       spdlog::warn("ignoring unreadable install marker {}: {}", *path, ErrnoText(errno));
     }
+    return std::nullopt;
+  }
+  // Only markers this user wrote count: a planted .done would skip an install and report
+  // success, a planted .failed would stop every pull for its TTL.
+  if (std::string why = UntrustedFile(fd.get()); !why.empty()) {
+    spdlog::warn("ignoring install marker {}: {}", *path, why);
     return std::nullopt;
   }
   std::string text(kMaxMarkerBytes + 1, '\0');

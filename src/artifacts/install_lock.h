@@ -23,7 +23,10 @@
 namespace ferry::artifacts {
 
 // Node-wide coordination of installs into one directory. State lives in `state_dir` (created
-// 0755 if missing; the CLI passes FERRY_ARTIFACT_STATE_DIR or ${TMPDIR:-/tmp}/ferry-artifacts).
+// 0700 if missing; the CLI passes FERRY_ARTIFACT_STATE_DIR or ${TMPDIR:-/tmp}/ferry-artifacts).
+// Only this user may use it: a state directory owned by another uid, or that is not a directory,
+// is PermissionDenied; group and other permissions on it and on the lock file are removed;
+// markers not owned by this user, or writable by others, are ignored with a warning.
 // The lock is an flock on <state_dir>/<hash16>.lock, where hash16 is the first 16 hex digits of
 // SHA-256 of the canonical target (CanonicalInstallTarget). The lock file is never deleted
 // (deleting a lock file races with a process about to lock it); it holds the last holder's pid.

@@ -1,6 +1,8 @@
 #include "artifacts/install_lock.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -206,6 +208,122 @@ TEST(InstallLockTest, MarkersRoundTrip) {
   EXPECT_FALSE((*lock)->ReadDone("src-1").has_value());
   EXPECT_FALSE((*lock)->ReadFailed("src-1").has_value());
   EXPECT_TRUE((*lock)->ClearMarkers("src-1").ok()) << "clearing absent markers is fine";
+}
+
+mode_t ModeOf(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::lstat(path.c_str(), &st), 0) << path;
+  return st.st_mode & 07777;
+}
+
+std::string OnlyFileEndingWith(const std::string& dir, const std::string& suffix) {
+  std::string found;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().string();
+    if (name.size() >= suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      EXPECT_TRUE(found.empty()) << "two files end with " << suffix;
+      found = name;
+    }
+  }
+  return found;
+}
+
+// Whether a process running as uid/gid 65534 (nobody) can open `path` for reading.
+bool NobodyCanOpen(const std::string& path) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ::_exit(fd >= 0 ? 1 : 0);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 2) << "cannot become nobody";
+  return WIFEXITED(status) && WEXITSTATUS(status) == 1;
+}
+
+// The state directory used to be created 0755 with 0644 lock files: any local user could open a
+// lock file and hold a shared flock on it, stalling root's pulls for good.
+TEST(InstallLockSecurityTest, TheStateDirectoryAndLockAreThisUsersOnly) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  TempDir tmp;
+  ASSERT_EQ(::chmod(tmp.path().c_str(), 0755), 0);  // like /tmp: others may traverse
+  const std::string state = tmp.path() + "/state";
+  auto lock = InstallLock::Acquire(state, tmp.path() + "/cache", absl::Seconds(10));
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  EXPECT_EQ(ModeOf(state), 0700u);
+  EXPECT_EQ(ModeOf((*lock)->lock_path()), 0600u);
+  EXPECT_FALSE(NobodyCanOpen((*lock)->lock_path()));
+  ASSERT_TRUE((*lock)->WriteDone("src-1", {std::string(64, 'a'), "n", absl::Now()}).ok());
+  EXPECT_EQ(ModeOf(OnlyFileEndingWith(state, ".src-1.done")), 0600u);
+}
+
+TEST(InstallLockSecurityTest, AStateDirectoryFromAnOlderVersionIsTightened) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  TempDir tmp;
+  ASSERT_EQ(::chmod(tmp.path().c_str(), 0755), 0);
+  const std::string state = tmp.path() + "/state";
+  std::string lock_path;
+  {
+    auto lock = InstallLock::Acquire(state, tmp.path() + "/cache", absl::Seconds(10));
+    ASSERT_TRUE(lock.ok()) << lock.status();
+    lock_path = (*lock)->lock_path();
+  }
+  ASSERT_EQ(::chmod(state.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(lock_path.c_str(), 0644), 0);
+  ASSERT_TRUE(NobodyCanOpen(lock_path));  // the attack the old modes allowed
+  auto lock = InstallLock::Acquire(state, tmp.path() + "/cache", absl::Seconds(10));
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  EXPECT_EQ(ModeOf(state), 0700u);
+  EXPECT_EQ(ModeOf(lock_path), 0600u);
+  EXPECT_FALSE(NobodyCanOpen(lock_path));
+}
+
+TEST(InstallLockSecurityTest, AStateDirectoryOwnedBySomeoneElseIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  TempDir tmp;
+  const std::string state = tmp.path() + "/state";
+  ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+  ASSERT_EQ(::chown(state.c_str(), 65534, 65534), 0);
+  auto lock = InstallLock::Acquire(state, tmp.path() + "/cache", absl::Seconds(1));
+  ASSERT_EQ(lock.status().code(), absl::StatusCode::kPermissionDenied) << lock.status();
+  EXPECT_THAT(std::string(lock.status().message()),
+              HasSubstr("'" + state + "' is owned by uid 65534, not by this user"));
+  EXPECT_THAT(std::string(lock.status().message()), HasSubstr("FERRY_ARTIFACT_STATE_DIR"));
+
+  const std::string link = tmp.path() + "/link";
+  ASSERT_EQ(::symlink(tmp.path().c_str(), link.c_str()), 0);
+  lock = InstallLock::Acquire(link, tmp.path() + "/cache", absl::Seconds(1));
+  ASSERT_EQ(lock.status().code(), absl::StatusCode::kPermissionDenied) << lock.status();
+  EXPECT_THAT(std::string(lock.status().message()), HasSubstr("is not a directory"));
+}
+
+// A planted .done marker skipped the install and reported success; a planted .failed stopped
+// every pull for its TTL. Markers another user owns, or that others can write, are ignored.
+TEST(InstallLockSecurityTest, MarkersNotWrittenByThisUserAreIgnored) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another user";
+  TempDir tmp;
+  const std::string state = tmp.path() + "/state";
+  auto lock = InstallLock::Acquire(state, tmp.path() + "/cache", absl::Seconds(10));
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  ASSERT_TRUE((*lock)->WriteDone("src-1", {std::string(64, 'a'), "n", absl::Now()}).ok());
+  ASSERT_TRUE((*lock)->WriteFailed("src-2", {"planted", absl::Now()}).ok());
+  const std::string done = OnlyFileEndingWith(state, ".src-1.done");
+  const std::string failed = OnlyFileEndingWith(state, ".src-2.failed");
+  ASSERT_TRUE((*lock)->ReadDone("src-1").has_value());
+  ASSERT_TRUE((*lock)->ReadFailed("src-2").has_value());
+
+  ASSERT_EQ(::chown(done.c_str(), 65534, 65534), 0);
+  ASSERT_EQ(::chown(failed.c_str(), 65534, 65534), 0);
+  EXPECT_FALSE((*lock)->ReadDone("src-1").has_value());
+  EXPECT_FALSE((*lock)->ReadFailed("src-2").has_value());
+
+  ASSERT_EQ(::chown(done.c_str(), 0, 0), 0);
+  ASSERT_EQ(::chmod(done.c_str(), 0666), 0);
+  EXPECT_FALSE((*lock)->ReadDone("src-1").has_value());
+  ASSERT_EQ(::chmod(done.c_str(), 0600), 0);
+  EXPECT_TRUE((*lock)->ReadDone("src-1").has_value());
 }
 
 TEST(InstallLockTest, CorruptMarkersAreIgnored) {

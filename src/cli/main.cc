@@ -10,6 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "cli/cli.h"
 #include "common/env.h"
+#include "common/listener_probe.h"
 #include "common/logging.h"
 #include "spdlog/spdlog.h"
 
@@ -26,6 +27,8 @@ void ForwardGrpcLog(gpr_log_func_args* args) { spdlog::debug("grpc: {}", args->m
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Sources serve many connections: meet their own bounds before the descriptor limit.
+  (void)ferry::internal::RaiseOpenFileLimit();
   ferry::cli::Cli cli;
   CLI::App app{
       "ferry: inspect and exercise a ferry-server, the metadata server for peer-to-peer\n"

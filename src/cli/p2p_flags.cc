@@ -99,6 +99,8 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
   options.enable_shm = all || kind == TransportKind::kShm;
   options.enable_ucx = all || kind == TransportKind::kUcx;
   options.enable_tcp = all || kind == TransportKind::kTcp;
+  // Asked for by name: UCX also over shared memory without RDMA. Under auto, only with RDMA.
+  options.ucx_without_rdma = kind == TransportKind::kUcx;
   options.tcp_listen = flags.data_listen;
   options.advertise_host = flags.advertise_host;
   if (flags.tcp_streams > 0) options.tcp_streams = flags.tcp_streams;

@@ -36,6 +36,13 @@ std::string BootId() {
   return id;
 }
 
+// "net:[4026531992]": identifies this process's network namespace on this boot.
+std::string NetNamespace() {
+  char target[64] = {};
+  const ssize_t n = ::readlink("/proc/self/ns/net", target, sizeof(target) - 1);
+  return n > 0 ? std::string(target, static_cast<size_t>(n)) : std::string();
+}
+
 std::string KindList(const std::vector<TransportKind>& kinds) {
   if (kinds.empty()) return "none";
   return absl::StrJoin(kinds, ", ", [](std::string* out, TransportKind k) {
@@ -65,7 +72,20 @@ StatusOr<std::shared_ptr<EngineCore>> EngineCore::Create(TransferEngineOptions o
                    options.name, shm.status().message());
     }
   }
-  if (options.enable_ucx) {
+  const bool start_ucx =
+      options.enable_ucx && (options.ucx_without_rdma || UcxRdmaAvailable(options));
+  if (options.enable_ucx && !start_ucx) {
+    // No UCX listener nobody asked for: without RDMA, UCX would only add software-served reads.
+    if (transports.empty() && !options.enable_tcp) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "transfer engine \"", options.name,
+          "\": UCX was asked for but this host has no RDMA device it may use; set "
+          "ucx_without_rdma (--transport ucx) to use UCX over shared memory between local "
+          "processes, or use tcp"));
+    }
+    spdlog::debug("transfer engine \"{}\": no RDMA device, UCX not started", options.name);
+  }
+  if (start_ucx) {
     auto ucx = CreateUcxTransport(options);
     if (ucx.ok()) {
       transports.push_back(std::move(*ucx));
@@ -97,7 +117,8 @@ EngineCore::EngineCore(TransferEngineOptions options,
       transports_(std::move(transports)),
       engine_id_(RandomEngineId()),
       hostname_(HostName()),
-      boot_id_(BootId()) {}
+      boot_id_(BootId()),
+      net_namespace_(NetNamespace()) {}
 
 EngineCore::~EngineCore() { Stop(); }
 
@@ -229,6 +250,7 @@ std::string EngineCore::ExportBlob() const {
   blob.set_name(options_.name);
   blob.set_hostname(hostname_);
   blob.set_boot_id(boot_id_);
+  blob.set_net_namespace(net_namespace_);
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [id, r] : regions_) {
@@ -280,7 +302,11 @@ StatusOr<std::vector<Transport*>> EngineCore::Candidates(const ferry::v1::Transf
     case TransportKind::kAuto:
       break;
   }
-  const bool same_host = remote.hostname() == hostname_ && remote.boot_id() == boot_id_;
+  // Another network namespace on this machine shares the host name and boot id but cannot reach
+  // our abstract unix sockets (shm) or UCX's loopback paths: it is another host to us.
+  const bool same_host =
+      remote.hostname() == hostname_ && remote.boot_id() == boot_id_ &&
+      (remote.net_namespace().empty() || remote.net_namespace() == net_namespace_);
   std::vector<Transport*> candidates;
   if (shm != nullptr && same_host) {
     // shm can only hand out memory it allocated; a blob with caller memory needs another
@@ -301,7 +327,8 @@ StatusOr<std::vector<Transport*>> EngineCore::Candidates(const ferry::v1::Transf
   if (tcp != nullptr) candidates.push_back(tcp);
   if (candidates.empty()) {
     return mismatch(
-        "automatically (shm and UCX need the same host, or UCX needs RDMA on both ends)");
+        "automatically (shm and UCX need the same host and network namespace, or UCX needs RDMA "
+        "on both ends)");
   }
   return candidates;
 }

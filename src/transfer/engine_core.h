@@ -67,6 +67,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   const std::string engine_id_;
   const std::string hostname_;
   const std::string boot_id_;
+  const std::string net_namespace_;  // "net:[inode]"; see TransferBlob.net_namespace
 
   mutable absl::Mutex mu_;
   uint32_t next_region_id_ ABSL_GUARDED_BY(mu_) = 0;

@@ -134,6 +134,35 @@ TEST(EngineTest, ExportBlobDescribesEngineRegionsAndTcp) {
   EXPECT_EQ(engine->AllocateRegion(0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Without an RDMA device UCX is started only when asked for by name (ucx_without_rdma): an
+// engine with default options listens on its TCP data port and nothing else.
+TEST(EngineTest, NoUcxListenerWithoutRdmaUnlessAskedFor) {
+  TransferEngineOptions o;
+  o.name = "defaults";
+  o.tcp_listen = "127.0.0.1:0";
+  if (internal::UcxRdmaAvailable(o)) GTEST_SKIP() << "this host has an RDMA device";
+  const std::set<uint16_t> before = ferry::testing::ListeningTcpPorts();
+  auto engine = MustCreate(o);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_THAT(engine->transports(),
+              ::testing::ElementsAre(TransportKind::kShm, TransportKind::kTcp));
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(engine->ExportBlob()));
+  EXPECT_FALSE(blob.has_ucx());
+  std::set<uint16_t> expected = before;
+  expected.insert(static_cast<uint16_t>(blob.tcp().port()));
+  EXPECT_EQ(ferry::testing::ListeningTcpPorts(), expected);
+
+  o.enable_shm = o.enable_tcp = false;
+  auto refused = TransferEngine::Create(o);
+  ASSERT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Msg(refused.status()), HasSubstr("no RDMA device"));
+  o.ucx_without_rdma = true;
+  auto ucx = MustCreate(o);
+  ASSERT_NE(ucx, nullptr);
+  EXPECT_THAT(ucx->transports(), ::testing::ElementsAre(TransportKind::kUcx));
+}
+
 // Two engines in this process.
 class EnginePairTest : public ::testing::TestWithParam<int> {
  protected:
@@ -442,6 +471,37 @@ TEST(ShmEngineTest, ExplicitShmToABlobWithNoShmServedRegionIsRefusedAtConnect) {
   auto fallback = target->Connect(source->ExportBlob(), TransportKind::kAuto);
   ASSERT_TRUE(fallback.ok()) << fallback.status();
   EXPECT_EQ((*fallback)->transport(), TransportKind::kTcp);
+}
+
+// A source in another network namespace of this machine has our host name and boot id but
+// cannot be reached over shm (abstract unix sockets are per namespace): auto must not pick shm
+// (it used to, and the pull stalled until its stall timeout).
+TEST(ShmEngineTest, AutoTreatsAnotherNetworkNamespaceAsAnotherHost) {
+  auto source = MustCreate(ShmOptions("source"));
+  auto target = MustCreate(ShmOptions("target"));
+  ASSERT_NE(source, nullptr);
+  ASSERT_NE(target, nullptr);
+  auto region = source->AllocateRegion(1 << 20);
+  ASSERT_TRUE(region.ok()) << region.status();
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(source->ExportBlob()));
+  char ns[64] = {};
+  ASSERT_GT(::readlink("/proc/self/ns/net", ns, sizeof(ns) - 1), 0);
+  EXPECT_EQ(blob.net_namespace(), ns);
+
+  auto same = target->Connect(blob.SerializeAsString(), TransportKind::kAuto);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ((*same)->transport(), TransportKind::kShm);
+
+  blob.set_net_namespace("net:[1]");
+  auto other = target->Connect(blob.SerializeAsString(), TransportKind::kAuto);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ((*other)->transport(), TransportKind::kTcp);
+  // A blob from an older ferry without the field: host name and boot id decide, as before.
+  blob.clear_net_namespace();
+  auto old = target->Connect(blob.SerializeAsString(), TransportKind::kAuto);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ((*old)->transport(), TransportKind::kShm);
 }
 
 TEST(ShmEngineTest, AutoPicksShmForASourceProcessOnThisHost) {

@@ -107,12 +107,15 @@ Status MonitoredRead(Peer& peer, std::vector<ReadOp> ops, uint64_t total,
     current.store(batch->get());
     const absl::Duration left = options.timeout - (absl::Now() - options.start);
     status = (*batch)->Wait(std::max(left, absl::ZeroDuration()));
+    // A failed batch counts what it delivered, not what it was asked for, so that a stall's
+    // message says how far the transfer got.
+    const uint64_t delivered = status.ok() ? bytes : std::min(bytes, (*batch)->bytes_done());
     // Hold the progress thread off the batch while it is destroyed.
     {
       absl::MutexLock lock(&progress_mu);
       current.store(nullptr);
     }
-    done_before += bytes;
+    done_before += delivered;
   }
   finished.Notify();
   monitor.join();

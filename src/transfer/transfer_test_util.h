@@ -4,6 +4,7 @@
 #ifndef FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
 #define FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
 
+#include <dirent.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/types.h>
@@ -13,7 +14,10 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <set>
+#include <sstream>
 #include <string>
 
 #include "ferry/transfer.h"
@@ -21,6 +25,38 @@
 #include "transfer/transport.h"
 
 namespace ferry::testing {
+
+// The TCP ports this process listens on (IPv4 and IPv6): the LISTEN sockets of
+// /proc/net/tcp{,6} whose inode is one of this process's descriptors.
+inline std::set<uint16_t> ListeningTcpPorts() {
+  std::set<std::string> inodes;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {
+    while (dirent* e = ::readdir(dir)) {
+      char target[64] = {};
+      const std::string path = std::string("/proc/self/fd/") + e->d_name;
+      const ssize_t n = ::readlink(path.c_str(), target, sizeof(target) - 1);
+      const std::string t(target, n > 0 ? static_cast<size_t>(n) : 0);
+      if (t.rfind("socket:[", 0) == 0) inodes.insert(t.substr(8, t.size() - 9));
+    }
+    ::closedir(dir);
+  }
+  std::set<uint16_t> ports;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+          timeout >> inode;
+      if (state != "0A" || inodes.count(inode) == 0) continue;  // 0A: LISTEN
+      ports.insert(
+          static_cast<uint16_t>(std::stoul(local.substr(local.find(':') + 1), nullptr, 16)));
+    }
+  }
+  return ports;
+}
 
 // Pre-faulted anonymous memory, unmapped on destruction (or by Release()).
 class Buffer {

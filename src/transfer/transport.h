@@ -88,6 +88,8 @@ class Transport {
 StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOptions& options);
 StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options);
 StatusOr<std::unique_ptr<Transport>> CreateShmTransport(const TransferEngineOptions& options);
+// Whether UCX has an RDMA device here that `options` let it use (ucx/ucx_transport.cc).
+bool UcxRdmaAvailable(const TransferEngineOptions& options);
 
 }  // namespace ferry::internal
 

@@ -609,7 +609,18 @@ StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
     }
   }
   std::string temp_path;
-  int fd = -1;
+  // An unnamed file in the target directory (O_TMPFILE): a process killed before Commit leaves
+  // nothing behind, the kernel frees it. Filesystems without O_TMPFILE get a named temporary
+  // file, removed on every failure this process lives through.
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0 && errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) {
+    return ErrnoError(errno, absl::StrCat("writing safetensors file ", path,
+                                          ": creating a temporary file in ", dir,
+                                          " failed (check that the directory exists and is "
+                                          "writable)"));
+  }
   for (int attempt = 0; attempt < 10 && fd < 0; ++attempt) {
     temp_path = path + TempSuffix();
     fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -625,7 +636,7 @@ StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
       new SafetensorsWriter(path, std::move(temp_path), fd, data_size));
   if (Status s = WriteFull(fd, header.data(), header.size(),
                            absl::StrCat("writing safetensors file ", path, ": header to ",
-                                        writer->temp_path_, " failed"));
+                                        writer->TempName(), " failed"));
       !s.ok()) {
     return writer->Fail(std::move(s));
   }
@@ -640,11 +651,16 @@ SafetensorsWriter::~SafetensorsWriter() {
   if (!finished_) Abandon();
 }
 
+std::string SafetensorsWriter::TempName() const {
+  if (!temp_path_.empty()) return temp_path_;
+  return absl::StrCat("an unnamed temporary file beside ", path_);
+}
+
 void SafetensorsWriter::Abandon() {
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
-    ::unlink(temp_path_.c_str());
+    if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
   }
   finished_ = true;
 }
@@ -674,7 +690,7 @@ Status SafetensorsWriter::Append(const void* data, uint64_t size) {
   if (Status s =
           WriteFull(fd_, data, size,
                     absl::StrCat("writing safetensors file ", path_, ": writing ", size,
-                                 " bytes at data offset ", written_, " to ", temp_path_,
+                                 " bytes at data offset ", written_, " to ", TempName(),
                                  " failed (check free space); nothing was written to ", path_));
       !s.ok()) {
     return Fail(std::move(s));
@@ -697,7 +713,25 @@ Status SafetensorsWriter::Commit() {
   }
   const std::string context = absl::StrCat("writing safetensors file ", path_, ": ");
   if (::fsync(fd_) != 0) {
-    return Fail(ErrnoError(errno, absl::StrCat(context, "fsync of ", temp_path_, " failed")));
+    return Fail(ErrnoError(errno, absl::StrCat(context, "fsync of ", TempName(), " failed")));
+  }
+  if (temp_path_.empty()) {
+    // Give the unnamed file a name beside `path` (linkat never replaces), then rename it over
+    // `path` as a named temporary file would be.
+    const std::string self = absl::StrCat("/proc/self/fd/", fd_);
+    for (int attempt = 0; attempt < 10 && temp_path_.empty(); ++attempt) {
+      const std::string name = path_ + TempSuffix();
+      if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0) {
+        temp_path_ = name;
+      } else if (errno != EEXIST) {
+        return Fail(ErrnoError(
+            errno, absl::StrCat(context, "naming the temporary file ", name, " failed (linkat)")));
+      }
+    }
+    if (temp_path_.empty()) {
+      return Fail(absl::AlreadyExistsError(
+          absl::StrCat(context, "no free temporary name beside it after 10 tries")));
+    }
   }
   const int fd = fd_;
   fd_ = -1;

@@ -85,10 +85,13 @@ Status WriteSafetensorsAtomic(const std::string& path, const std::vector<TensorI
                               uint64_t data_size);
 
 // Writes a safetensors file in pieces, for data sections too large to hold in memory at once.
-// Create() validates the header and writes it to "<path>.tmp.<random>" in the same directory;
-// Append() adds data-section bytes in order; Commit() requires exactly `data_size` bytes appended,
-// fsyncs, renames over `path` and fsyncs the directory. Destroying the writer before a successful
-// Commit() (or after any failed call) removes the temporary file and leaves `path` untouched.
+// Create() validates the header and writes it to an unnamed file in the same directory
+// (O_TMPFILE; where the filesystem lacks it, "<path>.tmp.<random>"); Append() adds data-section
+// bytes in order; Commit() requires exactly `data_size` bytes appended, fsyncs, names the file
+// "<path>.tmp.<random>", renames it over `path` and fsyncs the directory. Destroying the writer
+// before a successful Commit() (or after any failed call) removes the temporary file and leaves
+// `path` untouched; a process killed before Commit leaves no file behind (the unnamed file dies
+// with it).
 class SafetensorsWriter {
  public:
   static StatusOr<std::unique_ptr<SafetensorsWriter>> Create(
@@ -107,16 +110,18 @@ class SafetensorsWriter {
   Status Commit();
 
   const std::string& path() const { return path_; }
+  // The temporary file's name; empty while it has none (O_TMPFILE, until Commit).
   const std::string& temp_path() const { return temp_path_; }
 
  private:
   SafetensorsWriter(std::string path, std::string temp_path, int fd, uint64_t data_size);
   Status Fail(Status status);  // closes and removes the temporary file; returns `status`
   void Abandon();
+  std::string TempName() const;  // for messages
 
   const std::string path_;
-  const std::string temp_path_;
-  int fd_;  // -1 once closed
+  std::string temp_path_;  // empty while the file is unnamed
+  int fd_;                 // -1 once closed
   const uint64_t data_size_;
   uint64_t written_ = 0;
   bool finished_ = false;

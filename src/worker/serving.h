@@ -8,11 +8,20 @@
 #include <memory>
 #include <string>
 
+#include "absl/time/time.h"
+#include "common/listener_probe.h"
 #include "ferry/publisher.h"
 #include "ferry/status.h"
 #include "worker/worker_server.h"
 
 namespace ferry::worker {
+
+struct ServingOptions {
+  // How often the worker endpoint's listener is probed from inside the process
+  // (internal::ListenerWatch); after two failed probes in a row the record is marked STALE and
+  // heartbeats stop. Zero disables the probe.
+  absl::Duration listener_probe_interval = absl::Seconds(10);
+};
 
 class Serving {
  public:
@@ -22,7 +31,8 @@ class Serving {
   static StatusOr<std::unique_ptr<Serving>> Start(
       WorkerServerOptions endpoint, PublisherOptions publisher,
       const std::function<void(const std::string& endpoint,
-                               model_express::p2p::WorkerMetadata* record)>& fill_record);
+                               model_express::p2p::WorkerMetadata* record)>& fill_record,
+      ServingOptions serving_options = {});
   ~Serving();  // Stop()s
   Serving(const Serving&) = delete;
   Serving& operator=(const Serving&) = delete;
@@ -41,6 +51,7 @@ class Serving {
 
   std::unique_ptr<WorkerServer> server_;
   std::unique_ptr<Publisher> publisher_;
+  std::unique_ptr<ferry::internal::ListenerWatch> watch_;  // null when the probe is disabled
   bool stopped_ = false;
 };
 

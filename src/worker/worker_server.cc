@@ -18,6 +18,9 @@
 namespace ferry::worker {
 namespace {
 
+// How long a new connection may take to complete its HTTP/2 (and TLS) handshake.
+constexpr absl::Duration kHandshakeTimeout = absl::Seconds(5);
+
 // Splits HOST:PORT or [V6]:PORT; the host comes back without brackets.
 Status ParseListen(const std::string& address, std::string* host, int* port) {
   auto bad = [&](absl::string_view why) {
@@ -168,6 +171,10 @@ Status WorkerServer::Start() {
   builder.AddListeningPort(options_.listen, credentials_, &port_);
   // No SO_REUSEPORT: a second server on the same port must fail, not split the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // A connection that has not finished its HTTP/2 (and TLS) handshake within this is closed, so
+  // idle connections cannot pile up towards the descriptor limit (gRPC's default is 120 s).
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(kHandshakeTimeout)));
   builder.SetMaxReceiveMessageSize(options_.max_receive_message_size);
   builder.SetMaxSendMessageSize(options_.max_send_message_size);
   builder.RegisterService(manifest_service_.get());

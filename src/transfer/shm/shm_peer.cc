@@ -1,6 +1,8 @@
 #include "transfer/shm/shm_peer.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstring>
@@ -180,6 +182,22 @@ StatusOr<ShmPeerConnection::Mapping> ShmPeerConnection::Map(uint32_t region, abs
                                               region, " carries no descriptor"));
     }
     if (removed_.count(region) != 0) return removed();
+    // Never trust the size the source announces: a descriptor smaller than that, or one the
+    // source could still shrink, would fault (SIGBUS) in our copy threads instead of failing
+    // this read. The engine's own regions are memfds sealed against shrinking.
+    struct stat st {};
+    const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+    if (::fstat(fd.get(), &st) != 0 || seals < 0 || (seals & F_SEAL_SHRINK) == 0 ||
+        st.st_size < 0 || static_cast<uint64_t>(st.st_size) < reply.size) {
+      broken_.store(true);
+      const std::string why = seals < 0 ? std::string("not a sealed memfd")
+                              : (seals & F_SEAL_SHRINK) == 0
+                                  ? std::string("not sealed against shrinking")
+                                  : absl::StrCat(st.st_size, " bytes");
+      return absl::DataLossError(absl::StrCat(
+          "failed: the source's descriptor for region ", region, " does not back the ", reply.size,
+          " bytes it announced (", why, "); not reading from this source: read from another one"));
+    }
     void* p = ::mmap(nullptr, reply.size, PROT_READ, MAP_SHARED, fd.get(), 0);
     if (p == MAP_FAILED) {
       return absl::ResourceExhaustedError(absl::StrCat("failed: mapping region ", region, " (",

@@ -8,20 +8,21 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <system_error>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/accept_guard.h"
 #include "common/logging.h"
 
 namespace ferry::internal::shm {
 
 namespace {
 
-// How long an accepted connection may take to present its Hello.
-constexpr absl::Duration kHandshakeTimeout = absl::Seconds(10);
-// Poll interval of the server thread (only for the handshake timeout; Stop() wakes it).
-constexpr int kPollMs = 1000;
+// Poll interval of the server thread (for handshake timeouts and accept back-off; Stop() wakes
+// it).
+constexpr int kPollMs = 100;
 
 Reply MakeReply(ReplyType type, absl::StatusCode code, uint32_t region, uint64_t size,
                 const std::string& message) {
@@ -36,8 +37,11 @@ Reply MakeReply(ReplyType type, absl::StatusCode code, uint32_t region, uint64_t
 
 }  // namespace
 
-StatusOr<std::unique_ptr<ShmServer>> ShmServer::Create(std::string socket_name,
-                                                       std::string secret) {
+StatusOr<std::unique_ptr<ShmServer>> ShmServer::Create(std::string socket_name, std::string secret,
+                                                       ShmServerLimits limits) {
+  if (limits.max_connections < 1 || limits.max_pending < 1) {
+    return absl::InvalidArgumentError("ShmServerLimits: every bound must be at least 1");
+  }
   if (secret.size() != kSecretBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("shm secret is ", secret.size(), " bytes; expected ", kSecretBytes));
@@ -48,13 +52,21 @@ StatusOr<std::unique_ptr<ShmServer>> ShmServer::Create(std::string socket_name,
     return absl::InternalError(absl::StrCat("eventfd failed: ", ErrnoText(errno)));
   }
   std::unique_ptr<ShmServer> server(
-      new ShmServer(std::move(listener), std::move(wake), std::move(secret)));
-  server->thread_ = std::thread([s = server.get()] { s->Loop(); });
+      new ShmServer(std::move(listener), std::move(wake), std::move(secret), limits));
+  try {
+    server->thread_ = std::thread([s = server.get()] { s->Loop(); });
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "shm server: cannot start its thread: ", e.what(), "; raise the thread (pids) limit"));
+  }
   return server;
 }
 
-ShmServer::ShmServer(Fd listener, Fd wake, std::string secret)
-    : listener_(std::move(listener)), wake_(std::move(wake)), secret_(std::move(secret)) {}
+ShmServer::ShmServer(Fd listener, Fd wake, std::string secret, ShmServerLimits limits)
+    : listener_(std::move(listener)),
+      wake_(std::move(wake)),
+      secret_(std::move(secret)),
+      limits_(limits) {}
 
 ShmServer::~ShmServer() { Stop(); }
 
@@ -102,11 +114,15 @@ void ShmServer::Stop() {
 void ShmServer::Loop() {
   std::vector<pollfd> fds;
   std::vector<Connection*> conns;
+  LogLimiter exhausted_log;
+  LogLimiter refused_log;
+  absl::Time backoff_until = absl::InfinitePast();
   while (!stopping_.load()) {
     fds.clear();
     conns.clear();
+    const bool accepting = absl::Now() >= backoff_until;
     fds.push_back(pollfd{wake_.get(), POLLIN, 0});
-    fds.push_back(pollfd{listener_.get(), POLLIN, 0});
+    fds.push_back(pollfd{listener_.get(), static_cast<short>(accepting ? POLLIN : 0), 0});
     {
       absl::MutexLock lock(&mu_);
       for (Connection& c : connections_) {
@@ -130,7 +146,7 @@ void ShmServer::Loop() {
         if (!Handle(c)) dead.push_back(&c);
       } else if ((ev & (POLLHUP | POLLERR | POLLNVAL)) != 0) {
         dead.push_back(&c);
-      } else if (!c.authenticated && now - c.accepted_at > kHandshakeTimeout) {
+      } else if (!c.authenticated && now - c.accepted_at > limits_.handshake_timeout) {
         dead.push_back(&c);
       }
     }
@@ -143,15 +159,40 @@ void ShmServer::Loop() {
         return false;
       });
     }
-    if ((fds[1].revents & POLLIN) != 0) {
+    if (accepting && (fds[1].revents & POLLIN) != 0) {
       Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (!fd.valid()) {
-        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-          spdlog::warn("shm server: accept failed: {}", ErrnoText(errno));
+        const int err = errno;
+        uint64_t suppressed = 0;
+        if (IsResourceExhaustion(err)) {
+          // Pending connections wait in the backlog; retrying at once would spin a core.
+          backoff_until = absl::Now() + kAcceptBackoff;
+          if (exhausted_log.Allow(&suppressed)) {
+            spdlog::error(
+                "shm server: cannot accept: {} ({} more since the last message); pausing "
+                "accepts for {} at a time; raise the descriptor limit (ulimit -n)",
+                ErrnoText(err), suppressed, absl::FormatDuration(kAcceptBackoff));
+          }
+        } else if (err != EAGAIN && err != EINTR && err != ECONNABORTED &&
+                   exhausted_log.Allow(&suppressed)) {
+          spdlog::warn("shm server: accept failed: {}", ErrnoText(err));
         }
         continue;
       }
       absl::MutexLock lock(&mu_);
+      int pending = 0;
+      for (const Connection& c : connections_) pending += c.authenticated ? 0 : 1;
+      if (static_cast<int>(connections_.size()) >= limits_.max_connections ||
+          pending >= limits_.max_pending) {
+        uint64_t suppressed = 0;
+        if (refused_log.Allow(&suppressed)) {
+          spdlog::warn(
+              "shm server: refused a connection: at its bound of {} connections or {} waiting "
+              "for their handshake ({} more refused since the last message)",
+              limits_.max_connections, limits_.max_pending, suppressed);
+        }
+        continue;  // fd closes here
+      }
       connections_.push_back(Connection{std::move(fd), false, absl::Now()});
     }
   }

@@ -22,10 +22,23 @@
 
 namespace ferry::internal::shm {
 
+// Bounds against floods of local connections; a connection past one is closed at once. Out of
+// descriptors, the server stops accepting for kAcceptBackoff at a time and logs at most one
+// line per 10 s.
+struct ShmServerLimits {
+  // Connections open at once; an authenticated target keeps one per source it reads from.
+  int max_connections = 256;
+  // Connections that have not presented the secret yet.
+  int max_pending = 32;
+  // How long a connection may take to present its Hello before it is closed.
+  absl::Duration handshake_timeout = absl::Seconds(3);
+};
+
 class ShmServer {
  public:
   // Listens on @`socket_name` and starts the server thread. REQUIRES: secret has kSecretBytes.
-  static StatusOr<std::unique_ptr<ShmServer>> Create(std::string socket_name, std::string secret);
+  static StatusOr<std::unique_ptr<ShmServer>> Create(std::string socket_name, std::string secret,
+                                                     ShmServerLimits limits = {});
   ~ShmServer();  // Stop()
   ShmServer(const ShmServer&) = delete;
   ShmServer& operator=(const ShmServer&) = delete;
@@ -55,7 +68,7 @@ class ShmServer {
     uint64_t size = 0;
   };
 
-  ShmServer(Fd listener, Fd wake, std::string secret);
+  ShmServer(Fd listener, Fd wake, std::string secret, ShmServerLimits limits);
   void Loop();
   // Handles one readable connection; false when it must be closed.
   bool Handle(Connection& conn);
@@ -65,6 +78,7 @@ class ShmServer {
   Fd listener_;    // closed by Stop(), after the thread is joined
   const Fd wake_;  // eventfd: Stop() wakes the thread's poll
   const std::string secret_;
+  const ShmServerLimits limits_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   absl::Mutex stop_mu_;

@@ -1,35 +1,52 @@
 #include "transfer/tcp/tcp_server.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
+#include <system_error>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/accept_guard.h"
 #include "common/logging.h"
-#include "transfer/tcp/tcp_wire.h"
 
 namespace ferry::internal::tcp {
 
 namespace {
 
-// How long an accepted connection may take to present its Hello.
-constexpr absl::Duration kHandshakeTimeout = absl::Seconds(10);
 // Requests parsed per receive: the target never has more than max_inflight (<= 1024)
 // outstanding, so this only bounds how many are read with one system call.
 constexpr size_t kRequestBatch = 64;
 
+// The numeric address of the peer of `fd` ("" when unknown: counted as one peer).
+std::string PeerAddress(const sockaddr_storage& addr) {
+  char host[INET6_ADDRSTRLEN] = {};
+  if (addr.ss_family == AF_INET) {
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(addr).sin_addr, host, sizeof(host));
+  } else if (addr.ss_family == AF_INET6) {
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr, host,
+                sizeof(host));
+  }
+  return host;
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<TcpServer>> TcpServer::Create(const HostPort& listen, int buffer_bytes,
-                                                       std::string secret) {
+                                                       std::string secret, TcpServerLimits limits) {
   if (secret.size() != kSecretBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("TCP secret is ", secret.size(), " bytes; expected ", kSecretBytes));
+  }
+  if (limits.max_connections < 1 || limits.max_per_peer < 1 || limits.max_pending < 1) {
+    return absl::InvalidArgumentError("TcpServerLimits: every bound must be at least 1");
   }
   uint16_t port = 0;
   FERRY_ASSIGN_OR_RETURN(Fd listener, Listen(listen, &port));
@@ -40,16 +57,24 @@ StatusOr<std::unique_ptr<TcpServer>> TcpServer::Create(const HostPort& listen, i
     ::setsockopt(listener.get(), SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
   }
   std::unique_ptr<TcpServer> server(
-      new TcpServer(std::move(listener), port, buffer_bytes, std::move(secret)));
-  server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
+      new TcpServer(std::move(listener), port, buffer_bytes, std::move(secret), limits));
+  try {
+    server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("TCP transport: cannot start the accept thread of port ", port, ": ", e.what(),
+                     "; raise the process's thread (pids) limit"));
+  }
   return server;
 }
 
-TcpServer::TcpServer(Fd listener, uint16_t port, int buffer_bytes, std::string secret)
+TcpServer::TcpServer(Fd listener, uint16_t port, int buffer_bytes, std::string secret,
+                     TcpServerLimits limits)
     : listener_(std::move(listener)),
       port_(port),
       buffer_bytes_(buffer_bytes),
-      secret_(std::move(secret)) {}
+      secret_(std::move(secret)),
+      limits_(limits) {}
 
 TcpServer::~TcpServer() { Stop(); }
 
@@ -110,67 +135,193 @@ void TcpServer::ReapFinished() {
   for (auto& conn : finished) conn->thread.join();
 }
 
+int TcpServer::OpenFrom(const std::string& peer) {
+  int n = 0;
+  for (const auto& c : connections_) n += c->peer == peer ? 1 : 0;
+  auto it = pending_per_peer_.find(peer);
+  return n + (it == pending_per_peer_.end() ? 0 : it->second);
+}
+
 void TcpServer::AcceptLoop() {
-  while (!stopping_.load()) {
-    pollfd pfd{listener_.get(), POLLIN, 0};
-    int rc = ::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(kIoPollInterval)));
-    ReapFinished();
-    if (rc <= 0) continue;
-    if (stopping_.load()) break;  // Stop() shut the listener down
-    Fd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!fd.valid()) {
-      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-        spdlog::warn("TCP transport: accept on port {} failed: {}", port_, ErrnoText(errno));
-      }
-      continue;
-    }
-    if (Status s = ConfigureSocket(fd.get(), buffer_bytes_); !s.ok()) {
-      spdlog::warn("TCP transport: dropping a connection on port {}: {}", port_, s.message());
-      continue;
-    }
-    auto conn = std::make_unique<Connection>();
-    conn->fd = std::move(fd);
-    Connection* raw = conn.get();
+  std::vector<Pending> pending;
+  std::vector<pollfd> fds;
+  LogLimiter exhausted_log;
+  absl::Time backoff_until = absl::InfinitePast();
+  auto forget = [this](const Pending& p) {
     absl::MutexLock lock(&mu_);
-    if (stopping_.load()) break;
-    connections_.push_back(std::move(conn));
+    --pending_;
+    if (--pending_per_peer_[p.peer] == 0) pending_per_peer_.erase(p.peer);
+  };
+  while (!stopping_.load()) {
+    const absl::Time now = absl::Now();
+    const bool accepting = now >= backoff_until;
+    fds.clear();
+    fds.push_back(pollfd{listener_.get(), static_cast<short>(accepting ? POLLIN : 0), 0});
+    for (const Pending& p : pending) fds.push_back(pollfd{p.fd.get(), POLLIN, 0});
+    absl::Duration wait = kIoPollInterval;
+    if (!accepting) wait = std::min(wait, backoff_until - now);
+    const int rc = ::poll(fds.data(), fds.size(),
+                          static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(wait))));
+    ReapFinished();
+    if (stopping_.load()) break;  // Stop() shut the listener down
+    if (rc < 0 && errno != EINTR) {
+      spdlog::error("TCP transport: poll on port {} failed: {}", port_, ErrnoText(errno));
+      backoff_until = absl::Now() + kAcceptBackoff;
+      continue;
+    }
+    // Handshakes first: finished, refused and expired ones leave the list.
+    const absl::Time after = absl::Now();
+    std::vector<Pending> still;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      Pending& p = pending[i];
+      const short ev = rc > 0 ? fds[i + 1].revents : 0;
+      bool done = false;
+      if ((ev & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        done = AdvanceHandshake(p);
+      } else if (after > p.deadline) {
+        done = true;  // never presented its Hello: closed below
+      }
+      if (!done) {
+        still.push_back(std::move(p));
+        continue;
+      }
+      forget(p);
+      if (p.have == sizeof(Hello) && p.fd.valid()) StartServing(std::move(p));
+    }
+    pending.swap(still);
+    if (accepting && rc > 0 && (fds[0].revents & POLLIN) != 0) {
+      if (!AcceptOne(&pending)) {
+        backoff_until = absl::Now() + kAcceptBackoff;
+        uint64_t suppressed = 0;
+        if (exhausted_log.Allow(&suppressed)) {
+          spdlog::error(
+              "TCP transport: port {} cannot accept: {} ({} more since the last message); "
+              "pausing accepts for {} at a time; raise the descriptor limit (ulimit -n) or find "
+              "who holds the connections",
+              port_, ErrnoText(errno), suppressed, absl::FormatDuration(kAcceptBackoff));
+        }
+      }
+    }
+  }
+}
+
+bool TcpServer::AcceptOne(std::vector<Pending>* pending) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof(addr);
+  Fd fd(::accept4(listener_.get(), reinterpret_cast<sockaddr*>(&addr), &len,
+                  SOCK_CLOEXEC | SOCK_NONBLOCK));
+  if (!fd.valid()) return !IsResourceExhaustion(errno);
+  std::string peer = PeerAddress(addr);
+  {
+    absl::MutexLock lock(&mu_);
+    const int open = static_cast<int>(connections_.size()) + pending_;
+    const char* bound = nullptr;
+    if (open >= limits_.max_connections) {
+      bound = "connections";
+    } else if (pending_ >= limits_.max_pending) {
+      bound = "connections waiting for their handshake";
+    } else if (OpenFrom(peer) >= limits_.max_per_peer) {
+      bound = "connections from one peer";
+    }
+    if (bound != nullptr) {
+      uint64_t suppressed = 0;
+      if (refused_log_.Allow(&suppressed)) {
+        spdlog::warn(
+            "TCP transport: port {} refused a connection from {}: at its bound of {} ({} more "
+            "refused since the last message)",
+            port_, peer.empty() ? "an unknown address" : peer, bound, suppressed);
+      }
+      return true;  // closed by fd's destructor
+    }
+    ++pending_;
+    ++pending_per_peer_[peer];
+  }
+  Pending p;
+  p.fd = std::move(fd);
+  p.peer = std::move(peer);
+  p.deadline = absl::Now() + limits_.handshake_timeout;
+  pending->push_back(std::move(p));
+  return true;
+}
+
+bool TcpServer::AdvanceHandshake(Pending& p) {
+  const ssize_t n =
+      ::recv(p.fd.get(), reinterpret_cast<char*>(&p.hello) + p.have, sizeof(Hello) - p.have, 0);
+  if (n == 0) {
+    p.fd.Reset();
+    return true;
+  }
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return false;
+    p.fd.Reset();
+    return true;
+  }
+  p.have += static_cast<size_t>(n);
+  if (p.have < sizeof(Hello)) return false;
+  HelloStatus status = HelloStatus::kOk;
+  if (p.hello.magic != kMagic) {
+    status = HelloStatus::kBadMagic;
+  } else if (p.hello.version != kProtocolVersion) {
+    status = HelloStatus::kBadVersion;
+  } else if (CRYPTO_memcmp(p.hello.secret, secret_.data(), kSecretBytes) != 0) {
+    status = HelloStatus::kBadSecret;
+  }
+  // Eight bytes into an empty send buffer: never blocks.
+  HelloReply reply{kMagic, static_cast<uint32_t>(status)};
+  const bool sent = ::send(p.fd.get(), &reply, sizeof(reply), MSG_NOSIGNAL) ==
+                    static_cast<ssize_t>(sizeof(reply));
+  if (status != HelloStatus::kOk || !sent) {
+    if (status != HelloStatus::kOk) {
+      uint64_t suppressed = 0;
+      if (refused_log_.Allow(&suppressed)) {
+        spdlog::warn(
+            "TCP transport: refused a connection on port {} from {}: {}", port_, p.peer,
+            status == HelloStatus::kBadSecret ? "wrong secret" : "bad protocol version/magic");
+      }
+    }
+    p.fd.Reset();
+  }
+  return true;
+}
+
+void TcpServer::StartServing(Pending&& p) {
+  // The serving thread blocks with the I/O timeouts every transport socket carries.
+  const int flags = ::fcntl(p.fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(p.fd.get(), F_SETFL, flags & ~O_NONBLOCK) != 0) return;
+  if (Status s = ConfigureSocket(p.fd.get(), buffer_bytes_); !s.ok()) {
+    spdlog::warn("TCP transport: dropping a connection on port {}: {}", port_, s.message());
+    return;
+  }
+  auto conn = std::make_unique<Connection>();
+  conn->fd = std::move(p.fd);
+  conn->peer = std::move(p.peer);
+  Connection* raw = conn.get();
+  absl::MutexLock lock(&mu_);
+  if (stopping_.load()) return;
+  try {
     raw->thread = std::thread([this, raw] {
       Serve(raw);
       // The peer sees the end at once; the fd is closed when the thread is reaped.
       ::shutdown(raw->fd.get(), SHUT_RDWR);
       raw->finished.store(true);
     });
+  } catch (const std::system_error& e) {
+    // Out of threads (a pids limit): this connection is closed, the source keeps serving the
+    // ones it has, and the target sees its stream end and retries or fails over.
+    uint64_t suppressed = 0;
+    if (refused_log_.Allow(&suppressed)) {
+      spdlog::error(
+          "TCP transport: port {} cannot start a thread for a connection from {}: {} ({} more "
+          "since the last message); raise the process's thread (pids) limit",
+          port_, raw->peer, e.what(), suppressed);
+    }
+    return;
   }
-}
-
-bool TcpServer::Handshake(int fd) {
-  const absl::Time deadline = absl::Now() + kHandshakeTimeout;
-  Hello hello{};
-  IoResult r = RecvAll(fd, &hello, sizeof(hello),
-                       [&] { return stopping_.load() || absl::Now() > deadline; });
-  if (r.what != Io::kOk) return false;
-  HelloStatus status = HelloStatus::kOk;
-  if (hello.magic != kMagic) {
-    status = HelloStatus::kBadMagic;
-  } else if (hello.version != kProtocolVersion) {
-    status = HelloStatus::kBadVersion;
-  } else if (CRYPTO_memcmp(hello.secret, secret_.data(), kSecretBytes) != 0) {
-    status = HelloStatus::kBadSecret;
-  }
-  HelloReply reply{kMagic, static_cast<uint32_t>(status)};
-  iovec iov{&reply, sizeof(reply)};
-  SendAll(fd, &iov, 1, [&] { return stopping_.load() || absl::Now() > deadline; });
-  if (status != HelloStatus::kOk) {
-    spdlog::warn("TCP transport: refused a connection on port {}: {}", port_,
-                 status == HelloStatus::kBadSecret ? "wrong secret" : "bad protocol version/magic");
-    return false;
-  }
-  return true;
+  connections_.push_back(std::move(conn));
 }
 
 void TcpServer::Serve(Connection* conn) {
   const int fd = conn->fd.get();
-  if (!Handshake(fd)) return;
   auto stopped = [this] { return stopping_.load(); };
   std::vector<ReadRequest> requests(kRequestBatch);
   size_t have_bytes = 0;  // bytes of requests[] filled

@@ -1,5 +1,11 @@
-// The source side of the native TCP transport: a listener, a thread per accepted connection,
-// and the table of regions those threads may read from.
+// The source side of the native TCP transport: a listener, one accept thread that also runs
+// every handshake (no thread exists for a connection that has not presented the secret), a
+// thread per authenticated connection, and the table of regions those threads may read from.
+//
+// Bounded against floods (TcpServerLimits): connections in all, per peer address, and waiting
+// for their handshake; a connection past a bound is closed at once. Out of descriptors (EMFILE),
+// the accept thread stops accepting for kAcceptBackoff instead of spinning, and logs at most one
+// line per 10 s. A failure to start a connection's thread (a pids limit) closes that connection.
 //
 // Thread-safety: thread-safe. RemoveRegion waits until no connection is sending from the
 // region (a send that is in progress is abandoned within ~100 ms and its connection closed), so
@@ -14,20 +20,36 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/accept_guard.h"
 #include "ferry/status.h"
 #include "transfer/tcp/tcp_socket.h"
+#include "transfer/tcp/tcp_wire.h"
 
 namespace ferry::internal::tcp {
+
+struct TcpServerLimits {
+  // Connections open at once (authenticated or not). A target opens tcp_streams (<= 64) per pull.
+  int max_connections = 512;
+  // Connections open at once from one peer address.
+  int max_per_peer = 128;
+  // Connections that have not finished their handshake yet.
+  int max_pending = 32;
+  // How long a connection may take to present its Hello before it is closed.
+  absl::Duration handshake_timeout = absl::Seconds(3);
+};
 
 class TcpServer {
  public:
   // Binds `listen` and starts accepting. `secret` (kSecretBytes) must be presented by every
   // connection. `buffer_bytes` > 0 sets SO_SNDBUF/SO_RCVBUF on accepted sockets.
   static StatusOr<std::unique_ptr<TcpServer>> Create(const HostPort& listen, int buffer_bytes,
-                                                     std::string secret);
+                                                     std::string secret,
+                                                     TcpServerLimits limits = {});
   ~TcpServer();  // Stop()
   TcpServer(const TcpServer&) = delete;
   TcpServer& operator=(const TcpServer&) = delete;
@@ -52,21 +74,41 @@ class TcpServer {
   };
   struct Connection {
     Fd fd;
+    std::string peer;  // the peer's address, for the per-peer bound
     std::thread thread;
     std::atomic<bool> finished{false};
   };
+  // A connection waiting for its Hello; owned by the accept thread.
+  struct Pending {
+    Fd fd;
+    std::string peer;
+    absl::Time deadline;
+    Hello hello{};
+    size_t have = 0;  // bytes of hello received
+  };
 
-  TcpServer(Fd listener, uint16_t port, int buffer_bytes, std::string secret);
+  TcpServer(Fd listener, uint16_t port, int buffer_bytes, std::string secret,
+            TcpServerLimits limits);
   void AcceptLoop();
+  // Accepts one connection (or closes it at once past a bound). False when accept4 failed for
+  // lack of resources: the caller backs off.
+  bool AcceptOne(std::vector<Pending>* pending);
+  // Reads what `p` has sent; true when it is finished (authenticated, refused or gone), and
+  // then it was either handed to a serving thread or closed.
+  bool AdvanceHandshake(Pending& p);
+  // Starts the serving thread of an authenticated connection.
+  void StartServing(Pending&& p);
   void Serve(Connection* conn);
-  bool Handshake(int fd);
   // Joins connections whose threads have returned.
   void ReapFinished();
+  // Connections counted against the bounds: serving ones plus `pending`.
+  int OpenFrom(const std::string& peer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Fd listener_;  // closed by Stop() after the accept thread is joined
   const uint16_t port_;
   const int buffer_bytes_;
   const std::string secret_;
+  const TcpServerLimits limits_;
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;
   absl::Mutex stop_mu_;  // serializes Stop()
@@ -74,6 +116,10 @@ class TcpServer {
   absl::Mutex mu_;
   std::map<uint32_t, std::shared_ptr<RegionEntry>> regions_ ABSL_GUARDED_BY(mu_);
   std::list<std::unique_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
+  // Pending connections per peer, kept by the accept thread for the bounds.
+  std::map<std::string, int> pending_per_peer_ ABSL_GUARDED_BY(mu_);
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  LogLimiter refused_log_;  // refused connections, one line per 10 s; accept thread only
 };
 
 }  // namespace ferry::internal::tcp

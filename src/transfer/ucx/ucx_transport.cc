@@ -40,7 +40,9 @@ void Prefault(void* data, uint64_t size) {
 // Whether this context may use an RDMA device: an InfiniBand/RoCE memory domain exists (UCT's
 // "ib" component lists one per HCA) and neither NET_DEVICES nor TLS rules it out. UCX has no
 // query for "the transports my context uses", so this mirrors the two settings we pass it.
-bool HasRdma(const TransferEngineOptions& options) {
+}  // namespace
+
+bool UcxRdmaAvailable(const TransferEngineOptions& options) {
   uct_component_h* components = nullptr;
   unsigned count = 0;
   if (uct_query_components(&components, &count) != UCS_OK) return false;
@@ -79,6 +81,26 @@ bool HasRdma(const TransferEngineOptions& options) {
   }
   return false;
 }
+
+StatusOr<std::string> UcxTlsSetting(const std::string& requested) {
+  const std::string tls = absl::AsciiStrToLower(absl::StripAsciiWhitespace(requested));
+  if (tls.empty() || tls == "all") return std::string("^tcp");
+  const bool negated = tls[0] == '^';
+  std::vector<std::string> names = absl::StrSplit(negated ? tls.substr(1) : tls, ',');
+  for (const std::string& name : names) {
+    if (name == "tcp" || name == "all") {
+      if (negated) return tls;  // already excludes tcp ("^tcp,...")
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ucx_transports \"", requested,
+          "\" names UCX's tcp transport, which ferry refuses: it emulates one-sided reads in "
+          "software and serves any address to whoever connects to its port, without "
+          "authentication; use ferry's own tcp transport (--transport tcp) instead"));
+    }
+  }
+  return negated ? absl::StrCat(tls, ",tcp") : tls;
+}
+
+namespace {
 
 class UcxTransport final : public Transport {
  public:
@@ -144,8 +166,9 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const TransferEngineOp
                            absl::StrCat("ucx_net_devices \"", options.ucx_net_devices, "\""));
     }
   }
-  if (!options.ucx_transports.empty()) {
-    const ucs_status_t st = ucp_config_modify(config.get(), "TLS", options.ucx_transports.c_str());
+  {
+    FERRY_ASSIGN_OR_RETURN(const std::string tls, UcxTlsSetting(options.ucx_transports));
+    const ucs_status_t st = ucp_config_modify(config.get(), "TLS", tls.c_str());
     if (st != UCS_OK) {
       return ucx::UcsError("ucp_config_modify(TLS)", st,
                            absl::StrCat("ucx_transports \"", options.ucx_transports, "\""));
@@ -153,6 +176,9 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const TransferEngineOp
   }
 
   for (const auto& [name, value] : tuning.extra_config) {
+    if (absl::AsciiStrToUpper(name) == "TLS") {
+      FERRY_RETURN_IF_ERROR(UcxTlsSetting(value).status());
+    }
     const ucs_status_t st = ucp_config_modify(config.get(), name.c_str(), value.c_str());
     if (st != UCS_OK) return ucx::UcsError(absl::StrCat("ucp_config_modify(", name, ")"), st);
   }
@@ -177,7 +203,7 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const TransferEngineOp
     address = addr.bytes();
   }
   std::unique_ptr<UcxTransport> t(new UcxTransport(options, *std::move(context), std::move(worker),
-                                                   std::move(address), HasRdma(options)));
+                                                   std::move(address), UcxRdmaAvailable(options)));
   if (tuning.progress_thread) {
     FERRY_ASSIGN_OR_RETURN(t->progress_, ucx::ProgressThread::Start(t->worker_.get()));
   }

@@ -35,8 +35,20 @@ struct UcxTuning {
   std::vector<std::pair<std::string, std::string>> extra_config;
 };
 
+// Never starts UCX's tcp transport (see UcxTlsSetting). Starts whether or not an RDMA device
+// exists: EngineCore decides that (ucx_without_rdma).
 StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options,
                                                         const UcxTuning& tuning);
+
+// Whether this host has an RDMA device that `options` (ucx_transports, ucx_net_devices) lets
+// UCX use.
+bool UcxRdmaAvailable(const TransferEngineOptions& options);
+
+// The UCX_TLS value for `requested` (TransferEngineOptions::ucx_transports): UCX's tcp transport
+// removed. Empty or "all": "^tcp"; a negated list gets ",tcp" appended; a list that names tcp
+// (or "all") is InvalidArgument. UCX over tcp emulates gets in software and serves any address
+// to any peer that reaches its listening port, before any authentication.
+StatusOr<std::string> UcxTlsSetting(const std::string& requested);
 
 }  // namespace ferry::internal
 

@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "transfer/transfer_test_util.h"
 #include "transfer/transport.h"
 
 namespace ferry::internal {
@@ -451,6 +452,42 @@ TEST_F(UcxTransportTest, RemovedRegionIsNotReadableThroughANewBlobAndNothingCras
       before->Read({{0, 0, dst.data, 1 << 20}}, c2.ctl(absl::Now() + absl::Seconds(5)));
   EXPECT_TRUE(stale.ok() || stale.code() == absl::StatusCode::kUnavailable) << stale;
   EXPECT_TRUE(source.Alive());
+}
+
+// UCX's tcp transport emulates gets in software and served any address of a source to whoever
+// reached its port, with no token and no blob. It is never started: a UCX transport listens on
+// no TCP port, whatever the options ask.
+TEST(UcxTransportSecurityTest, StartsNoTcpListener) {
+  const std::set<uint16_t> before = ferry::testing::ListeningTcpPorts();
+  TransferEngineOptions o = LoopbackOptions();
+  auto t = CreateUcxTransport(o, UcxTuning{});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(ferry::testing::ListeningTcpPorts(), before);
+  o.ucx_transports = "^ud";  // a negated list that does not name tcp still excludes it
+  auto negated = CreateUcxTransport(o, UcxTuning{});
+  ASSERT_TRUE(negated.ok()) << negated.status();
+  EXPECT_EQ(ferry::testing::ListeningTcpPorts(), before);
+  (*t)->Stop();
+  (*negated)->Stop();
+}
+
+TEST(UcxTransportSecurityTest, RefusesTransportListsThatNameTcp) {
+  for (const char* tls : {"tcp", "sm,tcp", "all,self"}) {
+    TransferEngineOptions o = LoopbackOptions();
+    o.ucx_transports = tls;
+    auto t = CreateUcxTransport(o, UcxTuning{});
+    ASSERT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << tls;
+    EXPECT_THAT(t.status().message(), HasSubstr("use ferry's own tcp transport")) << tls;
+  }
+  UcxTuning tuning;
+  tuning.extra_config = {{"TLS", "tcp"}};
+  EXPECT_EQ(CreateUcxTransport(LoopbackOptions(), tuning).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(*UcxTlsSetting(""), "^tcp");
+  EXPECT_EQ(*UcxTlsSetting("all"), "^tcp");
+  EXPECT_EQ(*UcxTlsSetting("^ud"), "^ud,tcp");
+  EXPECT_EQ(*UcxTlsSetting("^tcp,ud"), "^tcp,ud");
+  EXPECT_EQ(*UcxTlsSetting("sm,self"), "sm,self");
 }
 
 }  // namespace

@@ -1,0 +1,71 @@
+// Health of a listening socket seen from inside its own process, and the descriptor limit.
+//
+// gRPC 1.51 (Debian's) stops accepting on a listener for good once accept() fails with EMFILE:
+// the server then looks alive (its threads run, heartbeats go out) while every new connection
+// waits in the kernel's backlog forever. ProbeListener tells the two apart from the outside;
+// ListenerWatch runs it periodically so that /healthz and a source's READY record can say so.
+#ifndef FERRY_COMMON_LISTENER_PROBE_H_
+#define FERRY_COMMON_LISTENER_PROBE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "ferry/status.h"
+
+namespace ferry::internal {
+
+// Connects to 127.0.0.1:`port` (or [::1] when `ipv6`), sends bytes that neither HTTP/2 nor TLS
+// accepts, and waits for the server to close the connection. OK when it does within `timeout`;
+// Unavailable naming the port when it does not (nobody is accepting), when the connection is
+// refused, or when this process cannot open a socket (out of descriptors).
+Status ProbeListener(uint16_t port, absl::Duration timeout, bool ipv6 = false);
+
+// Runs ProbeListener every `interval` on a thread it owns. After `failures` probes in a row
+// fail, healthy() turns false and `on_unhealthy` runs once (on the watch thread) with the
+// failure; a later success turns it true again. Thread-safe.
+class ListenerWatch {
+ public:
+  struct Options {
+    uint16_t port = 0;
+    bool ipv6 = false;
+    std::string what;  // "worker endpoint", "gRPC listener": for messages
+    absl::Duration interval = absl::Seconds(5);
+    absl::Duration timeout = absl::Seconds(2);
+    int failures = 2;
+    std::function<void(const Status&)> on_unhealthy;
+  };
+  static std::unique_ptr<ListenerWatch> Start(Options options);
+  ~ListenerWatch();  // Stop()
+  ListenerWatch(const ListenerWatch&) = delete;
+  ListenerWatch& operator=(const ListenerWatch&) = delete;
+
+  // OK while healthy; else the last failure, saying what to do.
+  Status health() const;
+  void Stop();  // idempotent
+
+ private:
+  explicit ListenerWatch(Options options) : options_(std::move(options)) {}
+  void Loop();
+
+  const Options options_;
+  absl::Notification stop_;
+  std::thread thread_;
+  mutable absl::Mutex mu_;
+  Status health_ ABSL_GUARDED_BY(mu_);
+};
+
+// Raises this process's soft limit on open descriptors to its hard limit, so that a flood of
+// connections meets the bounds of ferry's own listeners before it meets EMFILE. Returns the
+// new soft limit. For main() and the Python module's import; libraries never call it.
+StatusOr<uint64_t> RaiseOpenFileLimit();
+
+}  // namespace ferry::internal
+
+#endif  // FERRY_COMMON_LISTENER_PROBE_H_
