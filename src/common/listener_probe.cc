@@ -2,12 +2,15 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -18,13 +21,31 @@
 namespace ferry::internal {
 namespace {
 
-// Not an HTTP/2 preface and not a TLS record (0x66 is no TLS content type): a live gRPC server
-// closes the connection as soon as it reads it.
-constexpr char kProbeBytes[] = "ferry-probe\r\n\r\n";
-
-int PollMs(absl::Time deadline) {
-  const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-  return ms <= 0 ? 0 : static_cast<int>(std::min<int64_t>(ms, 100));
+// The accept backlog (connections the kernel completed that nobody has accepted yet) of the
+// listening sockets on `port`, from /proc/net/tcp{,6}: for a LISTEN socket its rx_queue
+// column. -1 when no listener is found.
+// Both tables: gRPC binds 127.0.0.1 as a v4-mapped address on an IPv6 socket.
+int64_t AcceptBacklog(uint16_t port) {
+  int64_t found = -1;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::string slot, local, remote, state, queues;
+      fields >> slot >> local >> remote >> state >> queues;
+      if (state != "0A") continue;  // LISTEN
+      const size_t colon = local.rfind(':');
+      if (colon == std::string::npos || std::stoul(local.substr(colon + 1), nullptr, 16) != port) {
+        continue;
+      }
+      const size_t q = queues.find(':');
+      if (q == std::string::npos) continue;
+      found = std::max<int64_t>(found, std::stoll(queues.substr(q + 1), nullptr, 16));
+    }
+  }
+  return found;
 }
 
 }  // namespace
@@ -34,7 +55,7 @@ Status ProbeListener(uint16_t port, absl::Duration timeout, bool ipv6) {
   const auto unavailable = [&](const std::string& why) {
     return absl::UnavailableError(absl::StrCat("the listener on ", where, " ", why));
   };
-  Fd fd(::socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  Fd fd(::socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
     return unavailable(absl::StrCat("cannot be probed: this process cannot open a socket (",
                                     ErrnoText(errno), "); raise the descriptor limit"));
@@ -54,36 +75,28 @@ Status ProbeListener(uint16_t port, absl::Duration timeout, bool ipv6) {
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     len = sizeof(a);
   }
-  const absl::Time deadline = absl::Now() + timeout;
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 && errno != EINPROGRESS) {
+  // On loopback the kernel completes the handshake at once, accepted or not: the connection
+  // then sits in the listener's backlog until the server calls accept().
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     return unavailable(absl::StrCat("refused a connection: ", ErrnoText(errno)));
   }
-  pollfd p{fd.get(), POLLOUT, 0};
-  while (::poll(&p, 1, PollMs(deadline)) == 0) {
-    if (absl::Now() >= deadline) return unavailable("did not complete a TCP handshake in time");
-  }
-  int err = 0;
-  socklen_t err_len = sizeof(err);
-  ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &err_len);
-  if (err != 0) return unavailable(absl::StrCat("refused a connection: ", ErrnoText(err)));
-  if (::send(fd.get(), kProbeBytes, sizeof(kProbeBytes) - 1, MSG_NOSIGNAL) < 0) {
-    return unavailable(absl::StrCat("dropped the probe: ", ErrnoText(errno)));
-  }
+  // A live server empties its backlog within milliseconds; one whose accept loop stopped never
+  // does. Nothing is sent, so the server only sees a connection close (no handshake error).
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Duration pause = absl::Milliseconds(1);
   for (;;) {
-    p = pollfd{fd.get(), POLLIN, 0};
-    const int rc = ::poll(&p, 1, PollMs(deadline));
-    if (rc > 0) {
-      char buf[512];
-      const ssize_t n = ::recv(fd.get(), buf, sizeof(buf), 0);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return absl::OkStatus();
-      continue;  // an answer (a TLS alert, an HTTP/2 GOAWAY): the close follows
-    }
+    const int64_t backlog = AcceptBacklog(port);
+    if (backlog == 0) return absl::OkStatus();
+    if (backlog < 0) return unavailable("is not listening");
     if (absl::Now() >= deadline) {
       return unavailable(absl::StrCat(
-          "is not accepting connections (a probe waited ", absl::FormatDuration(timeout),
-          " in its backlog); the process likely ran out of descriptors, and its accept loop "
-          "does not recover: restart it"));
+          "is not accepting connections (", backlog, " waiting in its backlog after ",
+          absl::FormatDuration(timeout),
+          "); the process likely ran out of descriptors, and its accept loop does not recover: "
+          "restart it"));
     }
+    absl::SleepFor(pause);  // polling the kernel's table; nothing to wait on
+    pause = std::min(pause * 2, absl::Milliseconds(50));
   }
 }
 

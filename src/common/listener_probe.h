@@ -21,10 +21,11 @@
 
 namespace ferry::internal {
 
-// Connects to 127.0.0.1:`port` (or [::1] when `ipv6`), sends bytes that neither HTTP/2 nor TLS
-// accepts, and waits for the server to close the connection. OK when it does within `timeout`;
-// Unavailable naming the port when it does not (nobody is accepting), when the connection is
-// refused, or when this process cannot open a socket (out of descriptors).
+// Connects to 127.0.0.1:`port` (or [::1] when `ipv6`) and watches the listener's accept backlog
+// (/proc/net/tcp, this network namespace) until it is empty: OK when the server accepted within
+// `timeout`; Unavailable naming the port when the backlog does not drain (nobody accepts), when
+// the connection is refused, or when this process cannot open a socket (out of descriptors).
+// Sends nothing, so TLS servers log no handshake error.
 Status ProbeListener(uint16_t port, absl::Duration timeout, bool ipv6 = false);
 
 // Runs ProbeListener every `interval` on a thread it owns. After `failures` probes in a row

@@ -458,9 +458,8 @@ TEST_F(FailedWriteTest, WriteErrorMidwayIsReportedAndCleanedUp) {
     if (s.code() != absl::ErrnoToStatusCode(EFBIG)) _exit(12);
     const std::string m(s.message());
     if (m.find("writing safetensors file " + path_ +
-               ": writing 1048576 bytes at data offset 0 "
-               "to " +
-               path_ + ".tmp.") == std::string::npos) {
+               ": writing 1048576 bytes at data offset 0 to an unnamed temporary file beside " +
+               path_) == std::string::npos) {
       _exit(13);
     }
     if (m.find("File too large") == std::string::npos) _exit(14);
@@ -477,8 +476,9 @@ TEST(SafetensorsWriterTest, MissingDirectoryIsNotFound) {
   const std::string path = dir.path() + "/no/such/dir/m.safetensors";
   const Status s = WriteSafetensorsAtomic(path, {}, {}, nullptr, 0);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("writing safetensors file " + path +
-                                                  ": creating temporary file " + path + ".tmp."));
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("writing safetensors file " + path + ": creating a temporary file in " +
+                        dir.path() + "/no/such/dir failed"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("check that the directory exists"));
 }
 

@@ -30,10 +30,10 @@ StatusOr<std::unique_ptr<Serving>> Serving::Start(
   watch.ipv6 = absl::StartsWith(serving->server_->endpoint(), "[");
   watch.what = absl::StrCat("worker endpoint ", serving->server_->endpoint());
   watch.interval = serving_options.listener_probe_interval;
-  Publisher* publisher = serving->publisher_.get();
-  watch.on_unhealthy = [publisher](const Status& s) {
+  Publisher* heartbeats = serving->publisher_.get();
+  watch.on_unhealthy = [heartbeats](const Status& s) {
     spdlog::error("{}; marking this source STALE so that targets stop picking it", s.message());
-    publisher->Stop();
+    heartbeats->Stop();
   };
   if (watch.interval > absl::ZeroDuration()) {
     serving->watch_ = ferry::internal::ListenerWatch::Start(std::move(watch));
