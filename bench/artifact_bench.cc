@@ -869,6 +869,7 @@ int main(int argc, char** argv) {
              "127.0.0.1:0",
              "--ucx-net-devices",
              "lo",
+             "--ucx-without-rdma",  // serve the ucx runs too (no RDMA device here)
              "--ready-file",
              ready};
   po.log_file = work + "/publish.log";

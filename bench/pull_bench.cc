@@ -130,6 +130,7 @@ Source Publish(const std::string& server, const std::string& file, const std::st
             "127.0.0.1:0",
             "--ucx-net-devices",
             "lo",
+            "--ucx-without-rdma",  // serve the ucx runs too (no RDMA device here)
             "--ready-file",
             ready};
   o.log_file = absl::StrCat(Dir(), "/publish-", n, ".log");

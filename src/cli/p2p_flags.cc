@@ -64,10 +64,10 @@ StatusOr<SourceIdentity> BuildIdentity(const IdentityFlags& flags) {
 void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
   const std::string group = "Data plane";
   cmd->add_option("--transport", flags.transport,
-                  serving
-                      ? "transports to serve: auto (shared memory, UCX and TCP), shm, ucx or tcp"
-                      : "transport to read with: auto (shared memory for a source on this "
-                        "host, UCX when both ends have RDMA, else TCP), shm, ucx or tcp")
+                  serving ? "transports to serve: auto (shared memory, UCX where an RDMA device "
+                            "exists, and TCP), shm, ucx or tcp"
+                          : "transport to read with: auto (shared memory for a source on this "
+                            "host, UCX when both ends have RDMA, else TCP), shm, ucx or tcp")
       ->capture_default_str()
       ->group(group);
   cmd->add_option("--data-listen", flags.data_listen,
@@ -86,6 +86,10 @@ void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
   cmd->add_option("--ucx-net-devices", flags.ucx_net_devices,
                   "UCX network devices, as UCX_NET_DEVICES (e.g. mlx5_0:1, or lo)")
       ->group(group);
+  cmd->add_flag("--ucx-without-rdma", flags.ucx_without_rdma,
+                "start UCX even without an RDMA device (shared memory between local processes; "
+                "--transport ucx implies it). UCX's tcp transport is never used")
+      ->group(group);
 }
 
 StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
@@ -100,7 +104,7 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
   options.enable_ucx = all || kind == TransportKind::kUcx;
   options.enable_tcp = all || kind == TransportKind::kTcp;
   // Asked for by name: UCX also over shared memory without RDMA. Under auto, only with RDMA.
-  options.ucx_without_rdma = kind == TransportKind::kUcx;
+  options.ucx_without_rdma = flags.ucx_without_rdma || kind == TransportKind::kUcx;
   options.tcp_listen = flags.data_listen;
   options.advertise_host = flags.advertise_host;
   if (flags.tcp_streams > 0) options.tcp_streams = flags.tcp_streams;

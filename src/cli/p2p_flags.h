@@ -46,9 +46,11 @@ struct EngineFlags {
   std::string advertise_host;
   int tcp_streams = 0;  // 0: the engine's default
   std::string ucx_net_devices;
+  bool ucx_without_rdma = false;  // --ucx-without-rdma; implied by --transport ucx
 };
 
-// --transport, --data-listen, --advertise-host, --tcp-streams, --ucx-net-devices.
+// --transport, --data-listen, --advertise-host, --tcp-streams, --ucx-net-devices,
+// --ucx-without-rdma.
 void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving);
 // Engine options: `serving` (publish) enables both transports for "auto"; a target enables
 // what it may use. `*transport` receives the parsed --transport.
