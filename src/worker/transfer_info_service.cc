@@ -1,46 +1,19 @@
 #include "worker/transfer_info_service.h"
 
 #include <string>
-#include <vector>
-
-#include "grpcpp/impl/rpc_service_method.h"
-#include "grpcpp/support/method_handler.h"
 
 namespace ferry::worker::internal {
-namespace {
-
-grpc::Slice BodyOf(const WorkerState* state) {
-  if (state == nullptr) return grpc::Slice();
-  const std::string& body = state->transfer_info_body();
-  return grpc::Slice(body.data(), body.size());  // the one copy every answer refers to
-}
-
-}  // namespace
 
 TransferInfoService::TransferInfoService(const WorkerState* state, const ArtifactState* artifacts,
                                          RequestGate* gate)
-    : state_(state), artifacts_(artifacts), gate_(gate), body_(BodyOf(state)) {
-  // What ferry/v1/worker.grpc.pb.cc's FerryWorkerService::Service does, with a ByteBuffer
-  // answer for GetTransferInfo.
-  AddMethod(new grpc::internal::RpcServiceMethod(
-      "/ferry.v1.FerryWorkerService/GetTransferInfo", grpc::internal::RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<TransferInfoService, grpc::ByteBuffer, grpc::ByteBuffer>(
-          [](TransferInfoService* service, grpc::ServerContext* context,
-             const grpc::ByteBuffer* request, grpc::ByteBuffer* response) {
-            return service->GetTransferInfo(context, request, response);
-          },
-          this)));
-  AddMethod(new grpc::internal::RpcServiceMethod(
-      "/ferry.v1.FerryWorkerService/GetArtifactTransferInfo", grpc::internal::RpcMethod::NORMAL_RPC,
-      new grpc::internal::RpcMethodHandler<TransferInfoService,
-                                           ferry::v1::GetArtifactTransferInfoRequest,
-                                           ferry::v1::GetArtifactTransferInfoResponse>(
-          [](TransferInfoService* service, grpc::ServerContext* context,
-             const ferry::v1::GetArtifactTransferInfoRequest* request,
-             ferry::v1::GetArtifactTransferInfoResponse* response) {
-            return service->GetArtifactTransferInfo(context, request, response);
-          },
-          this)));
+    : state_(state),
+      artifacts_(artifacts),
+      gate_(gate),
+      body_(state == nullptr ? grpc::Slice() : PreparedSlice(state->transfer_info_body())) {
+  AddUnary("/ferry.v1.FerryWorkerService/GetTransferInfo", this,
+           &TransferInfoService::GetTransferInfo);
+  AddUnary("/ferry.v1.FerryWorkerService/GetArtifactTransferInfo", this,
+           &TransferInfoService::GetArtifactTransferInfo);
 }
 
 grpc::Status TransferInfoService::GetTransferInfo(grpc::ServerContext* context,
@@ -53,15 +26,8 @@ grpc::Status TransferInfoService::GetTransferInfo(grpc::ServerContext* context,
                         "this worker endpoint serves an artifact, not tensors; ask "
                         "GetArtifactTransferInfo");
   }
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (request->Dump(&slices).ok()) {
-    for (const grpc::Slice& s : slices) {
-      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    }
-  }
   ferry::v1::GetTransferInfoRequest parsed;
-  if (!parsed.ParseFromString(bytes)) {
+  if (!ParseRawRequest(*request, &parsed)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "the GetTransferInfo request does not parse as a "
                         "ferry.v1.GetTransferInfoRequest; send one");
@@ -72,13 +38,10 @@ grpc::Status TransferInfoService::GetTransferInfo(grpc::ServerContext* context,
   if (!check.ok()) {
     return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
   }
-  // Field 1 (mx_source_id) first, then the prepared fields 2..8: the bytes of the whole
-  // GetTransferInfoResponse. proto3 does not serialize an empty mx_source_id.
+  // Field 1 (mx_source_id), then the prepared fields 2..8: the bytes of the whole response.
   ferry::v1::GetTransferInfoResponse head;
   head.set_mx_source_id(mx_source_id);
-  const std::string head_bytes = head.SerializeAsString();
-  const grpc::Slice parts[2] = {grpc::Slice(head_bytes), body_};
-  *response = head_bytes.empty() ? grpc::ByteBuffer(&parts[1], 1) : grpc::ByteBuffer(parts, 2);
+  *response = AnswerOf({grpc::Slice(head.SerializeAsString()), body_});
   return grpc::Status::OK;
 }
 

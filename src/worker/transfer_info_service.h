@@ -1,28 +1,23 @@
 // ferry.v1.FerryWorkerService: GetTransferInfo, what a ferry target needs to connect to a
 // source's transfer engine (the blob) and to verify what it read (per-tensor XXH3-64).
 //
-// GetTransferInfo is served raw: the answer never changes while the model is served, so it is
-// serialized once, when the service is built, and every request is answered with references to
-// those same bytes plus the few bytes of mx_source_id. A per-request copy of a 100,000-tensor
-// answer cost tens of MB per request, held until the target read it. The service registers
-// its two methods itself (as generated code does) so that GetTransferInfo can take and give a
-// grpc::ByteBuffer on the synchronous API: gRPC 1.51 stalls sync methods when callback methods
-// share the server, and generated code offers a raw method only as async or callback.
+// GetTransferInfo is served raw (raw_service.h): the answer is serialized once, by WorkerState,
+// and every request is answered with a reference to those bytes plus its mx_source_id. A
+// per-request copy of a 100,000-tensor answer cost tens of MB per request, held until the
+// target read it.
 #ifndef FERRY_WORKER_TRANSFER_INFO_SERVICE_H_
 #define FERRY_WORKER_TRANSFER_INFO_SERVICE_H_
 
 #include "ferry/v1/worker.pb.h"
-#include "grpcpp/grpcpp.h"
-#include "grpcpp/impl/codegen/proto_utils.h"
-#include "grpcpp/impl/service_type.h"
 #include "worker/artifact_state.h"
+#include "worker/raw_service.h"
 #include "worker/request_gate.h"
 #include "worker/worker_state.h"
 
 namespace ferry::worker::internal {
 
 // Thread-safe. Borrows `state` and `gate`, which must outlive the service.
-class TransferInfoService final : public grpc::Service {
+class TransferInfoService final : public HandRegisteredService {
  public:
   // `state` (tensors) and `artifacts` may each be null.
   TransferInfoService(const WorkerState* state, const ArtifactState* artifacts, RequestGate* gate);
@@ -44,8 +39,7 @@ class TransferInfoService final : public grpc::Service {
   const WorkerState* const state_;
   const ArtifactState* const artifacts_;
   RequestGate* const gate_;
-  // state_->transfer_info_body() in one reference-counted slice that every answer refers to;
-  // empty without a state.
+  // state_->transfer_info_body(), the one copy every answer refers to; empty without a state.
   const grpc::Slice body_;
 };
 

@@ -107,6 +107,12 @@ StatusOr<std::unique_ptr<WorkerState>> WorkerState::Create(WorkerManifest manife
   info.set_total_bytes(total);
   info.mutable_metadata()->insert(m.metadata.begin(), m.metadata.end());
   state->transfer_info_body_ = info.SerializeAsString();
+  model_express::p2p::GetTensorManifestResponse tail;
+  state->FillTensorManifest("", &tail);
+  model_express::p2p::GetTensorManifestResponse head;
+  head.mutable_tensors()->Swap(tail.mutable_tensors());
+  state->tensor_manifest_head_ = head.SerializeAsString();  // field 1
+  state->tensor_manifest_tail_ = tail.SerializeAsString();  // fields 3..7
   return state;
 }
 

@@ -84,6 +84,12 @@ class WorkerState {
   // endpoint serves every request from this one copy (TransferInfoService).
   const std::string& transfer_info_body() const { return transfer_info_body_; }
 
+  // FillTensorManifest's answer without mx_source_id (field 2), serialized once in Create() in
+  // the two parts around it: field 1 (the tensors) and fields 3..7. head + field 2 + tail is
+  // byte for byte the whole answer (WorkerServiceImpl serves it so).
+  const std::string& tensor_manifest_head() const { return tensor_manifest_head_; }
+  const std::string& tensor_manifest_tail() const { return tensor_manifest_tail_; }
+
   // ModelExpress TensorDescriptors {name, addr = base + offset, size, device_id 0, torch dtype}.
   const model_express::p2p::TensorSourceMetadata& tensor_source() const { return tensor_source_; }
 
@@ -96,6 +102,8 @@ class WorkerState {
   // 100,000-tensor answer is megabytes, and the parsed form several times that.
   model_express::p2p::TensorSourceMetadata tensor_source_;
   std::string transfer_info_body_;
+  std::string tensor_manifest_head_;
+  std::string tensor_manifest_tail_;
 
   mutable absl::Mutex mu_;
   std::string mx_source_id_ ABSL_GUARDED_BY(mu_);

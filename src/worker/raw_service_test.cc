@@ -1,6 +1,7 @@
-// GetTransferInfo served from one prepared copy: the answer's bytes, and what many concurrent
-// requests cost when targets do not read their answers. Real gRPC over loopback.
-#include "worker/transfer_info_service.h"
+// GetTransferInfo and GetTensorManifest served from one prepared copy (raw_service.h): the
+// answers' bytes, and what many concurrent requests cost when targets do not read their
+// answers. Real gRPC over loopback.
+#include "worker/raw_service.h"
 
 #include <arpa/inet.h>
 #include <gmock/gmock.h>
@@ -20,12 +21,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/fd.h"
+#include "model_express/p2p.pb.h"
 #include "worker/worker_server.h"
 
 namespace ferry::worker {
 namespace {
 
-constexpr char kMethod[] = "/ferry.v1.FerryWorkerService/GetTransferInfo";
+constexpr char kTransferInfo[] = "/ferry.v1.FerryWorkerService/GetTransferInfo";
+constexpr char kTensorManifest[] = "/model_express.p2p.WorkerService/GetTensorManifest";
 
 std::unique_ptr<WorkerState> LargeState(int tensors) {
   WorkerManifest m;
@@ -70,7 +73,8 @@ int64_t RssBytes() {
 }
 
 // The raw answer to one request, as the bytes on the wire.
-StatusOr<std::string> RawCall(const std::string& endpoint, const std::string& request) {
+StatusOr<std::string> RawCall(const std::string& endpoint, const std::string& request,
+                              const char* method = kTransferInfo) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);  // a 100,000-tensor answer is several MB
   auto channel = grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), args);
@@ -80,7 +84,7 @@ StatusOr<std::string> RawCall(const std::string& endpoint, const std::string& re
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   grpc::Slice in(request);
   grpc::ByteBuffer request_buffer(&in, 1);
-  auto call = stub.PrepareUnaryCall(&ctx, kMethod, request_buffer, &cq);
+  auto call = stub.PrepareUnaryCall(&ctx, method, request_buffer, &cq);
   call->StartCall();
   grpc::ByteBuffer response;
   grpc::Status status;
@@ -101,40 +105,52 @@ StatusOr<std::string> RawCall(const std::string& endpoint, const std::string& re
   return out;
 }
 
-TEST(TransferInfoServiceTest, AnswerIsTheSerializedResponseByteForByte) {
+TEST(RawServiceTest, AnswersAreTheSerializedResponsesByteForByte) {
   auto state = LargeState(1000);
   ASSERT_NE(state, nullptr);
   auto server = Start(state.get());
   ASSERT_NE(server, nullptr);
   for (const std::string sid : {"", "5a5f555570065064"}) {
     state->SetMxSourceId(sid);
-    ferry::v1::GetTransferInfoResponse expected;
-    state->FillTransferInfo(sid, &expected);
-    EXPECT_EQ(expected.tensors_size(), 1000);
-    EXPECT_EQ(expected.mx_source_id(), sid);
-    ferry::v1::GetTransferInfoRequest request;
-    request.set_worker_id("w-1");
-    auto got = RawCall(server->endpoint(), request.SerializeAsString());
+    ferry::v1::GetTransferInfoResponse info;
+    state->FillTransferInfo(sid, &info);
+    EXPECT_EQ(info.tensors_size(), 1000);
+    EXPECT_EQ(info.mx_source_id(), sid);
+    ferry::v1::GetTransferInfoRequest info_request;
+    info_request.set_worker_id("w-1");
+    auto got = RawCall(server->endpoint(), info_request.SerializeAsString(), kTransferInfo);
     ASSERT_TRUE(got.ok()) << got.status();
-    EXPECT_TRUE(*got == expected.SerializeAsString())
-        << "answer differs for mx_source_id '" << sid << "' (" << got->size() << " bytes)";
+    EXPECT_TRUE(*got == info.SerializeAsString())
+        << "GetTransferInfo answer differs for mx_source_id '" << sid << "'";
+
+    model_express::p2p::GetTensorManifestResponse manifest;
+    state->FillTensorManifest(sid, &manifest);
+    EXPECT_EQ(manifest.tensors_size(), 1000);
+    model_express::p2p::GetTensorManifestRequest manifest_request;
+    manifest_request.set_mx_source_id(sid);
+    got = RawCall(server->endpoint(), manifest_request.SerializeAsString(), kTensorManifest);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(*got == manifest.SerializeAsString())
+        << "GetTensorManifest answer differs for mx_source_id '" << sid << "'";
   }
   // The request checks still apply, and a request that is not one is refused.
-  ferry::v1::GetTransferInfoRequest other;
-  other.set_worker_id("w-0");
-  auto mismatch = RawCall(server->endpoint(), other.SerializeAsString());
-  EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(mismatch.status().message(), ::testing::HasSubstr("worker_id mismatch"));
-  auto garbage = RawCall(server->endpoint(), std::string("\xff\xff\xff", 3));
-  EXPECT_EQ(garbage.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(garbage.status().message(), ::testing::HasSubstr("does not parse as a"));
+  for (const char* method : {kTransferInfo, kTensorManifest}) {
+    ferry::v1::GetTransferInfoRequest other;  // same fields as GetTensorManifestRequest
+    other.set_worker_id("w-0");
+    auto mismatch = RawCall(server->endpoint(), other.SerializeAsString(), method);
+    EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kFailedPrecondition) << method;
+    EXPECT_THAT(mismatch.status().message(), ::testing::HasSubstr("worker_id mismatch"));
+    auto garbage = RawCall(server->endpoint(), std::string("\xff\xff\xff", 3), method);
+    EXPECT_EQ(garbage.status().code(), absl::StatusCode::kInvalidArgument) << method;
+    EXPECT_THAT(garbage.status().message(), ::testing::HasSubstr("request does not parse as a"));
+  }
 }
 
 // A minimal HTTP/2 client that asks for answers and never reads them: it announces a stream
 // window of 0, so the endpoint must hold every answer until the target would read it.
 class StalledTarget {
  public:
-  static StatusOr<StalledTarget> Connect(int port) {
+  static StatusOr<StalledTarget> Connect(int port, const char* method) {
     ferry::internal::Fd fd(socket(AF_INET, SOCK_STREAM, 0));
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -143,14 +159,14 @@ class StalledTarget {
     if (fd.get() < 0 || connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
       return absl::UnavailableError(absl::StrCat("cannot connect to port ", port));
     }
-    StalledTarget t(std::move(fd), port);
+    StalledTarget t(std::move(fd), port, method);
     std::string out = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     Frame(&out, 0x4, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6));  // INITIAL_WINDOW_SIZE 0
     FERRY_RETURN_IF_ERROR(t.Send(out));
     return t;
   }
 
-  // Sends GetTransferInfo on `count` new streams.
+  // Sends an empty request for the method on `count` new streams.
   Status Request(int count) {
     std::string out;
     for (int i = 0; i < count; ++i) {
@@ -160,7 +176,7 @@ class StalledTarget {
       for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
                {":method", "POST"},
                {":scheme", "http"},
-               {":path", kMethod},
+               {":path", method_},
                {":authority", absl::StrCat("127.0.0.1:", port_)},
                {"content-type", "application/grpc"},
                {"te", "trailers"}}) {
@@ -219,7 +235,8 @@ class StalledTarget {
   }
 
  private:
-  StalledTarget(ferry::internal::Fd fd, int port) : fd_(std::move(fd)), port_(port) {}
+  StalledTarget(ferry::internal::Fd fd, int port, const char* method)
+      : fd_(std::move(fd)), port_(port), method_(method) {}
 
   static void Frame(std::string* out, uint8_t type, uint8_t flags, uint32_t stream,
                     const std::string& payload) {
@@ -248,6 +265,7 @@ class StalledTarget {
 
   ferry::internal::Fd fd_;
   int port_;
+  const char* method_;
   uint32_t next_stream_ = 1;
   std::string in_;
   std::set<uint32_t> answered_;
@@ -255,14 +273,21 @@ class StalledTarget {
 
 // Regression: every GetTransferInfo built and serialized its own copy of the answer, and gRPC
 // held each until the target read it: 300 requests against a 100,000-tensor source took the
-// endpoint from 147 MB to 3.65 GB.
-TEST(TransferInfoServiceTest, UnreadAnswersShareOneCopy) {
+// endpoint from 147 MB to 3.65 GB. GetTensorManifest (ModelExpress's) did the same.
+class UnreadAnswersTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(UnreadAnswersTest, ShareOneCopy) {
   constexpr int kTensors = 100000;
   constexpr int kRequests = 64;
   constexpr int64_t kBound = 96ll << 20;
   auto state = LargeState(kTensors);
   ASSERT_NE(state, nullptr);
   const int64_t answer = [&] {
+    if (GetParam() == kTensorManifest) {
+      model_express::p2p::GetTensorManifestResponse full;
+      state->FillTensorManifest("", &full);
+      return static_cast<int64_t>(full.ByteSizeLong());
+    }
     ferry::v1::GetTransferInfoResponse full;
     state->FillTransferInfo("", &full);
     return static_cast<int64_t>(full.ByteSizeLong());
@@ -272,11 +297,11 @@ TEST(TransferInfoServiceTest, UnreadAnswersShareOneCopy) {
   auto server = Start(state.get());
   ASSERT_NE(server, nullptr);
   // Warm up the endpoint's threads and buffers with one answered request.
-  ASSERT_TRUE(RawCall(server->endpoint(), "").ok());
+  ASSERT_TRUE(RawCall(server->endpoint(), "", GetParam()).ok());
   const int64_t before = RssBytes();
   ASSERT_GT(before, 0);
 
-  auto target = StalledTarget::Connect(server->port());
+  auto target = StalledTarget::Connect(server->port(), GetParam());
   ASSERT_TRUE(target.ok()) << target.status();
   ASSERT_TRUE(target->Request(kRequests).ok());
   Status answered = target->AwaitAnswerHeaders(absl::Now() + absl::Seconds(60));
@@ -285,12 +310,17 @@ TEST(TransferInfoServiceTest, UnreadAnswersShareOneCopy) {
   EXPECT_LT(growth, kBound) << kRequests << " unread answers of " << answer << " bytes grew RSS by "
                             << growth << " bytes";
   // The endpoint still answers a target that reads.
-  ferry::v1::GetTransferInfoRequest request;
-  request.set_worker_id("w-1");
-  auto got = RawCall(server->endpoint(), request.SerializeAsString());
+  auto got = RawCall(server->endpoint(), "", GetParam());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->size(), static_cast<size_t>(answer));
 }
+
+INSTANTIATE_TEST_SUITE_P(WorkerEndpoint, UnreadAnswersTest,
+                         ::testing::Values(kTransferInfo, kTensorManifest),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return info.param == kTransferInfo ? "GetTransferInfo"
+                                                              : "GetTensorManifest";
+                         });
 
 }  // namespace
 }  // namespace ferry::worker
