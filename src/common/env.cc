@@ -20,6 +20,13 @@ constexpr EnvVar kTable[] = {
     {"FERRY_LOG_LEVEL", "", "info", "log level: trace, debug, info, warn, error (--log-level)"},
     {"FERRY_MAX_MESSAGE_SIZE", "", "100MiB",
      "largest gRPC message ferry-server accepts or sends (--max-message-size)"},
+    {"FERRY_MAX_RECORD_BYTES", "", "64MiB",
+     "largest worker record ferry-server stores, tensor list included (--max-record-bytes)"},
+    {"FERRY_MAX_RECORD_TENSORS", "", "262144",
+     "most tensors in one worker record ferry-server stores (--max-record-tensors)"},
+    {"FERRY_MAX_WORKERS_PER_PRINCIPAL", "", "4096",
+     "most workers one principal may own on ferry-server; without --auth-tokens all callers are "
+     "one principal (--max-workers-per-principal)"},
     {"FERRY_REAPER_SCAN_INTERVAL", "MX_REAPER_SCAN_INTERVAL_SECS", "30s",
      "how often the reaper scans the store (--reaper-scan-interval)"},
     {"FERRY_HEARTBEAT_TIMEOUT", "MX_HEARTBEAT_TIMEOUT_SECS", "90s",
@@ -136,6 +143,15 @@ StatusOr<size_t> ParseByteSize(absl::string_view text, absl::string_view what) {
         what, "='", text, "' is not a positive byte size; use e.g. 104857600, 100MiB or 1GiB"));
   }
   return static_cast<size_t>(n * mult);
+}
+
+StatusOr<uint64_t> ParsePositiveCount(absl::string_view text, absl::string_view what) {
+  uint64_t n = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &n) || n == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, "='", text, "' is not a positive whole number; use e.g. 4096"));
+  }
+  return n;
 }
 
 }  // namespace ferry::internal

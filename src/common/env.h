@@ -41,6 +41,10 @@ StatusOr<absl::Duration> ParsePositiveDuration(absl::string_view text, absl::str
 // Parses a byte size: "104857600", "100MiB", "4KiB", "1GiB". Rejects zero.
 StatusOr<size_t> ParseByteSize(absl::string_view text, absl::string_view what);
 
+// Parses a positive whole number ("4096"). Rejects zero, negative values and suffixes. `what` names
+// the flag or variable.
+StatusOr<uint64_t> ParsePositiveCount(absl::string_view text, absl::string_view what);
+
 }  // namespace ferry::internal
 
 #endif  // FERRY_COMMON_ENV_H_

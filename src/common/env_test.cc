@@ -44,5 +44,16 @@ TEST(EnvTest, ParsesByteSizes) {
   EXPECT_FALSE(ParseByteSize("0", "x").ok());
 }
 
+TEST(EnvTest, ParsesPositiveCounts) {
+  EXPECT_EQ(*ParsePositiveCount("4096", "x"), 4096u);
+  EXPECT_EQ(*ParsePositiveCount(" 1 ", "x"), 1u);
+  auto zero = ParsePositiveCount("0", "FERRY_MAX_WORKERS_PER_PRINCIPAL");
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(zero.status().message()),
+              HasSubstr("FERRY_MAX_WORKERS_PER_PRINCIPAL='0' is not a positive whole number"));
+  EXPECT_FALSE(ParsePositiveCount("-3", "x").ok());
+  EXPECT_FALSE(ParsePositiveCount("4k", "x").ok());
+}
+
 }  // namespace
 }  // namespace ferry::internal

@@ -17,6 +17,13 @@ StatusOr<std::unique_ptr<AdminHttp>> AdminHttp::Create(const std::string& host, 
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
+  // httplib's defaults (8 threads, 5 s keep-alive and read timeouts) let eight idle
+  // connections hold every thread for 5 s, so a liveness probe times out on a healthy server.
+  // More threads and 1 s timeouts bound what idle or slow clients can take (docs/operations.md).
+  http->new_task_queue = [] { return new httplib::ThreadPool(kAdminHttpThreads); };
+  http->set_keep_alive_timeout(kAdminHttpTimeoutSeconds);
+  http->set_read_timeout(kAdminHttpTimeoutSeconds, 0);
+  http->set_write_timeout(kAdminHttpTimeoutSeconds, 0);
   http->Get("/healthz", [store](const httplib::Request&, httplib::Response& res) {
     Status s = store->Ping();
     if (s.ok()) {

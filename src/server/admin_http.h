@@ -18,6 +18,15 @@ class Server;
 
 namespace ferry::server {
 
+// The admin port serves probes and scrapes, not traffic: a fixed pool of threads, each
+// connection holding one while it waits for a request. An idle connection is closed after
+// kAdminHttpTimeoutSeconds without a request; a request that stalls for that long mid-read or
+// mid-write is dropped. So fewer than kAdminHttpThreads idle or slow connections cannot delay
+// /healthz at all, and any number delays it by about kAdminHttpTimeoutSeconds per
+// kAdminHttpThreads of them (docs/operations.md, "Probes").
+inline constexpr int kAdminHttpThreads = 64;
+inline constexpr int kAdminHttpTimeoutSeconds = 1;
+
 class AdminHttp {
  public:
   // Binds `host` and `port` (0 picks a free port) at once, so a taken port fails Create().

@@ -1,7 +1,13 @@
 #include "server/admin_http.h"
 
-#include <thread>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
+#include <thread>
+#include <vector>
+
+#include "common/fd.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -38,6 +44,37 @@ TEST(AdminHttpTest, HealthzFollowsTheStoreAndMetricsCountRpcs) {
   ASSERT_TRUE(down);
   EXPECT_EQ(down->status, 503);
   EXPECT_THAT(down->body, HasSubstr("redis gone"));
+}
+
+// Regression: with httplib's defaults (8 threads, 5 s keep-alive timeout) eight idle
+// connections held every thread, and /healthz queued behind them for 5 s or more, long enough
+// for a liveness probe to restart a healthy server.
+TEST(AdminHttpTest, IdleConnectionsDoNotDelayHealthz) {
+  TestServer s;
+  s.server().Start();
+  constexpr int kIdle = 32;
+  std::vector<ferry::internal::Fd> idle;
+  for (int i = 0; i < kIdle; ++i) {
+    ferry::internal::Fd fd(socket(AF_INET, SOCK_STREAM, 0));
+    ASSERT_GE(fd.get(), 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(s.server().admin_port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    idle.push_back(std::move(fd));
+  }
+  // The probe connects after every idle connection, so it is accepted behind all of them.
+  httplib::Client http("127.0.0.1", s.server().admin_port());
+  http.set_read_timeout(4, 0);
+  const absl::Time start = absl::Now();
+  auto res = http.Get("/healthz");
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(res) << "no answer to /healthz within 4 s behind " << kIdle
+                   << " idle connections: " << httplib::to_string(res.error());
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->body, "ok\n");
+  EXPECT_LT(took, absl::Seconds(1)) << "behind " << kIdle << " idle connections";
 }
 
 TEST(AdminHttpTest, TakenPortFailsCreateNamingTheFlag) {

@@ -79,11 +79,11 @@ class AuthServerTest : public ::testing::Test {
     return o;
   }
   grpc::Status Publish(const char* token, const std::string& worker_id,
-                       p2p::PublishMetadataResponse* resp) {
+                       p2p::PublishMetadataResponse* resp, const std::string& model = "m") {
     grpc::ClientContext ctx;
     if (token != nullptr) ctx.AddMetadata("authorization", absl::StrCat("Bearer ", token));
     p2p::PublishMetadataRequest req;
-    req.mutable_identity()->set_model_name("m");
+    req.mutable_identity()->set_model_name(model);
     req.set_worker_id(worker_id);
     req.mutable_worker();
     return s_.p2p->PublishMetadata(&ctx, req, resp);
@@ -135,9 +135,34 @@ TEST_F(AuthServerTest, OnlyTheOwnerOrAnAdminChangesARecord) {
   EXPECT_TRUE(upd.success());
   EXPECT_TRUE(Update(kRootToken, sid, "w", &upd).ok());
   EXPECT_TRUE(upd.success());
-  // Bob's own worker is his.
-  ASSERT_TRUE(Publish(kBobToken, "bobs", &bob_pub).ok());
+  // Bob's own worker is his (under his own model identity: alice's identity is hers).
+  ASSERT_TRUE(Publish(kBobToken, "bobs", &bob_pub, "m-bob").ok());
   EXPECT_TRUE(bob_pub.success());
+}
+
+// Regression: any principal could add workers under another's model identity (mx_source_id),
+// and targets listing that identity would be sent to them.
+TEST_F(AuthServerTest, AnIdentityBelongsToThePrincipalThatFirstPublishedIt) {
+  p2p::PublishMetadataResponse resp;
+  ASSERT_TRUE(Publish(kAliceToken, "w", &resp).ok());
+  ASSERT_TRUE(resp.success()) << resp.message();
+  const std::string sid = resp.mx_source_id();
+  p2p::PublishMetadataResponse bob_pub;
+  grpc::Status st = Publish(kBobToken, "bobs-new-worker", &bob_pub);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  EXPECT_THAT(st.error_message(),
+              HasSubstr(absl::StrCat("source '", sid, "' belongs to principal 'alice'")));
+  EXPECT_THAT(st.error_message(), HasSubstr("only 'alice' or an admin principal may"));
+  // The owner and an admin may add workers.
+  ASSERT_TRUE(Publish(kAliceToken, "w2", &resp).ok());
+  EXPECT_TRUE(resp.success()) << resp.message();
+  ASSERT_TRUE(Publish(kRootToken, "rw", &resp).ok());
+  EXPECT_TRUE(resp.success()) << resp.message();
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", absl::StrCat("Bearer ", kAliceToken));
+  p2p::ListSourcesResponse list;
+  ASSERT_TRUE(s_.p2p->ListSources(&ctx, {}, &list).ok());
+  EXPECT_EQ(list.instances_size(), 3);
 }
 
 class TlsTest : public ::testing::Test {

@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
   std::optional<std::string> listen, admin_listen, store, log_level, scan, hb, gc, max_msg;
   std::string ready_file;
   std::optional<std::string> auth_tokens, admin_principals, tls_cert, tls_key, tls_client_ca;
+  std::optional<std::string> max_record_bytes, max_record_tensors, max_workers;
   bool help_env = false, version = false;
   std::string store_names;
   for (const auto& b : ferry::store::RegisteredStores()) {
@@ -87,6 +88,13 @@ int main(int argc, char** argv) {
   app.add_option("--gc-timeout", gc, "STALE records are deleted after this long (default 3600s)");
   app.add_option("--max-message-size", max_msg,
                  "largest gRPC message accepted or sent (default 100MiB)");
+  app.add_option("--max-record-bytes", max_record_bytes,
+                 "largest worker record stored, tensor list included (default 64MiB)");
+  app.add_option("--max-record-tensors", max_record_tensors,
+                 "most tensors in one worker record (default 262144)");
+  app.add_option("--max-workers-per-principal", max_workers,
+                 "most workers one principal may own; without --auth-tokens all callers are one "
+                 "principal (default 4096)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off (default info)");
   app.add_option("--ready-file", ready_file,
                  "write {\"grpc_port\":N,\"admin_port\":M} here once listening (for scripts and "
@@ -140,6 +148,27 @@ int main(int argc, char** argv) {
   auto msg_size = ferry::internal::ParseByteSize(msg_text, src);
   if (!msg_size.ok()) return Fail(msg_size.status());
   options.max_message_size = *msg_size;
+  const std::string record_text =
+      Resolve(max_record_bytes, "--max-record-bytes", "FERRY_MAX_RECORD_BYTES", "64MiB", &src);
+  auto record_bytes = ferry::internal::ParseByteSize(record_text, src);
+  if (!record_bytes.ok()) return Fail(record_bytes.status());
+  options.max_record_bytes = *record_bytes;
+  const std::tuple<std::optional<std::string>*, const char*, const char*, uint64_t> counts[] = {
+      {&max_record_tensors, "--max-record-tensors", "FERRY_MAX_RECORD_TENSORS",
+       options.max_record_tensors},
+      {&max_workers, "--max-workers-per-principal", "FERRY_MAX_WORKERS_PER_PRINCIPAL",
+       options.max_workers_per_principal},
+  };
+  uint64_t parsed_counts[2] = {};
+  for (size_t i = 0; i < 2; ++i) {
+    const auto& [value, flag, env, fallback] = counts[i];
+    const std::string text = Resolve(*value, flag, env, absl::StrCat(fallback), &src);
+    auto n = ferry::internal::ParsePositiveCount(text, src);
+    if (!n.ok()) return Fail(n.status());
+    parsed_counts[i] = *n;
+  }
+  options.max_record_tensors = parsed_counts[0];
+  options.max_workers_per_principal = parsed_counts[1];
 
   options.auth_tokens_file = Resolve(auth_tokens, "--auth-tokens", "FERRY_AUTH_TOKENS", "", &src);
   for (absl::string_view p : absl::StrSplit(

@@ -18,7 +18,8 @@ auto Measure(Metrics* metrics, const char* op, F&& call) {
     code = result.status().code();
   }
   const bool failed = code != absl::StatusCode::kOk && code != absl::StatusCode::kNotFound &&
-                      code != absl::StatusCode::kAborted;
+                      code != absl::StatusCode::kAborted &&
+                      code != absl::StatusCode::kResourceExhausted;
   metrics->ObserveStore(op, failed, absl::ToDoubleSeconds(absl::Now() - start));
   return result;
 }

@@ -100,6 +100,7 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext* context,
   record.worker = req->worker();
   record.owner = principal->name;
   record.override_owner = principal->admin;
+  record.max_owner_workers = options_.max_workers_per_principal;
   p2p::WorkerMetadata& w = record.worker;
   // One stored copy of the tensor list, in source_payload (contract 5.1); GetMetadata writes the
   // legacy copy back out.
@@ -108,12 +109,32 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext* context,
   }
   w.clear_tensors();
   const int tensor_count = w.has_tensor_source() ? w.tensor_source().tensors_size() : 0;
+  // What the store keeps must be bounded per record, not only per message: a message's worth of
+  // tiny tensors costs several times its size in memory (contract 14, docs/operations.md).
+  if (static_cast<size_t>(tensor_count) > options_.max_record_tensors) {
+    return refuse(absl::StrFormat(
+        "worker has %d tensors; the limit is %d tensors per record (ferry-server "
+        "--max-record-tensors); split the model over more workers or raise the limit",
+        tensor_count, options_.max_record_tensors));
+  }
+  if (const size_t bytes = w.ByteSizeLong(); bytes > options_.max_record_bytes) {
+    return refuse(absl::StrFormat(
+        "worker record is %d bytes; the limit is %d bytes (ferry-server --max-record-bytes); "
+        "split the model over more workers or raise the limit",
+        bytes, options_.max_record_bytes));
+  }
   // Server clock, and a record that is not READY yet is INITIALIZING, so the reaper can expire
   // it if its publisher dies before the first heartbeat (contract 14.2, 14.3).
   w.set_updated_at(options_.now_ms());
   if (w.status() == p2p::SOURCE_STATUS_UNKNOWN) w.set_status(p2p::SOURCE_STATUS_INITIALIZING);
 
   if (Status s = store_->Publish(record); !s.ok()) {
+    if (s.code() == absl::StatusCode::kResourceExhausted) {
+      return refuse(absl::StrCat(s.message(),
+                                 " (ferry-server --max-workers-per-principal); stop unused "
+                                 "publishers, let the reaper delete STALE records, or raise "
+                                 "the limit"));
+    }
     if (s.code() == absl::StatusCode::kPermissionDenied)
       metrics_->CountAuthFailure("permission_denied");
     return scope.Finish(StoreError(*store_, "publish", s), StoreOutcome(s));

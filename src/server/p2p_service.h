@@ -15,6 +15,10 @@
 
 namespace ferry::server {
 
+inline constexpr size_t kDefaultMaxRecordBytes = 64u << 20;       // --max-record-bytes
+inline constexpr size_t kDefaultMaxRecordTensors = 262144;        // --max-record-tensors
+inline constexpr uint64_t kDefaultMaxWorkersPerPrincipal = 4096;  // --max-workers-per-principal
+
 struct P2pServiceOptions {
   // ListSources(READY) leaves out workers not refreshed for longer than this.
   absl::Duration heartbeat_timeout = absl::Seconds(90);
@@ -22,6 +26,14 @@ struct P2pServiceOptions {
   std::function<int64_t()> now_ms;
   // Bearer-token authentication; null turns it off. Borrowed; must outlive the service.
   TokenAuthenticator* auth = nullptr;
+  // What one worker record may hold, as stored (the tensor list in source_payload): its
+  // serialized size, and the number of tensors in it. Larger publishes are refused
+  // (success=false). The defaults fit models of a few hundred thousand tensors.
+  size_t max_record_bytes = kDefaultMaxRecordBytes;
+  size_t max_record_tensors = kDefaultMaxRecordTensors;
+  // Workers one principal may own across all sources (all callers are one principal when
+  // authentication is off); a publish that would add one more is refused (success=false).
+  uint64_t max_workers_per_principal = kDefaultMaxWorkersPerPrincipal;
 };
 
 // Limits on request fields beyond ModelExpress's own checks, so that hostile requests are

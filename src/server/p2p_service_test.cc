@@ -205,6 +205,68 @@ TEST_F(P2pServiceTest, TensorPayloadRules) {
   EXPECT_EQ(gd.worker().transfer_engine_session_id(), "10.0.0.9:17000");
 }
 
+// Regression: twelve 85 MB publishes of tiny tensors took the memory store to 7.4 GB; a record's
+// tensor count and size are now bounded, with defaults that a real model fits.
+TEST_F(P2pServiceTest, RecordTensorCountIsBoundedAndARealModelFits) {
+  auto with_tensors = [&](const std::string& worker_id, int n) {
+    p2p::PublishMetadataRequest req = Request(worker_id);
+    auto* tensors = req.mutable_worker()->mutable_tensor_source()->mutable_tensors();
+    tensors->Reserve(n);
+    for (int i = 0; i < n; ++i) {
+      p2p::TensorDescriptor* t = tensors->Add();
+      t->set_name(absl::StrCat("model.layers.", i / 1000, ".mlp.experts.", i % 1000, ".weight"));
+      t->set_addr(0x7f0000000000ull + static_cast<uint64_t>(i) * 4096);
+      t->set_size(4096);
+      t->set_dtype("torch.bfloat16");
+    }
+    return req;
+  };
+  p2p::PublishMetadataResponse big = Publish(with_tensors("big", 100000));
+  EXPECT_TRUE(big.success()) << big.message();
+  EXPECT_THAT(big.message(), HasSubstr("100000 tensors"));
+  EXPECT_THAT(Workers(List({})), ::testing::ElementsAre("big"));
+
+  p2p::PublishMetadataResponse huge =
+      Publish(with_tensors("huge", static_cast<int>(kDefaultMaxRecordTensors) + 1));
+  EXPECT_FALSE(huge.success());
+  EXPECT_THAT(huge.message(), HasSubstr("worker has 262145 tensors; the limit is 262144 tensors "
+                                        "per record (ferry-server --max-record-tensors)"));
+  EXPECT_FALSE(Get(kBaseId, "huge").found());
+  EXPECT_THAT(Workers(List({})), ::testing::ElementsAre("big"));
+}
+
+TEST(P2pServiceLimitsTest, RecordBytesAndWorkersPerPrincipalAreBounded) {
+  ServerOptions options;
+  options.max_record_bytes = 1u << 20;
+  options.max_workers_per_principal = 3;
+  TestServer s(options);
+  auto publish = [&](const std::string& worker_id, size_t nixl_bytes = 0) {
+    grpc::ClientContext ctx;
+    p2p::PublishMetadataRequest req;
+    *req.mutable_identity() = BaseIdentity();
+    req.set_worker_id(worker_id);
+    req.mutable_worker()->set_worker_grpc_endpoint("10.1.1.1:6555");
+    req.mutable_worker()->set_nixl_metadata(std::string(nixl_bytes, 'x'));
+    p2p::PublishMetadataResponse resp;
+    grpc::Status st = s.p2p->PublishMetadata(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp;
+  };
+  p2p::PublishMetadataResponse fat = publish("fat", 2u << 20);
+  EXPECT_FALSE(fat.success());
+  EXPECT_THAT(fat.message(), HasSubstr("the limit is 1048576 bytes (ferry-server "
+                                       "--max-record-bytes)"));
+  for (const char* w : {"w1", "w2", "w3"}) {
+    p2p::PublishMetadataResponse ok = publish(w, 1000);
+    EXPECT_TRUE(ok.success()) << w << ": " << ok.message();
+  }
+  p2p::PublishMetadataResponse fourth = publish("w4");
+  EXPECT_FALSE(fourth.success());
+  EXPECT_THAT(fourth.message(), HasSubstr("already owns 3 workers, the limit (ferry-server "
+                                          "--max-workers-per-principal)"));
+  EXPECT_TRUE(publish("w1").success());  // re-publishing an existing worker is not a new one
+}
+
 TEST_F(P2pServiceTest, GetMetadataContract) {
   // Empty ids: found=false and nothing echoed.
   p2p::GetMetadataResponse empty = Get("", "w");

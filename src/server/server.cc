@@ -104,6 +104,16 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
         absl::StrCat("--max-message-size=", options.max_message_size,
                      " is out of range; use 1KiB to 2047MiB (default 100MiB)"));
   }
+  const std::pair<uint64_t, const char*> limits[] = {
+      {options.max_record_bytes, "--max-record-bytes"},
+      {options.max_record_tensors, "--max-record-tensors"},
+      {options.max_workers_per_principal, "--max-workers-per-principal"},
+  };
+  for (const auto& [value, flag] : limits) {
+    if (value == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, "=0 must be at least 1"));
+    }
+  }
   const std::pair<absl::Duration, const char*> durations[] = {
       {options.reaper_scan_interval, "--reaper-scan-interval"},
       {options.heartbeat_timeout, "--heartbeat-timeout"},
@@ -141,7 +151,9 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   }
   s.p2p_ = std::make_unique<P2pService>(
       s.store_.get(), s.metrics_.get(),
-      P2pServiceOptions{options.heartbeat_timeout, options.now_ms, s.auth_.get()});
+      P2pServiceOptions{options.heartbeat_timeout, options.now_ms, s.auth_.get(),
+                        options.max_record_bytes, options.max_record_tensors,
+                        options.max_workers_per_principal});
   s.health_ =
       std::make_unique<HealthService>(s.store_.get(), s.metrics_.get(), FERRY_VERSION, absl::Now());
   FERRY_ASSIGN_OR_RETURN(

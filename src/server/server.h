@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ferry/status.h"
+#include "server/p2p_service.h"
 #include "store/metadata_store.h"
 
 namespace grpc {
@@ -39,6 +40,10 @@ struct ServerOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(90);
   absl::Duration gc_timeout = absl::Seconds(3600);
   size_t max_message_size = 100u << 20;  // both directions
+  // Bounds on what the store keeps (P2pServiceOptions has the defaults and the meaning).
+  size_t max_record_bytes = kDefaultMaxRecordBytes;
+  size_t max_record_tensors = kDefaultMaxRecordTensors;
+  uint64_t max_workers_per_principal = kDefaultMaxWorkersPerPrincipal;
   absl::Duration drain_timeout = absl::Seconds(5);
   // How often the store is pinged to keep grpc.health.v1 truthful (NOT_SERVING while the
   // store is unreachable, SERVING again when it answers).

@@ -21,15 +21,42 @@ Status CheckOwner(const std::string& owner, const std::string& caller, bool over
 
 }  // namespace
 
+void MemoryStore::CountOwner(const std::string& owner, int delta) {
+  uint64_t& n = owner_workers_[owner];
+  n += delta;
+  if (n == 0) owner_workers_.erase(owner);
+}
+
 Status MemoryStore::Publish(const PublishRecord& record) {
   absl::MutexLock lock(&mu_);
+  const std::string* previous_owner = nullptr;  // of the worker, when it exists
   if (auto s = sources_.find(record.mx_source_id); s != sources_.end()) {
-    if (auto w = s->second.workers.find(record.worker_id); w != s->second.workers.end()) {
+    auto w = s->second.workers.find(record.worker_id);
+    if (w != s->second.workers.end()) {
       FERRY_RETURN_IF_ERROR(CheckOwner(w->second.owner, record.owner, record.override_owner,
                                        record.mx_source_id, record.worker_id));
+      previous_owner = &w->second.owner;
+    }
+    const std::string& source_owner = s->second.owner;
+    if (!record.override_owner && !record.owner.empty() && !source_owner.empty() &&
+        source_owner != record.owner) {
+      return internal::SourceOwnerDenied(source_owner, record.owner, record.mx_source_id);
     }
   }
-  Source& source = sources_[record.mx_source_id];
+  const bool counted = previous_owner != nullptr && *previous_owner == record.owner;
+  if (!counted && record.max_owner_workers > 0) {
+    auto n = owner_workers_.find(record.owner);
+    if (n != owner_workers_.end() && n->second >= record.max_owner_workers) {
+      return internal::OwnerWorkersExhausted(record.owner, record.max_owner_workers);
+    }
+  }
+  if (!counted) {
+    if (previous_owner != nullptr) CountOwner(*previous_owner, -1);
+    CountOwner(record.owner, +1);
+  }
+  auto [it, created] = sources_.try_emplace(record.mx_source_id);
+  Source& source = it->second;
+  if (created) source.owner = record.owner;
   source.identity = record.identity;
   source.training_step = TrainingStepOf(record.identity);
   source.layout_signature = LayoutSignatureOf(record.identity);
@@ -152,6 +179,7 @@ Status MemoryStore::RemoveWorker(const std::string& mx_source_id, const std::str
     return absl::AbortedError(absl::StrCat("remove_worker: worker '", worker_id,
                                            "' changed since version ", *expected_version));
   }
+  CountOwner(w->second.owner, -1);
   s->second.workers.erase(w);
   if (s->second.workers.empty()) sources_.erase(s);
   return absl::OkStatus();

@@ -43,15 +43,19 @@ class MemoryStore final : public MetadataStore {
     std::optional<uint64_t> training_step;  // derived once per publish, not per listing
     std::optional<std::string> layout_signature;
     absl::flat_hash_map<std::string, Worker> workers;
+    std::string owner;  // the principal whose Publish created the source; "" = unowned
   };
 
   MemoryStore() = default;
+  void CountOwner(const std::string& owner, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AppendSummaries(const std::string& source_id, const Source& source,
                        std::vector<WorkerSummary>* out) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Source> sources_ ABSL_GUARDED_BY(mu_);
   uint64_t next_version_ ABSL_GUARDED_BY(mu_) = 1;
+  // Workers per owner (entries at zero are erased), for PublishRecord::max_owner_workers.
+  absl::flat_hash_map<std::string, uint64_t> owner_workers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ferry::store

@@ -8,7 +8,8 @@
 //
 // Thread safety: every implementation is thread-safe; all methods may be called concurrently.
 // Errors: NotFound for a missing record, Aborted for a lost compare-and-set, PermissionDenied
-// when the caller does not own the worker, Unavailable when the backend cannot be reached.
+// when the caller does not own the worker or source, ResourceExhausted when a principal would
+// own too many workers, Unavailable when the backend cannot be reached.
 // Never NotFound for a backend failure.
 #ifndef FERRY_STORE_METADATA_STORE_H_
 #define FERRY_STORE_METADATA_STORE_H_
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "ferry/status.h"
 #include "model_express/p2p.pb.h"
 
@@ -37,8 +39,15 @@ struct PublishRecord {
   WorkerMetadata worker;  // the rank is worker.worker_rank()
   std::string owner;      // principal that published; empty when authentication is off
   // Ownership: a worker already owned by another non-empty principal may only be replaced when
-  // this is true (an admin); otherwise Publish fails with PermissionDenied.
+  // this is true (an admin); otherwise Publish fails with PermissionDenied. Likewise a source
+  // (mx_source_id) belongs to the non-empty principal whose Publish created it, until its last
+  // worker is removed: a Publish by another non-empty principal that is not override_owner is
+  // PermissionDenied, whichever worker it names.
   bool override_owner = false;
+  // When > 0: Publish fails with ResourceExhausted (and writes nothing) if it would give `owner`
+  // more than this many workers across all sources. Workers published with an empty owner
+  // (authentication off) count as one principal's. 0: no limit.
+  uint64_t max_owner_workers = 0;
 };
 
 // One worker as ListWorkers reports it: the representative rank's fields.
@@ -88,6 +97,26 @@ struct StatusUpdate {
   bool override_owner = false;
 };
 
+namespace internal {
+
+// The errors every backend returns for the source-ownership and owner-worker checks of Publish.
+inline Status SourceOwnerDenied(const std::string& owner, const std::string& caller,
+                                const std::string& source_id) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      "source '", source_id, "' belongs to principal '", owner,
+      "', which first published under it; principal '", caller,
+      "' may not publish workers under it: only '", owner, "' or an admin principal may"));
+}
+
+inline Status OwnerWorkersExhausted(const std::string& owner, uint64_t limit) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat(owner.empty() ? std::string("the anonymous principal (authentication off)")
+                                 : absl::StrCat("principal '", owner, "'"),
+                   " already owns ", limit, " workers, the limit"));
+}
+
+}  // namespace internal
+
 class MetadataStore {
  public:
   virtual ~MetadataStore() = default;
@@ -97,8 +126,9 @@ class MetadataStore {
 
   // Inserts or replaces the record of (mx_source_id, worker_id, worker.worker_rank()), makes
   // that rank the representative, records the owner, and replaces the source's stored
-  // identity. All or nothing. PermissionDenied (and nothing written) when the worker is owned
-  // by another principal and !override_owner.
+  // identity. All or nothing. PermissionDenied (and nothing written) when the worker or the
+  // source is owned by another principal and !override_owner; ResourceExhausted when the owner
+  // would exceed max_owner_workers.
   virtual Status Publish(const PublishRecord& record) = 0;
 
   // One summary per worker, in no particular order.

@@ -46,9 +46,31 @@ if sum then
   if not may_change(sum, ARGV[6], ARGV[7]) then return {'DENIED', sum.o} end
 elseif cur and ARGV[7] ~= '1' then
   return {'CORRUPT'}  -- its owner is unknown; an admin may replace it
-else
+end
+-- The source belongs to the principal whose publish created it (none when that was '').
+local source_owner = redis.call('HGET', KEYS[2], 'owner')
+if ARGV[7] ~= '1' and ARGV[6] ~= '' and source_owner and source_owner ~= '' and
+    source_owner ~= ARGV[6] then
+  return {'SOURCE_DENIED', source_owner}
+end
+-- Workers per owner: a new worker, or one changing hands, counts against the new owner.
+local previous = nil  -- nil: a new worker (or a corrupt one, whose owner is unknown)
+if sum then previous = sum.o or '' end
+if previous ~= ARGV[6] then
+  local limit = tonumber(ARGV[11])
+  local owned = tonumber(redis.call('HGET', KEYS[5], ARGV[6]) or '0')
+  if limit and limit > 0 and owned >= limit then return {'OWNER_FULL'} end
+  if previous ~= nil and redis.call('HINCRBY', KEYS[5], previous, -1) <= 0 then
+    redis.call('HDEL', KEYS[5], previous)
+  end
+  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
+end
+if not sum then
   if cur then redis.call('DEL', KEYS[3]) end  -- an admin replaces a corrupt worker whole
   sum = {r = {}}
+end
+if redis.call('EXISTS', KEYS[2]) == 0 and ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[2], 'owner', ARGV[6])
 end
 local v = next_version(KEYS[4])
 sum.v = v
@@ -90,15 +112,20 @@ constexpr char kRemove[] = R"lua(
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'NO_SOURCE'} end
 local cur = redis.call('HGET', KEYS[2], ARGV[2])
 if not cur then return {'NO_WORKER'} end
+local sum = decode(cur)
 if ARGV[3] ~= '' then
-  local sum = decode(cur)
   if not sum then return {'CORRUPT'} end
   if ARGV[3] ~= sum.v then return {'ABORTED', sum.v} end
 end
+if sum then  -- a corrupt summary names no owner to uncount
+  local owner = sum.o or ''
+  if redis.call('HINCRBY', KEYS[4], owner, -1) <= 0 then redis.call('HDEL', KEYS[4], owner) end
+end
 redis.call('DEL', KEYS[3])
 redis.call('HDEL', KEYS[2], ARGV[2])
--- The source goes away with its last worker: only its identity field is left.
-if redis.call('HLEN', KEYS[2]) <= 1 then
+-- The source goes away with its last worker: only its identity and owner fields are left.
+if redis.call('HLEN', KEYS[2]) - redis.call('HEXISTS', KEYS[2], 'identity') -
+    redis.call('HEXISTS', KEYS[2], 'owner') <= 0 then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[1], ARGV[1])
 end

@@ -3,9 +3,12 @@
 //
 //   ferry:sources                SET   of mx_source_ids that have at least one worker
 //   ferry:src:{sid}              HASH  identity -> serialized SourceIdentity (last writer wins)
+//                                      owner -> principal whose publish created the source
+//                                      (absent when that principal was "")
 //                                      w:{worker_id} -> worker summary JSON (below)
 //   ferry:rec:{sid'}:{worker_id} HASH  {rank} -> serialized WorkerMetadata, as published
 //   ferry:version                STRING version counter shared by all workers
+//   ferry:owners                 HASH  principal -> number of workers it owns ("" included)
 //
 // sid' is the mx_source_id with '%' and ':' %-escaped, so that no two (sid, worker_id) pairs
 // share a record key (real mx_source_ids are hex and appear unchanged).
@@ -31,6 +34,7 @@ namespace ferry::store::internal {
 
 inline constexpr std::string_view kSourcesKey = "ferry:sources";
 inline constexpr std::string_view kVersionKey = "ferry:version";
+inline constexpr std::string_view kOwnersKey = "ferry:owners";
 inline constexpr std::string_view kIdentityField = "identity";
 inline constexpr std::string_view kSummaryFieldPrefix = "w:";
 
@@ -70,14 +74,17 @@ struct LuaScript {
 // OK, DENIED (owner follows), NO_SOURCE, NO_WORKER, NO_RANK, ABORTED (current version follows),
 // CORRUPT (the worker's summary is not one the scripts wrote).
 //
-// Publish   KEYS sources, src, rec, version; ARGV sid, summary field, identity bytes, rank,
-//           record bytes, owner, override ('1'/'0'), status, updated_at, accelerator.
-//           -> {OK, version} | {DENIED, owner} | {CORRUPT} (an admin replaces a corrupt summary)
+// Publish   KEYS sources, src, rec, version, owners; ARGV sid, summary field, identity bytes,
+//           rank, record bytes, owner, override ('1'/'0'), status, updated_at, accelerator,
+//           max workers per owner ('0' = no limit).
+//           -> {OK, version} | {DENIED, owner} | {SOURCE_DENIED, source owner} | {OWNER_FULL}
+//           | {CORRUPT} (an admin replaces a corrupt summary)
 // Update    KEYS src, version; ARGV summary field, rank ('' = every rank), status, updated_at,
 //           expected version ('' = none), caller, override ('1'/'0').
 //           -> {OK, version} | {NO_SOURCE} | {NO_WORKER} | {DENIED, owner} | {ABORTED, version}
 //           | {NO_RANK} | {CORRUPT}
-// Remove    KEYS sources, src, rec; ARGV sid, summary field, expected version ('' = none).
+// Remove    KEYS sources, src, rec, owners; ARGV sid, summary field, expected version
+//           ('' = none).
 //           -> {OK} | {NO_SOURCE} | {NO_WORKER} | {ABORTED, version} | {CORRUPT} (only when
 //           a version is expected: without one a corrupt worker can still be removed)
 // Get       KEYS src, rec; ARGV summary field.

@@ -148,17 +148,23 @@ Status RedisStore::Publish(const PublishRecord& r) {
   const std::string source_key = internal::SourceKey(r.mx_source_id);
   const std::string record_key = internal::RecordKey(r.mx_source_id, r.worker_id);
   const std::string field = internal::SummaryField(r.worker_id);
+  const std::string max_owner_workers = absl::StrCat(r.max_owner_workers);
 
   FERRY_ASSIGN_OR_RETURN(auto lease, Acquire());
-  FERRY_ASSIGN_OR_RETURN(
-      RedisReply reply,
-      RunScript(*lease, internal::PublishScript(),
-                {internal::kSourcesKey, source_key, record_key, internal::kVersionKey},
-                {r.mx_source_id, field, identity, rank, record, r.owner,
-                 r.override_owner ? "1" : "0", status, updated_at, r.worker.accelerator()}));
+  FERRY_ASSIGN_OR_RETURN(RedisReply reply,
+                         RunScript(*lease, internal::PublishScript(),
+                                   {internal::kSourcesKey, source_key, record_key,
+                                    internal::kVersionKey, internal::kOwnersKey},
+                                   {r.mx_source_id, field, identity, rank, record, r.owner,
+                                    r.override_owner ? "1" : "0", status, updated_at,
+                                    r.worker.accelerator(), max_owner_workers}));
   const absl::string_view code = ScriptCode(*reply);
   if (code == "OK") return absl::OkStatus();
   if (code == "DENIED") return OwnerDenied(ScriptArg(*reply, 1), r.mx_source_id, r.worker_id);
+  if (code == "SOURCE_DENIED") {
+    return internal::SourceOwnerDenied(std::string(ScriptArg(*reply, 1)), r.owner, r.mx_source_id);
+  }
+  if (code == "OWNER_FULL") return internal::OwnerWorkersExhausted(r.owner, r.max_owner_workers);
   if (code == "CORRUPT") return Corrupt(r.mx_source_id, r.worker_id);
   return absl::InternalError(
       absl::StrCat("redis store ", description_, ": publish script answered '", code, "'"));
@@ -361,10 +367,10 @@ Status RedisStore::RemoveWorker(const std::string& mx_source_id, const std::stri
   const std::string field = internal::SummaryField(worker_id);
   const std::string expected = expected_version.has_value() ? absl::StrCat(*expected_version) : "";
   FERRY_ASSIGN_OR_RETURN(auto lease, Acquire());
-  FERRY_ASSIGN_OR_RETURN(
-      RedisReply reply,
-      RunScript(*lease, internal::RemoveScript(), {internal::kSourcesKey, source_key, record_key},
-                {mx_source_id, field, expected}));
+  FERRY_ASSIGN_OR_RETURN(RedisReply reply, RunScript(*lease, internal::RemoveScript(),
+                                                     {internal::kSourcesKey, source_key, record_key,
+                                                      internal::kOwnersKey},
+                                                     {mx_source_id, field, expected}));
   const absl::string_view code = ScriptCode(*reply);
   if (code == "OK") return absl::OkStatus();
   if (code == "NO_SOURCE") {

@@ -265,10 +265,74 @@ TEST_P(StoreConformanceTest, OwnershipGuardsRepublishAndStatusUpdates) {
   EXPECT_TRUE(store_->Publish(theirs).ok());
   EXPECT_EQ(store_->GetWorker("s", "w")->owner, "root");
   // Unowned records (authentication off) are open to everyone.
-  ASSERT_TRUE(store_->Publish(Record("s", "open", 0)).ok());
-  PublishRecord anyone = Record("s", "open", 0);
+  ASSERT_TRUE(store_->Publish(Record("open-source", "open", 0)).ok());
+  PublishRecord anyone = Record("open-source", "open", 0);
   anyone.owner = "bob";
   EXPECT_TRUE(store_->Publish(anyone).ok());
+}
+
+// Regression: any principal could add workers under another's model identity.
+TEST_P(StoreConformanceTest, SourceBelongsToThePrincipalThatCreatedIt) {
+  PublishRecord first = Record("s", "w1", 0);
+  first.owner = "alice";
+  ASSERT_TRUE(store_->Publish(first).ok());
+  PublishRecord intruder = Record("s", "w2", 0);
+  intruder.owner = "mallory";
+  Status st = store_->Publish(intruder);
+  EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("source 's' belongs to principal 'alice'"));
+  EXPECT_THAT(std::string(st.message()), HasSubstr("only 'alice' or an admin principal may"));
+  EXPECT_EQ(store_->GetWorker("s", "w2").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->ListWorkers({})->size(), 1u);
+  // The owner adds workers; an admin may too, without taking the source over.
+  PublishRecord second = Record("s", "w3", 0);
+  second.owner = "alice";
+  EXPECT_TRUE(store_->Publish(second).ok());
+  PublishRecord admin = Record("s", "w4", 0);
+  admin.owner = "root";
+  admin.override_owner = true;
+  EXPECT_TRUE(store_->Publish(admin).ok());
+  EXPECT_EQ(store_->Publish(intruder).code(), absl::StatusCode::kPermissionDenied);
+  // The source (and its ownership) goes with its last worker.
+  for (const char* w : {"w1", "w3", "w4"}) {
+    ASSERT_TRUE(store_->RemoveWorker("s", w, std::nullopt).ok()) << w;
+  }
+  EXPECT_TRUE(store_->Publish(intruder).ok());
+  EXPECT_EQ(store_->Publish(first).code(), absl::StatusCode::kPermissionDenied);
+}
+
+// Regression: a principal could publish an unbounded number of workers.
+TEST_P(StoreConformanceTest, MaxOwnerWorkersBoundsWorkersPerPrincipal) {
+  auto rec = [](const std::string& source, const std::string& worker, const std::string& owner,
+                uint32_t rank = 0) {
+    PublishRecord r = Record(source, worker, rank);
+    r.owner = owner;
+    r.max_owner_workers = 2;
+    return r;
+  };
+  ASSERT_TRUE(store_->Publish(rec("s1", "w1", "alice")).ok());
+  ASSERT_TRUE(store_->Publish(rec("s1", "w2", "alice")).ok());
+  Status st = store_->Publish(rec("s2", "w3", "alice"));
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("principal 'alice' already owns 2 workers"));
+  EXPECT_EQ(store_->GetWorker("s2", "w3").status().code(), absl::StatusCode::kNotFound);
+  // Re-publishing and more ranks of an owned worker are not new workers; other principals and
+  // unowned records have their own count.
+  EXPECT_TRUE(store_->Publish(rec("s1", "w1", "alice")).ok());
+  EXPECT_TRUE(store_->Publish(rec("s1", "w1", "alice", 1)).ok());
+  EXPECT_TRUE(store_->Publish(rec("s3", "w5", "bob")).ok());
+  EXPECT_TRUE(store_->Publish(rec("s4", "w6", "")).ok());
+  EXPECT_TRUE(store_->Publish(rec("s4", "w7", "")).ok());
+  EXPECT_EQ(store_->Publish(rec("s4", "w8", "")).code(), absl::StatusCode::kResourceExhausted);
+  // Removing a worker frees its place.
+  ASSERT_TRUE(store_->RemoveWorker("s1", "w1", std::nullopt).ok());
+  EXPECT_TRUE(store_->Publish(rec("s2", "w3", "alice")).ok());
+  EXPECT_EQ(store_->Publish(rec("s2", "w9", "alice")).code(), absl::StatusCode::kResourceExhausted);
+  // An admin taking a worker over moves it to the admin's count.
+  PublishRecord takeover = rec("s1", "w2", "root");
+  takeover.override_owner = true;
+  ASSERT_TRUE(store_->Publish(takeover).ok());
+  EXPECT_TRUE(store_->Publish(rec("s2", "w9", "alice")).ok());
 }
 
 TEST_P(StoreConformanceTest, RemovingOneWorkerKeepsTheSourceAndItsOtherWorkers) {

@@ -4,19 +4,45 @@
 
 namespace ferry::worker::internal {
 
+TransferInfoService::TransferInfoService(const WorkerState* state, const ArtifactState* artifacts,
+                                         RequestGate* gate)
+    : state_(state),
+      artifacts_(artifacts),
+      gate_(gate),
+      body_(state == nullptr ? grpc::Slice() : PreparedSlice(state->transfer_info_body())) {
+  AddUnary("/ferry.v1.FerryWorkerService/GetTransferInfo", this,
+           &TransferInfoService::GetTransferInfo);
+  AddUnary("/ferry.v1.FerryWorkerService/GetArtifactTransferInfo", this,
+           &TransferInfoService::GetArtifactTransferInfo);
+}
+
 grpc::Status TransferInfoService::GetTransferInfo(grpc::ServerContext* context,
-                                                  const ferry::v1::GetTransferInfoRequest* request,
-                                                  ferry::v1::GetTransferInfoResponse* response) {
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  RequestGate::Admission admission(gate_, *context, "GetTransferInfo");
+  if (!admission.status().ok()) return admission.status();
   if (state_ == nullptr) {
-    RequestGate::Admission admission(gate_, *context, "GetTransferInfo");
-    if (!admission.status().ok()) return admission.status();
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         "this worker endpoint serves an artifact, not tensors; ask "
                         "GetArtifactTransferInfo");
   }
-  return ServeChecked(
-      gate_, *state_, *context, "GetTransferInfo", *request,
-      [&](const std::string& mx_source_id) { state_->FillTransferInfo(mx_source_id, response); });
+  ferry::v1::GetTransferInfoRequest parsed;
+  if (!ParseRawRequest(*request, &parsed)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "the GetTransferInfo request does not parse as a "
+                        "ferry.v1.GetTransferInfoRequest; send one");
+  }
+  std::string mx_source_id;
+  const Status check = state_->CheckRequest(
+      parsed.mx_source_id(), parsed.has_worker_id() ? &parsed.worker_id() : nullptr, &mx_source_id);
+  if (!check.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+  }
+  // Field 1 (mx_source_id), then the prepared fields 2..8: the bytes of the whole response.
+  ferry::v1::GetTransferInfoResponse head;
+  head.set_mx_source_id(mx_source_id);
+  *response = AnswerOf({grpc::Slice(head.SerializeAsString()), body_});
+  return grpc::Status::OK;
 }
 
 grpc::Status TransferInfoService::GetArtifactTransferInfo(

@@ -6,21 +6,55 @@
 
 namespace ferry::worker::internal {
 
-grpc::Status WorkerServiceImpl::GetTensorManifest(
-    grpc::ServerContext* context, const model_express::p2p::GetTensorManifestRequest* request,
-    model_express::p2p::GetTensorManifestResponse* response) {
+WorkerServiceImpl::WorkerServiceImpl(const WorkerState* tensors, ArtifactState* artifacts,
+                                     RequestGate* gate)
+    : tensors_(tensors),
+      artifacts_(artifacts),
+      gate_(gate),
+      manifest_head_(tensors == nullptr ? grpc::Slice()
+                                        : PreparedSlice(tensors->tensor_manifest_head())),
+      manifest_tail_(tensors == nullptr ? grpc::Slice()
+                                        : PreparedSlice(tensors->tensor_manifest_tail())) {
+  AddUnary("/model_express.p2p.WorkerService/GetTensorManifest", this,
+           &WorkerServiceImpl::GetTensorManifest);
+  AddUnary("/model_express.p2p.WorkerService/GetArtifactManifestHeader", this,
+           &WorkerServiceImpl::GetArtifactManifestHeader);
+  AddUnary("/model_express.p2p.WorkerService/GetArtifactManifestChunks", this,
+           &WorkerServiceImpl::GetArtifactManifestChunks);
+  AddUnary("/model_express.p2p.WorkerService/PrepareArtifactChunk", this,
+           &WorkerServiceImpl::PrepareArtifactChunk);
+  AddUnary("/model_express.p2p.WorkerService/ReleaseArtifactChunk", this,
+           &WorkerServiceImpl::ReleaseArtifactChunk);
+}
+
+grpc::Status WorkerServiceImpl::GetTensorManifest(grpc::ServerContext* context,
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  RequestGate::Admission admission(gate_, *context, "GetTensorManifest");
+  if (!admission.status().ok()) return admission.status();
   if (tensors_ == nullptr) {
-    RequestGate::Admission admission(gate_, *context, "GetTensorManifest");
-    if (!admission.status().ok()) return admission.status();
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                         absl::StrCat("this worker endpoint serves artifact ",
                                      artifacts_ == nullptr ? "" : artifacts_->artifact_id(),
                                      ", not tensors; ask GetArtifactManifestHeader"));
   }
-  return ServeChecked(gate_, *tensors_, *context, "GetTensorManifest", *request,
-                      [&](const std::string& mx_source_id) {
-                        tensors_->FillTensorManifest(mx_source_id, response);
-                      });
+  model_express::p2p::GetTensorManifestRequest parsed;
+  if (!ParseRawRequest(*request, &parsed)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "the GetTensorManifest request does not parse as a "
+                        "model_express.p2p.GetTensorManifestRequest; send one");
+  }
+  std::string mx_source_id;
+  const Status check = tensors_->CheckRequest(
+      parsed.mx_source_id(), parsed.has_worker_id() ? &parsed.worker_id() : nullptr, &mx_source_id);
+  if (!check.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+  }
+  // Field 1 (tensors), field 2 (mx_source_id), fields 3..7: the bytes of the whole response.
+  model_express::p2p::GetTensorManifestResponse middle;
+  middle.set_mx_source_id(mx_source_id);
+  *response = AnswerOf({manifest_head_, grpc::Slice(middle.SerializeAsString()), manifest_tail_});
+  return grpc::Status::OK;
 }
 
 grpc::Status WorkerServiceImpl::GetArtifactManifestHeader(

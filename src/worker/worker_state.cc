@@ -98,7 +98,7 @@ StatusOr<std::unique_ptr<WorkerState>> WorkerState::Create(WorkerManifest manife
     const std::string_view torch = *TorchDtypeName(t.dtype());
     d->set_dtype(torch.data(), torch.size());
   }
-  ferry::v1::GetTransferInfoResponse& info = state->transfer_info_;
+  ferry::v1::GetTransferInfoResponse info;
   info.set_worker_id(m.worker_id);
   info.set_worker_rank(m.worker_rank);
   info.set_transfer_blob(m.transfer_blob);
@@ -106,6 +106,13 @@ StatusOr<std::unique_ptr<WorkerState>> WorkerState::Create(WorkerManifest manife
   info.set_checksum_algorithm(kChecksumAlgorithm);
   info.set_total_bytes(total);
   info.mutable_metadata()->insert(m.metadata.begin(), m.metadata.end());
+  state->transfer_info_body_ = info.SerializeAsString();
+  model_express::p2p::GetTensorManifestResponse tail;
+  state->FillTensorManifest("", &tail);
+  model_express::p2p::GetTensorManifestResponse head;
+  head.mutable_tensors()->Swap(tail.mutable_tensors());
+  state->tensor_manifest_head_ = head.SerializeAsString();  // field 1
+  state->tensor_manifest_tail_ = tail.SerializeAsString();  // fields 3..7
   return state;
 }
 
@@ -151,7 +158,8 @@ void WorkerState::FillTensorManifest(
 
 void WorkerState::FillTransferInfo(const std::string& mx_source_id,
                                    ferry::v1::GetTransferInfoResponse* response) const {
-  *response = transfer_info_;
+  response->Clear();
+  response->ParseFromString(transfer_info_body_);  // serialized by Create(): cannot fail
   response->set_mx_source_id(mx_source_id);
 }
 

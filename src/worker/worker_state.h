@@ -79,6 +79,17 @@ class WorkerState {
   void FillTransferInfo(const std::string& mx_source_id,
                         ferry::v1::GetTransferInfoResponse* response) const;
 
+  // The GetTransferInfoResponse without mx_source_id, serialized once in Create(). Field 1
+  // (mx_source_id) serialized in front of these bytes is byte for byte the whole answer, so the
+  // endpoint serves every request from this one copy (TransferInfoService).
+  const std::string& transfer_info_body() const { return transfer_info_body_; }
+
+  // FillTensorManifest's answer without mx_source_id (field 2), serialized once in Create() in
+  // the two parts around it: field 1 (the tensors) and fields 3..7. head + field 2 + tail is
+  // byte for byte the whole answer (WorkerServiceImpl serves it so).
+  const std::string& tensor_manifest_head() const { return tensor_manifest_head_; }
+  const std::string& tensor_manifest_tail() const { return tensor_manifest_tail_; }
+
   // ModelExpress TensorDescriptors {name, addr = base + offset, size, device_id 0, torch dtype}.
   const model_express::p2p::TensorSourceMetadata& tensor_source() const { return tensor_source_; }
 
@@ -87,9 +98,12 @@ class WorkerState {
 
   const WorkerManifest manifest_;
   uint64_t total_bytes_ = 0;
-  // Prepared answers, without mx_source_id.
+  // Prepared answers, without mx_source_id. The transfer info is kept serialized only: a
+  // 100,000-tensor answer is megabytes, and the parsed form several times that.
   model_express::p2p::TensorSourceMetadata tensor_source_;
-  ferry::v1::GetTransferInfoResponse transfer_info_;
+  std::string transfer_info_body_;
+  std::string tensor_manifest_head_;
+  std::string tensor_manifest_tail_;
 
   mutable absl::Mutex mu_;
   std::string mx_source_id_ ABSL_GUARDED_BY(mu_);
