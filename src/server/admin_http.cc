@@ -9,7 +9,8 @@ namespace ferry::server {
 
 StatusOr<std::unique_ptr<AdminHttp>> AdminHttp::Create(const std::string& host, int port,
                                                        store::MetadataStore* store,
-                                                       Metrics* metrics) {
+                                                       Metrics* metrics,
+                                                       std::function<Status()> listener_health) {
   auto http = std::make_unique<httplib::Server>();
   // httplib's default adds SO_REUSEPORT, which would let a second server share the port
   // silently; a taken port must be an error.
@@ -24,7 +25,14 @@ StatusOr<std::unique_ptr<AdminHttp>> AdminHttp::Create(const std::string& host, 
   http->set_keep_alive_timeout(kAdminHttpTimeoutSeconds);
   http->set_read_timeout(kAdminHttpTimeoutSeconds, 0);
   http->set_write_timeout(kAdminHttpTimeoutSeconds, 0);
-  http->Get("/healthz", [store](const httplib::Request&, httplib::Response& res) {
+  http->Get("/healthz", [store, listener_health](const httplib::Request&, httplib::Response& res) {
+    if (listener_health) {
+      if (Status l = listener_health(); !l.ok()) {
+        res.status = 503;
+        res.set_content(absl::StrCat(l.message(), "\n"), "text/plain");
+        return;
+      }
+    }
     Status s = store->Ping();
     if (s.ok()) {
       res.set_content("ok\n", "text/plain");

@@ -4,6 +4,7 @@
 #ifndef FERRY_SERVER_ADMIN_HTTP_H_
 #define FERRY_SERVER_ADMIN_HTTP_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -31,8 +32,11 @@ class AdminHttp {
  public:
   // Binds `host` and `port` (0 picks a free port) at once, so a taken port fails Create().
   // Borrows `store` and `metrics`.
-  static StatusOr<std::unique_ptr<AdminHttp>> Create(const std::string& host, int port,
-                                                     store::MetadataStore* store, Metrics* metrics);
+  // `listener_health` (optional) is asked on every /healthz: a non-OK answer (the gRPC listener
+  // stopped accepting) makes it 503 with that message.
+  static StatusOr<std::unique_ptr<AdminHttp>> Create(
+      const std::string& host, int port, store::MetadataStore* store, Metrics* metrics,
+      std::function<Status()> listener_health = nullptr);
   ~AdminHttp();
   AdminHttp(const AdminHttp&) = delete;
   AdminHttp& operator=(const AdminHttp&) = delete;

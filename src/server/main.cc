@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/env.h"
+#include "common/listener_probe.h"
 #include "common/logging.h"
 #include "server/server.h"
 #include "store/store_registry.h"
@@ -63,6 +64,9 @@ int Fail(const Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Meet the server's own bounds before the descriptor limit (gRPC 1.51 stops accepting for good
+  // after EMFILE; /healthz then says so).
+  (void)ferry::internal::RaiseOpenFileLimit();
   CLI::App app{
       "ferry-server: metadata server for peer-to-peer model weight and cache transfer.\n"
       "Wire-compatible with the ModelExpress P2P API (model_express.p2p.P2pService).\n"

@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
+#include "common/listener_probe.h"
 #include "common/logging.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -163,7 +164,8 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
                                    options.gc_timeout, options.now_ms}));
   if (!options.admin_listen.empty()) {
     FERRY_ASSIGN_OR_RETURN(
-        s.admin_, AdminHttp::Create(admin_host, admin_port, s.store_.get(), s.metrics_.get()));
+        s.admin_, AdminHttp::Create(admin_host, admin_port, s.store_.get(), s.metrics_.get(),
+                                    [srv = &s] { return srv->ListenerHealth(); }));
   }
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -171,6 +173,9 @@ StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options) {
   builder.AddListeningPort(options.listen, credentials, &s.grpc_port_);
   // No SO_REUSEPORT: a second server on the same port must fail, not split the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Connections that have not finished their HTTP/2 (and TLS) handshake in 5 s are closed, so
+  // idle connections cannot pile up towards the descriptor limit (gRPC's default is 120 s).
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 5000);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_size));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_size));
   builder.RegisterService(s.p2p_.get());
@@ -209,8 +214,25 @@ void Server::MonitorStore() {
   }
 }
 
+Status Server::ListenerHealth() const {
+  return watch_ != nullptr ? watch_->health() : absl::OkStatus();
+}
+
 void Server::Start() {
   if (!health_thread_.joinable()) health_thread_ = std::thread([this] { MonitorStore(); });
+  if (watch_ == nullptr && options_.listener_probe_interval > absl::ZeroDuration()) {
+    // gRPC 1.51 never accepts on a listener again after accept4 failed with EMFILE; /healthz and
+    // grpc.health.v1 must then say so, so that a probe restarts this replica.
+    ferry::internal::ListenerWatch::Options watch;
+    watch.port = static_cast<uint16_t>(grpc_port_);
+    watch.what = absl::StrCat("ferry-server's gRPC listener (port ", grpc_port_, ")");
+    watch.interval = options_.listener_probe_interval;
+    grpc::Server* grpc = grpc_.get();
+    watch.on_unhealthy = [grpc](const Status&) {
+      grpc->GetHealthCheckService()->SetServingStatus(false);
+    };
+    watch_ = ferry::internal::ListenerWatch::Start(std::move(watch));
+  }
   reaper_->Start();
   if (admin_ != nullptr) admin_->Start();
   spdlog::info("ferry-server {} serving gRPC on port {} (store {}), admin HTTP on port {}",
@@ -225,6 +247,7 @@ void Server::Stop() {
     stopping_ = true;
   }
   if (health_thread_.joinable()) health_thread_.join();
+  if (watch_ != nullptr) watch_->Stop();
   grpc_->GetHealthCheckService()->SetServingStatus(false);
   // Drain: wait for running handlers to finish (bounded), then shut down at once. Handing the
   // drain deadline to grpc::Server::Shutdown instead would also wait that long for idle client

@@ -14,6 +14,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/listener_probe.h"
 #include "ferry/status.h"
 #include "server/p2p_service.h"
 #include "store/metadata_store.h"
@@ -48,6 +49,9 @@ struct ServerOptions {
   // How often the store is pinged to keep grpc.health.v1 truthful (NOT_SERVING while the
   // store is unreachable, SERVING again when it answers).
   absl::Duration health_check_interval = absl::Seconds(1);
+  // How often the gRPC listener's accept backlog is probed (internal::ListenerWatch); after two
+  // failed probes /healthz answers 503 and grpc.health.v1 NOT_SERVING. Zero disables it.
+  absl::Duration listener_probe_interval = absl::Seconds(10);
   // Bearer-token authentication of P2pService calls; "" turns it off (health stays open).
   std::string auth_tokens_file;
   std::vector<std::string> admin_principals;  // may change records of other principals
@@ -80,6 +84,8 @@ class Server {
 
   int grpc_port() const { return grpc_port_; }
   int admin_port() const;  // 0 when the admin port is off
+  // OK while the gRPC listener accepts (or before Start); else what /healthz reports.
+  Status ListenerHealth() const;
   std::string store_description() const;
 
  private:
@@ -101,6 +107,7 @@ class Server {
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread health_thread_;
+  std::unique_ptr<ferry::internal::ListenerWatch> watch_;  // from Start(); null when disabled
 };
 
 }  // namespace ferry::server
