@@ -160,6 +160,19 @@ TEST(RedisLayoutTest, RejectsBadSummariesAsDataLoss) {
   }
 }
 
+// A summary edited by hand (or by another version) with a status the protocol does not have was
+// passed on to clients; redis_record_fuzz asserts every parsed status is a SourceStatus.
+TEST(RedisLayoutTest, RejectsAStatusThatIsNotASourceStatus) {
+  auto s =
+      internal::ParseSummary(R"({"v":"1","i":"0","o":"","r":{"0":{"s":"99","u":"1","a":""}}})");
+  ASSERT_EQ(s.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(s.status().message()),
+              ::testing::HasSubstr("has status 99 for rank '0', which is not a SourceStatus"));
+  EXPECT_TRUE(
+      internal::ParseSummary(R"({"v":"1","i":"0","o":"","r":{"0":{"s":"3","u":"1","a":""}}})")
+          .ok());
+}
+
 TEST(RedisLayoutTest, ScriptsHaveDistinctShas) {
   EXPECT_EQ(internal::PublishScript().sha1.size(), 40u);
   EXPECT_NE(internal::PublishScript().sha1, internal::UpdateStatusScript().sha1);

@@ -257,6 +257,11 @@ StatusOr<StoredSummary> ParseSummary(std::string_view json) {
         !ReadInt(value, "u", &state.updated_at) || !ReadString(value, "a", &state.accelerator)) {
       return bad(absl::StrCat("has a bad entry for rank '", key, "'"));
     }
+    // Never hand a status the protocol does not have to clients (found by redis_record_fuzz).
+    if (!::model_express::p2p::SourceStatus_IsValid(status)) {
+      return bad(absl::StrCat("has status ", status, " for rank '", key,
+                              "', which is not a SourceStatus"));
+    }
     state.status = static_cast<::model_express::p2p::SourceStatus>(status);
     s.ranks.emplace(rank, std::move(state));
   }
