@@ -168,6 +168,10 @@ Status WorkerServer::Start() {
   builder.AddListeningPort(options_.listen, credentials_, &port_);
   // No SO_REUSEPORT: a second server on the same port must fail, not split the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Calls one connection may hold open, answered or not (gRPC's default is unbounded): each
+  // costs only gRPC's per-call state, since answers refer to one prepared copy
+  // (raw_service.h), but a connection must not hold an unbounded number of them.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
   builder.SetMaxReceiveMessageSize(options_.max_receive_message_size);
   builder.SetMaxSendMessageSize(options_.max_send_message_size);
   builder.RegisterService(manifest_service_.get());
