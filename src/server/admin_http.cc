@@ -2,6 +2,8 @@
 
 #include <sys/socket.h>
 
+#include <memory>
+
 #include "absl/strings/str_cat.h"
 #include "httplib.h"
 
@@ -14,9 +16,12 @@ StatusOr<std::unique_ptr<AdminHttp>> AdminHttp::Create(const std::string& host, 
   auto http = std::make_unique<httplib::Server>();
   // httplib's default adds SO_REUSEPORT, which would let a second server share the port
   // silently; a taken port must be an error.
-  http->set_socket_options([](int sock) {
+  // The last socket httplib made is the one it bound and listens on.
+  auto listen_fd = std::make_shared<int>(-1);
+  http->set_socket_options([listen_fd](int sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    *listen_fd = sock;
   });
   // httplib's defaults (8 threads, 5 s keep-alive and read timeouts) let eight idle
   // connections hold every thread for 5 s, so a liveness probe times out on a healthy server.
@@ -57,6 +62,10 @@ StatusOr<std::unique_ptr<AdminHttp>> AdminHttp::Create(const std::string& host, 
                                                " (in use or not a local address); choose another "
                                                "address or port"));
   }
+  // httplib 0.11 listens with a backlog of 5: a burst of connections fills it, and the kernel
+  // drops the SYN of the next one (a probe), which retries only after 1 s. listen() again on
+  // the listening socket just raises its backlog.
+  if (*listen_fd >= 0) ::listen(*listen_fd, kAdminHttpBacklog);
   return std::unique_ptr<AdminHttp>(new AdminHttp(std::move(http), bound));
 }
 

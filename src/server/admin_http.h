@@ -27,6 +27,8 @@ namespace ferry::server {
 // kAdminHttpThreads of them (docs/operations.md, "Probes").
 inline constexpr int kAdminHttpThreads = 64;
 inline constexpr int kAdminHttpTimeoutSeconds = 1;
+// Connections the kernel queues for the admin port before it accepts them.
+inline constexpr int kAdminHttpBacklog = 1024;
 
 class AdminHttp {
  public:

@@ -53,8 +53,10 @@ std::unique_ptr<WorkerState> LargeState(int tensors) {
   return state.ok() ? std::move(*state) : nullptr;
 }
 
-std::unique_ptr<WorkerServer> Start(const WorkerState* state) {
-  auto server = WorkerServer::Create({.state = state, .listen = "127.0.0.1:0"});
+std::unique_ptr<WorkerServer> Start(const WorkerState* state, int max_concurrent_requests = 64) {
+  auto server = WorkerServer::Create({.state = state,
+                                      .listen = "127.0.0.1:0",
+                                      .max_concurrent_requests = max_concurrent_requests});
   EXPECT_TRUE(server.ok()) << server.status();
   if (!server.ok()) return nullptr;
   Status s = (*server)->Start();
@@ -163,6 +165,9 @@ class StalledTarget {
     std::string out = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     Frame(&out, 0x4, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6));  // INITIAL_WINDOW_SIZE 0
     FERRY_RETURN_IF_ERROR(t.Send(out));
+    // The endpoint applies its limits (streams per connection) once its SETTINGS are acked.
+    FERRY_RETURN_IF_ERROR(t.ReadUntil([&t] { return t.settings_acked_; },
+                                      absl::Now() + absl::Seconds(30), "the endpoint's SETTINGS"));
     return t;
   }
 
@@ -196,12 +201,24 @@ class StalledTarget {
   // answer's HEADERS or a reset, or until `deadline`.
   Status AwaitAnswerHeaders(absl::Time deadline) {
     const size_t want = (next_stream_ - 1) / 2;
-    while (answered_.size() < want) {
+    return ReadUntil([&] { return seen_.size() >= want; }, deadline,
+                     absl::StrCat(want, " streams answered or ended"));
+  }
+
+  // Streams with an answer waiting to be read (HEADERS without END_STREAM), and streams that
+  // ended without one (an error's trailers-only HEADERS, or RST_STREAM).
+  size_t answered() const { return answered_.size(); }
+  size_t ended() const { return ended_.size(); }
+
+ private:
+  template <typename Done>
+  Status ReadUntil(Done done, absl::Time deadline, const std::string& what) {
+    while (!done()) {
       pollfd p{fd_.get(), POLLIN, 0};
       const int left = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
       if (left <= 0 || poll(&p, 1, left) <= 0) {
-        return absl::DeadlineExceededError(
-            absl::StrCat(answered_.size(), " of ", want, " streams answered"));
+        return absl::DeadlineExceededError(absl::StrCat(
+            "waiting for ", what, ": ", answered_.size(), " answered, ", ended_.size(), " ended"));
       }
       char buf[65536];
       const ssize_t n = read(fd_.get(), buf, sizeof(buf));
@@ -220,6 +237,7 @@ class StalledTarget {
           std::string ack;
           Frame(&ack, 0x4, 0x1, 0, "");
           FERRY_RETURN_IF_ERROR(Send(ack));
+          settings_acked_ = true;
         } else if (type == 0x6 && !(flags & 0x1)) {
           std::string ack;
           Frame(&ack, 0x6, 0x1, 0, payload);
@@ -227,14 +245,19 @@ class StalledTarget {
         } else if (type == 0x7) {
           return absl::UnavailableError("the endpoint sent GOAWAY");
         } else if (type == 0x1 || type == 0x3) {
-          answered_.insert(stream);
+          seen_.insert(stream);
+          if (type == 0x1 && !(flags & 0x1)) {
+            answered_.insert(stream);
+          } else {
+            answered_.erase(stream);
+            ended_.insert(stream);
+          }
         }
       }
     }
     return absl::OkStatus();
   }
 
- private:
   StalledTarget(ferry::internal::Fd fd, int port, const char* method)
       : fd_(std::move(fd)), port_(port), method_(method) {}
 
@@ -268,7 +291,10 @@ class StalledTarget {
   const char* method_;
   uint32_t next_stream_ = 1;
   std::string in_;
+  bool settings_acked_ = false;
+  std::set<uint32_t> seen_;
   std::set<uint32_t> answered_;
+  std::set<uint32_t> ended_;
 };
 
 // Regression: every GetTransferInfo built and serialized its own copy of the answer, and gRPC
@@ -306,6 +332,7 @@ TEST_P(UnreadAnswersTest, ShareOneCopy) {
   ASSERT_TRUE(target->Request(kRequests).ok());
   Status answered = target->AwaitAnswerHeaders(absl::Now() + absl::Seconds(60));
   ASSERT_TRUE(answered.ok()) << answered;
+  EXPECT_EQ(target->answered(), static_cast<size_t>(kRequests));
   const int64_t growth = RssBytes() - before;
   EXPECT_LT(growth, kBound) << kRequests << " unread answers of " << answer << " bytes grew RSS by "
                             << growth << " bytes";
@@ -313,6 +340,27 @@ TEST_P(UnreadAnswersTest, ShareOneCopy) {
   auto got = RawCall(server->endpoint(), "", GetParam());
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->size(), static_cast<size_t>(answer));
+}
+
+// A connection holds at most kMaxStreamsPerConnection calls. A gRPC client queues more; a client
+// that opens more anyway loses the connection, and with it every call it held.
+TEST(RawServiceTest, StreamsPerConnectionAreBounded) {
+  auto state = LargeState(10);
+  ASSERT_NE(state, nullptr);
+  // Every request admitted, so that answered streams stay open, waiting for the target.
+  auto server = Start(state.get(), /*max_concurrent_requests=*/1000);
+  ASSERT_NE(server, nullptr);
+  auto target = StalledTarget::Connect(server->port(), kTransferInfo);
+  ASSERT_TRUE(target.ok()) << target.status();
+  ASSERT_TRUE(target->Request(kMaxStreamsPerConnection).ok());
+  Status held = target->AwaitAnswerHeaders(absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(held.ok()) << held;
+  EXPECT_EQ(target->answered(), static_cast<size_t>(kMaxStreamsPerConnection));
+  EXPECT_EQ(target->ended(), 0u);
+  ASSERT_TRUE(target->Request(1).ok());
+  Status over = target->AwaitAnswerHeaders(absl::Now() + absl::Seconds(60));
+  EXPECT_EQ(over.code(), absl::StatusCode::kUnavailable) << over;
+  EXPECT_EQ(target->answered(), 0u) << "calls still held after the connection failed";
 }
 
 INSTANTIATE_TEST_SUITE_P(WorkerEndpoint, UnreadAnswersTest,

@@ -175,6 +175,10 @@ Status WorkerServer::Start() {
   // idle connections cannot pile up towards the descriptor limit (gRPC's default is 120 s).
   builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
                              static_cast<int>(absl::ToInt64Milliseconds(kHandshakeTimeout)));
+  // Calls one connection may hold open, answered or not (gRPC's default is unbounded): each
+  // costs only gRPC's per-call state, since answers refer to one prepared copy
+  // (raw_service.h), but a connection must not hold an unbounded number of them.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
   builder.SetMaxReceiveMessageSize(options_.max_receive_message_size);
   builder.SetMaxSendMessageSize(options_.max_send_message_size);
   builder.RegisterService(manifest_service_.get());

@@ -36,6 +36,10 @@ class WorkerServiceImpl;
 class TransferInfoService;
 }  // namespace internal
 
+// Concurrent calls (HTTP/2 streams) one client connection may have open; a gRPC client queues
+// more until one finishes, and gRPC closes the connection of a client that opens more anyway.
+inline constexpr int kMaxStreamsPerConnection = 256;
+
 struct WorkerServerOptions {
   // What is served: tensors, an artifact, or both (at least one). Borrowed; must outlive the
   // server. Artifact leases change while serving, hence not const.
