@@ -32,7 +32,8 @@ Workloads (--workloads, each run --trials times; every trial prints one JSON lin
                         transfer_timeout + 15 s; OUT must exist only after a success, and no
                         other file (OUT.tmp.*) may be left in its directory in any case. The
                         link is never cut, so a pull abandoned as "stalled" (no byte for
-                        --stall-timeout) is a violation too.
+                        --stall-timeout) is a violation too (rate16mbit finds one: the TCP
+                        transport reports progress per finished 8 MiB chunk).
   partition_heals       while the source heartbeats, cut src<->srv for --short-partition seconds
                         (default heartbeat timeout / 2), heal it, and poll `ferry sources list
                         --status ready` from tgt every ~200 ms from before the cut until a
@@ -48,8 +49,10 @@ Workloads (--workloads, each run --trials times; every trial prints one JSON lin
                         reported.
   partition_during_pull the tgt<->src link is rate-limited so that the pull takes about 4 s;
                         1 s into the transfer the link is cut. Trials alternate two cases:
-                        heal   healed after --stall-timeout / 2 s: the pull must succeed with
-                               identical bytes or fail cleanly (exit 1, nothing left behind);
+                        heal   healed after --stall-timeout / 2 s, the pull running with a
+                               stall timeout of max(15, 3 x --stall-timeout) s: the outage
+                               (plus TCP's retransmission backoff) stays far inside it, so the
+                               pull must succeed with identical bytes;
                         cut    never healed (until the pull ended): the pull must exit 1 within
                                stall_timeout + 10 s of the cut, saying it stalled or failed,
                                with nothing left behind.
@@ -79,6 +82,7 @@ import ctypes
 import glob
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -98,7 +102,10 @@ WORKER_ID = "chaos-src"
 NS_PREFIX = "ferry-chaos-"
 WORKLOADS = ["netem", "partition_heals", "partition_long", "partition_during_pull"]
 
-# name -> netem arguments (both ends of each shaped link)
+# name -> chaos_link.py settings (both directions of each shaped link). rate16mbit (2 MB/s,
+# bytes arriving all the time) checks the stall detector: ferry's TCP transport counts progress
+# per finished 8 MiB chunk, and the four streams' first chunks of a 32 MiB model land together
+# after about 16 s, later than --stall-timeout.
 NETEM_PROFILES: List[Tuple[str, Dict]] = [
     ("delay20ms_jitter5ms", {"delay_ms": 20, "jitter_ms": 5}),
     ("loss1pct", {"loss_pct": 1}),
@@ -150,8 +157,8 @@ def resolve_build_dir(path: str) -> str:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Chaos on real links (network namespaces, tc netem) during ferry pulls "
-                    "and heartbeats; exits 1 if an invariant is violated.")
+        description="Chaos on real links (network namespaces joined by netem-like TAP links) "
+                    "during ferry pulls and heartbeats; exits 1 if an invariant is violated.")
     p.add_argument("--build-dir", default="build",
                    help="ferry build tree holding bin/ (relative: to the current directory, "
                         "else to the repository root; default build)")
@@ -241,8 +248,6 @@ class ChaosError(Exception):
 def write_model(path: str, size: int, seed: int) -> Dict[str, bytes]:
     """A safetensors file of about `size` random bytes in a few U8 tensors of unequal sizes.
     Returns {name: bytes}."""
-    import random
-
     rng = random.Random(seed)
     n_tensors = 5
     weights = [8, 4, 2, 1, 1]
@@ -334,6 +339,16 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def remove_orphan_workdirs(bases: List[str]) -> None:
+    """Work directories of killed runs (their pid is gone; kept logs carry a KEPT file)."""
+    for base in bases:
+        for path in glob.glob(os.path.join(base, "ferry-chaos-*-*")):
+            m = re.fullmatch(r"ferry-chaos-(\d+)-\w+", os.path.basename(path))
+            if m and os.path.isdir(path) and not _pid_alive(int(m.group(1))) and \
+                    not os.path.exists(os.path.join(path, "KEPT")):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_orphan_namespaces() -> None:
@@ -553,6 +568,7 @@ class Harness:
         self.model_path = os.path.join(workdir, "model.safetensors")
         self.tensors: Dict[str, bytes] = {}
         self.pull_seq = 0
+        self.last_age: Optional[float] = None  # seconds since the source's last heartbeat
         self.server_log = os.path.join(workdir, "server.log")
         self.source_log = os.path.join(workdir, "source.log")
 
@@ -583,6 +599,14 @@ class Harness:
         if not self.listed_ready():
             raise ChaosError("the source is not listed READY after it started")
 
+    def self_stale_lines(self) -> List[str]:
+        """Lines where the source marked itself STALE (its listener probe failed, ...)."""
+        try:
+            with open(self.source_log, errors="replace") as f:
+                return [ln.strip() for ln in f if "marking this source STALE" in ln]
+        except OSError:
+            return []
+
     def alive(self) -> Optional[str]:
         for name, proc, path in (("ferry-server", self.server, self.server_log),
                                  ("ferry publish", self.source, self.source_log)):
@@ -605,7 +629,13 @@ class Harness:
             return None
         if isinstance(rows, dict):
             rows = rows.get("sources", [])
-        return any(row.get("worker_id") == WORKER_ID for row in rows)
+        mine = [row for row in rows if row.get("worker_id") == WORKER_ID]
+        if mine:
+            try:  # the server's clock is this machine's
+                self.last_age = time.time() - int(mine[0].get("updated_at", 0)) / 1000.0
+            except (TypeError, ValueError):
+                pass
+        return bool(mine)
 
     def record_status(self) -> str:
         """The record's status from `ferry sources get` ("SOURCE_STATUS_READY", ...,
@@ -638,7 +668,7 @@ class Harness:
 
     # --- pulls
 
-    def start_pull(self) -> Tuple[subprocess.Popen, str, str, str]:
+    def start_pull(self, stall: Optional[float] = None) -> Tuple[subprocess.Popen, str, str, str]:
         self.pull_seq += 1
         outdir = os.path.join(self.workdir, f"pull{self.pull_seq}")
         os.makedirs(outdir)
@@ -651,7 +681,7 @@ class Harness:
                  "--model", MODEL, "--server", f"{SRV_FOR_TGT}:{self.server_port}",
                  "--transport", "tcp", "--data-listen", "10.213.3.2:0",
                  "--advertise-host", "10.213.3.2", "-o", out, "--json", "--progress", "none",
-                 "--stall-timeout", f"{self.args.stall_timeout:g}",
+                 "--stall-timeout", f"{stall if stall is not None else self.args.stall_timeout:g}",
                  "--transfer-timeout", f"{self.args.transfer_timeout:g}"],
                 stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True,
                 preexec_fn=_die_with_parent)
@@ -705,8 +735,10 @@ class Harness:
                 errors.append(f"files left beside OUT after success: {extra}")
         else:
             rec["outcome"] = "failed"
-            lines = [ln for ln in err_text.splitlines() if ln.strip()]
-            rec["message"] = " | ".join(lines[-4:])[-600:]
+            lines = [ln.strip() for ln in err_text.splitlines() if ln.strip()]
+            head = max([i for i, ln in enumerate(lines) if ln.startswith("ferry:")] or
+                       [max(0, len(lines) - 4)])
+            rec["message"] = " | ".join(lines[head:])[:600]
             rec["stalled"] = "transfer stalled" in err_text
             if proc.returncode != 1:
                 errors.append(f"pull exited {proc.returncode}, not 0 or 1: {rec['message']}")
@@ -734,23 +766,32 @@ def trial_netem(h: Harness, profile: str, netem: Dict, trial: int) -> Tuple[Dict
     h.lab.shape("tgt-src", netem)
     h.lab.shape("tgt-srv", netem)
     try:
+        before = h.lab.link_stats().get("tgt-src", {})
         t0 = time.monotonic()
         proc, out, so, se = h.start_pull()
         errors = h.finish_pull(proc, out, so, se, t0, rec)
+        after = h.lab.link_stats().get("tgt-src", {})
+        rec["data_link_frames"] = {k: after.get(k, 0) - before.get(k, 0)
+                                   for k in ("passed", "dropped")}
         if rec.get("stalled"):
-            errors.append("pull abandoned as stalled (\"no bytes arrived for "
-                          f"{h.args.stall_timeout:g}s\") on a link that was never cut: bytes "
-                          f"kept arriving; {rec.get('message', '')[-240:]}")
+            m = re.search(r"the transfer stalled: [^;]*", rec.get("message", ""))
+            errors.append("pull abandoned as stalled on a link that was never cut, where bytes "
+                          f"kept arriving ({rec['data_link_frames']['passed']} frames passed): "
+                          f"{m.group(0) if m else rec.get('message', '')[:200]}")
     finally:
         h.lab.heal_all()
     return rec, errors
 
 
-def poll_ready(h: Harness, until: float, period: float = 0.2) -> List[Tuple[float, Optional[bool]]]:
+def poll_ready(h: Harness, until: float, period: float = 0.2,
+               ages: Optional[List[float]] = None) -> List[Tuple[float, Optional[bool]]]:
     samples = []
     while True:
         t = time.monotonic()
+        h.last_age = None
         samples.append((t, h.listed_ready()))
+        if ages is not None and h.last_age is not None:
+            ages.append(h.last_age)
         if t >= until:
             return samples
         time.sleep(max(0.0, period - (time.monotonic() - t)))
@@ -764,16 +805,19 @@ def trial_partition_heals(h: Harness, trial: int) -> Tuple[Dict, List[str]]:
     errors: List[str] = []
     marks0 = h.stale_marks()
     t0 = time.monotonic()
-    before = poll_ready(h, t0 + 1.0)
+    ages: List[float] = []
+    before = poll_ready(h, t0 + 1.0, ages=ages)
     h.lab.cut("src-srv")
     t_cut = time.monotonic()
     try:
-        during = poll_ready(h, t_cut + a.short_partition)
+        during = poll_ready(h, t_cut + a.short_partition, ages=ages)
     finally:
         h.lab.shape("src-srv", None)
     t_heal = time.monotonic()
     rec["partition_actual_s"] = round(t_heal - t_cut, 3)
-    after = poll_ready(h, t_heal + a.hb_timeout + 2.0)
+    after = poll_ready(h, t_heal + a.hb_timeout + 2.0, ages=ages)
+    # how close the record came to the heartbeat timeout (its age when listed)
+    rec["max_heartbeat_age_s"] = round(max(ages), 2) if ages else None
     samples = before + during + after
     rec["polls"] = len(samples)
     rec["poll_errors"] = sum(1 for _, v in samples if v is None)
@@ -865,16 +909,19 @@ def trial_partition_during_pull(h: Harness, trial: int, heal: bool) -> Tuple[Dic
     target_s = 4.0
     mbit = max(1, int(a.size * 8 / target_s / 1e6))
     heal_after = a.stall_timeout / 2
+    # heal: the outage (heal_after plus TCP's retransmission backoff, under 2 s more) stays far
+    # inside the pull's stall timeout, so the source must not be abandoned
+    stall = max(15.0, 3 * a.stall_timeout) if heal else a.stall_timeout
     rec: Dict = {"workload": "partition_during_pull", "trial": trial,
                  "case": "heal" if heal else "cut", "link": "tgt-src",
-                 "rate_mbit": mbit, "stall_timeout_s": a.stall_timeout,
+                 "rate_mbit": mbit, "stall_timeout_s": stall,
                  "heal_after_s": heal_after if heal else None, "bound_s": h.pull_bound()}
     errors: List[str] = []
     rate = {"rate_mbit": mbit}
     h.lab.shape("tgt-src", rate)
     try:
         t0 = time.monotonic()
-        proc, out, so, se = h.start_pull()
+        proc, out, so, se = h.start_pull(stall=stall)
         # cut 1 s into the transfer: wait for the first bytes (a pull's setup is ~0.1 s)
         time.sleep(1.2)
         rec["running_at_cut"] = proc.poll() is None
@@ -889,8 +936,12 @@ def trial_partition_during_pull(h: Harness, trial: int, heal: bool) -> Tuple[Dic
         errors += h.finish_pull(proc, out, so, se, t0, rec)
         rec["ended_after_cut_s"] = round(t0 + rec["pull_wall_s"] - t_cut, 3)
         if not rec["running_at_cut"]:
-            errors.append("the pull ended before the cut (lower --size's rate or raise it); "
-                          "nothing was tested")
+            errors.append("the pull ended before the cut (the model is too small for the "
+                          "link's 1 Mbit/s floor; raise --size): nothing was tested")
+        if heal and rec["outcome"] != "pulled":
+            errors.append(f"pull failed though the link healed {heal_after:g} s after the cut, "
+                          f"well inside its --stall-timeout {stall:g} s: "
+                          f"{rec.get('message', '')[-300:]}")
         if not heal:
             bound = a.stall_timeout + 10
             if rec["outcome"] == "pulled":
@@ -921,18 +972,24 @@ def run(args: argparse.Namespace, lab: Lab, h: Harness) -> int:
     results: Dict[str, List[Tuple[Dict, List[str]]]] = {w: [] for w in args.workloads}
     profiles = [(n, s) for n, s in NETEM_PROFILES if n in args.profiles]
 
+    self_stale_seen = [0]
+
     def record(w: str, rec: Dict, errors: List[str], t0: float) -> None:
         dead = h.alive()
         if dead:
             errors.append(dead)
+        lines = h.self_stale_lines()
+        if len(lines) > self_stale_seen[0]:
+            errors.append(f"the source marked itself STALE: {lines[-1][-300:]}")
+            self_stale_seen[0] = len(lines)
         rec["trial_s"] = round(time.monotonic() - t0, 3)
         rec["ok"] = not errors
         rec["errors"] = errors
         results[w].append((rec, errors))
         emit(rec)
         brief = {k: rec[k] for k in ("profile", "case", "outcome", "pull_wall_s",
-                                     "hidden_after_s", "ready_again_after_heal_s",
-                                     "message") if k in rec}
+                                     "max_heartbeat_age_s", "hidden_after_s",
+                                     "ready_again_after_heal_s", "message") if k in rec}
         log(f"{w} #{rec['trial']}: {'ok' if not errors else 'FAILED'} {json.dumps(brief)}"
             + ("".join(f"\n    violated: {e}" for e in errors)))
         if dead:
@@ -1020,11 +1077,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     remove_orphan_namespaces()
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
-        workdir = tempfile.mkdtemp(prefix="ferry-chaos-", dir=args.dir)
+        base = args.dir
     else:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and \
-            shutil.disk_usage("/dev/shm").free > 4 * args.size + (256 << 20) else None
-        workdir = tempfile.mkdtemp(prefix="ferry-chaos-", dir=base)
+            shutil.disk_usage("/dev/shm").free > 4 * args.size + (256 << 20) \
+            else tempfile.gettempdir()
+    remove_orphan_workdirs([base])
+    workdir = tempfile.mkdtemp(prefix=f"ferry-chaos-{os.getpid()}-", dir=base)
     lab = Lab(workdir)
     atexit.register(lab.cleanup)
     h = Harness(args, lab, workdir)
@@ -1046,6 +1105,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         lab.cleanup()
         if args.keep or code not in (0, 130):
+            try:
+                with open(os.path.join(workdir, "KEPT"), "w") as f:
+                    f.write(f"exit {code}\n")
+            except OSError:
+                pass
             log(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "store/redis_client.h"
 
 namespace ferry::testing {
@@ -256,7 +257,21 @@ Status RedisServer::Restart() {
 Status RedisServer::Pause() {
   if (pid_ <= 0) return absl::FailedPreconditionError("redis-server is not running");
   kill(pid_, SIGSTOP);
-  return absl::OkStatus();
+  // kill() only queues the signal: redis may still answer a command on another CPU until the
+  // kernel has stopped it. Wait for /proc/<pid>/stat to say so ('T').
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline) {
+    std::ifstream in(absl::StrCat("/proc/", pid_, "/stat"));
+    std::string line;
+    std::getline(in, line);
+    const size_t paren = line.rfind(')');
+    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T') {
+      return absl::OkStatus();
+    }
+    absl::SleepFor(absl::Milliseconds(1));  // polling the kernel's view of the process
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("redis-server (pid ", pid_, ") did not stop within 10 s of SIGSTOP"));
 }
 
 Status RedisServer::Resume() {
