@@ -23,6 +23,11 @@ connect, transfer, verify, write):
                     succeeds and leaves no stage directory beside CACHE.
   disk_full         (root only) a pull into a tmpfs too small for the model: exit 1, a message
                     naming the output, and the tmpfs left empty.
+  redis_killed      a second ferry-server on a real redis-server (no persistence) with two
+                    sources heartbeating through it: redis is SIGKILLed at a random moment and
+                    restarted empty 0-2 s later. After: within 10 s both sources are READY
+                    again (their heartbeats publish the lost records again) and a pull through
+                    that server gives the reference bytes.
 
 Soak (--soak SECONDS): pulls from two sources back to back (alternating the output file), every
 tenth round a third source stopped (STALE) and published again, heartbeats every second
@@ -54,7 +59,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-FAULTS = ["target_killed", "source_killed", "source_alone", "install_killed", "disk_full"]
+FAULTS = ["target_killed", "source_killed", "source_alone", "install_killed", "disk_full",
+          "redis_killed"]
 _JSON = False
 
 
@@ -276,6 +282,11 @@ def run_faults(args, bed: Bed) -> Dict[str, dict]:
                 bed.publish("source-alone", "loops/alone")
             elif fault == "install_killed":
                 res = trial_install_kill(bed, i)
+            elif fault == "redis_killed":
+                res = trial_redis_kill(bed, reference)
+                if res is None:
+                    log("redis_killed skipped: redis-server not found")
+                    break
             elif fault == "disk_full":
                 res = trial_disk_full(bed, reference)
                 if res is None:
@@ -370,6 +381,82 @@ def trial_disk_full(bed: Bed, reference: bytes) -> Optional[dict]:
     finally:
         subprocess.run(["umount", mount])
         os.rmdir(mount)
+
+
+_REDIS: dict = {}
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(bed: Bed) -> None:
+    _REDIS["proc"] = bed.spawn(["redis-server", "--port", str(_REDIS["port"]), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "no", "--dir", bed.work], "redis")
+    deadline = time.monotonic() + 10
+    while subprocess.run(["redis-cli", "-p", str(_REDIS["port"]), "ping"],
+                         capture_output=True).stdout.strip() != b"PONG":
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not answer within 10 s")
+        time.sleep(0.02)  # polling a server that is starting
+
+
+def ready_workers(bed: Bed, address: str, model: str) -> int:
+    r = subprocess.run([os.path.join(bed.bin, "ferry"), "sources", "list", "--server", address,
+                        "--model", model, "--status", "ready", "--json"], capture_output=True)
+    if r.returncode != 0:
+        return -1
+    try:
+        return len(json.loads(r.stdout))
+    except json.JSONDecodeError:
+        return -1
+
+
+def trial_redis_kill(bed: Bed, reference: bytes) -> Optional[dict]:
+    if shutil.which("redis-server") is None:
+        return None
+    if not _REDIS:
+        _REDIS["port"] = free_port()
+        start_redis(bed)
+        ready = os.path.join(bed.work, "server-redis.ready")
+        server = bed.spawn([os.path.join(bed.bin, "ferry-server"), "--listen", "127.0.0.1:0",
+                            "--admin-listen", "off", "--store", f"redis://127.0.0.1:{_REDIS['port']}",
+                            "--heartbeat-timeout", "3s", "--reaper-scan-interval", "500ms",
+                            "--ready-file", ready], "server-redis")
+        _REDIS["address"] = f"127.0.0.1:{wait_ready(ready, server)['grpc_port']}"
+        saved = bed.address
+        bed.address = _REDIS["address"]
+        bed.publish("redis-source-a", "loops/redis")
+        bed.publish("redis-source-b", "loops/redis")
+        bed.address = saved
+    delay = bed.rng.uniform(0, 2)
+    time.sleep(delay)  # the fault's random moment
+    _REDIS["proc"].kill()
+    time.sleep(bed.rng.uniform(0, 2))  # how long redis stays down
+    start_redis(bed)
+    t0 = time.monotonic()
+    count = 0
+    while time.monotonic() - t0 < 10 and count != 2:
+        count = ready_workers(bed, _REDIS["address"], "loops/redis")
+        if count != 2:
+            time.sleep(0.1)  # polling the server for the re-published records
+    back_s = time.monotonic() - t0
+    error = None if count == 2 else f"{count} of 2 sources READY 10 s after redis came back"
+    if error is None:
+        outdir = tempfile.mkdtemp(dir=bed.work, prefix="out-")
+        out = os.path.join(outdir, "model.safetensors")
+        saved = bed.address
+        bed.address = _REDIS["address"]
+        r = subprocess.run(bed.pull_argv("loops/redis", out), capture_output=True, timeout=120)
+        bed.address = saved
+        error = check_output(out, reference, allowed_missing=False) if r.returncode == 0 else \
+            f"pull after the restart failed: {r.stderr.decode()[-300:]}"
+        shutil.rmtree(outdir)
+    return {"delay_s": round(delay, 4), "ready_again_s": round(back_s, 3), "killed": True,
+            "exit": 0, "error": error}
 
 
 def proc_sample(pid: int) -> dict:
