@@ -50,30 +50,53 @@ int64_t AcceptBacklog(uint16_t port) {
 
 }  // namespace
 
-Status ProbeListener(uint16_t port, absl::Duration timeout, bool ipv6) {
-  const std::string where = absl::StrCat(ipv6 ? "[::1]:" : "127.0.0.1:", port);
+std::string ProbeHost(const std::string& listen) {
+  std::string host = listen;
+  if (!host.empty() && host[0] == '[') {
+    host = host.substr(
+        1, host.find(']') == std::string::npos ? std::string::npos : host.find(']') - 1);
+    return host == "::" || host.empty() ? "::1" : host;
+  }
+  const size_t colon = host.rfind(':');
+  if (colon != std::string::npos) host = host.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0" || host == "*") return "127.0.0.1";
+  if (host == "::") return "::1";
+  return host;
+}
+
+Status ProbeListener(const std::string& host_in, uint16_t port, absl::Duration timeout) {
+  const std::string host = host_in.empty() ? "127.0.0.1" : host_in;
+  const bool ipv6 = host.find(':') != std::string::npos;
+  const std::string where =
+      ipv6 ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
   const auto unavailable = [&](const std::string& why) {
     return absl::UnavailableError(absl::StrCat("the listener on ", where, " ", why));
   };
-  Fd fd(::socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) {
-    return unavailable(absl::StrCat("cannot be probed: this process cannot open a socket (",
-                                    ErrnoText(errno), "); raise the descriptor limit"));
-  }
   sockaddr_storage addr{};
   socklen_t len = 0;
   if (ipv6) {
     auto& a = reinterpret_cast<sockaddr_in6&>(addr);
     a.sin6_family = AF_INET6;
     a.sin6_port = htons(port);
-    a.sin6_addr = in6addr_loopback;
+    if (::inet_pton(AF_INET6, host.c_str(), &a.sin6_addr) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot probe ", where, ": not a numeric address"));
+    }
     len = sizeof(a);
   } else {
     auto& a = reinterpret_cast<sockaddr_in&>(addr);
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot probe ", where, ": not a numeric address"));
+    }
     len = sizeof(a);
+  }
+  Fd fd(::socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) {
+    return unavailable(absl::StrCat("cannot be probed: this process cannot open a socket (",
+                                    ErrnoText(errno), "); raise the descriptor limit"));
   }
   // On loopback the kernel completes the handshake at once, accepted or not: the connection
   // then sits in the listener's backlog until the server calls accept().
@@ -122,7 +145,7 @@ void ListenerWatch::Loop() {
   int failed = 0;
   bool reported = false;
   while (!stop_.WaitForNotificationWithTimeout(options_.interval)) {
-    Status s = ProbeListener(options_.port, options_.timeout, options_.ipv6);
+    Status s = ProbeListener(options_.host, options_.port, options_.timeout);
     if (s.ok()) {
       if (reported)
         spdlog::info("{} on port {} accepts connections again", options_.what, options_.port);

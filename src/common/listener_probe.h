@@ -21,12 +21,17 @@
 
 namespace ferry::internal {
 
-// Connects to 127.0.0.1:`port` (or [::1] when `ipv6`) and watches the listener's accept backlog
-// (/proc/net/tcp, this network namespace) until it is empty: OK when the server accepted within
-// `timeout`; Unavailable naming the port when the backlog does not drain (nobody accepts), when
-// the connection is refused, or when this process cannot open a socket (out of descriptors).
-// Sends nothing, so TLS servers log no handshake error.
-Status ProbeListener(uint16_t port, absl::Duration timeout, bool ipv6 = false);
+// Connects to `host`:`port` (a numeric IPv4 or IPv6 address the listener is bound to; "" means
+// 127.0.0.1) and watches the listener's accept backlog (/proc/net/tcp, this network namespace)
+// until it is empty: OK when the server accepted within `timeout`; Unavailable naming the
+// address when the backlog does not drain (nobody accepts), when the connection is refused, or
+// when this process cannot open a socket (out of descriptors). Sends nothing, so TLS servers log
+// no handshake error.
+Status ProbeListener(const std::string& host, uint16_t port, absl::Duration timeout);
+
+// The address to probe a listener bound to `listen` ("HOST:PORT" or "[V6]:PORT") at: the host
+// itself, or the loopback address of its family for a wildcard ("0.0.0.0", "::", "", "*").
+std::string ProbeHost(const std::string& listen);
 
 // Runs ProbeListener every `interval` on a thread it owns. After `failures` probes in a row
 // fail, healthy() turns false and `on_unhealthy` runs once (on the watch thread) with the
@@ -34,8 +39,8 @@ Status ProbeListener(uint16_t port, absl::Duration timeout, bool ipv6 = false);
 class ListenerWatch {
  public:
   struct Options {
+    std::string host;  // see ProbeListener; "" is 127.0.0.1
     uint16_t port = 0;
-    bool ipv6 = false;
     std::string what;  // "worker endpoint", "gRPC listener": for messages
     absl::Duration interval = absl::Seconds(5);
     absl::Duration timeout = absl::Seconds(2);

@@ -224,6 +224,7 @@ void Server::Start() {
     // gRPC 1.51 never accepts on a listener again after accept4 failed with EMFILE; /healthz and
     // grpc.health.v1 must then say so, so that a probe restarts this replica.
     ferry::internal::ListenerWatch::Options watch;
+    watch.host = ferry::internal::ProbeHost(options_.listen);
     watch.port = static_cast<uint16_t>(grpc_port_);
     watch.what = absl::StrCat("ferry-server's gRPC listener (port ", grpc_port_, ")");
     watch.interval = options_.listener_probe_interval;

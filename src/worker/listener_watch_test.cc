@@ -50,7 +50,7 @@ std::unique_ptr<WorkerState> MakeState() {
 }
 
 std::unique_ptr<WorkerServer> Start(WorkerServerOptions options) {
-  options.listen = "127.0.0.1:0";
+  if (options.listen == WorkerServerOptions().listen) options.listen = "127.0.0.1:0";
   auto server = WorkerServer::Create(std::move(options));
   EXPECT_TRUE(server.ok()) << server.status();
   if (!server.ok()) return nullptr;
@@ -73,7 +73,7 @@ TEST(ListenerProbeTest, ALiveEndpointAnswersPlaintextAndTls) {
   auto state = MakeState();
   auto plain = Start({.state = state.get()});
   ASSERT_NE(plain, nullptr);
-  EXPECT_TRUE(ProbeListener(static_cast<uint16_t>(plain->port()), absl::Seconds(5)).ok());
+  EXPECT_TRUE(ProbeListener("", static_cast<uint16_t>(plain->port()), absl::Seconds(5)).ok());
 
   ferry::testing::TempDir tmp;
   auto certs = ferry::testing::MakeTestCerts(tmp.path());
@@ -83,7 +83,26 @@ TEST(ListenerProbeTest, ALiveEndpointAnswersPlaintextAndTls) {
                     .tls_key = certs->server_key,
                     .tls_client_ca = certs->ca});
   ASSERT_NE(tls, nullptr);
-  EXPECT_TRUE(ProbeListener(static_cast<uint16_t>(tls->port()), absl::Seconds(5)).ok());
+  EXPECT_TRUE(ProbeListener("", static_cast<uint16_t>(tls->port()), absl::Seconds(5)).ok());
+}
+
+// A source listening on one address (--worker-listen 10.0.0.5:0) was probed at 127.0.0.1,
+// found "refusing", and marked itself STALE for good (found by bench/chaos.py). The probe now
+// dials the address the listener is bound to.
+TEST(ListenerProbeTest, AListenerBoundToOneAddressIsProbedThere) {
+  auto state = MakeState();
+  auto server = Start({.state = state.get(), .listen = "127.0.0.2:0"});
+  ASSERT_NE(server, nullptr);
+  const std::string host = ferry::internal::ProbeHost(server->listen_address());
+  EXPECT_EQ(host, "127.0.0.2");
+  EXPECT_TRUE(ProbeListener(host, static_cast<uint16_t>(server->port()), absl::Seconds(5)).ok());
+  EXPECT_EQ(
+      ProbeListener("127.0.0.1", static_cast<uint16_t>(server->port()), absl::Seconds(1)).code(),
+      absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ferry::internal::ProbeHost("0.0.0.0:6555"), "127.0.0.1");
+  EXPECT_EQ(ferry::internal::ProbeHost("[::]:6555"), "::1");
+  EXPECT_EQ(ferry::internal::ProbeHost("[fd00::5]:6555"), "fd00::5");
+  EXPECT_EQ(ferry::internal::ProbeHost("10.0.0.5:0"), "10.0.0.5");
 }
 
 TEST(ListenerProbeTest, ABacklogNobodyAcceptsIsUnavailable) {
@@ -95,11 +114,11 @@ TEST(ListenerProbeTest, ABacklogNobodyAcceptsIsUnavailable) {
   ASSERT_EQ(::listen(fd.get(), 16), 0);  // and never accept
   socklen_t len = sizeof(a);
   ASSERT_EQ(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len), 0);
-  const Status s = ProbeListener(ntohs(a.sin_port), absl::Milliseconds(500));
+  const Status s = ProbeListener("127.0.0.1", ntohs(a.sin_port), absl::Milliseconds(500));
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_THAT(std::string(s.message()), HasSubstr("is not accepting connections"));
   fd.Reset();
-  const Status closed = ProbeListener(ntohs(a.sin_port), absl::Milliseconds(500));
+  const Status closed = ProbeListener("127.0.0.1", ntohs(a.sin_port), absl::Milliseconds(500));
   EXPECT_THAT(std::string(closed.message()), HasSubstr("refused a connection"));
 }
 
@@ -173,14 +192,15 @@ TEST(ListenerProbeTest, AnEndpointKilledByEmfileIsSeenAsUnhealthy) {
   int port = 0;
   ASSERT_EQ(::read(pipe_fds[0], &port, sizeof(port)), static_cast<ssize_t>(sizeof(port)));
   ::close(pipe_fds[0]);
-  ASSERT_TRUE(ProbeListener(static_cast<uint16_t>(port), absl::Seconds(5)).ok());
+  ASSERT_TRUE(ProbeListener("", static_cast<uint16_t>(port), absl::Seconds(5)).ok());
 
   // The flood holds every descriptor the child has: new connections wait in the backlog.
   std::vector<Fd> flood;
   for (int i = 0; i < 64; ++i) flood.push_back(Dial(port));
   std::atomic<int> reports{0};
   absl::Notification reported;
-  auto watch = ListenerWatch::Start({.port = static_cast<uint16_t>(port),
+  auto watch = ListenerWatch::Start({.host = "",
+                                     .port = static_cast<uint16_t>(port),
                                      .what = "worker endpoint under test",
                                      .interval = absl::Milliseconds(100),
                                      .timeout = absl::Milliseconds(500),

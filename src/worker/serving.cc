@@ -27,7 +27,7 @@ StatusOr<std::unique_ptr<Serving>> Serving::Start(
   // stay READY: targets would pick it and wait. The record goes STALE; restart the source.
   ferry::internal::ListenerWatch::Options watch;
   watch.port = static_cast<uint16_t>(serving->server_->port());
-  watch.ipv6 = absl::StartsWith(serving->server_->endpoint(), "[");
+  watch.host = ferry::internal::ProbeHost(serving->server_->listen_address());
   watch.what = absl::StrCat("worker endpoint ", serving->server_->endpoint());
   watch.interval = serving_options.listener_probe_interval;
   Publisher* heartbeats = serving->publisher_.get();

@@ -102,6 +102,8 @@ class WorkerServer {
   int port() const { return port_; }
   // "host:port" for worker_grpc_endpoint (IPv6 hosts in brackets); "" before Start().
   std::string endpoint() const;
+  // WorkerServerOptions.listen as given (the bound port is port()).
+  const std::string& listen_address() const { return options_.listen; }
   // Requests being handled now.
   int in_flight() const;
 

@@ -124,10 +124,11 @@ void RunStream(int fd, const std::vector<Chunk>& chunks, const std::vector<uint3
           absl::DataLossError(absl::StrCat("failed: protocol error: the reply for ", RangeText(c),
                                            " has ", reply.length, " bytes; reconnect")));
     }
-    r = RecvAll(fd, c.dst, c.length, interrupted);
+    // Counted as it lands: on a slow link a chunk takes longer than a stall timeout, and the
+    // pull must not look stalled while bytes arrive.
+    r = RecvAll(fd, c.dst, c.length, interrupted, ctl.bytes_done);
     if (r.what != Io::kOk) return io_failed(r, "receiving", c);
     done[index] = 1;
-    ctl.bytes_done->fetch_add(c.length, std::memory_order_relaxed);
     ++received;
   }
 }
