@@ -31,5 +31,5 @@ if [ "${FERRY_SKIP_SANITIZERS:-0}" != "1" ]; then
   cmake --preset debug >/dev/null
   ninja -C build-debug -j"$(nproc)"
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    ctest --test-dir build-debug --output-on-failure -j2 -LE 'python|bench-smoke|fuzz|faults' "$@"
+    ctest --test-dir build-debug --output-on-failure -j2 -LE 'python|bench-smoke|fuzz|faults|chaos' "$@"
 fi
