@@ -28,6 +28,12 @@ connect, transfer, verify, write):
                     restarted empty 0-2 s later. After: within 10 s both sources are READY
                     again (their heartbeats publish the lost records again) and a pull through
                     that server gives the reference bytes.
+  replica_killed    two ferry-server replicas on that redis; two sources heartbeat through
+                    replica A; A is SIGKILLed at a random moment. While A is down, replica B
+                    still lists both sources (their records are in Redis) until the heartbeat
+                    timeout; A restarts on its port 0-5 s later (past the 3 s heartbeat timeout
+                    in some trials) and both sources are READY through B within 10 s (their
+                    heartbeats reach the new A).
 
 Soak (--soak SECONDS): pulls from two sources back to back (alternating the output file), every
 tenth round a third source stopped (STALE) and published again, heartbeats every second
@@ -60,7 +66,7 @@ import time
 from typing import Dict, List, Optional
 
 FAULTS = ["target_killed", "source_killed", "source_alone", "install_killed", "disk_full",
-          "redis_killed"]
+          "redis_killed", "replica_killed"]
 _JSON = False
 
 
@@ -287,6 +293,11 @@ def run_faults(args, bed: Bed) -> Dict[str, dict]:
                 if res is None:
                     log("redis_killed skipped: redis-server not found")
                     break
+            elif fault == "replica_killed":
+                res = trial_replica_kill(bed)
+                if res is None:
+                    log("replica_killed skipped: redis-server not found")
+                    break
             elif fault == "disk_full":
                 res = trial_disk_full(bed, reference)
                 if res is None:
@@ -457,6 +468,60 @@ def trial_redis_kill(bed: Bed, reference: bytes) -> Optional[dict]:
         shutil.rmtree(outdir)
     return {"delay_s": round(delay, 4), "ready_again_s": round(back_s, 3), "killed": True,
             "exit": 0, "error": error}
+
+
+_REPLICAS: dict = {}
+
+
+def start_replica(bed: Bed, port: int, name: str) -> Child:
+    ready = os.path.join(bed.work, f"{name}.ready")
+    if os.path.exists(ready):
+        os.unlink(ready)
+    child = bed.spawn([os.path.join(bed.bin, "ferry-server"), "--listen", f"127.0.0.1:{port}",
+                       "--admin-listen", "off", "--store", f"redis://127.0.0.1:{_REDIS['port']}",
+                       "--heartbeat-timeout", "3s", "--reaper-scan-interval", "500ms",
+                       "--ready-file", ready], name)
+    wait_ready(ready, child)
+    return child
+
+
+def trial_replica_kill(bed: Bed) -> Optional[dict]:
+    if shutil.which("redis-server") is None:
+        return None
+    if not _REDIS:
+        _REDIS["port"] = free_port()
+        start_redis(bed)
+    if not _REPLICAS:
+        _REPLICAS["a_port"], _REPLICAS["b_port"] = free_port(), free_port()
+        _REPLICAS["a"] = start_replica(bed, _REPLICAS["a_port"], "replica-a")
+        _REPLICAS["b"] = start_replica(bed, _REPLICAS["b_port"], "replica-b")
+        saved = bed.address
+        bed.address = f"127.0.0.1:{_REPLICAS['a_port']}"
+        bed.publish("replica-source-a", "loops/replicas")
+        bed.publish("replica-source-b", "loops/replicas")
+        bed.address = saved
+    via_b = f"127.0.0.1:{_REPLICAS['b_port']}"
+    delay = bed.rng.uniform(0, 2)
+    time.sleep(delay)  # the fault's random moment
+    _REPLICAS["a"].kill()
+    listed_while_down = ready_workers(bed, via_b, "loops/replicas")
+    down = bed.rng.uniform(0, 5)  # past the 3 s heartbeat timeout in some trials
+    time.sleep(down)  # how long the replica stays down
+    _REPLICAS["a"] = start_replica(bed, _REPLICAS["a_port"], "replica-a")
+    t0 = time.monotonic()
+    count = 0
+    while time.monotonic() - t0 < 10 and count != 2:
+        count = ready_workers(bed, via_b, "loops/replicas")
+        if count != 2:
+            time.sleep(0.1)  # polling replica B for the sources' next heartbeats
+    error = None
+    if listed_while_down != 2:
+        error = f"replica B listed {listed_while_down} of 2 READY sources right after A died"
+    elif count != 2:
+        error = f"{count} of 2 sources READY through B 10 s after A came back"
+    return {"delay_s": round(delay, 4), "down_s": round(down, 3),
+            "ready_again_s": round(time.monotonic() - t0, 3), "killed": True, "exit": 0,
+            "error": error}
 
 
 def proc_sample(pid: int) -> dict:

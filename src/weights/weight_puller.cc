@@ -19,6 +19,7 @@
 #include "transfer/monitored_read.h"
 #include "weights/buffers.h"
 #include "weights/tensor_checksum.h"
+#include "weights/transfer_plan.h"
 #include "worker/centralized.h"
 
 namespace ferry::weights {
@@ -26,6 +27,9 @@ namespace ferry::weights {
 namespace {
 
 namespace p2p = ::model_express::p2p;
+using internal::MakeOps;
+using internal::MakePlan;
+using internal::Plan;
 
 std::string IdentityText(const SourceIdentity& identity, const std::string& mx_source_id,
                          uint32_t rank, const std::string& accelerator) {
@@ -36,69 +40,6 @@ std::string IdentityText(const SourceIdentity& identity, const std::string& mx_s
   if (!accelerator.empty()) absl::StrAppend(&text, " accelerator ", accelerator);
   if (!mx_source_id.empty()) absl::StrAppend(&text, " (mx_source_id ", mx_source_id, ")");
   return text;
-}
-
-// The source's tensors, checked and ordered by (region, offset), and the local layout:
-// tensor i goes to local offset `local[i].offset`, contiguous in that order.
-struct Plan {
-  std::vector<ferry::v1::TensorEntry> remote;
-  std::vector<TensorInfo> local;
-  std::map<std::string, std::string> metadata;
-  uint64_t total = 0;
-};
-
-StatusOr<Plan> MakePlan(const ferry::v1::GetTransferInfoResponse& info) {
-  if (info.tensors().empty()) {
-    return absl::FailedPreconditionError(
-        "the source serves 0 tensors; refusing an empty model (is it the right identity?)");
-  }
-  Plan plan;
-  plan.remote.assign(info.tensors().begin(), info.tensors().end());
-  std::sort(plan.remote.begin(), plan.remote.end(), [](const auto& a, const auto& b) {
-    return std::make_pair(a.region(), a.offset()) < std::make_pair(b.region(), b.offset());
-  });
-  for (const ferry::v1::TensorEntry& e : plan.remote) {
-    FERRY_ASSIGN_OR_RETURN(DType dtype, ParseDType(e.dtype()));
-    uint64_t elements = 1;
-    for (uint64_t d : e.shape()) {
-      if (d != 0 && elements > UINT64_MAX / d) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("tensor ", e.name(), ": shape overflows 64 bits"));
-      }
-      elements *= d;
-    }
-    if (elements > UINT64_MAX / DTypeSize(dtype) || elements * DTypeSize(dtype) != e.size()) {
-      return absl::FailedPreconditionError(absl::StrCat("tensor ", e.name(), ": size ", e.size(),
-                                                        " does not match its shape and dtype ",
-                                                        e.dtype()));
-    }
-    TensorInfo& t = plan.local.emplace_back();
-    t.name = e.name();
-    t.dtype = dtype;
-    t.shape.assign(e.shape().begin(), e.shape().end());
-    t.offset = plan.total;
-    t.size = e.size();
-    plan.total += e.size();
-  }
-  plan.metadata.insert(info.metadata().begin(), info.metadata().end());
-  return plan;
-}
-
-// One read per run of tensors that are adjacent in the remote region (they are adjacent
-// locally by construction), so that the op count does not grow with the tensor count.
-std::vector<ReadOp> MakeOps(const Plan& plan, uint8_t* base) {
-  std::vector<ReadOp> ops;
-  for (size_t i = 0; i < plan.remote.size(); ++i) {
-    const ferry::v1::TensorEntry& e = plan.remote[i];
-    if (e.size() == 0) continue;
-    if (!ops.empty() && ops.back().remote_region == e.region() &&
-        ops.back().remote_offset + ops.back().length == e.offset()) {
-      ops.back().length += e.size();
-      continue;
-    }
-    ops.push_back(ReadOp{e.region(), e.offset(), base + plan.local[i].offset, e.size()});
-  }
-  return ops;
 }
 
 // DataLoss naming the first tensor whose `checksums` entry differs from the source's.
