@@ -188,6 +188,15 @@ TEST(ListenerProbeTest, AnEndpointKilledByEmfileIsSeenAsUnhealthy) {
     ::execve("/proc/self/exe", argv, envp);
     std::_Exit(127);
   }
+  // Killed and reaped however the test ends (an early ASSERT return included), so that no child
+  // outlives it holding ctest's output pipe.
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reaper{child};
   ::close(pipe_fds[1]);
   int port = 0;
   ASSERT_EQ(::read(pipe_fds[0], &port, sizeof(port)), static_cast<ssize_t>(sizeof(port)));
@@ -218,8 +227,6 @@ TEST(ListenerProbeTest, AnEndpointKilledByEmfileIsSeenAsUnhealthy) {
   flood.clear();
   watch->Stop();
   EXPECT_EQ(reports.load(), 1) << "reported once, not per probe";
-  ::kill(child, SIGKILL);
-  ::waitpid(child, nullptr, 0);
 }
 
 }  // namespace

@@ -172,6 +172,15 @@ TEST(TcpServerTest, OutOfDescriptorsNeitherSpinsNorFloodsAndRecovers) {
     ::pause();  // until killed
     ::_exit(0);
   }
+  // Killed and reaped however the test ends (an early ASSERT return included), so that no child
+  // outlives it holding ctest's output pipe.
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reaper{child};
   ::close(port_pipe[1]);
   uint16_t port = 0;
   ASSERT_EQ(::read(port_pipe[0], &port, sizeof(port)), static_cast<ssize_t>(sizeof(port)));
@@ -194,9 +203,6 @@ TEST(TcpServerTest, OutOfDescriptorsNeitherSpinsNorFloodsAndRecovers) {
     recovered = fd.valid() && Handshake(fd.get(), kSecret) == static_cast<int>(HelloStatus::kOk);
   }
   EXPECT_TRUE(recovered) << "the source never accepted again";
-  ::kill(child, SIGKILL);
-  int status = 0;
-  ::waitpid(child, &status, 0);
 }
 
 // On a slow link one chunk takes longer than a stall timeout; the target counted a chunk only
