@@ -92,11 +92,10 @@ import tempfile
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chaos_link import open_tap  # noqa: E402
+from harness import HarnessError, parse_size, resolve_build_dir, tail, wait_ready_file  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "chaos-model"
 WORKER_ID = "chaos-src"
 NS_PREFIX = "ferry-chaos-"
@@ -133,26 +132,6 @@ _JSON_OUT = False
 
 # ---------------------------------------------------------------------------------------------
 # Arguments
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected bytes or e.g. 8MiB, 32MiB")
-    value = float(m.group(1))
-    unit = (m.group(2) or "B").upper()
-    scale = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit[0]]
-    if len(unit) >= 2 and "I" not in unit and unit != "B":
-        scale = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[unit[0]]
-    return int(value * scale)
-
-
-def resolve_build_dir(path: str) -> str:
-    if os.path.isabs(path):
-        return path
-    if os.path.isdir(path):
-        return os.path.abspath(path)
-    return os.path.join(REPO, path)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -237,7 +216,7 @@ def emit(obj: Dict) -> None:
         print(json.dumps(obj), flush=True)
 
 
-class ChaosError(Exception):
+class ChaosError(HarnessError):
     """A setup failure (not an invariant): exit 2."""
 
 
@@ -433,7 +412,7 @@ class Lab:
     def link_stats(self) -> Dict:
         try:
             return json.loads(self._command({"stats": True}))
-        except (ValueError, ChaosError):
+        except (ValueError, HarnessError):
             return {}
 
     def cut(self, link: str) -> None:
@@ -527,33 +506,6 @@ class Lab:
         self.created = []
 
 
-def wait_ready_file(path: str, proc: subprocess.Popen, name: str, log_path: str,
-                    timeout: float = 60.0) -> Dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ChaosError(f"{name} exited with {proc.returncode} before it was ready; "
-                             f"its log:\n{_tail(log_path)}")
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
-            time.sleep(0.05)
-    raise ChaosError(f"{name} not ready after {timeout:.0f} s; its log:\n{_tail(log_path)}")
-
-
-def _tail(path: str, n: int = 3000) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read()[-n:].decode(errors="replace")
-    except OSError:
-        return "(no log)"
-
-
-# ---------------------------------------------------------------------------------------------
-# The harness: server, source, pulls, listings
-
-
 class Harness:
     def __init__(self, args: argparse.Namespace, lab: Lab, workdir: str) -> None:
         self.args = args
@@ -611,7 +563,7 @@ class Harness:
         for name, proc, path in (("ferry-server", self.server, self.server_log),
                                  ("ferry publish", self.source, self.source_log)):
             if proc is not None and proc.poll() is not None:
-                return f"{name} exited with {proc.returncode}: {_tail(path, 600)}"
+                return f"{name} exited with {proc.returncode}: {tail(path, 600)}"
         return None
 
     # --- listings (from the target's namespace, over tgt<->srv)
@@ -707,7 +659,7 @@ class Harness:
         self.lab.forget(proc)
         rec["pull_wall_s"] = round(time.monotonic() - t0, 3)
         rec["exit"] = proc.returncode
-        err_text = _tail(stderr, 4000).strip()
+        err_text = tail(stderr, 4000).strip()
         summary = None
         try:
             with open(stdout) as f:
@@ -1091,7 +1043,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         code = run(args, lab, h)
         return code
-    except ChaosError as e:
+    except HarnessError as e:
         log(f"error: {e}")
         code = 2
         return 2

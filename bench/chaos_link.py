@@ -68,7 +68,7 @@ def main(argv: List[str]) -> int:
     args = argv[1:]
     while args:
         if args[0] != "--link" or len(args) < 2:
-            print(f"usage: chaos_link.py --link NAME:FD_A:FD_B ...", file=sys.stderr)
+            print("usage: chaos_link.py --link NAME:FD_A:FD_B ...", file=sys.stderr)
             return 2
         name, a, b = args[1].split(":")
         fa, fb = int(a), int(b)

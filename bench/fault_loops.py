@@ -67,6 +67,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from harness import parse_size, wait_ready_file
+
 FAULTS = ["target_killed", "source_killed", "source_alone", "install_killed", "disk_full",
           "redis_killed", "replica_killed"]
 _JSON = False
@@ -80,14 +82,6 @@ def emit(obj: dict) -> None:
 def log(msg: str) -> None:
     print(f"fault_loops: {msg}", file=sys.stderr, flush=True)
 
-
-def parse_size(text: str) -> int:
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-    t = text.strip().lower()
-    for suffix, mult in units.items():
-        if t.endswith(suffix):
-            return int(float(t[: -len(suffix)]) * mult)
-    return int(t)
 
 
 def write_model(path: str, size: int, rng: random.Random, tensors: int = 8) -> None:
@@ -136,17 +130,8 @@ class Child:
         self.log.close()
 
 
-def wait_ready(path: str, proc: Child, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"{proc.argv[0]} exited with {proc.proc.returncode}; see {proc.log_path}")
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
-            time.sleep(0.02)  # polling a file the child writes once
-    raise RuntimeError(f"{path} did not appear within {timeout}s; see {proc.log_path}")
+def wait_ready(path: str, child: Child, timeout: float = 60) -> dict:
+    return wait_ready_file(path, child.proc, child.argv[0], child.log_path, timeout)
 
 
 def tree(path: str) -> Dict[str, bytes]:

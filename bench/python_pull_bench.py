@@ -62,7 +62,6 @@ import ctypes
 import glob
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -72,7 +71,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import HarnessError, parse_size, resolve_build_dir, tail, wait_ready_file  # noqa: E402
+
 MODEL = "bench-model"
 DTYPE_LABEL = "bfloat16"
 _JSON_OUT = False
@@ -80,26 +80,6 @@ _JSON_OUT = False
 
 # ---------------------------------------------------------------------------------------------
 # Arguments
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected bytes or e.g. 64MiB, 1GiB")
-    value = float(m.group(1))
-    unit = (m.group(2) or "B").upper()
-    scale = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit[0]]
-    if len(unit) >= 2 and "I" not in unit and unit != "B":
-        scale = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[unit[0]]  # 1GB = 10^9
-    return int(value * scale)
-
-
-def resolve_build_dir(path: str) -> str:
-    if os.path.isabs(path):
-        return path
-    if os.path.isdir(path):
-        return os.path.abspath(path)
-    return os.path.join(REPO, path)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -145,7 +125,7 @@ def emit(obj: Dict) -> None:
         print(json.dumps(obj), flush=True)
 
 
-class BenchError(Exception):
+class BenchError(HarnessError):
     pass
 
 
@@ -281,33 +261,6 @@ class Children:
                     log(f"{name} (pid {proc.pid}) ignored SIGTERM for 15 s; killing it")
                     proc.kill()
                     proc.wait()
-
-
-def wait_ready_file(path: str, proc: subprocess.Popen, name: str, log_path: str,
-                    timeout: float = 60.0) -> Dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{name} exited with {proc.returncode} before it was ready; "
-                             f"its log:\n{_tail(log_path)}")
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
-            time.sleep(0.05)
-    raise BenchError(f"{name} not ready after {timeout:.0f} s; its log:\n{_tail(log_path)}")
-
-
-def _tail(path: str, n: int = 4000) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read()[-n:].decode(errors="replace")
-    except OSError:
-        return "(no log)"
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurements
 
 
 def measure_memcpy(nbytes: int) -> float:
@@ -513,7 +466,7 @@ def _run_in(args, children, work, server_bin, ferry_bin, tensors, model_bytes) -
                                      ("ferry publish", publisher, pub_log)):
                 if proc.poll() is not None:
                     raise BenchError(f"{name} exited with {proc.returncode} during the run; "
-                                     f"its log:\n{_tail(path)}")
+                                     f"its log:\n{tail(path)}")
             # memcpy baseline.
             s = measure_memcpy(model_bytes)
             row = {"workload": "memcpy", "transport": transport, "repeat": rep,
@@ -727,7 +680,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     children = Children()
     try:
         return run(args, children)
-    except BenchError as e:
+    except HarnessError as e:
         log(f"error: {e}")
         return 1
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -19,31 +20,39 @@
 #include "common/logging.h"
 
 namespace ferry::internal {
-namespace {
 
-// The accept backlog (connections the kernel completed that nobody has accepted yet) of the
-// listening sockets on `port`, from /proc/net/tcp{,6}: for a LISTEN socket its rx_queue
-// column. -1 when no listener is found.
-// Both tables: gRPC binds 127.0.0.1 as a v4-mapped address on an IPv6 socket.
-int64_t AcceptBacklog(uint16_t port) {
-  int64_t found = -1;
+std::vector<TcpListener> TcpListeners() {
+  std::vector<TcpListener> out;
+  // Both tables: gRPC binds 127.0.0.1 as a v4-mapped address on an IPv6 socket.
   for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
     std::ifstream in(table);
     std::string line;
     std::getline(in, line);  // header
     while (std::getline(in, line)) {
       std::istringstream fields(line);
-      std::string slot, local, remote, state, queues;
-      fields >> slot >> local >> remote >> state >> queues;
-      if (state != "0A") continue;  // LISTEN
+      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+          timeout >> inode;
       const size_t colon = local.rfind(':');
-      if (colon == std::string::npos || std::stoul(local.substr(colon + 1), nullptr, 16) != port) {
-        continue;
-      }
       const size_t q = queues.find(':');
-      if (q == std::string::npos) continue;
-      found = std::max<int64_t>(found, std::stoll(queues.substr(q + 1), nullptr, 16));
+      if (state != "0A" || colon == std::string::npos || q == std::string::npos) continue;
+      TcpListener l;
+      l.port = static_cast<uint16_t>(std::stoul(local.substr(colon + 1), nullptr, 16));
+      l.backlog = std::stoull(queues.substr(q + 1), nullptr, 16);  // rx_queue of a LISTEN socket
+      l.inode = inode;
+      out.push_back(std::move(l));
     }
+  }
+  return out;
+}
+
+namespace {
+
+// The accept backlog of the listening sockets on `port`; -1 when none listens there.
+int64_t AcceptBacklog(uint16_t port) {
+  int64_t found = -1;
+  for (const TcpListener& l : TcpListeners()) {
+    if (l.port == port) found = std::max<int64_t>(found, static_cast<int64_t>(l.backlog));
   }
   return found;
 }

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -20,6 +21,14 @@
 #include "ferry/status.h"
 
 namespace ferry::internal {
+
+// A listening TCP socket of this network namespace, from /proc/net/tcp and /proc/net/tcp6.
+struct TcpListener {
+  uint16_t port = 0;
+  uint64_t backlog = 0;  // connections the kernel completed that nobody has accepted yet
+  std::string inode;     // the socket's inode, as in /proc/<pid>/fd links "socket:[inode]"
+};
+std::vector<TcpListener> TcpListeners();
 
 // Connects to `host`:`port` (a numeric IPv4 or IPv6 address the listener is bound to; "" means
 // 127.0.0.1) and watches the listener's accept backlog (/proc/net/tcp, this network namespace)

@@ -14,20 +14,19 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <set>
-#include <sstream>
 #include <string>
 
+#include "common/listener_probe.h"
 #include "ferry/transfer.h"
 #include "gtest/gtest.h"
 #include "transfer/transport.h"
 
 namespace ferry::testing {
 
-// The TCP ports this process listens on (IPv4 and IPv6): the LISTEN sockets of
-// /proc/net/tcp{,6} whose inode is one of this process's descriptors.
+// The TCP ports this process listens on (IPv4 and IPv6): the listeners of this namespace whose
+// inode is one of this process's descriptors.
 inline std::set<uint16_t> ListeningTcpPorts() {
   std::set<std::string> inodes;
   if (DIR* dir = ::opendir("/proc/self/fd")) {
@@ -41,19 +40,8 @@ inline std::set<uint16_t> ListeningTcpPorts() {
     ::closedir(dir);
   }
   std::set<uint16_t> ports;
-  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream in(table);
-    std::string line;
-    std::getline(in, line);  // header
-    while (std::getline(in, line)) {
-      std::istringstream fields(line);
-      std::string slot, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
-      fields >> slot >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
-          timeout >> inode;
-      if (state != "0A" || inodes.count(inode) == 0) continue;  // 0A: LISTEN
-      ports.insert(
-          static_cast<uint16_t>(std::stoul(local.substr(local.find(':') + 1), nullptr, 16)));
-    }
+  for (const ferry::internal::TcpListener& l : ferry::internal::TcpListeners()) {
+    if (inodes.count(l.inode) != 0) ports.insert(l.port);
   }
   return ports;
 }

@@ -20,6 +20,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/fd.h"
 #include "common/listener_probe.h"
+#include "common/testing/child_reaper.h"
 #include "common/testing/test_certs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -188,15 +189,7 @@ TEST(ListenerProbeTest, AnEndpointKilledByEmfileIsSeenAsUnhealthy) {
     ::execve("/proc/self/exe", argv, envp);
     std::_Exit(127);
   }
-  // Killed and reaped however the test ends (an early ASSERT return included), so that no child
-  // outlives it holding ctest's output pipe.
-  struct Reaper {
-    pid_t pid;
-    ~Reaper() {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } reaper{child};
+  const ferry::testing::ChildReaper reaper(child);
   ::close(pipe_fds[1]);
   int port = 0;
   ASSERT_EQ(::read(pipe_fds[0], &port, sizeof(port)), static_cast<ssize_t>(sizeof(port)));

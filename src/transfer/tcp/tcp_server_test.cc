@@ -20,6 +20,7 @@
 
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
+#include "common/testing/child_reaper.h"
 #include "gtest/gtest.h"
 #include "transfer/tcp/tcp_socket.h"
 #include "transfer/tcp/tcp_wire.h"
@@ -172,15 +173,7 @@ TEST(TcpServerTest, OutOfDescriptorsNeitherSpinsNorFloodsAndRecovers) {
     ::pause();  // until killed
     ::_exit(0);
   }
-  // Killed and reaped however the test ends (an early ASSERT return included), so that no child
-  // outlives it holding ctest's output pipe.
-  struct Reaper {
-    pid_t pid;
-    ~Reaper() {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } reaper{child};
+  const ferry::testing::ChildReaper reaper(child);
   ::close(port_pipe[1]);
   uint16_t port = 0;
   ASSERT_EQ(::read(port_pipe[0], &port, sizeof(port)), static_cast<ssize_t>(sizeof(port)));
