@@ -16,11 +16,13 @@
 //                 engine creation) to the first tensor's bytes in prepared memory (ListSources,
 //                 GetMetadata, GetTransferInfo, Connect, one read). Also without engine creation.
 //   target_memory a `ferry pull -o` process's peak RSS minus the bytes it pulled.
+//   whole_pull    the whole pull against the transfer alone (see RunWholePull), 300 tensors.
 //
 // Output: one JSON object per line on stdout.
 //
 //   pull_bench [--bytes 268435456,1073741824] [--tensors 10,300,10000] [--transport shm,tcp,ucx]
 //              [--repeat 3] [--first-byte-tensors 2000] [--registration-tensors 10000] [--smoke]
+//              [--workloads registration,first_byte,pull,target_memory,whole_pull]
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -29,6 +31,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,6 +46,7 @@
 #include "ferry/transfer.h"
 #include "ferry/v1/transfer.pb.h"
 #include "nlohmann/json.hpp"
+#include "weights/buffers.h"
 #include "weights/llama_model.h"
 #include "weights/safetensors.h"
 #include "weights/weight_puller.h"
@@ -66,6 +70,8 @@ struct Flags {
   int first_byte_tensors = 2000;
   int registration_tensors = 10000;
   bool smoke = false;
+  std::vector<std::string> workloads = {"registration", "first_byte", "pull", "target_memory",
+                                        "whole_pull"};
 };
 
 std::string Dir() {
@@ -211,6 +217,117 @@ void RunPull(const Flags& f, const std::string& server) {
   }
 }
 
+// Threads of this process now (/proc/self/status).
+int ThreadCount() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::atoi(line.c_str() + 8);
+  }
+  return 0;
+}
+
+// The whole pull against the transfer alone, per transport and size, same run:
+//   transfer_seconds  the engine reading the source's arena into pre-faulted memory (Connect
+//                     done beforehand): the floor for any pull;
+//   prepare_seconds   AllocateRegion of the same bytes, pre-faulted, anonymous: what preparing
+//                     ferry-allocated memory costs on its own;
+//   existing_seconds  PullIntoBuffers into memory that exists (the Python path) from the call
+//                     to the verified result (list, metadata, transfer info, connect, transfer,
+//                     verify);
+//   allocated_seconds PullWeights into memory it allocates (prepared ahead of the transfer),
+//                     and allocated_before_seconds with every page prepared first.
+// Aims (issue 15): existing <= 1.1 x transfer + 20 ms; allocated - existing <= prepare.
+void RunWholePull(const Flags& f, const std::string& server) {
+  const int count = f.smoke ? 10 : 300;
+  for (uint64_t bytes : f.bytes) {
+    const std::string model = absl::StrCat("bench/whole-", bytes);
+    const std::string file = WriteModel(bytes, count);
+    const uint64_t each = std::max<uint64_t>(2, bytes / count / 2 * 2);
+    const uint64_t total = each * count;
+    Source source = Publish(server, file, model);
+    auto client = Client(server);
+    for (const std::string& transport : f.transports) {
+      auto engine = Engine(transport);
+      const ferry::TransportKind kind = Must(ferry::ParseTransportKind(transport), "transport");
+      // The transfer alone.
+      ferry::ListSourcesRequest list;
+      *list.mutable_identity() = Identity(model);
+      list.set_status_filter(model_express::p2p::SOURCE_STATUS_READY);
+      auto refs = Must(client->ListSources(list), "ListSources");
+      if (refs.empty()) Die("whole_pull", absl::NotFoundError("no source"));
+      auto record =
+          Must(client->GetMetadata(refs[0].mx_source_id(), refs[0].worker_id()), "GetMetadata");
+      ferry::worker::WorkerClientOptions wo;
+      wo.endpoint = record.worker().worker_grpc_endpoint();
+      auto worker = Must(ferry::worker::WorkerClient::Create(wo), "worker client");
+      auto info = Must(worker->GetTransferInfo(refs[0].mx_source_id(), refs[0].worker_id()),
+                       "GetTransferInfo");
+      auto peer = Must(engine->Connect(info.transfer_blob(), kind), "Connect");
+      Buffer dst(total);
+      std::vector<double> transfer, prepare, existing, allocated, before;
+      int threads = 0;
+      for (int r = 0; r < f.repeat; ++r) {
+        double t0 = Now();
+        ferry::Status s = peer->Read({{0, 0, dst.data(), total}}, absl::Seconds(60));
+        if (!s.ok()) Die("transfer alone", s);
+        transfer.push_back(Now() - t0);
+
+        ferry::AllocateOptions allocate;
+        allocate.shareable = false;
+        t0 = Now();
+        auto region = Must(engine->AllocateRegion(total, allocate), "AllocateRegion");
+        prepare.push_back(Now() - t0);
+        region.reset();
+
+        ferry::weights::PullOptions o;
+        o.client = client.get();
+        o.engine = engine.get();
+        o.identity = Identity(model);
+        o.transport = kind;
+        o.on_progress = [&](const ferry::weights::PullProgress&) {
+          threads = std::max(threads, ThreadCount());
+        };
+        ferry::weights::BufferSet into;
+        into.spans.push_back({dst.data(), total});
+        for (int i = 0; i < count; ++i) {
+          into.buffers.push_back({absl::StrCat("model.layers.", i, ".weight"),
+                                  ferry::weights::DType::kBF16,
+                                  {each / 2},
+                                  dst.data() + each * i,
+                                  each});
+        }
+        auto pulled = Must(ferry::weights::PullIntoBuffers(o, into), "PullIntoBuffers");
+        existing.push_back(absl::ToDoubleSeconds(pulled.total_time));
+
+        auto fresh = Must(ferry::weights::PullWeights(o), "PullWeights");
+        allocated.push_back(absl::ToDoubleSeconds(fresh.total_time));
+        fresh = {};
+        o.prepare = ferry::weights::PullOptions::PreparePages::kBefore;
+        auto first = Must(ferry::weights::PullWeights(o), "PullWeights (prepare before)");
+        before.push_back(absl::ToDoubleSeconds(first.total_time));
+      }
+      const double t = Median(transfer);
+      Print({{"workload", "whole_pull"},
+             {"transport", transport},
+             {"tensors", count},
+             {"bytes", total},
+             {"transfer_seconds", t},
+             {"prepare_seconds", Median(prepare)},
+             {"existing_seconds", Median(existing)},
+             {"existing_runs", existing},
+             {"allocated_seconds", Median(allocated)},
+             {"allocated_before_seconds", Median(before)},
+             {"baseline", "transfer_alone"},
+             {"existing_ratio", Median(existing) / t},
+             {"existing_aim_seconds", 1.1 * t + 0.02},
+             {"allocated_extra_seconds", Median(allocated) - Median(existing)},
+             {"max_threads", threads}});
+    }
+    (void)source.process->Terminate(absl::Seconds(20));
+  }
+}
+
 void RunRegistration(const Flags& f) {
   const uint64_t per = 64 << 10;
   const uint64_t bytes = per * f.registration_tensors;
@@ -333,6 +450,9 @@ int main(int argc, char** argv) {
   app.add_option("--first-byte-tensors", f.first_byte_tensors);
   app.add_option("--registration-tensors", f.registration_tensors);
   app.add_flag("--smoke", f.smoke, "tiny sizes: checks the benchmark still runs");
+  app.add_option("--workloads", f.workloads,
+                 "registration, first_byte, pull, target_memory, whole_pull")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   if (f.smoke) {
     f.bytes = {8ull << 20};
@@ -344,10 +464,14 @@ int main(int argc, char** argv) {
   ferry::cli::EmbeddedServerOptions so;
   so.server_binary = SelfDir() + "/ferry-server";
   auto server = Must(ferry::cli::EmbeddedServer::Create(so), "starting ferry-server");
-  RunRegistration(f);
-  RunFirstByte(f, server->address());
-  RunPull(f, server->address());
-  RunTargetMemory(f, server->address());
+  auto wanted = [&](const char* name) {
+    return std::find(f.workloads.begin(), f.workloads.end(), name) != f.workloads.end();
+  };
+  if (wanted("registration")) RunRegistration(f);
+  if (wanted("first_byte")) RunFirstByte(f, server->address());
+  if (wanted("pull")) RunPull(f, server->address());
+  if (wanted("target_memory")) RunTargetMemory(f, server->address());
+  if (wanted("whole_pull")) RunWholePull(f, server->address());
   (void)server->Stop();
   fs::remove_all(Dir());
   return 0;

@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "transfer/read_core.h"
 #include "transfer/transport.h"
 #include "transfer/ucx/ucx_transport.h"
 
@@ -64,7 +65,7 @@ ferry::TransferEngineOptions Options(uint64_t chunk, int inflight) {
   Allocation a;
   void* data = nullptr;
   if (f[0] == "alloc") {
-    auto got = (*t)->Allocate(bytes);
+    auto got = (*t)->Allocate(bytes, /*prefault=*/true);
     if (!got.ok()) std::_Exit(4);
     a = *got;
     data = a.data;
@@ -185,13 +186,10 @@ int main(int argc, char** argv) {
         return 1;
       }
       for (int p = 1; p <= passes; ++p) {
-        std::atomic<bool> cancelled{false};
-        std::atomic<uint64_t> done{0};
-        ferry::internal::ReadControl ctl;
-        ctl.cancelled = &cancelled;
-        ctl.bytes_done = &done;
+        const ferry::internal::ReadConnection connection{peer->get(), "ucx probe source"};
         const absl::Time t0 = absl::Now();
-        const ferry::Status s = (*peer)->Read({{0, 0, dst, bytes}}, ctl);
+        const ferry::Status s = ferry::internal::RunRead({&connection, 1}, {{0, 0, dst, bytes}},
+                                                         chunk, ferry::ReadOptions{});
         const absl::Duration d = absl::Now() - t0;
         std::printf(
             "{\"workload\":\"ucx_%s\",\"source_progress\":%d,\"pass\":%d,\"bytes\":%lu,"

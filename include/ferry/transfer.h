@@ -18,20 +18,22 @@
 //   FERRY_RETURN_IF_ERROR(peer->Read({{/*remote_region=*/0, /*remote_offset=*/0,
 //                                      dst->data(), bytes}}, absl::Seconds(60)));
 //
-// Thread-safety: TransferEngine is thread-safe. A Peer runs one batch at a time (Submit waits
-// for the previous batch to finish); use several Peers for concurrent batches. Region and
-// ReadBatch are thread-compatible.
+// Thread-safety: TransferEngine is thread-safe. A Peer runs one read at a time (Read waits for
+// the previous one to finish); use several Peers for concurrent reads. Region is
+// thread-compatible.
 #ifndef FERRY_TRANSFER_H_
 #define FERRY_TRANSFER_H_
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "ferry/status.h"
 
 namespace ferry {
@@ -113,6 +115,10 @@ class Region {
 
   uint32_t id() const { return id_; }
   void* data() const { return data_; }
+  // Faults in the pages of [offset, offset + length) for writing (MADV_POPULATE_WRITE), so that
+  // a later copy into them runs at memory speed. Thread-safe; a no-op for pages already there.
+  // ResourceExhausted when the memory cannot be provided.
+  Status Prefault(uint64_t offset, uint64_t length) const;
   uint64_t size() const { return size_; }
   MemoryKind kind() const { return kind_; }
 
@@ -129,7 +135,7 @@ class Region {
   MemoryKind kind_;
 };
 
-// One remote range to read into local memory. `local` must stay valid until the batch ends.
+// One remote range to read into local memory. `local` must stay valid until the read ends.
 struct ReadOp {
   uint32_t remote_region = 0;
   uint64_t remote_offset = 0;
@@ -137,19 +143,26 @@ struct ReadOp {
   uint64_t length = 0;
 };
 
-// Reads in flight. Destroying an unfinished batch cancels it and waits for it to stop.
-// Cancel() and bytes_done() may be called from any thread, also while another thread waits.
-class ReadBatch {
- public:
-  virtual ~ReadBatch() = default;
-  // Waits until every read finished or one failed. DeadlineExceeded after `timeout` (the batch
-  // is then cancelled, and its error names the peer and the first unfinished range). The first
-  // error is returned; later calls return the same status.
-  virtual Status Wait(absl::Duration timeout) = 0;
-  // Asks the batch to stop; Wait() then returns Cancelled unless it already finished.
-  virtual void Cancel() = 0;
-  virtual uint64_t bytes_done() const = 0;
-  virtual uint64_t bytes_total() const = 0;
+// How one read runs. Every field is optional.
+struct ReadOptions {
+  // Limit for the whole read, counted from `start`. DeadlineExceeded when it passes.
+  absl::Duration timeout = absl::InfiniteDuration();
+  absl::Time start = absl::InfinitePast();  // InfinitePast: when Read is called
+  // A peer that delivers no byte for this long while it holds unfinished pieces is abandoned:
+  // its pieces go to the read's other peers, or the read fails with DeadlineExceeded "the
+  // transfer stalled: ...". Zero: no stall detection.
+  absl::Duration stall_timeout = absl::ZeroDuration();
+  // Set from any thread to stop the read (it then returns Cancelled within about 100 ms).
+  const std::atomic<bool>* cancel = nullptr;
+  // Largest piece handed to a transport; 0: the engine's TransferEngineOptions::chunk_bytes.
+  uint64_t chunk_bytes = 0;
+  // Called about ten times a second (from the read's one watcher thread) while bytes move,
+  // and once with (total, total) after a successful read. `done` counts finished pieces.
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
+  // Called once for every piece as soon as all its bytes landed in local memory, from the
+  // thread that received it (several at once): keep it short and thread-safe. `piece` is a
+  // sub-range of one op (local pointer and remote coordinates).
+  std::function<void(const ReadOp& piece)> on_piece;
 };
 
 // A connection to one remote engine, over one transport.
@@ -159,14 +172,42 @@ class Peer {
   virtual TransportKind transport() const = 0;
   // "<remote name> (<engine id>) at <address> over <transport>", for messages.
   virtual const std::string& description() const = 0;
-  // Validates every op against the remote regions (InvalidArgument naming the op) and starts
-  // the reads. Waits for this Peer's previous batch to finish first.
-  virtual StatusOr<std::unique_ptr<ReadBatch>> Submit(std::vector<ReadOp> ops) = 0;
-  // Submit + Wait.
+  // Validates every op against the remote regions (InvalidArgument naming the op), then reads
+  // them in pieces of at most chunk_bytes, in the calling thread (plus the transport's own
+  // stream or copy threads, and one watcher thread when a stall timeout or progress callback
+  // is set). Waits for this Peer's previous read to finish first. Errors name the peer and the
+  // first unfinished range ("region 0 [4096, 8392704)"). After a failed read the connection may
+  // refuse further reads with FailedPrecondition.
+  virtual Status Read(std::vector<ReadOp> ops, const ReadOptions& options) = 0;
+  // Read with only a timeout.
   Status Read(std::vector<ReadOp> ops, absl::Duration timeout);
-  // Closes the connection; later Submits fail with FailedPrecondition. Idempotent; also done
-  // by the destructor.
+  // Closes the connection; later reads fail with FailedPrecondition. Idempotent; also done by
+  // the destructor.
   virtual void Disconnect() = 0;
+};
+
+// One read spread over several peers that serve the same remote regions (the same model from
+// several sources): pieces are handed out dynamically, so a faster peer takes more, and a peer
+// that fails or stalls loses only its unfinished pieces, which the others take over. Fails only
+// when every peer failed (the error lists each). `peers` must be distinct and stay valid.
+Status ReadFromPeers(absl::Span<Peer* const> peers, std::vector<ReadOp> ops,
+                     const ReadOptions& options);
+
+// Merges ops that continue each other both remotely and locally, so that the op count does not
+// grow with the number of small adjacent pieces.
+std::vector<ReadOp> CoalesceReadOps(std::vector<ReadOp> ops);
+
+// How AllocateRegion prepares memory.
+struct AllocateOptions {
+  MemoryKind kind = MemoryKind::kHost;
+  // true: memory of the transports' own allocators, so that every transport serves it (with shm
+  // enabled, a sealed memfd local peers map). false: plain anonymous memory, registered with the
+  // engine (TCP and UCX serve it, shm does not); cheaper to prepare (here about 0.40 s per GiB
+  // instead of 0.55 s), for a destination that will not be served by shared memory.
+  bool shareable = true;
+  // true: every page is faulted in before AllocateRegion returns. false: pages fault on first
+  // touch; Region::Prefault prepares a range ahead of use.
+  bool prefault = true;
 };
 
 class TransferEngine {
@@ -176,11 +217,11 @@ class TransferEngine {
   TransferEngine(const TransferEngine&) = delete;
   TransferEngine& operator=(const TransferEngine&) = delete;
 
-  // Allocates `bytes` of pre-faulted memory suited to every enabled transport and registers it.
-  // With shm: a sealed memfd (local peers map it read-only and copy one-sided; UCX and TCP
-  // serve it as ordinary memory); else with UCX: UCX-allocated shared memory.
-  StatusOr<std::unique_ptr<Region>> AllocateRegion(uint64_t bytes,
-                                                   MemoryKind kind = MemoryKind::kHost);
+  // Allocates `bytes` of memory and registers it (see AllocateOptions). Shareable memory is,
+  // with shm, a sealed memfd (local peers map it read-only and copy one-sided; UCX and TCP serve
+  // it as ordinary memory), else with UCX UCX-allocated shared memory. The Region owns the
+  // memory: it is released after the region is deregistered.
+  StatusOr<std::unique_ptr<Region>> AllocateRegion(uint64_t bytes, AllocateOptions options = {});
   // Registers caller-owned memory, which must outlive the Region. UCX reads from such memory by
   // local peers need this engine's progress thread (it runs while the engine is started). The
   // shm transport does not serve such regions (kAuto then picks UCX or TCP for this engine).

@@ -1,6 +1,5 @@
 #include "artifacts/artifact_puller.h"
 
-#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "artifacts/crc32c.h"
 #include "artifacts/install_lock.h"
@@ -20,7 +20,6 @@
 #include "common/logging.h"
 #include "ferry/publisher.h"
 #include "ferry/source_identity.h"
-#include "transfer/monitored_read.h"
 
 namespace ferry::artifacts {
 
@@ -42,25 +41,27 @@ bool IsDirectory(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-// Anonymous memory registered with the engine, released after its region.
+// A transfer window: anonymous engine memory (not shareable: it is never served), faulted in
+// by the first read into it and reused for every later window.
 struct Buffer {
-  std::shared_ptr<void> memory;
   std::unique_ptr<Region> region;
   uint64_t size = 0;
   char* data() const { return static_cast<char*>(region->data()); }
 };
 
 StatusOr<Buffer> MakeBuffer(TransferEngine& engine, uint64_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot map a ", bytes, "-byte transfer window: ", std::strerror(errno),
-                     "; lower the window size"));
+  AllocateOptions allocate;
+  allocate.shareable = false;
+  allocate.prefault = false;
+  StatusOr<std::unique_ptr<Region>> region = engine.AllocateRegion(bytes, allocate);
+  if (!region.ok()) {
+    return Status(region.status().code(),
+                  absl::StrCat("cannot allocate a ", bytes, "-byte transfer window (",
+                               region.status().message(), "); lower the window size"));
   }
   Buffer b;
-  b.memory = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
+  b.region = *std::move(region);
   b.size = bytes;
-  FERRY_ASSIGN_OR_RETURN(b.region, engine.RegisterRegion(p, bytes));
   return b;
 }
 
@@ -330,19 +331,27 @@ class ArtifactPuller {
                              base + at, c.length});
         at += c.length;
       }
-      MonitoredReadOptions options;
+      ReadOptions options;
       options.timeout = o_.transfer_timeout;
       options.start = start;
       options.stall_timeout = o_.stall_timeout;
-      options.batch_bytes = o_.batch_bytes_for_test;
-      options.batch_pause = o_.batch_pause_for_test;
+      absl::Mutex pace_mu;
+      if (o_.batch_bytes_for_test > 0) {
+        // Slows the transfer down for tests that act while it runs: a pause after every piece
+        // of batch_bytes_for_test bytes, one piece at a time.
+        options.on_piece = [&](const ReadOp&) {
+          absl::MutexLock lock(&pace_mu);
+          absl::SleepFor(o_.batch_pause_for_test);
+        };
+        options.chunk_bytes = o_.batch_bytes_for_test;
+      }
       if (o_.on_progress) {
         const uint64_t before = done.load();
         options.on_progress = [&, before](uint64_t round_done, uint64_t) {
           o_.on_progress(ArtifactPullProgress{before + round_done, total, source_text});
         };
       }
-      Status s = MonitoredRead(peer, CoalesceReadOps(std::move(ops)), w.bytes, options);
+      Status s = peer.Read(CoalesceReadOps(std::move(ops)), options);
       if (s.ok()) done += w.bytes;
       return s;
     };

@@ -1,5 +1,11 @@
-// TransferEngine, Region, Peer::Read and the option helpers of include/ferry/transfer.h. The
-// work happens in EngineCore (engine_core.cc), the transports and peer.cc.
+// TransferEngine, Region and the option helpers of include/ferry/transfer.h. The
+// work happens in EngineCore (engine_core.cc), the transports, peer.cc and the read core
+// (read_core.cc).
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -68,9 +74,29 @@ Status TransferEngineOptions::Validate() const {
 
 Region::~Region() { core_->RemoveRegion(id_); }
 
-Status Peer::Read(std::vector<ReadOp> ops, absl::Duration timeout) {
-  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<ReadBatch> batch, Submit(std::move(ops)));
-  return batch->Wait(timeout);
+Status Region::Prefault(uint64_t offset, uint64_t length) const {
+  if (offset > size_ || length > size_ - offset) {
+    return absl::InvalidArgumentError(absl::StrCat("Region::Prefault: [", offset, ", +", length,
+                                                   ") is outside region ", id_, " of ", size_,
+                                                   " bytes"));
+  }
+  if (length == 0 || kind_ != MemoryKind::kHost) return absl::OkStatus();
+  // Whole pages only; madvise needs a page-aligned start.
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data_) + offset) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data_) + offset + length;
+  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) != 0) {
+    if (errno == EINVAL) {  // kernels before 5.14: touch one byte per page instead
+      for (uintptr_t p = begin; p < end; p += page) {
+        reinterpret_cast<volatile char*>(p)[0] = reinterpret_cast<volatile char*>(p)[0];
+      }
+      return absl::OkStatus();
+    }
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot fault in ", end - begin, " bytes of region ", id_, ": ",
+                     std::strerror(errno), "; free memory or pull less at once"));
+  }
+  return absl::OkStatus();
 }
 
 StatusOr<std::unique_ptr<TransferEngine>> TransferEngine::Create(TransferEngineOptions options) {
@@ -85,8 +111,9 @@ TransferEngine::TransferEngine(std::shared_ptr<internal::EngineCore> core)
 
 TransferEngine::~TransferEngine() { Stop(); }
 
-StatusOr<std::unique_ptr<Region>> TransferEngine::AllocateRegion(uint64_t bytes, MemoryKind kind) {
-  return core_->AllocateRegion(bytes, kind);
+StatusOr<std::unique_ptr<Region>> TransferEngine::AllocateRegion(uint64_t bytes,
+                                                                 AllocateOptions options) {
+  return core_->AllocateRegion(bytes, options);
 }
 
 StatusOr<std::unique_ptr<Region>> TransferEngine::RegisterRegion(void* data, uint64_t bytes,

@@ -142,7 +142,9 @@ Transport* EngineCore::Find(TransportKind kind) const {
   return nullptr;
 }
 
-StatusOr<std::unique_ptr<Region>> EngineCore::AllocateRegion(uint64_t bytes, MemoryKind kind) {
+StatusOr<std::unique_ptr<Region>> EngineCore::AllocateRegion(uint64_t bytes,
+                                                             const AllocateOptions& options) {
+  const MemoryKind kind = options.kind;
   if (bytes == 0) return absl::InvalidArgumentError("AllocateRegion: bytes must be > 0");
   if (kind != MemoryKind::kHost) {
     return absl::UnimplementedError(
@@ -153,7 +155,8 @@ StatusOr<std::unique_ptr<Region>> EngineCore::AllocateRegion(uint64_t bytes, Mem
   record.kind = kind;
   record.engine_owned = true;
   for (const auto& t : transports_) {
-    auto allocation = t->Allocate(bytes);
+    if (!options.shareable) break;  // plain anonymous memory below
+    auto allocation = t->Allocate(bytes, options.prefault);
     if (allocation.ok()) {
       record.allocator = t.get();
       record.allocation = *allocation;
@@ -166,7 +169,7 @@ StatusOr<std::unique_ptr<Region>> EngineCore::AllocateRegion(uint64_t bytes, Mem
   }
   if (record.allocator == nullptr) {
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+                     MAP_PRIVATE | MAP_ANONYMOUS | (options.prefault ? MAP_POPULATE : 0), -1, 0);
     if (p == MAP_FAILED) {
       return absl::ResourceExhaustedError(
           absl::StrCat("AllocateRegion: mmap of ", bytes, " bytes failed: ", strerror(errno)));
@@ -367,7 +370,7 @@ StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, Trans
     std::map<uint32_t, uint64_t> region_sizes;
     for (const auto& r : remote.regions()) region_sizes[r.id()] = r.size();
     return MakePeer(std::shared_ptr<PeerConnection>(std::move(*conn)), transport->kind(),
-                    std::move(description), std::move(region_sizes));
+                    std::move(description), std::move(region_sizes), options_.chunk_bytes);
   }
 }
 

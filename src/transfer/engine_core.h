@@ -28,7 +28,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   EngineCore(const EngineCore&) = delete;
   EngineCore& operator=(const EngineCore&) = delete;
 
-  StatusOr<std::unique_ptr<Region>> AllocateRegion(uint64_t bytes, MemoryKind kind);
+  StatusOr<std::unique_ptr<Region>> AllocateRegion(uint64_t bytes, const AllocateOptions& options);
   StatusOr<std::unique_ptr<Region>> RegisterRegion(void* data, uint64_t bytes, MemoryKind kind);
   // Called by ~Region: removes the region from every transport, then frees memory the engine
   // allocated for it. Idempotent.

@@ -210,18 +210,26 @@ TEST_P(EnginePairTest, ExactBytesManyOps) {
     cursor += len;
   }
   ops.push_back(ReadOp{0, 0, base + cursor, kSize - (20 << 20)});
-  auto batch = peer_->Submit(ops);
-  ASSERT_TRUE(batch.ok()) << batch.status();
-  Status s = (*batch)->Wait(absl::Seconds(60));
+  std::atomic<uint64_t> landed{0};
+  uint64_t progress_total = 0;
+  uint64_t progress_done = 0;
+  ReadOptions options;
+  options.timeout = absl::Seconds(60);
+  options.on_piece = [&](const ReadOp& piece) { landed += piece.length; };
+  options.on_progress = [&](uint64_t done, uint64_t total) {
+    progress_done = done;  // the last call comes after the read, on this thread
+    progress_total = total;
+  };
+  Status s = peer_->Read(ops, options);
   ASSERT_TRUE(s.ok()) << s;
   uint64_t total = 0;
   for (size_t i = 0; i < ops.size(); ++i) {
     total += ops[i].length;
     ASSERT_EQ(FirstMismatch(ops[i].local, ops[i].length, ops[i].remote_offset), -1) << i;
   }
-  EXPECT_EQ((*batch)->bytes_total(), total);
-  EXPECT_EQ((*batch)->bytes_done(), total);
-  EXPECT_TRUE((*batch)->Wait(absl::Seconds(1)).ok());  // same status again
+  EXPECT_EQ(landed.load(), total);
+  EXPECT_EQ(progress_total, total);
+  EXPECT_EQ(progress_done, total);
 }
 
 TEST_P(EnginePairTest, TenThousandSmallOps) {
@@ -268,43 +276,35 @@ TEST_P(EngineErrorsTest, OutOfRangeOpIsRejectedNamingTheIndex) {
   EXPECT_EQ(FirstMismatch(dst.data(), 4096, 100), -1);
 }
 
-TEST_P(EngineErrorsTest, DeadlineExceededThenBroken) {
+// A deadline that passed before any piece was requested leaves the connection usable.
+TEST_P(EngineErrorsTest, DeadlineExceededBeforeAnyRequest) {
   auto dst = target_->AllocateRegion(kSize);
   ASSERT_TRUE(dst.ok());
   // 24 MiB cannot arrive within a microsecond.
   Status s = peer_->Read({{0, 0, (*dst)->data(), kSize}}, absl::Microseconds(1));
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(Msg(s), HasSubstr("deadline of 1us passed"));
+  EXPECT_THAT(Msg(s), HasSubstr("passed its deadline (1us)"));
   EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
-  EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 ["));
+  EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 [0, 262144)"));
+  ASSERT_TRUE(peer_->Read({{0, 7, (*dst)->data(), 1000}}, absl::Seconds(10)).ok());
+  EXPECT_EQ(FirstMismatch((*dst)->data(), 1000, 7), -1);
+}
+
+// Cancelled once the first piece landed, while others are in flight: the connection is
+// mid-protocol afterwards and says so.
+TEST_P(EngineErrorsTest, CancelWhilePiecesAreInFlightThenBroken) {
+  auto dst = target_->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  std::atomic<bool> cancel{false};
+  ReadOptions options;
+  options.cancel = &cancel;
+  options.on_piece = [&](const ReadOp&) { cancel = true; };
+  Status s = peer_->Read({{0, 0, (*dst)->data(), kSize}}, options);
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_THAT(Msg(s), HasSubstr("cancelled; first unfinished range: region 0 ["));
   s = peer_->Read({{0, 0, (*dst)->data(), 10}}, absl::Seconds(10));
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(Msg(s), HasSubstr("broken by an earlier failure; reconnect"));
-}
-
-TEST_P(EngineErrorsTest, CancelReturnsCancelled) {
-  auto dst = target_->AllocateRegion(kSize);
-  ASSERT_TRUE(dst.ok());
-  auto batch = peer_->Submit({{0, 0, (*dst)->data(), kSize}});
-  ASSERT_TRUE(batch.ok());
-  (*batch)->Cancel();
-  Status s = (*batch)->Wait(absl::Seconds(10));
-  if (s.ok()) GTEST_SKIP() << "the batch finished before Cancel() took effect";
-  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
-  EXPECT_THAT(Msg(s), HasSubstr("cancelled; first unfinished range: region 0 ["));
-  EXPECT_EQ((*batch)->Wait(absl::Seconds(1)).code(), absl::StatusCode::kCancelled);
-}
-
-TEST_P(EngineErrorsTest, DestroyingAnUnfinishedBatchCancelsIt) {
-  auto dst = target_->AllocateRegion(kSize);
-  ASSERT_TRUE(dst.ok());
-  {
-    auto batch = peer_->Submit({{0, 0, (*dst)->data(), kSize}});
-    ASSERT_TRUE(batch.ok());
-  }
-  // The next Submit does not wait forever for the destroyed batch.
-  auto batch = peer_->Submit({{0, 0, (*dst)->data(), 0}});
-  ASSERT_TRUE(batch.ok());
 }
 
 TEST_P(EngineErrorsTest, MalformedBlob) {
@@ -373,9 +373,9 @@ TEST_P(EngineErrorsTest, StopIsIdempotentWithConnectedPeers) {
   target_.reset();  // the peer outlives its engine
   peer_->Disconnect();
   peer_->Disconnect();
-  auto batch = peer_->Submit({{0, 0, dst.data(), 10}});
-  EXPECT_EQ(batch.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(Msg(batch.status()), HasSubstr("disconnected"));
+  s = peer_->Read({{0, 0, dst.data(), 10}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(Msg(s), HasSubstr("disconnected"));
 }
 
 // The source is a child process.
@@ -409,16 +409,11 @@ TEST(ChildSourceTest, PeerKilledMidTransfer) {
   Status s;
   absl::Time failed_at;
   std::thread reader([&] {
+    ReadOptions options;
+    options.timeout = absl::Seconds(60);
+    options.on_piece = [&](const ReadOp&) { reading = true; };
     for (int i = 0; i < 1000; ++i) {
-      auto batch = (*peer)->Submit({{0, 0, (*dst)->data(), kSize}});
-      if (!batch.ok()) {
-        s = batch.status();
-        break;
-      }
-      const absl::Time give_up = absl::Now() + absl::Seconds(10);
-      while ((*batch)->bytes_done() == 0 && absl::Now() < give_up) std::this_thread::yield();
-      reading = true;
-      s = (*batch)->Wait(absl::Seconds(60));
+      s = (*peer)->Read({{0, 0, (*dst)->data(), kSize}}, options);
       if (!s.ok()) break;
     }
     failed_at = absl::Now();
@@ -533,15 +528,17 @@ TEST(ShmEngineTest, AutoPicksShmForASourceProcessOnThisHost) {
     add(rng() % (kSize - len), len);
   }
   add(kSize - (2 << 20) - 1, (2 << 20) + 1);
-  auto batch = (*peer)->Submit(ops);
-  ASSERT_TRUE(batch.ok()) << batch.status();
-  ASSERT_TRUE((*batch)->Wait(absl::Seconds(60)).ok());
+  std::atomic<uint64_t> landed{0};
+  ReadOptions options;
+  options.timeout = absl::Seconds(60);
+  options.on_piece = [&](const ReadOp& piece) { landed += piece.length; };
+  ASSERT_TRUE((*peer)->Read(ops, options).ok());
   uint64_t total = 0;
   for (size_t i = 0; i < ops.size(); ++i) {
     total += ops[i].length;
     ASSERT_EQ(FirstMismatch(ops[i].local, ops[i].length, ops[i].remote_offset), -1) << i;
   }
-  EXPECT_EQ((*batch)->bytes_done(), total);
+  EXPECT_EQ(landed.load(), total);
 
   std::vector<char> small(10000 * 100);
   std::vector<ReadOp> many;
@@ -648,17 +645,22 @@ TEST_F(ShmEnginePairTest, DeadlineAndCancelLeaveTheConnectionUsable) {
   for (int i = 0; i < 16; ++i) big.push_back(ReadOp{0, 0, (*dst)->data(), kSize});
   Status s = peer_->Read(big, absl::Microseconds(1));
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(Msg(s), HasSubstr("deadline of 1us passed"));
+  EXPECT_THAT(Msg(s), HasSubstr("passed its deadline (1us)"));
   EXPECT_THAT(Msg(s), HasSubstr(peer_->description()));
   EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 ["));
 
-  auto batch = peer_->Submit(big);
-  ASSERT_TRUE(batch.ok());
-  (*batch)->Cancel();
-  s = (*batch)->Wait(absl::Seconds(10));
+  std::atomic<bool> cancel{false};
+  std::atomic<uint64_t> landed{0};
+  ReadOptions options;
+  options.cancel = &cancel;
+  options.on_piece = [&](const ReadOp& piece) {
+    landed += piece.length;
+    cancel = true;
+  };
+  s = peer_->Read(big, options);
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
   EXPECT_THAT(Msg(s), HasSubstr("cancelled; first unfinished range: region 0 ["));
-  EXPECT_LT((*batch)->bytes_done(), (*batch)->bytes_total());
+  EXPECT_LT(landed.load(), 16 * kSize);
 
   ASSERT_TRUE(peer_->Read({{0, 5, (*dst)->data(), kSize - 5}}, absl::Seconds(30)).ok());
   EXPECT_EQ(FirstMismatch((*dst)->data(), kSize - 5, 5), -1);
@@ -687,8 +689,8 @@ TEST_F(ShmEnginePairTest, StopWithConnectedPeers) {
   target_.reset();
   peer_->Disconnect();
   peer_->Disconnect();
-  auto batch = peer_->Submit({{0, 0, dst.data(), 10}});
-  EXPECT_EQ(batch.status().code(), absl::StatusCode::kFailedPrecondition);
+  s = peer_->Read({{0, 0, dst.data(), 10}}, absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

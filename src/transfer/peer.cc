@@ -1,121 +1,40 @@
 #include "transfer/peer.h"
 
+#include <algorithm>
 #include <atomic>
-#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "transfer/read_core.h"
 
 namespace ferry::internal {
 
 namespace {
 
-// What a batch's thread and its ReadBatch share. Outlives both (the Peer waits on it too).
-struct BatchState {
-  std::vector<ReadOp> ops;
-  uint64_t bytes_total = 0;
-  std::atomic<bool> cancelled{false};
-  std::atomic<uint64_t> bytes_done{0};
-
-  absl::Mutex mu;
-  bool done ABSL_GUARDED_BY(mu) = false;
-  Status status ABSL_GUARDED_BY(mu);
-
-  void Finish(Status s) {
-    absl::MutexLock lock(&mu);
-    status = std::move(s);
-    done = true;
-  }
-  // True when the batch finished within `timeout`.
-  bool AwaitDone(absl::Duration timeout) {
-    absl::MutexLock lock(&mu);
-    return mu.AwaitWithTimeout(absl::Condition(&done), timeout);
-  }
-};
-
-// Thread-compatible.
-class ReadBatchImpl : public ReadBatch {
- public:
-  ReadBatchImpl(std::shared_ptr<BatchState> state, std::shared_ptr<PeerConnection> connection)
-      : state_(std::move(state)) {
-    thread_ = std::thread([state = state_, connection = std::move(connection)] {
-      ReadControl ctl;
-      ctl.cancelled = &state->cancelled;
-      ctl.bytes_done = &state->bytes_done;
-      state->Finish(connection->Read(state->ops, ctl));
-    });
-  }
-  ~ReadBatchImpl() override {
-    Cancel();
-    if (thread_.joinable()) thread_.join();
-  }
-
-  Status Wait(absl::Duration timeout) override {
-    if (finished_) return final_;
-    bool timed_out = false;
-    if (!state_->AwaitDone(timeout)) {
-      timed_out = true;
-      state_->cancelled.store(true);
-      state_->AwaitDone(absl::InfiniteDuration());
-    }
-    thread_.join();
-    Status s;
-    {
-      absl::MutexLock lock(&state_->mu);
-      s = state_->status;
-    }
-    if (timed_out && !user_cancelled_ && s.code() == absl::StatusCode::kCancelled) {
-      s = absl::DeadlineExceededError(
-          absl::StrCat("deadline of ", absl::FormatDuration(timeout), " passed: ", s.message()));
-    }
-    final_ = std::move(s);
-    finished_ = true;
-    return final_;
-  }
-  void Cancel() override {
-    user_cancelled_ = true;
-    state_->cancelled.store(true);
-  }
-  uint64_t bytes_done() const override { return state_->bytes_done.load(); }
-  uint64_t bytes_total() const override { return state_->bytes_total; }
-
- private:
-  std::shared_ptr<BatchState> state_;
-  std::thread thread_;
-  std::atomic<bool> user_cancelled_{false};  // Cancel() may run on another thread
-  bool finished_ = false;
-  Status final_;
-};
-
-// Thread-safe: Submit serializes batches on submit_mu_.
+// Thread-safe: reads are serialized on read_mu_.
 class PeerImpl : public Peer {
  public:
   PeerImpl(std::shared_ptr<PeerConnection> connection, TransportKind kind, std::string description,
-           std::map<uint32_t, uint64_t> region_sizes)
+           std::map<uint32_t, uint64_t> region_sizes, uint64_t chunk_bytes)
       : connection_(std::move(connection)),
         kind_(kind),
         description_(std::move(description)),
-        region_sizes_(std::move(region_sizes)) {}
+        region_sizes_(std::move(region_sizes)),
+        chunk_bytes_(chunk_bytes) {}
   ~PeerImpl() override { Disconnect(); }
 
   TransportKind transport() const override { return kind_; }
   const std::string& description() const override { return description_; }
 
-  StatusOr<std::unique_ptr<ReadBatch>> Submit(std::vector<ReadOp> ops) override {
+  Status Read(std::vector<ReadOp> ops, const ReadOptions& options) override {
     FERRY_RETURN_IF_ERROR(ValidateOps(ops, region_sizes_, description_));
-    absl::MutexLock lock(&submit_mu_);
-    if (last_ != nullptr) last_->AwaitDone(absl::InfiniteDuration());
-    if (disconnected_.load()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("peer ", description_, " is disconnected; Connect again"));
-    }
-    auto state = std::make_shared<BatchState>();
-    for (const ReadOp& op : ops) state->bytes_total += op.length;
-    state->ops = std::move(ops);
-    last_ = state;
-    return std::unique_ptr<ReadBatch>(new ReadBatchImpl(std::move(state), connection_));
+    absl::MutexLock lock(&read_mu_);
+    FERRY_RETURN_IF_ERROR(CheckConnected());
+    const ReadConnection connection{connection_.get(), description_};
+    return RunRead({&connection, 1}, std::move(ops),
+                   options.chunk_bytes > 0 ? options.chunk_bytes : chunk_bytes_, options);
   }
 
   void Disconnect() override {
@@ -123,14 +42,21 @@ class PeerImpl : public Peer {
     connection_->Close();
   }
 
- private:
+  Status CheckConnected() const {
+    if (disconnected_.load()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("peer ", description_, " is disconnected; Connect again"));
+    }
+    return absl::OkStatus();
+  }
+
   const std::shared_ptr<PeerConnection> connection_;
   const TransportKind kind_;
   const std::string description_;
   const std::map<uint32_t, uint64_t> region_sizes_;
+  const uint64_t chunk_bytes_;
   std::atomic<bool> disconnected_{false};
-  absl::Mutex submit_mu_;
-  std::shared_ptr<BatchState> last_ ABSL_GUARDED_BY(submit_mu_);
+  absl::Mutex read_mu_;  // held for the whole of a read
 };
 
 }  // namespace
@@ -166,9 +92,71 @@ Status ValidateOps(const std::vector<ReadOp>& ops, const std::map<uint32_t, uint
 }
 
 std::unique_ptr<Peer> MakePeer(std::shared_ptr<PeerConnection> connection, TransportKind kind,
-                               std::string description, std::map<uint32_t, uint64_t> region_sizes) {
+                               std::string description, std::map<uint32_t, uint64_t> region_sizes,
+                               uint64_t chunk_bytes) {
   return std::make_unique<PeerImpl>(std::move(connection), kind, std::move(description),
-                                    std::move(region_sizes));
+                                    std::move(region_sizes), chunk_bytes);
 }
 
 }  // namespace ferry::internal
+
+namespace ferry {
+
+Status Peer::Read(std::vector<ReadOp> ops, absl::Duration timeout) {
+  ReadOptions options;
+  options.timeout = timeout;
+  return Read(std::move(ops), options);
+}
+
+Status ReadFromPeers(absl::Span<Peer* const> peers, std::vector<ReadOp> ops,
+                     const ReadOptions& options) {
+  using internal::PeerImpl;
+  if (peers.empty()) return absl::InvalidArgumentError("ReadFromPeers needs at least one peer");
+  std::vector<PeerImpl*> impls;
+  for (Peer* peer : peers) {
+    auto* impl = dynamic_cast<PeerImpl*>(peer);
+    if (impl == nullptr) {
+      return absl::InvalidArgumentError("ReadFromPeers takes peers from TransferEngine::Connect");
+    }
+    if (std::find(impls.begin(), impls.end(), impl) != impls.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ReadFromPeers: ", impl->description(), " is listed twice"));
+    }
+    FERRY_RETURN_IF_ERROR(internal::ValidateOps(ops, impl->region_sizes_, impl->description()));
+    impls.push_back(impl);
+  }
+  // Lock in address order, so that two reads over overlapping peer sets cannot deadlock.
+  std::vector<PeerImpl*> order = impls;
+  std::sort(order.begin(), order.end());
+  std::vector<std::unique_ptr<absl::MutexLock>> locks;
+  for (PeerImpl* impl : order) locks.push_back(std::make_unique<absl::MutexLock>(&impl->read_mu_));
+  std::vector<internal::ReadConnection> connections;
+  uint64_t chunk_bytes = options.chunk_bytes;
+  for (PeerImpl* impl : impls) {
+    FERRY_RETURN_IF_ERROR(impl->CheckConnected());
+    connections.push_back({impl->connection_.get(), impl->description()});
+    if (options.chunk_bytes == 0) chunk_bytes = std::max(chunk_bytes, impl->chunk_bytes_);
+  }
+  return internal::RunRead(connections, std::move(ops), chunk_bytes, options);
+}
+
+std::vector<ReadOp> CoalesceReadOps(std::vector<ReadOp> ops) {
+  std::vector<ReadOp> out;
+  out.reserve(ops.size());
+  for (const ReadOp& op : ops) {
+    if (op.length == 0) continue;
+    if (!out.empty()) {
+      ReadOp& last = out.back();
+      if (last.remote_region == op.remote_region &&
+          last.remote_offset + last.length == op.remote_offset &&
+          static_cast<uint8_t*>(last.local) + last.length == op.local) {
+        last.length += op.length;
+        continue;
+      }
+    }
+    out.push_back(op);
+  }
+  return out;
+}
+
+}  // namespace ferry

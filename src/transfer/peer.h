@@ -1,5 +1,5 @@
-// The engine's Peer and ReadBatch: op validation against the remote blob, one batch at a time
-// per Peer, and a thread per batch (owned by the ReadBatch) running PeerConnection::Read.
+// The engine's Peer: op validation against the remote blob, one read at a time per Peer, the
+// read itself in the read core (read_core.h).
 #ifndef FERRY_TRANSFER_PEER_H_
 #define FERRY_TRANSFER_PEER_H_
 
@@ -15,7 +15,8 @@ namespace ferry::internal {
 
 // `region_sizes` are the remote blob's regions (id -> bytes), against which Submit validates.
 std::unique_ptr<Peer> MakePeer(std::shared_ptr<PeerConnection> connection, TransportKind kind,
-                               std::string description, std::map<uint32_t, uint64_t> region_sizes);
+                               std::string description, std::map<uint32_t, uint64_t> region_sizes,
+                               uint64_t chunk_bytes);
 
 // InvalidArgument naming the first bad op (index and range) and `description`; OK otherwise.
 Status ValidateOps(const std::vector<ReadOp>& ops, const std::map<uint32_t, uint64_t>& sizes,

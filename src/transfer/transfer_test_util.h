@@ -1,6 +1,6 @@
-// Test support for the transfer engine and its transports: pre-faulted buffers, a read
-// control, a byte pattern that reveals misplaced or missing bytes, and a source engine running
-// in a child process.
+// Test support for the transfer engine and its transports: pre-faulted buffers, reads through
+// the read core, a byte pattern that reveals misplaced or missing bytes, and a source engine
+// running in a child process.
 #ifndef FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
 #define FERRY_TRANSFER_TRANSFER_TEST_UTIL_H_
 
@@ -11,16 +11,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "common/listener_probe.h"
 #include "ferry/transfer.h"
 #include "gtest/gtest.h"
+#include "transfer/read_core.h"
 #include "transfer/transport.h"
 
 namespace ferry::testing {
@@ -69,15 +73,79 @@ class Buffer {
   uint64_t size_;
 };
 
-// The ReadControl of one PeerConnection::Read, with the flags it points at.
+// Runs reads on one PeerConnection through the read core, with a cancel flag, a deadline and a
+// count of the bytes that landed.
 struct Running {
   std::atomic<bool> cancelled{false};
   std::atomic<uint64_t> bytes_done{0};
-  ferry::internal::ReadControl ctl;
-  Running() {
-    ctl.cancelled = &cancelled;
-    ctl.bytes_done = &bytes_done;
+  absl::Time deadline = absl::InfiniteFuture();
+  uint64_t chunk_bytes = 64 << 10;  // the transport tests' TransferEngineOptions::chunk_bytes
+  // Called for every piece that landed (after bytes_done counts it).
+  std::function<void(const ReadOp&)> on_piece;
+
+  Status Read(ferry::internal::PeerConnection& connection, std::vector<ReadOp> ops,
+              std::string description = "test peer") {
+    ReadOptions options;
+    options.cancel = &cancelled;
+    if (deadline != absl::InfiniteFuture()) {
+      options.start = absl::Now();
+      options.timeout = std::max(deadline - options.start, absl::ZeroDuration());
+    }
+    options.on_piece = [this](const ReadOp& piece) {
+      bytes_done.fetch_add(piece.length);
+      if (on_piece) on_piece(piece);
+    };
+    const ferry::internal::ReadConnection c{&connection, std::move(description)};
+    return ferry::internal::RunRead({&c, 1}, std::move(ops), chunk_bytes, options);
   }
+};
+
+// A ChunkFeed handing out the pieces of `ops` directly, for driving one transport without the
+// read core: counts what was taken, moved and done, and can stop once `stop_after_taken`
+// pieces were taken (a deterministic "cancelled while pieces are in flight").
+class ScriptedFeed final : public ferry::internal::ChunkFeed {
+ public:
+  ScriptedFeed(const std::vector<ReadOp>& ops, uint64_t chunk_bytes) {
+    for (const ReadOp& op : ops) {
+      for (uint64_t at = 0; at < op.length; at += chunk_bytes) {
+        ferry::internal::Chunk c;
+        c.index = static_cast<uint32_t>(pieces_.size());
+        c.remote_region = op.remote_region;
+        c.remote_offset = op.remote_offset + at;
+        c.local = static_cast<char*>(op.local) + at;
+        c.length = std::min(chunk_bytes, op.length - at);
+        pieces_.push_back(c);
+      }
+      if (op.length > 0) regions_.insert(regions_.end(), op.remote_region);
+    }
+    std::sort(regions_.begin(), regions_.end());
+    regions_.erase(std::unique(regions_.begin(), regions_.end()), regions_.end());
+  }
+  bool Next(ferry::internal::Chunk* chunk) override {
+    if (stopping()) return false;
+    const size_t i = next_.fetch_add(1);
+    if (i >= pieces_.size()) return false;
+    *chunk = pieces_[i];
+    taken.fetch_add(1);
+    return true;
+  }
+  void Moved(uint64_t bytes) override { moved.fetch_add(bytes); }
+  void Done(const ferry::internal::Chunk& chunk) override { done.fetch_add(chunk.length); }
+  bool stopping() const override {
+    return stop.load() || (stop_after_taken > 0 && taken.load() >= stop_after_taken);
+  }
+  const std::vector<uint32_t>& regions() const override { return regions_; }
+
+  size_t stop_after_taken = 0;  // 0: never
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> taken{0};
+  std::atomic<uint64_t> moved{0};
+  std::atomic<uint64_t> done{0};
+
+ private:
+  std::vector<ferry::internal::Chunk> pieces_;
+  std::vector<uint32_t> regions_;
+  std::atomic<size_t> next_{0};
 };
 
 // The byte a source region holds at `offset`: differs between neighbours and between offsets

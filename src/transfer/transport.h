@@ -3,7 +3,7 @@
 // blob sections, and asks one of them to connect to a remote blob.
 //
 // Thread-safety: every method of Transport may be called from any thread, concurrently.
-// PeerConnection::Read is called by one thread at a time (the engine serializes batches per
+// PeerConnection::Execute is called by one thread at a time (the engine serializes reads per
 // Peer).
 #ifndef FERRY_TRANSFER_TRANSPORT_H_
 #define FERRY_TRANSFER_TRANSPORT_H_
@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -29,25 +30,49 @@ struct Allocation {
   void* handle = nullptr;  // transport-private (UCX: the ucp_mem_h)
 };
 
-// Shared state of one running batch, set by the engine and read by the transport.
-struct ReadControl {
-  absl::Time deadline = absl::InfiniteFuture();
-  const std::atomic<bool>* cancelled = nullptr;  // never null while Read runs
-  std::atomic<uint64_t>* bytes_done = nullptr;   // never null; add bytes as they land
+// One piece of a read: a sub-range of one op, at most the read's chunk size.
+struct Chunk {
+  uint32_t index = 0;  // in the read's list of pieces; fits a TCP request id
+  uint32_t remote_region = 0;
+  uint64_t remote_offset = 0;
+  char* local = nullptr;
+  uint64_t length = 0;
+};
+
+// What a transport executes: the read core's pieces, handed out one at a time, so that one
+// read can be spread over several connections and a piece re-issued elsewhere after a failure.
+// Every method may be called from several of the connection's threads at once.
+class ChunkFeed {
+ public:
+  virtual ~ChunkFeed() = default;
+  // The next piece for this connection; false when none is left or the read is stopping.
+  // Pieces come in ascending order of their index.
+  virtual bool Next(Chunk* chunk) = 0;
+  // `bytes` of a piece in progress arrived (progress and stall detection only).
+  virtual void Moved(uint64_t bytes) = 0;
+  // Every byte of `chunk` landed. Exactly once per piece taken, unless the connection fails.
+  virtual void Done(const Chunk& chunk) = 0;
+  // True when the connection must stop: cancelled, past the deadline, stalled, or another
+  // thread of this connection failed. Cheap; poll it at least every 100 ms while blocked.
+  virtual bool stopping() const = 0;
+  // The distinct remote regions the read touches (ascending), for transports that prepare
+  // per region (shm maps them, UCX checks its rkeys).
+  virtual const std::vector<uint32_t>& regions() const = 0;
 };
 
 // A connection to one remote engine.
 class PeerConnection {
  public:
   virtual ~PeerConnection() = default;
-  // Performs every op (already validated against the remote regions by the engine). Returns
-  // OK when all bytes landed; DeadlineExceeded past ctl.deadline; Cancelled when
-  // *ctl.cancelled became true; Unavailable/DataLoss/Internal for transport failures. Every
-  // error names the peer (`description`) and the first op range that did not complete, e.g.
-  // "region 0 [4096, 8392704)". Returns promptly (within ~100 ms) after cancellation or the
-  // deadline. After a failure the connection may refuse further reads with FailedPrecondition.
-  virtual Status Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) = 0;
-  // Closes sockets/endpoints. Idempotent. Read after Close fails with FailedPrecondition.
+  // Takes pieces from `feed` until it has none left, executing several at once as the
+  // transport allows, and reports each with feed.Done as it lands. Returns OK when every piece
+  // taken landed; when feed.stopping() became true, returns promptly (within ~100 ms) with any
+  // status (the core reports why it stopped); on a transport failure, Unavailable, DataLoss,
+  // NotFound, InvalidArgument or Internal with a message that starts with what failed and
+  // names the peer (`description`); the core appends the first unfinished range. After a
+  // failure the connection may refuse further reads with FailedPrecondition.
+  virtual Status Execute(ChunkFeed& feed) = 0;
+  // Closes sockets/endpoints. Idempotent. Execute after Close fails with FailedPrecondition.
   virtual void Close() = 0;
 };
 
@@ -59,7 +84,8 @@ class Transport {
   // Allocates memory this transport serves best (shm: a sealed memfd; UCX: ucp_mem_map with
   // ALLOCATE); the engine asks the transports in preference order. Unimplemented
   // when the transport has no preference (the engine then uses pre-faulted anonymous mmap).
-  virtual StatusOr<Allocation> Allocate(uint64_t bytes) {
+  // `prefault`: fault every page in before returning.
+  virtual StatusOr<Allocation> Allocate(uint64_t bytes, bool prefault) {
     return absl::UnimplementedError("no transport-specific allocator");
   }
   virtual void Free(const Allocation& allocation) {}

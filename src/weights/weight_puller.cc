@@ -1,23 +1,24 @@
 #include "weights/weight_puller.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "client/source_selection.h"
 #include "common/logging.h"
 #include "ferry/publisher.h"
 #include "ferry/source_identity.h"
 #include "ferry/v1/transfer.pb.h"
-#include "transfer/monitored_read.h"
 #include "weights/buffers.h"
+#include "weights/landing_verifier.h"
 #include "weights/tensor_checksum.h"
 #include "weights/transfer_plan.h"
 #include "worker/centralized.h"
@@ -40,20 +41,6 @@ std::string IdentityText(const SourceIdentity& identity, const std::string& mx_s
   if (!accelerator.empty()) absl::StrAppend(&text, " accelerator ", accelerator);
   if (!mx_source_id.empty()) absl::StrAppend(&text, " (mx_source_id ", mx_source_id, ")");
   return text;
-}
-
-// DataLoss naming the first tensor whose `checksums` entry differs from the source's.
-Status VerifyChecksums(const Plan& plan, const std::vector<uint64_t>& checksums) {
-  for (size_t i = 0; i < plan.remote.size(); ++i) {
-    if (checksums[i] != plan.remote[i].checksum()) {
-      return absl::DataLossError(absl::StrCat(
-          "tensor ", plan.remote[i].name(), " (", plan.remote[i].size(),
-          " bytes) failed verification: xxh3-64 ", absl::Hex(checksums[i], absl::kZeroPad16),
-          " but the source announced ", absl::Hex(plan.remote[i].checksum(), absl::kZeroPad16),
-          "; the source's memory or the transfer is corrupt"));
-    }
-  }
-  return absl::OkStatus();
 }
 
 // For each of the plan's remote tensors, the buffer of the same name; FailedPrecondition naming
@@ -97,6 +84,45 @@ StatusOr<std::vector<const NamedBuffer*>> MatchBuffers(const Plan& plan, const B
   return matched;
 }
 
+// Faults in a region's destination pages in the order the read fills them, on one thread that
+// runs ahead of the transfer, so that the transports mostly copy into memory that is already
+// there and preparing overlaps moving. A no-op for a null region (memory that exists).
+class Prefaulter {
+ public:
+  Prefaulter(const Region* region, const std::vector<ReadOp>& ops, std::atomic<bool>* cancel)
+      : cancel_(cancel) {
+    if (region == nullptr) return;
+    thread_ = std::thread([this, region, ops] {
+      constexpr uint64_t kStep = 8ull << 20;
+      const auto* base = static_cast<const char*>(region->data());
+      for (const ReadOp& op : ops) {
+        const uint64_t at = static_cast<uint64_t>(static_cast<const char*>(op.local) - base);
+        for (uint64_t done = 0; done < op.length; done += kStep) {
+          if (cancel_->load(std::memory_order_relaxed)) return;
+          Status s = region->Prefault(at + done, std::min(kStep, op.length - done));
+          if (!s.ok()) {
+            status_ = std::move(s);
+            cancel_->store(true);
+            return;
+          }
+        }
+      }
+    });
+  }
+  ~Prefaulter() { Finish().IgnoreError(); }
+
+  // Joins the thread; its error, if preparing failed.
+  Status Finish() {
+    if (thread_.joinable()) thread_.join();
+    return status_;
+  }
+
+ private:
+  std::atomic<bool>* const cancel_;
+  Status status_;  // written by the thread, read after join
+  std::thread thread_;
+};
+
 class Puller {
  public:
   Puller(const PullOptions& options, const BufferSet* into) : options_(options), into_(into) {}
@@ -134,7 +160,7 @@ class Puller {
                          : "nothing was written",
         &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
           if (!mismatch_.ok()) return mismatch_;
-          return into_ != nullptr ? TryInto(ref, attempt, &result) : TryOne(ref, attempt, &result);
+          return TryOne(ref, attempt, &result);
         });
     // A model that does not match the source's layout: the caller's error, the same at every
     // source of the identity.
@@ -195,48 +221,79 @@ class Puller {
     return client->GetTransferInfo(ref.mx_source_id(), ref.worker_id());
   }
 
+  // Where a source's bytes land and what they are checked against.
+  struct Landing {
+    std::vector<ReadOp> ops;
+    std::vector<LandingVerifier::Tensor> tensors;  // in the plan's order
+    uint64_t bytes = 0;
+  };
+
+  // One source: its transfer info, where its tensors land, the transfer with every tensor
+  // verified as it completes. Both pull modes differ only in Land*.
   Status TryOne(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
     FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
     FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
-    // Reuse the destination between attempts when the size matches (allocation pre-faults,
-    // which costs more than the copy on this kind of machine).
-    if (region_ == nullptr || region_->size() != std::max<uint64_t>(plan.total, 1)) {
-      region_.reset();
-      memory_.reset();
-      FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1)));
-    }
+    FERRY_ASSIGN_OR_RETURN(Landing landing,
+                           into_ != nullptr ? LandInBuffers(plan, ref) : LandInRegion(plan));
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
                            options_.engine->Connect(info.transfer_blob(), options_.transport));
-    uint8_t* base = static_cast<uint8_t*>(region_->data());
     const std::string source_text = absl::StrCat(
         "worker ", ref.worker_id(), attempt->endpoint.empty() ? "" : " at ", attempt->endpoint);
 
     const absl::Time transfer_start = absl::Now();
-    FERRY_RETURN_IF_ERROR(
-        Transfer(*peer, MakeOps(plan, base), plan.total, source_text, transfer_start));
+    std::atomic<bool> cancel{false};
+    LandingVerifier verifier(std::move(landing.tensors), std::max(1, options_.verify_threads),
+                             &cancel);
+    Prefaulter prefaulter(into_ == nullptr ? region_.get() : nullptr, landing.ops, &cancel);
+    Status read = Transfer(*peer, std::move(landing.ops), landing.bytes, source_text,
+                           transfer_start, verifier, cancel);
     const absl::Time transfer_end = absl::Now();
+    Status prepared = prefaulter.Finish();
+    if (read.ok() && !prepared.ok()) read = prepared;
+    if (!read.ok()) {
+      verifier.Abandon();
+      Status corrupt = verifier.Mismatch();  // a corrupt tensor cancels the read early
+      return corrupt.ok() ? read : corrupt;
+    }
+    FERRY_RETURN_IF_ERROR(verifier.Finish());
 
-    std::vector<uint64_t> checksums =
-        ChecksumTensors(base, plan.local, std::max(1, options_.verify_threads));
-    FERRY_RETURN_IF_ERROR(VerifyChecksums(plan, checksums));
-    result->model.owned_memory = std::move(memory_);
-    result->model.region = std::move(region_);
-    result->model.tensors = std::move(plan.local);
-    result->model.checksums = std::move(checksums);
+    if (into_ == nullptr) {
+      result->model.region = std::move(region_);
+      result->model.tensors = std::move(plan.local);
+      result->model.checksums = verifier.checksums();
+      result->model.total_bytes = plan.total;
+    }
     result->model.metadata = std::move(plan.metadata);
-    result->model.total_bytes = plan.total;
-    result->bytes = plan.total;
+    result->bytes = landing.bytes;
     result->peer = peer->description();
     result->transport = peer->transport();
     result->transfer_time = transfer_end - transfer_start;
-    result->verify_time = absl::Now() - transfer_end;
+    result->verify_time = verifier.tail();
     return absl::OkStatus();
   }
 
-  // Reads a source's tensors straight into the caller's buffers (PullIntoBuffers).
-  Status TryInto(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
-    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
-    FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
+  // A file pull: the tensors contiguous in source order in one region of the engine.
+  StatusOr<Landing> LandInRegion(const Plan& plan) {
+    // Reuse the destination between attempts when the size matches (allocation pre-faults,
+    // which costs more than the copy on this kind of machine).
+    if (region_ == nullptr || region_->size() != std::max<uint64_t>(plan.total, 1)) {
+      region_.reset();
+      FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1)));
+    }
+    uint8_t* base = static_cast<uint8_t*>(region_->data());
+    Landing landing;
+    landing.ops = MakeOps(plan, base);
+    landing.bytes = plan.total;
+    for (size_t i = 0; i < plan.remote.size(); ++i) {
+      landing.tensors.push_back({plan.remote[i].name(), base + plan.local[i].offset,
+                                 plan.local[i].size, plan.remote[i].checksum()});
+    }
+    return landing;
+  }
+
+  // PullIntoBuffers: straight into the caller's tensors. One read per distinct destination
+  // range (tied weights are read once), coalesced where both sides continue each other.
+  StatusOr<Landing> LandInBuffers(const Plan& plan, const SourceInstanceRef& ref) {
     StatusOr<std::vector<const NamedBuffer*>> matched = MatchBuffers(plan, *into_);
     if (!matched.ok()) {
       mismatch_ = absl::FailedPreconditionError(absl::StrCat(
@@ -254,69 +311,54 @@ class Puller {
         span_regions_.push_back(std::move(region));
       }
     }
-    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
-                           options_.engine->Connect(info.transfer_blob(), options_.transport));
-    // One read per distinct destination range (tied weights are read once), coalesced where
-    // both sides continue each other.
-    std::vector<ReadOp> ops;
+    Landing landing;
     std::set<std::pair<void*, uint64_t>> seen;
-    std::vector<ByteRange> ranges;
-    uint64_t total = 0;
     for (size_t i = 0; i < plan.remote.size(); ++i) {
       const NamedBuffer& b = *(*matched)[i];
-      ranges.push_back(ByteRange{b.data, b.size});
+      landing.tensors.push_back({plan.remote[i].name(), b.data, b.size, plan.remote[i].checksum()});
       if (b.size == 0 || !seen.emplace(b.data, b.size).second) continue;
-      ops.push_back(ReadOp{plan.remote[i].region(), plan.remote[i].offset(), b.data, b.size});
-      total += b.size;
+      landing.ops.push_back(
+          ReadOp{plan.remote[i].region(), plan.remote[i].offset(), b.data, b.size});
+      landing.bytes += b.size;
     }
-    const std::string source_text = absl::StrCat(
-        "worker ", ref.worker_id(), attempt->endpoint.empty() ? "" : " at ", attempt->endpoint);
-    const absl::Time transfer_start = absl::Now();
-    FERRY_RETURN_IF_ERROR(
-        Transfer(*peer, CoalesceReadOps(std::move(ops)), total, source_text, transfer_start));
-    const absl::Time transfer_end = absl::Now();
-    std::vector<uint64_t> checksums = ChecksumRanges(ranges, std::max(1, options_.verify_threads));
-    FERRY_RETURN_IF_ERROR(VerifyChecksums(plan, checksums));
-    result->model.metadata = std::move(plan.metadata);
-    result->bytes = total;
-    result->peer = peer->description();
-    result->transport = peer->transport();
-    result->transfer_time = transfer_end - transfer_start;
-    result->verify_time = absl::Now() - transfer_end;
-    return absl::OkStatus();
+    landing.ops = CoalesceReadOps(std::move(landing.ops));
+    return landing;
   }
 
   Status Transfer(Peer& peer, std::vector<ReadOp> ops, uint64_t total,
-                  const std::string& source_text, absl::Time start) {
-    MonitoredReadOptions read;
+                  const std::string& source_text, absl::Time start, LandingVerifier& verifier,
+                  std::atomic<bool>& cancel) {
+    ReadOptions read;
     read.timeout = options_.transfer_timeout;
     read.start = start;
     read.stall_timeout = options_.stall_timeout;
-    read.batch_bytes = options_.batch_bytes;
-    read.batch_pause = options_.batch_pause;
+    read.cancel = &cancel;
+    const uint64_t pace = options_.batch_bytes;
+    if (pace > 0) read.chunk_bytes = pace;
+    absl::Mutex pace_mu;  // pauses one piece at a time, so the whole read is slowed down
+    read.on_piece = [&](const ReadOp& piece) {
+      verifier.Landed(piece.local, piece.length);
+      if (pace == 0) return;
+      // For tests that act while a transfer runs: a pause after every piece.
+      absl::MutexLock lock(&pace_mu);
+      absl::SleepFor(options_.batch_pause);
+    };
     if (options_.on_progress) {
       read.on_progress = [&](uint64_t done, uint64_t all) {
         options_.on_progress(PullProgress{done, all, source_text});
       };
     }
-    return MonitoredRead(peer, std::move(ops), total, read);
+    return peer.Read(std::move(ops), read);
   }
 
-  // The destination: engine memory when it will be served, else anonymous memory (see
-  // PullOptions.servable) registered with the engine.
+  // The destination: shareable engine memory when it will be served, else plain anonymous
+  // memory (see PullOptions.servable). Its pages are faulted in by Prefaulter, ahead of the
+  // transfer, unless options_.prepare says before.
   Status PrepareDestination(uint64_t bytes) {
-    if (options_.servable) {
-      FERRY_ASSIGN_OR_RETURN(region_, options_.engine->AllocateRegion(bytes));
-      return absl::OkStatus();
-    }
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot map ", bytes, " bytes for the pulled weights: ", std::strerror(errno)));
-    }
-    memory_ = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
-    FERRY_ASSIGN_OR_RETURN(region_, options_.engine->RegisterRegion(p, bytes));
+    AllocateOptions allocate;
+    allocate.shareable = options_.servable;
+    allocate.prefault = options_.prepare == PullOptions::PreparePages::kBefore;
+    FERRY_ASSIGN_OR_RETURN(region_, options_.engine->AllocateRegion(bytes, allocate));
     return absl::OkStatus();
   }
 
@@ -324,8 +366,7 @@ class Puller {
   const BufferSet* into_;  // PullIntoBuffers: the caller's tensors; else null
   Status mismatch_;        // set when the model does not match a source's layout
   std::vector<std::unique_ptr<Region>> span_regions_;  // into_'s spans, registered once
-  std::shared_ptr<void> memory_;                       // declared before region_: released after it
-  std::unique_ptr<Region> region_;
+  std::unique_ptr<Region> region_;                     // the file pull's destination
 };
 
 }  // namespace

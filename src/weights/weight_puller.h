@@ -43,10 +43,15 @@ struct PullOptions {
   absl::Duration stall_timeout = absl::Seconds(15);
   int verify_threads = 2;
   // The pulled weights will be served afterwards (`ferry pull --then-publish`): the destination
-  // comes from TransferEngine::AllocateRegion, which every transport can serve (a memfd when
-  // shared memory is enabled). Otherwise it is plain pre-faulted anonymous memory registered
-  // with the engine, which is cheaper to prepare here (about 0.40 s instead of 0.55 s per GiB).
+  // is shareable engine memory, which every transport can serve (a memfd when shared memory is
+  // enabled). Otherwise it is plain anonymous memory registered with the engine, cheaper to
+  // prepare (AllocateOptions::shareable).
   bool servable = false;
+  // When the destination's pages (PullWeights) are faulted in: ahead of the transfer, on one
+  // thread running before the bytes (the default: preparing overlaps moving), or all before
+  // the transfer starts.
+  enum class PreparePages { kAhead, kBefore };
+  PreparePages prepare = PreparePages::kAhead;
   // Called about ten times a second from a helper thread while bytes move, and once at the end.
   std::function<void(const PullProgress&)> on_progress;
   // Reads are submitted in batches of this many bytes (0: one batch), with `batch_pause`
@@ -68,7 +73,8 @@ struct PullResult {
   uint64_t bytes = 0;
   absl::Duration total_time;          // from the call to the verified result
   absl::Duration transfer_time;       // reading the successful source's bytes
-  absl::Duration verify_time;         // checksumming them
+  absl::Duration verify_time;         // checksumming still left when the transfer ended
+                                      // (tensors are verified as they land)
   std::vector<PullAttempt> attempts;  // every source tried, the successful one last
 };
 

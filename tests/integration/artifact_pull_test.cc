@@ -630,12 +630,13 @@ TEST_F(ArtifactPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   // The same directory gives the same artifact (its id covers the absolute paths).
   ASSERT_EQ(a.artifact_id(), b.artifact_id());
   const std::string into = Path("target/cache");
-  // About 50 batches of 64 KiB, 100 ms apart: the pull is still reading when A dies.
-  std::unique_ptr<ChildProcess> pull =
-      StartPull("slow", model, into,
-                {"--trust", keys.public_key, "--transport", "tcp", "--testing-batch-bytes", "65536",
-                 "--testing-batch-pause-ms", "100", "--stall-timeout", "2", "--target-worker-id",
-                 TargetIdPreferring(model, {&a, &b}, "w-a")});
+  // About 50 pieces of 64 KiB, 100 ms apart, over one stream (at most 16 requests ahead, so
+  // that most requests are sent after A died): the pull is still reading when A dies.
+  std::unique_ptr<ChildProcess> pull = StartPull(
+      "slow", model, into,
+      {"--trust", keys.public_key, "--transport", "tcp", "--tcp-streams", "1",
+       "--testing-batch-bytes", "65536", "--testing-batch-pause-ms", "100", "--stall-timeout", "2",
+       "--target-worker-id", TargetIdPreferring(model, {&a, &b}, "w-a")});
   ASSERT_NE(pull, nullptr);
   // The stage appears once A's manifest is trusted and its data plane connected: the read from
   // A is about to start.

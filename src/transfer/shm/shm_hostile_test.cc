@@ -101,7 +101,7 @@ Status ReadFrom(const LyingSource& source) {
   if (!conn.ok()) return conn.status();
   Buffer dst(kAnnounced);
   Running run;
-  return (*conn)->Read({ReadOp{0, 0, dst.data(), kAnnounced}}, run.ctl);
+  return run.Read(**conn, {ReadOp{0, 0, dst.data(), kAnnounced}});
 }
 
 TEST(ShmHostileSourceTest, ADescriptorSmallerThanAnnouncedIsRefusedNotMapped) {

@@ -19,14 +19,6 @@ namespace {
 // Bound on one control round trip (handshake, opening a region).
 constexpr absl::Duration kControlTimeout = absl::Seconds(10);
 
-struct Chunk {
-  const char* src;
-  char* dst;
-  uint64_t length;
-  uint32_t region;
-  uint64_t offset;  // in the remote region
-};
-
 std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
   return absl::StrCat("region ", region, " [", offset, ", ", offset + length, ")");
 }
@@ -34,12 +26,6 @@ std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
 Status FromReply(const Reply& r) {
   return Status(static_cast<absl::StatusCode>(r.code),
                 std::string(r.message, strnlen(r.message, sizeof(r.message))));
-}
-
-void AtomicMin(std::atomic<size_t>& value, size_t candidate) {
-  size_t current = value.load();
-  while (candidate < current && !value.compare_exchange_weak(current, candidate)) {
-  }
 }
 
 }  // namespace
@@ -209,7 +195,7 @@ StatusOr<ShmPeerConnection::Mapping> ShmPeerConnection::Map(uint32_t region, abs
   }
 }
 
-Status ShmPeerConnection::Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) {
+Status ShmPeerConnection::Execute(ChunkFeed& feed) {
   auto closed = [&] {
     return absl::FailedPreconditionError(
         absl::StrCat("connection to ", description_, " is closed; Connect again"));
@@ -221,94 +207,54 @@ Status ShmPeerConnection::Read(absl::Span<const ReadOp> ops, const ReadControl& 
     return absl::FailedPreconditionError(
         absl::StrCat("connection to ", description_, " broken by an earlier failure; reconnect"));
   }
-  const ReadOp* first = nullptr;
-  for (const ReadOp& op : ops) {
-    if (op.length > 0) {
-      first = &op;
-      break;
-    }
-  }
-  if (first == nullptr) return absl::OkStatus();
-  auto fail = [&](const Status& s, const std::string& range) {
-    return Status(s.code(), absl::StrCat("shm read from ", description_, " ", s.message(),
-                                         "; first unfinished range: ", range));
+  auto fail = [&](const Status& s) {
+    return Status(s.code(), absl::StrCat("shm read from ", description_, " ", s.message()));
   };
-  const std::string first_range = RangeText(first->remote_region, first->remote_offset,
-                                            std::min(first->length, options_.chunk_bytes));
-
-  Status drained = DrainNotices();
-  if (!drained.ok()) return fail(drained, first_range);
-
-  std::vector<Chunk> chunks;
-  for (const ReadOp& op : ops) {
-    if (op.length == 0) continue;
-    auto mapping = Map(op.remote_region, ctl.deadline);
-    if (!mapping.ok()) return fail(mapping.status(), first_range);
-    if (op.remote_offset > mapping->size || op.length > mapping->size - op.remote_offset) {
-      return fail(absl::InvalidArgumentError(absl::StrCat(
-                      "failed: ", RangeText(op.remote_region, op.remote_offset, op.length),
-                      " is outside the source's region of ", mapping->size, " bytes")),
-                  first_range);
-    }
-    for (uint64_t done = 0; done < op.length; done += options_.chunk_bytes) {
-      const uint64_t len = std::min(options_.chunk_bytes, op.length - done);
-      chunks.push_back(Chunk{mapping->data + op.remote_offset + done,
-                             static_cast<char*>(op.local) + done, len, op.remote_region,
-                             op.remote_offset + done});
-    }
+  if (feed.regions().empty()) return absl::OkStatus();
+  if (Status drained = DrainNotices(); !drained.ok()) return fail(drained);
+  // Every region the read touches is mapped before any copy starts.
+  std::map<uint32_t, Mapping> mapped;
+  for (uint32_t region : feed.regions()) {
+    auto mapping = Map(region, absl::InfiniteFuture());
+    if (!mapping.ok()) return fail(mapping.status());
+    mapped.emplace(region, *mapping);
   }
 
-  // Threads take chunks in order from `next`; a thread that sees a reason to stop records the
-  // chunk it gave up, so every chunk before `first_abandoned` has landed.
-  enum Stop : int { kNone = 0, kCancelled = 1, kDeadline = 2, kClosed = 3 };
-  std::atomic<size_t> next{0};
-  std::atomic<size_t> first_abandoned{SIZE_MAX};
-  std::atomic<int> stop{kNone};
-  const bool has_deadline = ctl.deadline != absl::InfiniteFuture();
+  // Threads take pieces until none is left or the read stops; the first bad piece stops all.
+  absl::Mutex error_mu;
+  Status error;
+  std::atomic<bool> failed{false};
   auto work = [&] {
-    for (;;) {
-      const size_t i = next.fetch_add(1);
-      if (i >= chunks.size()) return;
-      int why = stop.load();
-      if (why == kNone) {
-        why = ctl.cancelled->load()                         ? kCancelled
-              : closing_.load()                             ? kClosed
-              : has_deadline && absl::Now() >= ctl.deadline ? kDeadline
-                                                            : kNone;
-        if (why != kNone) {
-          int expected = kNone;
-          stop.compare_exchange_strong(expected, why);
+    Chunk c;
+    while (!failed.load(std::memory_order_relaxed) && !closing_.load() && feed.Next(&c)) {
+      const Mapping& m = mapped.at(c.remote_region);
+      if (c.remote_offset > m.size || c.length > m.size - c.remote_offset) {
+        absl::MutexLock lock(&error_mu);
+        if (error.ok()) {
+          error = absl::InvalidArgumentError(
+              absl::StrCat("failed: ", RangeText(c.remote_region, c.remote_offset, c.length),
+                           " is outside the source's region of ", m.size, " bytes"));
         }
-      }
-      if (why != kNone) {
-        AtomicMin(first_abandoned, i);
+        failed.store(true);
         return;
       }
-      const Chunk& c = chunks[i];
-      std::memcpy(c.dst, c.src, c.length);
-      ctl.bytes_done->fetch_add(c.length);
+      std::memcpy(c.local, m.data + c.remote_offset, c.length);
+      feed.Done(c);
     }
   };
-  const size_t thread_count =
-      std::min<size_t>(static_cast<size_t>(options_.copy_threads), chunks.size());
+  const size_t thread_count = static_cast<size_t>(options_.copy_threads);
   std::vector<std::thread> threads;
   threads.reserve(thread_count - 1);
   for (size_t t = 1; t < thread_count; ++t) threads.emplace_back(work);
   work();
   for (std::thread& t : threads) t.join();
-
-  const int why = stop.load();
-  if (why == kNone) return absl::OkStatus();
-  const Chunk& c = chunks[std::min(first_abandoned.load(), chunks.size() - 1)];
-  const std::string range = RangeText(c.region, c.offset, c.length);
-  switch (why) {
-    case kCancelled:
-      return fail(absl::CancelledError("cancelled"), range);
-    case kDeadline:
-      return fail(absl::DeadlineExceededError("passed its deadline"), range);
-    default:
-      return fail(absl::FailedPreconditionError("stopped: the connection was closed"), range);
+  if (failed.load()) {
+    absl::MutexLock lock(&error_mu);
+    return fail(error);
   }
+  if (closing_.load())
+    return fail(absl::FailedPreconditionError("stopped: the connection was closed"));
+  return absl::OkStatus();
 }
 
 }  // namespace ferry::internal::shm

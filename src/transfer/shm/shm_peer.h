@@ -3,12 +3,12 @@
 // threads straight from those mappings.
 //
 // A source that dies (or is stopped) after a region was mapped leaves its pages alive in the
-// mapping: a read already copying completes with the data. The next Read notices the closed
+// mapping: a read already copying completes with the data. The next read notices the closed
 // control connection and fails with Unavailable; likewise a region removed by the source is
-// refused (NotFound) from the next Read on.
+// refused (NotFound) from the next read on.
 //
-// Thread-safety: Read is called by one thread at a time (transport.h); Close may be called from
-// any thread, concurrently with Read (it stops the copy between chunks, then unmaps).
+// Thread-safety: Execute is called by one thread at a time (transport.h); Close may be called
+// from any thread, concurrently with Execute (it stops the copy between pieces, then unmaps).
 #ifndef FERRY_TRANSFER_SHM_SHM_PEER_H_
 #define FERRY_TRANSFER_SHM_SHM_PEER_H_
 
@@ -27,8 +27,7 @@
 namespace ferry::internal::shm {
 
 struct ShmPeerOptions {
-  int copy_threads = 2;               // 1..16, the calling thread included
-  uint64_t chunk_bytes = 8ull << 20;  // unit of work, progress and cancellation
+  int copy_threads = 2;  // 1..16, the calling thread included
 };
 
 class ShmPeerConnection : public PeerConnection {
@@ -41,7 +40,7 @@ class ShmPeerConnection : public PeerConnection {
                                                              std::string description);
   ~ShmPeerConnection() override;  // Close()
 
-  Status Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) override;
+  Status Execute(ChunkFeed& feed) override;
   void Close() override;
 
  private:
@@ -63,7 +62,7 @@ class ShmPeerConnection : public PeerConnection {
   std::atomic<bool> closing_{false};
   std::atomic<bool> broken_{false};
 
-  // Held for the whole of Read, so Close cannot unmap under a copy.
+  // Held for the whole of Execute, so Close cannot unmap under a copy.
   absl::Mutex mu_;
   Fd control_ ABSL_GUARDED_BY(mu_);
   std::map<uint32_t, Mapping> mappings_ ABSL_GUARDED_BY(mu_);

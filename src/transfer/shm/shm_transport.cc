@@ -19,7 +19,7 @@ namespace ferry::internal {
 
 namespace shm {
 
-StatusOr<Allocation> AllocateMemfd(uint64_t bytes) {
+StatusOr<Allocation> AllocateMemfd(uint64_t bytes, bool prefault) {
   Fd memfd(::memfd_create("ferry-region", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!memfd.valid()) {
     return absl::ResourceExhaustedError(
@@ -30,8 +30,8 @@ StatusOr<Allocation> AllocateMemfd(uint64_t bytes) {
                                                      " bytes failed: ", ErrnoText(errno),
                                                      "; check the size and /dev/shm limits"));
   }
-  void* p =
-      ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, memfd.get(), 0);
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | (prefault ? MAP_POPULATE : 0), memfd.get(), 0);
   if (p == MAP_FAILED) {
     return absl::ResourceExhaustedError(
         absl::StrCat("shm: mapping a memfd of ", bytes, " bytes failed: ", ErrnoText(errno)));
@@ -77,7 +77,9 @@ class ShmTransport : public Transport {
 
   TransportKind kind() const override { return TransportKind::kShm; }
 
-  StatusOr<Allocation> Allocate(uint64_t bytes) override { return shm::AllocateMemfd(bytes); }
+  StatusOr<Allocation> Allocate(uint64_t bytes, bool prefault) override {
+    return shm::AllocateMemfd(bytes, prefault);
+  }
   void Free(const Allocation& allocation) override { shm::FreeMemfd(allocation); }
 
   // Serves only memory this transport allocated; other regions are accepted and not served.
@@ -105,7 +107,6 @@ class ShmTransport : public Transport {
     }
     shm::ShmPeerOptions peer_options;
     peer_options.copy_threads = options_.shm_copy_threads;
-    peer_options.chunk_bytes = options_.chunk_bytes;
     FERRY_ASSIGN_OR_RETURN(
         auto conn, shm::ShmPeerConnection::Create(remote.shm().socket_name(), remote.shm().secret(),
                                                   peer_options, description));

@@ -22,7 +22,7 @@ struct MemfdHandle {
 // read-write into this process, then sealed against growing, shrinking and any later writable
 // mapping (F_SEAL_FUTURE_WRITE): only this mapping can ever change it, so a target cannot write
 // through it even if it reopens the descriptor it was given. Release with FreeMemfd.
-StatusOr<Allocation> AllocateMemfd(uint64_t bytes);
+StatusOr<Allocation> AllocateMemfd(uint64_t bytes, bool prefault = true);
 void FreeMemfd(const Allocation& allocation);
 
 }  // namespace ferry::internal::shm

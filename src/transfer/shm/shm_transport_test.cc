@@ -58,7 +58,7 @@ class ChildShmSource {
       ::close(control_pipe[1]);
       auto transport = CreateShmTransport(Options(1));
       if (!transport.ok()) ::_exit(2);
-      auto allocation = (*transport)->Allocate(bytes);
+      auto allocation = (*transport)->Allocate(bytes, /*prefault=*/true);
       if (!allocation.ok()) ::_exit(3);
       FillPattern(allocation->data, bytes);
       if (!(*transport)
@@ -178,7 +178,7 @@ TEST_P(ShmChildTest, ExactBytesManyOpsFromAChildProcess) {
   }
   add(kSize - (3 << 20) - 5, (3 << 20) + 5);  // ends at the region's last byte
   Running run;
-  Status s = (*conn)->Read(ops, run.ctl);
+  Status s = run.Read(**conn, ops);
   ASSERT_TRUE(s.ok()) << s;
   uint64_t total = 0;
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -194,7 +194,7 @@ TEST_P(ShmChildTest, ExactBytesManyOpsFromAChildProcess) {
     many.push_back(ReadOp{0, (i * 104729) % (kSize - 100), small.data() + i * 100, 100});
   }
   Running run2;
-  ASSERT_TRUE((*conn)->Read(many, run2.ctl).ok());
+  ASSERT_TRUE(run2.Read(**conn, many).ok());
   for (size_t i = 0; i < many.size(); ++i) {
     ASSERT_EQ(FirstMismatch(many[i].local, 100, many[i].remote_offset), -1) << i;
   }
@@ -203,7 +203,7 @@ TEST_P(ShmChildTest, ExactBytesManyOpsFromAChildProcess) {
   // Caller memory in the source is not served.
   std::vector<char> one(16);
   Running run3;
-  s = (*conn)->Read({ReadOp{1, 0, one.data(), 16}}, run3.ctl);
+  s = run3.Read(**conn, {ReadOp{1, 0, one.data(), 16}});
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Msg(s), HasSubstr("the source has no region 1 (removed, or never allocated by its "
                                 "shm transport)"));
@@ -228,11 +228,11 @@ TEST(ShmKilledSourceTest, MappedPagesOutliveTheSourceButTheNextReadFails) {
   ASSERT_TRUE(conn.ok()) << conn.status();
   Buffer dst(kSize);
   Running run;
-  ASSERT_TRUE((*conn)->Read({ReadOp{0, 0, dst.data(), kSize}}, run.ctl).ok());
+  ASSERT_TRUE(run.Read(**conn, {ReadOp{0, 0, dst.data(), kSize}}).ok());
   child.KillAndReap();
   // The closed control connection is what the target sees of the death.
   Running run2;
-  Status s = (*conn)->Read({ReadOp{0, 0, dst.data(), kSize}}, run2.ctl);
+  Status s = run2.Read(**conn, {ReadOp{0, 0, dst.data(), kSize}});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_THAT(Msg(s), HasSubstr("closed the control connection"));
   EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 [0, 65536)"));
@@ -240,7 +240,7 @@ TEST(ShmKilledSourceTest, MappedPagesOutliveTheSourceButTheNextReadFails) {
   // when the source died completes with the data.
   EXPECT_EQ(FirstMismatch(mapped, size, 0), -1);
   ::munmap(mapped, size);
-  s = (*conn)->Read({ReadOp{0, 0, dst.data(), 10}}, run2.ctl);
+  s = run2.Read(**conn, {ReadOp{0, 0, dst.data(), 10}});
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(Msg(s), HasSubstr("broken by an earlier failure; reconnect"));
 }
@@ -252,7 +252,7 @@ class ShmTransportTest : public ::testing::Test {
     auto source = CreateShmTransport(Options(2));
     ASSERT_TRUE(source.ok()) << source.status();
     source_ = std::move(*source);
-    auto allocation = source_->Allocate(kSize);
+    auto allocation = source_->Allocate(kSize, /*prefault=*/true);
     ASSERT_TRUE(allocation.ok()) << allocation.status();
     allocation_ = *allocation;
     FillPattern(allocation_.data, kSize);
@@ -350,14 +350,14 @@ TEST_F(ShmTransportTest, UnknownRegionIsNotFoundNamingIt) {
   ASSERT_NE(conn, nullptr);
   std::vector<char> dst(100);
   Running run;
-  Status s = conn->Read({ReadOp{0, 0, dst.data(), 10}, ReadOp{7, 5, dst.data(), 10}}, run.ctl);
+  Status s = run.Read(*conn, {ReadOp{0, 0, dst.data(), 10}, ReadOp{7, 5, dst.data(), 10}});
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Msg(s), HasSubstr(absl::StrCat("shm read from ", kDesc,
                                              " failed: the source has no region 7")));
   EXPECT_THAT(Msg(s), HasSubstr("first unfinished range: region 0 [0, 10)"));
   EXPECT_EQ(run.bytes_done.load(), 0u);
   // The connection stays usable.
-  ASSERT_TRUE(conn->Read({ReadOp{0, 3, dst.data(), 100}}, run.ctl).ok());
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 3, dst.data(), 100}}).ok());
   EXPECT_EQ(FirstMismatch(dst.data(), 100, 3), -1);
 }
 
@@ -367,18 +367,18 @@ TEST_F(ShmTransportTest, CancelledAndDeadlineStopBetweenChunks) {
   Buffer dst(kSize);
   Running cancelled;
   cancelled.cancelled = true;
-  Status s = conn->Read({ReadOp{0, 0, dst.data(), kSize}}, cancelled.ctl);
+  Status s = cancelled.Read(*conn, {ReadOp{0, 0, dst.data(), kSize}}, kDesc);
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
-  EXPECT_THAT(Msg(s), HasSubstr(absl::StrCat("shm read from ", kDesc,
+  EXPECT_THAT(Msg(s), HasSubstr(absl::StrCat("read from ", kDesc,
                                              " cancelled; first unfinished range: region 0 "
                                              "[0, 65536)")));
   EXPECT_EQ(cancelled.bytes_done.load(), 0u);
 
   Running late;
-  late.ctl.deadline = absl::Now() - absl::Seconds(1);
-  s = conn->Read({ReadOp{0, 0, dst.data(), kSize}}, late.ctl);
+  late.deadline = absl::Now() - absl::Seconds(1);
+  s = late.Read(*conn, {ReadOp{0, 0, dst.data(), kSize}});
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_THAT(Msg(s), HasSubstr("passed its deadline; first unfinished range: region 0 [0, "));
+  EXPECT_THAT(Msg(s), HasSubstr("passed its deadline (0); first unfinished range: region 0 [0, "));
 
   // Cancelled midway by another thread: stops with a partial count, at a chunk boundary.
   Running midway;
@@ -388,7 +388,7 @@ TEST_F(ShmTransportTest, CancelledAndDeadlineStopBetweenChunks) {
   });
   std::vector<ReadOp> ops;
   for (int i = 0; i < 64; ++i) ops.push_back(ReadOp{0, 0, dst.data(), kSize});
-  s = conn->Read(ops, midway.ctl);
+  s = midway.Read(*conn, ops);
   canceller.join();
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
   EXPECT_GT(midway.bytes_done.load(), 0u);
@@ -396,7 +396,7 @@ TEST_F(ShmTransportTest, CancelledAndDeadlineStopBetweenChunks) {
   EXPECT_EQ(midway.bytes_done.load() % (64 << 10), 0u);
   // Cancellation does not break an shm connection.
   Running again;
-  ASSERT_TRUE(conn->Read({ReadOp{0, 0, dst.data(), kSize}}, again.ctl).ok());
+  ASSERT_TRUE(again.Read(*conn, {ReadOp{0, 0, dst.data(), kSize}}).ok());
   EXPECT_EQ(FirstMismatch(dst.data(), kSize, 0), -1);
 }
 
@@ -405,20 +405,20 @@ TEST_F(ShmTransportTest, RemovedRegionIsRefusedFromTheNextRead) {
   ASSERT_NE(conn, nullptr);
   std::vector<char> dst(4096);
   Running run;
-  ASSERT_TRUE(conn->Read({ReadOp{0, 0, dst.data(), 4096}}, run.ctl).ok());
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), 4096}}).ok());
   source_->RemoveRegion(0);
   ferry::v1::TransferBlob now;
   now.add_regions()->set_id(0);
   source_->Describe(&now);
   EXPECT_FALSE(now.regions(0).shm_served());
-  Status s = conn->Read({ReadOp{0, 0, dst.data(), 4096}}, run.ctl);
+  Status s = run.Read(*conn, {ReadOp{0, 0, dst.data(), 4096}});
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Msg(s), HasSubstr("the source has no region 0 (removed after the blob was "
                                 "exported); first unfinished range: region 0 [0, 4096)"));
   // A new connection is refused the region by the source itself.
   auto fresh = MustConnect();
   ASSERT_NE(fresh, nullptr);
-  s = fresh->Read({ReadOp{0, 0, dst.data(), 4096}}, run.ctl);
+  s = run.Read(*fresh, {ReadOp{0, 0, dst.data(), 4096}});
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Msg(s), HasSubstr("the source has no region 0 (removed, or never allocated"));
 }
@@ -428,10 +428,10 @@ TEST_F(ShmTransportTest, StopWithConnectedPeersThenCloseIsIdempotent) {
   ASSERT_NE(conn, nullptr);
   std::vector<char> dst(1000);
   Running run;
-  ASSERT_TRUE(conn->Read({ReadOp{0, 0, dst.data(), dst.size()}}, run.ctl).ok());
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), dst.size()}}).ok());
   source_->Stop();
   source_->Stop();
-  Status s = conn->Read({ReadOp{0, 0, dst.data(), dst.size()}}, run.ctl);
+  Status s = run.Read(*conn, {ReadOp{0, 0, dst.data(), dst.size()}});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(Msg(s), HasSubstr(kDesc));
   EXPECT_THAT(Msg(s), HasSubstr("region 0 [0, 1000)"));
@@ -440,7 +440,7 @@ TEST_F(ShmTransportTest, StopWithConnectedPeersThenCloseIsIdempotent) {
   EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable);
   conn->Close();
   conn->Close();
-  s = conn->Read({ReadOp{0, 0, dst.data(), 10}}, run.ctl);
+  s = run.Read(*conn, {ReadOp{0, 0, dst.data(), 10}});
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(Msg(s), HasSubstr("is closed; Connect again"));
 }
@@ -453,7 +453,7 @@ TEST_F(ShmTransportTest, CloseDuringAReadStopsIt) {
   std::vector<ReadOp> ops;
   for (int i = 0; i < 256; ++i) ops.push_back(ReadOp{0, 0, dst.data(), kSize});
   Status s;
-  std::thread reader([&] { s = conn->Read(ops, run.ctl); });
+  std::thread reader([&] { s = run.Read(*conn, ops); });
   while (run.bytes_done.load() == 0) std::this_thread::yield();
   conn->Close();  // waits for the copy to stop, then unmaps
   reader.join();

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -14,19 +15,12 @@ namespace ferry::internal::tcp {
 
 namespace {
 
-// One wire request: a piece of one op, at most chunk_bytes long.
-struct Chunk {
-  uint32_t region;
-  uint64_t offset;
-  char* dst;
-  uint64_t length;
-};
-
 std::string RangeText(const Chunk& c) {
-  return absl::StrCat("region ", c.region, " [", c.offset, ", ", c.offset + c.length, ")");
+  return absl::StrCat("region ", c.remote_region, " [", c.remote_offset, ", ",
+                      c.remote_offset + c.length, ")");
 }
 
-// The first failure of a Read, shared by its stream workers.
+// The first failure of an Execute, shared by its stream workers.
 class FirstError {
  public:
   // Records `status` unless an earlier one is recorded; tells every worker to stop.
@@ -50,86 +44,94 @@ class FirstError {
 // Requests sent per system call.
 constexpr int kRequestBatch = 64;
 
-// Serves the chunks `mine` (in order) over one connection, keeping up to `max_inflight`
-// requests outstanding. Marks each chunk in `done` as it lands.
-void RunStream(int fd, const std::vector<Chunk>& chunks, const std::vector<uint32_t>& mine,
-               int max_inflight, const ReadControl& ctl, std::vector<uint8_t>& done,
-               FirstError& error) {
-  // Cheap checks first; absl::Now() only when a deadline is set.
-  const bool has_deadline = ctl.deadline != absl::InfiniteFuture();
-  auto interrupted = [&]() -> bool {
-    if (error.stopped()) return true;
-    if (ctl.cancelled->load(std::memory_order_relaxed)) {
-      error.Set(absl::CancelledError("cancelled"));
-      return true;
-    }
-    if (has_deadline && absl::Now() >= ctl.deadline) {
-      error.Set(absl::DeadlineExceededError("passed its deadline"));
-      return true;
-    }
-    return false;
-  };
+// Takes pieces from `feed` and reads them over one connection, keeping up to `max_inflight`
+// requests outstanding; replies come in request order. Returns true when it stopped with
+// requests unanswered (the stream is then mid-protocol and unusable).
+bool RunStream(int fd, ChunkFeed& feed, int max_inflight, FirstError& error) {
+  auto interrupted = [&]() -> bool { return error.stopped() || feed.stopping(); };
   auto io_failed = [&](const IoResult& r, const char* doing, const Chunk& c) {
-    if (r.what == Io::kStopped) return;  // the reason is already recorded
+    if (r.what == Io::kStopped) return;  // the core knows why it stopped
     std::string cause = r.what == Io::kEof ? "the source closed the connection" : ErrnoText(r.err);
     error.Set(absl::UnavailableError(absl::StrCat("failed: connection lost while ", doing, " ",
                                                   RangeText(c), " (", cause,
                                                   "); the source may have stopped or removed "
                                                   "the region, reconnect and retry")));
   };
+  auto landed = [&](uint64_t bytes) { feed.Moved(bytes); };
 
+  std::deque<Chunk> inflight;
   ReadRequest batch[kRequestBatch];
-  size_t sent = 0;
-  size_t received = 0;
-  while (received < mine.size()) {
-    if (interrupted()) return;
+  bool exhausted = false;
+  for (;;) {
+    if (interrupted()) return !inflight.empty();
     int n = 0;
-    while (sent < mine.size() && sent - received < static_cast<size_t>(max_inflight) &&
-           n < kRequestBatch) {
-      const uint32_t index = mine[sent++];
-      const Chunk& c = chunks[index];
-      batch[n++] = ReadRequest{index, c.region, 0, c.offset, c.length};
+    Chunk c;
+    while (!exhausted && inflight.size() < static_cast<size_t>(max_inflight) && n < kRequestBatch) {
+      if (!feed.Next(&c)) {
+        exhausted = true;
+        break;
+      }
+      inflight.push_back(c);
+      batch[n++] = ReadRequest{c.index, c.remote_region, 0, c.remote_offset, c.length};
     }
     if (n > 0) {
       iovec iov{batch, n * sizeof(ReadRequest)};
       IoResult r = SendAll(fd, &iov, 1, interrupted);
-      if (r.what != Io::kOk) return io_failed(r, "requesting", chunks[mine[sent - n]]);
+      if (r.what != Io::kOk) {
+        io_failed(r, "requesting", inflight[inflight.size() - n]);
+        return true;
+      }
     }
-    const uint32_t index = mine[received];
-    const Chunk& c = chunks[index];
+    if (inflight.empty()) return false;
+    c = inflight.front();
     ReadReply reply;
     IoResult r = RecvAll(fd, &reply, sizeof(reply), interrupted);
-    if (r.what != Io::kOk) return io_failed(r, "waiting for", c);
-    if (reply.request_id != index) {
-      return error.Set(absl::DataLossError(absl::StrCat(
-          "failed: protocol error: the reply for ", RangeText(c), " carries request id ",
-          reply.request_id, " instead of ", index, "; reconnect")));
+    if (r.what != Io::kOk) {
+      io_failed(r, "waiting for", c);
+      return true;
     }
+    if (reply.request_id != c.index) {
+      error.Set(absl::DataLossError(absl::StrCat(
+          "failed: protocol error: the reply for ", RangeText(c), " carries request id ",
+          reply.request_id, " instead of ", c.index, "; reconnect")));
+      return true;
+    }
+    Status refused;
     switch (static_cast<ReplyStatus>(reply.status)) {
       case ReplyStatus::kOk:
         break;
       case ReplyStatus::kNoSuchRegion:
-        return error.Set(absl::NotFoundError(
-            absl::StrCat("failed: the source has no region ", c.region, " (removed after the ",
-                         "blob was exported?) for ", RangeText(c), "; fetch a fresh blob")));
+        refused = absl::NotFoundError(absl::StrCat(
+            "failed: the source has no region ", c.remote_region, " (removed after the ",
+            "blob was exported?) for ", RangeText(c), "; fetch a fresh blob"));
+        break;
       case ReplyStatus::kOutOfRange:
-        return error.Set(absl::InvalidArgumentError(
-            absl::StrCat("failed: the source says ", RangeText(c), " is out of range")));
+        refused = absl::InvalidArgumentError(
+            absl::StrCat("failed: the source says ", RangeText(c), " is out of range"));
+        break;
       default:
-        return error.Set(absl::InternalError(absl::StrCat(
-            "failed: the source rejected ", RangeText(c), " with status ", reply.status)));
+        refused = absl::InternalError(absl::StrCat("failed: the source rejected ", RangeText(c),
+                                                   " with status ", reply.status));
+    }
+    if (!refused.ok()) {
+      error.Set(std::move(refused));
+      return true;
     }
     if (reply.length != c.length) {
-      return error.Set(
+      error.Set(
           absl::DataLossError(absl::StrCat("failed: protocol error: the reply for ", RangeText(c),
                                            " has ", reply.length, " bytes; reconnect")));
+      return true;
     }
-    // Counted as it lands: on a slow link a chunk takes longer than a stall timeout, and the
+    // Counted as it lands: on a slow link a piece takes longer than a stall timeout, and the
     // pull must not look stalled while bytes arrive.
-    r = RecvAll(fd, c.dst, c.length, interrupted, ctl.bytes_done);
-    if (r.what != Io::kOk) return io_failed(r, "receiving", c);
-    done[index] = 1;
-    ++received;
+    r = RecvAll(fd, c.local, c.length, interrupted, landed);
+    if (r.what != Io::kOk) {
+      io_failed(r, "receiving", c);
+      return true;
+    }
+    inflight.pop_front();
+    feed.Done(c);
   }
 }
 
@@ -198,7 +200,7 @@ void TcpPeerConnection::Close() {
   for (const Fd& fd : streams_) ::shutdown(fd.get(), SHUT_RDWR);
 }
 
-Status TcpPeerConnection::Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) {
+Status TcpPeerConnection::Execute(ChunkFeed& feed) {
   if (closed_.load()) {
     return absl::FailedPreconditionError(
         absl::StrCat("connection to ", description_, " is closed; Connect again"));
@@ -207,51 +209,23 @@ Status TcpPeerConnection::Read(absl::Span<const ReadOp> ops, const ReadControl& 
     return absl::FailedPreconditionError(
         absl::StrCat("connection to ", description_, " broken by an earlier failure; reconnect"));
   }
-  std::vector<Chunk> chunks;
-  for (const ReadOp& op : ops) {
-    for (uint64_t done = 0; done < op.length; done += options_.chunk_bytes) {
-      const uint64_t len = std::min<uint64_t>(options_.chunk_bytes, op.length - done);
-      chunks.push_back(Chunk{op.remote_region, op.remote_offset + done,
-                             static_cast<char*>(op.local) + done, len});
-    }
-  }
-  if (chunks.empty()) return absl::OkStatus();
-  if (chunks.size() > UINT32_MAX) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch for ", description_, " has ", chunks.size(), " chunks; split it"));
-  }
-
-  // Each chunk goes to the stream with the fewest bytes so far: balanced for any mix of sizes,
-  // and each stream's list stays in op order.
-  const size_t stream_count = std::min(streams_.size(), chunks.size());
-  std::vector<std::vector<uint32_t>> assigned(stream_count);
-  std::vector<uint64_t> load(stream_count, 0);
-  for (uint32_t i = 0; i < chunks.size(); ++i) {
-    const size_t s = std::min_element(load.begin(), load.end()) - load.begin();
-    assigned[s].push_back(i);
-    load[s] += chunks[i].length;
-  }
-
-  std::vector<uint8_t> done(chunks.size(), 0);
+  // Every stream takes pieces as it has room for them, so faster streams take more.
   FirstError error;
+  std::atomic<bool> unanswered{false};
   std::vector<std::thread> threads;
-  threads.reserve(stream_count - 1);
-  for (size_t s = 1; s < stream_count; ++s) {
+  threads.reserve(streams_.size() - 1);
+  for (size_t s = 1; s < streams_.size(); ++s) {
     threads.emplace_back([&, s] {
-      RunStream(streams_[s].get(), chunks, assigned[s], options_.max_inflight, ctl, done, error);
+      if (RunStream(streams_[s].get(), feed, options_.max_inflight, error)) unanswered = true;
     });
   }
-  RunStream(streams_[0].get(), chunks, assigned[0], options_.max_inflight, ctl, done, error);
+  if (RunStream(streams_[0].get(), feed, options_.max_inflight, error)) unanswered = true;
   for (std::thread& t : threads) t.join();
-
+  // A stream stopped mid-reply or with requests unanswered cannot be used again.
+  if (unanswered.load()) broken_.store(true);
   Status status = error.Get();
   if (status.ok()) return status;
-  // The streams are now mid-reply or hold unanswered requests: unusable.
-  broken_.store(true);
-  const size_t first = std::find(done.begin(), done.end(), 0) - done.begin();
-  const std::string range = first < chunks.size() ? RangeText(chunks[first]) : "none";
-  return Status(status.code(), absl::StrCat("TCP read from ", description_, " ", status.message(),
-                                            "; first unfinished range: ", range));
+  return Status(status.code(), absl::StrCat("TCP read from ", description_, " ", status.message()));
 }
 
 }  // namespace ferry::internal::tcp

@@ -1,8 +1,8 @@
 // The target side of the native TCP transport: `streams` authenticated connections to one
-// source, over which a Read's chunks are spread and pipelined.
+// source, over which a read's pieces are spread and pipelined.
 //
-// Thread-safety: Read is called by one thread at a time (the engine serializes batches); Close
-// may be called from any thread, also during a Read (which then fails).
+// Thread-safety: Execute is called by one thread at a time (the engine serializes reads); Close
+// may be called from any thread, also during an Execute (which then fails).
 #ifndef FERRY_TRANSFER_TCP_TCP_PEER_H_
 #define FERRY_TRANSFER_TCP_TCP_PEER_H_
 
@@ -20,7 +20,6 @@ namespace ferry::internal::tcp {
 struct TcpPeerOptions {
   int streams = 4;
   int socket_buffer = 0;
-  uint64_t chunk_bytes = 8ull << 20;
   int max_inflight = 16;
   absl::Duration connect_timeout = absl::Seconds(10);
 };
@@ -36,7 +35,7 @@ class TcpPeerConnection : public PeerConnection {
                                                              std::string description);
   ~TcpPeerConnection() override = default;
 
-  Status Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) override;
+  Status Execute(ChunkFeed& feed) override;
   void Close() override;
 
  private:

@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "transfer/tcp/tcp_socket.h"
 #include "transfer/tcp/tcp_wire.h"
+#include "transfer/transfer_test_util.h"
 #include "transfer/transport.h"
 
 namespace ferry::internal::tcp {
@@ -242,23 +243,20 @@ TEST(TcpPeerProgressTest, BytesCountAsTheyLandWithinAChunk) {
   auto conn = (*target)->Connect(blob, "slow source over tcp");
   ASSERT_TRUE(conn.ok()) << conn.status();
   std::vector<char> dst(kChunk);
-  std::atomic<bool> cancelled{false};
-  std::atomic<uint64_t> done{0};
-  ReadControl ctl;
-  ctl.cancelled = &cancelled;
-  ctl.bytes_done = &done;
+  ferry::testing::ScriptedFeed feed({ReadOp{0, 0, dst.data(), kChunk}}, kChunk);
   Status result;
-  std::thread reader([&] { result = (*conn)->Read({ReadOp{0, 0, dst.data(), kChunk}}, ctl); });
+  std::thread reader([&] { result = (*conn)->Execute(feed); });
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (done.load() < kChunk / 2 && absl::Now() < deadline) {
+  while (feed.moved.load() < kChunk / 2 && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(5));  // polling the counter under test
   }
-  const uint64_t midway = done.load();
+  const uint64_t midway = feed.moved.load();
   send_rest.Notify();
   reader.join();
   EXPECT_EQ(midway, kChunk / 2) << "progress within the chunk was not counted";
   EXPECT_TRUE(result.ok()) << result;
-  EXPECT_EQ(done.load(), kChunk);
+  EXPECT_EQ(feed.done.load(), kChunk);
+  EXPECT_EQ(feed.moved.load(), kChunk);
   (*conn)->Close();
   source.join();
 }

@@ -86,11 +86,13 @@ IoResult SendAll(int fd, const iovec* iov, int count, StopFn&& stop) {
 }
 
 // Receives exactly `len` bytes into `buf` (MSG_WAITALL). kEof when the peer closed first.
-// `landed` (optional) gets every piece added as it arrives, so a slow link shows progress
-// within a chunk (the stall detector watches it).
-template <typename StopFn>
-IoResult RecvAll(int fd, void* buf, size_t len, StopFn&& stop,
-                 std::atomic<uint64_t>* landed = nullptr) {
+// `landed(bytes)` (optional) is called for every piece as it arrives, so a slow link shows
+// progress within a chunk (the stall detector watches it).
+struct NoLanded {
+  void operator()(uint64_t) const {}
+};
+template <typename StopFn, typename LandedFn = NoLanded>
+IoResult RecvAll(int fd, void* buf, size_t len, StopFn&& stop, LandedFn&& landed = LandedFn()) {
   char* p = static_cast<char*>(buf);
   while (len > 0) {
     ssize_t n = ::recv(fd, p, len, MSG_WAITALL);
@@ -99,7 +101,7 @@ IoResult RecvAll(int fd, void* buf, size_t len, StopFn&& stop,
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return {Io::kError, errno};
       n = 0;
     }
-    if (landed != nullptr && n > 0) landed->fetch_add(static_cast<uint64_t>(n));
+    if (n > 0) landed(static_cast<uint64_t>(n));
     p += n;
     len -= static_cast<size_t>(n);
     if (len > 0 && stop()) return {Io::kStopped, 0};

@@ -53,7 +53,6 @@ class TcpTransport : public Transport {
     tcp::TcpPeerOptions peer_options;
     peer_options.streams = options_.tcp_streams;
     peer_options.socket_buffer = options_.tcp_socket_buffer;
-    peer_options.chunk_bytes = options_.chunk_bytes;
     peer_options.max_inflight = options_.max_inflight;
     HostPort address{remote.tcp().host(), static_cast<uint16_t>(remote.tcp().port())};
     FERRY_ASSIGN_OR_RETURN(auto conn, tcp::TcpPeerConnection::Create(address, remote.tcp().secret(),

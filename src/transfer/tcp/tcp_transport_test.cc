@@ -119,7 +119,7 @@ TEST_P(TcpStreamsTest, ExactBytesForUnalignedOpsAcrossChunks) {
     ops.push_back(ReadOp{0, off, len == 0 ? nullptr : dst.back().data(), len});
   }
   Running run;
-  Status s = conn_->Read(ops, run.ctl);
+  Status s = run.Read(*conn_, ops);
   ASSERT_TRUE(s.ok()) << s;
   uint64_t total = 0;
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -130,7 +130,7 @@ TEST_P(TcpStreamsTest, ExactBytesForUnalignedOpsAcrossChunks) {
   EXPECT_EQ(run.bytes_done.load(), total);
   // The connection stays usable.
   std::vector<char> again(1000);
-  ASSERT_TRUE(conn_->Read({ReadOp{0, 12345, again.data(), again.size()}}, run.ctl).ok());
+  ASSERT_TRUE(run.Read(*conn_, {ReadOp{0, 12345, again.data(), again.size()}}).ok());
   EXPECT_EQ(FirstMismatch(again.data(), again.size(), 12345), -1);
 }
 
@@ -145,7 +145,7 @@ TEST_F(TcpTransportTest, TenThousandSmallOps) {
     ops.push_back(ReadOp{0, (i * 7919) % (kSize - 37), dst.data() + i * 37, 37});
   }
   Running run;
-  ASSERT_TRUE(conn_->Read(ops, run.ctl).ok());
+  ASSERT_TRUE(run.Read(*conn_, ops).ok());
   for (size_t i = 0; i < ops.size(); ++i) {
     ASSERT_EQ(FirstMismatch(dst.data() + i * 37, 37, ops[i].remote_offset), -1) << "op " << i;
   }
@@ -185,17 +185,17 @@ TEST_F(TcpTransportTest, RemoteErrorComesBackAndBreaksTheConnection) {
   Running run;
   // Region 9 does not exist at the source (the engine would have rejected it; the transport
   // must not trust that).
-  Status s = conn_->Read({ReadOp{9, 0, dst.data(), 100}}, run.ctl);
+  Status s = run.Read(*conn_, {ReadOp{9, 0, dst.data(), 100}});
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(s.message()), HasSubstr(kDesc));
   EXPECT_THAT(std::string(s.message()), HasSubstr("region 9 [0, 100)"));
-  s = conn_->Read({ReadOp{0, 0, dst.data(), 100}}, run.ctl);
+  s = run.Read(*conn_, {ReadOp{0, 0, dst.data(), 100}});
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(s.message()), HasSubstr("broken by an earlier failure; reconnect"));
 
   auto conn = target_->Connect(blob_, kDesc);
   ASSERT_TRUE(conn.ok());
-  s = (*conn)->Read({ReadOp{0, (1 << 20) - 50, dst.data(), 100}}, run.ctl);
+  s = run.Read(**conn, {ReadOp{0, (1 << 20) - 50, dst.data(), 100}});
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr("region 0 [1048526, 1048626) is out of range"));
 }
@@ -205,7 +205,7 @@ TEST_F(TcpTransportTest, CancelledBeforeTheFirstChunkCompletes) {
   Buffer dst(8 << 20);
   Running run;
   run.cancelled = true;
-  Status s = conn_->Read({ReadOp{0, 0, dst.data(), 8 << 20}}, run.ctl);
+  Status s = run.Read(*conn_, {ReadOp{0, 0, dst.data(), 8 << 20}}, kDesc);
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
   EXPECT_THAT(std::string(s.message()), HasSubstr(kDesc));
   EXPECT_THAT(std::string(s.message()), HasSubstr("first unfinished range: region 0 ["));
@@ -216,8 +216,8 @@ TEST_F(TcpTransportTest, PastDeadline) {
   SetUpSource(8 << 20, 2);
   Buffer dst(8 << 20);
   Running run;
-  run.ctl.deadline = absl::Now() - absl::Seconds(1);
-  Status s = conn_->Read({ReadOp{0, 4096, dst.data(), (8 << 20) - 4096}}, run.ctl);
+  run.deadline = absl::Now() - absl::Seconds(1);
+  Status s = run.Read(*conn_, {ReadOp{0, 4096, dst.data(), (8 << 20) - 4096}});
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_THAT(std::string(s.message()), HasSubstr("passed its deadline"));
   EXPECT_THAT(std::string(s.message()),
@@ -231,7 +231,7 @@ TEST_F(TcpTransportTest, CloseThenReadFails) {
   conn_->Close();
   std::vector<char> dst(10);
   Running run;
-  Status s = conn_->Read({ReadOp{0, 0, dst.data(), 10}}, run.ctl);
+  Status s = run.Read(*conn_, {ReadOp{0, 0, dst.data(), 10}});
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(s.message()), HasSubstr("is closed"));
 }
@@ -240,10 +240,10 @@ TEST_F(TcpTransportTest, StopFailsConnectedPeersAndIsIdempotent) {
   SetUpSource(1 << 20, 2);
   std::vector<char> dst(1 << 20);
   Running run;
-  ASSERT_TRUE(conn_->Read({ReadOp{0, 0, dst.data(), dst.size()}}, run.ctl).ok());
+  ASSERT_TRUE(run.Read(*conn_, {ReadOp{0, 0, dst.data(), dst.size()}}).ok());
   source_->Stop();
   source_->Stop();
-  Status s = conn_->Read({ReadOp{0, 0, dst.data(), dst.size()}}, run.ctl);
+  Status s = run.Read(*conn_, {ReadOp{0, 0, dst.data(), dst.size()}});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(s.message()), HasSubstr(kDesc));
   EXPECT_THAT(std::string(s.message()), HasSubstr("first unfinished range: region 0 [0, 65536)"));
@@ -260,7 +260,7 @@ TEST_F(TcpTransportTest, RegionRemovedWhileAPeerReads) {
   std::thread reader([&] {
     Running run;
     for (;;) {
-      last = conn_->Read({ReadOp{0, 0, dst.data(), kSize}}, run.ctl);
+      last = run.Read(*conn_, {ReadOp{0, 0, dst.data(), kSize}});
       first_done = true;
       if (!last.ok()) return;
     }
@@ -279,7 +279,7 @@ TEST_F(TcpTransportTest, RegionRemovedWhileAPeerReads) {
   ASSERT_TRUE(conn.ok()) << conn.status();
   std::vector<char> small(10);
   Running run;
-  Status s = (*conn)->Read({ReadOp{0, 0, small.data(), 10}}, run.ctl);
+  Status s = run.Read(**conn, {ReadOp{0, 0, small.data(), 10}});
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(s.message()), HasSubstr("has no region 0"));
 }

@@ -27,12 +27,10 @@ struct RemoteRegion {
   Rkey rkey;
 };
 
-// One chunk of one op in flight.
+// One piece in flight.
 struct Slot {
   Request req;
-  size_t op = 0;
-  uint64_t offset = 0;  // within the op
-  uint64_t length = 0;
+  Chunk chunk;
   bool busy = false;
 };
 
@@ -41,13 +39,12 @@ class UcxPeer final : public PeerConnection {
   UcxPeer(std::shared_ptr<Context> context, const TransferEngineOptions& options,
           std::string description)
       : context_(std::move(context)),
-        chunk_bytes_(options.chunk_bytes),
         max_inflight_(static_cast<size_t>(options.max_inflight)),
         description_(std::move(description)) {}
   ~UcxPeer() override { Close(); }
 
   Status Init(const ferry::v1::TransferBlob& remote);
-  Status Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) override;
+  Status Execute(ChunkFeed& feed) override;
   void Close() override;
 
  private:
@@ -55,10 +52,9 @@ class UcxPeer final : public PeerConnection {
     auto* self = static_cast<UcxPeer*>(arg);
     if (self->peer_error_ == UCS_OK) self->peer_error_ = status;
   }
-  std::string Range(absl::Span<const ReadOp> ops, size_t op, uint64_t offset,
-                    uint64_t length) const {
-    return absl::StrCat("region ", ops[op].remote_region, " [", ops[op].remote_offset + offset,
-                        ", ", ops[op].remote_offset + offset + length, ")");
+  static std::string Range(const Chunk& c) {
+    return absl::StrCat("region ", c.remote_region, " [", c.remote_offset, ", ",
+                        c.remote_offset + c.length, ")");
   }
   // Stops every busy slot: cancels, drives the worker, force-closes the endpoint if UCX does not
   // finish them within kCancelGrace. On return UCX writes into no caller buffer.
@@ -75,7 +71,6 @@ class UcxPeer final : public PeerConnection {
   ucs_status_t peer_error_ = UCS_OK;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;  // endpoint failed or was force-closed
-  const uint64_t chunk_bytes_;
   const size_t max_inflight_;
   const std::string description_;
 };
@@ -154,7 +149,7 @@ void UcxPeer::Abort(std::vector<Slot>& slots) {
   if (broken_) regions_.clear();  // no request uses an rkey any more
 }
 
-Status UcxPeer::Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) {
+Status UcxPeer::Execute(ChunkFeed& feed) {
   absl::MutexLock lock(&mu_);
   if (closed_) {
     return absl::FailedPreconditionError(
@@ -166,72 +161,48 @@ Status UcxPeer::Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) {
                      ucs_status_string(peer_error_ != UCS_OK ? peer_error_ : UCS_ERR_CANCELED),
                      "); connect again"));
   }
-  for (size_t i = 0; i < ops.size(); ++i) {
-    if (!regions_.contains(ops[i].remote_region)) {
-      return absl::InvalidArgumentError(absl::StrCat("UCX read from ", description_, ": op ", i,
-                                                     " reads region ", ops[i].remote_region,
+  for (uint32_t region : feed.regions()) {
+    if (!regions_.contains(region)) {
+      return absl::InvalidArgumentError(absl::StrCat("UCX read from ", description_,
+                                                     ": the read needs region ", region,
                                                      ", which the peer did not export over UCX"));
     }
   }
 
   std::vector<Slot> slots(std::max<size_t>(1, max_inflight_));
-  size_t next_op = 0;
-  uint64_t next_offset = 0;
+  bool exhausted = false;
   Status error;
-  // The first range that did not complete: the oldest busy slot, else the next unposted chunk.
-  auto first_unfinished = [&]() -> std::string {
-    const Slot* oldest = nullptr;
-    for (const Slot& s : slots) {
-      if (s.busy && (oldest == nullptr || s.op < oldest->op ||
-                     (s.op == oldest->op && s.offset < oldest->offset))) {
-        oldest = &s;
-      }
-    }
-    if (oldest != nullptr) return Range(ops, oldest->op, oldest->offset, oldest->length);
-    if (next_op < ops.size()) {
-      return Range(ops, next_op, next_offset,
-                   std::min(chunk_bytes_, ops[next_op].length - next_offset));
-    }
-    return "no range";
-  };
-  auto fail = [&](absl::StatusCode code, absl::string_view what, const std::string& range) {
+  auto fail = [&](absl::StatusCode code, absl::string_view what, const Chunk& c) {
     return absl::Status(code,
-                        absl::StrCat("UCX read from ", description_, " ", what, " at ", range));
+                        absl::StrCat("UCX read from ", description_, " ", what, " at ", Range(c)));
   };
 
   uint64_t polls = 0;
   for (;;) {
-    // Post chunks into free slots.
+    // Post pieces into free slots.
     for (Slot& s : slots) {
-      if (s.busy) continue;
-      while (next_op < ops.size() && next_offset >= ops[next_op].length) {
-        ++next_op;
-        next_offset = 0;
+      if (s.busy || exhausted) continue;
+      Chunk c;
+      if (!feed.Next(&c)) {
+        exhausted = true;
+        break;
       }
-      if (next_op >= ops.size()) break;
-      const ReadOp& op = ops[next_op];
-      const RemoteRegion& region = regions_.at(op.remote_region);
-      const uint64_t len = std::min(chunk_bytes_, op.length - next_offset);
+      const RemoteRegion& region = regions_.at(c.remote_region);
       ucp_request_param_t param = {};
-      void* r =
-          ucp_get_nbx(ep_.get(), static_cast<char*>(op.local) + next_offset, len,
-                      region.base + op.remote_offset + next_offset, region.rkey.get(), &param);
+      void* r = ucp_get_nbx(ep_.get(), c.local, c.length, region.base + c.remote_offset,
+                            region.rkey.get(), &param);
       if (UCS_PTR_IS_ERR(r)) {
-        error = UcsError("ucp_get_nbx", UCS_PTR_STATUS(r));
-        error = fail(error.code(), absl::StrCat("failed (", error.message(), ")"),
-                     Range(ops, next_op, next_offset, len));
+        const Status e = UcsError("ucp_get_nbx", UCS_PTR_STATUS(r));
+        error = fail(e.code(), absl::StrCat("failed (", e.message(), ")"), c);
         break;
       }
       if (r == nullptr) {
-        ctl.bytes_done->fetch_add(len, std::memory_order_relaxed);
+        feed.Done(c);
       } else {
         s.req = Request(r);
-        s.op = next_op;
-        s.offset = next_offset;
-        s.length = len;
+        s.chunk = c;
         s.busy = true;
       }
-      next_offset += len;
     }
 
     // Collect completions.
@@ -244,30 +215,23 @@ Status UcxPeer::Read(absl::Span<const ReadOp> ops, const ReadControl& ctl) {
         continue;
       }
       if (st == UCS_OK) {
-        ctl.bytes_done->fetch_add(s.length, std::memory_order_relaxed);
+        feed.Done(s.chunk);
       } else if (error.ok()) {
         const Status e = UcsError("ucp_get_nbx", st);
-        error =
-            fail(peer_error_ != UCS_OK ? absl::StatusCode::kUnavailable : e.code(),
-                 absl::StrCat("failed (", e.message(), ")"), Range(ops, s.op, s.offset, s.length));
+        error = fail(peer_error_ != UCS_OK ? absl::StatusCode::kUnavailable : e.code(),
+                     absl::StrCat("failed (", e.message(), ")"), s.chunk);
       }
       s.req.Reset();
       s.busy = false;
     }
     if (error.ok() && peer_error_ != UCS_OK) {
-      error = fail(absl::StatusCode::kUnavailable,
-                   absl::StrCat("failed: peer unreachable (", ucs_status_string(peer_error_),
-                                "); is the source process alive?"),
-                   first_unfinished());
+      error = absl::UnavailableError(
+          absl::StrCat("UCX read from ", description_, " failed: peer unreachable (",
+                       ucs_status_string(peer_error_), "); is the source process alive?"));
     }
-    if (error.ok() && !busy && next_op >= ops.size()) return absl::OkStatus();
-    if (error.ok() && ctl.cancelled->load(std::memory_order_acquire)) {
-      error = fail(absl::StatusCode::kCancelled, "cancelled", first_unfinished());
-    }
-    if (error.ok() && (++polls % 16 == 0 || !busy) && absl::Now() > ctl.deadline) {
-      error = fail(absl::StatusCode::kDeadlineExceeded, "timed out", first_unfinished());
-    }
-    if (!error.ok()) {
+    if (error.ok() && !busy && exhausted) return absl::OkStatus();
+    const bool stop = error.ok() && (++polls % 16 == 0 || !busy) && feed.stopping();
+    if (!error.ok() || stop) {
       Abort(slots);
       if (peer_error_ != UCS_OK) broken_ = true;
       return error;

@@ -109,7 +109,7 @@ class UcxTransport final : public Transport {
   ~UcxTransport() override;
 
   TransportKind kind() const override { return TransportKind::kUcx; }
-  StatusOr<Allocation> Allocate(uint64_t bytes) override;
+  StatusOr<Allocation> Allocate(uint64_t bytes, bool prefault) override;
   void Free(const Allocation& allocation) override;
   Status AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
                    const Allocation* allocation) override;
@@ -222,7 +222,7 @@ void UcxTransport::Stop() {
   if (progress_ != nullptr) progress_->Stop();
 }
 
-StatusOr<Allocation> UcxTransport::Allocate(uint64_t bytes) {
+StatusOr<Allocation> UcxTransport::Allocate(uint64_t bytes, bool /*prefault*/) {
   if (bytes == 0) return absl::InvalidArgumentError("UCX Allocate: bytes must be > 0");
   FERRY_ASSIGN_OR_RETURN(ucx::MemHandle memh, ucx::MemHandle::Map(context_->get(), nullptr, bytes));
   FERRY_ASSIGN_OR_RETURN(void* data, memh.address());

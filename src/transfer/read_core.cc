@@ -1,0 +1,421 @@
+#include "transfer/read_core.h"
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <queue>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+
+namespace ferry::internal {
+
+namespace {
+
+constexpr absl::Duration kWatchInterval = absl::Milliseconds(100);
+
+enum class Piece : uint8_t { kPending, kTaken, kDone };
+
+// The pieces of one read and who holds them. Thread-safe.
+class Schedule {
+ public:
+  Schedule(std::vector<Chunk> pieces, std::vector<uint32_t> regions, size_t connections,
+           const ReadOptions& options, absl::Time deadline)
+      : pieces_(std::move(pieces)),
+        regions_(std::move(regions)),
+        options_(options),
+        deadline_(deadline),
+        has_deadline_(deadline != absl::InfiniteFuture()),
+        state_(pieces_.size(), Piece::kPending),
+        owner_(pieces_.size(), 0),
+        held_(connections, 0) {}
+
+  const std::vector<uint32_t>& regions() const { return regions_; }
+
+  bool Stopping() const {
+    if (stop_.load(std::memory_order_relaxed)) return true;
+    if (options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed)) {
+      return true;
+    }
+    return has_deadline_ && absl::Now() >= deadline_;
+  }
+  bool cancelled() const {
+    return options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed);
+  }
+  bool past_deadline() const { return has_deadline_ && absl::Now() >= deadline_; }
+  // Stops every connection (the last one failed).
+  void StopAll() { stop_.store(true); }
+
+  bool Take(size_t connection, Chunk* chunk) {
+    absl::MutexLock lock(&mu_);
+    uint32_t index;
+    if (!requeued_.empty()) {
+      index = requeued_.top();
+      requeued_.pop();
+    } else if (cursor_ < pieces_.size()) {
+      index = static_cast<uint32_t>(cursor_++);
+    } else {
+      return false;
+    }
+    state_[index] = Piece::kTaken;
+    owner_[index] = connection;
+    ++held_[connection];
+    *chunk = pieces_[index];
+    return true;
+  }
+
+  void Finish(size_t connection, const Chunk& chunk) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (chunk.index >= pieces_.size() || state_[chunk.index] != Piece::kTaken ||
+          owner_[chunk.index] != connection) {
+        return;
+      }
+      state_[chunk.index] = Piece::kDone;
+      --held_[connection];
+      ++done_count_;
+    }
+    done_bytes_.fetch_add(chunk.length, std::memory_order_relaxed);
+    if (options_.on_piece) {
+      options_.on_piece(
+          ReadOp{chunk.remote_region, chunk.remote_offset, chunk.local, chunk.length});
+    }
+  }
+
+  // After `connection` stopped executing: its unfinished pieces go back to the queue. Returns
+  // how many.
+  size_t Reclaim(size_t connection) {
+    absl::MutexLock lock(&mu_);
+    if (held_[connection] == 0) return 0;
+    size_t count = 0;
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      if (state_[i] == Piece::kTaken && owner_[i] == connection) {
+        state_[i] = Piece::kPending;
+        requeued_.push(static_cast<uint32_t>(i));
+        ++count;
+      }
+    }
+    held_[connection] = 0;
+    return count;
+  }
+
+  bool Holds(size_t connection) {
+    absl::MutexLock lock(&mu_);
+    return held_[connection] > 0;
+  }
+
+  // Waits (up to `timeout`) until every piece is done or some piece is free to take.
+  // True when there is something to take.
+  bool AwaitWork(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return done_count_ == pieces_.size() || !requeued_.empty() || cursor_ < pieces_.size();
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+    return !requeued_.empty() || cursor_ < pieces_.size();
+  }
+
+  bool AllDone() {
+    absl::MutexLock lock(&mu_);
+    return done_count_ == pieces_.size();
+  }
+
+  uint64_t done_bytes() const { return done_bytes_.load(std::memory_order_relaxed); }
+
+  // "region R [a, b)" of the lowest piece not done, or "none".
+  std::string FirstUnfinished() {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      if (state_[i] != Piece::kDone) {
+        return RangeText(pieces_[i].remote_region, pieces_[i].remote_offset, pieces_[i].length);
+      }
+    }
+    return "none";
+  }
+
+ private:
+  const std::vector<Chunk> pieces_;
+  const std::vector<uint32_t> regions_;
+  const ReadOptions& options_;
+  const absl::Time deadline_;
+  const bool has_deadline_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> done_bytes_{0};
+
+  absl::Mutex mu_;
+  std::vector<Piece> state_ ABSL_GUARDED_BY(mu_);
+  std::vector<size_t> owner_ ABSL_GUARDED_BY(mu_);
+  std::vector<size_t> held_ ABSL_GUARDED_BY(mu_);  // pieces taken and not done, per connection
+  size_t cursor_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t done_count_ ABSL_GUARDED_BY(mu_) = 0;
+  std::priority_queue<uint32_t, std::vector<uint32_t>, std::greater<uint32_t>> requeued_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// One connection's view of the schedule.
+class Feed final : public ChunkFeed {
+ public:
+  Feed(Schedule* schedule, size_t id) : schedule_(schedule), id_(id) {}
+
+  bool Next(Chunk* chunk) override { return !stopping() && schedule_->Take(id_, chunk); }
+  void Moved(uint64_t bytes) override { moved_.fetch_add(bytes, std::memory_order_relaxed); }
+  void Done(const Chunk& chunk) override {
+    moved_.fetch_add(1, std::memory_order_relaxed);  // a zero-byte piece is movement too
+    schedule_->Finish(id_, chunk);
+  }
+  bool stopping() const override {
+    return stalled_.load(std::memory_order_relaxed) || schedule_->Stopping();
+  }
+  const std::vector<uint32_t>& regions() const override { return schedule_->regions(); }
+
+  uint64_t moved() const { return moved_.load(std::memory_order_relaxed); }
+  void MarkStalled() { stalled_.store(true); }
+  bool stalled() const { return stalled_.load(); }
+  void MarkFinished() { finished_.store(true); }
+  bool finished() const { return finished_.load(); }
+
+ private:
+  Schedule* const schedule_;
+  const size_t id_;
+  std::atomic<uint64_t> moved_{0};
+  std::atomic<bool> stalled_{false};
+  std::atomic<bool> finished_{false};  // its runner returned
+};
+
+// Reports progress and marks connections that hold pieces but deliver nothing as stalled.
+class Watcher {
+ public:
+  Watcher(Schedule& schedule, std::vector<std::unique_ptr<Feed>>& feeds, uint64_t total,
+          const ReadOptions& options)
+      : schedule_(schedule), feeds_(feeds), total_(total), options_(options) {
+    if (options.stall_timeout <= absl::ZeroDuration() && !options.on_progress) return;
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~Watcher() {
+    done_.Notify();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run() {
+    std::vector<uint64_t> last(feeds_.size(), UINT64_MAX);
+    std::vector<absl::Time> since(feeds_.size(), absl::Now());
+    do {
+      if (options_.on_progress) options_.on_progress(schedule_.done_bytes(), total_);
+      if (options_.stall_timeout <= absl::ZeroDuration()) continue;
+      const absl::Time now = absl::Now();
+      for (size_t i = 0; i < feeds_.size(); ++i) {
+        Feed& feed = *feeds_[i];
+        const uint64_t moved = feed.moved();
+        // Only a connection holding pieces can stall; an idle one is waiting for work.
+        if (moved != last[i] || feed.finished() || !schedule_.Holds(i)) {
+          last[i] = moved;
+          since[i] = now;
+        } else if (now - since[i] >= options_.stall_timeout) {
+          feed.MarkStalled();
+        }
+      }
+    } while (!done_.WaitForNotificationWithTimeout(kWatchInterval));
+  }
+
+  Schedule& schedule_;
+  std::vector<std::unique_ptr<Feed>>& feeds_;
+  const uint64_t total_;
+  const ReadOptions& options_;
+  absl::Notification done_;
+  std::thread thread_;
+};
+
+// What ended one connection's part.
+struct Outcome {
+  bool failed = false;
+  Status status;
+};
+
+class Read {
+ public:
+  Read(absl::Span<const ReadConnection> connections, Schedule& schedule,
+       std::vector<std::unique_ptr<Feed>>& feeds, const ReadOptions& options)
+      : connections_(connections),
+        schedule_(schedule),
+        feeds_(feeds),
+        options_(options),
+        outcomes_(connections.size()),
+        live_(connections.size()) {}
+
+  void Run() {
+    std::vector<std::thread> threads;
+    threads.reserve(connections_.size() - 1);
+    for (size_t i = 1; i < connections_.size(); ++i) {
+      threads.emplace_back([this, i] { RunConnection(i); });
+    }
+    RunConnection(0);
+    for (std::thread& t : threads) t.join();
+  }
+
+  const std::vector<Outcome>& outcomes() const { return outcomes_; }
+
+ private:
+  void RunConnection(size_t i) {
+    Feed& feed = *feeds_[i];
+    Outcome& outcome = outcomes_[i];
+    for (;;) {
+      Status status = connections_[i].connection->Execute(feed);
+      const size_t lost = schedule_.Reclaim(i);
+      if (schedule_.Stopping()) break;
+      if (feed.stalled()) {
+        outcome = {true, absl::DeadlineExceededError(absl::StrCat(
+                             "no bytes arrived for ", absl::FormatDuration(options_.stall_timeout),
+                             " (the source is hung, stopped or its link is down)"))};
+        break;
+      }
+      if (!status.ok() || lost > 0) {
+        if (status.ok()) {
+          status = absl::InternalError(
+              "the transport stopped with pieces unfinished and no error (a ferry bug)");
+        }
+        outcome = {true, std::move(status)};
+        break;
+      }
+      // Everything this connection took landed. Others may still fail and return pieces:
+      // stay available until the read is complete.
+      bool more = false;
+      while (!schedule_.AllDone() && !schedule_.Stopping()) {
+        if (schedule_.AwaitWork(kWatchInterval)) {
+          more = true;
+          break;
+        }
+      }
+      if (!more) break;
+    }
+    feed.MarkFinished();
+    if (outcome.failed && live_.fetch_sub(1) == 1) schedule_.StopAll();
+  }
+
+  absl::Span<const ReadConnection> connections_;
+  Schedule& schedule_;
+  std::vector<std::unique_ptr<Feed>>& feeds_;
+  const ReadOptions& options_;
+  std::vector<Outcome> outcomes_;  // one per connection, each written by its runner only
+  std::atomic<size_t> live_;
+};
+
+std::string Describe(absl::Span<const ReadConnection> connections) {
+  if (connections.size() == 1) return connections[0].description;
+  std::string text = absl::StrCat(connections.size(), " peers (");
+  for (size_t i = 0; i < connections.size(); ++i) {
+    absl::StrAppend(&text, i > 0 ? ", " : "", connections[i].description);
+  }
+  return absl::StrCat(text, ")");
+}
+
+}  // namespace
+
+std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
+  return absl::StrCat("region ", region, " [", offset, ", ", offset + length, ")");
+}
+
+Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
+               uint64_t chunk_bytes, const ReadOptions& options) {
+  if (connections.empty()) return absl::InvalidArgumentError("a read needs at least one peer");
+  if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk_bytes must be positive");
+  const absl::Time start = options.start == absl::InfinitePast() ? absl::Now() : options.start;
+  const absl::Time deadline = options.timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : start + std::max(options.timeout, absl::ZeroDuration());
+
+  std::vector<Chunk> pieces;
+  std::vector<uint32_t> regions;
+  uint64_t total = 0;
+  for (const ReadOp& op : ops) {
+    if (op.length == 0) continue;
+    regions.push_back(op.remote_region);
+    total += op.length;
+    for (uint64_t done = 0; done < op.length; done += chunk_bytes) {
+      if (pieces.size() >= UINT32_MAX) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a read of more than ", UINT32_MAX, " pieces of ", chunk_bytes,
+                         " bytes; use a larger chunk size or split the read"));
+      }
+      Chunk c;
+      c.index = static_cast<uint32_t>(pieces.size());
+      c.remote_region = op.remote_region;
+      c.remote_offset = op.remote_offset + done;
+      c.local = static_cast<char*>(op.local) + done;
+      c.length = std::min(chunk_bytes, op.length - done);
+      pieces.push_back(c);
+    }
+  }
+  std::sort(regions.begin(), regions.end());
+  regions.erase(std::unique(regions.begin(), regions.end()), regions.end());
+  const std::string who = Describe(connections);
+  if (pieces.empty()) {
+    if (options.on_progress) options.on_progress(0, 0);
+    return absl::OkStatus();
+  }
+
+  Schedule schedule(std::move(pieces), std::move(regions), connections.size(), options, deadline);
+  std::vector<std::unique_ptr<Feed>> feeds;
+  for (size_t i = 0; i < connections.size(); ++i) {
+    feeds.push_back(std::make_unique<Feed>(&schedule, i));
+  }
+  Read read(connections, schedule, feeds, options);
+  {
+    Watcher watcher(schedule, feeds, total, options);
+    read.Run();
+  }
+  if (schedule.AllDone()) {
+    if (options.on_progress) options.on_progress(total, total);
+    return absl::OkStatus();
+  }
+
+  const std::string range = schedule.FirstUnfinished();
+  if (schedule.cancelled()) {
+    return absl::CancelledError(
+        absl::StrCat("read from ", who, " cancelled; first unfinished range: ", range));
+  }
+  std::vector<std::pair<size_t, Status>> failures;
+  bool all_stalled = true;
+  for (size_t i = 0; i < read.outcomes().size(); ++i) {
+    if (!read.outcomes()[i].failed) continue;
+    failures.emplace_back(i, read.outcomes()[i].status);
+    all_stalled = all_stalled && feeds[i]->stalled();
+  }
+  if (failures.size() < connections.size() && schedule.past_deadline()) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("read from ", who, " passed its deadline (",
+                     absl::FormatDuration(std::max(options.timeout, absl::ZeroDuration())),
+                     "); first unfinished range: ", range));
+  }
+  if (failures.empty()) {
+    return absl::InternalError(
+        absl::StrCat("read from ", who, " stopped unfinished; first unfinished range: ", range));
+  }
+  const std::string bytes_read =
+      absl::StrCat(" (", schedule.done_bytes(), " of ", total, " bytes read)");
+  if (all_stalled) {
+    std::string text = absl::StrCat("the transfer stalled: no bytes arrived for ",
+                                    absl::FormatDuration(options.stall_timeout), " from ", who,
+                                    bytes_read, "; first unfinished range: ", range);
+    return absl::DeadlineExceededError(text);
+  }
+  absl::StatusCode code = failures[0].second.code();
+  std::string text;
+  for (const auto& [i, status] : failures) {
+    if (status.code() != code) code = absl::StatusCode::kUnavailable;
+    if (failures.size() > 1) {
+      absl::StrAppend(&text, text.empty() ? "" : "; ", connections[i].description, ": ");
+    }
+    absl::StrAppend(&text, status.message());
+  }
+  if (failures.size() > 1) text = absl::StrCat("every peer failed", bytes_read, ": ", text);
+  return Status(code, absl::StrCat(text, "; first unfinished range: ", range));
+}
+
+}  // namespace ferry::internal

@@ -1,0 +1,41 @@
+// The read core: every read of the engine, over one connection or several, runs here. It cuts
+// ops into pieces, hands them to the connections' transports (ChunkFeed), counts what landed,
+// reports progress, enforces the deadline, cancellation and the stall timeout, moves a failed
+// or stalled connection's unfinished pieces to the others, and writes the one error message
+// (naming the peer and the first unfinished range). Transports only execute pieces.
+//
+// Threads: the caller runs the first connection; each further connection gets one thread; one
+// watcher thread runs while a stall timeout or a progress callback is set.
+#ifndef FERRY_TRANSFER_READ_CORE_H_
+#define FERRY_TRANSFER_READ_CORE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/types/span.h"
+#include "ferry/status.h"
+#include "ferry/transfer.h"
+#include "transfer/transport.h"
+
+namespace ferry::internal {
+
+// One connection a read may use, with the engine's text for its peer.
+struct ReadConnection {
+  PeerConnection* connection = nullptr;
+  std::string description;
+};
+
+// Reads `ops` (validated against every connection's remote regions) over `connections` in
+// pieces of at most `chunk_bytes`. OK when every byte landed; otherwise the error of the last
+// connection that failed (all of them, listed, when there were several), or Cancelled,
+// DeadlineExceeded (deadline or stall), each naming the first unfinished range.
+Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
+               uint64_t chunk_bytes, const ReadOptions& options);
+
+// "region R [a, b)".
+std::string RangeText(uint32_t region, uint64_t offset, uint64_t length);
+
+}  // namespace ferry::internal
+
+#endif  // FERRY_TRANSFER_READ_CORE_H_

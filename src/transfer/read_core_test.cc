@@ -1,0 +1,219 @@
+// The read core through fault-injecting connections built on the real PeerConnection
+// interface: each copies from a source buffer, and can fail or hang after some pieces.
+#include "transfer/read_core.h"
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "transfer/transfer_test_util.h"
+
+namespace ferry::internal {
+namespace {
+
+using ::ferry::testing::FillPattern;
+using ::ferry::testing::FirstMismatch;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kPiece = 64 << 10;
+
+class MemoryConnection final : public PeerConnection {
+ public:
+  enum class Fault { kNone, kFail, kHang };
+
+  MemoryConnection(const char* source, Fault fault = Fault::kNone, size_t pieces_before = 0)
+      : source_(source), fault_(fault), pieces_before_(pieces_before) {}
+
+  // Takes no piece before `gate` is notified.
+  void WaitFor(absl::Notification* gate) { gate_ = gate; }
+  // Notified when the fault strikes (the connection holds the piece it took).
+  absl::Notification faulted;
+
+  Status Execute(ChunkFeed& feed) override {
+    if (gate_ != nullptr) gate_->WaitForNotification();
+    Chunk c;
+    while (feed.Next(&c)) {
+      if (fault_ != Fault::kNone && served_.load() >= pieces_before_) {
+        if (!faulted.HasBeenNotified()) faulted.Notify();
+        if (fault_ == Fault::kFail) {
+          return absl::UnavailableError("memory peer failed: injected fault");
+        }
+        while (!feed.stopping()) absl::SleepFor(absl::Milliseconds(5));  // a hung source
+        return absl::OkStatus();
+      }
+      std::memcpy(c.local, source_ + c.remote_offset, c.length);
+      feed.Moved(c.length);
+      served_.fetch_add(1);
+      feed.Done(c);
+    }
+    return absl::OkStatus();
+  }
+  void Close() override {}
+
+  size_t served() const { return served_.load(); }
+
+ private:
+  const char* const source_;
+  absl::Notification* gate_ = nullptr;
+  const Fault fault_;
+  const size_t pieces_before_;
+  std::atomic<size_t> served_{0};
+};
+
+struct Fixture {
+  explicit Fixture(uint64_t bytes) : source(bytes), dst(bytes) {
+    FillPattern(source.data(), bytes);
+    std::memset(dst.data(), 0, bytes);
+  }
+  std::vector<ReadOp> Whole() const { return {ReadOp{0, 0, dst.data(), dst.size()}}; }
+  ferry::testing::Buffer source;
+  ferry::testing::Buffer dst;
+};
+
+TEST(ReadCoreTest, EveryPieceLandsOnceAndProgressEndsAtTheTotal) {
+  Fixture f(1 << 20);
+  MemoryConnection a(f.source.data());
+  std::atomic<uint64_t> landed{0};
+  std::atomic<int> pieces{0};
+  uint64_t last_done = 0;
+  uint64_t last_total = 0;
+  absl::Mutex mu;
+  ReadOptions options;
+  options.on_piece = [&](const ReadOp& piece) {
+    landed += piece.length;
+    ++pieces;
+  };
+  options.on_progress = [&](uint64_t done, uint64_t total) {
+    absl::MutexLock lock(&mu);
+    last_done = done;
+    last_total = total;
+  };
+  const ReadConnection c{&a, "peer a"};
+  ASSERT_TRUE(RunRead({&c, 1}, f.Whole(), kPiece, options).ok());
+  EXPECT_EQ(landed.load(), f.dst.size());
+  EXPECT_EQ(pieces.load(), 16);
+  EXPECT_EQ(last_done, f.dst.size());
+  EXPECT_EQ(last_total, f.dst.size());
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+}
+
+TEST(ReadCoreTest, AFailedPeerLosesOnlyItsUnfinishedPiecesToTheOthers) {
+  Fixture f(4 << 20);
+  MemoryConnection good(f.source.data());
+  MemoryConnection bad(f.source.data(), MemoryConnection::Fault::kFail, /*pieces_before=*/3);
+  good.WaitFor(&bad.faulted);  // the bad peer takes and fails before the good one starts
+  std::atomic<int> pieces{0};
+  ReadOptions options;
+  options.on_piece = [&](const ReadOp&) { ++pieces; };
+  const ReadConnection both[] = {{&bad, "bad peer"}, {&good, "good peer"}};
+  const Status s = RunRead(both, f.Whole(), kPiece, options);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(pieces.load(), 64);  // each piece reported once
+  EXPECT_EQ(bad.served(), 3u);
+  EXPECT_EQ(good.served(), 61u);
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+}
+
+TEST(ReadCoreTest, AStalledPeerIsAbandonedAndTheOtherFinishes) {
+  Fixture f(2 << 20);
+  MemoryConnection good(f.source.data());
+  MemoryConnection hung(f.source.data(), MemoryConnection::Fault::kHang, /*pieces_before=*/1);
+  good.WaitFor(&hung.faulted);
+  ReadOptions options;
+  options.stall_timeout = absl::Milliseconds(300);
+  const ReadConnection both[] = {{&hung, "hung peer"}, {&good, "good peer"}};
+  const Status s = RunRead(both, f.Whole(), kPiece, options);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(hung.served() + good.served(), 32u);
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+}
+
+// The stall message says how far the transfer got (it once counted a stalled batch as read).
+TEST(ReadCoreTest, AStallOfTheOnlyPeerSaysHowManyBytesLanded) {
+  Fixture f(1 << 20);
+  MemoryConnection hung(f.source.data(), MemoryConnection::Fault::kHang, /*pieces_before=*/2);
+  ReadOptions options;
+  options.stall_timeout = absl::Milliseconds(300);
+  options.timeout = absl::Seconds(60);
+  const ReadConnection c{&hung, "hung peer"};
+  const Status s = RunRead({&c, 1}, f.Whole(), kPiece, options);
+  ASSERT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_THAT(s.message(), HasSubstr("the transfer stalled"));
+  EXPECT_THAT(s.message(), HasSubstr("(131072 of 1048576 bytes read)"));
+  EXPECT_THAT(s.message(), HasSubstr("first unfinished range: region 0 [131072, 196608)"));
+}
+
+TEST(ReadCoreTest, WhenEveryPeerFailsTheErrorListsEachWithTheSharedCode) {
+  Fixture f(1 << 20);
+  MemoryConnection a(f.source.data(), MemoryConnection::Fault::kFail, 1);
+  MemoryConnection b(f.source.data(), MemoryConnection::Fault::kFail, 2);
+  const ReadConnection both[] = {{&a, "peer a"}, {&b, "peer b"}};
+  const Status s = RunRead(both, f.Whole(), kPiece, ReadOptions{});
+  ASSERT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(s.message(), HasSubstr("every peer failed"));
+  EXPECT_THAT(s.message(), HasSubstr("peer a: memory peer failed"));
+  EXPECT_THAT(s.message(), HasSubstr("peer b: memory peer failed"));
+  EXPECT_THAT(s.message(), HasSubstr("first unfinished range: region 0 ["));
+}
+
+// Cancelled from the piece callback: deterministic, no timing involved.
+TEST(ReadCoreTest, CancelStopsTheReadAndNamesTheFirstUnfinishedRange) {
+  Fixture f(1 << 20);
+  MemoryConnection a(f.source.data());
+  std::atomic<bool> cancel{false};
+  std::atomic<int> pieces{0};
+  ReadOptions options;
+  options.cancel = &cancel;
+  options.on_piece = [&](const ReadOp&) {
+    if (++pieces == 4) cancel = true;
+  };
+  const ReadConnection c{&a, "peer a"};
+  const Status s = RunRead({&c, 1}, f.Whole(), kPiece, options);
+  ASSERT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_EQ(pieces.load(), 4);
+  EXPECT_THAT(s.message(), HasSubstr("read from peer a cancelled"));
+  EXPECT_THAT(s.message(), HasSubstr("first unfinished range: region 0 [262144, 327680)"));
+}
+
+TEST(ReadCoreTest, APassedDeadlineFailsBeforeAnyPiece) {
+  Fixture f(1 << 20);
+  MemoryConnection a(f.source.data());
+  ReadOptions options;
+  options.start = absl::Now() - absl::Seconds(2);
+  options.timeout = absl::Seconds(1);
+  const ReadConnection c{&a, "peer a"};
+  const Status s = RunRead({&c, 1}, f.Whole(), kPiece, options);
+  ASSERT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_THAT(s.message(), HasSubstr("passed its deadline (1s)"));
+  EXPECT_THAT(s.message(), HasSubstr("first unfinished range: region 0 [0, 65536)"));
+  EXPECT_EQ(a.served(), 0u);
+}
+
+TEST(ReadCoreTest, EmptyReadsSucceedWithoutTouchingThePeer) {
+  MemoryConnection a(nullptr, MemoryConnection::Fault::kFail, 0);
+  const ReadConnection c{&a, "peer a"};
+  char byte = 0;
+  EXPECT_TRUE(RunRead({&c, 1}, {}, kPiece, ReadOptions{}).ok());
+  EXPECT_TRUE(RunRead({&c, 1}, {ReadOp{0, 0, &byte, 0}}, kPiece, ReadOptions{}).ok());
+}
+
+TEST(ReadCoreTest, CoalesceMergesOnlyRangesThatContinueOnBothSides) {
+  char buf[64];
+  const std::vector<ReadOp> merged =
+      CoalesceReadOps({ReadOp{0, 0, buf, 8}, ReadOp{0, 8, buf + 8, 8}, ReadOp{0, 20, buf + 16, 4},
+                       ReadOp{1, 24, buf + 20, 4}, ReadOp{1, 28, buf + 24, 0}});
+  ASSERT_EQ(merged.size(), 3u);
+  EXPECT_EQ(merged[0].length, 16u);
+  EXPECT_EQ(merged[1].remote_offset, 20u);
+  EXPECT_EQ(merged[2].remote_region, 1u);
+}
+
+}  // namespace
+}  // namespace ferry::internal
