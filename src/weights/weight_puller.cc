@@ -132,13 +132,10 @@ class Puller {
         candidates, options_.max_sources, who,
         into_ != nullptr ? "the model's tensors may hold partial data; load them another way"
                          : "nothing was written",
-        &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
-          if (!mismatch_.ok()) return mismatch_;
-          return into_ != nullptr ? TryInto(ref, attempt, &result) : TryOne(ref, attempt, &result);
+        &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) -> TryVerdict {
+          if (into_ != nullptr) return TryInto(ref, attempt, &result);
+          return TryOne(ref, attempt, &result);
         });
-    // A model that does not match the source's layout: the caller's error, the same at every
-    // source of the identity.
-    if (!mismatch_.ok()) return mismatch_;
     FERRY_ASSIGN_OR_RETURN(const size_t chosen, std::move(tried));
     result.mx_source_id = candidates[chosen].mx_source_id();
     result.source_worker_id = candidates[chosen].worker_id();
@@ -233,18 +230,19 @@ class Puller {
     return absl::OkStatus();
   }
 
-  // Reads a source's tensors straight into the caller's buffers (PullIntoBuffers).
-  Status TryInto(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
+  // Reads a source's tensors straight into the caller's buffers (PullIntoBuffers). A model that
+  // does not match the source's layout stops the pull: it is the caller's error, the same at
+  // every source of the identity.
+  TryVerdict TryInto(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
     FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
     FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
     StatusOr<std::vector<const NamedBuffer*>> matched = MatchBuffers(plan, *into_);
     if (!matched.ok()) {
-      mismatch_ = absl::FailedPreconditionError(absl::StrCat(
+      return StopTrying(absl::FailedPreconditionError(absl::StrCat(
           "the model does not match the source (worker ", ref.worker_id(), " of ",
           options_.identity.model_name(), "): ", matched.status().message(),
           "; nothing was pulled. Build the model with the source's configuration, or use "
-          "another identity"));
-      return mismatch_;
+          "another identity")));
     }
     if (span_regions_.empty()) {
       for (const MemorySpan& span : into_->spans) {
@@ -322,7 +320,6 @@ class Puller {
 
   const PullOptions& options_;
   const BufferSet* into_;  // PullIntoBuffers: the caller's tensors; else null
-  Status mismatch_;        // set when the model does not match a source's layout
   std::vector<std::unique_ptr<Region>> span_regions_;  // into_'s spans, registered once
   std::shared_ptr<void> memory_;                       // declared before region_: released after it
   std::unique_ptr<Region> region_;
