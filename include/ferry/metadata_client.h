@@ -145,14 +145,21 @@ struct HealthInfo {
 //                                    the server's store failed;
 //   NOT_FOUND: the record does not exist (GetMetadata found=false; UpdateStatus on a rank the
 //              server does not hold);
-//   INVALID_ARGUMENT: the server rejected the request (success=false naming a field);
+//   INVALID_ARGUMENT: the server rejected the request (success=false naming a field): a field
+//                     is missing, malformed or too long, or the record is larger than the server
+//                     keeps (ferry-server --max-record-bytes, --max-record-tensors);
+//   RESOURCE_EXHAUSTED: the caller's principal already owns as many workers as the server allows
+//                       (ferry-server --max-workers-per-principal), or a message was too large;
 //   FAILED_PRECONDITION: any other success=false answer;
 //   UNAUTHENTICATED: the server wants a token and got none, or did not accept it; the message
 //                    says which and where the token came from;
 //   PERMISSION_DENIED: the record belongs to another principal (only its publisher, or an
 //                      admin principal, may change it);
 //   anything else: the gRPC status the transport or the server returned.
-// UNAUTHENTICATED and PERMISSION_DENIED are never retried.
+// UNAUTHENTICATED and PERMISSION_DENIED are never retried. A success=false answer gets the code
+// the server sent beside it (ferry-server sends one as trailing metadata, docs/protocol.md,
+// "Status codes on the wire"); from a server that sends none, such as ModelExpress's, the code
+// is inferred from the message as listed above.
 //
 // Thread-safe: all methods may be called concurrently; they share one channel, and gRPC stubs
 // are thread-safe. Creating a client does not connect; the first RPC does.

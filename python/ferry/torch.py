@@ -316,7 +316,10 @@ def pull_into(
     ferry.FailedPreconditionError naming the tensor, before any byte moves. When no source
     exists the report says "no_source" at once; when every source tried fails (at most
     `max_sources`, in rendezvous order; one that delivers nothing for `stall_timeout` seconds is
-    abandoned) it says "failed". Bad arguments and refused credentials raise.
+    abandoned) it says "failed". Bad arguments and refused credentials raise, also when it is
+    the sources that refuse them: ferry.UnauthenticatedError (a token the server or every
+    source tried refused), ferry.PermissionDeniedError, ferry.InvalidArgumentError,
+    ferry.FailedPreconditionError (every source tried refused for that reason).
 
     Non-contiguous destination tensors are filled through a contiguous staging copy, written
     into them only after verification. Tensors that share memory (tied weights) are read once.

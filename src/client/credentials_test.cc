@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/metadata_client_internal.h"
+#include "common/testing/status_matchers.h"
 #include "common/testing/test_certs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -19,10 +20,12 @@
 namespace ferry::internal {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
 
+using ::ferry::testing::StatusIs;
 using ::ferry::testing::TempDir;
 
 // Sets the modification time of `path` to `age` ago.
@@ -34,13 +37,11 @@ void Age(const std::string& path, absl::Duration age) {
 
 TEST(ValidateTokenTest, AcceptsPrintableAsciiAndNeverEchoesTheToken) {
   EXPECT_TRUE(ValidateToken("abc.DEF-123_~+/=", "token").ok());
-  Status empty = ValidateToken("", "token (FERRY_TOKEN)");
-  EXPECT_EQ(empty.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(empty.message(), "token (FERRY_TOKEN): is empty");
-  Status space = ValidateToken("secret-part other", "token");
-  EXPECT_EQ(space.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(space.message()), HasSubstr("byte 12 of the token"));
-  EXPECT_THAT(std::string(space.message()), Not(HasSubstr("secret")));
+  EXPECT_THAT(ValidateToken("", "token (FERRY_TOKEN)"),
+              StatusIs(absl::StatusCode::kInvalidArgument, "token (FERRY_TOKEN): is empty"));
+  EXPECT_THAT(ValidateToken("secret-part other", "token"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("byte 12 of the token"), Not(HasSubstr("secret")))));
   EXPECT_FALSE(ValidateToken("tab\there", "token").ok());
   EXPECT_FALSE(ValidateToken("caf\xc3\xa9", "token").ok());
 }
@@ -57,12 +58,12 @@ TEST(TokenSourceTest, FixedToken) {
 
 TEST(TokenSourceTest, FileErrorsNameTheFileAndTheFlag) {
   TempDir dir;
-  auto missing = TokenSource::FromFile(dir.path() + "/nope");
-  ASSERT_FALSE(missing.ok());
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(missing.status().message(),
-            absl::StrCat("token_file (--token-file, FERRY_TOKEN_FILE, MX_AUTH_TOKEN_PATH): ",
-                         dir.path(), "/nope cannot be read: No such file or directory"));
+  EXPECT_THAT(
+      TokenSource::FromFile(dir.path() + "/nope"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               absl::StrCat("token_file (--token-file, FERRY_TOKEN_FILE, "
+                            "MX_AUTH_TOKEN_PATH): ",
+                            dir.path(), "/nope cannot be read: No such file or directory")));
   auto empty = TokenSource::FromFile(dir.Write("empty", " \n\n"));
   ASSERT_FALSE(empty.ok());
   EXPECT_THAT(std::string(empty.status().message()), HasSubstr("/empty holds no token"));
@@ -126,7 +127,7 @@ TEST(TokenSourceTest, ABrokenRewriteKeepsThePreviousToken) {
 TEST(ValidateCredentialOptionsTest, ConflictsAndMissingPartsNameTheFields) {
   auto error = [](const MetadataClientOptions& o) {
     Status s = ValidateClientOptions(o);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
     return std::string(s.message());
   };
   MetadataClientOptions o;
@@ -238,21 +239,18 @@ TEST(FillCredentialsTest, FillsUnsetFieldsFromTheEnvironment) {
 
   env["FERRY_TOKEN"] = "env-token-0001";
   o = {};
-  Status both = FillCredentials(&o, lookup);
-  EXPECT_EQ(both.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(both.message()), HasSubstr("FERRY_TOKEN are set"));
+  EXPECT_THAT(FillCredentials(&o, lookup),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("FERRY_TOKEN are set")));
 }
 
 TEST(MetadataClientCreateTest, AnUnreadableTokenFileFailsCreate) {
   MetadataClientOptions o;
   o.server_address = "127.0.0.1:1";
   o.token_file = "/nonexistent/ferry-token";
-  auto c = MetadataClient::Create(o);
-  ASSERT_FALSE(c.ok());
-  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(c.status().message()),
-              HasSubstr("--token-file, FERRY_TOKEN_FILE, MX_AUTH_TOKEN_PATH): "
-                        "/nonexistent/ferry-token cannot be read"));
+  EXPECT_THAT(MetadataClient::Create(o),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("--token-file, FERRY_TOKEN_FILE, MX_AUTH_TOKEN_PATH): "
+                                 "/nonexistent/ferry-token cannot be read")));
 }
 
 }  // namespace

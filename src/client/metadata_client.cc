@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <utility>
 
@@ -17,6 +18,7 @@
 #include "client/credentials.h"
 #include "client/metadata_client_internal.h"
 #include "common/env.h"
+#include "common/wire_status.h"
 #include "model_express/health.grpc.pb.h"
 #include "model_express/p2p.grpc.pb.h"
 #include "spdlog/spdlog.h"
@@ -199,11 +201,21 @@ Status RpcError(absl::string_view rpc, absl::string_view address, absl::StatusCo
   return Status(code, msg);
 }
 
+std::optional<absl::StatusCode> WireStatusCode(
+    const std::multimap<grpc::string_ref, grpc::string_ref>& trailers) {
+  auto [first, last] = trailers.equal_range(kStatusCodeMetadataKey);
+  if (first == last || std::next(first) != last) return std::nullopt;
+  return ParseStatusCodeMetadata(absl::string_view(first->second.data(), first->second.size()));
+}
+
 Status ServerRejection(absl::string_view rpc, absl::string_view address,
-                       absl::string_view server_message) {
+                       absl::string_view server_message,
+                       std::optional<absl::StatusCode> wire_code) {
   const std::string lower = absl::AsciiStrToLower(server_message);
   absl::StatusCode code = absl::StatusCode::kFailedPrecondition;
-  if (absl::StrContains(lower, "not found")) {
+  if (wire_code.has_value()) {
+    code = *wire_code;
+  } else if (absl::StrContains(lower, "not found")) {
     code = absl::StatusCode::kNotFound;
   } else if (absl::StrContains(lower, "is required") || absl::StrContains(lower, "invalid")) {
     code = absl::StatusCode::kInvalidArgument;
@@ -349,12 +361,15 @@ Status MetadataClient::CallWithRetry(const char* rpc, Fn attempt) {
 
 StatusOr<PublishResult> MetadataClient::Publish(const PublishMetadataRequest& request) {
   p2p::PublishMetadataResponse response;
+  std::optional<absl::StatusCode> wire_code;
   FERRY_RETURN_IF_ERROR(CallWithRetry("PublishMetadata", [&](grpc::ClientContext* context) {
     response.Clear();
-    return stubs_->p2p->PublishMetadata(context, request, &response);
+    grpc::Status status = stubs_->p2p->PublishMetadata(context, request, &response);
+    wire_code = internal::WireStatusCode(context->GetServerTrailingMetadata());
+    return status;
   }));
   if (!response.success()) {
-    return internal::ServerRejection("PublishMetadata", address_, response.message());
+    return internal::ServerRejection("PublishMetadata", address_, response.message(), wire_code);
   }
   if (response.mx_source_id().empty()) {
     return absl::InternalError(absl::StrCat("PublishMetadata to ", address_,
@@ -405,12 +420,15 @@ Status MetadataClient::UpdateStatus(const std::string& mx_source_id, const std::
   request.set_worker_rank(worker_rank);
   request.set_status(status);
   p2p::UpdateStatusResponse response;
+  std::optional<absl::StatusCode> wire_code;
   FERRY_RETURN_IF_ERROR(CallWithRetry("UpdateStatus", [&](grpc::ClientContext* context) {
     response.Clear();
-    return stubs_->p2p->UpdateStatus(context, request, &response);
+    grpc::Status status = stubs_->p2p->UpdateStatus(context, request, &response);
+    wire_code = internal::WireStatusCode(context->GetServerTrailingMetadata());
+    return status;
   }));
   if (!response.success()) {
-    return internal::ServerRejection("UpdateStatus", address_, response.message());
+    return internal::ServerRejection("UpdateStatus", address_, response.message(), wire_code);
   }
   return absl::OkStatus();
 }

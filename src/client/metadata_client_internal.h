@@ -2,6 +2,9 @@
 #ifndef FERRY_CLIENT_METADATA_CLIENT_INTERNAL_H_
 #define FERRY_CLIENT_METADATA_CLIENT_INTERNAL_H_
 
+#include <grpcpp/support/string_ref.h>
+
+#include <map>
 #include <optional>
 #include <string>
 
@@ -58,11 +61,20 @@ struct CallSecurity {
 Status RpcError(absl::string_view rpc, absl::string_view address, absl::StatusCode code,
                 absl::string_view details, int attempts, const CallSecurity& security = {});
 
-// A success=false answer. The code comes from the server's message: "not found" -> NotFound;
-// "... is required" / "invalid ..." -> InvalidArgument; "Failed to <verb> ..." (the server's
-// store failed) -> Unavailable; anything else -> FailedPrecondition.
+// The code a server sent in its trailing metadata (kStatusCodeMetadataKey, as ferry-server
+// does), or nullopt when it sent none, sent the key more than once, or sent a value that
+// ParseStatusCodeMetadata refuses.
+std::optional<absl::StatusCode> WireStatusCode(
+    const std::multimap<grpc::string_ref, grpc::string_ref>& trailers);
+
+// A success=false answer: "<rpc> to <address> failed: <CODE>: <server_message>". The code is
+// `wire_code` when the server sent one (WireStatusCode). Otherwise (ModelExpress's server) it
+// is guessed from the message: "not found" -> NotFound; "... is required" / "invalid ..." ->
+// InvalidArgument; "Failed to <verb> ..." (the server's store failed) -> Unavailable; anything
+// else -> FailedPrecondition.
 Status ServerRejection(absl::string_view rpc, absl::string_view address,
-                       absl::string_view server_message);
+                       absl::string_view server_message,
+                       std::optional<absl::StatusCode> wire_code = std::nullopt);
 
 }  // namespace ferry::internal
 

@@ -1,15 +1,30 @@
 #include "ferry/metadata_client.h"
 
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "client/metadata_client_internal.h"
+#include "common/testing/status_matchers.h"
+#include "common/wire_status.h"
+#include "model_express/p2p.grpc.pb.h"
 
 namespace ferry {
 namespace {
 
+using ::ferry::testing::IsOk;
+using ::ferry::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
+using ::testing::Optional;
 using ::testing::StartsWith;
 
 TEST(ResolveServerAddressTest, FlagWinsOverEnvironment) {
@@ -58,22 +73,21 @@ TEST(NormalizeServerAddressTest, RejectsBadAddressesNamingTheField) {
                         Case{":8001", "has no host"}, Case{"::1:8001", "without brackets"},
                         Case{"[::1]", "has no port"}, Case{"host:1/path", "has a path"}}) {
     auto a = internal::NormalizeServerAddress(c.address, "--server");
-    ASSERT_FALSE(a.ok()) << c.address;
-    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(std::string(a.status().message()), StartsWith("--server='"));
-    EXPECT_THAT(std::string(a.status().message()), HasSubstr(c.why)) << c.address;
+    EXPECT_THAT(a, StatusIs(absl::StatusCode::kInvalidArgument,
+                            ::testing::AllOf(StartsWith("--server='"), HasSubstr(c.why))))
+        << c.address;
   }
 }
 
 TEST(ValidateClientOptionsTest, DefaultsAreValid) {
-  EXPECT_TRUE(internal::ValidateClientOptions(MetadataClientOptions{}).ok());
+  EXPECT_THAT(internal::ValidateClientOptions(MetadataClientOptions{}), IsOk());
 }
 
 TEST(ValidateClientOptionsTest, ErrorsNameTheField) {
   auto expect_error = [](MetadataClientOptions o, const char* field) {
-    Status s = internal::ValidateClientOptions(o);
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(std::string(s.message()), StartsWith(field));
+    EXPECT_THAT(internal::ValidateClientOptions(o),
+                StatusIs(absl::StatusCode::kInvalidArgument, StartsWith(field)))
+        << field;
   };
   MetadataClientOptions o;
   o.server_address = "nohost";
@@ -104,10 +118,8 @@ TEST(ValidateClientOptionsTest, ErrorsNameTheField) {
 TEST(MetadataClientTest, CreateRejectsInvalidOptions) {
   MetadataClientOptions o;
   o.max_attempts = -1;
-  auto c = MetadataClient::Create(o);
-  ASSERT_FALSE(c.ok());
-  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(c.status().message()), HasSubstr("max_attempts"));
+  EXPECT_THAT(MetadataClient::Create(o),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("max_attempts")));
 }
 
 TEST(MetadataClientTest, CreateDoesNotConnectAndNormalizesTheAddress) {
@@ -123,11 +135,10 @@ TEST(MetadataClientTest, GetMetadataRejectsEmptyIdsWithoutCalling) {
   o.server_address = "127.0.0.1:1";
   auto c = MetadataClient::Create(o);
   ASSERT_TRUE(c.ok()) << c.status();
-  auto r = (*c)->GetMetadata("", "w");
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("mx_source_id is required"));
-  r = (*c)->GetMetadata("s", "");
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("worker_id is required"));
+  EXPECT_THAT((*c)->GetMetadata("", "w"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("mx_source_id is required")));
+  EXPECT_THAT((*c)->GetMetadata("s", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("worker_id is required")));
 }
 
 TEST(RetryBackoffTest, DoublesFromInitialUpToMax) {
@@ -153,12 +164,12 @@ TEST(RpcErrorTest, NamesRpcAddressCodeDetailsAndWhatToCheck) {
   Status s = internal::RpcError("ListSources", "localhost:8001", absl::StatusCode::kUnavailable,
                                 "failed to connect to all addresses", 3);
   // (Not "Connection refused", so a plaintext client is also told about TLS.)
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(s.message(),
-            "ListSources to localhost:8001 failed: UNAVAILABLE: failed to "
-            "connect to all addresses (3 attempts); check "
-            "--server/FERRY_SERVER or start ferry-server; if the server uses TLS, pass "
-            "--tls-ca/FERRY_TLS_CA (or --tls for a certificate the system trusts)");
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable,
+                          "ListSources to localhost:8001 failed: UNAVAILABLE: failed to "
+                          "connect to all addresses (3 attempts); check "
+                          "--server/FERRY_SERVER or start ferry-server; if the server uses TLS, "
+                          "pass --tls-ca/FERRY_TLS_CA (or --tls for a certificate the system "
+                          "trusts)"));
 }
 
 TEST(RpcErrorTest, UnavailableWithoutARefusedConnectionMentionsTls) {
@@ -177,11 +188,12 @@ TEST(RpcErrorTest, UnavailableWithoutARefusedConnectionMentionsTls) {
 TEST(RpcErrorTest, AuthErrorsSayWhatToDoAboutTheToken) {
   Status none = internal::RpcError("ListSources", "h:1", absl::StatusCode::kUnauthenticated,
                                    "missing authorization header", 1);
-  EXPECT_EQ(none.code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(none.message(),
-            "ListSources to h:1 failed: UNAUTHENTICATED: missing authorization header; the "
-            "server requires a bearer token and this client sends none: pass --token-file FILE "
-            "or set FERRY_TOKEN_FILE (ModelExpress: MX_AUTH_TOKEN_PATH)");
+  EXPECT_THAT(none,
+              StatusIs(absl::StatusCode::kUnauthenticated,
+                       "ListSources to h:1 failed: UNAUTHENTICATED: missing authorization "
+                       "header; the server requires a bearer token and this client sends none: "
+                       "pass --token-file FILE or set FERRY_TOKEN_FILE (ModelExpress: "
+                       "MX_AUTH_TOKEN_PATH)"));
   Status refused = internal::RpcError("ListSources", "h:1", absl::StatusCode::kUnauthenticated,
                                       "unknown token", 1, {.token_origin = "the token in /t"});
   EXPECT_THAT(std::string(refused.message()),
@@ -196,40 +208,153 @@ TEST(RpcErrorTest, AuthErrorsSayWhatToDoAboutTheToken) {
 TEST(RpcErrorTest, NoHintForNonTransportErrors) {
   Status s = internal::RpcError("PublishMetadata", "h:1", absl::StatusCode::kResourceExhausted,
                                 "message too large", 1);
-  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ(s.message(),
-            "PublishMetadata to h:1 failed: RESOURCE_EXHAUSTED: message too "
-            "large");
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted,
+                          "PublishMetadata to h:1 failed: RESOURCE_EXHAUSTED: message too "
+                          "large"));
 }
 
+// The fallback for servers that send no code (ModelExpress's): the code is guessed from the text.
 TEST(ServerRejectionTest, MapsServerMessagesToCodes) {
-  Status s = internal::ServerRejection(
-      "UpdateStatus", "h:1",
-      "Failed to update status: update_status: rank 0 not found in source "
-      "'S' worker 'W'");
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(s.message(),
-            "UpdateStatus to h:1 failed: NOT_FOUND: Failed to update status: "
-            "update_status: rank 0 not found in source 'S' worker 'W'");
+  EXPECT_THAT(internal::ServerRejection("UpdateStatus", "h:1",
+                                        "Failed to update status: update_status: rank 0 not "
+                                        "found in source 'S' worker 'W'"),
+              StatusIs(absl::StatusCode::kNotFound,
+                       "UpdateStatus to h:1 failed: NOT_FOUND: Failed to update status: "
+                       "update_status: rank 0 not found in source 'S' worker 'W'"));
+  EXPECT_THAT(internal::ServerRejection("UpdateStatus", "h:1",
+                                        "worker rank 3 not found in 'mx:source:S:W'"),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(
+      internal::ServerRejection("PublishMetadata", "h:1", "identity.model_name is required"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("identity.model_name is required")));
+  EXPECT_THAT(internal::ServerRejection("UpdateStatus", "h:1", "invalid status value: 7"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(internal::ServerRejection("PublishMetadata", "h:1",
+                                        "Failed to publish metadata: redis unreachable"),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(
+      internal::ServerRejection("PublishMetadata", "h:1", ""),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("success=false with no message")));
+  // With no code, a size limit reads as FAILED_PRECONDITION: why ferry-server sends one.
+  EXPECT_THAT(internal::ServerRejection("PublishMetadata", "h:1",
+                                        "worker record is 9 bytes; the limit is 8 bytes"),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
 
-  s = internal::ServerRejection("UpdateStatus", "h:1",
-                                "worker rank 3 not found in 'mx:source:S:W'");
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+TEST(ServerRejectionTest, TheCodeFromTheWireWinsOverTheText) {
+  EXPECT_THAT(internal::ServerRejection("PublishMetadata", "h:1",
+                                        "worker record is 9 bytes; the limit is 8 bytes",
+                                        absl::StatusCode::kInvalidArgument),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "PublishMetadata to h:1 failed: INVALID_ARGUMENT: worker record is 9 "
+                       "bytes; the limit is 8 bytes"));
+  // Even where the text alone would say otherwise.
+  EXPECT_THAT(internal::ServerRejection("PublishMetadata", "h:1", "worker w not found",
+                                        absl::StatusCode::kResourceExhausted),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(
+      internal::ServerRejection("PublishMetadata", "h:1", "", absl::StatusCode::kInvalidArgument),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("success=false with no message")));
+}
 
-  s = internal::ServerRejection("PublishMetadata", "h:1", "identity.model_name is required");
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("identity.model_name is required"));
+TEST(WireStatusCodeTest, ReadsOneValueOfTheKeyFromTheTrailers) {
+  using Trailers = std::multimap<grpc::string_ref, grpc::string_ref>;
+  EXPECT_EQ(internal::WireStatusCode(Trailers{}), std::nullopt);
+  EXPECT_EQ(internal::WireStatusCode(Trailers{{"other-key", "3"}}), std::nullopt);
+  EXPECT_THAT(internal::WireStatusCode(Trailers{{"other-key", "5"}, {"ferry-status-code", "3"}}),
+              Optional(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(internal::WireStatusCode(Trailers{{"ferry-status-code", "x"}}), std::nullopt);
+  // Sent twice: not trusted, even when the values agree.
+  EXPECT_EQ(
+      internal::WireStatusCode(Trailers{{"ferry-status-code", "3"}, {"ferry-status-code", "3"}}),
+      std::nullopt);
+}
 
-  s = internal::ServerRejection("UpdateStatus", "h:1", "invalid status value: 7");
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+// A P2P server that refuses every Publish and UpdateStatus with success=false, a fixed message
+// and whatever trailing metadata the test sets: a server that is not ferry's, or a hostile one.
+class RefusingServer final : public ::model_express::p2p::P2pService::Service {
+ public:
+  RefusingServer() {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+  }
+  ~RefusingServer() override { server_->Shutdown(); }
 
-  s = internal::ServerRejection("PublishMetadata", "h:1",
-                                "Failed to publish metadata: redis unreachable");
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
 
-  s = internal::ServerRejection("PublishMetadata", "h:1", "");
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("success=false with no message"));
+  void Answer(std::string message, std::vector<std::pair<std::string, std::string>> trailers) {
+    absl::MutexLock lock(&mu_);
+    message_ = std::move(message);
+    trailers_ = std::move(trailers);
+  }
+
+  grpc::Status PublishMetadata(grpc::ServerContext* context,
+                               const ::model_express::p2p::PublishMetadataRequest*,
+                               ::model_express::p2p::PublishMetadataResponse* response) override {
+    response->set_success(false);
+    response->set_message(Refuse(context));
+    return grpc::Status::OK;
+  }
+  grpc::Status UpdateStatus(grpc::ServerContext* context,
+                            const ::model_express::p2p::UpdateStatusRequest*,
+                            ::model_express::p2p::UpdateStatusResponse* response) override {
+    response->set_success(false);
+    response->set_message(Refuse(context));
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::string Refuse(grpc::ServerContext* context) {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, value] : trailers_) context->AddTrailingMetadata(key, value);
+    return message_;
+  }
+
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex mu_;
+  std::string message_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, std::string>> trailers_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST(ServerRejectionTest, ClientUsesAValidCodeAndFallsBackToTheTextOtherwise) {
+  RefusingServer server;
+  MetadataClientOptions o;
+  o.server_address = server.address();
+  auto client = MetadataClient::Create(o);
+  ASSERT_THAT(client, IsOk());
+  PublishMetadataRequest request;
+  request.mutable_identity()->set_model_name("m");
+  request.set_worker_id("w");
+
+  // A code that travels: used, whatever the text says.
+  server.Answer("the limit is 8 bytes", {{internal::kStatusCodeMetadataKey, "3"}});
+  EXPECT_THAT((*client)->Publish(request),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       absl::StrCat("PublishMetadata to ", server.address(),
+                                    " failed: INVALID_ARGUMENT: the limit is 8 bytes")));
+  server.Answer("quota", {{internal::kStatusCodeMetadataKey, "8"}});
+  EXPECT_THAT((*client)->UpdateStatus("s", "w", 0, ::model_express::p2p::SOURCE_STATUS_READY),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("quota")));
+
+  // No code, or one that cannot be trusted: the text decides ("not found" -> NOT_FOUND).
+  const std::vector<std::vector<std::pair<std::string, std::string>>> untrusted = {
+      {},
+      {{internal::kStatusCodeMetadataKey, "0"}},
+      {{internal::kStatusCodeMetadataKey, "17"}},
+      {{internal::kStatusCodeMetadataKey, "-1"}},
+      {{internal::kStatusCodeMetadataKey, "NOT_FOUND"}},
+      {{internal::kStatusCodeMetadataKey, std::string(1000, '9')}},
+      {{internal::kStatusCodeMetadataKey, "3"}, {internal::kStatusCodeMetadataKey, "8"}},
+  };
+  for (const auto& trailers : untrusted) {
+    server.Answer("worker w not found", trailers);
+    EXPECT_THAT((*client)->Publish(request),
+                StatusIs(absl::StatusCode::kNotFound, HasSubstr("worker w not found")))
+        << (trailers.empty() ? "(none)" : trailers[0].second.substr(0, 20));
+  }
 }
 
 }  // namespace

@@ -5,9 +5,12 @@
 
 #include <set>
 
+#include "common/testing/status_matchers.h"
+
 namespace ferry {
 namespace {
 
+using ::ferry::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
 using ::testing::StartsWith;
@@ -41,19 +44,17 @@ TEST(GenerateWorkerIdTest, SixteenLowercaseHexCharactersAndDistinct) {
 
 TEST(PublisherCreateTest, RequiresClient) {
   PublisherOptions o = ValidOptions(nullptr);
-  auto p = Publisher::Create(o);
-  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(p.status().message()), StartsWith("PublisherOptions.client is required"));
+  EXPECT_THAT(Publisher::Create(o), StatusIs(absl::StatusCode::kInvalidArgument,
+                                             StartsWith("PublisherOptions.client is required")));
 }
 
 TEST(PublisherCreateTest, RequiresModelName) {
   auto client = UnconnectedClient();
   PublisherOptions o = ValidOptions(client.get());
   o.identity.clear_model_name();
-  auto p = Publisher::Create(o);
-  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(p.status().message()),
-              HasSubstr("PublisherOptions.identity.model_name is required"));
+  EXPECT_THAT(Publisher::Create(o),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("PublisherOptions.identity.model_name is required")));
 }
 
 TEST(PublisherCreateTest, RejectsNonPositiveInterval) {
@@ -61,10 +62,8 @@ TEST(PublisherCreateTest, RejectsNonPositiveInterval) {
   for (absl::Duration d : {absl::ZeroDuration(), -absl::Seconds(1), absl::InfiniteDuration()}) {
     PublisherOptions o = ValidOptions(client.get());
     o.heartbeat_interval = d;
-    auto p = Publisher::Create(o);
-    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(std::string(p.status().message()),
-                StartsWith("PublisherOptions.heartbeat_interval="));
+    EXPECT_THAT(Publisher::Create(o), StatusIs(absl::StatusCode::kInvalidArgument,
+                                               StartsWith("PublisherOptions.heartbeat_interval=")));
   }
 }
 
@@ -72,9 +71,8 @@ TEST(PublisherCreateTest, RejectsHugeWorkerId) {
   auto client = UnconnectedClient();
   PublisherOptions o = ValidOptions(client.get());
   o.worker_id = std::string(kMaxIdentityStringBytes + 1, 'w');
-  auto p = Publisher::Create(o);
-  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(p.status().message()), StartsWith("PublisherOptions.worker_id"));
+  EXPECT_THAT(Publisher::Create(o), StatusIs(absl::StatusCode::kInvalidArgument,
+                                             StartsWith("PublisherOptions.worker_id")));
 }
 
 TEST(PublisherCreateTest, KeepsGivenWorkerIdOrMintsOne) {
@@ -98,9 +96,8 @@ TEST(PublisherLifecycleTest, StopWithoutStartIsANoOpAndFinal) {
   ASSERT_TRUE(p.ok()) << p.status();
   (*p)->Stop();
   (*p)->Stop();
-  Status s = (*p)->Start();
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("already stopped"));
+  EXPECT_THAT((*p)->Start(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("already stopped")));
   EXPECT_EQ((*p)->heartbeat_count(), 0);
 }
 

@@ -83,28 +83,62 @@ StatusOr<Candidates> ListCandidates(MetadataClient& client, const SourceIdentity
   return Candidates{OrderCandidates(*refs, selection), refs->size()};
 }
 
+TryVerdict StopTrying(Status status) {
+  TryVerdict verdict(std::move(status));
+  verdict.stop_ = true;
+  return verdict;
+}
+
+absl::StatusCode AggregateCode(absl::Span<const SourceAttempt> attempts) {
+  if (attempts.empty()) return absl::StatusCode::kUnavailable;
+  const absl::StatusCode code = attempts.front().status.code();
+  for (const SourceAttempt& a : attempts) {
+    if (a.status.code() != code) return absl::StatusCode::kUnavailable;
+  }
+  switch (code) {
+    // Failures that retrying, later or at other sources, will not cure: the caller must act.
+    // Every source refused this target's credentials (UNAUTHENTICATED: fix the token) or its
+    // principal (PERMISSION_DENIED: use another, or configure the source to trust it); every
+    // source found the request malformed (INVALID_ARGUMENT: fix the input) or not applicable
+    // in its state (FAILED_PRECONDITION: e.g. every record points at a restarted source, so
+    // re-list, or the target's own setup does not fit the sources).
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kInvalidArgument:
+      return code;
+    // Everything else (dead or slow sources, corrupt bytes, busy endpoints, vanished records)
+    // may pass: "try again later or load another way" is what UNAVAILABLE tells the caller.
+    default:
+      return absl::StatusCode::kUnavailable;
+  }
+}
+
 StatusOr<size_t> TryCandidates(
     const std::vector<SourceInstanceRef>& candidates, int max_tries, const std::string& who,
     const std::string& note, std::vector<SourceAttempt>* attempts,
-    const std::function<Status(const SourceInstanceRef&, SourceAttempt*)>& try_one) {
+    const std::function<TryVerdict(const SourceInstanceRef&, SourceAttempt*)>& try_one) {
   std::string failures;
+  const size_t first = attempts->size();
   const size_t tries = std::min<size_t>(candidates.size(), static_cast<size_t>(max_tries));
   for (size_t i = 0; i < tries; ++i) {
     const SourceInstanceRef& ref = candidates[i];
     SourceAttempt& attempt = attempts->emplace_back();
     attempt.mx_source_id = ref.mx_source_id();
     attempt.worker_id = ref.worker_id();
-    attempt.status = try_one(ref, &attempt);
+    TryVerdict verdict = try_one(ref, &attempt);
+    attempt.status = verdict.status();
     if (attempt.status.ok()) return i;
     const std::string where = attempt.endpoint.empty() ? "" : " at " + attempt.endpoint;
-    spdlog::warn("source {} of {} (worker {}{}) failed: {}", i + 1, tries, ref.worker_id(), where,
-                 attempt.status.message());
+    spdlog::warn("source {} of {} (worker {}{}) failed{}: {}", i + 1, tries, ref.worker_id(), where,
+                 verdict.stop() ? ", and no other source can help" : "", attempt.status.message());
+    if (verdict.stop()) return attempt.status;
     absl::StrAppend(&failures, "\n  [", i + 1, "] worker ", ref.worker_id(), where, ": ",
                     attempt.status.message());
   }
-  return absl::UnavailableError(absl::StrCat("could not pull ", who, ": ", tries, " of ",
-                                             candidates.size(), " READY source(s) tried,",
-                                             " all failed (", note, "):", failures));
+  return Status(AggregateCode(absl::MakeConstSpan(*attempts).subspan(first)),
+                absl::StrCat("could not pull ", who, ": ", tries, " of ", candidates.size(),
+                             " READY source(s) tried,", " all failed (", note, "):", failures));
 }
 
 }  // namespace ferry

@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "ferry/metadata_client.h"
 #include "ferry/source_identity.h"
 #include "ferry/status.h"
@@ -66,15 +68,42 @@ struct SourceAttempt {
   Status status;
 };
 
+// What one try tells TryCandidates: OK (done), a failure after which the next source may still
+// succeed (built implicitly from any Status, so `return status;` and FERRY_RETURN_IF_ERROR work
+// in a function returning TryVerdict), or StopTrying(status): no other source can help, because
+// the failure is the target's own and the same at every source (the caller's model does not
+// match the identity's layout, for example).
+class TryVerdict {
+ public:
+  TryVerdict(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
+
+  const Status& status() const { return status_; }
+  bool stop() const { return stop_; }
+
+ private:
+  friend TryVerdict StopTrying(Status status);
+  Status status_;
+  bool stop_ = false;
+};
+
+// The verdict that ends TryCandidates with `status`, unchanged. REQUIRES: !status.ok().
+TryVerdict StopTrying(Status status);
+
 // Tries `candidates` in order, at most `max_tries` of them: appends an attempt for each to
 // `attempts` and calls `try_one(ref, &attempt)` (which may set attempt.endpoint) until one
-// returns OK; each failure is logged. Returns the index of the successful candidate, or
-// Unavailable "could not pull WHO: N of M READY source(s) tried, all failed (NOTE):" followed by
-// one line per attempt.
+// returns OK or a StopTrying verdict; each failure is logged. Returns the index of the
+// successful candidate; the stopping status itself, unchanged; or, when every source tried
+// failed, "could not pull WHO: N of M READY source(s) tried, all failed (NOTE):" followed by one
+// line per attempt, with the code every attempt failed with when that is UNAUTHENTICATED,
+// PERMISSION_DENIED, FAILED_PRECONDITION or INVALID_ARGUMENT (AggregateCode), else UNAVAILABLE.
 StatusOr<size_t> TryCandidates(
     const std::vector<SourceInstanceRef>& candidates, int max_tries, const std::string& who,
     const std::string& note, std::vector<SourceAttempt>* attempts,
-    const std::function<Status(const SourceInstanceRef&, SourceAttempt*)>& try_one);
+    const std::function<TryVerdict(const SourceInstanceRef&, SourceAttempt*)>& try_one);
+
+// The code of TryCandidates' error when every attempt in `attempts` (at least one) failed: the
+// code they all share if it is one the caller must act on (see the .cc file), else UNAVAILABLE.
+absl::StatusCode AggregateCode(absl::Span<const SourceAttempt> attempts);
 
 }  // namespace ferry
 

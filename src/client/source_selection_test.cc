@@ -3,11 +3,19 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/str_cat.h"
+#include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace ferry {
 namespace {
+
+using ::ferry::testing::IsOk;
+using ::ferry::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 SourceInstanceRef Ref(std::string source, std::string worker, uint32_t rank,
                       std::string accelerator = "") {
@@ -70,6 +78,97 @@ TEST(OrderCandidatesTest, ManyTargetsSpreadOverSources) {
     EXPECT_GT(n, 60) << id;
     EXPECT_LT(n, 140) << id;
   }
+}
+
+// TryCandidates over sources that answer with `statuses`, one each, in order.
+struct Tried {
+  StatusOr<size_t> result;
+  std::vector<SourceAttempt> attempts;
+};
+Tried TryWith(const std::vector<TryVerdict>& verdicts, int max_tries = 16) {
+  std::vector<SourceInstanceRef> refs;
+  for (size_t i = 0; i < verdicts.size(); ++i) refs.push_back(Ref("s", absl::StrCat("w", i), 0));
+  Tried out{absl::UnknownError("not run"), {}};
+  size_t calls = 0;
+  out.result = TryCandidates(refs, max_tries, "model m", "nothing was written", &out.attempts,
+                             [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
+                               attempt->endpoint = absl::StrCat("10.0.0.", calls, ":1");
+                               EXPECT_EQ(ref.worker_id(), absl::StrCat("w", calls));
+                               return verdicts[calls++];
+                             });
+  EXPECT_EQ(calls, out.attempts.size());
+  return out;
+}
+
+TEST(TryCandidatesTest, StopsAtTheFirstSuccess) {
+  Tried t = TryWith({absl::UnavailableError("down"), absl::OkStatus(), absl::OkStatus()});
+  ASSERT_THAT(t.result, IsOk());
+  EXPECT_EQ(*t.result, 1u);
+  ASSERT_EQ(t.attempts.size(), 2u);
+  EXPECT_THAT(t.attempts[0].status, StatusIs(absl::StatusCode::kUnavailable, "down"));
+  EXPECT_EQ(t.attempts[1].endpoint, "10.0.0.1:1");
+}
+
+TEST(TryCandidatesTest, MixedFailuresAreUnavailableAndListEveryAttempt) {
+  Tried t = TryWith({absl::UnauthenticatedError("bad token"), absl::DataLossError("corrupt"),
+                     absl::UnauthenticatedError("bad token")});
+  EXPECT_THAT(t.result,
+              StatusIs(absl::StatusCode::kUnavailable,
+                       "could not pull model m: 3 of 3 READY source(s) tried, all failed "
+                       "(nothing was written):\n  [1] worker w0 at 10.0.0.0:1: bad token\n"
+                       "  [2] worker w1 at 10.0.0.1:1: corrupt\n"
+                       "  [3] worker w2 at 10.0.0.2:1: bad token"));
+  EXPECT_EQ(t.attempts.size(), 3u);
+}
+
+// Regression: a pull whose every source refused the target's token failed with UNAVAILABLE, so
+// ferry.torch.pull_into reported "failed" (fall back) instead of raising as documented.
+TEST(TryCandidatesTest, FailuresTheCallerMustActOnKeepTheirSharedCode) {
+  for (absl::StatusCode code :
+       {absl::StatusCode::kUnauthenticated, absl::StatusCode::kPermissionDenied,
+        absl::StatusCode::kFailedPrecondition, absl::StatusCode::kInvalidArgument}) {
+    Tried t = TryWith({Status(code, "no"), Status(code, "no")}, 2);
+    EXPECT_THAT(t.result, StatusIs(code, AllOf(StartsWith("could not pull model m: 2 of 2 READY "
+                                                          "source(s) tried, all failed"),
+                                               HasSubstr("[2] worker w1 at 10.0.0.1:1: no"))))
+        << code;
+  }
+  // A code that may pass with time stays UNAVAILABLE, shared or not.
+  for (absl::StatusCode code :
+       {absl::StatusCode::kUnavailable, absl::StatusCode::kDataLoss,
+        absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kResourceExhausted,
+        absl::StatusCode::kNotFound, absl::StatusCode::kAborted}) {
+    EXPECT_THAT(TryWith({Status(code, "no"), Status(code, "no")}).result,
+                StatusIs(absl::StatusCode::kUnavailable, HasSubstr("all failed")))
+        << code;
+  }
+  // Only the attempts tried count: a third source never asked does not change the code.
+  EXPECT_THAT(TryWith({absl::PermissionDeniedError("a"), absl::PermissionDeniedError("b"),
+                       absl::UnavailableError("never tried")},
+                      2)
+                  .result,
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("2 of 3 READY")));
+}
+
+TEST(TryCandidatesTest, AStopVerdictEndsTheTriesWithItsStatusUnchanged) {
+  Tried t = TryWith({absl::UnavailableError("down"),
+                     StopTrying(absl::FailedPreconditionError("the model does not match")),
+                     absl::OkStatus()});
+  EXPECT_THAT(t.result,
+              StatusIs(absl::StatusCode::kFailedPrecondition, "the model does not match"));
+  ASSERT_EQ(t.attempts.size(), 2u);  // the third source was never tried
+  EXPECT_THAT(t.attempts[1].status, StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(t.attempts[1].endpoint, "10.0.0.1:1");
+  // Any code: the verdict, not the code, stops the tries.
+  EXPECT_THAT(TryWith({StopTrying(absl::DataLossError("x")), absl::OkStatus()}).result,
+              StatusIs(absl::StatusCode::kDataLoss, "x"));
+}
+
+TEST(TryCandidatesTest, NoCandidateIsUnavailable) {
+  EXPECT_THAT(TryWith({}).result,
+              StatusIs(absl::StatusCode::kUnavailable,
+                       "could not pull model m: 0 of 0 READY source(s) tried, all failed "
+                       "(nothing was written):"));
 }
 
 }  // namespace

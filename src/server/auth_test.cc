@@ -2,6 +2,7 @@
 
 #include <fstream>
 
+#include "common/testing/status_matchers.h"
 #include "common/testing/test_certs.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -11,7 +12,12 @@ namespace ferry::server {
 namespace {
 
 namespace p2p = ::model_express::p2p;
+using ::ferry::testing::IsOk;
+using ::ferry::testing::StatusIs;
 using ::testing::HasSubstr;
+using ::testing::Optional;
+constexpr absl::StatusCode kUnauthenticated = absl::StatusCode::kUnauthenticated;
+constexpr absl::StatusCode kPermissionDenied = absl::StatusCode::kPermissionDenied;
 
 constexpr char kAliceToken[] = "alice-token-0123456789abcdef";
 constexpr char kBobToken[] = "bob-token-0123456789abcdef";
@@ -30,9 +36,8 @@ TEST(TokenFileTest, ParsesPairsAndCommentsAndNamesBadLines) {
   ASSERT_EQ(ok->size(), 3u);
   EXPECT_EQ((*ok)[1].principal, "bob");
   auto three = TokenAuthenticator::Parse("# x\nabcdefghijklmnopq alice extra\n", "t.txt");
-  ASSERT_FALSE(three.ok());
-  EXPECT_THAT(std::string(three.status().message()),
-              HasSubstr("t.txt:2: expected 'TOKEN PRINCIPAL'"));
+  EXPECT_THAT(three, StatusIs(absl::StatusCode::kInvalidArgument,
+                              HasSubstr("t.txt:2: expected 'TOKEN PRINCIPAL'")));
   auto short_token = TokenAuthenticator::Parse("abc alice\n", "t.txt");
   EXPECT_THAT(std::string(short_token.status().message()), HasSubstr("shorter than 16"));
   EXPECT_FALSE(TokenAuthenticator::Parse("# nothing\n", "t.txt").ok());
@@ -43,13 +48,12 @@ TEST(TokenAuthenticatorTest, HeaderRulesAndPrincipals) {
   auto auth = TokenAuthenticator::Create({dir.Write("tokens", TokensText()), {"root"}}, nullptr);
   ASSERT_TRUE(auth.ok()) << auth.status();
   auto& a = **auth;
-  EXPECT_EQ(a.AuthenticateHeader("").status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(a.AuthenticateHeader("Basic abc").status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(a.AuthenticateHeader("Bearer ").status().code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(a.AuthenticateHeader("Bearer nope-nope-nope-nope").status().code(),
-            absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(a.AuthenticateHeader(""), StatusIs(kUnauthenticated));
+  EXPECT_THAT(a.AuthenticateHeader("Basic abc"), StatusIs(kUnauthenticated));
+  EXPECT_THAT(a.AuthenticateHeader("Bearer "), StatusIs(kUnauthenticated));
+  EXPECT_THAT(a.AuthenticateHeader("Bearer nope-nope-nope-nope"), StatusIs(kUnauthenticated));
   auto alice = a.AuthenticateHeader(absl::StrCat("BEARER ", kAliceToken));
-  ASSERT_TRUE(alice.ok());
+  ASSERT_THAT(alice, IsOk());
   EXPECT_EQ(alice->name, "alice");
   EXPECT_FALSE(alice->admin);
   auto root = a.AuthenticateHeader(absl::StrCat("Bearer ", kRootToken));
@@ -86,7 +90,9 @@ class AuthServerTest : public ::testing::Test {
     req.mutable_identity()->set_model_name(model);
     req.set_worker_id(worker_id);
     req.mutable_worker();
-    return s_.p2p->PublishMetadata(&ctx, req, resp);
+    grpc::Status status = s_.p2p->PublishMetadata(&ctx, req, resp);
+    code_ = WireCode(ctx);
+    return status;
   }
   grpc::Status Update(const char* token, const std::string& source, const std::string& worker,
                       p2p::UpdateStatusResponse* resp) {
@@ -96,23 +102,28 @@ class AuthServerTest : public ::testing::Test {
     req.set_mx_source_id(source);
     req.set_worker_id(worker);
     req.set_status(p2p::SOURCE_STATUS_STALE);
-    return s_.p2p->UpdateStatus(&ctx, req, resp);
+    grpc::Status status = s_.p2p->UpdateStatus(&ctx, req, resp);
+    code_ = WireCode(ctx);
+    return status;
   }
 
   TempDir dir_;
   TestServer s_{Options(dir_)};
+  std::optional<absl::StatusCode> code_;  // in the trailing metadata of the last answer
 };
 
 TEST_F(AuthServerTest, UnauthenticatedCallsAreRefusedAndHealthIsExempt) {
   p2p::PublishMetadataResponse resp;
   grpc::Status st = Publish(nullptr, "w", &resp);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(FromGrpc(st), StatusIs(kUnauthenticated));
+  EXPECT_THAT(code_, Optional(kUnauthenticated));
   st = Publish("wrong-token-0123456789", "w", &resp);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(FromGrpc(st), StatusIs(kUnauthenticated));
+  EXPECT_THAT(code_, Optional(kUnauthenticated));
   grpc::ClientContext list_ctx;
   p2p::ListSourcesResponse list;
-  EXPECT_EQ(s_.p2p->ListSources(&list_ctx, {}, &list).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_THAT(FromGrpc(s_.p2p->ListSources(&list_ctx, {}, &list)), StatusIs(kUnauthenticated));
+  EXPECT_THAT(WireCode(list_ctx), Optional(kUnauthenticated));
   grpc::ClientContext health_ctx;
   model_express::health::HealthResponse health;
   EXPECT_TRUE(s_.health->GetHealth(&health_ctx, {}, &health).ok());
@@ -126,10 +137,11 @@ TEST_F(AuthServerTest, OnlyTheOwnerOrAnAdminChangesARecord) {
   // Bob can neither re-publish alice's worker nor change its status.
   p2p::PublishMetadataResponse bob_pub;
   grpc::Status st = Publish(kBobToken, "w", &bob_pub);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
-  EXPECT_THAT(st.error_message(), HasSubstr("belongs to principal 'alice'"));
+  EXPECT_THAT(FromGrpc(st), StatusIs(kPermissionDenied, HasSubstr("belongs to principal 'alice'")));
+  EXPECT_THAT(code_, Optional(kPermissionDenied));
   p2p::UpdateStatusResponse upd;
-  EXPECT_EQ(Update(kBobToken, sid, "w", &upd).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(FromGrpc(Update(kBobToken, sid, "w", &upd)), StatusIs(kPermissionDenied));
+  EXPECT_THAT(code_, Optional(kPermissionDenied));
   // Alice and root can.
   EXPECT_TRUE(Update(kAliceToken, sid, "w", &upd).ok());
   EXPECT_TRUE(upd.success());
@@ -149,9 +161,9 @@ TEST_F(AuthServerTest, AnIdentityBelongsToThePrincipalThatFirstPublishedIt) {
   const std::string sid = resp.mx_source_id();
   p2p::PublishMetadataResponse bob_pub;
   grpc::Status st = Publish(kBobToken, "bobs-new-worker", &bob_pub);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
-  EXPECT_THAT(st.error_message(),
-              HasSubstr(absl::StrCat("source '", sid, "' belongs to principal 'alice'")));
+  EXPECT_THAT(FromGrpc(st),
+              StatusIs(kPermissionDenied,
+                       HasSubstr(absl::StrCat("source '", sid, "' belongs to principal 'alice'"))));
   EXPECT_THAT(st.error_message(), HasSubstr("only 'alice' or an admin principal may"));
   // The owner and an admin may add workers.
   ASSERT_TRUE(Publish(kAliceToken, "w2", &resp).ok());
@@ -210,14 +222,14 @@ TEST_F(TlsTest, ServesTlsAndRefusesPlainText) {
   EXPECT_TRUE(Health(Channel(s.server().grpc_port(), false)).ok());
   auto plain = grpc::CreateChannel(absl::StrCat("127.0.0.1:", s.server().grpc_port()),
                                    grpc::InsecureChannelCredentials());
-  EXPECT_EQ(Health(plain).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(FromGrpc(Health(plain)), StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST_F(TlsTest, MutualTlsRequiresAClientCertificate) {
   TestServer s(Tls(true));
   EXPECT_TRUE(Health(Channel(s.server().grpc_port(), true)).ok());
-  EXPECT_EQ(Health(Channel(s.server().grpc_port(), false)).error_code(),
-            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(FromGrpc(Health(Channel(s.server().grpc_port(), false))),
+              StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST(TlsOptionsTest, BadTlsOptionsNameTheFlag) {
@@ -226,12 +238,12 @@ TEST(TlsOptionsTest, BadTlsOptionsNameTheFlag) {
   o.admin_listen = "";
   o.tls_cert = "/nonexistent/cert.pem";
   auto s = Server::Create(o);
-  ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr("--tls-cert and --tls-key"));
+  EXPECT_THAT(s,
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--tls-cert and --tls-key")));
   o.tls_key = "/nonexistent/key.pem";
   s = Server::Create(o);
-  ASSERT_FALSE(s.ok());
-  EXPECT_THAT(std::string(s.status().message()), HasSubstr("--tls-cert: cannot read /nonexistent"));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
+                          HasSubstr("--tls-cert: cannot read /nonexistent")));
 }
 
 }  // namespace

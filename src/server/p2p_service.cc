@@ -70,28 +70,35 @@ static const char* StoreOutcome(const Status& s) {
 grpc::Status P2pService::PublishMetadata(grpc::ServerContext* context,
                                          const p2p::PublishMetadataRequest* req,
                                          p2p::PublishMetadataResponse* resp) {
-  RpcScope scope(metrics_, "PublishMetadata");
+  RpcScope scope(metrics_, "PublishMetadata", context);
   auto principal = Authenticate(*context);
   if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
-  auto refuse = [&](const std::string& message) {
+  // success=false with the message, as ModelExpress answers; the code travels beside it.
+  auto refuse = [&](absl::StatusCode code, const std::string& message) {
     resp->set_success(false);
     resp->set_message(message);
-    return scope.Ok("refused");
+    return scope.Refused(code, "refused");
+  };
+  auto invalid = [&](const std::string& message) {
+    return refuse(absl::StatusCode::kInvalidArgument, message);
   };
   // ModelExpress's checks, in its order and with its messages.
-  if (!req->has_identity()) return refuse("identity is required");
-  if (req->identity().model_name().empty()) return refuse("identity.model_name is required");
-  if (req->worker_id().empty()) return refuse("worker_id is required");
-  if (!req->has_worker()) return refuse("worker is required");
+  if (!req->has_identity()) return invalid("identity is required");
+  if (req->identity().model_name().empty()) return invalid("identity.model_name is required");
+  if (req->worker_id().empty()) return invalid("worker_id is required");
+  if (!req->has_worker()) return invalid("worker is required");
   // ferry's limits.
-  if (Status s = ValidateIdentity(req->identity()); !s.ok())
-    return refuse(std::string(s.message()));
-  if (std::string e = CheckLength(req->worker_id(), kMaxIdBytes, "worker_id"); !e.empty()) {
-    return refuse(e);
+  if (Status s = ValidateIdentity(req->identity()); !s.ok()) {
+    return refuse(s.code(), std::string(s.message()));
   }
-  if (std::string e = CheckWorker(req->worker()); !e.empty()) return refuse(e);
+  if (std::string e = CheckLength(req->worker_id(), kMaxIdBytes, "worker_id"); !e.empty()) {
+    return invalid(e);
+  }
+  if (std::string e = CheckWorker(req->worker()); !e.empty()) return invalid(e);
   auto source_id = ComputeMxSourceId(req->identity());
-  if (!source_id.ok()) return refuse(std::string(source_id.status().message()));
+  if (!source_id.ok()) {
+    return refuse(source_id.status().code(), std::string(source_id.status().message()));
+  }
 
   store::PublishRecord record;
   record.mx_source_id = *source_id;
@@ -110,15 +117,16 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext* context,
   w.clear_tensors();
   const int tensor_count = w.has_tensor_source() ? w.tensor_source().tensors_size() : 0;
   // What the store keeps must be bounded per record, not only per message: a message's worth of
-  // tiny tensors costs several times its size in memory (contract 14, docs/operations.md).
+  // tiny tensors costs several times its size in memory (contract 14, docs/operations.md). Too
+  // big a record is the request's fault (INVALID_ARGUMENT): the same publish never succeeds.
   if (static_cast<size_t>(tensor_count) > options_.max_record_tensors) {
-    return refuse(absl::StrFormat(
+    return invalid(absl::StrFormat(
         "worker has %d tensors; the limit is %d tensors per record (ferry-server "
         "--max-record-tensors); split the model over more workers or raise the limit",
         tensor_count, options_.max_record_tensors));
   }
   if (const size_t bytes = w.ByteSizeLong(); bytes > options_.max_record_bytes) {
-    return refuse(absl::StrFormat(
+    return invalid(absl::StrFormat(
         "worker record is %d bytes; the limit is %d bytes (ferry-server --max-record-bytes); "
         "split the model over more workers or raise the limit",
         bytes, options_.max_record_bytes));
@@ -129,8 +137,11 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext* context,
   if (w.status() == p2p::SOURCE_STATUS_UNKNOWN) w.set_status(p2p::SOURCE_STATUS_INITIALIZING);
 
   if (Status s = store_->Publish(record); !s.ok()) {
+    // The principal's quota (RESOURCE_EXHAUSTED): the same publish succeeds once it owns fewer
+    // workers.
     if (s.code() == absl::StatusCode::kResourceExhausted) {
-      return refuse(absl::StrCat(s.message(),
+      return refuse(absl::StatusCode::kResourceExhausted,
+                    absl::StrCat(s.message(),
                                  " (ferry-server --max-workers-per-principal); stop unused "
                                  "publishers, let the reaper delete STALE records, or raise "
                                  "the limit"));
@@ -151,7 +162,7 @@ grpc::Status P2pService::PublishMetadata(grpc::ServerContext* context,
 grpc::Status P2pService::ListSources(grpc::ServerContext* context,
                                      const p2p::ListSourcesRequest* req,
                                      p2p::ListSourcesResponse* resp) {
-  RpcScope scope(metrics_, "ListSources");
+  RpcScope scope(metrics_, "ListSources", context);
   auto principal = Authenticate(*context);
   if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
   store::ListQuery query;
@@ -221,12 +232,12 @@ grpc::Status P2pService::ListSources(grpc::ServerContext* context,
 grpc::Status P2pService::GetMetadata(grpc::ServerContext* context,
                                      const p2p::GetMetadataRequest* req,
                                      p2p::GetMetadataResponse* resp) {
-  RpcScope scope(metrics_, "GetMetadata");
+  RpcScope scope(metrics_, "GetMetadata", context);
   auto principal = Authenticate(*context);
   if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
   if (req->mx_source_id().empty() || req->worker_id().empty()) {
     resp->set_found(false);
-    return scope.Ok("refused");
+    return scope.Refused(absl::StatusCode::kInvalidArgument, "refused");
   }
   for (const auto& [value, name] : {std::pair{&req->mx_source_id(), "mx_source_id"},
                                     std::pair{&req->worker_id(), "worker_id"}}) {
@@ -240,7 +251,7 @@ grpc::Status P2pService::GetMetadata(grpc::ServerContext* context,
       resp->set_found(false);
       resp->set_mx_source_id(req->mx_source_id());
       resp->set_worker_id(req->worker_id());
-      return scope.Ok("not_found");
+      return scope.Refused(absl::StatusCode::kNotFound, "not_found");
     }
     return scope.Finish(StoreError(*store_, "get worker", detail.status()), "store_error");
   }
@@ -260,18 +271,20 @@ grpc::Status P2pService::GetMetadata(grpc::ServerContext* context,
 grpc::Status P2pService::UpdateStatus(grpc::ServerContext* context,
                                       const p2p::UpdateStatusRequest* req,
                                       p2p::UpdateStatusResponse* resp) {
-  RpcScope scope(metrics_, "UpdateStatus");
+  RpcScope scope(metrics_, "UpdateStatus", context);
   auto principal = Authenticate(*context);
   if (!principal.ok()) return scope.Finish(ToGrpc(principal.status()), "unauthenticated");
-  auto refuse = [&](const std::string& message, const char* outcome = "refused") {
+  auto refuse = [&](absl::StatusCode code, const std::string& message,
+                    const char* outcome = "refused") {
     resp->set_success(false);
     resp->set_message(message);
-    return scope.Ok(outcome);
+    return scope.Refused(code, outcome);
   };
-  if (req->mx_source_id().empty()) return refuse("mx_source_id is required");
-  if (req->worker_id().empty()) return refuse("worker_id is required");
+  constexpr absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
+  if (req->mx_source_id().empty()) return refuse(kInvalid, "mx_source_id is required");
+  if (req->worker_id().empty()) return refuse(kInvalid, "worker_id is required");
   if (!p2p::SourceStatus_IsValid(req->status())) {
-    return refuse(absl::StrCat("invalid status value: ", req->status()));
+    return refuse(kInvalid, absl::StrCat("invalid status value: ", req->status()));
   }
   store::StatusUpdate update;
   update.mx_source_id = req->mx_source_id();
@@ -283,7 +296,8 @@ grpc::Status P2pService::UpdateStatus(grpc::ServerContext* context,
   update.override_owner = principal->admin;
   Status s = store_->UpdateStatus(update);
   if (s.code() == absl::StatusCode::kNotFound) {
-    return refuse(absl::StrCat("Failed to update status: ", s.message()), "not_found");
+    return refuse(absl::StatusCode::kNotFound,
+                  absl::StrCat("Failed to update status: ", s.message()), "not_found");
   }
   if (s.code() == absl::StatusCode::kPermissionDenied)
     metrics_->CountAuthFailure("permission_denied");

@@ -1,5 +1,9 @@
 // model_express.p2p.P2pService: decode -> validate -> store -> encode (contract section 5),
-// with the fixes of section 14 (see docs/protocol.md for every deviation and why).
+// with the fixes of section 14 (see docs/protocol.md for every deviation and why). Every answer
+// that refuses a request (success=false, found=false) or fails carries its canonical code as
+// trailing metadata (internal::kStatusCodeMetadataKey): INVALID_ARGUMENT for a bad or oversized
+// request, NOT_FOUND for a missing record, RESOURCE_EXHAUSTED for a principal's worker quota,
+// UNAUTHENTICATED / PERMISSION_DENIED, UNAVAILABLE or INTERNAL when the store failed.
 // Thread-safe: handlers run concurrently on gRPC's threads; state lives in the store.
 #ifndef FERRY_SERVER_P2P_SERVICE_H_
 #define FERRY_SERVER_P2P_SERVICE_H_
@@ -28,11 +32,13 @@ struct P2pServiceOptions {
   TokenAuthenticator* auth = nullptr;
   // What one worker record may hold, as stored (the tensor list in source_payload): its
   // serialized size, and the number of tensors in it. Larger publishes are refused
-  // (success=false). The defaults fit models of a few hundred thousand tensors.
+  // (success=false, code INVALID_ARGUMENT). The defaults fit models of a few hundred thousand
+  // tensors.
   size_t max_record_bytes = kDefaultMaxRecordBytes;
   size_t max_record_tensors = kDefaultMaxRecordTensors;
   // Workers one principal may own across all sources (all callers are one principal when
-  // authentication is off); a publish that would add one more is refused (success=false).
+  // authentication is off); a publish that would add one more is refused (success=false, code
+  // RESOURCE_EXHAUSTED).
   uint64_t max_workers_per_principal = kDefaultMaxWorkersPerPrincipal;
 };
 

@@ -2,6 +2,7 @@
 // fixes of section 14.
 #include "server/p2p_service.h"
 
+#include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/test_server.h"
@@ -10,7 +11,11 @@ namespace ferry::server {
 namespace {
 
 namespace p2p = ::model_express::p2p;
+using ::ferry::testing::StatusIs;
 using ::testing::HasSubstr;
+using ::testing::Optional;
+constexpr absl::StatusCode kInvalidArgument = absl::StatusCode::kInvalidArgument;
+constexpr absl::StatusCode kNotFound = absl::StatusCode::kNotFound;
 
 p2p::SourceIdentity BaseIdentity() {
   p2p::SourceIdentity id;
@@ -31,6 +36,7 @@ class P2pServiceTest : public ::testing::Test {
     grpc::ClientContext ctx;
     p2p::PublishMetadataResponse resp;
     grpc::Status st = s_.p2p->PublishMetadata(&ctx, req, &resp);
+    code_ = WireCode(ctx);
     if (status_out != nullptr) {
       *status_out = st;
     } else {
@@ -58,6 +64,7 @@ class P2pServiceTest : public ::testing::Test {
     req.set_status(static_cast<p2p::SourceStatus>(status));
     p2p::UpdateStatusResponse resp;
     EXPECT_TRUE(s_.p2p->UpdateStatus(&ctx, req, &resp).ok());
+    code_ = WireCode(ctx);
     return resp;
   }
   p2p::GetMetadataResponse Get(const std::string& source, const std::string& worker,
@@ -68,6 +75,7 @@ class P2pServiceTest : public ::testing::Test {
     req.set_worker_id(worker);
     p2p::GetMetadataResponse resp;
     grpc::Status st = s_.p2p->GetMetadata(&ctx, req, &resp);
+    code_ = WireCode(ctx);
     if (status_out != nullptr) {
       *status_out = st;
     } else {
@@ -80,6 +88,7 @@ class P2pServiceTest : public ::testing::Test {
     grpc::ClientContext ctx;
     p2p::ListSourcesResponse resp;
     grpc::Status st = s_.p2p->ListSources(&ctx, req, &resp);
+    code_ = WireCode(ctx);
     if (status_out != nullptr) {
       *status_out = st;
     } else {
@@ -94,6 +103,8 @@ class P2pServiceTest : public ::testing::Test {
   }
 
   TestServer s_;
+  // The code in the trailing metadata of the last answer (WireCode).
+  std::optional<absl::StatusCode> code_;
 };
 
 TEST_F(P2pServiceTest, PublishValidatesInContractOrder) {
@@ -126,6 +137,7 @@ TEST_F(P2pServiceTest, PublishValidatesInContractOrder) {
     EXPECT_EQ(resp.message(), c.message);
     EXPECT_EQ(resp.mx_source_id(), "");
     EXPECT_EQ(resp.worker_id(), "");
+    EXPECT_THAT(code_, Optional(kInvalidArgument)) << c.message;
   }
 }
 
@@ -134,6 +146,7 @@ TEST_F(P2pServiceTest, PublishSucceedsWithServerIdAndStoresInitializingWithServe
   req.mutable_worker()->set_updated_at(5);  // a client clock the server must ignore
   p2p::PublishMetadataResponse resp = Publish(req);
   ASSERT_TRUE(resp.success()) << resp.message();
+  EXPECT_EQ(code_, std::nullopt);  // no code on success
   EXPECT_EQ(resp.mx_source_id(), kBaseId);
   EXPECT_EQ(resp.worker_id(), "abcd1234");
   EXPECT_EQ(resp.message(),
@@ -231,6 +244,7 @@ TEST_F(P2pServiceTest, RecordTensorCountIsBoundedAndARealModelFits) {
   EXPECT_FALSE(huge.success());
   EXPECT_THAT(huge.message(), HasSubstr("worker has 262145 tensors; the limit is 262144 tensors "
                                         "per record (ferry-server --max-record-tensors)"));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   EXPECT_FALSE(Get(kBaseId, "huge").found());
   EXPECT_THAT(Workers(List({})), ::testing::ElementsAre("big"));
 }
@@ -240,6 +254,7 @@ TEST(P2pServiceLimitsTest, RecordBytesAndWorkersPerPrincipalAreBounded) {
   options.max_record_bytes = 1u << 20;
   options.max_workers_per_principal = 3;
   TestServer s(options);
+  std::optional<absl::StatusCode> code;  // of the last answer
   auto publish = [&](const std::string& worker_id, size_t nixl_bytes = 0) {
     grpc::ClientContext ctx;
     p2p::PublishMetadataRequest req;
@@ -250,20 +265,25 @@ TEST(P2pServiceLimitsTest, RecordBytesAndWorkersPerPrincipalAreBounded) {
     p2p::PublishMetadataResponse resp;
     grpc::Status st = s.p2p->PublishMetadata(&ctx, req, &resp);
     EXPECT_TRUE(st.ok()) << st.error_message();
+    code = WireCode(ctx);
     return resp;
   };
+  // Too big a record is the request's fault; a full quota is the principal's, and clears.
   p2p::PublishMetadataResponse fat = publish("fat", 2u << 20);
   EXPECT_FALSE(fat.success());
   EXPECT_THAT(fat.message(), HasSubstr("the limit is 1048576 bytes (ferry-server "
                                        "--max-record-bytes)"));
+  EXPECT_THAT(code, Optional(kInvalidArgument));
   for (const char* w : {"w1", "w2", "w3"}) {
     p2p::PublishMetadataResponse ok = publish(w, 1000);
     EXPECT_TRUE(ok.success()) << w << ": " << ok.message();
+    EXPECT_EQ(code, std::nullopt);
   }
   p2p::PublishMetadataResponse fourth = publish("w4");
   EXPECT_FALSE(fourth.success());
   EXPECT_THAT(fourth.message(), HasSubstr("already owns 3 workers, the limit (ferry-server "
                                           "--max-workers-per-principal)"));
+  EXPECT_THAT(code, Optional(absl::StatusCode::kResourceExhausted));
   EXPECT_TRUE(publish("w1").success());  // re-publishing an existing worker is not a new one
 }
 
@@ -273,53 +293,65 @@ TEST_F(P2pServiceTest, GetMetadataContract) {
   EXPECT_FALSE(empty.found());
   EXPECT_EQ(empty.mx_source_id(), "");
   EXPECT_FALSE(empty.has_worker());
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   EXPECT_FALSE(Get(kBaseId, "").found());
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   // Not found: ids echoed, no identity.
   p2p::GetMetadataResponse missing = Get(kBaseId, "nobody");
   EXPECT_FALSE(missing.found());
   EXPECT_EQ(missing.mx_source_id(), kBaseId);
   EXPECT_EQ(missing.worker_id(), "nobody");
   EXPECT_FALSE(missing.has_identity());
+  EXPECT_THAT(code_, Optional(kNotFound));
   // Found: the lowest rank, the stored identity in its original case.
   for (uint32_t rank : {2u, 0u, 1u}) Publish(Request("multi", rank));
   p2p::GetMetadataResponse got = Get(kBaseId, "multi");
   ASSERT_TRUE(got.found());
+  EXPECT_EQ(code_, std::nullopt);
   EXPECT_EQ(got.worker().worker_rank(), 0u);
   EXPECT_EQ(got.identity().SerializeAsString(), BaseIdentity().SerializeAsString());
 }
 
 TEST_F(P2pServiceTest, StoreFailuresAreUnavailableAndNameTheStore) {
   s_.faults().SetFailure(store::FaultStore::Op::kAny, absl::UnavailableError("backend down"));
+  constexpr absl::StatusCode kUnavailable = absl::StatusCode::kUnavailable;
   grpc::Status st;
   Publish(Request("w"), &st);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_THAT(st.error_message(), HasSubstr("metadata store fault(memory)"));
+  EXPECT_THAT(FromGrpc(st), StatusIs(kUnavailable, HasSubstr("metadata store fault(memory)")));
   EXPECT_THAT(st.error_message(), HasSubstr("backend down"));
+  EXPECT_THAT(code_, Optional(kUnavailable));  // errors carry the code too
   Get(kBaseId, "w", &st);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(FromGrpc(st), StatusIs(kUnavailable));
+  EXPECT_THAT(code_, Optional(kUnavailable));
   List({}, &st);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(FromGrpc(st), StatusIs(kUnavailable));
+  EXPECT_THAT(code_, Optional(kUnavailable));
   s_.faults().ClearFailure();
   EXPECT_TRUE(Publish(Request("w")).success());
 }
 
 TEST_F(P2pServiceTest, UpdateStatusContract) {
   EXPECT_EQ(Update("", "w", 0, 2).message(), "mx_source_id is required");
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   EXPECT_EQ(Update(kBaseId, "", 0, 2).message(), "worker_id is required");
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   p2p::UpdateStatusResponse bad = Update(kBaseId, "w", 0, 99);
   EXPECT_FALSE(bad.success());
   EXPECT_EQ(bad.message(), "invalid status value: 99");
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   // Never creates a record.
   p2p::UpdateStatusResponse unknown = Update(kBaseId, "w", 0, 2);
   EXPECT_FALSE(unknown.success());
   EXPECT_THAT(unknown.message(), HasSubstr("Failed to update status: "));
   EXPECT_THAT(unknown.message(), HasSubstr("not found"));
+  EXPECT_THAT(code_, Optional(kNotFound));
   EXPECT_FALSE(Get(kBaseId, "w").found());
 
   Publish(Request("w", 3));
   s_.now_ms += 777;
   p2p::UpdateStatusResponse ok = Update(kBaseId, "w", 3, p2p::SOURCE_STATUS_READY);
   EXPECT_TRUE(ok.success());
+  EXPECT_EQ(code_, std::nullopt);
   EXPECT_EQ(ok.message(), "Updated status for source '5a5f555570065064' worker_id 'w' rank 3");
   p2p::GetMetadataResponse got = Get(kBaseId, "w");
   EXPECT_EQ(got.worker().status(), p2p::SOURCE_STATUS_READY);
@@ -329,6 +361,7 @@ TEST_F(P2pServiceTest, UpdateStatusContract) {
   EXPECT_FALSE(wrong.success());
   EXPECT_THAT(wrong.message(),
               HasSubstr("rank 4 not found in source '5a5f555570065064' worker 'w'"));
+  EXPECT_THAT(code_, Optional(kNotFound));
   // Any transition is allowed.
   EXPECT_TRUE(Update(kBaseId, "w", 3, p2p::SOURCE_STATUS_STALE).success());
   EXPECT_TRUE(Update(kBaseId, "w", 3, p2p::SOURCE_STATUS_READY).success());
@@ -385,8 +418,8 @@ TEST_F(ListSourcesTest, StatusFilterMatchesAnyRankAndRejectsUnknownValues) {
   invalid.set_status_filter(static_cast<p2p::SourceStatus>(7));
   grpc::Status st;
   List(invalid, &st);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(st.error_message(), HasSubstr("status_filter=7"));
+  EXPECT_THAT(FromGrpc(st), StatusIs(kInvalidArgument, HasSubstr("status_filter=7")));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
 }
 
 TEST_F(ListSourcesTest, ModelRankStepAndTimeFilters) {
@@ -449,22 +482,28 @@ TEST_F(P2pServiceTest, BadInputIsRefusedAndServerStaysUp) {
   p2p::PublishMetadataResponse r1 = Publish(huge);
   EXPECT_FALSE(r1.success());
   EXPECT_THAT(r1.message(), HasSubstr("identity.extra_parameters has 1000000 entries"));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   // Huge strings.
   p2p::PublishMetadataRequest long_name = Request("w");
   long_name.mutable_identity()->set_model_name(std::string(1 << 20, 'm'));
   EXPECT_THAT(Publish(long_name).message(), HasSubstr("identity.model_name is 1048576 bytes"));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   p2p::PublishMetadataRequest long_worker = Request(std::string(300, 'w'));
   EXPECT_THAT(Publish(long_worker).message(), HasSubstr("worker_id is 300 bytes"));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   p2p::PublishMetadataRequest long_endpoint = Request("w");
   long_endpoint.mutable_worker()->set_worker_grpc_endpoint(std::string(5000, 'e'));
   EXPECT_THAT(Publish(long_endpoint).message(), HasSubstr("worker.worker_grpc_endpoint"));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   grpc::Status st;
   Get(std::string(1000, 's'), "w", &st);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(FromGrpc(st), StatusIs(kInvalidArgument));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   // Unknown enum values: a status is refused, identity enums are hashed as integers.
   p2p::PublishMetadataRequest bad_status = Request("w");
   bad_status.mutable_worker()->set_status(static_cast<p2p::SourceStatus>(42));
   EXPECT_THAT(Publish(bad_status).message(), HasSubstr("worker.status=42"));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
   p2p::PublishMetadataRequest odd_type = Request("w");
   odd_type.mutable_identity()->set_mx_source_type(static_cast<p2p::MxSourceType>(42));
   EXPECT_TRUE(Publish(odd_type).success());
@@ -472,7 +511,7 @@ TEST_F(P2pServiceTest, BadInputIsRefusedAndServerStaysUp) {
   p2p::PublishMetadataRequest oversized = Request("w");
   oversized.mutable_worker()->set_nixl_metadata(std::string(101 << 20, 'x'));
   Publish(oversized, &st);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(FromGrpc(st), StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_TRUE(Publish(Request("after")).success());
 }
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 
+#include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "store/fault_store.h"
@@ -11,6 +12,7 @@ namespace ferry::server {
 namespace {
 
 namespace p2p = ::model_express::p2p;
+using ::ferry::testing::StatusIs;
 using ::testing::HasSubstr;
 
 class ReaperTest : public ::testing::Test {
@@ -118,7 +120,7 @@ TEST_F(ReaperTest, RepublishLandingBeforeGcDeleteWins) {
 TEST_F(ReaperTest, ListFailureFailsThePassAndIsCounted) {
   faults_.SetFailure(store::FaultStore::Op::kList, absl::UnavailableError("down"));
   auto pass = reaper_->RunOnce();
-  EXPECT_EQ(pass.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(pass, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(metrics_.Render(), HasSubstr("ferry_reaper_scan_errors_total 1"));
 }
 
@@ -148,7 +150,7 @@ TEST(ReaperThreadTest, SubSecondDurationsExpireAndCollectOnItsOwn) {
   (*reaper)->Stop();
   (*reaper)->Stop();  // idempotent
   EXPECT_TRUE(saw_stale);
-  EXPECT_EQ(memory->GetWorker("s", "w").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(memory->GetWorker("s", "w"), StatusIs(absl::StatusCode::kNotFound));
 }
 
 }  // namespace

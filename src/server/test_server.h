@@ -4,9 +4,14 @@
 #define FERRY_SERVER_TEST_SERVER_H_
 
 #include <atomic>
+#include <iterator>
 #include <memory>
+#include <optional>
+#include <string>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/wire_status.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "model_express/health.grpc.pb.h"
@@ -54,6 +59,25 @@ class TestServer {
   std::unique_ptr<Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+// A gRPC status as the absl::Status of the same code and message (for StatusIs).
+inline absl::Status FromGrpc(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+// The canonical code an answer carried in its trailing metadata (internal::kStatusCodeMetadataKey),
+// read from the finished call's `context`; nullopt when it carried none. A repeated key or a value
+// that ParseStatusCodeMetadata refuses fails the current test.
+inline std::optional<absl::StatusCode> WireCode(const grpc::ClientContext& context) {
+  const auto& trailers = context.GetServerTrailingMetadata();
+  auto [first, last] = trailers.equal_range(internal::kStatusCodeMetadataKey);
+  if (first == last) return std::nullopt;
+  EXPECT_EQ(std::distance(first, last), 1) << "the code is sent once";
+  const std::string value(first->second.data(), first->second.size());
+  std::optional<absl::StatusCode> code = internal::ParseStatusCodeMetadata(value);
+  EXPECT_TRUE(code.has_value()) << "unparsable code '" << value << "'";
+  return code;
+}
 
 }  // namespace ferry::server
 

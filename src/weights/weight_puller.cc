@@ -158,13 +158,9 @@ class Puller {
         candidates, options_.max_sources, who,
         into_ != nullptr ? "the model's tensors may hold partial data; load them another way"
                          : "nothing was written",
-        &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) {
-          if (!mismatch_.ok()) return mismatch_;
+        &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) -> TryVerdict {
           return TryOne(ref, attempt, &result);
         });
-    // A model that does not match the source's layout: the caller's error, the same at every
-    // source of the identity.
-    if (!mismatch_.ok()) return mismatch_;
     FERRY_ASSIGN_OR_RETURN(const size_t chosen, std::move(tried));
     result.mx_source_id = candidates[chosen].mx_source_id();
     result.source_worker_id = candidates[chosen].worker_id();
@@ -230,11 +226,14 @@ class Puller {
 
   // One source: its transfer info, where its tensors land, the transfer with every tensor
   // verified as it completes. Both pull modes differ only in Land*.
-  Status TryOne(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
+  TryVerdict TryOne(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
     FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
     FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
-    FERRY_ASSIGN_OR_RETURN(Landing landing,
-                           into_ != nullptr ? LandInBuffers(plan, ref) : LandInRegion(plan));
+    bool mismatch = false;
+    StatusOr<Landing> landed =
+        into_ != nullptr ? LandInBuffers(plan, ref, &mismatch) : LandInRegion(plan);
+    if (!landed.ok()) return mismatch ? StopTrying(landed.status()) : landed.status();
+    Landing landing = *std::move(landed);
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
                            options_.engine->Connect(info.transfer_blob(), options_.transport));
     const std::string source_text = absl::StrCat(
@@ -293,15 +292,17 @@ class Puller {
 
   // PullIntoBuffers: straight into the caller's tensors. One read per distinct destination
   // range (tied weights are read once), coalesced where both sides continue each other.
-  StatusOr<Landing> LandInBuffers(const Plan& plan, const SourceInstanceRef& ref) {
+  // A model that does not match the source's layout sets *mismatch: it is the caller's error,
+  // the same at every source of the identity, and stops the pull.
+  StatusOr<Landing> LandInBuffers(const Plan& plan, const SourceInstanceRef& ref, bool* mismatch) {
     StatusOr<std::vector<const NamedBuffer*>> matched = MatchBuffers(plan, *into_);
     if (!matched.ok()) {
-      mismatch_ = absl::FailedPreconditionError(absl::StrCat(
+      *mismatch = true;
+      return absl::FailedPreconditionError(absl::StrCat(
           "the model does not match the source (worker ", ref.worker_id(), " of ",
           options_.identity.model_name(), "): ", matched.status().message(),
           "; nothing was pulled. Build the model with the source's configuration, or use "
           "another identity"));
-      return mismatch_;
     }
     if (span_regions_.empty()) {
       for (const MemorySpan& span : into_->spans) {
@@ -364,7 +365,6 @@ class Puller {
 
   const PullOptions& options_;
   const BufferSet* into_;  // PullIntoBuffers: the caller's tensors; else null
-  Status mismatch_;        // set when the model does not match a source's layout
   std::vector<std::unique_ptr<Region>> span_regions_;  // into_'s spans, registered once
   std::unique_ptr<Region> region_;                     // the file pull's destination
 };

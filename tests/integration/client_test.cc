@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/testing/status_matchers.h"
 #include "ferry/metadata_client.h"
 #include "ferry/source_identity.h"
 #include "server_client_test.h"
@@ -21,7 +22,9 @@ namespace ferry {
 namespace {
 
 namespace p2p = ::model_express::p2p;
+using ::ferry::testing::IsOk;
 using ::ferry::testing::ServerProcess;
+using ::ferry::testing::StatusIs;
 using ::testing::HasSubstr;
 
 SourceIdentity TestIdentity(const std::string& model = "test/model") {
@@ -136,8 +139,7 @@ TEST_F(ClientTest, ListSourcesAppliesFilters) {
 
 TEST_F(ClientTest, GetMetadataOfUnknownRecordIsNotFound) {
   auto got = client_->GetMetadata("0123456789abcdef", "nobody");
-  ASSERT_FALSE(got.ok());
-  EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
+  ASSERT_THAT(got, StatusIs(absl::StatusCode::kNotFound));
   const std::string msg(got.status().message());
   EXPECT_THAT(msg, HasSubstr(server_->grpc_address()));
   EXPECT_THAT(msg, HasSubstr("NOT_FOUND"));
@@ -148,30 +150,75 @@ TEST_F(ClientTest, UpdateStatusNeverCreatesAndReportsNotFound) {
   auto published = client_->Publish(TestRequest("w1", 0));
   ASSERT_TRUE(published.ok()) << published.status();
   Status s = client_->UpdateStatus(published->mx_source_id, "w1", 5, p2p::SOURCE_STATUS_READY);
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("not found"));
-  EXPECT_THAT(
-      std::string(s.message()),
-      HasSubstr(absl::StrCat("UpdateStatus to ", server_->grpc_address(), " failed: NOT_FOUND")));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kNotFound,
+                          ::testing::AllOf(
+                              HasSubstr("not found"),
+                              HasSubstr(absl::StrCat("UpdateStatus to ", server_->grpc_address(),
+                                                     " failed: NOT_FOUND")))));
 
   s = client_->UpdateStatus(published->mx_source_id, "ghost", 0, p2p::SOURCE_STATUS_READY);
-  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(client_->GetMetadata(published->mx_source_id, "ghost").status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(client_->GetMetadata(published->mx_source_id, "ghost"),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(ClientTest, PublishRejectionIsInvalidArgumentWithServerMessage) {
   PublishMetadataRequest r = TestRequest("w1");
   r.mutable_identity()->clear_model_name();
   auto published = client_->Publish(r);
-  EXPECT_EQ(published.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(published.status().message()), HasSubstr("model_name is required"));
-  EXPECT_THAT(std::string(published.status().message()), HasSubstr(server_->grpc_address()));
+  EXPECT_THAT(published, StatusIs(absl::StatusCode::kInvalidArgument,
+                                  ::testing::AllOf(HasSubstr("model_name is required"),
+                                                   HasSubstr(server_->grpc_address()))));
 
   r = TestRequest("");
   published = client_->Publish(r);
-  EXPECT_EQ(published.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(published.status().message()), HasSubstr("worker_id is required"));
+  EXPECT_THAT(published,
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("worker_id is required")));
+
+  // ferry's own limits on request fields, which no message text marks as such.
+  r = TestRequest(std::string(300, 'w'));
+  EXPECT_THAT(client_->Publish(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("worker_id is 300 bytes")));
+  r = TestRequest("w1");
+  r.mutable_worker()->set_status(static_cast<SourceStatus>(42));
+  EXPECT_THAT(client_->Publish(r),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("worker.status=42")));
+}
+
+// Regression: ferry-server's own size-limit refusals reached the client as FAILED_PRECONDITION
+// (guessed from the message) although the header promises INVALID_ARGUMENT; the code now
+// travels as trailing metadata, and a full quota is RESOURCE_EXHAUSTED.
+TEST(ClientLimitsTest, ServerLimitsArriveWithTheServersCode) {
+  auto server =
+      ServerProcess::Create({.extra_args = {"--max-record-bytes", "4096", "--max-record-tensors",
+                                            "3", "--max-workers-per-principal", "2"}});
+  ASSERT_THAT(server, IsOk());
+  auto client = ClientFor((*server)->grpc_address());
+  ASSERT_NE(client, nullptr);
+
+  PublishMetadataRequest many = TestRequest("many");
+  many.mutable_worker()->mutable_tensor_source()->add_tensors()->set_name("fourth");
+  EXPECT_THAT(client->Publish(many),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("worker has 4 tensors; the limit is 3 tensors per record "
+                                 "(ferry-server --max-record-tensors)")));
+
+  PublishMetadataRequest fat = TestRequest("fat");
+  fat.mutable_worker()->set_nixl_metadata(std::string(8192, 'x'));
+  EXPECT_THAT(client->Publish(fat),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("the limit is 4096 bytes (ferry-server --max-record-bytes)")));
+
+  EXPECT_THAT(client->Publish(TestRequest("w1")), IsOk());
+  EXPECT_THAT(client->Publish(TestRequest("w2")), IsOk());
+  EXPECT_THAT(client->Publish(TestRequest("w3")),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("already owns 2 workers, the limit (ferry-server "
+                                 "--max-workers-per-principal)")));
+  EXPECT_THAT(client->Publish(TestRequest("w1")), IsOk());  // an existing worker is no new one
+  StatusOr<int> exit_code = (*server)->Stop();
+  ASSERT_THAT(exit_code, IsOk());
+  EXPECT_EQ(*exit_code, 0) << (*server)->LogTail();
 }
 
 TEST_F(ClientTest, HealthReportsOk) {

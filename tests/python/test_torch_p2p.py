@@ -510,3 +510,42 @@ def test_worker_endpoint_over_mutual_tls(server, tmp_path):
             worker_tls_client_cert=certs["client.pem"], worker_tls_client_key=certs["client.key"])
         assert report.ok, report.message
         assert torch.equal(into["w"], tensors["w"])
+
+
+# --- refused credentials raise ---------------------------------------------------------------
+
+ALICE_TOKEN = "alice-token-0123456789abcdef"
+BOB_TOKEN = "bob-token-0123456789abcdef"
+
+
+# Regression: when every source refused the target's token, the pull failed with UNAVAILABLE
+# and pull_into returned a "failed" report, although its docstring promises that refused
+# credentials raise.
+def test_pull_with_a_refused_token_raises(start_server, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ALICE_TOKEN} alice\n{BOB_TOKEN} bob\n")
+    server = start_server("--auth-tokens", str(tokens))
+    alice = ferry.MetadataClient(server.address, token=ALICE_TOKEN)
+    identity = {"model_name": "auth-model"}
+    tensors = {"w": torch.arange(4096, dtype=torch.float32)}
+    # Two sources serving with alice's token: their worker endpoints accept only that one.
+    with ferry.torch.publish(tensors, identity, client=alice, advertise_host="127.0.0.1"), \
+            ferry.torch.publish(tensors, identity, client=alice, advertise_host="127.0.0.1"):
+        into = {"w": torch.zeros(4096)}
+        # Bob's token passes the server, and every source refuses it.
+        bob = ferry.MetadataClient(server.address, token=BOB_TOKEN)
+        assert len(bob.list_sources(identity)) == 2
+        with pytest.raises(ferry.UnauthenticatedError) as info:
+            ferry.torch.pull_into(into, identity, client=bob)
+        assert info.value.code == "UNAUTHENTICATED"
+        assert "2 of 2 READY source(s) tried, all failed" in info.value.message, info.value
+        assert torch.equal(into["w"], torch.zeros(4096))
+        # A token the server does not know fails at the server, before any source.
+        stranger = ferry.MetadataClient(server.address, token="stranger-token-0123456789")
+        with pytest.raises(ferry.UnauthenticatedError, match="ListSources to"):
+            ferry.torch.pull_into(into, identity, client=stranger)
+        assert torch.equal(into["w"], torch.zeros(4096))
+        # The right token pulls.
+        report = ferry.torch.pull_into(into, identity, client=alice)
+        assert report.ok, report.message
+        assert torch.equal(into["w"], tensors["w"])
