@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: installs dependencies, builds, checks formatting, runs ctest (unit,
+# Runs every test: installs dependencies, builds, checks formatting, clang's thread-safety
+# analysis and the layers' include edges, runs ctest (unit,
 # conformance, integration, Python interop, benchmark smoke runs, fuzzers for a short budget,
 # fault loops), then the unit and integration tests again under AddressSanitizer and UBSan.
 set -euo pipefail
@@ -18,6 +19,12 @@ if [ ${#bad[@]} -gt 0 ]; then
   exit 1
 fi
 echo "clang-format: ${#files[@]} files clean"
+
+echo "== clang thread-safety analysis (-Wthread-safety over src/ and python/src/) =="
+./scripts/check_thread_safety.py --build-dir build --jobs "$(nproc)"
+
+echo "== include edges (layers) =="
+./scripts/check_layers.py
 
 echo "== ctest =="
 ctest --test-dir build --output-on-failure -j2 "$@"

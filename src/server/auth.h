@@ -56,7 +56,7 @@ class TokenAuthenticator {
 
  private:
   explicit TokenAuthenticator(AuthOptions options, Metrics* metrics);
-  Status Load();  // (re)reads the file if it changed
+  Status Load() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);  // (re)reads the file if it changed
   void MaybeReload();
 
   const AuthOptions options_;
