@@ -75,7 +75,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "artifacts/artifact_puller.h"
+#include "flows/artifact_puller.h"
 #include "artifacts/crc32c.h"
 #include "artifacts/install.h"
 #include "artifacts/install_lock.h"

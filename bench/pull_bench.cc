@@ -46,10 +46,10 @@
 #include "ferry/transfer.h"
 #include "ferry/v1/transfer.pb.h"
 #include "nlohmann/json.hpp"
-#include "weights/buffers.h"
+#include "flows/buffers.h"
 #include "weights/llama_model.h"
 #include "weights/safetensors.h"
-#include "weights/weight_puller.h"
+#include "flows/weight_puller.h"
 #include "worker/worker_client.h"
 
 namespace {

@@ -3,8 +3,8 @@
 #include <pybind11/stl.h>
 
 #include "absl/strings/str_cat.h"
-#include "artifacts/artifact_puller.h"
-#include "artifacts/artifact_source.h"
+#include "flows/artifact_puller.h"
+#include "flows/artifact_source.h"
 #include "artifacts/kinds.h"
 #include "artifacts/signing.h"
 #include "convert.h"

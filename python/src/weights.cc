@@ -8,9 +8,9 @@
 #include "absl/time/time.h"
 #include "convert.h"
 #include "status.h"
-#include "weights/buffers.h"
-#include "weights/weight_puller.h"
-#include "weights/weight_source.h"
+#include "flows/buffers.h"
+#include "flows/weight_puller.h"
+#include "flows/weight_source.h"
 
 namespace ferry::python {
 

@@ -6,7 +6,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "artifacts/artifact_source.h"
+#include "flows/artifact_source.h"
 #include "cli/artifact_flags.h"
 #include "common/logging.h"
 #include "nlohmann/json.hpp"

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "artifacts/artifact_puller.h"
+#include "flows/artifact_puller.h"
 #include "cli/artifact_flags.h"
 #include "common/logging.h"
 #include "nlohmann/json.hpp"

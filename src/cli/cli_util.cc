@@ -6,7 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "cli/cli.h"
-#include "client/metadata_client_internal.h"
+#include "client/credentials.h"
 #include "common/env.h"
 #include "google/protobuf/util/json_util.h"
 

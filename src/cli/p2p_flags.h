@@ -16,7 +16,7 @@
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "nlohmann/json.hpp"
-#include "weights/weight_source.h"
+#include "flows/weight_source.h"
 #include "worker/worker_client.h"
 
 namespace ferry::cli {

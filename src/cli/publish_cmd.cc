@@ -9,7 +9,7 @@
 #include "cli/p2p_flags.h"
 #include "common/logging.h"
 #include "nlohmann/json.hpp"
-#include "weights/weight_source.h"
+#include "flows/weight_source.h"
 
 namespace ferry::cli {
 

@@ -16,7 +16,7 @@
 #include "cli/p2p_flags.h"
 #include "nlohmann/json.hpp"
 #include "weights/safetensors.h"
-#include "weights/weight_puller.h"
+#include "flows/weight_puller.h"
 
 namespace ferry::cli {
 

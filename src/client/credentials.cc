@@ -12,7 +12,10 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/env.h"
 #include "common/logging.h"
 #include "spdlog/spdlog.h"
@@ -221,6 +224,83 @@ Status FillCredentials(MetadataClientOptions* options, const EnvLookup& lookup) 
     fill(&options->tls_ca_file, "FERRY_TLS_CA");
     fill(&options->tls_cert_file, "FERRY_TLS_CLIENT_CERT");
     fill(&options->tls_key_file, "FERRY_TLS_CLIENT_KEY");
+  }
+  return absl::OkStatus();
+}
+
+StatusOr<NormalizedAddress> NormalizeServerAddress(absl::string_view address,
+                                                   absl::string_view what) {
+  NormalizedAddress out;
+  absl::string_view a = absl::StripAsciiWhitespace(address);
+  if (absl::ConsumePrefix(&a, "https://")) {
+    out.https_prefix = true;
+  } else {
+    absl::ConsumePrefix(&a, "http://");
+  }
+  while (absl::ConsumeSuffix(&a, "/")) {
+  }
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, "='", address, "' ", why, "; use host:port, e.g. localhost:8001"));
+  };
+  if (a.empty()) return bad("is empty");
+  for (absl::string_view scheme : {"dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:"}) {
+    if (absl::StartsWith(a, scheme)) {
+      out.target = std::string(a);
+      return out;
+    }
+  }
+  if (absl::StrContains(a, "/")) return bad("has a path");
+  absl::string_view host;
+  absl::string_view port;
+  if (absl::StartsWith(a, "[")) {  // [v6addr]:port
+    size_t close = a.find("]:");
+    if (close == absl::string_view::npos) return bad("has no port");
+    host = a.substr(1, close - 1);
+    port = a.substr(close + 2);
+  } else {
+    size_t colon = a.rfind(':');
+    if (colon == absl::string_view::npos) return bad("has no port");
+    host = a.substr(0, colon);
+    port = a.substr(colon + 1);
+    if (absl::StrContains(host, ":")) {
+      return bad("is an IPv6 address without brackets");
+    }
+  }
+  int port_number = 0;
+  if (host.empty()) return bad("has no host");
+  if (!absl::SimpleAtoi(port, &port_number) || port_number < 1 || port_number > 65535) {
+    return bad("has no valid port (1-65535)");
+  }
+  out.target = std::string(a);
+  return out;
+}
+
+Status ValidateCredentialOptions(const MetadataClientOptions& options, bool https_prefix) {
+  if (!options.token.empty() && !options.token_file.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kTokenField, " and ", kTokenFileField, " are both set; set one"));
+  }
+  if (!options.token.empty()) FERRY_RETURN_IF_ERROR(ValidateToken(options.token, kTokenField));
+  // What turns TLS on (see MakeChannelSecurity); tls_server_name only modifies it.
+  const bool tls_on = options.tls || !options.tls_ca_file.empty() ||
+                      !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  const bool tls_fields = tls_on || !options.tls_server_name.empty();
+  if (options.credentials != nullptr && tls_fields) {
+    return absl::InvalidArgumentError(
+        "credentials and tls / tls_* are both set; build the TLS credentials either way, not "
+        "both");
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.tls_cert_file.empty() ? kTlsKeyField : kTlsCertField, " is set but ",
+                     options.tls_cert_file.empty() ? kTlsCertField : kTlsKeyField,
+                     " is not; a client certificate needs both"));
+  }
+  if (!options.tls_server_name.empty() && !tls_on && !https_prefix) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kTlsServerNameField, "='", options.tls_server_name,
+                     "' needs TLS; add tls (--tls) or tls_ca_file (--tls-ca, FERRY_TLS_CA)"));
   }
   return absl::OkStatus();
 }

@@ -97,6 +97,24 @@ using EnvLookup = std::function<std::optional<std::string>(std::string_view name
 // FillCredentialsFromEnv with the environment passed in, for tests.
 Status FillCredentials(MetadataClientOptions* options, const EnvLookup& lookup);
 
+// Channel setup shared by every ferry gRPC client (the metadata client and the worker client).
+
+struct NormalizedAddress {
+  std::string target;         // what grpc::CreateChannel gets
+  bool https_prefix = false;  // the address said https://
+};
+
+// Strips surrounding whitespace, an http:// or https:// prefix and trailing '/'. A gRPC target
+// URI (dns:, unix:, unix-abstract:, ipv4:, ipv6:) is passed through; anything else must be
+// host:port or [v6addr]:port with a port in 1..65535. InvalidArgument names `what`.
+StatusOr<NormalizedAddress> NormalizeServerAddress(absl::string_view address,
+                                                   absl::string_view what = "server_address");
+
+// The token and TLS fields: token and token_file exclusive, a valid literal token, credentials
+// not combined with tls / tls_*, tls_cert_file and tls_key_file together, tls_server_name only
+// with TLS (which `https_prefix`, from the address, also turns on).
+Status ValidateCredentialOptions(const MetadataClientOptions& options, bool https_prefix);
+
 }  // namespace ferry::internal
 
 #endif  // FERRY_CLIENT_CREDENTIALS_H_

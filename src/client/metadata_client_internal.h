@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "client/credentials.h"
 #include "ferry/metadata_client.h"
 #include "ferry/status.h"
 
@@ -21,25 +22,9 @@ namespace ferry::internal {
 std::string ResolveServerAddressFrom(const std::optional<std::string>& flag,
                                      const std::optional<std::string>& env);
 
-struct NormalizedAddress {
-  std::string target;         // what grpc::CreateChannel gets
-  bool https_prefix = false;  // the address said https://
-};
-
-// Strips surrounding whitespace, an http:// or https:// prefix and trailing '/'. A gRPC target
-// URI (dns:, unix:, unix-abstract:, ipv4:, ipv6:) is passed through; anything else must be
-// host:port or [v6addr]:port with a port in 1..65535. InvalidArgument names `what`.
-StatusOr<NormalizedAddress> NormalizeServerAddress(absl::string_view address,
-                                                   absl::string_view what = "server_address");
-
 // Checks every field of `options` without reading any file; the error names the field and the
 // bad value.
 Status ValidateClientOptions(const MetadataClientOptions& options);
-
-// The token and TLS fields: token and token_file exclusive, a valid literal token, credentials
-// not combined with tls / tls_*, tls_cert_file and tls_key_file together, tls_server_name only
-// with TLS (which `https_prefix`, from the address, also turns on).
-Status ValidateCredentialOptions(const MetadataClientOptions& options, bool https_prefix);
 
 // Delay before retry number `retry` (1 = before the second attempt): initial * 2^(retry-1),
 // capped at `max`. No jitter; the caller adds it.

@@ -10,7 +10,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client/credentials.h"
-#include "client/metadata_client_internal.h"
 #include "ferry/v1/worker.grpc.pb.h"
 #include "model_express/p2p.grpc.pb.h"
 #include "worker/artifact_state.h"

@@ -1,4 +1,4 @@
-#include "artifacts/artifact_puller.h"
+#include "flows/artifact_puller.h"
 
 #include <sys/stat.h>
 

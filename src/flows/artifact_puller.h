@@ -3,8 +3,8 @@
 // decide trust (Ed25519 signature by a trusted key), read the snapshot one-sided through the
 // transfer engine, verify every chunk and file CRC32C, stage the files beside the target
 // directory and install them atomically. Used by `ferry artifact pull`.
-#ifndef FERRY_ARTIFACTS_ARTIFACT_PULLER_H_
-#define FERRY_ARTIFACTS_ARTIFACT_PULLER_H_
+#ifndef FERRY_FLOWS_ARTIFACT_PULLER_H_
+#define FERRY_FLOWS_ARTIFACT_PULLER_H_
 
 #include <cstdint>
 #include <functional>
@@ -106,4 +106,4 @@ std::string DefaultArtifactStateDir();
 
 }  // namespace ferry::artifacts
 
-#endif  // FERRY_ARTIFACTS_ARTIFACT_PULLER_H_
+#endif  // FERRY_FLOWS_ARTIFACT_PULLER_H_

@@ -1,4 +1,4 @@
-#include "weights/weight_puller.h"
+#include "flows/weight_puller.h"
 
 #include <algorithm>
 #include <atomic>
@@ -17,10 +17,10 @@
 #include "ferry/publisher.h"
 #include "ferry/source_identity.h"
 #include "ferry/v1/transfer.pb.h"
-#include "weights/buffers.h"
-#include "weights/landing_verifier.h"
+#include "flows/buffers.h"
+#include "flows/landing_verifier.h"
 #include "weights/tensor_checksum.h"
-#include "weights/transfer_plan.h"
+#include "flows/transfer_plan.h"
 #include "worker/centralized.h"
 
 namespace ferry::weights {

@@ -1,4 +1,4 @@
-#include "weights/landing_verifier.h"
+#include "flows/landing_verifier.h"
 
 #include <algorithm>
 #include <numeric>

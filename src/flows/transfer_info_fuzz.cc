@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "weights/transfer_plan.h"
+#include "flows/transfer_plan.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ferry::v1::GetTransferInfoResponse info;

@@ -4,8 +4,8 @@
 //
 // Thread-safety: Landed may be called from any number of threads at once; the other methods
 // from the owning thread.
-#ifndef FERRY_WEIGHTS_LANDING_VERIFIER_H_
-#define FERRY_WEIGHTS_LANDING_VERIFIER_H_
+#ifndef FERRY_FLOWS_LANDING_VERIFIER_H_
+#define FERRY_FLOWS_LANDING_VERIFIER_H_
 
 #include <atomic>
 #include <cstdint>
@@ -77,4 +77,4 @@ class LandingVerifier {
 
 }  // namespace ferry::weights
 
-#endif  // FERRY_WEIGHTS_LANDING_VERIFIER_H_
+#endif  // FERRY_FLOWS_LANDING_VERIFIER_H_

@@ -1,4 +1,4 @@
-#include "weights/buffers.h"
+#include "flows/buffers.h"
 
 #include <cstring>
 #include <numeric>

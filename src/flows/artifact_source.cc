@@ -1,4 +1,4 @@
-#include "artifacts/artifact_source.h"
+#include "flows/artifact_source.h"
 
 #include <utility>
 

@@ -1,4 +1,4 @@
-#include "weights/weight_source.h"
+#include "flows/weight_source.h"
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"

@@ -1,4 +1,4 @@
-#include "weights/transfer_plan.h"
+#include "flows/transfer_plan.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -1,4 +1,4 @@
-#include "weights/transfer_plan.h"
+#include "flows/transfer_plan.h"
 
 #include <algorithm>
 #include <utility>

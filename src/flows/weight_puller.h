@@ -1,8 +1,8 @@
 // The target side of a peer-to-peer weight transfer: find READY sources of an identity, pick
 // them in rendezvous order, and read one source's tensors into a region of the local
 // TransferEngine, verifying every checksum. Used by `ferry pull`.
-#ifndef FERRY_WEIGHTS_WEIGHT_PULLER_H_
-#define FERRY_WEIGHTS_WEIGHT_PULLER_H_
+#ifndef FERRY_FLOWS_WEIGHT_PULLER_H_
+#define FERRY_FLOWS_WEIGHT_PULLER_H_
 
 #include <cstdint>
 #include <functional>
@@ -14,7 +14,7 @@
 #include "ferry/metadata_client.h"
 #include "ferry/status.h"
 #include "ferry/transfer.h"
-#include "weights/weight_source.h"
+#include "flows/weight_source.h"
 #include "worker/worker_client.h"
 
 namespace ferry::weights {
@@ -87,4 +87,4 @@ StatusOr<PullResult> PullWeights(const PullOptions& options);
 
 }  // namespace ferry::weights
 
-#endif  // FERRY_WEIGHTS_WEIGHT_PULLER_H_
+#endif  // FERRY_FLOWS_WEIGHT_PULLER_H_

@@ -2,8 +2,8 @@
 // of a TransferEngine, served by a worker endpoint and published to ferry-server with
 // heartbeats. Used by `ferry publish` (weights loaded from a safetensors file) and by
 // `ferry pull --then-publish` (the weights just pulled).
-#ifndef FERRY_WEIGHTS_WEIGHT_SOURCE_H_
-#define FERRY_WEIGHTS_WEIGHT_SOURCE_H_
+#ifndef FERRY_FLOWS_WEIGHT_SOURCE_H_
+#define FERRY_FLOWS_WEIGHT_SOURCE_H_
 
 #include <cstdint>
 #include <map>
@@ -100,4 +100,4 @@ class WeightSource {
 
 }  // namespace ferry::weights
 
-#endif  // FERRY_WEIGHTS_WEIGHT_SOURCE_H_
+#endif  // FERRY_FLOWS_WEIGHT_SOURCE_H_

@@ -3,8 +3,8 @@
 // by a worker endpoint (ModelExpress's artifact RPCs plus ferry's GetArtifactTransferInfo) and
 // published to ferry-server as an artifact source with heartbeats. Used by
 // `ferry artifact publish`.
-#ifndef FERRY_ARTIFACTS_ARTIFACT_SOURCE_H_
-#define FERRY_ARTIFACTS_ARTIFACT_SOURCE_H_
+#ifndef FERRY_FLOWS_ARTIFACT_SOURCE_H_
+#define FERRY_FLOWS_ARTIFACT_SOURCE_H_
 
 #include <cstdint>
 #include <memory>
@@ -88,4 +88,4 @@ class ArtifactSource {
 
 }  // namespace ferry::artifacts
 
-#endif  // FERRY_ARTIFACTS_ARTIFACT_SOURCE_H_
+#endif  // FERRY_FLOWS_ARTIFACT_SOURCE_H_

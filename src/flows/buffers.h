@@ -2,8 +2,8 @@
 // place or pulled into in place. The caller describes its allocations (spans: a torch storage
 // each) and the tensors inside them; every span is registered with the transfer engine once,
 // however many tensors it holds.
-#ifndef FERRY_WEIGHTS_BUFFERS_H_
-#define FERRY_WEIGHTS_BUFFERS_H_
+#ifndef FERRY_FLOWS_BUFFERS_H_
+#define FERRY_FLOWS_BUFFERS_H_
 
 #include <cstdint>
 #include <string>
@@ -12,8 +12,8 @@
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "weights/dtype.h"
-#include "weights/weight_puller.h"
-#include "weights/weight_source.h"
+#include "flows/weight_puller.h"
+#include "flows/weight_source.h"
 
 namespace ferry::weights {
 
@@ -64,4 +64,4 @@ StatusOr<PullResult> PullIntoBuffers(const PullOptions& options, const BufferSet
 
 }  // namespace ferry::weights
 
-#endif  // FERRY_WEIGHTS_BUFFERS_H_
+#endif  // FERRY_FLOWS_BUFFERS_H_

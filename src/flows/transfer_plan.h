@@ -2,8 +2,8 @@
 // and ordered by (region, offset), and where each lands in one contiguous local buffer. The
 // answer comes from the network (a hostile or broken source), so every size is checked before it
 // is used to size or address local memory.
-#ifndef FERRY_WEIGHTS_TRANSFER_PLAN_H_
-#define FERRY_WEIGHTS_TRANSFER_PLAN_H_
+#ifndef FERRY_FLOWS_TRANSFER_PLAN_H_
+#define FERRY_FLOWS_TRANSFER_PLAN_H_
 
 #include <cstdint>
 #include <map>
@@ -37,4 +37,4 @@ std::vector<ReadOp> MakeOps(const Plan& plan, uint8_t* base);
 
 }  // namespace ferry::weights::internal
 
-#endif  // FERRY_WEIGHTS_TRANSFER_PLAN_H_
+#endif  // FERRY_FLOWS_TRANSFER_PLAN_H_
