@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -93,23 +94,28 @@ class RawSockets {
   RawSockets(const RawSockets&) = delete;
   RawSockets& operator=(const RawSockets&) = delete;
 
-  double Seconds(const Buffer& src, Buffer& dst, uint64_t bytes) {
+  // Moves `bytes` from src to dst over the streams, each stream an equal share, sent and
+  // received in pieces of `piece` bytes (0: each share in one send() and one recv()).
+  double Seconds(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t piece = 0) {
     std::vector<std::thread> threads;
     const uint64_t share = bytes / streams_;
     const double t0 = Now();
     for (int i = 0; i < streams_; ++i) {
       const uint64_t off = share * i;
       const uint64_t len = i + 1 == streams_ ? bytes - off : share;
-      threads.emplace_back([&, i, off, len] {
+      const uint64_t step = piece == 0 ? len : piece;
+      threads.emplace_back([&, i, off, len, step] {
         for (uint64_t done = 0; done < len;) {
-          ssize_t n = ::send(senders_[i], src.data() + off + done, len - done, MSG_NOSIGNAL);
+          const uint64_t want = std::min(step, len - done);
+          ssize_t n = ::send(senders_[i], src.data() + off + done, want, MSG_NOSIGNAL);
           if (n <= 0) std::exit(1);
           done += n;
         }
       });
-      threads.emplace_back([&, i, off, len] {
+      threads.emplace_back([&, i, off, len, step] {
         for (uint64_t done = 0; done < len;) {
-          ssize_t n = ::recv(receivers_[i], dst.data() + off + done, len - done, MSG_WAITALL);
+          const uint64_t want = std::min(step, len - done);
+          ssize_t n = ::recv(receivers_[i], dst.data() + off + done, want, MSG_WAITALL);
           if (n <= 0) std::exit(1);
           done += n;
         }

@@ -130,7 +130,7 @@ TEST(ServerTest, StopDrainsRunningCallsAndDoesNotWaitForIdleConnections) {
     req.mutable_worker();
     in_flight = s.p2p->PublishMetadata(&ctx, req, &resp);
   });
-  absl::SleepFor(absl::Milliseconds(100));
+  s.faults().AwaitCalls(store::FaultStore::Op::kPublish, 1);  // the call is in its 400 ms
   const absl::Time start = absl::Now();
   s.server().Stop();
   const absl::Duration took = absl::Now() - start;

@@ -32,9 +32,21 @@ Status FaultStore::Inject(Op op) {
     absl::MutexLock lock(&mu_);
     latency = latency_;
     if (failing_op_ == Op::kAny || failing_op_ == op) failure = failure_;
+    ++entered_[static_cast<int>(op)];
   }
   if (latency > absl::ZeroDuration()) absl::SleepFor(latency);
   return failure;
+}
+
+void FaultStore::AwaitCalls(Op op, uint64_t n) {
+  absl::MutexLock lock(&mu_);
+  auto reached = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (op != Op::kAny) return entered_[static_cast<int>(op)] >= n;
+    uint64_t all = 0;
+    for (uint64_t count : entered_) all += count;
+    return all >= n;
+  };
+  mu_.Await(absl::Condition(&reached));
 }
 
 Status FaultStore::Publish(const PublishRecord& record) {

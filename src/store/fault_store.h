@@ -28,6 +28,10 @@ class FaultStore final : public MetadataStore {
   void SetLatency(absl::Duration latency);
   // Runs once, right after the next ListWorkers has read the inner store.
   void SetAfterListHook(std::function<void()> hook);
+  // Waits until `n` calls of kind `op` (kAny: of any kind) have entered this store since it
+  // was created (they are then inside their latency, if one is set): lets a test act while a
+  // call is in flight without guessing how long it takes to arrive.
+  void AwaitCalls(Op op, uint64_t n);
 
   std::string Describe() const override { return "fault(" + inner_->Describe() + ")"; }
   Status Publish(const PublishRecord& record) override;
@@ -48,6 +52,7 @@ class FaultStore final : public MetadataStore {
   Status failure_ ABSL_GUARDED_BY(mu_);
   absl::Duration latency_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
   std::function<void()> after_list_ ABSL_GUARDED_BY(mu_);
+  uint64_t entered_[7] ABSL_GUARDED_BY(mu_) = {};  // calls per Op
 };
 
 }  // namespace ferry::store
