@@ -150,8 +150,8 @@ class HeaderSax {
   bool string(std::string& s) {
     if (state_ == State::kTensorValue && field_ == Field::kDType) {
       // Only the safetensors spelling is valid in a header, not the torch.* one.
-      StatusOr<DType> dtype = ParseDType(s);
-      if (!dtype.ok() || DTypeName(*dtype) != s) {
+      StatusOr<DType> dtype = ParseDTypeName(s);
+      if (!dtype.ok()) {
         return Fail(absl::StrCat("tensor ", Quote(name_), ": unknown dtype ", Quote(s),
                                  "; valid dtypes: ", ValidDTypeNames()));
       }

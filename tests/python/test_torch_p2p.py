@@ -242,6 +242,70 @@ def test_views_noncontiguous_and_shared_storage(server):
         assert isinstance(info.value, ValueError)
 
 
+def test_dtype_mapping_comes_from_the_module_table():
+    table = {name: (torch_name, size) for name, torch_name, size in ferry._ferry.dtypes()}
+    assert table["C64"] == ("torch.complex64", 8) and table["F8_E8M0"][1] == 1
+    mapping = ferry.torch._DTYPE_NAMES
+    # Every row this torch has a dtype for, and nothing else, under the table's name and size.
+    expected = {name for name, (torch_name, _) in table.items()
+                if isinstance(getattr(torch, torch_name[len("torch."):], None), torch.dtype)}
+    assert set(mapping.values()) == expected
+    for dtype, name in mapping.items():
+        assert str(dtype) == table[name][0]
+        assert torch.empty(0, dtype=dtype).element_size() == table[name][1]
+    assert mapping[torch.complex64] == "C64"
+
+
+def test_every_dtype_of_this_torch_published_and_pulled_back(server):
+    """complex64 and every other dtype both this torch and ferry's table know, end to end."""
+    tensors = {}
+    for dtype, name in ferry.torch._DTYPE_NAMES.items():
+        size = torch.empty(0, dtype=dtype).element_size()
+        raw = (torch.arange(6 * size, dtype=torch.int64) * 7 + 3).to(torch.uint8)
+        tensors[f"t.{name}"] = raw.view(dtype).reshape(2, 3)
+    tensors["c64"] = torch.tensor([1 + 2j, -3.5 + 0.25j, 0j], dtype=torch.complex64)
+    identity = {"model_name": "every-dtype"}
+    with ferry.torch.publish(tensors, identity, server=server.address) as h:
+        assert h.tensors == len(tensors)
+        into = {k: torch.zeros_like(v) for k, v in tensors.items()}
+        report = ferry.torch.pull_into(into, identity, server=server.address)
+        assert report.ok, report.message
+        for name, t in tensors.items():
+            assert into[name].dtype == t.dtype
+            assert into[name].view(torch.uint8).equal(t.view(torch.uint8)), name
+        assert torch.equal(into["c64"], tensors["c64"])
+
+
+def test_every_dtype_of_the_table_through_the_cli(server, tmp_path):
+    """A safetensors file with one tensor of each dtype in ferry's table (F8_E8M0 and C64
+    included, which no torch 1.x has) is published and pulled back byte for byte."""
+    path = tmp_path / "all.safetensors"
+    header, offset, blobs = {}, 0, []
+    for name, _, size in ferry._ferry.dtypes():
+        raw = bytes((offset + i) * 31 % 251 for i in range(5 * size))
+        header[f"t.{name}"] = {"dtype": name, "shape": [5],
+                               "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blobs.append(raw)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    source = ServingChild(["--server", server.address, "publish", str(path), "--model",
+                           "every-dtype-file"], tmp_path, "all-dtypes")
+    try:
+        out = tmp_path / "pulled.safetensors"
+        proc = subprocess.run(
+            [binary("FERRY_CLI_BIN"), "--server", server.address, "pull", "--model",
+             "every-dtype-file", "-o", str(out)],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        got_header, data = read_safetensors(out)
+        assert data == b"".join(blobs)
+        for name, entry in header.items():
+            assert got_header[name]["dtype"] == entry["dtype"], name
+    finally:
+        source.stop()
+
+
 def test_unsupported_tensors_are_refused_naming_them(server):
     cases = [
         ({"z": torch.zeros(3, dtype=torch.complex128)}, "tensor z has dtype torch.complex128"),
