@@ -87,6 +87,7 @@
 #include "cli/child_process.h"
 #include "cli/embedded_server.h"
 #include "cli/p2p_flags.h"
+#include "common/byte_size.h"
 #include "ferry/metadata_client.h"
 #include "ferry/transfer.h"
 #include "nlohmann/json.hpp"
@@ -803,8 +804,9 @@ int main(int argc, char** argv) {
     f.crc_bytes = "16MiB";
     f.repeat = 1;
   }
-  const uint64_t size = Must(ferry::cli::ParseByteSize(f.size, "--size"), "--size");
-  const uint64_t crc_bytes = Must(ferry::cli::ParseByteSize(f.crc_bytes, "--crc-bytes"), "--crc");
+  const uint64_t size = Must(ferry::internal::ParseByteSize(f.size, "--size"), "--size");
+  const uint64_t crc_bytes =
+      Must(ferry::internal::ParseByteSize(f.crc_bytes, "--crc-bytes"), "--crc");
   if (size < (1 << 20)) Die("--size", absl::InvalidArgumentError("must be at least 1 MiB"));
 
   std::string work = (fs::path(f.dir.empty() ? fs::temp_directory_path().string() : f.dir) /

@@ -22,6 +22,7 @@
 #include "cli/child_process.h"
 #include "cli/embedded_server.h"
 #include "cli/p2p_flags.h"
+#include "common/byte_size.h"
 #include "nlohmann/json.hpp"
 #include "weights/llama_model.h"
 #include "weights/safetensors.h"
@@ -199,7 +200,7 @@ class Demo {
   }
 
   Status Steps() {
-    FERRY_ASSIGN_OR_RETURN(const uint64_t size, ParseByteSize(demo_.size, "--size"));
+    FERRY_ASSIGN_OR_RETURN(const uint64_t size, internal::ParseByteSize(demo_.size, "--size"));
     FERRY_RETURN_IF_ERROR(ParseTransportKind(demo_.transport).status());
     if (flags_.server.has_value() && !flags_.server->empty()) {
       address_ = *flags_.server;

@@ -120,32 +120,6 @@ StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags) {
   return DeploymentToken{options.token, options.token_file};
 }
 
-StatusOr<uint64_t> ParseByteSize(absl::string_view text, absl::string_view what) {
-  std::string s = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
-  uint64_t multiplier = 1;
-  for (const auto& [suffix, m] : std::vector<std::pair<std::string, uint64_t>>{{"kib", 1ull << 10},
-                                                                               {"mib", 1ull << 20},
-                                                                               {"gib", 1ull << 30},
-                                                                               {"k", 1ull << 10},
-                                                                               {"m", 1ull << 20},
-                                                                               {"g", 1ull << 30},
-                                                                               {"b", 1}}) {
-    if (s.size() > suffix.size() &&
-        s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      multiplier = m;
-      s.resize(s.size() - suffix.size());
-      break;
-    }
-  }
-  double value = 0;
-  if (!absl::SimpleAtod(s, &value) || !std::isfinite(value) || value <= 0 ||
-      value * multiplier > 1.0e15) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": '", text, "' is not a byte size; use e.g. 1073741824, 64MiB or 1GiB"));
-  }
-  return static_cast<uint64_t>(value * multiplier);
-}
-
 Status WriteReadyFile(const std::string& path, const std::string& json) {
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "w");

@@ -66,10 +66,6 @@ struct DeploymentToken {
 };
 StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags);
 
-// Parses "1073741824", "64M", "64MiB", "1G", "1.5GiB" (binary multiples). InvalidArgument
-// naming `what` otherwise.
-StatusOr<uint64_t> ParseByteSize(absl::string_view text, absl::string_view what);
-
 // Writes `json` to `path` atomically (temporary file, then rename), for --ready-file.
 Status WriteReadyFile(const std::string& path, const std::string& json);
 

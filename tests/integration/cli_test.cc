@@ -246,7 +246,8 @@ TEST(CliStandaloneTest, DemoJsonOverTcp) {
 TEST(CliStandaloneTest, DemoRejectsABadSize) {
   CommandResult r = Ferry({"demo", "--size", "lots"});
   EXPECT_EQ(r.exit_code, 1) << Describe(r);
-  EXPECT_THAT(r.err, HasSubstr("--size: 'lots' is not a byte size"));
+  EXPECT_THAT(r.err,
+              HasSubstr("--size='lots' is not a byte size (it does not start with a number)"));
 }
 
 TEST(CliStandaloneTest, PullRefusesAnUnwritableOutputBeforeContactingAnything) {

@@ -358,6 +358,27 @@ def test_errors_identity_and_client(server):
     assert report.outcome == "failed" and "127.0.0.1:1" in report.message
 
 
+def test_byte_size_grammar_is_the_one_the_benchmarks_mirror():
+    """bench/harness.py parses --size with the standard library only; it must accept what the
+    C++ grammar accepts, with the same value, and refuse what it refuses."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import argparse
+    import harness
+    good = ["1", "4096", "4096B", "4096 b", "4KiB", "512k", "512K", "64MiB", "64mib", "64m", "1G",
+            "1GiB", " 1.5GiB ", "0.5KiB", "2.25k", "1.0", "007", "2TiB", "1.5T", "0.25MiB",
+            "18446744073709551615"]
+    bad = ["", "lots", "-1", "0", "0KiB", "0.0", "0.1KiB", "1.5", "1e30", "1PiB", "1GB", "1kb",
+           "1.", ".5G", "1.2.3", "18446744073709551616", "16777216T", "1 MiB extra"]
+    for text in good:
+        assert harness.parse_size(text) == ferry._ferry.parse_byte_size(text), text
+    for text in bad:
+        with pytest.raises(ferry.InvalidArgumentError, match="is not a byte size") as info:
+            ferry._ferry.parse_byte_size(text, "--size")
+        assert f"--size='{text}'" in str(info.value)
+        with pytest.raises(argparse.ArgumentTypeError):
+            harness.parse_size(text)
+
+
 def test_blocking_calls_release_the_gil(server):
     tensors = {"w": torch.arange(1 << 20, dtype=torch.float32)}  # 4 MiB
     with ferry.torch.publish(tensors, {"model_name": "gil"}, server=server.address):
