@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/ready_file.h"
 
 namespace ferry::cli {
 
@@ -139,14 +140,8 @@ StatusOr<nlohmann::json> ChildProcess::WaitForReadyFile(const std::string& path,
       return absl::UnavailableError(s.ok() ? absl::StrCat(name_, " exited before it was ready")
                                            : std::string(s.message()));
     }
-    std::ifstream in(path);
-    if (in) {
-      std::stringstream text;
-      text << in.rdbuf();
-      nlohmann::json ready = nlohmann::json::parse(text.str(), nullptr, false);
-      if (ready.is_object() && ready.contains(key) && ready[key].is_number_integer()) {
-        return ready;
-      }
+    if (std::optional<nlohmann::json> ready = internal::ReadReadyFile(path, key)) {
+      return *std::move(ready);
     }
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(

@@ -15,7 +15,6 @@
 #include <iostream>
 #include <sstream>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -23,6 +22,7 @@
 #include "cli/embedded_server.h"
 #include "cli/p2p_flags.h"
 #include "common/byte_size.h"
+#include "common/fd.h"
 #include "nlohmann/json.hpp"
 #include "weights/llama_model.h"
 #include "weights/safetensors.h"
@@ -84,9 +84,9 @@ StatusOr<Baselines> MeasureBaselines(const std::string& path, uint64_t bytes) {
       b.memcpy_gbps = std::max(b.memcpy_gbps, bytes / s / 1e9);
     }
   }
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot open ", path));
-  absl::Cleanup close_fd = [fd] { close(fd); };
+  const internal::Fd owned_fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!owned_fd.valid()) return absl::UnavailableError(absl::StrCat("cannot open ", path));
+  const int fd = owned_fd.get();
   const uint64_t file_size = fs::file_size(path);
   FERRY_ASSIGN_OR_RETURN(Buffer fresh, Buffer::Map(file_size, false));
   const absl::Time t0 = absl::Now();

@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/ready_file.h"
 
 namespace ferry::cli {
 
@@ -120,22 +121,6 @@ StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags) {
   return DeploymentToken{options.token, options.token_file};
 }
 
-Status WriteReadyFile(const std::string& path, const std::string& json) {
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot write ready file ", tmp, ": ", std::strerror(errno)));
-  }
-  const bool ok = std::fwrite(json.data(), 1, json.size(), f) == json.size();
-  if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::UnavailableError(
-        absl::StrCat("cannot write ready file ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
-}
-
 Status WriteSourceReadyFile(const std::string& path, const std::string& mx_source_id,
                             const std::string& worker_id, const std::string& worker_endpoint,
                             const nlohmann::json& extra) {
@@ -147,7 +132,7 @@ Status WriteSourceReadyFile(const std::string& path, const std::string& mx_sourc
       {"worker_port", std::stoi(worker_endpoint.substr(worker_endpoint.rfind(':') + 1))},
   };
   ready.update(extra);
-  return WriteReadyFile(path, ready.dump());
+  return internal::WriteReadyFile(path, ready);
 }
 
 void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what) {

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import ferry  # noqa: E402
 import ferry.torch  # noqa: E402
 import tiny_transformer  # noqa: E402
-from conftest import ServingChild, binary  # noqa: E402
+from conftest import ServingChild, binary, wait_ready_file  # noqa: E402
 
 IDENTITY = {"model_name": "tiny-transformer", "dtype": "float32"}
 
@@ -45,13 +45,7 @@ class TorchSource:
              "--server", server.address, "--model", model, "--ready-file",
              str(self.ready_file), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None:
-                pytest.fail(f"{name} exited with {self.proc.returncode}:\n" + self.log())
-            assert time.monotonic() < deadline, f"{name} never became ready:\n" + self.log()
-            time.sleep(0.05)
-        self.ready = json.loads(self.ready_file.read_text())
+        self.ready = wait_ready_file(self.ready_file, self.proc, name, self.log_path, 60)
         base = str(self.ready_file)[:-len(".json")]
         self.checkpoint = base + ".checkpoint.pt"
         self.output = torch.load(base + ".output.pt")
