@@ -84,10 +84,10 @@
 #include "baselines.h"
 #include "bench_cli.h"
 #include "cli/artifact_flags.h"
-#include "cli/child_process.h"
-#include "cli/embedded_server.h"
 #include "cli/p2p_flags.h"
 #include "common/byte_size.h"
+#include "common/child_process.h"
+#include "common/server_process.h"
 #include "ferry/metadata_client.h"
 #include "ferry/transfer.h"
 #include "nlohmann/json.hpp"
@@ -216,7 +216,7 @@ double RunCommand(const std::vector<std::string>& argv) {
   }
   const double t = Now() - t0;
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    Die(argv[0], absl::InternalError(ferry::cli::DescribeWaitStatus(status)));
+    Die(argv[0], absl::InternalError(ferry::internal::DescribeWaitStatus(status)));
   }
   return t;
 }
@@ -847,12 +847,12 @@ int main(int argc, char** argv) {
   RunSeal(f, tree, &arena, &snapshot, &table);
 
   // The source: ferry-server and `ferry artifact publish`, signed.
-  ferry::cli::EmbeddedServerOptions so;
-  so.server_binary = SelfDir() + "/ferry-server";
-  auto server = Must(ferry::cli::EmbeddedServer::Create(so), "starting ferry-server");
+  ferry::internal::ServerProcessOptions so;
+  so.binary = SelfDir() + "/ferry-server";
+  auto server = Must(ferry::internal::ServerProcess::Create(so), "starting ferry-server");
   const art::KeyPairFiles keys = Must(art::WriteKeyPair(work + "/keys"), "writing a key pair");
   const std::string ready = work + "/publish.ready";
-  ferry::cli::ChildOptions po;
+  ferry::internal::ChildOptions po;
   po.argv = {SelfDir() + "/ferry",
              "artifact",
              "publish",
@@ -876,7 +876,8 @@ int main(int argc, char** argv) {
              ready};
   po.log_file = work + "/publish.log";
   t0 = Now();
-  auto publisher = Must(ferry::cli::ChildProcess::Start(po), "starting ferry artifact publish");
+  auto publisher =
+      Must(ferry::internal::ChildProcess::Start(po), "starting ferry artifact publish");
   const nlohmann::json ready_json =
       Must(publisher->WaitForReadyFile(ready, "worker_port", absl::Minutes(10)),
            "ferry artifact publish");

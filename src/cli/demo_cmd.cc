@@ -18,11 +18,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "cli/child_process.h"
-#include "cli/embedded_server.h"
 #include "cli/p2p_flags.h"
 #include "common/byte_size.h"
+#include "common/child_process.h"
 #include "common/fd.h"
+#include "common/server_process.h"
 #include "nlohmann/json.hpp"
 #include "weights/llama_model.h"
 #include "weights/safetensors.h"
@@ -206,10 +206,15 @@ class Demo {
       address_ = *flags_.server;
       Step(absl::StrCat("Using the server given by --server: ", address_));
     } else {
-      FERRY_ASSIGN_OR_RETURN(std::string binary, ServerBinaryNextToSelf());
-      EmbeddedServerOptions options;
-      options.server_binary = binary;
-      FERRY_ASSIGN_OR_RETURN(server_, EmbeddedServer::Create(options));
+      StatusOr<std::string> binary = internal::SiblingBinary("ferry-server");
+      if (!binary.ok()) {
+        return Status(binary.status().code(), absl::StrCat(binary.status().message(),
+                                                           "; or pass --server ADDR to use a "
+                                                           "running server"));
+      }
+      internal::ServerProcessOptions options;
+      options.binary = *binary;
+      FERRY_ASSIGN_OR_RETURN(server_, internal::ServerProcess::Create(options));
       address_ = server_->address();
       Step(absl::StrCat("Started an embedded ferry-server on ", address_, " (pid ", server_->pid(),
                         ", memory store)"));
@@ -239,7 +244,7 @@ class Demo {
     // The source.
     const std::string self = SelfBinary();
     const std::string ready_file = dir_ + "/publish.ready";
-    ChildOptions publish;
+    internal::ChildOptions publish;
     publish.argv = {self, "publish", model_path};
     for (const std::string& a : IdentityArgs()) publish.argv.push_back(a);
     for (const std::string& a : ServerArgs()) publish.argv.push_back(a);
@@ -253,7 +258,7 @@ class Demo {
     publish.log_file = dir_ + "/publish.log";
     publish.env_remove = EnvRemove();
     t0 = absl::Now();
-    FERRY_ASSIGN_OR_RETURN(publisher_, ChildProcess::Start(publish));
+    FERRY_ASSIGN_OR_RETURN(publisher_, internal::ChildProcess::Start(publish));
     FERRY_ASSIGN_OR_RETURN(nlohmann::json ready, publisher_->WaitForReadyFile(
                                                      ready_file, "worker_port", absl::Minutes(5)));
     Step(absl::StrFormat(
@@ -264,7 +269,7 @@ class Demo {
 
     // The target.
     const std::string out_path = dir_ + "/pulled.safetensors";
-    ChildOptions pull;
+    internal::ChildOptions pull;
     pull.argv = {self,
                  "pull",
                  "-o",
@@ -282,7 +287,8 @@ class Demo {
     pull.env_remove = EnvRemove();
     pull.stdout_file = dir_ + "/pull.json";
     t0 = absl::Now();
-    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> puller, ChildProcess::Start(pull));
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<internal::ChildProcess> puller,
+                           internal::ChildProcess::Start(pull));
     FERRY_RETURN_IF_ERROR(puller->Wait(absl::Minutes(10)));
     const double pull_process_seconds = absl::ToDoubleSeconds(absl::Now() - t0);
     std::ifstream in(pull.stdout_file);
@@ -330,8 +336,8 @@ class Demo {
   std::string dir_;
   std::string address_;
   std::string model_name_;
-  std::unique_ptr<EmbeddedServer> server_;
-  std::unique_ptr<ChildProcess> publisher_;
+  std::unique_ptr<internal::ServerProcess> server_;
+  std::unique_ptr<internal::ChildProcess> publisher_;
   nlohmann::json summary_;
   int step_ = 0;
 };

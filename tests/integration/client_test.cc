@@ -139,7 +139,7 @@ TEST_F(ClientTest, GetMetadataOfUnknownRecordIsNotFound) {
   ASSERT_FALSE(got.ok());
   EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
   const std::string msg(got.status().message());
-  EXPECT_THAT(msg, HasSubstr(server_->grpc_address()));
+  EXPECT_THAT(msg, HasSubstr(server_->address()));
   EXPECT_THAT(msg, HasSubstr("NOT_FOUND"));
   EXPECT_THAT(msg, HasSubstr("'0123456789abcdef'"));
 }
@@ -152,7 +152,7 @@ TEST_F(ClientTest, UpdateStatusNeverCreatesAndReportsNotFound) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("not found"));
   EXPECT_THAT(
       std::string(s.message()),
-      HasSubstr(absl::StrCat("UpdateStatus to ", server_->grpc_address(), " failed: NOT_FOUND")));
+      HasSubstr(absl::StrCat("UpdateStatus to ", server_->address(), " failed: NOT_FOUND")));
 
   s = client_->UpdateStatus(published->mx_source_id, "ghost", 0, p2p::SOURCE_STATUS_READY);
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
@@ -166,7 +166,7 @@ TEST_F(ClientTest, PublishRejectionIsInvalidArgumentWithServerMessage) {
   auto published = client_->Publish(r);
   EXPECT_EQ(published.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(published.status().message()), HasSubstr("model_name is required"));
-  EXPECT_THAT(std::string(published.status().message()), HasSubstr(server_->grpc_address()));
+  EXPECT_THAT(std::string(published.status().message()), HasSubstr(server_->address()));
 
   r = TestRequest("");
   published = client_->Publish(r);
@@ -184,7 +184,7 @@ TEST_F(ClientTest, HealthReportsOk) {
 TEST_F(ClientTest, MaxMessageSizeLimitsWhatIsSent) {
   MetadataClientOptions o;
   o.max_message_size = 1024;
-  auto small = ClientFor(server_->grpc_address(), o);
+  auto small = ClientFor(server_->address(), o);
   ASSERT_NE(small, nullptr);
   PublishMetadataRequest r = TestRequest("big");
   for (int i = 0; i < 100; ++i) {
