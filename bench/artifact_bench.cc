@@ -84,9 +84,10 @@
 #include "baselines.h"
 #include "bench_cli.h"
 #include "cli/artifact_flags.h"
-#include "cli/child_process.h"
-#include "cli/embedded_server.h"
 #include "cli/p2p_flags.h"
+#include "common/byte_size.h"
+#include "common/child_process.h"
+#include "common/server_process.h"
 #include "ferry/metadata_client.h"
 #include "ferry/transfer.h"
 #include "nlohmann/json.hpp"
@@ -215,7 +216,7 @@ double RunCommand(const std::vector<std::string>& argv) {
   }
   const double t = Now() - t0;
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    Die(argv[0], absl::InternalError(ferry::cli::DescribeWaitStatus(status)));
+    Die(argv[0], absl::InternalError(ferry::internal::DescribeWaitStatus(status)));
   }
   return t;
 }
@@ -803,8 +804,9 @@ int main(int argc, char** argv) {
     f.crc_bytes = "16MiB";
     f.repeat = 1;
   }
-  const uint64_t size = Must(ferry::cli::ParseByteSize(f.size, "--size"), "--size");
-  const uint64_t crc_bytes = Must(ferry::cli::ParseByteSize(f.crc_bytes, "--crc-bytes"), "--crc");
+  const uint64_t size = Must(ferry::internal::ParseByteSize(f.size, "--size"), "--size");
+  const uint64_t crc_bytes =
+      Must(ferry::internal::ParseByteSize(f.crc_bytes, "--crc-bytes"), "--crc");
   if (size < (1 << 20)) Die("--size", absl::InvalidArgumentError("must be at least 1 MiB"));
 
   std::string work = (fs::path(f.dir.empty() ? fs::temp_directory_path().string() : f.dir) /
@@ -845,12 +847,12 @@ int main(int argc, char** argv) {
   RunSeal(f, tree, &arena, &snapshot, &table);
 
   // The source: ferry-server and `ferry artifact publish`, signed.
-  ferry::cli::EmbeddedServerOptions so;
-  so.server_binary = SelfDir() + "/ferry-server";
-  auto server = Must(ferry::cli::EmbeddedServer::Create(so), "starting ferry-server");
+  ferry::internal::ServerProcessOptions so;
+  so.binary = SelfDir() + "/ferry-server";
+  auto server = Must(ferry::internal::ServerProcess::Create(so), "starting ferry-server");
   const art::KeyPairFiles keys = Must(art::WriteKeyPair(work + "/keys"), "writing a key pair");
   const std::string ready = work + "/publish.ready";
-  ferry::cli::ChildOptions po;
+  ferry::internal::ChildOptions po;
   po.argv = {SelfDir() + "/ferry",
              "artifact",
              "publish",
@@ -874,7 +876,8 @@ int main(int argc, char** argv) {
              ready};
   po.log_file = work + "/publish.log";
   t0 = Now();
-  auto publisher = Must(ferry::cli::ChildProcess::Start(po), "starting ferry artifact publish");
+  auto publisher =
+      Must(ferry::internal::ChildProcess::Start(po), "starting ferry artifact publish");
   const nlohmann::json ready_json =
       Must(publisher->WaitForReadyFile(ready, "worker_port", absl::Minutes(10)),
            "ferry artifact publish");

@@ -24,100 +24,28 @@ namespace ferry::bench {
 
 using Clock = std::chrono::steady_clock;
 
-StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Create(
-    const ServerProcessOptions& options) {
-  const std::string& binary = options.binary;
-  char dir_template[] = "/tmp/ferry-bench-XXXXXX";
-  if (mkdtemp(dir_template) == nullptr) {
-    return absl::InternalError(absl::StrCat("mkdtemp: ", strerror(errno)));
+StatusOr<std::unique_ptr<ServerProcess>> StartServer(const ServerProcessOptions& options) {
+  internal::ServerProcessOptions o;
+  o.binary = options.binary;
+  o.extra_args = {"--store",
+                  options.store,
+                  "--log-level",
+                  "warn",
+                  "--heartbeat-timeout",
+                  options.heartbeat_timeout,
+                  "--gc-timeout",
+                  options.gc_timeout,
+                  "--reaper-scan-interval",
+                  options.reaper_scan_interval,
+                  "--max-message-size",
+                  options.max_message_size};
+  o.log_to_stderr = true;
+  StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Create(std::move(o));
+  if (!server.ok() && server.status().code() == absl::StatusCode::kFailedPrecondition) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        server.status().message(), "; build target ferry-server or pass --server-bin / --server"));
   }
-  std::string dir = dir_template;
-  std::string ready = dir + "/ready.json";
-  std::vector<std::string> args = {binary,
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--admin-listen",
-                                   "127.0.0.1:0",
-                                   "--ready-file",
-                                   ready,
-                                   "--store",
-                                   options.store,
-                                   "--log-level",
-                                   "warn",
-                                   "--heartbeat-timeout",
-                                   options.heartbeat_timeout,
-                                   "--gc-timeout",
-                                   options.gc_timeout,
-                                   "--reaper-scan-interval",
-                                   options.reaper_scan_interval,
-                                   "--max-message-size",
-                                   options.max_message_size};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  // The server's stdout joins our stderr: stdout carries only the JSON lines.
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot start ", binary, ": ", strerror(rc),
-                                                      "; build target ferry-server or pass "
-                                                      "--server-bin / --server"));
-  }
-  auto server = std::unique_ptr<ServerProcess>(new ServerProcess(pid, dir));
-  auto deadline = Clock::now() + std::chrono::seconds(20);
-  while (Clock::now() < deadline) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      server->pid_ = 0;
-      return absl::InternalError(
-          absl::StrCat(binary, " exited (status ", status, ") before writing ", ready));
-    }
-    std::ifstream in(ready);
-    auto ports = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (ports.is_object() && ports.value("grpc_port", 0) > 0) {
-      server->address_ = absl::StrCat("127.0.0.1:", ports["grpc_port"].get<int>());
-      server->admin_port_ = ports.value("admin_port", 0);
-      return server;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return absl::DeadlineExceededError(
-      absl::StrCat(binary, " wrote no ready file ", ready, " within 20 s"));
-}
-
-ServerProcess::~ServerProcess() {
-  Kill();
-  std::error_code ignored;
-  std::filesystem::remove_all(dir_, ignored);
-}
-
-Status ServerProcess::Stop() {
-  kill(pid_, SIGTERM);
-  auto deadline = Clock::now() + std::chrono::seconds(10);
-  int status = 0;
-  while (waitpid(pid_, &status, WNOHANG) == 0) {
-    if (Clock::now() > deadline) {
-      return absl::DeadlineExceededError("ferry-server ignored SIGTERM for 10 s");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  pid_ = 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return absl::InternalError(
-        absl::StrCat("ferry-server did not exit cleanly on SIGTERM (wait status ", status, ")"));
-  }
-  return absl::OkStatus();
-}
-
-void ServerProcess::Kill() {
-  if (pid_ == 0) return;
-  kill(pid_, SIGKILL);
-  waitpid(pid_, nullptr, 0);
-  pid_ = 0;
+  return server;
 }
 
 std::optional<std::pair<int64_t, int64_t>> ReadRss(int pid) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "common/server_process.h"
 #include "ferry/status.h"
 
 namespace ferry::bench {
@@ -28,38 +29,13 @@ struct ServerProcessOptions {
   std::string max_message_size = "100MiB";
 };
 
-// A ferry-server child process listening on 127.0.0.1 ports it picks itself (--listen
-// 127.0.0.1:0, read back from --ready-file). Its stdout goes to our stderr, so a bench's stdout
-// carries only its JSON lines. The destructor SIGKILLs a child that is still running.
-// Thread-compatible.
-class ServerProcess {
- public:
-  // Starts the server and waits (up to 20 s) until it has written its ports.
-  // FailedPrecondition when the binary cannot be started (the message says what to build).
-  static StatusOr<std::unique_ptr<ServerProcess>> Create(const ServerProcessOptions& options);
+using ServerProcess = ::ferry::internal::ServerProcess;
 
-  ~ServerProcess();
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  const std::string& address() const { return address_; }  // 127.0.0.1:GRPC_PORT
-  int admin_port() const { return admin_port_; }           // GET /metrics, /healthz
-  pid_t pid() const { return pid_; }                       // 0 once stopped or killed
-  bool running() const { return pid_ != 0; }
-
-  // SIGTERM, then waits up to 10 s. OK only if the server exits with status 0.
-  Status Stop();
-  // SIGKILL (a crash: no draining), then reaps the process.
-  void Kill();
-
- private:
-  ServerProcess(pid_t pid, std::string dir) : pid_(pid), dir_(std::move(dir)) {}
-
-  pid_t pid_;
-  std::string dir_;
-  std::string address_;
-  int admin_port_ = 0;
-};
+// A ferry-server child (common/server_process.h) listening on 127.0.0.1 ports it picks itself,
+// with `options` as flags and --log-level warn. Its output goes to our stderr, so a bench's
+// stdout carries only its JSON lines. FailedPrecondition when the binary cannot be started (the
+// message says what to build).
+StatusOr<std::unique_ptr<ServerProcess>> StartServer(const ServerProcessOptions& options);
 
 // VmRSS and VmHWM of `pid` in bytes; nullopt if unreadable.
 std::optional<std::pair<int64_t, int64_t>> ReadRss(int pid);

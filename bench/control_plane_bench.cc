@@ -537,7 +537,7 @@ Status Run(const Options& options) {
   }
   ServerProcessOptions server_options;
   server_options.binary = options.server_bin;
-  FERRY_ASSIGN_OR_RETURN(auto child, ServerProcess::Create(server_options));
+  FERRY_ASSIGN_OR_RETURN(auto child, StartServer(server_options));
   std::cerr << "control_plane_bench: server " << child->address() << " (child)\n";
   FERRY_RETURN_IF_ERROR(RunWorkloads(options, child->address(), child->pid()));
   auto begin = Clock::now();

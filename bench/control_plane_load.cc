@@ -203,7 +203,7 @@ class ConfigRun {
     server.reaper_scan_interval = absl::FormatDuration(scan);
     server.gc_timeout = "3600s";
     for (int r = 0; r < config_.replicas; ++r) {
-      FERRY_ASSIGN_OR_RETURN(auto process, ServerProcess::Create(server));
+      FERRY_ASSIGN_OR_RETURN(auto process, StartServer(server));
       addresses_.push_back(process->address());
       watched_.push_back({absl::StrCat("ferry-server ", std::string(1, static_cast<char>('A' + r))),
                           process->pid()});

@@ -19,18 +19,29 @@ class HarnessError(Exception):
     """A setup step failed (a child did not start, a file is missing); the message says why."""
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+               "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+
+
 def parse_size(text: str) -> int:
-    """Bytes from "8MiB", "1GiB", "1.5GB" (powers of 10 without the i) or a bare number; raises
-    argparse.ArgumentTypeError otherwise, so that it serves as an argparse type."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected bytes or e.g. 64MiB, 1GiB")
-    value = float(m.group(1))
-    unit = (m.group(2) or "B").upper()
-    scale = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit[0]]
-    if len(unit) >= 2 and "I" not in unit and unit != "B":
-        scale = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}[unit[0]]  # 1GB = 10^9
-    return int(value * scale)
+    """Bytes from "8MiB", "1GiB", "1.5GiB", "64m" or a bare number: ferry's one byte-size grammar
+    (src/common/byte_size.h, docs/operations.md "Sizes"; units are powers of 1024, KB/MB/GB are
+    refused). These harnesses use the standard library only, so this mirrors the C++ function;
+    tests/python/test_torch_p2p.py checks that both agree. Raises argparse.ArgumentTypeError, so
+    that it serves as an argparse type."""
+    m = re.fullmatch(r"\s*(\d+)(?:\.(\d+))?\s*([a-z]*)\s*", text.lower())
+    unit = m.group(3) if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r}: use a whole number of bytes or a number with a binary unit B, KiB, "
+            f"MiB, GiB, TiB (or K, M, G, T; any case), e.g. 1073741824, 64MiB, 1.5GiB")
+    fraction = m.group(2) or ""
+    scaled = (int(m.group(1) + fraction)) * _SIZE_UNITS[unit]
+    whole, rest = divmod(scaled, 10 ** len(fraction))
+    if rest or whole == 0 or whole >= 1 << 64:
+        raise argparse.ArgumentTypeError(
+            f"size {text!r}: not a positive whole number of bytes below 2^64")
+    return whole
 
 
 def resolve_build_dir(path: str) -> str:

@@ -41,8 +41,8 @@
 #include "absl/strings/str_cat.h"
 #include "baselines.h"
 #include "bench_cli.h"
-#include "cli/child_process.h"
-#include "cli/embedded_server.h"
+#include "common/child_process.h"
+#include "common/server_process.h"
 #include "ferry/metadata_client.h"
 #include "ferry/transfer.h"
 #include "ferry/v1/transfer.pb.h"
@@ -116,14 +116,14 @@ ferry::SourceIdentity Identity(const std::string& model) {
 std::string SelfDir() { return fs::read_symlink("/proc/self/exe").parent_path().string(); }
 
 struct Source {
-  std::unique_ptr<ferry::cli::ChildProcess> process;
+  std::unique_ptr<ferry::internal::ChildProcess> process;
   std::string model;
 };
 
 Source Publish(const std::string& server, const std::string& file, const std::string& model) {
   static int n = 0;
   const std::string ready = absl::StrCat(Dir(), "/publish-", ++n, ".ready");
-  ferry::cli::ChildOptions o;
+  ferry::internal::ChildOptions o;
   o.argv = {SelfDir() + "/ferry",
             "publish",
             file,
@@ -143,7 +143,7 @@ Source Publish(const std::string& server, const std::string& file, const std::st
   o.log_file = absl::StrCat(Dir(), "/publish-", n, ".log");
   Source s;
   s.model = model;
-  s.process = Must(ferry::cli::ChildProcess::Start(o), "starting ferry publish");
+  s.process = Must(ferry::internal::ChildProcess::Start(o), "starting ferry publish");
   Must(s.process->WaitForReadyFile(ready, "worker_port", absl::Minutes(5)), "ferry publish");
   return s;
 }
@@ -499,9 +499,9 @@ int main(int argc, char** argv) {
     f.first_byte_tensors = 200;
     f.registration_tensors = 200;
   }
-  ferry::cli::EmbeddedServerOptions so;
-  so.server_binary = SelfDir() + "/ferry-server";
-  auto server = Must(ferry::cli::EmbeddedServer::Create(so), "starting ferry-server");
+  ferry::internal::ServerProcessOptions so;
+  so.binary = SelfDir() + "/ferry-server";
+  auto server = Must(ferry::internal::ServerProcess::Create(so), "starting ferry-server");
   auto wanted = [&](const char* name) {
     return std::find(f.workloads.begin(), f.workloads.end(), name) != f.workloads.end();
   };

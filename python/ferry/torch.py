@@ -36,23 +36,28 @@ __all__ = ["publish", "pull_into", "PublishHandle", "PullReport", "named_tensors
 
 _log = logging.getLogger("ferry.torch")
 
-# torch dtype -> the safetensors name ferry's wire uses.
-_DTYPE_NAMES = {
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float64: "F64",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.int16: "I16",
-    torch.int32: "I32",
-    torch.int64: "I64",
-    torch.bool: "BOOL",
-    torch.complex64: "C64",
-}
-for _name, _wire in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
-    if hasattr(torch, _name):
-        _DTYPE_NAMES[getattr(torch, _name)] = _wire
+
+def _dtype_names() -> Dict[torch.dtype, str]:
+    """torch dtype -> the safetensors name ferry's wire uses, built from the module's dtype table
+    (`_ferry.dtypes()`, the one list of what ferry moves): each row whose torch name this torch
+    knows, with the element size checked against the table's."""
+    names: Dict[torch.dtype, str] = {}
+    for name, torch_name, size in _ferry.dtypes():
+        dtype = getattr(torch, torch_name[len("torch."):], None)
+        if not isinstance(dtype, torch.dtype) or str(dtype) != torch_name:
+            continue  # this torch has no such dtype (float8_e8m0fnu before torch 2.7, ...)
+        try:
+            element_size = torch.empty(0, dtype=dtype).element_size()
+        except (RuntimeError, TypeError):
+            continue  # named but not usable for tensors in this torch
+        if element_size != size:
+            raise ImportError(f"ferry's dtype table gives {name} ({torch_name}) {size} bytes per "
+                              f"element, this torch {element_size}; rebuild ferry")
+        names[dtype] = name
+    return names
+
+
+_DTYPE_NAMES = _dtype_names()
 
 ModuleOrStateDict = Union[torch.nn.Module, Mapping[str, torch.Tensor]]
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/byte_size.h"
 #include "common/logging.h"
 #include "convert.h"
 #include "ferry/publisher.h"
@@ -206,6 +207,14 @@ void RegisterClient(py::module_& m) {
       "init_logging",
       [](const std::string& level) { ThrowIfError(internal::InitLogging(level, "log level")); },
       py::arg("level"), "Sets ferry's log level: trace, debug, info, warn or error.");
+  m.def(
+      "parse_byte_size",
+      [](const std::string& text, const std::string& what) {
+        return Unwrap(internal::ParseByteSize(text, what));
+      },
+      py::arg("text"), py::arg("what") = "size",
+      "Bytes from a size such as '64MiB' or '1.5GiB': ferry's one byte-size grammar (units are "
+      "powers of 1024). ferry.InvalidArgumentError naming `what` otherwise.");
   m.def(
       "resolve_server_address",
       [](std::optional<std::string> server) { return ResolveServerAddress(NonEmpty(server)); },

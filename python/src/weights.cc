@@ -7,10 +7,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "convert.h"
-#include "status.h"
 #include "flows/buffers.h"
 #include "flows/weight_puller.h"
 #include "flows/weight_source.h"
+#include "status.h"
+#include "weights/dtype.h"
 
 namespace ferry::python {
 
@@ -65,6 +66,18 @@ double SecondsOf(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 }  // namespace
 
 void RegisterWeights(py::module_& m) {
+  m.def(
+      "dtypes",
+      [] {
+        std::vector<std::tuple<std::string, std::string, uint64_t>> out;
+        for (const weights::DTypeInfo& d : weights::AllDTypes()) {
+          out.emplace_back(std::string(d.name), std::string(d.torch_name), d.size);
+        }
+        return out;
+      },
+      "ferry's dtype table (weights/dtype.h), the one list of what ferry moves: "
+      "[(safetensors name, torch name, bytes per element), ...], e.g. ('BF16', "
+      "'torch.bfloat16', 2). ferry.torch builds its torch mapping from it.");
   py::class_<SourceHandle, std::shared_ptr<SourceHandle>>(
       m, "WeightSource", "Tensors served in place to targets until stop().")
       .def("stop", &SourceHandle::Stop, py::call_guard<py::gil_scoped_release>(),

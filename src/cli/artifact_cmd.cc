@@ -10,6 +10,7 @@
 #include "cli/artifact_flags.h"
 #include "cli/cli.h"
 #include "cli/p2p_flags.h"
+#include "common/byte_size.h"
 #include "common/env.h"
 #include "common/logging.h"
 #include "nlohmann/json.hpp"
@@ -124,13 +125,13 @@ StatusOr<int64_t> ResolveChunkSize(const std::string& flag) {
     chunk = 0;  // refused below with the range, not as "not a byte size"
     from = "--chunk-size";
   } else if (!flag.empty()) {
-    FERRY_ASSIGN_OR_RETURN(const uint64_t v, ParseByteSize(flag, "--chunk-size"));
+    FERRY_ASSIGN_OR_RETURN(const uint64_t v, internal::ParseByteSize(flag, "--chunk-size"));
     chunk = static_cast<int64_t>(std::min<uint64_t>(v, uint64_t{1} << 62));
     from = "--chunk-size";
   } else if (std::optional<std::string> env = internal::GetEnv("FERRY_ARTIFACT_CHUNK_SIZE")) {
     from = internal::EnvSource("FERRY_ARTIFACT_CHUNK_SIZE");
     if (from == "FERRY_ARTIFACT_CHUNK_SIZE") {
-      FERRY_ASSIGN_OR_RETURN(const uint64_t v, ParseByteSize(*env, from));
+      FERRY_ASSIGN_OR_RETURN(const uint64_t v, internal::ParseByteSize(*env, from));
       chunk = static_cast<int64_t>(std::min<uint64_t>(v, uint64_t{1} << 62));
     } else {
       // ModelExpress's rule for its variable: bad or non-positive values fall back to 64 MiB.

@@ -15,13 +15,14 @@
 #include <iostream>
 #include <sstream>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "cli/child_process.h"
-#include "cli/embedded_server.h"
 #include "cli/p2p_flags.h"
+#include "common/byte_size.h"
+#include "common/child_process.h"
+#include "common/fd.h"
+#include "common/server_process.h"
 #include "nlohmann/json.hpp"
 #include "weights/llama_model.h"
 #include "weights/safetensors.h"
@@ -83,9 +84,9 @@ StatusOr<Baselines> MeasureBaselines(const std::string& path, uint64_t bytes) {
       b.memcpy_gbps = std::max(b.memcpy_gbps, bytes / s / 1e9);
     }
   }
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot open ", path));
-  absl::Cleanup close_fd = [fd] { close(fd); };
+  const internal::Fd owned_fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!owned_fd.valid()) return absl::UnavailableError(absl::StrCat("cannot open ", path));
+  const int fd = owned_fd.get();
   const uint64_t file_size = fs::file_size(path);
   FERRY_ASSIGN_OR_RETURN(Buffer fresh, Buffer::Map(file_size, false));
   const absl::Time t0 = absl::Now();
@@ -199,16 +200,21 @@ class Demo {
   }
 
   Status Steps() {
-    FERRY_ASSIGN_OR_RETURN(const uint64_t size, ParseByteSize(demo_.size, "--size"));
+    FERRY_ASSIGN_OR_RETURN(const uint64_t size, internal::ParseByteSize(demo_.size, "--size"));
     FERRY_RETURN_IF_ERROR(ParseTransportKind(demo_.transport).status());
     if (flags_.server.has_value() && !flags_.server->empty()) {
       address_ = *flags_.server;
       Step(absl::StrCat("Using the server given by --server: ", address_));
     } else {
-      FERRY_ASSIGN_OR_RETURN(std::string binary, ServerBinaryNextToSelf());
-      EmbeddedServerOptions options;
-      options.server_binary = binary;
-      FERRY_ASSIGN_OR_RETURN(server_, EmbeddedServer::Create(options));
+      StatusOr<std::string> binary = internal::SiblingBinary("ferry-server");
+      if (!binary.ok()) {
+        return Status(binary.status().code(), absl::StrCat(binary.status().message(),
+                                                           "; or pass --server ADDR to use a "
+                                                           "running server"));
+      }
+      internal::ServerProcessOptions options;
+      options.binary = *binary;
+      FERRY_ASSIGN_OR_RETURN(server_, internal::ServerProcess::Create(options));
       address_ = server_->address();
       Step(absl::StrCat("Started an embedded ferry-server on ", address_, " (pid ", server_->pid(),
                         ", memory store)"));
@@ -238,7 +244,7 @@ class Demo {
     // The source.
     const std::string self = SelfBinary();
     const std::string ready_file = dir_ + "/publish.ready";
-    ChildOptions publish;
+    internal::ChildOptions publish;
     publish.argv = {self, "publish", model_path};
     for (const std::string& a : IdentityArgs()) publish.argv.push_back(a);
     for (const std::string& a : ServerArgs()) publish.argv.push_back(a);
@@ -252,7 +258,7 @@ class Demo {
     publish.log_file = dir_ + "/publish.log";
     publish.env_remove = EnvRemove();
     t0 = absl::Now();
-    FERRY_ASSIGN_OR_RETURN(publisher_, ChildProcess::Start(publish));
+    FERRY_ASSIGN_OR_RETURN(publisher_, internal::ChildProcess::Start(publish));
     FERRY_ASSIGN_OR_RETURN(nlohmann::json ready, publisher_->WaitForReadyFile(
                                                      ready_file, "worker_port", absl::Minutes(5)));
     Step(absl::StrFormat(
@@ -263,7 +269,7 @@ class Demo {
 
     // The target.
     const std::string out_path = dir_ + "/pulled.safetensors";
-    ChildOptions pull;
+    internal::ChildOptions pull;
     pull.argv = {self,
                  "pull",
                  "-o",
@@ -281,7 +287,8 @@ class Demo {
     pull.env_remove = EnvRemove();
     pull.stdout_file = dir_ + "/pull.json";
     t0 = absl::Now();
-    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> puller, ChildProcess::Start(pull));
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<internal::ChildProcess> puller,
+                           internal::ChildProcess::Start(pull));
     FERRY_RETURN_IF_ERROR(puller->Wait(absl::Minutes(10)));
     const double pull_process_seconds = absl::ToDoubleSeconds(absl::Now() - t0);
     std::ifstream in(pull.stdout_file);
@@ -329,8 +336,8 @@ class Demo {
   std::string dir_;
   std::string address_;
   std::string model_name_;
-  std::unique_ptr<EmbeddedServer> server_;
-  std::unique_ptr<ChildProcess> publisher_;
+  std::unique_ptr<internal::ServerProcess> server_;
+  std::unique_ptr<internal::ChildProcess> publisher_;
   nlohmann::json summary_;
   int step_ = 0;
 };

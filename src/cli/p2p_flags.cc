@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/ready_file.h"
 
 namespace ferry::cli {
 
@@ -120,48 +121,6 @@ StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags) {
   return DeploymentToken{options.token, options.token_file};
 }
 
-StatusOr<uint64_t> ParseByteSize(absl::string_view text, absl::string_view what) {
-  std::string s = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
-  uint64_t multiplier = 1;
-  for (const auto& [suffix, m] : std::vector<std::pair<std::string, uint64_t>>{{"kib", 1ull << 10},
-                                                                               {"mib", 1ull << 20},
-                                                                               {"gib", 1ull << 30},
-                                                                               {"k", 1ull << 10},
-                                                                               {"m", 1ull << 20},
-                                                                               {"g", 1ull << 30},
-                                                                               {"b", 1}}) {
-    if (s.size() > suffix.size() &&
-        s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      multiplier = m;
-      s.resize(s.size() - suffix.size());
-      break;
-    }
-  }
-  double value = 0;
-  if (!absl::SimpleAtod(s, &value) || !std::isfinite(value) || value <= 0 ||
-      value * multiplier > 1.0e15) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, ": '", text, "' is not a byte size; use e.g. 1073741824, 64MiB or 1GiB"));
-  }
-  return static_cast<uint64_t>(value * multiplier);
-}
-
-Status WriteReadyFile(const std::string& path, const std::string& json) {
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot write ready file ", tmp, ": ", std::strerror(errno)));
-  }
-  const bool ok = std::fwrite(json.data(), 1, json.size(), f) == json.size();
-  if (std::fclose(f) != 0 || !ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::UnavailableError(
-        absl::StrCat("cannot write ready file ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
-}
-
 Status WriteSourceReadyFile(const std::string& path, const std::string& mx_source_id,
                             const std::string& worker_id, const std::string& worker_endpoint,
                             const nlohmann::json& extra) {
@@ -173,7 +132,7 @@ Status WriteSourceReadyFile(const std::string& path, const std::string& mx_sourc
       {"worker_port", std::stoi(worker_endpoint.substr(worker_endpoint.rfind(':') + 1))},
   };
   ready.update(extra);
-  return WriteReadyFile(path, ready.dump());
+  return internal::WriteReadyFile(path, ready);
 }
 
 void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what) {

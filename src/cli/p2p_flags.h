@@ -66,15 +66,8 @@ struct DeploymentToken {
 };
 StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags);
 
-// Parses "1073741824", "64M", "64MiB", "1G", "1.5GiB" (binary multiples). InvalidArgument
-// naming `what` otherwise.
-StatusOr<uint64_t> ParseByteSize(absl::string_view text, absl::string_view what);
-
-// Writes `json` to `path` atomically (temporary file, then rename), for --ready-file.
-Status WriteReadyFile(const std::string& path, const std::string& json);
-
-// The --ready-file of a serving source: {pid, mx_source_id, worker_id, worker_endpoint,
-// worker_port} plus the fields of `extra` (an object).
+// The --ready-file of a serving source (common/ready_file.h): {pid, mx_source_id, worker_id,
+// worker_endpoint, worker_port} plus the fields of `extra` (an object).
 Status WriteSourceReadyFile(const std::string& path, const std::string& mx_source_id,
                             const std::string& worker_id, const std::string& worker_endpoint,
                             const nlohmann::json& extra);

@@ -8,24 +8,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-TEST(ParseByteSizeTest, AcceptsPlainAndBinarySuffixes) {
-  EXPECT_EQ(*ParseByteSize("1073741824", "--size"), 1073741824u);
-  EXPECT_EQ(*ParseByteSize("64MiB", "--size"), 64ull << 20);
-  EXPECT_EQ(*ParseByteSize("64m", "--size"), 64ull << 20);
-  EXPECT_EQ(*ParseByteSize("1G", "--size"), 1ull << 30);
-  EXPECT_EQ(*ParseByteSize(" 1.5GiB ", "--size"), 3ull << 29);
-  EXPECT_EQ(*ParseByteSize("512k", "--size"), 512ull << 10);
-}
-
-TEST(ParseByteSizeTest, RejectsGarbageNamingTheFlag) {
-  for (const char* bad : {"", "abc", "-1", "0", "1TB", "1e30", "nan"}) {
-    StatusOr<uint64_t> r = ParseByteSize(bad, "--size");
-    ASSERT_FALSE(r.ok()) << bad;
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(r.status().message(), HasSubstr("--size"));
-  }
-}
-
 TEST(BuildIdentityTest, FillsEveryField) {
   IdentityFlags f;
   f.model = "org/model";

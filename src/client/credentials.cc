@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/env.h"
+#include "common/fd.h"
 #include "common/logging.h"
 #include "spdlog/spdlog.h"
 
@@ -42,20 +43,6 @@ std::string Stamp(const struct stat& st) {
 struct TokenRead {
   std::string token;
   std::string stamp;  // empty when the file changed too recently to trust its stamp
-};
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
 };
 
 StatusOr<TokenRead> ReadTokenFile(const std::string& path) {

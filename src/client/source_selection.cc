@@ -1,13 +1,12 @@
 #include "client/source_selection.h"
 
-#include <openssl/sha.h>
-
 #include <algorithm>
 #include <tuple>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/hashing.h"
 #include "common/logging.h"
 
 namespace ferry {
@@ -40,8 +39,7 @@ uint64_t RendezvousScore(absl::string_view model_name, absl::string_view target_
   const std::string text = absl::StrCat(model_name, "|", target_worker_id, "|", target_rank, "|",
                                         candidate.mx_source_id(), "|", candidate.worker_id(), "|",
                                         candidate.worker_rank());
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
+  const internal::Sha256Digest digest = internal::Sha256(text);
   uint64_t score = 0;
   for (int i = 0; i < 8; ++i) score = (score << 8) | digest[i];
   return score;

@@ -125,26 +125,6 @@ StatusOr<absl::Duration> ParsePositiveDuration(absl::string_view text, absl::str
   return d;
 }
 
-StatusOr<size_t> ParseByteSize(absl::string_view text, absl::string_view what) {
-  std::string t(absl::StripAsciiWhitespace(text));
-  uint64_t mult = 1;
-  const std::pair<std::string_view, uint64_t> suffixes[] = {
-      {"GiB", 1ull << 30}, {"MiB", 1ull << 20}, {"KiB", 1ull << 10}, {"B", 1}};
-  for (const auto& [s, m] : suffixes) {
-    if (t.size() > s.size() && std::string_view(t).substr(t.size() - s.size()) == s) {
-      t.resize(t.size() - s.size());
-      mult = m;
-      break;
-    }
-  }
-  uint64_t n = 0;
-  if (!absl::SimpleAtoi(t, &n) || n == 0 || n > (UINT64_MAX / mult)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, "='", text, "' is not a positive byte size; use e.g. 104857600, 100MiB or 1GiB"));
-  }
-  return static_cast<size_t>(n * mult);
-}
-
 StatusOr<uint64_t> ParsePositiveCount(absl::string_view text, absl::string_view what) {
   uint64_t n = 0;
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &n) || n == 0) {

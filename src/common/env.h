@@ -38,8 +38,7 @@ std::string EnvHelp();
 // MX_*_SECS variables use). Rejects zero and negative values. `what` names the flag or variable.
 StatusOr<absl::Duration> ParsePositiveDuration(absl::string_view text, absl::string_view what);
 
-// Parses a byte size: "104857600", "100MiB", "4KiB", "1GiB". Rejects zero.
-StatusOr<size_t> ParseByteSize(absl::string_view text, absl::string_view what);
+// Byte sizes: common/byte_size.h (ParseByteSize), the one grammar for flags and variables.
 
 // Parses a positive whole number ("4096"). Rejects zero, negative values and suffixes. `what` names
 // the flag or variable.

@@ -34,16 +34,6 @@ TEST(EnvTest, ParsesDurations) {
   EXPECT_FALSE(ParsePositiveDuration("inf", "x").ok());
 }
 
-TEST(EnvTest, ParsesByteSizes) {
-  EXPECT_EQ(*ParseByteSize("104857600", "x"), 104857600u);
-  EXPECT_EQ(*ParseByteSize("100MiB", "x"), 100u << 20);
-  EXPECT_EQ(*ParseByteSize("4KiB", "x"), 4096u);
-  auto bad = ParseByteSize("lots", "--max-message-size");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("--max-message-size='lots'"));
-  EXPECT_FALSE(ParseByteSize("0", "x").ok());
-}
-
 TEST(EnvTest, ParsesPositiveCounts) {
   EXPECT_EQ(*ParsePositiveCount("4096", "x"), 4096u);
   EXPECT_EQ(*ParsePositiveCount(" 1 ", "x"), 1u);

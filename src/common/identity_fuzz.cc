@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/byte_size.h"
 #include "common/env.h"
 #include "ferry/source_identity.h"
 

@@ -1,7 +1,5 @@
 #include "server/auth.h"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 
 #include <fstream>
@@ -11,17 +9,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/bearer_token.h"
 #include "common/logging.h"
 
 namespace ferry::server {
 namespace {
-
-std::array<unsigned char, 32> Digest(std::string_view token) {
-  std::array<unsigned char, 32> out{};
-  unsigned int len = 0;
-  EVP_Digest(token.data(), token.size(), out.data(), &len, EVP_sha256(), nullptr);
-  return out;
-}
 
 StatusOr<std::string> Stamp(const std::string& path) {
   struct stat st;
@@ -54,8 +46,8 @@ StatusOr<std::vector<TokenAuthenticator::Entry>> TokenAuthenticator::Parse(
       return absl::InvalidArgumentError(absl::StrCat(
           source, ":", line_no, ": token is shorter than 16 characters; use a long random token"));
     }
-    entries.push_back(
-        {Digest(std::string_view(parts[0].data(), parts[0].size())), std::string(parts[1])});
+    entries.push_back({internal::TokenDigest(std::string_view(parts[0].data(), parts[0].size())),
+                       std::string(parts[1])});
   }
   if (entries.empty()) {
     return absl::InvalidArgumentError(
@@ -120,19 +112,17 @@ StatusOr<Principal> TokenAuthenticator::AuthenticateHeader(std::string_view head
   if (header.empty()) {
     return fail("missing", "missing 'authorization: Bearer <token>' header; configure a token");
   }
-  constexpr std::string_view kBearer = "bearer ";
-  if (header.size() <= kBearer.size() ||
-      !absl::EqualsIgnoreCase(absl::string_view(header.data(), kBearer.size()),
-                              absl::string_view(kBearer.data(), kBearer.size()))) {
+  const std::optional<std::string_view> token = internal::BearerTokenOf(header);
+  if (!token.has_value()) {
     return fail("malformed", "authorization header is not 'Bearer <token>'");
   }
   MaybeReload();
-  const auto digest = Digest(header.substr(kBearer.size()));
+  const internal::TokenDigest digest(*token);
   absl::MutexLock lock(&mu_);
   // Every entry is compared, with no early exit, so timing says nothing about which matched.
   const Entry* match = nullptr;
   for (const Entry& e : entries_) {
-    if (CRYPTO_memcmp(e.digest.data(), digest.data(), digest.size()) == 0) match = &e;
+    if (e.digest.Matches(digest)) match = &e;
   }
   if (match == nullptr) return fail("unknown_token", "unknown bearer token");
   return Principal{match->principal, admins_.contains(match->principal)};

@@ -9,7 +9,6 @@
 #ifndef FERRY_SERVER_AUTH_H_
 #define FERRY_SERVER_AUTH_H_
 
-#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +16,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/bearer_token.h"
 #include "ferry/status.h"
 #include "grpcpp/grpcpp.h"
 #include "server/metrics.h"
@@ -49,7 +49,7 @@ class TokenAuthenticator {
 
   // Parses token file text. `source` names the file in errors.
   struct Entry {
-    std::array<unsigned char, 32> digest;
+    internal::TokenDigest digest;
     std::string principal;
   };
   static StatusOr<std::vector<Entry>> Parse(const std::string& text, const std::string& source);

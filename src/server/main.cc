@@ -11,9 +11,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/byte_size.h"
 #include "common/env.h"
 #include "common/listener_probe.h"
 #include "common/logging.h"
+#include "common/ready_file.h"
 #include "server/server.h"
 #include "store/store_registry.h"
 
@@ -37,23 +39,6 @@ std::string Resolve(const std::optional<std::string>& flag_value, const char* fl
   }
   *source = flag;
   return fallback;
-}
-
-Status WriteReadyFile(const std::string& path, int grpc_port, int admin_port) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << "{\"grpc_port\": " << grpc_port << ", \"admin_port\": " << admin_port << "}\n";
-    if (!out.good()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--ready-file: cannot write ", tmp, "; check the directory exists"));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--ready-file: cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
 }
 
 int Fail(const Status& s) {
@@ -196,7 +181,9 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(server.status());
   (*server)->Start();
   if (!ready_file.empty()) {
-    if (Status s = WriteReadyFile(ready_file, (*server)->grpc_port(), (*server)->admin_port());
+    if (Status s = ferry::internal::WriteReadyFile(
+            ready_file,
+            {{"grpc_port", (*server)->grpc_port()}, {"admin_port", (*server)->admin_port()}});
         !s.ok()) {
       return Fail(s);
     }

@@ -7,15 +7,8 @@
 namespace ferry::weights {
 namespace {
 
-struct DTypeEntry {
-  DType dtype;
-  std::string_view name;
-  std::string_view torch_name;
-  uint64_t size;
-};
-
 // Indexed by the enum's value; the order of the enum.
-constexpr std::array<DTypeEntry, 17> kDTypes = {{
+constexpr std::array<DTypeInfo, 17> kDTypes = {{
     {DType::kBool, "BOOL", "torch.bool", 1},
     {DType::kU8, "U8", "torch.uint8", 1},
     {DType::kI8, "I8", "torch.int8", 1},
@@ -43,9 +36,11 @@ constexpr bool TableFollowsEnumOrder() {
 }
 static_assert(TableFollowsEnumOrder(), "kDTypes must list DType values in enum order");
 
-const DTypeEntry& Entry(DType dtype) { return kDTypes[static_cast<size_t>(dtype)]; }
+const DTypeInfo& Entry(DType dtype) { return kDTypes[static_cast<size_t>(dtype)]; }
 
 }  // namespace
+
+std::span<const DTypeInfo> AllDTypes() { return kDTypes; }
 
 uint64_t DTypeSize(DType dtype) { return Entry(dtype).size; }
 
@@ -54,7 +49,7 @@ std::string_view DTypeName(DType dtype) { return Entry(dtype).name; }
 std::string_view DTypeTorchName(DType dtype) { return Entry(dtype).torch_name; }
 
 StatusOr<DType> ParseDType(std::string_view name) {
-  for (const DTypeEntry& e : kDTypes) {
+  for (const DTypeInfo& e : kDTypes) {
     if (name == e.name || name == e.torch_name) return e.dtype;
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown dtype \"", std::string(name),
@@ -62,9 +57,17 @@ StatusOr<DType> ParseDType(std::string_view name) {
                                                  " (or their torch.* names)"));
 }
 
+StatusOr<DType> ParseDTypeName(std::string_view name) {
+  for (const DTypeInfo& e : kDTypes) {
+    if (name == e.name) return e.dtype;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype \"", std::string(name), "\"; valid dtypes: ", ValidDTypeNames()));
+}
+
 std::string ValidDTypeNames() {
   std::string out;
-  for (const DTypeEntry& e : kDTypes) {
+  for (const DTypeInfo& e : kDTypes) {
     if (!out.empty()) out += ", ";
     out += std::string(e.name);
   }

@@ -1,7 +1,9 @@
 #include "weights/dtype.h"
 
+#include <set>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -48,6 +50,39 @@ TEST(DTypeTest, NamesSizesAndBothSpellingsParse) {
     ASSERT_TRUE(ParseDType(e.torch_name).ok());
     EXPECT_EQ(*ParseDType(e.torch_name), e.dtype);
   }
+}
+
+// The table itself: every row round-trips through both parsers and the accessors, no name is
+// repeated, and every enum value has exactly one row, in order.
+TEST(DTypeTest, EveryTableEntryRoundTrips) {
+  std::set<std::string_view> names;
+  size_t i = 0;
+  for (const DTypeInfo& e : AllDTypes()) {
+    SCOPED_TRACE(e.name);
+    EXPECT_EQ(static_cast<size_t>(e.dtype), i++);
+    EXPECT_TRUE(names.insert(e.name).second);
+    EXPECT_TRUE(names.insert(e.torch_name).second);
+    EXPECT_EQ(DTypeName(e.dtype), e.name);
+    EXPECT_EQ(DTypeTorchName(e.dtype), e.torch_name);
+    EXPECT_EQ(DTypeSize(e.dtype), e.size);
+    EXPECT_THAT(e.size, ::testing::AnyOf(1u, 2u, 4u, 8u));
+    EXPECT_TRUE(e.torch_name.starts_with("torch."));
+    ASSERT_TRUE(ParseDType(e.name).ok());
+    EXPECT_EQ(*ParseDType(e.name), e.dtype);
+    ASSERT_TRUE(ParseDType(e.torch_name).ok());
+    EXPECT_EQ(*ParseDType(e.torch_name), e.dtype);
+    ASSERT_TRUE(ParseDTypeName(e.name).ok());
+    EXPECT_EQ(*ParseDTypeName(e.name), e.dtype);
+    // The safetensors-only parser refuses the torch spelling.
+    StatusOr<DType> torch = ParseDTypeName(e.torch_name);
+    ASSERT_FALSE(torch.ok());
+    EXPECT_EQ(torch.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(torch.status().message()),
+                HasSubstr(absl::StrCat("unknown dtype \"", std::string(e.torch_name),
+                                       "\"; valid dtypes: BOOL")));
+  }
+  EXPECT_EQ(i, std::size(kAll));
+  EXPECT_EQ(static_cast<size_t>(DType::kC64) + 1, AllDTypes().size());
 }
 
 TEST(DTypeTest, UnknownNameListsTheValidOnes) {

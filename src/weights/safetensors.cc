@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/fd.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry::weights {
@@ -35,21 +36,6 @@ std::string Quote(std::string_view s) {
 Status ErrnoError(int err, std::string_view what) {
   return Status(absl::ErrnoToStatusCode(err), absl::StrCat(Str(what), ": ", std::strerror(err)));
 }
-
-// Owns a file descriptor.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 // Reads exactly `size` bytes at `offset`; DataLoss if the file ends first.
 Status PreadFull(int fd, void* dst, uint64_t size, uint64_t offset, const std::string& path) {
@@ -150,8 +136,8 @@ class HeaderSax {
   bool string(std::string& s) {
     if (state_ == State::kTensorValue && field_ == Field::kDType) {
       // Only the safetensors spelling is valid in a header, not the torch.* one.
-      StatusOr<DType> dtype = ParseDType(s);
-      if (!dtype.ok() || DTypeName(*dtype) != s) {
+      StatusOr<DType> dtype = ParseDTypeName(s);
+      if (!dtype.ok()) {
         return Fail(absl::StrCat("tensor ", Quote(name_), ": unknown dtype ", Quote(s),
                                  "; valid dtypes: ", ValidDTypeNames()));
       }
@@ -514,7 +500,7 @@ StatusOr<SafetensorsLayout> ParseSafetensorsHeader(std::string_view header_json,
 
 StatusOr<SafetensorsLayout> ReadSafetensorsLayout(const std::string& path) {
   FERRY_ASSIGN_OR_RETURN(int raw_fd, OpenForRead(path));
-  ScopedFd fd(raw_fd);
+  internal::Fd fd(raw_fd);
   FERRY_ASSIGN_OR_RETURN(uint64_t file_size, FileSize(fd.get(), path));
   if (file_size < 8) {
     return absl::DataLossError(
@@ -551,7 +537,7 @@ Status ReadSafetensorsData(const std::string& path, const SafetensorsLayout& lay
         " bytes but the data section is ", layout.data_size, " bytes; pass a larger buffer"));
   }
   FERRY_ASSIGN_OR_RETURN(int raw_fd, OpenForRead(path));
-  ScopedFd fd(raw_fd);
+  internal::Fd fd(raw_fd);
   FERRY_ASSIGN_OR_RETURN(uint64_t file_size, FileSize(fd.get(), path));
   if (file_size != layout.data_offset + layout.data_size) {
     return absl::DataLossError(
@@ -750,7 +736,7 @@ Status SafetensorsWriter::Commit() {
   finished_ = true;
   std::string dir = std::filesystem::path(path_).parent_path().string();
   if (dir.empty()) dir = ".";
-  ScopedFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  internal::Fd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir_fd.get() < 0 || ::fsync(dir_fd.get()) != 0) {
     return ErrnoError(errno, absl::StrCat(context,
                                           "the file is in place but fsync of its "

@@ -93,6 +93,26 @@ TEST(SafetensorsTest, WriteThenReadRoundTripsExactBytes) {
   EXPECT_EQ(read, data);
 }
 
+// A header may name every dtype of the table (F8_E8M0 and C64 included): what the parser
+// accepts here, the worker endpoint serves (worker_state_test) and ferry publish/pull moves
+// (tests/integration/p2p_pull_test).
+TEST(SafetensorsTest, EveryDTypeOfTheTableRoundTrips) {
+  TempDir dir;
+  const std::string path = dir.path() + "/all.safetensors";
+  std::vector<TensorInfo> tensors;
+  uint64_t offset = 0;
+  for (const DTypeInfo& d : AllDTypes()) {
+    tensors.push_back({absl::StrCat("t.", std::string(d.name)), d.dtype, {3}, offset, 3 * d.size});
+    offset += 3 * d.size;
+  }
+  std::string data(offset, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 13 + 5);
+  ASSERT_TRUE(WriteSafetensorsAtomic(path, tensors, {}, data.data(), data.size()).ok());
+  StatusOr<SafetensorsLayout> layout = ReadSafetensorsLayout(path);
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  EXPECT_EQ(layout->tensors, tensors);
+}
+
 TEST(SafetensorsTest, EncodedHeaderIsLengthPrefixedSpacePaddedJson) {
   const std::string encoded =
       EncodeSafetensorsHeader({{"a", DType::kU8, {3}, 0, 3}}, {{"format", "pt"}});

@@ -1,15 +1,13 @@
 #include "worker/request_gate.h"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
-#include <array>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/credentials.h"
+#include "common/bearer_token.h"
 
 namespace ferry::worker::internal {
 namespace {
@@ -17,13 +15,6 @@ namespace {
 constexpr char kTokenAdvice[] =
     "pass the deployment's token with --token-file or FERRY_TOKEN_FILE (the token ferry-server "
     "accepts)";
-
-std::array<unsigned char, 32> Sha256(std::string_view text) {
-  std::array<unsigned char, 32> out{};
-  unsigned int len = 0;
-  EVP_Digest(text.data(), text.size(), out.data(), &len, EVP_sha256(), nullptr);
-  return out;
-}
 
 }  // namespace
 
@@ -42,19 +33,16 @@ grpc::Status RequestGate::Authenticate(const grpc::ServerContext& context) const
                      "'authorization: Bearer <token>' header; ",
                      kTokenAdvice));
   }
-  const std::string_view header(it->second.data(), it->second.size());
-  constexpr std::string_view kBearer = "bearer ";
-  if (header.size() <= kBearer.size() ||
-      !absl::EqualsIgnoreCase(absl::string_view(header.data(), kBearer.size()), "bearer ")) {
+  const std::optional<std::string_view> token =
+      ferry::internal::BearerTokenOf(std::string_view(it->second.data(), it->second.size()));
+  if (!token.has_value()) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         absl::StrCat("worker endpoint: the authorization header is not 'Bearer "
                                      "<token>'; ",
                                      kTokenAdvice));
   }
-  // Digests of equal length, compared in constant time: timing says nothing about the token.
-  const auto got = Sha256(header.substr(kBearer.size()));
-  const auto want = Sha256(tokens_->Get());
-  if (CRYPTO_memcmp(got.data(), want.data(), got.size()) != 0) {
+  // Compared as digests in constant time: timing says nothing about the token.
+  if (!ferry::internal::TokenDigest(*token).Matches(ferry::internal::TokenDigest(tokens_->Get()))) {
     return grpc::Status(
         grpc::StatusCode::UNAUTHENTICATED,
         absl::StrCat("worker endpoint did not accept the bearer token; ", kTokenAdvice));

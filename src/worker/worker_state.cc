@@ -4,49 +4,9 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "weights/dtype.h"
 
 namespace ferry::worker {
-namespace {
-
-struct DtypeName {
-  std::string_view safetensors;
-  std::string_view torch;
-};
-
-// safetensors dtype names (the "dtype" of a header entry) and str(torch.dtype).
-constexpr DtypeName kDtypes[] = {
-    {"BF16", "torch.bfloat16"},
-    {"F16", "torch.float16"},
-    {"F32", "torch.float32"},
-    {"F64", "torch.float64"},
-    {"I8", "torch.int8"},
-    {"I16", "torch.int16"},
-    {"I32", "torch.int32"},
-    {"I64", "torch.int64"},
-    {"U8", "torch.uint8"},
-    {"U16", "torch.uint16"},
-    {"U32", "torch.uint32"},
-    {"U64", "torch.uint64"},
-    {"BOOL", "torch.bool"},
-    {"F8_E4M3", "torch.float8_e4m3fn"},
-    {"F8_E5M2", "torch.float8_e5m2"},
-};
-
-std::string KnownDtypes() {
-  std::vector<std::string> names;
-  for (const DtypeName& d : kDtypes) names.emplace_back(d.safetensors);
-  return absl::StrJoin(names, ", ");
-}
-
-}  // namespace
-
-std::optional<std::string_view> TorchDtypeName(std::string_view safetensors_dtype) {
-  for (const DtypeName& d : kDtypes) {
-    if (d.safetensors == safetensors_dtype) return d.torch;
-  }
-  return std::nullopt;
-}
 
 WorkerState::WorkerState(WorkerManifest manifest) : manifest_(std::move(manifest)) {}
 
@@ -67,9 +27,9 @@ StatusOr<std::unique_ptr<WorkerState>> WorkerState::Create(WorkerManifest manife
     };
     if (t.name().empty()) return bad("has an empty name; every tensor needs its name");
     if (!names.insert(t.name()).second) return bad("repeats a name; tensor names must be unique");
-    if (!TorchDtypeName(t.dtype()).has_value()) {
-      return bad(absl::StrCat("has dtype '", t.dtype(), "', which has no torch name; use one of ",
-                              KnownDtypes()));
+    // The one dtype table (weights/dtype.h): whatever the safetensors parser accepts is served.
+    if (StatusOr<weights::DType> dtype = weights::ParseDTypeName(t.dtype()); !dtype.ok()) {
+      return bad(dtype.status().message());
     }
     if (t.region() >= manifest.region_base_addresses.size()) {
       return bad(absl::StrCat("is in region ", t.region(), " but region_base_addresses has ",
@@ -95,7 +55,7 @@ StatusOr<std::unique_ptr<WorkerState>> WorkerState::Create(WorkerManifest manife
     d->set_addr(m.region_base_addresses[t.region()] + t.offset());
     d->set_size(t.size());
     d->set_device_id(0);
-    const std::string_view torch = *TorchDtypeName(t.dtype());
+    const std::string_view torch = weights::DTypeTorchName(*weights::ParseDTypeName(t.dtype()));
     d->set_dtype(torch.data(), torch.size());
   }
   ferry::v1::GetTransferInfoResponse info;

@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,10 +38,6 @@ struct WorkerManifest {
   std::map<std::string, std::string> metadata;
 };
 
-// The torch dtype name ModelExpress puts in TensorDescriptor.dtype ("torch.bfloat16") for a
-// safetensors dtype name ("BF16"); nullopt for a name outside the table.
-std::optional<std::string_view> TorchDtypeName(std::string_view safetensors_dtype);
-
 // The checksum algorithm of TensorEntry.checksum.
 inline constexpr char kChecksumAlgorithm[] = "xxh3-64";
 
@@ -52,7 +47,8 @@ inline constexpr char kChecksumAlgorithm[] = "xxh3-64";
 class WorkerState {
  public:
   // InvalidArgument naming the field and the tensor when the manifest is unusable: empty
-  // worker_id, an empty or repeated tensor name, a dtype outside TorchDtypeName's table, a region
+  // worker_id, an empty or repeated tensor name, a dtype outside weights/dtype.h's table (the
+  // TensorDescriptors carry its torch name, as ModelExpress's do), a region
   // id without a base address, or an offset + size that overflows 64 bits.
   static StatusOr<std::unique_ptr<WorkerState>> Create(WorkerManifest manifest);
 

@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "weights/dtype.h"
+
 namespace ferry::worker {
 namespace {
 
@@ -29,21 +31,27 @@ WorkerManifest TwoTensors() {
   return m;
 }
 
-TEST(TorchDtypeNameTest, MapsSafetensorsNames) {
-  EXPECT_EQ(TorchDtypeName("BF16"), "torch.bfloat16");
-  EXPECT_EQ(TorchDtypeName("F16"), "torch.float16");
-  EXPECT_EQ(TorchDtypeName("F32"), "torch.float32");
-  EXPECT_EQ(TorchDtypeName("F64"), "torch.float64");
-  EXPECT_EQ(TorchDtypeName("I8"), "torch.int8");
-  EXPECT_EQ(TorchDtypeName("I16"), "torch.int16");
-  EXPECT_EQ(TorchDtypeName("I32"), "torch.int32");
-  EXPECT_EQ(TorchDtypeName("I64"), "torch.int64");
-  EXPECT_EQ(TorchDtypeName("U8"), "torch.uint8");
-  EXPECT_EQ(TorchDtypeName("BOOL"), "torch.bool");
-  EXPECT_EQ(TorchDtypeName("F8_E4M3"), "torch.float8_e4m3fn");
-  EXPECT_EQ(TorchDtypeName("F8_E5M2"), "torch.float8_e5m2");
-  EXPECT_EQ(TorchDtypeName("bf16"), std::nullopt);
-  EXPECT_EQ(TorchDtypeName("C64"), std::nullopt);
+// The worker serves whatever the safetensors parser accepts (one dtype table, weights/dtype.h):
+// a manifest with one tensor of every dtype is valid and each descriptor carries the torch name.
+TEST(WorkerStateTest, AcceptsEveryDTypeTheParserAccepts) {
+  WorkerManifest m;
+  m.worker_id = "w-all";
+  m.region_base_addresses = {0x10000};
+  uint64_t offset = 0;
+  for (const weights::DTypeInfo& d : weights::AllDTypes()) {
+    ASSERT_TRUE(weights::ParseDTypeName(d.name).ok());
+    m.tensors.push_back(Entry(std::string(d.name), std::string(d.name), 0, offset, 2 * d.size));
+    offset += 2 * d.size;
+  }
+  auto state = WorkerState::Create(m);
+  ASSERT_TRUE(state.ok()) << state.status();
+  const auto& descriptors = (*state)->tensor_source().tensors();
+  ASSERT_EQ(static_cast<size_t>(descriptors.size()), weights::AllDTypes().size());
+  for (size_t i = 0; i < weights::AllDTypes().size(); ++i) {
+    EXPECT_EQ(descriptors[static_cast<int>(i)].dtype(), weights::AllDTypes()[i].torch_name);
+  }
+  EXPECT_EQ(descriptors[5].dtype(), "torch.float8_e8m0fnu");  // F8_E8M0
+  EXPECT_EQ(descriptors[16].dtype(), "torch.complex64");      // C64
 }
 
 TEST(WorkerStateTest, PreparesDescriptorsAndTotals) {
@@ -73,7 +81,9 @@ TEST(WorkerStateTest, RejectsUnusableManifests) {
        "tensors[1] 'a' of worker w-1: "
        "repeats a name"},
       {[](WorkerManifest* m) { m->tensors[0].set_dtype("Q4"); },
-       "has dtype 'Q4', which has no torch name; use one of BF16, F16"},
+       "tensors[0] 'a' of worker w-1: unknown dtype \"Q4\"; valid dtypes: BOOL, U8"},
+      {[](WorkerManifest* m) { m->tensors[0].set_dtype("torch.bfloat16"); },
+       "unknown dtype \"torch.bfloat16\""},
       {[](WorkerManifest* m) { m->tensors[1].set_region(2); },
        "is in region 2 but region_base_addresses has 2 entries"},
       {[](WorkerManifest* m) { m->tensors[1].set_offset(UINT64_MAX - 8); }, "overflow 64 bits"},

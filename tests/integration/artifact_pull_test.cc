@@ -16,7 +16,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "cli/child_process.h"
 #include "client/source_selection.h"
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
@@ -30,13 +29,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
-using ::ferry::cli::ChildOptions;
-using ::ferry::cli::ChildProcess;
 using ::ferry::testing::BinaryPath;
+using ::ferry::testing::ChildOptions;
+using ::ferry::testing::ChildProcess;
 using ::ferry::testing::CommandResult;
 using ::ferry::testing::ReadFile;
 using ::ferry::testing::RunCommand;
 using ::ferry::testing::ServerProcess;
+using ::ferry::testing::StartServer;
 using ::ferry::testing::TempDir;
 using ::ferry::testing::WriteFile;
 using ::testing::ElementsAre;
@@ -101,7 +101,7 @@ bool Exists(const std::string& path) {
 class ArtifactPullTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto server = ServerProcess::Create({.extra_args = {"--heartbeat-timeout", "30s"}});
+    auto server = StartServer({.extra_args = {"--heartbeat-timeout", "30s"}});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     state_dir_ = Path("state");
@@ -166,7 +166,7 @@ class ArtifactPullTest : public ::testing::Test {
             "--model",
             model,
             "--server",
-            server_->grpc_address(),
+            server_->address(),
             "--chunk-size",
             "1MiB",
             "--transport",
@@ -218,7 +218,7 @@ class ArtifactPullTest : public ::testing::Test {
                                      into,
                                      "--json",
                                      "--server",
-                                     server_->grpc_address(),
+                                     server_->address(),
                                      "--state-dir",
                                      state_dir_,
                                      "--ucx-net-devices",
@@ -368,7 +368,7 @@ TEST_F(ArtifactPullTest, SignedPublishTrustedPullInstallsTheTreeByteForByte) {
   // SIGTERM: the publisher exits 0 and its record is STALE.
   ASSERT_TRUE(source.process->Terminate(absl::Seconds(20)).ok());
   auto get = RunCommand({BinaryPath("ferry"), "sources", "get", source.mx_source_id(),
-                         source.worker_id(), "--json", "--server", server_->grpc_address()},
+                         source.worker_id(), "--json", "--server", server_->address()},
                         absl::Seconds(30));
   ASSERT_TRUE(get.ok()) << get.status();
   ASSERT_EQ(get->exit_code, 0) << get->err;

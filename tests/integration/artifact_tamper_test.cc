@@ -24,7 +24,6 @@
 #include "artifacts/manifest.h"
 #include "artifacts/signing.h"
 #include "cli/artifact_flags.h"
-#include "cli/child_process.h"
 #include "client/source_selection.h"
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
@@ -44,13 +43,14 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace p2p = ::model_express::p2p;
-using ::ferry::cli::ChildOptions;
-using ::ferry::cli::ChildProcess;
 using ::ferry::testing::BinaryPath;
+using ::ferry::testing::ChildOptions;
+using ::ferry::testing::ChildProcess;
 using ::ferry::testing::CommandResult;
 using ::ferry::testing::ReadFile;
 using ::ferry::testing::RunCommand;
 using ::ferry::testing::ServerProcess;
+using ::ferry::testing::StartServer;
 using ::ferry::testing::TempDir;
 using ::ferry::testing::WriteFile;
 using ::testing::HasSubstr;
@@ -310,11 +310,11 @@ class ArtifactTamperTest : public ::testing::Test {
 
   // Starts everything; returns "" or what failed.
   static std::string StartShared(Shared& s) {
-    auto server = ServerProcess::Create({});
+    auto server = StartServer({});
     if (!server.ok()) return server.status().ToString();
     s.server = *std::move(server);
     MetadataClientOptions options;
-    options.server_address = s.server->grpc_address();
+    options.server_address = s.server->address();
     auto client = MetadataClient::Create(options);
     if (!client.ok()) return client.status().ToString();
     s.client = *std::move(client);
@@ -341,7 +341,7 @@ class ArtifactTamperTest : public ::testing::Test {
                                      "--model",
                                      kModel,
                                      "--server",
-                                     s.server->grpc_address(),
+                                     s.server->address(),
                                      "--signing-key",
                                      s.key_path,
                                      "--chunk-size",
@@ -493,7 +493,7 @@ class ArtifactTamperTest : public ::testing::Test {
                                      "--model",
                                      kModel,
                                      "--server",
-                                     s_->server->grpc_address(),
+                                     s_->server->address(),
                                      "--into",
                                      into,
                                      "--state-dir",

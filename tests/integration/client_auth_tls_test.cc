@@ -58,22 +58,21 @@ StatusOr<std::unique_ptr<MetadataClient>> Connect(MetadataClientOptions o) {
 class ServerTest : public ::testing::Test {
  protected:
   void StartServer(std::vector<std::string> args) {
-    auto s = ServerProcess::Create({.extra_args = std::move(args)});
+    auto s = ::ferry::testing::StartServer({.extra_args = std::move(args)});
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(s).value();
   }
 
   void TearDown() override {
     if (server_ == nullptr || !server_->running()) return;
-    StatusOr<int> exit_code = server_->Stop(SIGTERM);
-    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
-    EXPECT_EQ(*exit_code, 0) << server_->LogTail();
+    Status stopped = server_->Stop();
+    EXPECT_TRUE(stopped.ok()) << stopped;
   }
 
   // Options for this server; callers add credentials.
   MetadataClientOptions Options() const {
     MetadataClientOptions o;
-    o.server_address = server_->grpc_address();
+    o.server_address = server_->address();
     o.call_timeout = absl::Seconds(10);
     return o;
   }
@@ -148,7 +147,7 @@ TEST_F(AuthTest, NoTokenIsUnauthenticatedAndNotRetried) {
   ASSERT_FALSE(refs.ok());
   EXPECT_EQ(refs.status().code(), absl::StatusCode::kUnauthenticated);
   const std::string msg(refs.status().message());
-  EXPECT_THAT(msg, HasSubstr(absl::StrCat("ListSources to ", server_->grpc_address(),
+  EXPECT_THAT(msg, HasSubstr(absl::StrCat("ListSources to ", server_->address(),
                                           " failed: UNAUTHENTICATED")));
   EXPECT_THAT(msg, HasSubstr("this client sends none: pass --token-file FILE or set "
                              "FERRY_TOKEN_FILE"));

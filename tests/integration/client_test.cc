@@ -23,7 +23,7 @@ namespace {
 
 namespace p2p = ::model_express::p2p;
 using ::ferry::testing::IsOk;
-using ::ferry::testing::ServerProcess;
+using ::ferry::testing::StartServer;
 using ::ferry::testing::StatusIs;
 using ::testing::HasSubstr;
 
@@ -141,7 +141,7 @@ TEST_F(ClientTest, GetMetadataOfUnknownRecordIsNotFound) {
   auto got = client_->GetMetadata("0123456789abcdef", "nobody");
   ASSERT_THAT(got, StatusIs(absl::StatusCode::kNotFound));
   const std::string msg(got.status().message());
-  EXPECT_THAT(msg, HasSubstr(server_->grpc_address()));
+  EXPECT_THAT(msg, HasSubstr(server_->address()));
   EXPECT_THAT(msg, HasSubstr("NOT_FOUND"));
   EXPECT_THAT(msg, HasSubstr("'0123456789abcdef'"));
 }
@@ -150,11 +150,11 @@ TEST_F(ClientTest, UpdateStatusNeverCreatesAndReportsNotFound) {
   auto published = client_->Publish(TestRequest("w1", 0));
   ASSERT_TRUE(published.ok()) << published.status();
   Status s = client_->UpdateStatus(published->mx_source_id, "w1", 5, p2p::SOURCE_STATUS_READY);
-  EXPECT_THAT(s, StatusIs(absl::StatusCode::kNotFound,
-                          ::testing::AllOf(
-                              HasSubstr("not found"),
-                              HasSubstr(absl::StrCat("UpdateStatus to ", server_->grpc_address(),
-                                                     " failed: NOT_FOUND")))));
+  EXPECT_THAT(
+      s, StatusIs(absl::StatusCode::kNotFound,
+                  ::testing::AllOf(HasSubstr("not found"),
+                                   HasSubstr(absl::StrCat("UpdateStatus to ", server_->address(),
+                                                          " failed: NOT_FOUND")))));
 
   s = client_->UpdateStatus(published->mx_source_id, "ghost", 0, p2p::SOURCE_STATUS_READY);
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kNotFound));
@@ -168,7 +168,7 @@ TEST_F(ClientTest, PublishRejectionIsInvalidArgumentWithServerMessage) {
   auto published = client_->Publish(r);
   EXPECT_THAT(published, StatusIs(absl::StatusCode::kInvalidArgument,
                                   ::testing::AllOf(HasSubstr("model_name is required"),
-                                                   HasSubstr(server_->grpc_address()))));
+                                                   HasSubstr(server_->address()))));
 
   r = TestRequest("");
   published = client_->Publish(r);
@@ -189,11 +189,10 @@ TEST_F(ClientTest, PublishRejectionIsInvalidArgumentWithServerMessage) {
 // (guessed from the message) although the header promises INVALID_ARGUMENT; the code now
 // travels as trailing metadata, and a full quota is RESOURCE_EXHAUSTED.
 TEST(ClientLimitsTest, ServerLimitsArriveWithTheServersCode) {
-  auto server =
-      ServerProcess::Create({.extra_args = {"--max-record-bytes", "4096", "--max-record-tensors",
+  auto server = StartServer({.extra_args = {"--max-record-bytes", "4096", "--max-record-tensors",
                                             "3", "--max-workers-per-principal", "2"}});
   ASSERT_THAT(server, IsOk());
-  auto client = ClientFor((*server)->grpc_address());
+  auto client = ClientFor((*server)->address());
   ASSERT_NE(client, nullptr);
 
   PublishMetadataRequest many = TestRequest("many");
@@ -216,9 +215,7 @@ TEST(ClientLimitsTest, ServerLimitsArriveWithTheServersCode) {
                        HasSubstr("already owns 2 workers, the limit (ferry-server "
                                  "--max-workers-per-principal)")));
   EXPECT_THAT(client->Publish(TestRequest("w1")), IsOk());  // an existing worker is no new one
-  StatusOr<int> exit_code = (*server)->Stop();
-  ASSERT_THAT(exit_code, IsOk());
-  EXPECT_EQ(*exit_code, 0) << (*server)->LogTail();
+  EXPECT_THAT((*server)->Stop(), IsOk()) << (*server)->LogTail();  // OK only for exit status 0
 }
 
 TEST_F(ClientTest, HealthReportsOk) {
@@ -231,7 +228,7 @@ TEST_F(ClientTest, HealthReportsOk) {
 TEST_F(ClientTest, MaxMessageSizeLimitsWhatIsSent) {
   MetadataClientOptions o;
   o.max_message_size = 1024;
-  auto small = ClientFor(server_->grpc_address(), o);
+  auto small = ClientFor(server_->address(), o);
   ASSERT_NE(small, nullptr);
   PublishMetadataRequest r = TestRequest("big");
   for (int i = 0; i < 100; ++i) {

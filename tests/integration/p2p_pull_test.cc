@@ -11,7 +11,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "cli/child_process.h"
 #include "client/source_selection.h"
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
@@ -25,13 +24,14 @@
 namespace ferry {
 namespace {
 
-using ::ferry::cli::ChildOptions;
-using ::ferry::cli::ChildProcess;
 using ::ferry::testing::BinaryPath;
+using ::ferry::testing::ChildOptions;
+using ::ferry::testing::ChildProcess;
 using ::ferry::testing::CommandResult;
 using ::ferry::testing::ReadFile;
 using ::ferry::testing::RunCommand;
 using ::ferry::testing::ServerProcess;
+using ::ferry::testing::StartServer;
 using ::ferry::testing::TempDir;
 using ::testing::HasSubstr;
 
@@ -40,11 +40,11 @@ constexpr uint64_t kModelBytes = 24ull << 20;
 class P2pPullTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    auto server = ServerProcess::Create({.extra_args = {"--heartbeat-timeout", "30s"}});
+    auto server = StartServer({.extra_args = {"--heartbeat-timeout", "30s"}});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     MetadataClientOptions options;
-    options.server_address = server_->grpc_address();
+    options.server_address = server_->address();
     auto client = MetadataClient::Create(options);
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
@@ -62,7 +62,7 @@ class P2pPullTest : public ::testing::TestWithParam<std::string> {
 
   std::vector<std::string> Identity(const std::string& model, int tp = 1) const {
     return {"--model", model,      "--tp",     std::to_string(tp),
-            "--dtype", "bfloat16", "--server", server_->grpc_address()};
+            "--dtype", "bfloat16", "--server", server_->address()};
   }
 
   std::vector<std::string> EngineArgs() const {

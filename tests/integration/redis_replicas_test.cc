@@ -332,7 +332,7 @@ TEST_P(RedisOutageTest, FailsFastGoesNotServingAndRecoversWithoutRestart) {
     auto refs = s->client->ListSources(ready);
     EXPECT_EQ(refs.status().code(), absl::StatusCode::kUnavailable);
     EXPECT_THAT(std::string(refs.status().message()),
-                StartsWith(absl::StrCat("ListSources to ", s->process->grpc_address(),
+                StartsWith(absl::StrCat("ListSources to ", s->process->address(),
                                         " failed: UNAVAILABLE: metadata store ", url)));
   }
   // ModelExpress's health RPC still answers, with the cause.
@@ -543,7 +543,7 @@ TEST_F(RedisReplicasTest, KillingOneReplicaUnderLoadLosesNothing) {
   auto rank_of = [&](size_t index) { return static_cast<uint32_t>(index); };
 
   // A's publishers are re-homed below; their clients outlive them.
-  std::unique_ptr<MetadataClient> rehome_client = NewClient(b->process->grpc_address());
+  std::unique_ptr<MetadataClient> rehome_client = NewClient(b->process->address());
   ASSERT_NE(rehome_client, nullptr);
   std::vector<std::unique_ptr<Publisher>> publishers_a, publishers_b, rehomed;
   for (size_t i = 0; i < on_a.size(); ++i) {

@@ -16,11 +16,11 @@ namespace ferry::testing {
 class ServerClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto s = ServerProcess::Create();
+    auto s = StartServer();
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(s).value();
     MetadataClientOptions o;
-    o.server_address = server_->grpc_address();
+    o.server_address = server_->address();
     auto c = MetadataClient::Create(o);
     ASSERT_TRUE(c.ok()) << c.status();
     client_ = std::move(c).value();
@@ -28,9 +28,8 @@ class ServerClientTest : public ::testing::Test {
 
   void TearDown() override {
     if (server_ == nullptr || !server_->running()) return;
-    StatusOr<int> exit_code = server_->Stop(SIGTERM);
-    ASSERT_TRUE(exit_code.ok()) << exit_code.status();
-    EXPECT_EQ(*exit_code, 0) << server_->LogTail();
+    Status stopped = server_->Stop();
+    EXPECT_TRUE(stopped.ok()) << stopped;
   }
 
   std::unique_ptr<ServerProcess> server_;

@@ -7,12 +7,10 @@ Run through ctest (``ctest -L python``), which sets:
 A skipped test fails the run: ctest must never count a skip as a pass.
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -28,11 +26,27 @@ def _required_env(name):
 
 
 sys.path.insert(0, _required_env("FERRY_PY_GEN"))
+# bench/harness.py: the one Python reader of ready files, shared with the benchmark harnesses.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
 
+from harness import HarnessError  # noqa: E402
+from harness import wait_ready_file as _wait_ready_file  # noqa: E402
 from mx_client import MxClient  # noqa: E402  (needs the stubs on sys.path)
 
 _START_TIMEOUT_S = 15
 _STOP_TIMEOUT_S = 10
+
+
+def wait_ready_file(path, proc, name, log_path, timeout=_START_TIMEOUT_S):
+    """The JSON object a child wrote to its ready file; kills the child and fails the test when
+    it exits first or is not ready within `timeout` seconds (the message ends with its log)."""
+    try:
+        return _wait_ready_file(str(path), proc, name, str(log_path), timeout)
+    except HarnessError as e:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        pytest.fail(str(e))
 
 
 def binary(env_name):
@@ -57,12 +71,7 @@ class ServingChild:
         self.proc = subprocess.Popen(
             [binary("FERRY_CLI_BIN"), *args, "--ready-file", str(self.ready_file)],
             stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not self.ready_file.exists():
-            assert self.proc.poll() is None, self.log_path.read_text()
-            assert time.monotonic() < deadline, f"{name} never became ready"
-            time.sleep(0.02)
-        self.ready = json.loads(self.ready_file.read_text())
+        self.ready = wait_ready_file(self.ready_file, self.proc, name, self.log_path, 30)
 
     def stop(self):
         """SIGTERM; the child must exit 0 (it marks its worker STALE first)."""
@@ -89,7 +98,7 @@ class FerryServer:
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
-        ports = self._wait_ready()
+        ports = wait_ready_file(self.ready_file, self.proc, "ferry-server", self.log_path)
         self.grpc_port = ports["grpc_port"]
         self.admin_port = ports["admin_port"]
         self.address = f"127.0.0.1:{self.grpc_port}"
@@ -97,25 +106,6 @@ class FerryServer:
     def log(self):
         self._log.flush()
         return self.log_path.read_text(errors="replace")
-
-    def _wait_ready(self):
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(
-                    f"ferry-server exited with {self.proc.returncode} before it was ready:\n"
-                    + self.log()
-                )
-            try:
-                ports = json.loads(self.ready_file.read_text())
-                if ports.get("grpc_port") and ports.get("admin_port"):
-                    return ports
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.02)
-        self.proc.kill()
-        self.proc.wait()
-        pytest.fail(f"ferry-server wrote no ready file in {_START_TIMEOUT_S}s:\n" + self.log())
 
     def stop(self):
         """SIGTERM, then requires a clean exit (status 0) within the stop timeout."""

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import ferry  # noqa: E402
 import ferry.torch  # noqa: E402
 import tiny_transformer  # noqa: E402
-from conftest import ServingChild, binary  # noqa: E402
+from conftest import ServingChild, binary, wait_ready_file  # noqa: E402
 
 IDENTITY = {"model_name": "tiny-transformer", "dtype": "float32"}
 
@@ -45,13 +45,7 @@ class TorchSource:
              "--server", server.address, "--model", model, "--ready-file",
              str(self.ready_file), *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None:
-                pytest.fail(f"{name} exited with {self.proc.returncode}:\n" + self.log())
-            assert time.monotonic() < deadline, f"{name} never became ready:\n" + self.log()
-            time.sleep(0.05)
-        self.ready = json.loads(self.ready_file.read_text())
+        self.ready = wait_ready_file(self.ready_file, self.proc, name, self.log_path, 60)
         base = str(self.ready_file)[:-len(".json")]
         self.checkpoint = base + ".checkpoint.pt"
         self.output = torch.load(base + ".output.pt")
@@ -242,6 +236,70 @@ def test_views_noncontiguous_and_shared_storage(server):
         assert isinstance(info.value, ValueError)
 
 
+def test_dtype_mapping_comes_from_the_module_table():
+    table = {name: (torch_name, size) for name, torch_name, size in ferry._ferry.dtypes()}
+    assert table["C64"] == ("torch.complex64", 8) and table["F8_E8M0"][1] == 1
+    mapping = ferry.torch._DTYPE_NAMES
+    # Every row this torch has a dtype for, and nothing else, under the table's name and size.
+    expected = {name for name, (torch_name, _) in table.items()
+                if isinstance(getattr(torch, torch_name[len("torch."):], None), torch.dtype)}
+    assert set(mapping.values()) == expected
+    for dtype, name in mapping.items():
+        assert str(dtype) == table[name][0]
+        assert torch.empty(0, dtype=dtype).element_size() == table[name][1]
+    assert mapping[torch.complex64] == "C64"
+
+
+def test_every_dtype_of_this_torch_published_and_pulled_back(server):
+    """complex64 and every other dtype both this torch and ferry's table know, end to end."""
+    tensors = {}
+    for dtype, name in ferry.torch._DTYPE_NAMES.items():
+        size = torch.empty(0, dtype=dtype).element_size()
+        raw = (torch.arange(6 * size, dtype=torch.int64) * 7 + 3).to(torch.uint8)
+        tensors[f"t.{name}"] = raw.view(dtype).reshape(2, 3)
+    tensors["c64"] = torch.tensor([1 + 2j, -3.5 + 0.25j, 0j], dtype=torch.complex64)
+    identity = {"model_name": "every-dtype"}
+    with ferry.torch.publish(tensors, identity, server=server.address) as h:
+        assert h.tensors == len(tensors)
+        into = {k: torch.zeros_like(v) for k, v in tensors.items()}
+        report = ferry.torch.pull_into(into, identity, server=server.address)
+        assert report.ok, report.message
+        for name, t in tensors.items():
+            assert into[name].dtype == t.dtype
+            assert into[name].view(torch.uint8).equal(t.view(torch.uint8)), name
+        assert torch.equal(into["c64"], tensors["c64"])
+
+
+def test_every_dtype_of_the_table_through_the_cli(server, tmp_path):
+    """A safetensors file with one tensor of each dtype in ferry's table (F8_E8M0 and C64
+    included, which no torch 1.x has) is published and pulled back byte for byte."""
+    path = tmp_path / "all.safetensors"
+    header, offset, blobs = {}, 0, []
+    for name, _, size in ferry._ferry.dtypes():
+        raw = bytes((offset + i) * 31 % 251 for i in range(5 * size))
+        header[f"t.{name}"] = {"dtype": name, "shape": [5],
+                               "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blobs.append(raw)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    source = ServingChild(["--server", server.address, "publish", str(path), "--model",
+                           "every-dtype-file"], tmp_path, "all-dtypes")
+    try:
+        out = tmp_path / "pulled.safetensors"
+        proc = subprocess.run(
+            [binary("FERRY_CLI_BIN"), "--server", server.address, "pull", "--model",
+             "every-dtype-file", "-o", str(out)],
+            capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        got_header, data = read_safetensors(out)
+        assert data == b"".join(blobs)
+        for name, entry in header.items():
+            assert got_header[name]["dtype"] == entry["dtype"], name
+    finally:
+        source.stop()
+
+
 def test_unsupported_tensors_are_refused_naming_them(server):
     cases = [
         ({"z": torch.zeros(3, dtype=torch.complex128)}, "tensor z has dtype torch.complex128"),
@@ -292,6 +350,27 @@ def test_errors_identity_and_client(server):
     # pull_into turns an unreachable server into a failed report the caller can fall back on.
     report = ferry.torch.pull_into({"x": torch.zeros(2)}, {"model_name": "m"}, client=dead)
     assert report.outcome == "failed" and "127.0.0.1:1" in report.message
+
+
+def test_byte_size_grammar_is_the_one_the_benchmarks_mirror():
+    """bench/harness.py parses --size with the standard library only; it must accept what the
+    C++ grammar accepts, with the same value, and refuse what it refuses."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import argparse
+    import harness
+    good = ["1", "4096", "4096B", "4096 b", "4KiB", "512k", "512K", "64MiB", "64mib", "64m", "1G",
+            "1GiB", " 1.5GiB ", "0.5KiB", "2.25k", "1.0", "007", "2TiB", "1.5T", "0.25MiB",
+            "18446744073709551615"]
+    bad = ["", "lots", "-1", "0", "0KiB", "0.0", "0.1KiB", "1.5", "1e30", "1PiB", "1GB", "1kb",
+           "1.", ".5G", "1.2.3", "18446744073709551616", "16777216T", "1 MiB extra"]
+    for text in good:
+        assert harness.parse_size(text) == ferry._ferry.parse_byte_size(text), text
+    for text in bad:
+        with pytest.raises(ferry.InvalidArgumentError, match="is not a byte size") as info:
+            ferry._ferry.parse_byte_size(text, "--size")
+        assert f"--size='{text}'" in str(info.value)
+        with pytest.raises(argparse.ArgumentTypeError):
+            harness.parse_size(text)
 
 
 def test_blocking_calls_release_the_gil(server):

@@ -4,7 +4,7 @@
 //   TempDir dir;
 //   auto certs = MakeTestCerts(dir.path());
 //   ASSERT_TRUE(certs.ok()) << certs.status();
-//   ServerProcess::Create({.extra_args = {"--tls-cert", certs->server_cert, ...}});
+//   StartServer({.extra_args = {"--tls-cert", certs->server_cert, ...}});
 #ifndef FERRY_COMMON_TESTING_TEST_CERTS_H_
 #define FERRY_COMMON_TESTING_TEST_CERTS_H_
 

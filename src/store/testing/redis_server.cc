@@ -4,9 +4,7 @@
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -159,50 +157,19 @@ Status RedisServer::Launch() {
     args.insert(args.end(), {"--requirepass", options_.password});
   }
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  const int log_fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) {
-    return absl::InternalError(absl::StrCat("open ", log_path_, ": ", std::strerror(errno)));
-  }
-  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    const int err = errno;
-    close(log_fd);
-    if (null_fd >= 0) close(null_fd);
-    return absl::InternalError(absl::StrCat("fork: ", std::strerror(err)));
-  }
-  if (pid == 0) {
-    // Child: only async-signal-safe calls until execv.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);
-    if (null_fd >= 0) dup2(null_fd, 0);
-    dup2(log_fd, 1);
-    dup2(log_fd, 2);
-    syscall(SYS_close_range, 3u, ~0u, 0u);  // no test sockets leak into Redis
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(log_fd);
-  if (null_fd >= 0) close(null_fd);
-  pid_ = pid;
+  internal::ChildOptions child;
+  child.argv = std::move(args);
+  child.log_file = log_path_;
+  child.append_log = true;  // a restarted server's log follows the first one's
+  child.death_signal = SIGKILL;
+  FERRY_ASSIGN_OR_RETURN(child_, internal::ChildProcess::Start(std::move(child)));
 
   const absl::Time deadline = absl::Now() + options_.start_timeout;
   const RedisConnectOptions connect = LoopbackOptions(port_, options_.password);
   while (true) {
-    int wstatus = 0;
-    if (waitpid(pid_, &wstatus, WNOHANG) == pid_) {
-      pid_ = -1;
+    if (child_->Exited()) {
       return absl::UnavailableError(absl::StrCat("redis-server on port ", port_,
-                                                 " exited at startup (wait status ", wstatus,
-                                                 "); its log:\n", LogTail()));
+                                                 " exited at startup; its log:\n", LogTail()));
     }
     auto conn = RedisConnection::Connect(connect);
     if (conn.ok()) {
@@ -224,24 +191,14 @@ Status RedisServer::Launch() {
 }
 
 Status RedisServer::Signal(int signo, bool graceful) {
-  if (pid_ <= 0) return absl::OkStatus();
-  if (kill(pid_, signo) != 0 && errno != ESRCH) {
-    return absl::InternalError(absl::StrCat("kill ", pid_, ": ", std::strerror(errno)));
+  if (!running()) return absl::OkStatus();
+  if (graceful) {
+    (void)child_->SendSignal(SIGCONT);  // a paused server must run to shut down
+    // A clean shutdown gets 10 s, then it is killed (the error only says so).
+    (void)child_->Signal(signo, absl::Seconds(10));
+  } else {
+    child_->Kill();
   }
-  if (graceful) kill(pid_, SIGCONT);  // a paused server must run to shut down
-  // A clean shutdown gets 10 s, then it is killed.
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  int wstatus = 0;
-  while (true) {
-    const pid_t done = waitpid(pid_, &wstatus, graceful ? WNOHANG : 0);
-    if (done == pid_ || (done < 0 && errno != EINTR)) break;
-    if (graceful && absl::Now() > deadline) {
-      kill(pid_, SIGKILL);
-      graceful = false;
-    }
-    if (graceful) absl::SleepFor(absl::Milliseconds(10));
-  }
-  pid_ = -1;
   return absl::OkStatus();
 }
 
@@ -255,13 +212,13 @@ Status RedisServer::Restart() {
 }
 
 Status RedisServer::Pause() {
-  if (pid_ <= 0) return absl::FailedPreconditionError("redis-server is not running");
-  kill(pid_, SIGSTOP);
+  if (!running()) return absl::FailedPreconditionError("redis-server is not running");
+  FERRY_RETURN_IF_ERROR(child_->SendSignal(SIGSTOP));
   // kill() only queues the signal: redis may still answer a command on another CPU until the
   // kernel has stopped it. Wait for /proc/<pid>/stat to say so ('T').
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (absl::Now() < deadline) {
-    std::ifstream in(absl::StrCat("/proc/", pid_, "/stat"));
+    std::ifstream in(absl::StrCat("/proc/", pid(), "/stat"));
     std::string line;
     std::getline(in, line);
     const size_t paren = line.rfind(')');
@@ -271,13 +228,12 @@ Status RedisServer::Pause() {
     absl::SleepFor(absl::Milliseconds(1));  // polling the kernel's view of the process
   }
   return absl::DeadlineExceededError(
-      absl::StrCat("redis-server (pid ", pid_, ") did not stop within 10 s of SIGSTOP"));
+      absl::StrCat("redis-server (pid ", pid(), ") did not stop within 10 s of SIGSTOP"));
 }
 
 Status RedisServer::Resume() {
-  if (pid_ <= 0) return absl::FailedPreconditionError("redis-server is not running");
-  kill(pid_, SIGCONT);
-  return absl::OkStatus();
+  if (!running()) return absl::FailedPreconditionError("redis-server is not running");
+  return child_->SendSignal(SIGCONT);
 }
 
 StatusOr<std::string> RedisServer::Call(const std::vector<std::string>& argv) const {

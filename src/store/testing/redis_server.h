@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "common/child_process.h"
 #include "ferry/status.h"
 
 namespace ferry::testing {
@@ -63,9 +64,9 @@ class RedisServer {
   // integer reply; "" for nil; elements joined by '\n' for an array). An error reply is Internal.
   StatusOr<std::string> Call(const std::vector<std::string>& argv) const;
 
-  bool running() const { return pid_ > 0; }
+  bool running() const { return child_ != nullptr && child_->running(); }
   int port() const { return port_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return running() ? child_->pid() : -1; }
   // redis://127.0.0.1:PORT/DB, or redis://:PASSWORD@127.0.0.1:PORT/DB with a password.
   std::string url(int db = 0) const;
   const std::string& log_path() const { return log_path_; }
@@ -84,7 +85,7 @@ class RedisServer {
   const std::string dir_;
   std::string log_path_;
   int port_ = 0;
-  pid_t pid_ = -1;
+  std::unique_ptr<internal::ChildProcess> child_;  // common's launcher
 };
 
 }  // namespace ferry::testing
