@@ -75,21 +75,20 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "flows/artifact_puller.h"
 #include "artifacts/crc32c.h"
 #include "artifacts/install.h"
 #include "artifacts/install_lock.h"
+#include "artifacts/kinds.h"
 #include "artifacts/manifest.h"
 #include "artifacts/signing.h"
 #include "baselines.h"
 #include "bench_cli.h"
-#include "cli/artifact_flags.h"
-#include "cli/p2p_flags.h"
 #include "common/byte_size.h"
 #include "common/child_process.h"
 #include "common/server_process.h"
 #include "ferry/metadata_client.h"
 #include "ferry/transfer.h"
+#include "flows/artifact_puller.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -535,7 +534,7 @@ class Arena {
 
 art::SealOptions SealOpts() {
   art::SealOptions o;
-  o.mx_source_type = Must(ferry::cli::ParseArtifactKind(kKind), "--kind").type;
+  o.mx_source_type = Must(art::ParseArtifactKind(kKind), "--kind").type;
   return o;
 }
 
@@ -710,10 +709,12 @@ class Puller {
     ferry::MetadataClientOptions o;
     o.server_address = server;
     client_ = Must(ferry::MetadataClient::Create(o), "connecting to the server");
-    ferry::cli::ArtifactIdentityFlags id;
-    id.base.model = kModel;
-    id.kind = kKind;
-    identity_ = Must(ferry::cli::BuildArtifactIdentity(id), "identity");
+    ferry::SourceIdentity base;
+    base.set_model_name(kModel);
+    base.set_tensor_parallel_size(1);
+    base.set_pipeline_parallel_size(1);
+    base.set_expert_parallel_size(1);
+    identity_ = art::ArtifactIdentity(base, Must(art::ParseArtifactKind(kKind), "--kind"), {});
   }
 
   PullRun Pull(const std::string& transport, const TreeInfo& tree, const std::string& out,

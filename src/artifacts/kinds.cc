@@ -34,4 +34,17 @@ StatusOr<ArtifactKind> ParseArtifactKind(const std::string& name) {
       absl::StrCat("unknown cache kind '", name, "'; use one of ", ArtifactKindNames()));
 }
 
+model_express::p2p::SourceIdentity ArtifactIdentity(model_express::p2p::SourceIdentity base,
+                                                    const ArtifactKind& kind,
+                                                    const ArtifactCacheFields& cache) {
+  base.set_mx_source_type(kind.type);
+  base.set_backend_framework_version(cache.framework_version);
+  base.set_torch_version(cache.torch_version);
+  base.set_cuda_version(cache.cuda_version);
+  base.set_triton_version(cache.triton_version);
+  base.set_gpu_arch(cache.gpu_arch);
+  base.set_compile_config_digest(cache.compile_config_digest);
+  return base;
+}
+
 }  // namespace ferry::artifacts

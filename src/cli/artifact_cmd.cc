@@ -108,14 +108,10 @@ void AddArtifactIdentityFlags(CLI::App* cmd, ArtifactIdentityFlags& flags) {
 StatusOr<SourceIdentity> BuildArtifactIdentity(const ArtifactIdentityFlags& flags) {
   FERRY_ASSIGN_OR_RETURN(SourceIdentity id, BuildIdentity(flags.base));
   FERRY_ASSIGN_OR_RETURN(const ArtifactKind kind, ParseArtifactKind(flags.kind));
-  id.set_mx_source_type(kind.type);
-  id.set_backend_framework_version(flags.framework_version);
-  id.set_torch_version(flags.torch_version);
-  id.set_cuda_version(flags.cuda_version);
-  id.set_triton_version(flags.triton_version);
-  id.set_gpu_arch(flags.gpu_arch);
-  id.set_compile_config_digest(flags.compile_config_digest);
-  return id;
+  return artifacts::ArtifactIdentity(
+      std::move(id), kind,
+      {flags.framework_version, flags.torch_version, flags.cuda_version, flags.triton_version,
+       flags.gpu_arch, flags.compile_config_digest});
 }
 
 StatusOr<int64_t> ResolveChunkSize(const std::string& flag) {

@@ -21,9 +21,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "artifacts/kinds.h"
 #include "artifacts/manifest.h"
 #include "artifacts/signing.h"
-#include "cli/artifact_flags.h"
 #include "client/source_selection.h"
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
@@ -373,13 +373,16 @@ class ArtifactTamperTest : public ::testing::Test {
     s.root = (*json)["root"];
     s.chunk_count = (*json)["chunks"];
 
-    // The identity exactly as the CLI builds it from the same flags.
-    cli::ArtifactIdentityFlags flags;
-    flags.kind = kKind;
-    flags.base.model = kModel;
-    auto identity = cli::BuildArtifactIdentity(flags);
-    if (!identity.ok()) return identity.status().ToString();
-    s.identity = *identity;
+    // The identity `ferry artifact publish --model kModel --kind kKind` publishes under (checked
+    // below against the mx_source_id it printed).
+    auto kind = artifacts::ParseArtifactKind(kKind);
+    if (!kind.ok()) return kind.status().ToString();
+    SourceIdentity base;
+    base.set_model_name(kModel);
+    base.set_tensor_parallel_size(1);
+    base.set_pipeline_parallel_size(1);
+    base.set_expert_parallel_size(1);
+    s.identity = artifacts::ArtifactIdentity(base, *kind, {});
     auto mx = ComputeMxSourceId(s.identity);
     if (!mx.ok() || *mx != s.mx_source_id) {
       return absl::StrCat("the test's identity gives mx_source_id ",
