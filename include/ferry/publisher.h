@@ -43,9 +43,10 @@ struct PublisherOptions {
   std::string pod_uid;
   std::string pod_namespace;
 
-  // Time between heartbeats; must be positive. Unset: FERRY_HEARTBEAT_INTERVAL (fallback
-  // MX_HEARTBEAT_INTERVAL_SECS), else 30 s. Keep it well below the server's heartbeat timeout
-  // (90 s by default), or READY listings will drop the worker between heartbeats.
+  // Time between heartbeats; must be positive. Unset: 30 s (the ferry command and the Python
+  // package fill it from FERRY_HEARTBEAT_INTERVAL, fallback MX_HEARTBEAT_INTERVAL_SECS; the
+  // library reads no environment). Keep it well below the server's heartbeat timeout (90 s by
+  // default), or READY listings will drop the worker between heartbeats.
   std::optional<absl::Duration> heartbeat_interval;
 };
 

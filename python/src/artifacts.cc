@@ -7,6 +7,7 @@
 #include "flows/artifact_source.h"
 #include "artifacts/kinds.h"
 #include "artifacts/signing.h"
+#include "common/env.h"
 #include "convert.h"
 #include "status.h"
 
@@ -84,9 +85,7 @@ void RegisterArtifacts(py::module_& m) {
         o.worker_id = worker_id;
         o.endpoint = ServingEndpoint(*client, worker_listen, advertise_host, tls_cert, tls_key,
                                      tls_client_ca);
-        if (heartbeat_interval.has_value()) {
-          o.heartbeat_interval = Seconds(*heartbeat_interval, "heartbeat_interval");
-        }
+        o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
         auto handle = std::make_shared<ArtifactHandle>();
         handle->client = client;
         handle->engine = engine;
@@ -128,7 +127,8 @@ void RegisterArtifacts(py::module_& m) {
         o.max_sources = max_sources;
         o.transfer_timeout = Seconds(transfer_timeout, "transfer_timeout");
         o.stall_timeout = Seconds(stall_timeout, "stall_timeout");
-        o.state_dir = state_dir.value_or(artifacts::DefaultArtifactStateDir());
+        o.state_dir = state_dir.value_or(internal::GetEnv("FERRY_ARTIFACT_STATE_DIR")
+                                             .value_or(artifacts::kDefaultArtifactStateDir));
         o.lock_timeout = Seconds(lock_timeout, "lock_timeout");
         o.failure_ttl = Seconds(failure_ttl, "failure_ttl");
         o.force = force;

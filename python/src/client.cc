@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/byte_size.h"
+#include "common/env.h"
 #include "common/logging.h"
 #include "convert.h"
 #include "ferry/publisher.h"
@@ -163,6 +164,11 @@ absl::Duration Seconds(double seconds, const char* what) {
   return absl::Seconds(seconds);
 }
 
+std::optional<absl::Duration> HeartbeatInterval(std::optional<double> seconds) {
+  if (seconds.has_value()) return Seconds(*seconds, "heartbeat_interval");
+  return Unwrap(internal::GetEnvDuration("FERRY_HEARTBEAT_INTERVAL"));
+}
+
 worker::WorkerServerOptions ServingEndpoint(const ClientHandle& client, const std::string& listen,
                                             const std::string& advertise_host,
                                             const std::string& tls_cert, const std::string& tls_key,
@@ -317,9 +323,7 @@ void RegisterClient(py::module_& m) {
              o.worker.set_worker_rank(worker_rank);
              o.worker.set_worker_grpc_endpoint(worker_grpc_endpoint);
              o.worker.set_accelerator(accelerator);
-             if (heartbeat_interval.has_value()) {
-               o.heartbeat_interval = Seconds(*heartbeat_interval, "heartbeat_interval");
-             }
+             o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
              std::unique_ptr<Publisher> p = Unwrap(Publisher::Create(std::move(o)));
              return p;
            }),

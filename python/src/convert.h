@@ -26,6 +26,11 @@ pybind11::dict IdentityToDict(const SourceIdentity& identity);
 
 absl::Duration Seconds(double seconds, const char* what);
 
+// A publisher's heartbeat interval: `seconds` when given, else FERRY_HEARTBEAT_INTERVAL (or
+// MX_HEARTBEAT_INTERVAL_SECS), else unset (the library's default). The Python layer, like the
+// ferry command, is where the environment is read.
+std::optional<absl::Duration> HeartbeatInterval(std::optional<double> seconds);
+
 // Transfer engine options from the Python arguments (transports: names, empty: all).
 TransferEngineOptions EngineOptionsFrom(const std::string& name,
                                         const std::vector<std::string>& transports,

@@ -110,9 +110,7 @@ void RegisterWeights(py::module_& m) {
         o.endpoint = ServingEndpoint(*client, worker_listen, advertise_host, tls_cert, tls_key,
                                      tls_client_ca);
         o.centralized = centralized;
-        if (heartbeat_interval.has_value()) {
-          o.heartbeat_interval = Seconds(*heartbeat_interval, "heartbeat_interval");
-        }
+        o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
         weights::BufferSet set = MakeBufferSet(buffers, spans);
         auto handle = std::make_shared<SourceHandle>();
         handle->client = client;

@@ -60,9 +60,7 @@ Status RunArtifactPublish(const GlobalFlags& flags, const ArtifactPublishFlags& 
   options.signing_key = key.has_value() ? &*key : nullptr;
   options.leases.max_leases = publish.max_leases;
   options.leases.ttl = absl::Seconds(publish.lease_ttl);
-  if (publish.serve.heartbeat_seconds > 0) {
-    options.heartbeat_interval = absl::Seconds(publish.serve.heartbeat_seconds);
-  }
+  FERRY_ASSIGN_OR_RETURN(options.heartbeat_interval, HeartbeatInterval(publish.serve));
   options.endpoint.listen = publish.serve.worker_listen;
   options.endpoint.advertise_host = publish.engine.advertise_host;
   options.endpoint.token = token.token;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "flows/artifact_puller.h"
 #include "cli/artifact_flags.h"
+#include "common/env.h"
 #include "common/logging.h"
 #include "nlohmann/json.hpp"
 
@@ -94,8 +95,9 @@ Status RunArtifactPull(const GlobalFlags& flags, const ArtifactPullFlags& pull) 
   options.stall_timeout = absl::Seconds(pull.target.stall_timeout);
   options.trusted = &trusted;
   options.allow_unsigned = pull.allow_unsigned;
-  options.state_dir =
-      pull.state_dir.empty() ? artifacts::DefaultArtifactStateDir() : pull.state_dir;
+  options.state_dir = !pull.state_dir.empty() ? pull.state_dir
+                                              : internal::GetEnv("FERRY_ARTIFACT_STATE_DIR")
+                                                    .value_or(artifacts::kDefaultArtifactStateDir);
   options.failure_ttl = absl::Seconds(pull.failure_ttl);
   options.lock_timeout = absl::Seconds(pull.lock_timeout);
   options.force = pull.force;

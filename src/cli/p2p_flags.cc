@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/env.h"
 #include "common/ready_file.h"
 
 namespace ferry::cli {
@@ -119,6 +120,11 @@ StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags) {
   options.token_file = flags.token_file.value_or("");
   FERRY_RETURN_IF_ERROR(FillCredentialsFromEnv(&options));
   return DeploymentToken{options.token, options.token_file};
+}
+
+StatusOr<std::optional<absl::Duration>> HeartbeatInterval(const ServeFlags& flags) {
+  if (flags.heartbeat_seconds > 0) return absl::Seconds(flags.heartbeat_seconds);
+  return internal::GetEnvDuration("FERRY_HEARTBEAT_INTERVAL");
 }
 
 Status WriteSourceReadyFile(const std::string& path, const std::string& mx_source_id,

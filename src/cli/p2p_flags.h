@@ -105,6 +105,10 @@ struct ServeFlags {
   std::string tls_client_ca;
 };
 
+// The publisher's heartbeat interval: --heartbeat-interval when given, else
+// FERRY_HEARTBEAT_INTERVAL (or MX_HEARTBEAT_INTERVAL_SECS), else unset (the library's 30 s).
+StatusOr<std::optional<absl::Duration>> HeartbeatInterval(const ServeFlags& flags);
+
 // --worker-listen, --worker-id, --accelerator, --centralized, --heartbeat-interval,
 // --ready-file, --worker-tls-cert, --worker-tls-key, --worker-tls-client-ca.
 // `artifact`: for `ferry artifact publish`, without --centralized (weights only) and with the

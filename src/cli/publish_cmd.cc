@@ -129,9 +129,7 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
   options.accelerator = serve.accelerator;
   options.worker_id = serve.worker_id;
   options.centralized = serve.centralized;
-  if (serve.heartbeat_seconds > 0) {
-    options.heartbeat_interval = absl::Seconds(serve.heartbeat_seconds);
-  }
+  FERRY_ASSIGN_OR_RETURN(options.heartbeat_interval, HeartbeatInterval(serve));
   options.endpoint.listen = serve.worker_listen;
   options.endpoint.advertise_host = engine_flags.advertise_host;
   options.endpoint.token = token.token;

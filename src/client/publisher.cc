@@ -6,7 +6,6 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/env.h"
 #include "spdlog/spdlog.h"
 
 namespace ferry {
@@ -25,9 +24,6 @@ StatusOr<absl::Duration> ResolveInterval(const std::optional<absl::Duration>& co
                        " must be a positive, finite duration"));
     }
     return *configured;
-  }
-  if (std::optional<std::string> env = internal::GetEnv("FERRY_HEARTBEAT_INTERVAL")) {
-    return internal::ParsePositiveDuration(*env, internal::EnvSource("FERRY_HEARTBEAT_INTERVAL"));
   }
   return kDefaultHeartbeatInterval;
 }

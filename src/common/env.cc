@@ -12,7 +12,8 @@ namespace {
 
 constexpr EnvVar kTable[] = {
     {"FERRY_SERVER", "MX_SERVER_ADDRESS", "localhost:8001",
-     "ferry-server address (host:port) used by the ferry command and the client library"},
+     "ferry-server address (host:port) used by the ferry command and the Python package "
+     "(--server)"},
     {"FERRY_LISTEN", "", "0.0.0.0:8001", "ferry-server gRPC listen address (--listen)"},
     {"FERRY_ADMIN_LISTEN", "", "127.0.0.1:9401",
      "ferry-server admin HTTP address for /healthz and /metrics (--admin-listen)"},
@@ -43,7 +44,8 @@ constexpr EnvVar kTable[] = {
     {"FERRY_TLS_CLIENT_CA", "", "",
      "ferry-server PEM CA that client certificates must chain to (--tls-client-ca)"},
     {"FERRY_HEARTBEAT_INTERVAL", "MX_HEARTBEAT_INTERVAL_SECS", "30s",
-     "how often a publisher refreshes its records"},
+     "how often a publisher (ferry publish, ferry artifact publish, the Python package) refreshes "
+     "its records (--heartbeat-interval)"},
     {"FERRY_TOKEN_FILE", "MX_AUTH_TOKEN_PATH", "",
      "client: file holding the bearer token sent to the server (--token-file); re-read when it "
      "changes. Unset: no token (ModelExpress's default path is not read unless "
@@ -59,7 +61,8 @@ constexpr EnvVar kTable[] = {
     {"FERRY_ARTIFACT_CHUNK_SIZE", "MX_ARTIFACT_TRANSFER_CHUNK_SIZE", "64MiB",
      "ferry artifact publish/seal: bytes per manifest chunk, 1 B..4 GiB (--chunk-size)"},
     {"FERRY_ARTIFACT_STATE_DIR", "", "/tmp/ferry-artifacts",
-     "ferry artifact pull: node-wide install locks and markers (--state-dir)"},
+     "ferry artifact pull and ferry.artifacts.pull: node-wide install locks and markers "
+     "(--state-dir)"},
 };
 
 }  // namespace
@@ -85,6 +88,13 @@ std::optional<std::string> GetEnv(std::string_view name) {
   if (var == nullptr) return std::nullopt;  // programming error; tests catch it
   if (auto v = Read(var->name)) return v;
   return Read(var->fallback);
+}
+
+StatusOr<std::optional<absl::Duration>> GetEnvDuration(std::string_view name) {
+  std::optional<std::string> text = GetEnv(name);
+  if (!text.has_value()) return std::optional<absl::Duration>();
+  FERRY_ASSIGN_OR_RETURN(absl::Duration d, ParsePositiveDuration(*text, EnvSource(name)));
+  return std::optional<absl::Duration>(d);
 }
 
 std::string EnvSource(std::string_view name) {

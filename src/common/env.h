@@ -1,6 +1,10 @@
 // The one table of environment variables ferry reads. Every variable has the FERRY_ prefix;
 // ModelExpress names (MX_*) are documented fallbacks, read only when the FERRY_ name is unset.
-// Nothing else in ferry calls getenv.
+// Nothing else in ferry calls getenv, and only the entry points read the table: the ferry and
+// ferry-server commands (src/cli, src/server/main.cc) and the Python module (python/src), which
+// fill the typed Options of the libraries, directly or through the two helpers they call
+// explicitly (FillCredentialsFromEnv, ResolveServerAddress in ferry/metadata_client.h). No
+// library component (Publisher, PullArtifact, ...) consults the environment on its own.
 #ifndef FERRY_COMMON_ENV_H_
 #define FERRY_COMMON_ENV_H_
 
@@ -27,6 +31,10 @@ std::span<const EnvVar> EnvTable();
 // The value of `name` (which must be in the table), else of its fallback; nullopt if neither is
 // set. An empty value counts as unset.
 std::optional<std::string> GetEnv(std::string_view name);
+
+// GetEnv(name) parsed with ParsePositiveDuration; nullopt when unset. InvalidArgument naming the
+// variable that held the value (FERRY_X or its fallback) when it is not a positive duration.
+StatusOr<std::optional<absl::Duration>> GetEnvDuration(std::string_view name);
 
 // Which variable supplied GetEnv(name)'s value ("FERRY_X" or its fallback), for error messages.
 std::string EnvSource(std::string_view name);

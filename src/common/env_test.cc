@@ -1,6 +1,9 @@
 #include "common/env.h"
 
+#include <fstream>
 #include <set>
+#include <sstream>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -32,6 +35,36 @@ TEST(EnvTest, ParsesDurations) {
   EXPECT_THAT(std::string(junk.status().message()), HasSubstr("MX_GC_TIMEOUT_SECS='soon'"));
   EXPECT_FALSE(ParsePositiveDuration("-5s", "x").ok());
   EXPECT_FALSE(ParsePositiveDuration("inf", "x").ok());
+}
+
+// docs/operations.md ("Environment variables") lists exactly the variables of the table, each
+// with its ModelExpress fallback: the docs cannot drift from env.cc.
+TEST(EnvTest, OperationsGuideListsExactlyTheTable) {
+  std::ifstream in(std::string(FERRY_DOCS_DIR) + "/operations.md");
+  ASSERT_TRUE(in.good());
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string doc = text.str();
+  const size_t begin = doc.find("## Environment variables");
+  ASSERT_NE(begin, std::string::npos);
+  const size_t end = doc.find("\n## ", begin + 1);
+  const std::string section = doc.substr(begin, end - begin);
+  std::set<std::string> documented;
+  for (size_t at = section.find("\n| `"); at != std::string::npos;
+       at = section.find("\n| `", at + 1)) {
+    const size_t name_end = section.find('`', at + 4);
+    documented.insert(section.substr(at + 4, name_end - at - 4));
+  }
+  std::set<std::string> table;
+  for (const EnvVar& v : EnvTable()) {
+    const std::string name(v.name);
+    const std::string fallback(v.fallback);
+    table.insert(name);
+    const std::string row =
+        "| `" + name + "` | " + (fallback.empty() ? "" : "`" + fallback + "`") + " |";
+    EXPECT_NE(section.find(row), std::string::npos) << "docs/operations.md lacks the row " << row;
+  }
+  EXPECT_EQ(documented, table);
 }
 
 TEST(EnvTest, ParsesPositiveCounts) {

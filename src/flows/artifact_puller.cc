@@ -16,7 +16,6 @@
 #include "artifacts/crc32c.h"
 #include "artifacts/install_lock.h"
 #include "client/source_selection.h"
-#include "common/env.h"
 #include "common/logging.h"
 #include "ferry/publisher.h"
 #include "ferry/source_identity.h"
@@ -406,10 +405,6 @@ class ArtifactPuller {
 };
 
 }  // namespace
-
-std::string DefaultArtifactStateDir() {
-  return internal::GetEnv("FERRY_ARTIFACT_STATE_DIR").value_or("/tmp/ferry-artifacts");
-}
 
 StatusOr<ArtifactPullResult> PullArtifact(const ArtifactPullOptions& options) {
   return ArtifactPuller(options).Run();

@@ -50,8 +50,8 @@ struct ArtifactPullOptions {
   // source. A trusted key's bad signature is refused regardless.
   bool allow_unsigned = false;
   InstallLimits limits;
-  // Node-wide lock and markers: FERRY_ARTIFACT_STATE_DIR, else ${TMPDIR:-/tmp}/ferry-artifacts
-  // (the CLI resolves it; required here).
+  // Node-wide lock and markers; required. The ferry command and the Python package pass
+  // --state-dir / state_dir, else FERRY_ARTIFACT_STATE_DIR, else kDefaultArtifactStateDir.
   std::string state_dir;
   absl::Duration lock_timeout = absl::Minutes(30);
   // After a pull whose sources all failed, other pulls of the same artifact into the same
@@ -101,8 +101,9 @@ struct ArtifactPullResult {
 // untouched unless the result is OK.
 StatusOr<ArtifactPullResult> PullArtifact(const ArtifactPullOptions& options);
 
-// ${FERRY_ARTIFACT_STATE_DIR}, else ${TMPDIR:-/tmp}/ferry-artifacts.
-std::string DefaultArtifactStateDir();
+// ArtifactPullOptions.state_dir when the caller has none: the ferry command and the Python
+// package use FERRY_ARTIFACT_STATE_DIR when it is set (the library reads no environment).
+inline constexpr char kDefaultArtifactStateDir[] = "/tmp/ferry-artifacts";
 
 }  // namespace ferry::artifacts
 

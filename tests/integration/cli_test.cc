@@ -195,6 +195,25 @@ TEST_F(CliTest, ServerFromEnvironment) {
   EXPECT_EQ(r.exit_code, 0) << Describe(r);
 }
 
+// The publisher library reads no environment: `ferry publish` fills its heartbeat interval from
+// --heartbeat-interval, else FERRY_HEARTBEAT_INTERVAL, else MX_HEARTBEAT_INTERVAL_SECS, and a set
+// but invalid value is an error naming the variable.
+TEST_F(CliTest, PublishReadsTheHeartbeatIntervalVariable) {
+  testing::TempDir dir;
+  const std::string header = R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})";
+  std::string file_bytes(8, '\0');
+  file_bytes[0] = static_cast<char>(header.size());
+  const std::string file = dir.Write("m.safetensors", file_bytes + header + "abcd");
+  const std::vector<std::string> args =
+      WithServer({"publish", file, "--model", "cli/heartbeat", "--worker-listen", "127.0.0.1:0"});
+  CommandResult r = Ferry(args, {"FERRY_HEARTBEAT_INTERVAL=soon"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("FERRY_HEARTBEAT_INTERVAL='soon' is not a duration"));
+  r = Ferry(args, {"MX_HEARTBEAT_INTERVAL_SECS=-3"});
+  EXPECT_EQ(r.exit_code, 1) << Describe(r);
+  EXPECT_THAT(r.err, HasSubstr("MX_HEARTBEAT_INTERVAL_SECS='-3' must be a positive"));
+}
+
 TEST(CliStandaloneTest, UnreachableServerFailsNamingTheAddress) {
   const std::string address = absl::StrCat("127.0.0.1:", testing::UnusedLoopbackPort());
   const absl::Time start = absl::Now();
