@@ -3,12 +3,12 @@
 #include <pybind11/stl.h>
 
 #include "absl/strings/str_cat.h"
-#include "flows/artifact_puller.h"
-#include "flows/artifact_source.h"
 #include "artifacts/kinds.h"
 #include "artifacts/signing.h"
 #include "common/env.h"
 #include "convert.h"
+#include "flows/artifact_puller.h"
+#include "flows/artifact_source.h"
 #include "status.h"
 
 namespace ferry::python {

@@ -6,9 +6,9 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
-#include "flows/artifact_source.h"
 #include "cli/artifact_flags.h"
 #include "common/logging.h"
+#include "flows/artifact_source.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry::cli {

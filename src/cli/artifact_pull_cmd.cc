@@ -7,10 +7,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "flows/artifact_puller.h"
 #include "cli/artifact_flags.h"
 #include "common/env.h"
 #include "common/logging.h"
+#include "flows/artifact_puller.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry::cli {

@@ -15,8 +15,8 @@
 #include "ferry/metadata_client.h"
 #include "ferry/status.h"
 #include "ferry/transfer.h"
-#include "nlohmann/json.hpp"
 #include "flows/weight_source.h"
+#include "nlohmann/json.hpp"
 #include "worker/worker_client.h"
 
 namespace ferry::cli {

@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "cli/p2p_flags.h"
 #include "common/logging.h"
-#include "nlohmann/json.hpp"
 #include "flows/weight_source.h"
+#include "nlohmann/json.hpp"
 
 namespace ferry::cli {
 

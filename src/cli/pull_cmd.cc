@@ -14,9 +14,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "cli/p2p_flags.h"
+#include "flows/weight_puller.h"
 #include "nlohmann/json.hpp"
 #include "weights/safetensors.h"
-#include "flows/weight_puller.h"
 
 namespace ferry::cli {
 

@@ -11,9 +11,9 @@
 
 #include "ferry/status.h"
 #include "ferry/transfer.h"
-#include "weights/dtype.h"
 #include "flows/weight_puller.h"
 #include "flows/weight_source.h"
+#include "weights/dtype.h"
 
 namespace ferry::weights {
 

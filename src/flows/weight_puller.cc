@@ -19,8 +19,8 @@
 #include "ferry/v1/transfer.pb.h"
 #include "flows/buffers.h"
 #include "flows/landing_verifier.h"
-#include "weights/tensor_checksum.h"
 #include "flows/transfer_plan.h"
+#include "weights/tensor_checksum.h"
 #include "worker/centralized.h"
 
 namespace ferry::weights {
