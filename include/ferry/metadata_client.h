@@ -45,7 +45,46 @@ inline constexpr char kDefaultServerAddress[] = "localhost:8001";
 // given (an http:// prefix included); MetadataClient::Create normalizes and validates it.
 std::string ResolveServerAddress(std::optional<std::string> flag);
 
-struct MetadataClientOptions {
+// A client's credentials: the bearer token it sends and the TLS settings of its channel. The one
+// struct for every connection a ferry process makes as a client, to ferry-server
+// (MetadataClientOptions) and to a source's worker endpoint (worker::WorkerClientOptions); the
+// ferry command's flags (--token-file, --tls-*, --worker-tls-*) and the Python package fill it.
+// Validated by the client that uses it; errors name the field.
+struct ClientCredentials {
+  // --- Authentication: a bearer token sent as `authorization: Bearer <token>` on every call
+  // (to ferry-server: health calls included; servers do not require it there). Set at most one
+  // of the two; neither means no header. The token is never logged.
+
+  // The token itself: printable ASCII without spaces. Prefer token_file: a literal token in
+  // a command line or environment is easier to leak.
+  std::string token;
+
+  // A file holding the token (surrounding whitespace is ignored), as ModelExpress's client reads
+  // MX_AUTH_TOKEN_PATH. Create() fails, naming the file, if it cannot be read or holds no valid
+  // token. The file is re-read before a call when its modification time, size or inode changed
+  // (a rotated Kubernetes projected token takes effect on the next call); a rewrite that cannot
+  // be read or is empty keeps the previous token in force and logs a warning.
+  std::string token_file;
+
+  // --- Transport security. TLS is used when `tls` is true, when any tls_* file is set, or when
+  // the address starts with "https://"; otherwise the channel is plaintext.
+  bool tls = false;
+
+  // PEM root certificates that the server's certificate must chain to. Empty with TLS on: the
+  // system's roots (gRPC's default root store).
+  std::string tls_ca_file;
+
+  // PEM client certificate chain and its private key, for servers that require mutual TLS
+  // (ferry-server --tls-client-ca). Set both or neither.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+
+  // The name the server's certificate must carry, instead of the host of the address (useful
+  // when connecting by IP address or through a tunnel). Requires TLS.
+  std::string tls_server_name;
+};
+
+struct MetadataClientOptions : ClientCredentials {
   // host:port of the server. An "http://" or "https://" prefix (as in ModelExpress's
   // MX_SERVER_ADDRESS) and a trailing '/' are removed. gRPC target URIs ("dns:///h:p",
   // "unix:/path", "ipv4:...") are passed through. Required.
@@ -72,38 +111,6 @@ struct MetadataClientOptions {
 
   // Largest message sent or received, in bytes. Default 100 MiB, the ModelExpress limit.
   int max_message_size = 100 * 1024 * 1024;
-
-  // --- Authentication: a bearer token sent as `authorization: Bearer <token>` on every call
-  // (health calls included; servers do not require it there). Set at most one of the two;
-  // neither means no header. The token is never logged.
-
-  // The token itself: printable ASCII without spaces. Prefer token_file: a literal token in
-  // a command line or environment is easier to leak.
-  std::string token;
-
-  // A file holding the token (surrounding whitespace is ignored), as ModelExpress's client reads
-  // MX_AUTH_TOKEN_PATH. Create() fails, naming the file, if it cannot be read or holds no valid
-  // token. The file is re-read before a call when its modification time, size or inode changed
-  // (a rotated Kubernetes projected token takes effect on the next call); a rewrite that cannot
-  // be read or is empty keeps the previous token in force and logs a warning.
-  std::string token_file;
-
-  // --- Transport security. TLS is used when `tls` is true, when any tls_* file is set, or when
-  // the address starts with "https://"; otherwise the channel is plaintext.
-  bool tls = false;
-
-  // PEM root certificates that the server's certificate must chain to. Empty with TLS on: the
-  // system's roots (gRPC's default root store).
-  std::string tls_ca_file;
-
-  // PEM client certificate chain and its private key, for servers that require mutual TLS
-  // (ferry-server --tls-client-ca). Set both or neither.
-  std::string tls_cert_file;
-  std::string tls_key_file;
-
-  // The name the server's certificate must carry, instead of the host in server_address
-  // (useful when connecting by IP address or through a tunnel). Requires TLS.
-  std::string tls_server_name;
 
   // Channel credentials built by the caller, for anything the fields above cannot express.
   // Must not be combined with tls / tls_* fields. nullptr: built from the fields above.

@@ -176,8 +176,8 @@ worker::WorkerServerOptions ServingEndpoint(const ClientHandle& client, const st
   worker::WorkerServerOptions o;
   o.listen = listen;
   o.advertise_host = advertise_host;
-  o.token = client.token;
-  o.token_file = client.token_file;
+  o.token = client.token.token;
+  o.token_file = client.token.token_file;
   o.tls_cert = tls_cert;
   o.tls_key = tls_key;
   o.tls_client_ca = tls_client_ca;
@@ -188,12 +188,10 @@ worker::WorkerClientOptions TargetEndpoint(const ClientHandle& client, const std
                                            const std::string& tls_cert,
                                            const std::string& tls_key) {
   worker::WorkerClientOptions o;
-  o.token = client.token;
-  o.token_file = client.token_file;
+  static_cast<ClientCredentials&>(o) = client.token;
   o.tls_ca_file = tls_ca;
   o.tls_cert_file = tls_cert;
   o.tls_key_file = tls_key;
-  o.tls = !tls_ca.empty() || !tls_cert.empty();
   return o;
 }
 
@@ -247,8 +245,8 @@ void RegisterClient(py::module_& m) {
              ThrowIfError(FillCredentialsFromEnv(&o));
              auto handle = std::make_shared<ClientHandle>();
              handle->client = Unwrap(MetadataClient::Create(o));
-             handle->token = o.token;
-             handle->token_file = o.token_file;
+             handle->token.token = o.token;
+             handle->token.token_file = o.token_file;
              return handle;
            }),
            py::arg("server") = py::none(), py::kw_only(), py::arg("token") = py::none(),

@@ -42,8 +42,9 @@ TransferEngineOptions EngineOptionsFrom(const std::string& name,
 // and targets reuse (the deployment token protects both).
 struct ClientHandle {
   std::unique_ptr<MetadataClient> client;
-  std::string token;
-  std::string token_file;
+  // The deployment token the client sends (token / token_file only), which also protects the
+  // worker endpoints it serves and calls.
+  ClientCredentials token;
 };
 
 // The worker endpoint a source serves: where it listens, the host it advertises, the client's

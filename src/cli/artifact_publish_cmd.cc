@@ -42,7 +42,7 @@ Status RunArtifactPublish(const GlobalFlags& flags, const ArtifactPublishFlags& 
   TransportKind transport;
   FERRY_ASSIGN_OR_RETURN(TransferEngineOptions engine_options,
                          BuildEngineOptions(publish.engine, "ferry artifact publish", &transport));
-  FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
+  FERRY_ASSIGN_OR_RETURN(ClientCredentials token, ResolveDeploymentToken(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
                          TransferEngine::Create(engine_options));

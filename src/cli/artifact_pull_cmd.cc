@@ -75,7 +75,7 @@ Status RunArtifactPull(const GlobalFlags& flags, const ArtifactPullFlags& pull) 
   TransportKind transport;
   FERRY_ASSIGN_OR_RETURN(TransferEngineOptions engine_options,
                          BuildEngineOptions(pull.engine, "ferry artifact pull", &transport));
-  FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
+  FERRY_ASSIGN_OR_RETURN(ClientCredentials token, ResolveDeploymentToken(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
                          TransferEngine::Create(engine_options));

@@ -23,13 +23,9 @@ namespace ferry::cli {
 struct GlobalFlags {
   std::optional<std::string> server;  // --server, as given; nullopt if absent
   std::string log_level = "warn";     // --log-level
-  // Credentials; each unset one falls back to its variable (see FillCredentialsFromEnv).
-  std::optional<std::string> token_file;       // --token-file (FERRY_TOKEN_FILE)
-  bool tls = false;                            // --tls: TLS with the system's roots
-  std::optional<std::string> tls_ca;           // --tls-ca (FERRY_TLS_CA)
-  std::optional<std::string> tls_cert;         // --tls-cert (FERRY_TLS_CLIENT_CERT)
-  std::optional<std::string> tls_key;          // --tls-key (FERRY_TLS_CLIENT_KEY)
-  std::optional<std::string> tls_server_name;  // --tls-server-name
+  // The connection to ferry-server: --token-file, --tls, --tls-ca, --tls-cert, --tls-key,
+  // --tls-server-name; each empty one falls back to its variable (FillCredentialsFromEnv).
+  ClientCredentials credentials;
 };
 
 // What parsing chose: the subcommand's action, run after a successful parse.

@@ -41,12 +41,7 @@ StatusOr<std::unique_ptr<MetadataClient>> ConnectClientTo(const std::string& add
   options.server_address = address;
   options.call_timeout = kCliCallTimeout;
   if (credentials != nullptr) {
-    options.token_file = credentials->token_file.value_or("");
-    options.tls = credentials->tls;
-    options.tls_ca_file = credentials->tls_ca.value_or("");
-    options.tls_cert_file = credentials->tls_cert.value_or("");
-    options.tls_key_file = credentials->tls_key.value_or("");
-    options.tls_server_name = credentials->tls_server_name.value_or("");
+    static_cast<ClientCredentials&>(options) = credentials->credentials;
     FERRY_RETURN_IF_ERROR(FillCredentialsFromEnv(&options));
   }
   return MetadataClient::Create(options);
@@ -59,26 +54,26 @@ void AddGlobalFlags(CLI::App& app, GlobalFlags& flags) {
   app.add_option("--log-level", flags.log_level,
                  "library log level on stderr: trace, debug, info, warn, error, off")
       ->capture_default_str();
-  app.add_option("--token-file", flags.token_file,
+  app.add_option("--token-file", flags.credentials.token_file,
                  "file holding the bearer token sent as 'authorization: Bearer <token>'. "
                  "Default: FERRY_TOKEN_FILE, else MX_AUTH_TOKEN_PATH; FERRY_TOKEN gives the "
                  "token itself. Unset: no token")
       ->type_name("FILE");
-  app.add_flag("--tls", flags.tls,
+  app.add_flag("--tls", flags.credentials.tls,
                "connect with TLS, trusting the system's root certificates (implied by --tls-ca, "
                "--tls-cert and an https:// address)");
-  app.add_option("--tls-ca", flags.tls_ca,
+  app.add_option("--tls-ca", flags.credentials.tls_ca_file,
                  "PEM CA certificates the server's certificate must chain to; turns TLS on. "
                  "Default: FERRY_TLS_CA")
       ->type_name("FILE");
-  app.add_option("--tls-cert", flags.tls_cert,
+  app.add_option("--tls-cert", flags.credentials.tls_cert_file,
                  "PEM client certificate for servers that require mutual TLS (with --tls-key). "
                  "Default: FERRY_TLS_CLIENT_CERT")
       ->type_name("FILE");
-  app.add_option("--tls-key", flags.tls_key,
+  app.add_option("--tls-key", flags.credentials.tls_key_file,
                  "PEM private key of --tls-cert. Default: FERRY_TLS_CLIENT_KEY")
       ->type_name("FILE");
-  app.add_option("--tls-server-name", flags.tls_server_name,
+  app.add_option("--tls-server-name", flags.credentials.tls_server_name,
                  "name the server's certificate must carry, when it differs from the host in "
                  "--server")
       ->type_name("NAME");

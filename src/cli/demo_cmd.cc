@@ -183,13 +183,13 @@ class Demo {
   std::vector<std::string> ServerArgs() const {
     std::vector<std::string> args = {"--server", address_};
     if (server_ != nullptr) return args;  // the embedded server needs no credentials
-    if (flags_.token_file) args.insert(args.end(), {"--token-file", *flags_.token_file});
-    if (flags_.tls) args.push_back("--tls");
-    if (flags_.tls_ca) args.insert(args.end(), {"--tls-ca", *flags_.tls_ca});
-    if (flags_.tls_cert) args.insert(args.end(), {"--tls-cert", *flags_.tls_cert});
-    if (flags_.tls_key) args.insert(args.end(), {"--tls-key", *flags_.tls_key});
-    if (flags_.tls_server_name) {
-      args.insert(args.end(), {"--tls-server-name", *flags_.tls_server_name});
+    const ClientCredentials& c = flags_.credentials;
+    if (c.tls) args.push_back("--tls");
+    for (const auto& [flag, value] :
+         {std::pair{"--token-file", &c.token_file}, std::pair{"--tls-ca", &c.tls_ca_file},
+          std::pair{"--tls-cert", &c.tls_cert_file}, std::pair{"--tls-key", &c.tls_key_file},
+          std::pair{"--tls-server-name", &c.tls_server_name}}) {
+      if (!value->empty()) args.insert(args.end(), {flag, *value});
     }
     return args;
   }

@@ -115,11 +115,14 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
   return options;
 }
 
-StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags) {
+StatusOr<ClientCredentials> ResolveDeploymentToken(const GlobalFlags& flags) {
   MetadataClientOptions options;
-  options.token_file = flags.token_file.value_or("");
+  options.token_file = flags.credentials.token_file;
   FERRY_RETURN_IF_ERROR(FillCredentialsFromEnv(&options));
-  return DeploymentToken{options.token, options.token_file};
+  ClientCredentials token;
+  token.token = options.token;
+  token.token_file = options.token_file;
+  return token;
 }
 
 StatusOr<std::optional<absl::Duration>> HeartbeatInterval(const ServeFlags& flags) {
@@ -154,13 +157,13 @@ void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what) 
                   "(0: only --transfer-timeout)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--worker-tls-ca", flags.worker_tls_ca,
+  cmd->add_option("--worker-tls-ca", flags.worker_credentials.tls_ca_file,
                   "PEM CA: call the sources' worker endpoints over TLS, trusting this CA")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--worker-tls-client-cert", flags.worker_tls_client_cert,
+  cmd->add_option("--worker-tls-client-cert", flags.worker_credentials.tls_cert_file,
                   "PEM client certificate for worker endpoints that require one (mutual TLS)")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--worker-tls-client-key", flags.worker_tls_client_key,
+  cmd->add_option("--worker-tls-client-key", flags.worker_credentials.tls_key_file,
                   "PEM private key of --worker-tls-client-cert")
       ->check(CLI::ExistingFile);
   cmd->add_option("--target-worker-id", flags.target_worker_id,
@@ -168,14 +171,11 @@ void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what) 
 }
 
 worker::WorkerClientOptions WorkerClientFromFlags(const TargetFlags& flags,
-                                                  const DeploymentToken& token) {
+                                                  const ClientCredentials& token) {
   worker::WorkerClientOptions options;
+  static_cast<ClientCredentials&>(options) = flags.worker_credentials;
   options.token = token.token;
   options.token_file = token.token_file;
-  options.tls = !flags.worker_tls_ca.empty();
-  options.tls_ca_file = flags.worker_tls_ca;
-  options.tls_cert_file = flags.worker_tls_client_cert;
-  options.tls_key_file = flags.worker_tls_client_key;
   return options;
 }
 

@@ -59,12 +59,8 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
                                                    TransportKind* transport);
 
 // The bearer token (or token file) the metadata client would send, for worker endpoints: the
-// same deployment token protects both. Empty fields: none configured.
-struct DeploymentToken {
-  std::string token;
-  std::string token_file;
-};
-StatusOr<DeploymentToken> ResolveDeploymentToken(const GlobalFlags& flags);
+// same deployment token protects both. Only token / token_file are set (empty: none).
+StatusOr<ClientCredentials> ResolveDeploymentToken(const GlobalFlags& flags);
 
 // The --ready-file of a serving source (common/ready_file.h): {pid, mx_source_id, worker_id,
 // worker_endpoint, worker_port} plus the fields of `extra` (an object).
@@ -77,9 +73,9 @@ struct TargetFlags {
   int max_sources = 3;
   double transfer_timeout = 300;
   double stall_timeout = 15;
-  std::string worker_tls_ca;
-  std::string worker_tls_client_cert;
-  std::string worker_tls_client_key;
+  // --worker-tls-ca, --worker-tls-client-cert, --worker-tls-client-key (tls_ca_file,
+  // tls_cert_file, tls_key_file); the token is the deployment's.
+  ClientCredentials worker_credentials;
   std::string target_worker_id;
 };
 
@@ -89,7 +85,7 @@ void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what);
 
 // The worker-endpoint client options the flags and the deployment token describe.
 worker::WorkerClientOptions WorkerClientFromFlags(const TargetFlags& flags,
-                                                  const DeploymentToken& token);
+                                                  const ClientCredentials& token);
 
 // How a process serves weights it holds (`ferry publish`, `ferry pull --then-publish`).
 struct ServeFlags {

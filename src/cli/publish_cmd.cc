@@ -120,7 +120,7 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
                   const EngineFlags& engine_flags, MetadataClient* client, TransferEngine* engine,
                   const SourceIdentity& identity, uint32_t rank, weights::ServedModel model,
                   absl::string_view what) {
-  FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
+  FERRY_ASSIGN_OR_RETURN(ClientCredentials token, ResolveDeploymentToken(flags));
   weights::WeightSourceOptions options;
   options.client = client;
   options.engine = engine;

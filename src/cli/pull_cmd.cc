@@ -128,7 +128,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
     // A fan-out source serves every transport, whatever it read with.
     engine_options.enable_shm = engine_options.enable_ucx = engine_options.enable_tcp = true;
   }
-  FERRY_ASSIGN_OR_RETURN(DeploymentToken token, ResolveDeploymentToken(flags));
+  FERRY_ASSIGN_OR_RETURN(ClientCredentials token, ResolveDeploymentToken(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
                          TransferEngine::Create(engine_options));

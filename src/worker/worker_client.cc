@@ -26,17 +26,11 @@ struct WorkerClient::Stubs {
 
 namespace {
 
-// The TLS and token fields in the form the metadata client's helpers take.
+// The credentials in the form the metadata client's helpers take.
 MetadataClientOptions AsMetadataOptions(const WorkerClientOptions& o) {
   MetadataClientOptions m;
+  static_cast<ClientCredentials&>(m) = o;
   m.server_address = o.endpoint;
-  m.token = o.token;
-  m.token_file = o.token_file;
-  m.tls = o.tls;
-  m.tls_ca_file = o.tls_ca_file;
-  m.tls_cert_file = o.tls_cert_file;
-  m.tls_key_file = o.tls_key_file;
-  m.tls_server_name = o.tls_server_name;
   return m;
 }
 

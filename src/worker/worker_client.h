@@ -16,6 +16,7 @@
 
 #include "absl/time/time.h"
 #include "artifacts/manifest.h"
+#include "ferry/metadata_client.h"
 #include "ferry/status.h"
 #include "ferry/v1/worker.pb.h"
 #include "model_express/p2p.pb.h"
@@ -30,23 +31,16 @@ class TokenSource;
 
 namespace ferry::worker {
 
-struct WorkerClientOptions {
+// The token (the deployment's, the one ferry-server takes; set at most one of token,
+// token_file and token_source; none: no authorization header) and TLS fields come from
+// ClientCredentials, as for the metadata client.
+struct WorkerClientOptions : ClientCredentials {
   // host:port of the source's endpoint (its record's worker_grpc_endpoint). Required.
   std::string endpoint;
 
-  // --- The deployment's bearer token; set at most one. None: no authorization header.
-  std::string token;
-  std::string token_file;  // re-read when it changes
-  // Shared with the caller (e.g. one for every source a target tries). Borrowed; must outlive
-  // the client.
+  // A token shared with the caller (e.g. one for every source a target tries), instead of
+  // token / token_file. Borrowed; must outlive the client.
   ferry::internal::TokenSource* token_source = nullptr;
-
-  // --- TLS, as MetadataClientOptions: on when `tls` or any tls_* file is set.
-  bool tls = false;
-  std::string tls_ca_file;    // PEM roots; empty: the system's
-  std::string tls_cert_file;  // client certificate and key, for mutual TLS; both or neither
-  std::string tls_key_file;
-  std::string tls_server_name;  // name the server certificate must carry, if not the host
 
   // Deadline of one call. Default 5 s, as ModelExpress's target.
   absl::Duration deadline = absl::Seconds(5);
