@@ -168,6 +168,24 @@ std::unique_ptr<ferry::MetadataClient> Client(const std::string& server) {
   return Must(ferry::MetadataClient::Create(o), "connecting to the server");
 }
 
+// What a target asks before its first read: ListSources (READY), GetMetadata of the first
+// source, its worker endpoint's GetTransferInfo.
+ferry::v1::GetTransferInfoResponse FirstSourceInfo(ferry::MetadataClient& client,
+                                                   const std::string& model) {
+  ferry::ListSourcesRequest list;
+  *list.mutable_identity() = Identity(model);
+  list.set_status_filter(model_express::p2p::SOURCE_STATUS_READY);
+  auto refs = Must(client.ListSources(list), "ListSources");
+  if (refs.empty()) Die("listing " + model, absl::NotFoundError("no READY source"));
+  auto record =
+      Must(client.GetMetadata(refs[0].mx_source_id(), refs[0].worker_id()), "GetMetadata");
+  ferry::worker::WorkerClientOptions wo;
+  wo.endpoint = record.worker().worker_grpc_endpoint();
+  auto worker = Must(ferry::worker::WorkerClient::Create(wo), "worker client");
+  return Must(worker->GetTransferInfo(refs[0].mx_source_id(), refs[0].worker_id()),
+              "GetTransferInfo");
+}
+
 void RunPull(const Flags& f, const std::string& server) {
   for (uint64_t bytes : f.bytes) {
     Buffer src(bytes), dst(bytes);
@@ -279,18 +297,7 @@ void RunWholePull(const Flags& f, const std::string& server) {
       auto engine = Engine(transport);
       const ferry::TransportKind kind = Must(ferry::ParseTransportKind(transport), "transport");
       // The transfer alone.
-      ferry::ListSourcesRequest list;
-      *list.mutable_identity() = Identity(model);
-      list.set_status_filter(model_express::p2p::SOURCE_STATUS_READY);
-      auto refs = Must(client->ListSources(list), "ListSources");
-      if (refs.empty()) Die("whole_pull", absl::NotFoundError("no source"));
-      auto record =
-          Must(client->GetMetadata(refs[0].mx_source_id(), refs[0].worker_id()), "GetMetadata");
-      ferry::worker::WorkerClientOptions wo;
-      wo.endpoint = record.worker().worker_grpc_endpoint();
-      auto worker = Must(ferry::worker::WorkerClient::Create(wo), "worker client");
-      auto info = Must(worker->GetTransferInfo(refs[0].mx_source_id(), refs[0].worker_id()),
-                       "GetTransferInfo");
+      const ferry::v1::GetTransferInfoResponse info = FirstSourceInfo(*client, model);
       Buffer dst(total);
       std::vector<double> transfer, prepare, existing, allocated, before, existing_transfer,
           existing_tail;
@@ -404,18 +411,7 @@ void RunFirstByte(const Flags& f, const std::string& server) {
       auto engine = Engine(transport);
       auto client = Client(server);
       const double t1 = Now();
-      ferry::ListSourcesRequest list;
-      *list.mutable_identity() = Identity(model);
-      list.set_status_filter(model_express::p2p::SOURCE_STATUS_READY);
-      auto refs = Must(client->ListSources(list), "ListSources");
-      if (refs.empty()) Die("first_byte", absl::NotFoundError("no source"));
-      auto record =
-          Must(client->GetMetadata(refs[0].mx_source_id(), refs[0].worker_id()), "GetMetadata");
-      ferry::worker::WorkerClientOptions wo;
-      wo.endpoint = record.worker().worker_grpc_endpoint();
-      auto worker = Must(ferry::worker::WorkerClient::Create(wo), "worker client");
-      auto info = Must(worker->GetTransferInfo(refs[0].mx_source_id(), refs[0].worker_id()),
-                       "GetTransferInfo");
+      const ferry::v1::GetTransferInfoResponse info = FirstSourceInfo(*client, model);
       auto peer = Must(engine->Connect(info.transfer_blob(),
                                        Must(ferry::ParseTransportKind(transport), "transport")),
                        "Connect");

@@ -90,17 +90,18 @@ void AddArtifactIdentityFlags(CLI::App* cmd, ArtifactIdentityFlags& flags) {
       ->group("Identity");
   AddIdentityFlags(cmd, flags.base);
   const std::string group = "Identity";
-  cmd->add_option("--framework-version", flags.framework_version,
+  cmd->add_option("--framework-version", flags.cache.framework_version,
                   "SourceIdentity.backend_framework_version (vLLM/SGLang/TRT-LLM version)")
       ->group(group);
-  cmd->add_option("--torch-version", flags.torch_version, "SourceIdentity.torch_version")
+  cmd->add_option("--torch-version", flags.cache.torch_version, "SourceIdentity.torch_version")
       ->group(group);
-  cmd->add_option("--cuda-version", flags.cuda_version, "SourceIdentity.cuda_version")
+  cmd->add_option("--cuda-version", flags.cache.cuda_version, "SourceIdentity.cuda_version")
       ->group(group);
-  cmd->add_option("--triton-version", flags.triton_version, "SourceIdentity.triton_version")
+  cmd->add_option("--triton-version", flags.cache.triton_version, "SourceIdentity.triton_version")
       ->group(group);
-  cmd->add_option("--gpu-arch", flags.gpu_arch, "SourceIdentity.gpu_arch, e.g. sm90")->group(group);
-  cmd->add_option("--compile-config-digest", flags.compile_config_digest,
+  cmd->add_option("--gpu-arch", flags.cache.gpu_arch, "SourceIdentity.gpu_arch, e.g. sm90")
+      ->group(group);
+  cmd->add_option("--compile-config-digest", flags.cache.compile_config_digest,
                   "SourceIdentity.compile_config_digest (MX_ARTIFACT_COMPILE_CONFIG_DIGEST)")
       ->group(group);
 }
@@ -108,10 +109,7 @@ void AddArtifactIdentityFlags(CLI::App* cmd, ArtifactIdentityFlags& flags) {
 StatusOr<SourceIdentity> BuildArtifactIdentity(const ArtifactIdentityFlags& flags) {
   FERRY_ASSIGN_OR_RETURN(SourceIdentity id, BuildIdentity(flags.base));
   FERRY_ASSIGN_OR_RETURN(const ArtifactKind kind, ParseArtifactKind(flags.kind));
-  return artifacts::ArtifactIdentity(
-      std::move(id), kind,
-      {flags.framework_version, flags.torch_version, flags.cuda_version, flags.triton_version,
-       flags.gpu_arch, flags.compile_config_digest});
+  return artifacts::ArtifactIdentity(std::move(id), kind, flags.cache);
 }
 
 StatusOr<int64_t> ResolveChunkSize(const std::string& flag) {

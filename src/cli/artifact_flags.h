@@ -25,12 +25,7 @@ StatusOr<ArtifactKind> ParseArtifactKind(const std::string& name);
 struct ArtifactIdentityFlags {
   IdentityFlags base;  // --model ... (mx_version stays empty for artifacts, as ModelExpress)
   std::string kind;
-  std::string framework_version;
-  std::string torch_version;
-  std::string cuda_version;
-  std::string triton_version;
-  std::string gpu_arch;
-  std::string compile_config_digest;
+  artifacts::ArtifactCacheFields cache;  // --framework-version, --torch-version, ...
 };
 
 // --kind (required) and the identity flags, with the cache fields --framework-version,

@@ -317,26 +317,13 @@ std::string Describe(absl::Span<const ReadConnection> connections) {
 
 }  // namespace
 
-std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
-  return absl::StrCat("region ", region, " [", offset, ", ", offset + length, ")");
-}
-
-Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
-               uint64_t chunk_bytes, const ReadOptions& options) {
-  if (connections.empty()) return absl::InvalidArgumentError("a read needs at least one peer");
-  if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk_bytes must be positive");
-  const absl::Time start = options.start == absl::InfinitePast() ? absl::Now() : options.start;
-  const absl::Time deadline = options.timeout == absl::InfiniteDuration()
-                                  ? absl::InfiniteFuture()
-                                  : start + std::max(options.timeout, absl::ZeroDuration());
-
+StatusOr<std::vector<Chunk>> CutIntoPieces(const std::vector<ReadOp>& ops, uint64_t chunk_bytes,
+                                           std::vector<uint32_t>* regions) {
   std::vector<Chunk> pieces;
-  std::vector<uint32_t> regions;
-  uint64_t total = 0;
+  regions->clear();
   for (const ReadOp& op : ops) {
     if (op.length == 0) continue;
-    regions.push_back(op.remote_region);
-    total += op.length;
+    regions->push_back(op.remote_region);
     for (uint64_t done = 0; done < op.length; done += chunk_bytes) {
       if (pieces.size() >= UINT32_MAX) {
         return absl::InvalidArgumentError(
@@ -352,8 +339,28 @@ Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp>
       pieces.push_back(c);
     }
   }
-  std::sort(regions.begin(), regions.end());
-  regions.erase(std::unique(regions.begin(), regions.end()), regions.end());
+  std::sort(regions->begin(), regions->end());
+  regions->erase(std::unique(regions->begin(), regions->end()), regions->end());
+  return pieces;
+}
+
+std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
+  return absl::StrCat("region ", region, " [", offset, ", ", offset + length, ")");
+}
+
+Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
+               uint64_t chunk_bytes, const ReadOptions& options) {
+  if (connections.empty()) return absl::InvalidArgumentError("a read needs at least one peer");
+  if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk_bytes must be positive");
+  const absl::Time start = options.start == absl::InfinitePast() ? absl::Now() : options.start;
+  const absl::Time deadline = options.timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : start + std::max(options.timeout, absl::ZeroDuration());
+
+  std::vector<uint32_t> regions;
+  FERRY_ASSIGN_OR_RETURN(std::vector<Chunk> pieces, CutIntoPieces(ops, chunk_bytes, &regions));
+  uint64_t total = 0;
+  for (const Chunk& c : pieces) total += c.length;
   const std::string who = Describe(connections);
   if (pieces.empty()) {
     if (options.on_progress) options.on_progress(0, 0);

@@ -33,6 +33,12 @@ struct ReadConnection {
 Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
                uint64_t chunk_bytes, const ReadOptions& options);
 
+// `ops` cut into pieces of at most `chunk_bytes` (> 0), indexed in order, zero-length ops
+// dropped; `regions` gets the distinct remote regions they touch, ascending. InvalidArgument
+// beyond 2^32 - 1 pieces (the index is a TCP request id).
+StatusOr<std::vector<Chunk>> CutIntoPieces(const std::vector<ReadOp>& ops, uint64_t chunk_bytes,
+                                           std::vector<uint32_t>* regions);
+
 // "region R [a, b)".
 std::string RangeText(uint32_t region, uint64_t offset, uint64_t length);
 

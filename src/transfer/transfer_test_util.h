@@ -105,22 +105,8 @@ struct Running {
 // pieces were taken (a deterministic "cancelled while pieces are in flight").
 class ScriptedFeed final : public ferry::internal::ChunkFeed {
  public:
-  ScriptedFeed(const std::vector<ReadOp>& ops, uint64_t chunk_bytes) {
-    for (const ReadOp& op : ops) {
-      for (uint64_t at = 0; at < op.length; at += chunk_bytes) {
-        ferry::internal::Chunk c;
-        c.index = static_cast<uint32_t>(pieces_.size());
-        c.remote_region = op.remote_region;
-        c.remote_offset = op.remote_offset + at;
-        c.local = static_cast<char*>(op.local) + at;
-        c.length = std::min(chunk_bytes, op.length - at);
-        pieces_.push_back(c);
-      }
-      if (op.length > 0) regions_.insert(regions_.end(), op.remote_region);
-    }
-    std::sort(regions_.begin(), regions_.end());
-    regions_.erase(std::unique(regions_.begin(), regions_.end()), regions_.end());
-  }
+  ScriptedFeed(const std::vector<ReadOp>& ops, uint64_t chunk_bytes)
+      : pieces_(*ferry::internal::CutIntoPieces(ops, chunk_bytes, &regions_)) {}
   bool Next(ferry::internal::Chunk* chunk) override {
     if (stopping()) return false;
     const size_t i = next_.fetch_add(1);
@@ -143,8 +129,8 @@ class ScriptedFeed final : public ferry::internal::ChunkFeed {
   std::atomic<uint64_t> done{0};
 
  private:
+  std::vector<uint32_t> regions_;  // before pieces_: filled by its initializer
   std::vector<ferry::internal::Chunk> pieces_;
-  std::vector<uint32_t> regions_;
   std::atomic<size_t> next_{0};
 };
 
