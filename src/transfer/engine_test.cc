@@ -428,6 +428,37 @@ TEST(ChildSourceTest, PeerKilledMidTransfer) {
   EXPECT_LT(failed_at - killed_at, absl::Seconds(5));
 }
 
+// One read over two sources of the same bytes: the first is killed once a few pieces landed,
+// and its unfinished pieces are read from the second.
+TEST(ChildSourceTest, ReadFromPeersFinishesFromTheSurvivorWhenOneSourceDies) {
+  constexpr uint64_t kSize = 64 << 20;
+  auto doomed = ChildSource::Start(kSize, "doomed source");
+  auto survivor = ChildSource::Start(kSize, "surviving source");
+  ASSERT_NE(doomed, nullptr);
+  ASSERT_NE(survivor, nullptr);
+  TransferEngineOptions o = TcpOptions("target", 2);
+  o.enable_shm = false;  // TCP to both: a killed TCP source fails its reads at once
+  o.chunk_bytes = 1 << 20;
+  auto target = MustCreate(o);
+  auto dst = target->AllocateRegion(kSize);
+  ASSERT_TRUE(dst.ok());
+  auto a = target->Connect(doomed->blob(), TransportKind::kTcp);
+  auto b = target->Connect(survivor->blob(), TransportKind::kTcp);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  std::atomic<int> pieces{0};
+  ReadOptions options;
+  options.timeout = absl::Seconds(60);
+  options.on_piece = [&](const ReadOp&) {
+    if (++pieces == 4) doomed->Kill();
+  };
+  Peer* peers[] = {a->get(), b->get()};
+  const Status s = ReadFromPeers(peers, {{0, 0, (*dst)->data(), kSize}}, options);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(pieces.load(), 64);  // every piece reported once
+  EXPECT_EQ(FirstMismatch((*dst)->data(), kSize, 0), -1);
+}
+
 // ---- shm ----
 
 TEST(ShmEngineTest, BlobMarksWhichRegionsShmServes) {
