@@ -162,9 +162,17 @@ def test_source_killed_mid_pull_leaves_the_target_able_to_fall_back(server, tmp_
             target, IDENTITY, server=server.address, stall_timeout=3.0, max_sources=2,
             _batch_bytes=256 << 10, _batch_pause=0.05)
 
+    before = snapshot(target)
+
+    def landed():  # some of the source's bytes are in the target's tensors
+        return any(not torch.equal(t, before[n]) for n, t in target.state_dict().items())
+
     thread = threading.Thread(target=pull)
     thread.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not landed() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the condition above, not waiting for time to pass
+    assert thread.is_alive(), "the paced pull ended before the test could kill its source"
     source.kill()
     thread.join(timeout=60)
     assert not thread.is_alive(), "pull_into did not return after its source died"
