@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <cstring>
 #include <map>
 #include <set>
 #include <thread>
@@ -20,7 +18,6 @@
 #include "flows/buffers.h"
 #include "flows/landing_verifier.h"
 #include "flows/transfer_plan.h"
-#include "weights/tensor_checksum.h"
 #include "worker/centralized.h"
 
 namespace ferry::weights {
@@ -243,7 +240,9 @@ class Puller {
     std::atomic<bool> cancel{false};
     LandingVerifier verifier(std::move(landing.tensors), std::max(1, options_.verify_threads),
                              &cancel);
-    Prefaulter prefaulter(into_ == nullptr ? region_.get() : nullptr, landing.ops, &cancel);
+    // Pages of memory that exists, or prepared before, need no prefault thread.
+    const bool prefault = into_ == nullptr && options_.prepare == PullOptions::PreparePages::kAhead;
+    Prefaulter prefaulter(prefault ? region_.get() : nullptr, landing.ops, &cancel);
     Status read = Transfer(*peer, std::move(landing.ops), landing.bytes, source_text,
                            transfer_start, verifier, cancel);
     const absl::Time transfer_end = absl::Now();
@@ -273,8 +272,8 @@ class Puller {
 
   // A file pull: the tensors contiguous in source order in one region of the engine.
   StatusOr<Landing> LandInRegion(const Plan& plan) {
-    // Reuse the destination between attempts when the size matches (allocation pre-faults,
-    // which costs more than the copy on this kind of machine).
+    // Reuse the destination between attempts when the size matches (its pages are already
+    // faulted in, which costs more than the copy on this kind of machine).
     if (region_ == nullptr || region_->size() != std::max<uint64_t>(plan.total, 1)) {
       region_.reset();
       FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1)));

@@ -39,11 +39,7 @@ class Schedule {
   const std::vector<uint32_t>& regions() const { return regions_; }
 
   bool Stopping() const {
-    if (stop_.load(std::memory_order_relaxed)) return true;
-    if (options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed)) {
-      return true;
-    }
-    return has_deadline_ && absl::Now() >= deadline_;
+    return stop_.load(std::memory_order_relaxed) || cancelled() || past_deadline();
   }
   bool cancelled() const {
     return options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed);
@@ -133,7 +129,7 @@ class Schedule {
     absl::MutexLock lock(&mu_);
     for (size_t i = 0; i < pieces_.size(); ++i) {
       if (state_[i] != Piece::kDone) {
-        return RangeText(pieces_[i].remote_region, pieces_[i].remote_offset, pieces_[i].length);
+        return RangeText(pieces_[i]);
       }
     }
     return "none";
@@ -342,10 +338,6 @@ StatusOr<std::vector<Chunk>> CutIntoPieces(const std::vector<ReadOp>& ops, uint6
   std::sort(regions->begin(), regions->end());
   regions->erase(std::unique(regions->begin(), regions->end()), regions->end());
   return pieces;
-}
-
-std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
-  return absl::StrCat("region ", region, " [", offset, ", ", offset + length, ")");
 }
 
 Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,

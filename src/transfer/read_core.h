@@ -39,9 +39,6 @@ Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp>
 StatusOr<std::vector<Chunk>> CutIntoPieces(const std::vector<ReadOp>& ops, uint64_t chunk_bytes,
                                            std::vector<uint32_t>* regions);
 
-// "region R [a, b)".
-std::string RangeText(uint32_t region, uint64_t offset, uint64_t length);
-
 }  // namespace ferry::internal
 
 #endif  // FERRY_TRANSFER_READ_CORE_H_

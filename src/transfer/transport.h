@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "ferry/status.h"
@@ -38,6 +39,14 @@ struct Chunk {
   char* local = nullptr;
   uint64_t length = 0;
 };
+
+// "region R [a, b)": how errors name a remote range.
+inline std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
+  return absl::StrCat("region ", region, " [", offset, ", ", offset + length, ")");
+}
+inline std::string RangeText(const Chunk& c) {
+  return RangeText(c.remote_region, c.remote_offset, c.length);
+}
 
 // What a transport executes: the read core's pieces, handed out one at a time, so that one
 // read can be spread over several connections and a piece re-issued elsewhere after a failure.

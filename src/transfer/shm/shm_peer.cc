@@ -19,10 +19,6 @@ namespace {
 // Bound on one control round trip (handshake, opening a region).
 constexpr absl::Duration kControlTimeout = absl::Seconds(10);
 
-std::string RangeText(uint32_t region, uint64_t offset, uint64_t length) {
-  return absl::StrCat("region ", region, " [", offset, ", ", offset + length, ")");
-}
-
 Status FromReply(const Reply& r) {
   return Status(static_cast<absl::StatusCode>(r.code),
                 std::string(r.message, strnlen(r.message, sizeof(r.message))));
@@ -233,9 +229,8 @@ Status ShmPeerConnection::Execute(ChunkFeed& feed) {
       if (c.remote_offset > m.size || c.length > m.size - c.remote_offset) {
         absl::MutexLock lock(&error_mu);
         if (error.ok()) {
-          error = absl::InvalidArgumentError(
-              absl::StrCat("failed: ", RangeText(c.remote_region, c.remote_offset, c.length),
-                           " is outside the source's region of ", m.size, " bytes"));
+          error = absl::InvalidArgumentError(absl::StrCat(
+              "failed: ", RangeText(c), " is outside the source's region of ", m.size, " bytes"));
         }
         failed.store(true);
         return;

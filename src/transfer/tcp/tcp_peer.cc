@@ -15,11 +15,6 @@ namespace ferry::internal::tcp {
 
 namespace {
 
-std::string RangeText(const Chunk& c) {
-  return absl::StrCat("region ", c.remote_region, " [", c.remote_offset, ", ",
-                      c.remote_offset + c.length, ")");
-}
-
 // The first failure of an Execute, shared by its stream workers.
 class FirstError {
  public:

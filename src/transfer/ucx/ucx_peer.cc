@@ -52,10 +52,6 @@ class UcxPeer final : public PeerConnection {
     auto* self = static_cast<UcxPeer*>(arg);
     if (self->peer_error_ == UCS_OK) self->peer_error_ = status;
   }
-  static std::string Range(const Chunk& c) {
-    return absl::StrCat("region ", c.remote_region, " [", c.remote_offset, ", ",
-                        c.remote_offset + c.length, ")");
-  }
   // Stops every busy slot: cancels, drives the worker, force-closes the endpoint if UCX does not
   // finish them within kCancelGrace. On return UCX writes into no caller buffer.
   void Abort(std::vector<Slot>& slots) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -173,8 +169,8 @@ Status UcxPeer::Execute(ChunkFeed& feed) {
   bool exhausted = false;
   Status error;
   auto fail = [&](absl::StatusCode code, absl::string_view what, const Chunk& c) {
-    return absl::Status(code,
-                        absl::StrCat("UCX read from ", description_, " ", what, " at ", Range(c)));
+    return absl::Status(
+        code, absl::StrCat("UCX read from ", description_, " ", what, " at ", RangeText(c)));
   };
 
   uint64_t polls = 0;
