@@ -109,6 +109,7 @@ class Child:
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, start_new_session=True)
+        self.worker_id = ""  # set by Bed.publish from the ready file
 
     @property
     def pid(self) -> int:
@@ -162,6 +163,7 @@ class Bed:
         self.model = os.path.join(work, "model.safetensors")
         write_model(self.model, size, rng)
         self.sources: Dict[str, Child] = {}
+        self.dead_workers: set = set()
 
     def spawn(self, argv: List[str], name: str) -> Child:
         child = Child(argv, os.path.join(self.work, f"{name}.log"))
@@ -176,9 +178,32 @@ class Bed:
                             "--server", self.address, "--transport", "tcp",
                             "--data-listen", "127.0.0.1:0", "--worker-listen", "127.0.0.1:0",
                             "--heartbeat-interval", "1", "--ready-file", ready], name)
-        wait_ready(ready, child)
+        child.worker_id = wait_ready(ready, child)["worker_id"]
         self.sources[name] = child
         return child
+
+    def kill_source(self, name: str) -> None:
+        """SIGKILLs a source; its record stays READY until the server's heartbeat timeout."""
+        child = self.sources[name]
+        child.kill()
+        self.dead_workers.add(child.worker_id)
+
+    def settle(self, timeout: float = 30) -> None:
+        """Waits until the server lists none of the killed sources as READY, so that a trial
+        whose outcome depends on reaching a live source is not decided by stale records."""
+        deadline = time.monotonic() + timeout
+        while self.dead_workers:
+            r = subprocess.run([os.path.join(self.bin, "ferry"), "sources", "list", "--server",
+                                self.address, "--status", "ready", "--json"], capture_output=True)
+            if r.returncode == 0:
+                listed = {ref.get("worker_id") for ref in json.loads(r.stdout)}
+                self.dead_workers &= listed
+                if not self.dead_workers:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"killed workers still listed READY after {timeout:.0f} s: "
+                                   f"{sorted(self.dead_workers)}")
+            time.sleep(0.2)  # polling the server until its heartbeat timeout drops them
 
     def pull_argv(self, model: str, out: str) -> List[str]:
         return [os.path.join(self.bin, "ferry"), "pull", "--model", model, "--server", self.address,
@@ -237,7 +262,7 @@ def trial_pull_kill(bed: Bed, model: str, reference: bytes, span: float, kill_so
     else:
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(delay)  # the fault's random moment, not a wait for anything
-        bed.sources[kill_source].kill()
+        bed.kill_source(kill_source)
         _, err = p.communicate(timeout=120)
         killed = True
         error = check_output(out, reference, allowed_missing=p.returncode != 0)
@@ -366,6 +391,7 @@ def trial_disk_full(bed: Bed, reference: bytes) -> Optional[dict]:
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", mount]).returncode:
         return None
     try:
+        bed.settle()  # the trial asks what a live source's pull does on a full disk
         out = os.path.join(mount, "model.safetensors")
         r = subprocess.run(bed.pull_argv("loops/model", out), capture_output=True, timeout=120)
         error = None
