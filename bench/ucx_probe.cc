@@ -186,10 +186,11 @@ int main(int argc, char** argv) {
         return 1;
       }
       for (int p = 1; p <= passes; ++p) {
-        const ferry::internal::ReadConnection connection{peer->get(), "ucx probe source"};
+        const ferry::internal::ReadConnection connection{
+            peer->get(), "ucx probe source", {ferry::ReadOp{0, 0, dst, bytes}}};
         const absl::Time t0 = absl::Now();
-        const ferry::Status s = ferry::internal::RunRead({&connection, 1}, {{0, 0, dst, bytes}},
-                                                         chunk, ferry::ReadOptions{});
+        const ferry::Status s =
+            ferry::internal::RunRead({&connection, 1}, chunk, ferry::ReadOptions{});
         const absl::Duration d = absl::Now() - t0;
         std::printf(
             "{\"workload\":\"ucx_%s\",\"source_progress\":%d,\"pass\":%d,\"bytes\":%lu,"

@@ -48,6 +48,11 @@ struct PublisherOptions {
   // library reads no environment). Keep it well below the server's heartbeat timeout (90 s by
   // default), or READY listings will drop the worker between heartbeats.
   std::optional<absl::Duration> heartbeat_interval;
+
+  // true: Start() publishes the record as INITIALIZING and heartbeats keep it so (a target that
+  // serves what it has verified while it still pulls: ModelExpress clients list READY sources
+  // only) until MarkReady().
+  bool start_initializing = false;
 };
 
 // A random worker id of 16 lowercase hex characters (64 bits). ModelExpress mints 8 (32 bits);
@@ -81,6 +86,10 @@ class Publisher {
   // can overwrite STALE. Idempotent; a publisher cannot be restarted.
   void Stop();
 
+  // After Start() with start_initializing: marks the record READY, and heartbeats keep it so.
+  // FailedPrecondition before Start(); OK at once when already READY.
+  Status MarkReady();
+
   // Valid after a successful Start().
   std::string mx_source_id() const;
   const std::string& worker_id() const { return worker_id_; }
@@ -113,6 +122,7 @@ class Publisher {
   mutable absl::Mutex mu_;
   bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool ready_sent_ ABSL_GUARDED_BY(mu_) = false;
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;  // the status heartbeats send: READY, or INITIALIZING
   std::string mx_source_id_ ABSL_GUARDED_BY(mu_);
   int heartbeat_count_ ABSL_GUARDED_BY(mu_) = 0;
   int failed_heartbeat_count_ ABSL_GUARDED_BY(mu_) = 0;

@@ -89,6 +89,12 @@ struct TransferEngineOptions {
   // Reads in flight per stream (TCP) or per peer (UCX). 1..1024.
   int max_inflight = 16;
 
+  // Bytes per second this engine serves to all its peers together, shared among them in the
+  // order their requests arrive (0: no cap). Paced by the TCP server only: shm and UCX reads
+  // are one-sided (the target copies, the source never sees them), so a capped engine must
+  // have enable_shm and enable_ucx false.
+  uint64_t max_upload_rate = 0;
+
   // UCX starts only where an RDMA device exists (reads are one-sided and the NIC checks every
   // rkey), unless this is set: then it also starts without one, for shared memory between local
   // processes (`--transport ucx`). Without RDMA and without this, enable_ucx starts nothing.
@@ -154,15 +160,24 @@ struct ReadOptions {
   absl::Duration stall_timeout = absl::ZeroDuration();
   // Set from any thread to stop the read (it then returns Cancelled within about 100 ms).
   const std::atomic<bool>* cancel = nullptr;
+  // Set from any thread to end the read early and cleanly: no piece is handed out any more,
+  // the pieces in flight land (and are reported), and the read returns Aborted ("paused") —
+  // so that the reader can start another over more peers and read only what is missing.
+  const std::atomic<bool>* pause = nullptr;
   // Largest piece handed to a transport; 0: the engine's TransferEngineOptions::chunk_bytes.
   uint64_t chunk_bytes = 0;
+  // Where in the read's pieces this reader starts (modulo their count; pieces are then taken
+  // in order, wrapping around): targets reading one model from the same sources at once start
+  // at different places, so that they hold different pieces they can give each other.
+  uint64_t first_piece = 0;
   // Called about ten times a second (from the read's one watcher thread) while bytes move,
   // and once with (total, total) after a successful read. `done` counts finished pieces.
   std::function<void(uint64_t done, uint64_t total)> on_progress;
   // Called once for every piece as soon as all its bytes landed in local memory, from the
   // thread that received it (several at once): keep it short and thread-safe. `piece` is a
-  // sub-range of one op (local pointer and remote coordinates).
-  std::function<void(const ReadOp& piece)> on_piece;
+  // sub-range of one op (local pointer and the serving peer's remote coordinates); `peer` is
+  // that peer's index in the read's list (0 for Peer::Read).
+  std::function<void(const ReadOp& piece, size_t peer)> on_piece;
 };
 
 // A connection to one remote engine, over one transport.
@@ -192,6 +207,34 @@ class Peer {
 // when every peer failed (the error lists each). `peers` must be distinct and stay valid.
 Status ReadFromPeers(absl::Span<Peer* const> peers, std::vector<ReadOp> ops,
                      const ReadOptions& options);
+
+// One peer's part in a striped read: the same local bytes as every other peer's ops (same
+// count, local pointers and lengths, in the same order), at this peer's own remote
+// coordinates, since sources of one model may lay it out differently.
+struct PeerRead {
+  Peer* peer = nullptr;  // borrowed; must stay valid until the read returns
+  std::vector<ReadOp> ops;
+  // Set from any thread to drop this peer (its bytes failed verification, say): it stops
+  // within about 100 ms and its unfinished pieces go to the others. Optional.
+  const std::atomic<bool>* drop = nullptr;
+  // Whether the peer serves `piece` (in this peer's coordinates) now; null: every piece. A
+  // peer still filling its memory (a target serving while it pulls) takes only what it holds;
+  // the answer may change from false to true while the read runs. Called often, under the
+  // read's lock: keep it short.
+  std::function<bool(const ReadOp& piece)> serves;
+};
+
+// What one peer of a striped read did.
+struct PeerOutcome {
+  Status status;       // OK unless it failed, stalled or was dropped
+  uint64_t bytes = 0;  // bytes of finished pieces it delivered
+};
+
+// ReadFromPeers over peers whose layouts may differ. InvalidArgument when the peers' op lists
+// do not describe the same local bytes. `outcomes` (optional) gets one entry per peer, also
+// when the read as a whole failed.
+Status ReadFromPeers(absl::Span<const PeerRead> reads, const ReadOptions& options,
+                     std::vector<PeerOutcome>* outcomes = nullptr);
 
 // Merges ops that continue each other both remotely and locally, so that the op count does not
 // grow with the number of small adjacent pieces.
@@ -230,6 +273,13 @@ class TransferEngine {
 
   // Serialized ferry.v1.TransferBlob describing this engine and its current regions.
   std::string ExportBlob() const;
+
+  // Peers may read only the ranges of `region` that `allowed(offset, length)` accepts (a
+  // target serving what it has verified while it still pulls); a read of any other range is
+  // refused, and the reader takes it elsewhere. `allowed` is called from the serving threads,
+  // concurrently: keep it short and thread-safe. Null: every range. FailedPrecondition when
+  // the engine serves shm or UCX, whose reads are one-sided (the source never sees them).
+  Status LimitServing(const Region& region, std::function<bool(uint64_t, uint64_t)> allowed);
 
   // Connects to the engine described by `blob` over `transport` (kAuto: see TransportKind).
   // InvalidArgument for a malformed blob; FailedPrecondition when neither side shares the

@@ -137,12 +137,15 @@ def _describe(tensors: Mapping[str, torch.Tensor]):
 
 
 def _engine(name: str, transports: Optional[Sequence[str]], data_listen: str,
-            advertise_host: str) -> _ferry.TransferEngine:
+            advertise_host: str, max_upload_rate: int = 0) -> _ferry.TransferEngine:
+    if max_upload_rate and not transports:
+        transports = ["tcp"]  # a cap paces the TCP server; shm and UCX reads are one-sided
     return _ferry.TransferEngine(
         name,
         transports=list(transports or []),
         tcp_listen=data_listen,
         advertise_host=advertise_host,
+        max_upload_rate=max_upload_rate,
     )
 
 
@@ -210,6 +213,7 @@ def publish(
     tls_cert: str = "",
     tls_key: str = "",
     tls_client_ca: str = "",
+    max_upload_rate: int = 0,
 ) -> PublishHandle:
     """Publishes the tensors of a module (its state_dict) or of a mapping, in place.
 
@@ -223,7 +227,9 @@ def publish(
     an RDMA device; shared memory serves only engine-allocated memory, so same-host targets
     read published tensors over TCP, or over UCX when "ucx" is named on both sides). `data_listen`: the TCP data listener's host:port. `tls_cert`/`tls_key` (and
     `tls_client_ca` for mutual TLS) serve the worker endpoint over TLS, as `ferry publish`'s
-    --worker-tls-* flags.
+    --worker-tls-* flags. `max_upload_rate` (bytes per second, 0: none) caps what this source
+    sends to all targets together, as `ferry publish --max-upload-rate`; it serves over TCP
+    only.
     """
     tensors = named_tensors(module_or_state_dict)
     served: Dict[str, torch.Tensor] = {}
@@ -240,7 +246,7 @@ def publish(
     buffers, spans = _describe(served)
     metadata_client = client_for(server, client)
     engine = _engine(f"python publish rank {worker_rank}", transports, data_listen,
-                     advertise_host)
+                     advertise_host, max_upload_rate)
     try:
         source = _ferry.serve_buffers(
             metadata_client, engine, as_identity_dict(identity), buffers, spans,
@@ -304,6 +310,7 @@ def pull_into(
     accelerator: str = "cpu",
     transport: str = "auto",
     max_sources: int = 3,
+    stripe: int = 1,
     transfer_timeout: float = 300.0,
     stall_timeout: float = 15.0,
     verify_threads: int = 2,
@@ -331,6 +338,8 @@ def pull_into(
 
     `transport`: "auto" (default), "ucx" or "tcp"; "shm" reaches only sources whose memory the
     engine allocated (`ferry publish`), not tensors published in place by ferry.torch.publish.
+    `stripe`: sources read at once, as `ferry pull --stripe` (at most `max_sources`); each
+    attempt in the report carries the bytes that source delivered.
     """
     tensors = named_tensors(module_or_state_dict)
     staged: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
@@ -356,7 +365,7 @@ def pull_into(
             target_worker_id=target_worker_id, worker_tls_ca=worker_tls_ca,
             worker_tls_client_cert=worker_tls_client_cert,
             worker_tls_client_key=worker_tls_client_key, batch_bytes=_batch_bytes,
-            batch_pause=_batch_pause)
+            batch_pause=_batch_pause, stripe=stripe)
     except _ferry.NotFoundError as e:
         return PullReport(ok=False, outcome="no_source", message=str(e))
     except (_ferry.UnavailableError, _ferry.DeadlineExceededError, _ferry.DataLossError) as e:

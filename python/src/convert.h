@@ -36,7 +36,8 @@ TransferEngineOptions EngineOptionsFrom(const std::string& name,
                                         const std::vector<std::string>& transports,
                                         const std::string& tcp_listen,
                                         const std::string& advertise_host, int tcp_streams,
-                                        const std::string& ucx_net_devices);
+                                        const std::string& ucx_net_devices,
+                                        uint64_t max_upload_rate = 0);
 
 // A metadata client plus the credentials it resolved, which the worker endpoints of sources
 // and targets reuse (the deployment token protects both).

@@ -35,7 +35,8 @@ TransferEngineOptions EngineOptionsFrom(const std::string& name,
                                         const std::vector<std::string>& transports,
                                         const std::string& tcp_listen,
                                         const std::string& advertise_host, int tcp_streams,
-                                        const std::string& ucx_net_devices) {
+                                        const std::string& ucx_net_devices,
+                                        uint64_t max_upload_rate) {
   TransferEngineOptions o;
   o.name = name;
   if (!transports.empty()) {
@@ -52,6 +53,7 @@ TransferEngineOptions EngineOptionsFrom(const std::string& name,
   o.advertise_host = advertise_host;
   if (tcp_streams > 0) o.tcp_streams = tcp_streams;
   o.ucx_net_devices = ucx_net_devices;
+  o.max_upload_rate = max_upload_rate;
   return o;
 }
 
@@ -101,16 +103,18 @@ void RegisterEngine(py::module_& m) {
       "One per process (per rank): registers memory and reads remote regions one-sided.")
       .def(py::init([](const std::string& name, const std::vector<std::string>& transports,
                        const std::string& tcp_listen, const std::string& advertise_host,
-                       int tcp_streams, const std::string& ucx_net_devices) {
-             TransferEngineOptions o = EngineOptionsFrom(
-                 name, transports, tcp_listen, advertise_host, tcp_streams, ucx_net_devices);
+                       int tcp_streams, const std::string& ucx_net_devices,
+                       uint64_t max_upload_rate) {
+             TransferEngineOptions o =
+                 EngineOptionsFrom(name, transports, tcp_listen, advertise_host, tcp_streams,
+                                   ucx_net_devices, max_upload_rate);
              py::gil_scoped_release release;
              return std::shared_ptr<TransferEngine>(Unwrap(TransferEngine::Create(o)));
            }),
            py::arg("name") = "python", py::kw_only(),
            py::arg("transports") = std::vector<std::string>{}, py::arg("tcp_listen") = "0.0.0.0:0",
            py::arg("advertise_host") = "", py::arg("tcp_streams") = 0,
-           py::arg("ucx_net_devices") = "")
+           py::arg("ucx_net_devices") = "", py::arg("max_upload_rate") = 0)
       .def(
           "allocate_region",
           [](TransferEngine& e, uint64_t size) {

@@ -146,8 +146,10 @@ void RegisterWeights(py::module_& m) {
          const std::string& transport, int max_sources, double transfer_timeout,
          double stall_timeout, int verify_threads, const std::string& target_worker_id,
          const std::string& worker_tls_ca, const std::string& worker_tls_client_cert,
-         const std::string& worker_tls_client_key, uint64_t batch_bytes, double batch_pause) {
+         const std::string& worker_tls_client_key, uint64_t batch_bytes, double batch_pause,
+         int stripe) {
         weights::PullOptions o;
+        o.stripe = std::min(stripe, max_sources);
         o.client = client->client.get();
         o.engine = engine.get();
         o.identity = IdentityFromDict(identity);
@@ -185,6 +187,7 @@ void RegisterWeights(py::module_& m) {
           py::dict ad;
           ad["worker_id"] = a.worker_id;
           ad["endpoint"] = a.endpoint;
+          ad["bytes"] = a.bytes;
           ad["error"] = a.status.ok() ? py::none() : py::cast(std::string(a.status.message()));
           attempts.append(ad);
         }
@@ -201,7 +204,7 @@ void RegisterWeights(py::module_& m) {
       py::arg("verify_threads") = 2, py::arg("target_worker_id") = "",
       py::arg("worker_tls_ca") = "", py::arg("worker_tls_client_cert") = "",
       py::arg("worker_tls_client_key") = "", py::arg("batch_bytes") = 0,
-      py::arg("batch_pause") = 0.0,
+      py::arg("batch_pause") = 0.0, py::arg("stripe") = 1,
       "Pulls a READY source's tensors into the buffers in place and verifies every checksum. "
       "NotFoundError: no source; FailedPreconditionError: the buffers do not match the "
       "source's tensors (nothing moved); UnavailableError: every source tried failed (the "

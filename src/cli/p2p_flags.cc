@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/byte_size.h"
 #include "common/env.h"
 #include "common/ready_file.h"
 
@@ -92,6 +93,12 @@ void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
                 "start UCX even without an RDMA device (shared memory between local processes; "
                 "--transport ucx implies it). UCX's tcp transport is never used")
       ->group(group);
+  cmd->add_option("--max-upload-rate", flags.max_upload_rate,
+                  std::string("bytes per second this process serves to all targets together, "
+                              "shared in the order their requests arrive (e.g. 100MiB, 1GiB; "
+                              "default: no cap). Served over TCP only") +
+                      (serving ? "" : "; applies with --then-publish"))
+      ->group(group);
 }
 
 StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
@@ -111,6 +118,20 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
   options.advertise_host = flags.advertise_host;
   if (flags.tcp_streams > 0) options.tcp_streams = flags.tcp_streams;
   options.ucx_net_devices = flags.ucx_net_devices;
+  if (!flags.max_upload_rate.empty()) {
+    FERRY_ASSIGN_OR_RETURN(options.max_upload_rate,
+                           internal::ParseByteSize(flags.max_upload_rate, "--max-upload-rate"));
+  }
+  if (options.max_upload_rate > 0) {
+    if (kind != TransportKind::kAuto && kind != TransportKind::kTcp) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--max-upload-rate ", flags.max_upload_rate, " with --transport ", flags.transport,
+          ": the cap paces the TCP server, and shm and UCX reads are one-sided (the source never "
+          "sees them); use --transport tcp or auto, or drop the cap"));
+    }
+    options.enable_shm = options.enable_ucx = false;
+    options.enable_tcp = true;
+  }
   FERRY_RETURN_IF_ERROR(options.Validate());
   return options;
 }

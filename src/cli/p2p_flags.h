@@ -47,13 +47,16 @@ struct EngineFlags {
   int tcp_streams = 0;  // 0: the engine's default
   std::string ucx_net_devices;
   bool ucx_without_rdma = false;  // --ucx-without-rdma; implied by --transport ucx
+  std::string max_upload_rate;    // --max-upload-rate: bytes per second; "": no cap
 };
 
 // --transport, --data-listen, --advertise-host, --tcp-streams, --ucx-net-devices,
-// --ucx-without-rdma.
+// --ucx-without-rdma, --max-upload-rate.
 void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving);
 // Engine options: `serving` (publish) enables both transports for "auto"; a target enables
-// what it may use. `*transport` receives the parsed --transport.
+// what it may use. `*transport` receives the parsed --transport. With --max-upload-rate,
+// "auto" means TCP only (a cap paces the TCP server; shm and UCX reads are one-sided), and an
+// explicit shm or ucx is refused.
 StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
                                                    const std::string& name,
                                                    TransportKind* transport);
@@ -127,6 +130,19 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
                   const EngineFlags& engine_flags, MetadataClient* client, TransferEngine* engine,
                   const SourceIdentity& identity, uint32_t rank, weights::ServedModel model,
                   absl::string_view what);
+
+// ServeModel's two halves. StartWeightSource creates and starts the source (with `held`: the
+// model is still being pulled, see WeightSourceOptions::held; `worker_id` overrides
+// --worker-id when not empty); ServeUntilStopped announces it (log, stderr, --ready-file),
+// waits for SIGTERM or SIGINT and stops it.
+StatusOr<std::unique_ptr<weights::WeightSource>> StartWeightSource(
+    const GlobalFlags& flags, const ServeFlags& serve, const EngineFlags& engine_flags,
+    MetadataClient* client, TransferEngine* engine, const SourceIdentity& identity, uint32_t rank,
+    weights::ServedModel model, std::shared_ptr<worker::HeldTensors> held = nullptr,
+    const std::string& worker_id = "");
+Status ServeUntilStopped(weights::WeightSource& source, const ServeFlags& serve,
+                         TransferEngine* engine, const SourceIdentity& identity, uint32_t rank,
+                         absl::string_view what);
 
 }  // namespace ferry::cli
 

@@ -116,10 +116,11 @@ void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact) {
       ->group(group);
 }
 
-Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
-                  const EngineFlags& engine_flags, MetadataClient* client, TransferEngine* engine,
-                  const SourceIdentity& identity, uint32_t rank, weights::ServedModel model,
-                  absl::string_view what) {
+StatusOr<std::unique_ptr<weights::WeightSource>> StartWeightSource(
+    const GlobalFlags& flags, const ServeFlags& serve, const EngineFlags& engine_flags,
+    MetadataClient* client, TransferEngine* engine, const SourceIdentity& identity, uint32_t rank,
+    weights::ServedModel model, std::shared_ptr<worker::HeldTensors> held,
+    const std::string& worker_id) {
   FERRY_ASSIGN_OR_RETURN(ClientCredentials token, ResolveDeploymentToken(flags));
   weights::WeightSourceOptions options;
   options.client = client;
@@ -127,8 +128,9 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
   options.identity = identity;
   options.worker_rank = rank;
   options.accelerator = serve.accelerator;
-  options.worker_id = serve.worker_id;
+  options.worker_id = worker_id.empty() ? serve.worker_id : worker_id;
   options.centralized = serve.centralized;
+  options.held = std::move(held);
   FERRY_ASSIGN_OR_RETURN(options.heartbeat_interval, HeartbeatInterval(serve));
   options.endpoint.listen = serve.worker_listen;
   options.endpoint.advertise_host = engine_flags.advertise_host;
@@ -137,30 +139,45 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
   options.endpoint.tls_cert = serve.tls_cert;
   options.endpoint.tls_key = serve.tls_key;
   options.endpoint.tls_client_ca = serve.tls_client_ca;
-  const uint64_t bytes = model.total_bytes;
-  const size_t tensors = model.tensors.size();
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<weights::WeightSource> source,
                          weights::WeightSource::Create(std::move(options), std::move(model)));
   FERRY_RETURN_IF_ERROR(source->Start());
+  return source;
+}
 
+Status ServeUntilStopped(weights::WeightSource& source, const ServeFlags& serve,
+                         TransferEngine* engine, const SourceIdentity& identity, uint32_t rank,
+                         absl::string_view what) {
+  const uint64_t bytes = source.model().total_bytes;
+  const size_t tensors = source.model().tensors.size();
   std::string transports;
   for (TransportKind k : engine->transports()) {
     absl::StrAppend(&transports, transports.empty() ? "" : ", ", std::string(TransportKindName(k)));
   }
   spdlog::info("{}: serving {} tensors ({} bytes) of {} rank {} as worker {} at {} over {}", what,
-               tensors, bytes, identity.model_name(), rank, source->worker_id(), source->endpoint(),
+               tensors, bytes, identity.model_name(), rank, source.worker_id(), source.endpoint(),
                transports);
   std::cerr << what << ": serving " << identity.model_name() << " rank " << rank << " (" << tensors
-            << " tensors, " << FormatBytes(bytes) << ") as worker " << source->worker_id() << " at "
-            << source->endpoint() << " over " << transports << "; SIGTERM or Ctrl-C to stop\n";
+            << " tensors, " << FormatBytes(bytes) << ") as worker " << source.worker_id() << " at "
+            << source.endpoint() << " over " << transports << "; SIGTERM or Ctrl-C to stop\n";
   if (!serve.ready_file.empty()) {
-    FERRY_RETURN_IF_ERROR(WriteSourceReadyFile(serve.ready_file, source->mx_source_id(),
-                                               source->worker_id(), source->endpoint(),
+    FERRY_RETURN_IF_ERROR(WriteSourceReadyFile(serve.ready_file, source.mx_source_id(),
+                                               source.worker_id(), source.endpoint(),
                                                {{"tensors", tensors}, {"bytes", bytes}}));
   }
   spdlog::info("{}: {} received; marking the worker STALE", what, WaitForStopSignal());
-  source->Stop();
+  source.Stop();
   return absl::OkStatus();
+}
+
+Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
+                  const EngineFlags& engine_flags, MetadataClient* client, TransferEngine* engine,
+                  const SourceIdentity& identity, uint32_t rank, weights::ServedModel model,
+                  absl::string_view what) {
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<weights::WeightSource> source,
+                         StartWeightSource(flags, serve, engine_flags, client, engine, identity,
+                                           rank, std::move(model)));
+  return ServeUntilStopped(*source, serve, engine, identity, rank, what);
 }
 
 void AddPublishCommand(CLI::App& app, Cli& cli) {

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "cli/p2p_flags.h"
+#include "ferry/publisher.h"
 #include "flows/weight_puller.h"
 #include "nlohmann/json.hpp"
 #include "weights/safetensors.h"
@@ -29,8 +30,10 @@ struct PullFlags {
   bool json = false;
   std::string progress = "auto";
   TargetFlags target;
+  int stripe = 1;  // --stripe
   EngineFlags engine;
   bool then_publish = false;
+  bool serve_while_pulling = true;  // --no-serve-while-pulling clears it
   ServeFlags serve;
   uint64_t testing_batch_bytes = 0;  // hidden
   int testing_batch_pause_ms = 0;    // hidden
@@ -81,6 +84,7 @@ nlohmann::json Summary(const weights::PullResult& r, const std::string& output) 
     attempts.push_back({{"mx_source_id", a.mx_source_id},
                         {"worker_id", a.worker_id},
                         {"endpoint", a.endpoint},
+                        {"bytes", a.bytes},
                         {"ok", a.status.ok()},
                         {"error", a.status.ok() ? "" : std::string(a.status.message())}});
   }
@@ -99,6 +103,7 @@ nlohmann::json Summary(const weights::PullResult& r, const std::string& output) 
             {"worker_id", r.source_worker_id},
             {"endpoint", r.source_endpoint},
             {"peer", r.peer}}},
+          {"sources_used", r.sources_used},
           {"attempts", attempts},
           {"output", output}};
 }
@@ -124,7 +129,9 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   FERRY_ASSIGN_OR_RETURN(
       TransferEngineOptions engine_options,
       BuildEngineOptions(pull.engine, absl::StrCat("ferry pull rank ", pull.rank), &transport));
-  if (pull.then_publish && transport != TransportKind::kAuto) {
+  if (pull.then_publish && transport != TransportKind::kAuto &&
+      engine_options.max_upload_rate == 0 &&
+      !(pull.serve_while_pulling && transport == TransportKind::kTcp)) {
     // A fan-out source serves every transport, whatever it read with.
     engine_options.enable_shm = engine_options.enable_ucx = engine_options.enable_tcp = true;
   }
@@ -143,10 +150,29 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   options.target_worker_id = pull.target.target_worker_id;
   options.transport = transport;
   options.max_sources = pull.target.max_sources;
+  options.stripe = std::min(pull.stripe, pull.target.max_sources);
   options.endpoint = WorkerClientFromFlags(pull.target, token);
   options.transfer_timeout = absl::Seconds(pull.target.transfer_timeout);
   options.servable = pull.then_publish;
   options.stall_timeout = absl::Seconds(pull.target.stall_timeout);
+  // Serving while pulling: only over TCP, whose server refuses ranges not verified yet (shm
+  // and UCX reads are one-sided); the record stays INITIALIZING until the pull is complete.
+  const bool serve_early = pull.then_publish && pull.serve_while_pulling &&
+                           !engine_options.enable_shm && !engine_options.enable_ucx;
+  const std::string worker_id =
+      pull.serve.worker_id.empty() ? GenerateWorkerId() : pull.serve.worker_id;
+  std::unique_ptr<weights::WeightSource> early;
+  if (serve_early) {
+    options.target_worker_id = worker_id;  // never read from its own record
+    options.serve_while_pulling = [&](weights::ServedModel model,
+                                      std::shared_ptr<worker::HeldTensors> held) -> Status {
+      FERRY_ASSIGN_OR_RETURN(
+          early,
+          StartWeightSource(flags, pull.serve, pull.engine, client.get(), engine.get(), identity,
+                            pull.rank, std::move(model), std::move(held), worker_id));
+      return absl::OkStatus();
+    };
+  }
   options.batch_bytes = pull.testing_batch_bytes;
   options.batch_pause = absl::Milliseconds(pull.testing_batch_pause_ms);
   const bool tty = isatty(STDERR_FILENO);
@@ -160,11 +186,11 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
     options.on_progress = [&printer](const weights::PullProgress& p) { printer->Update(p); };
   }
   FERRY_ASSIGN_OR_RETURN(weights::PullResult result, weights::PullWeights(options));
+  const Region* pulled = early != nullptr ? early->model().region.get() : result.model.region.get();
 
   if (!pull.output.empty()) {
-    FERRY_RETURN_IF_ERROR(
-        weights::WriteSafetensorsAtomic(pull.output, result.model.tensors, result.model.metadata,
-                                        result.model.region->data(), result.bytes));
+    FERRY_RETURN_IF_ERROR(weights::WriteSafetensorsAtomic(
+        pull.output, result.model.tensors, result.model.metadata, pulled->data(), result.bytes));
   }
   if (pull.json) {
     std::cout << Summary(result, pull.output).dump(2) << std::endl;
@@ -182,6 +208,11 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
     std::cout.flush();
   }
   if (!pull.then_publish) return absl::OkStatus();
+  if (early != nullptr) {
+    FERRY_RETURN_IF_ERROR(early->MarkReady());
+    return ServeUntilStopped(*early, pull.serve, engine.get(), identity, pull.rank,
+                             "ferry pull --then-publish");
+  }
   return ServeModel(flags, pull.serve, pull.engine, client.get(), engine.get(), identity, pull.rank,
                     std::move(result.model), "ferry pull --then-publish");
 }
@@ -202,16 +233,28 @@ void AddPullCommand(CLI::App& app, Cli& cli) {
   cmd->add_option("-o,--output", flags->output, "where to write the .safetensors file");
   cmd->add_flag("--json", flags->json,
                 "print a JSON summary: bytes, tensors, seconds, transfer_seconds, gbps, "
-                "transport, verified, source, attempts");
+                "transport, verified, source (the one that delivered most), sources_used, attempts "
+                "(every source opened, with the bytes it delivered)");
   cmd->add_option("--progress", flags->progress,
                   "auto (a bar when stderr is a terminal), bar, lines or none")
       ->check(CLI::IsMember({"auto", "bar", "lines", "none"}))
       ->capture_default_str();
   AddTargetFlags(cmd, flags->target, "tensors");
+  cmd->add_option("--stripe", flags->stripe,
+                  "sources read at once: the pull's pieces are spread over them, faster ones "
+                  "taking more; a source that fails is replaced by the next (at most "
+                  "--max-sources in all) and only the missing bytes are read")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
   AddEngineFlags(cmd, flags->engine, /*serving=*/false);
   cmd->add_flag("--then-publish", flags->then_publish,
                 "keep the pulled weights in memory and serve them as a new source until "
-                "SIGTERM (fan-out); the Serving options apply");
+                "SIGTERM (fan-out); the Serving options apply. Over TCP only (--transport tcp "
+                "or --max-upload-rate), it serves each tensor once verified while it still "
+                "pulls, as an INITIALIZING record that other ferry targets read from and "
+                "ModelExpress clients do not list, then READY");
+  cmd->add_flag("!--no-serve-while-pulling", flags->serve_while_pulling,
+                "with --then-publish: serve only after the whole pull, as before");
   AddServeFlags(cmd, flags->serve);
   cmd->add_option("--testing-batch-bytes", flags->testing_batch_bytes)->group("");
   cmd->add_option("--testing-batch-pause-ms", flags->testing_batch_pause_ms)->group("");

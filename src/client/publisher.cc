@@ -137,15 +137,38 @@ Status Publisher::PublishAndMarkReady() {
   request.set_pod_uid(options_.pod_uid);
   request.set_pod_namespace(options_.pod_namespace);
   FERRY_ASSIGN_OR_RETURN(PublishResult published, options_.client->Publish(request));
+  bool ready;
   {
     absl::MutexLock lock(&mu_);
     mx_source_id_ = published.mx_source_id;
+    if (!options_.start_initializing) ready_ = true;
+    ready = ready_;
   }
   FERRY_RETURN_IF_ERROR(options_.client->UpdateStatus(
-      published.mx_source_id, worker_id_, options_.worker.worker_rank(), p2p::SOURCE_STATUS_READY));
+      published.mx_source_id, worker_id_, options_.worker.worker_rank(),
+      ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING));
   absl::MutexLock lock(&mu_);
-  ready_sent_ = true;
+  ready_sent_ = true;  // a status was sent: Stop() marks the record STALE
   return absl::OkStatus();
+}
+
+Status Publisher::MarkReady() {
+  {
+    absl::MutexLock lifecycle(&lifecycle_mu_);
+    if (state_ != State::kRunning) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("Publisher for worker ", worker_id_, " is not running; Start() it first"));
+    }
+  }
+  std::string source_id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (ready_) return absl::OkStatus();
+    ready_ = true;  // from now on heartbeats say READY, even if this update fails
+    source_id = mx_source_id_;
+  }
+  return options_.client->UpdateStatus(source_id, worker_id_, options_.worker.worker_rank(),
+                                       p2p::SOURCE_STATUS_READY);
 }
 
 // Ticks on a fixed schedule (one interval after the previous tick was due, or at once if a
@@ -166,7 +189,14 @@ void Publisher::Run() {
 void Publisher::Tick() {
   const std::string source_id = mx_source_id();
   const uint32_t rank = options_.worker.worker_rank();
-  Status s = options_.client->UpdateStatus(source_id, worker_id_, rank, p2p::SOURCE_STATUS_READY);
+  bool ready;
+  {
+    absl::MutexLock lock(&mu_);
+    ready = ready_;
+  }
+  Status s = options_.client->UpdateStatus(
+      source_id, worker_id_, rank,
+      ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING);
   bool republished = false;
   if (absl::IsNotFound(s)) {
     // The server lost the record (restart of a memory store, flushed Redis, GC after a

@@ -69,10 +69,11 @@ std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceR
 }
 
 StatusOr<Candidates> ListCandidates(MetadataClient& client, const SourceIdentity& identity,
-                                    const SourceSelection& selection, const std::string& who) {
+                                    const SourceSelection& selection, const std::string& who,
+                                    ::model_express::p2p::SourceStatus status) {
   ListSourcesRequest request;
   *request.mutable_identity() = identity;
-  request.set_status_filter(::model_express::p2p::SOURCE_STATUS_READY);
+  request.set_status_filter(status);
   StatusOr<std::vector<SourceInstanceRef>> refs = client.ListSources(request);
   if (!refs.ok()) {
     return Status(refs.status().code(),
@@ -116,7 +117,6 @@ StatusOr<size_t> TryCandidates(
     const std::vector<SourceInstanceRef>& candidates, int max_tries, const std::string& who,
     const std::string& note, std::vector<SourceAttempt>* attempts,
     const std::function<TryVerdict(const SourceInstanceRef&, SourceAttempt*)>& try_one) {
-  std::string failures;
   const size_t first = attempts->size();
   const size_t tries = std::min<size_t>(candidates.size(), static_cast<size_t>(max_tries));
   for (size_t i = 0; i < tries; ++i) {
@@ -131,11 +131,23 @@ StatusOr<size_t> TryCandidates(
     spdlog::warn("source {} of {} (worker {}{}) failed{}: {}", i + 1, tries, ref.worker_id(), where,
                  verdict.stop() ? ", and no other source can help" : "", attempt.status.message());
     if (verdict.stop()) return attempt.status;
-    absl::StrAppend(&failures, "\n  [", i + 1, "] worker ", ref.worker_id(), where, ": ",
-                    attempt.status.message());
   }
-  return Status(AggregateCode(absl::MakeConstSpan(*attempts).subspan(first)),
-                absl::StrCat("could not pull ", who, ": ", tries, " of ", candidates.size(),
+  std::vector<SourceAttempt> mine(attempts->begin() + first, attempts->end());
+  return AllFailed(mine, candidates.size(), who, note);
+}
+
+Status AllFailed(const std::vector<SourceAttempt>& attempts, size_t listed, const std::string& who,
+                 const std::string& note) {
+  std::string failures;
+  for (size_t i = 0; i < attempts.size(); ++i) {
+    const SourceAttempt& attempt = attempts[i];
+    const std::string where = attempt.endpoint.empty() ? "" : " at " + attempt.endpoint;
+    absl::StrAppend(
+        &failures, "\n  [", i + 1, "] worker ", attempt.worker_id, where, ": ",
+        attempt.status.ok() ? "stopped before the pull ended" : attempt.status.message());
+  }
+  return Status(AggregateCode(attempts),
+                absl::StrCat("could not pull ", who, ": ", attempts.size(), " of ", listed,
                              " READY source(s) tried,", " all failed (", note, "):", failures));
 }
 

@@ -55,10 +55,12 @@ struct Candidates {
   size_t ready = 0;  // READY workers of the identity before filtering
 };
 
-// ListSources(identity, READY) then OrderCandidates. A listing failure keeps its code, with a
+// ListSources(identity, `status`) then OrderCandidates. A listing failure keeps its code, with a
 // message naming `who` (the identity in words).
-StatusOr<Candidates> ListCandidates(MetadataClient& client, const SourceIdentity& identity,
-                                    const SourceSelection& selection, const std::string& who);
+StatusOr<Candidates> ListCandidates(
+    MetadataClient& client, const SourceIdentity& identity, const SourceSelection& selection,
+    const std::string& who,
+    ::model_express::p2p::SourceStatus status = ::model_express::p2p::SOURCE_STATUS_READY);
 
 // One source a target tried.
 struct SourceAttempt {
@@ -66,6 +68,7 @@ struct SourceAttempt {
   std::string worker_id;
   std::string endpoint;  // its worker endpoint, once known
   Status status;
+  uint64_t bytes = 0;  // bytes it delivered (a striped weight pull)
 };
 
 // What one try tells TryCandidates: OK (done), a failure after which the next source may still
@@ -100,6 +103,12 @@ StatusOr<size_t> TryCandidates(
     const std::vector<SourceInstanceRef>& candidates, int max_tries, const std::string& who,
     const std::string& note, std::vector<SourceAttempt>* attempts,
     const std::function<TryVerdict(const SourceInstanceRef&, SourceAttempt*)>& try_one);
+
+// "could not pull WHO: N of M READY source(s) tried, all failed (NOTE):" and one line per
+// attempt, with AggregateCode's code: TryCandidates' error, for flows that try sources their own
+// way. REQUIRES: !attempts.empty().
+Status AllFailed(const std::vector<SourceAttempt>& attempts, size_t listed, const std::string& who,
+                 const std::string& note);
 
 // The code of TryCandidates' error when every attempt in `attempts` (at least one) failed: the
 // code they all share if it is one the caller must act on (see the .cc file), else UNAVAILABLE.

@@ -338,7 +338,7 @@ class ArtifactPuller {
       if (o_.batch_bytes_for_test > 0) {
         // Slows the transfer down for tests that act while it runs: a pause after every piece
         // of batch_bytes_for_test bytes, one piece at a time.
-        options.on_piece = [&](const ReadOp&) {
+        options.on_piece = [&](const ReadOp&, size_t) {
           absl::MutexLock lock(&pace_mu);
           absl::SleepFor(o_.batch_pause_for_test);
         };

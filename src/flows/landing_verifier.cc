@@ -14,11 +14,14 @@ uintptr_t Address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 }  // namespace
 
 LandingVerifier::LandingVerifier(std::vector<Tensor> tensors, int threads,
-                                 std::atomic<bool>* cancel)
+                                 std::function<void(size_t)> on_mismatch,
+                                 std::function<void(size_t)> on_verified)
     : tensors_(std::move(tensors)),
       remaining_(tensors_.size()),
       sums_(tensors_.size(), 0),
-      cancel_(cancel) {
+      generation_(tensors_.size(), 0),
+      on_mismatch_(std::move(on_mismatch)),
+      on_verified_(std::move(on_verified)) {
   by_start_.resize(tensors_.size());
   std::iota(by_start_.begin(), by_start_.end(), 0);
   std::sort(by_start_.begin(), by_start_.end(), [&](size_t a, size_t b) {
@@ -33,6 +36,7 @@ LandingVerifier::LandingVerifier(std::vector<Tensor> tensors, int threads,
   }
   {
     absl::MutexLock lock(&mu_);
+    state_.assign(tensors_.size(), State::kPending);
     for (size_t i = 0; i < tensors_.size(); ++i) {
       remaining_[i].store(static_cast<int64_t>(tensors_[i].size));
       if (tensors_[i].size == 0) queue_.push_back(i);
@@ -78,6 +82,7 @@ void LandingVerifier::Landed(const void* data, uint64_t size) {
 void LandingVerifier::Work() {
   for (;;) {
     size_t i;
+    uint64_t generation;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
@@ -87,36 +92,48 @@ void LandingVerifier::Work() {
       if (stop_) return;
       i = queue_.front();
       queue_.pop_front();
+      generation = generation_[i];
+      ++running_;
     }
     const uint64_t sum = TensorChecksum(tensors_[i].data, tensors_[i].size);
-    sums_[i] = sum;
-    absl::MutexLock lock(&mu_);
-    ++checked_;
-    if (sum != tensors_[i].expected) {
-      first_bad_ = std::min(first_bad_, i);
-      if (cancel_ != nullptr) cancel_->store(true);
+    const bool good = sum == tensors_[i].expected;
+    if (!good && on_mismatch_) on_mismatch_(i);
+    {
+      absl::MutexLock lock(&mu_);
+      --running_;
+      if (generation != generation_[i] || state_[i] != State::kPending) continue;  // re-armed
+      sums_[i] = sum;
+      state_[i] = good ? State::kGood : State::kBad;
+      ++checked_;
+      if (good) ++good_;
     }
+    if (good && on_verified_) on_verified_(i);
   }
 }
 
 Status LandingVerifier::Finish() {
   const absl::Time start = absl::Now();
-  size_t bad;
+  size_t bad = SIZE_MAX;
   {
     absl::MutexLock lock(&mu_);
-    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return checked_ == tensors_.size() || (first_bad_ != SIZE_MAX && queue_.empty()) || stop_;
-    };
     // Tensors that never completed cannot be waited for: count them first.
     size_t incomplete = 0;
-    for (size_t i = 0; i < tensors_.size(); ++i) incomplete += remaining_[i].load() > 0 ? 1 : 0;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      incomplete += remaining_[i].load() > 0 && state_[i] == State::kPending ? 1 : 0;
+    }
     if (incomplete > 0) {
       stop_ = true;
       return absl::InternalError(absl::StrCat(
           incomplete, " tensor(s) did not land completely although the read finished"));
     }
+    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return checked_ == tensors_.size() || (checked_ > good_ && queue_.empty() && running_ == 0) ||
+             stop_;
+    };
     mu_.Await(absl::Condition(&settled));
-    bad = first_bad_;
+    for (size_t i = 0; i < tensors_.size() && bad == SIZE_MAX; ++i) {
+      if (state_[i] == State::kBad) bad = i;
+    }
     stop_ = true;
   }
   tail_ = absl::Now() - start;
@@ -124,12 +141,57 @@ Status LandingVerifier::Finish() {
 }
 
 Status LandingVerifier::Mismatch() {
-  size_t bad;
+  size_t bad = SIZE_MAX;
   {
     absl::MutexLock lock(&mu_);
-    bad = first_bad_;
+    for (size_t i = 0; i < tensors_.size() && bad == SIZE_MAX; ++i) {
+      if (state_[i] == State::kBad) bad = i;
+    }
   }
   return MismatchStatus(bad);
+}
+
+void LandingVerifier::WaitIdle() {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return (queue_.empty() && running_ == 0) || stop_;
+  };
+  mu_.Await(absl::Condition(&idle));
+}
+
+void LandingVerifier::Rearm(size_t i) {
+  absl::MutexLock lock(&mu_);
+  if (state_[i] != State::kPending) {
+    --checked_;
+    if (state_[i] == State::kGood) --good_;
+    state_[i] = State::kPending;
+  }
+  ++generation_[i];
+  std::erase(queue_, i);
+  remaining_[i].store(static_cast<int64_t>(tensors_[i].size));
+  if (tensors_[i].size == 0) queue_.push_back(i);
+}
+
+void LandingVerifier::MarkVerified(size_t i, uint64_t sum) {
+  absl::MutexLock lock(&mu_);
+  ++generation_[i];
+  std::erase(queue_, i);
+  remaining_[i].store(0);
+  if (state_[i] == State::kGood) return;
+  if (state_[i] == State::kPending) ++checked_;
+  state_[i] = State::kGood;
+  ++good_;
+  sums_[i] = sum;
+}
+
+bool LandingVerifier::Verified(size_t i) {
+  absl::MutexLock lock(&mu_);
+  return state_[i] == State::kGood;
+}
+
+size_t LandingVerifier::verified_count() {
+  absl::MutexLock lock(&mu_);
+  return good_;
 }
 
 Status LandingVerifier::MismatchStatus(size_t bad) const {

@@ -1,15 +1,18 @@
 // Verification beside the transfer: every tensor is checksummed as soon as its last byte
 // landed, by a small pool of threads, while the rest of the model is still on the wire. Fed
-// from the read core's per-piece callback (ReadOptions::on_piece).
+// from the read core's per-piece callback (ReadOptions::on_piece). A tensor that failed can be
+// re-armed and counted again as its bytes are read a second time (a striped pull re-reads it
+// from another source).
 //
-// Thread-safety: Landed may be called from any number of threads at once; the other methods
-// from the owning thread.
+// Thread-safety: Landed may be called from any number of threads at once, and the mismatch
+// callback runs on the checksum threads; the other methods from the owning thread.
 #ifndef FERRY_FLOWS_LANDING_VERIFIER_H_
 #define FERRY_FLOWS_LANDING_VERIFIER_H_
 
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,8 +35,12 @@ class LandingVerifier {
 
   // Starts `threads` (1..16) checksum threads. Tensors may share a range (tied weights) but
   // must not partly overlap. Empty tensors are checked at once. When a checksum differs,
-  // `*cancel` (optional) is set so that the read stops early.
-  LandingVerifier(std::vector<Tensor> tensors, int threads, std::atomic<bool>* cancel);
+  // `on_mismatch(i)` (optional) is called with the tensor's index, from a checksum thread,
+  // before the failure is recorded (so that the caller may Rearm it from there); when it
+  // matches, `on_verified(i)` (optional), after it is recorded.
+  LandingVerifier(std::vector<Tensor> tensors, int threads,
+                  std::function<void(size_t)> on_mismatch = nullptr,
+                  std::function<void(size_t)> on_verified = nullptr);
   ~LandingVerifier();  // stops the threads (Abandon + join)
   LandingVerifier(const LandingVerifier&) = delete;
   LandingVerifier& operator=(const LandingVerifier&) = delete;
@@ -50,12 +57,30 @@ class LandingVerifier {
   // DataLoss naming a tensor found corrupt so far (the read was then cancelled), else OK.
   Status Mismatch();
 
-  // The checksums computed, in the order given (valid after Finish returned OK).
-  const std::vector<uint64_t>& checksums() const { return sums_; }
+  // Waits until every tensor that landed completely has been checked (the queue is empty and
+  // no check is running). The threads keep running.
+  void WaitIdle();
+  // Forgets what landed of tensor `i` and any failure it had: it is counted again from zero.
+  // Call only while none of its bytes are being read.
+  void Rearm(size_t i);
+  // Records tensor `i` as checked with checksum `sum` (verified by the caller).
+  void MarkVerified(size_t i, uint64_t sum);
+  // Whether tensor `i` was checked and matched.
+  bool Verified(size_t i);
+  // Tensors checked and matched so far.
+  size_t verified_count();
+
+  // The checksums computed, in the order given (valid after Finish returned OK, or once every
+  // tensor is Verified).
+  std::vector<uint64_t> checksums() {
+    absl::MutexLock lock(&mu_);
+    return sums_;
+  }
   // Time spent checksumming after the read ended (inside Finish).
   absl::Duration tail() const { return tail_; }
 
  private:
+  enum class State : uint8_t { kPending, kGood, kBad };
   void Work();
   Status MismatchStatus(size_t bad) const;
 
@@ -63,14 +88,18 @@ class LandingVerifier {
   std::vector<size_t> by_start_;                 // tensor indices by data address
   std::vector<uintptr_t> max_end_;               // running max of end address along by_start_
   std::vector<std::atomic<int64_t>> remaining_;  // bytes not yet landed per tensor
-  std::vector<uint64_t> sums_;
-  std::atomic<bool>* const cancel_;
+  std::vector<uint64_t> sums_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> generation_ ABSL_GUARDED_BY(mu_);  // bumped by Rearm and MarkVerified
+  const std::function<void(size_t)> on_mismatch_;
+  const std::function<void(size_t)> on_verified_;
   absl::Duration tail_;
 
   absl::Mutex mu_;
   std::deque<size_t> queue_ ABSL_GUARDED_BY(mu_);
-  size_t checked_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t first_bad_ ABSL_GUARDED_BY(mu_) = SIZE_MAX;
+  std::vector<State> state_ ABSL_GUARDED_BY(mu_);
+  size_t checked_ ABSL_GUARDED_BY(mu_) = 0;  // tensors in kGood or kBad
+  size_t good_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t running_ ABSL_GUARDED_BY(mu_) = 0;  // checks in progress
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

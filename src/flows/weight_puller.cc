@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "client/source_selection.h"
 #include "common/logging.h"
@@ -17,6 +18,7 @@
 #include "ferry/v1/transfer.pb.h"
 #include "flows/buffers.h"
 #include "flows/landing_verifier.h"
+#include "flows/striped_read.h"
 #include "flows/transfer_plan.h"
 #include "worker/centralized.h"
 
@@ -120,6 +122,76 @@ class Prefaulter {
   std::thread thread_;
 };
 
+// Asks a source that is still pulling which tensors it serves, every 200 ms on its own thread,
+// until it serves all of them. Thread-safe.
+class HeldPoller {
+ public:
+  // `landing_of[j]`: the pull's index of the source's tensor j (GetTransferInfo order).
+  static StatusOr<std::unique_ptr<HeldPoller>> Start(std::unique_ptr<worker::WorkerClient> client,
+                                                     std::string mx_source_id,
+                                                     std::string worker_id,
+                                                     std::vector<size_t> landing_of,
+                                                     size_t tensors) {
+    std::unique_ptr<HeldPoller> poller(new HeldPoller(std::move(client), std::move(mx_source_id),
+                                                      std::move(worker_id), std::move(landing_of),
+                                                      tensors));
+    FERRY_RETURN_IF_ERROR(poller->Poll());
+    if (!poller->complete_.load()) poller->thread_ = std::thread([p = poller.get()] { p->Run(); });
+    return poller;
+  }
+  ~HeldPoller() {
+    stop_.Notify();
+    if (thread_.joinable()) thread_.join();
+  }
+  bool Holds(size_t i) const { return held_[i].load(std::memory_order_relaxed); }
+
+ private:
+  HeldPoller(std::unique_ptr<worker::WorkerClient> client, std::string mx_source_id,
+             std::string worker_id, std::vector<size_t> landing_of, size_t tensors)
+      : client_(std::move(client)),
+        mx_source_id_(std::move(mx_source_id)),
+        worker_id_(std::move(worker_id)),
+        landing_of_(std::move(landing_of)),
+        held_(tensors) {}
+
+  Status Poll() {
+    FERRY_ASSIGN_OR_RETURN(std::vector<bool> held,
+                           client_->GetHeldTensors(mx_source_id_, worker_id_, landing_of_.size()));
+    bool all = true;
+    for (size_t j = 0; j < held.size(); ++j) {
+      if (held[j]) held_[landing_of_[j]].store(true, std::memory_order_relaxed);
+      all = all && held[j];
+    }
+    complete_.store(all);
+    return absl::OkStatus();
+  }
+  void Run() {
+    // A failed poll leaves what is known; the source's reads fail on their own if it is gone.
+    while (!complete_.load() && !stop_.WaitForNotificationWithTimeout(absl::Milliseconds(200))) {
+      Poll().IgnoreError();
+    }
+  }
+
+  const std::unique_ptr<worker::WorkerClient> client_;
+  const std::string mx_source_id_;
+  const std::string worker_id_;
+  const std::vector<size_t> landing_of_;
+  std::vector<std::atomic<bool>> held_;
+  std::atomic<bool> complete_{false};
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+// One source opened for the pull: its record, where it holds each tensor, its connection.
+struct OpenSource {
+  std::string name;  // "worker ab12 at 10.0.0.5:6555"
+  ferry::v1::GetTransferInfoResponse info;
+  Plan plan;
+  std::unique_ptr<Peer> peer;
+  size_t attempt = 0;                  // index in PullResult::attempts
+  std::unique_ptr<HeldPoller> poller;  // a source still pulling; null for a READY one
+};
+
 class Puller {
  public:
   Puller(const PullOptions& options, const BufferSet* into) : options_(options), into_(into) {}
@@ -128,7 +200,7 @@ class Puller {
     const absl::Time start = absl::Now();
     FERRY_RETURN_IF_ERROR(Validate());
     FERRY_ASSIGN_OR_RETURN(const std::string mx_source_id, ComputeMxSourceId(options_.identity));
-    const std::string who =
+    who_ =
         IdentityText(options_.identity, mx_source_id, options_.worker_rank, options_.accelerator);
 
     SourceSelection selection;
@@ -139,29 +211,33 @@ class Puller {
     selection.quantization = options_.identity.quantization();
     selection.target_worker_id =
         options_.target_worker_id.empty() ? GenerateWorkerId() : options_.target_worker_id;
+    selection_ = selection;
     FERRY_ASSIGN_OR_RETURN(Candidates listed,
-                           ListCandidates(*options_.client, options_.identity, selection, who));
-    const std::vector<SourceInstanceRef>& candidates = listed.ordered;
-    if (candidates.empty()) {
+                           ListCandidates(*options_.client, options_.identity, selection, who_));
+    candidates_ = std::move(listed.ordered);
+    target_id_ = selection.target_worker_id;
+    if (options_.read_partial_sources) {
+      // Targets still pulling, after the READY sources; never this target's own record.
+      FERRY_ASSIGN_OR_RETURN(Candidates pulling,
+                             ListCandidates(*options_.client, options_.identity, selection, who_,
+                                            ::model_express::p2p::SOURCE_STATUS_INITIALIZING));
+      for (SourceInstanceRef& ref : pulling.ordered) {
+        if (ref.worker_id() == target_id_) continue;
+        partial_.insert(ref.worker_id());
+        candidates_.push_back(std::move(ref));
+      }
+    }
+    if (candidates_.empty()) {
       return absl::NotFoundError(absl::StrCat(
-          "no READY source for ", who, " on ", options_.client->server_address(), " (",
+          "no READY source for ", who_, " on ", options_.client->server_address(), " (",
           listed.ready, " READY worker(s) of this identity, none with rank ", options_.worker_rank,
           " and a compatible accelerator); start one with `ferry publish`"
           " or check the identity flags"));
     }
+    tries_ = std::min<size_t>(candidates_.size(), static_cast<size_t>(options_.max_sources));
 
     PullResult result;
-    StatusOr<size_t> tried = TryCandidates(
-        candidates, options_.max_sources, who,
-        into_ != nullptr ? "the model's tensors may hold partial data; load them another way"
-                         : "nothing was written",
-        &result.attempts, [&](const SourceInstanceRef& ref, SourceAttempt* attempt) -> TryVerdict {
-          return TryOne(ref, attempt, &result);
-        });
-    FERRY_ASSIGN_OR_RETURN(const size_t chosen, std::move(tried));
-    result.mx_source_id = candidates[chosen].mx_source_id();
-    result.source_worker_id = candidates[chosen].worker_id();
-    result.source_endpoint = result.attempts.back().endpoint;
+    FERRY_RETURN_IF_ERROR(Pull(&result));
     result.total_time = absl::Now() - start;
     return result;
   }
@@ -179,7 +255,306 @@ class Puller {
       return absl::InvalidArgumentError(
           absl::StrCat("PullOptions.max_sources must be 1..16, got ", options_.max_sources));
     }
+    if (options_.serve_while_pulling && into_ != nullptr) {
+      return absl::InvalidArgumentError(
+          "PullOptions.serve_while_pulling is for file pulls; the caller's buffers are theirs");
+    }
+    if (options_.stripe < 1 || options_.stripe > 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PullOptions.stripe must be 1..16, got ", options_.stripe));
+    }
     return ValidateIdentity(options_.identity);
+  }
+
+  // Opens sources until `stripe` are live or every candidate allowed was tried, then reads
+  // what is missing from them; repeats while sources fail and others remain.
+  Status Pull(PullResult* result) {
+    const std::string note =
+        into_ != nullptr ? "the model's tensors may hold partial data; load them another way"
+                         : "nothing was written";
+    for (;;) {
+      while ((striped_ == nullptr || striped_->live_sources() < Stripe()) && next_ < tries_) {
+        TryVerdict verdict = OpenNext(result);
+        if (verdict.stop()) return verdict.status();
+      }
+      if (striped_ == nullptr || striped_->live_sources() == 0) {
+        RecordShares(result);
+        return AllFailed(result->attempts, candidates_.size(), who_, note);
+      }
+      const absl::Time transfer_start = absl::Now();
+      std::atomic<bool> cancel{false};
+      std::atomic<bool> pause{false};
+      Prefaulter prefaulter(prefault_ ? destination_ : nullptr, prefault_ops_, &cancel);
+      prefault_ = false;  // once: the pages stay
+      Status read;
+      {
+        // While fewer sources than the stripe are live, look for new ones (targets that
+        // started pulling since) once a second, and pause the read to add them.
+        Refresher refresher(this, &pause);
+        read = ReadMissing(transfer_start, &cancel, &pause);
+      }
+      result->transfer_time += absl::Now() - transfer_start;
+      Status prepared = prefaulter.Finish();
+      if (!prepared.ok()) return prepared;
+      RecordShares(result);
+      if (striped_->complete()) break;
+      if (pause.load() && read.code() == absl::StatusCode::kAborted) continue;  // add sources
+      const bool late = absl::Now() >= transfer_start + options_.transfer_timeout;
+      if (late || (striped_->live_sources() > 0 && next_ >= tries_ &&
+                   read.code() != absl::StatusCode::kUnavailable)) {
+        // Out of time, or the read stopped for a reason no other source changes.
+        if (read.ok()) read = absl::InternalError("the read stopped unfinished (a ferry bug)");
+        return Status(read.code(),
+                      absl::StrCat("could not pull ", who_, ": ", read.message(), " (", note, ")"));
+      }
+    }
+    Finish(result);
+    return absl::OkStatus();
+  }
+
+  size_t Stripe() const { return static_cast<size_t>(options_.stripe); }
+
+  // Tries the next candidate: its transfer info, plan and connection. The first source fixes
+  // where the pull lands; each further one must serve the same tensors.
+  TryVerdict OpenNext(PullResult* result) {
+    const SourceInstanceRef& ref = candidates_[next_++];
+    const size_t index = result->attempts.size();
+    PullAttempt& attempt = result->attempts.emplace_back();
+    attempt.mx_source_id = ref.mx_source_id();
+    attempt.worker_id = ref.worker_id();
+    TryVerdict verdict = Open(ref, &attempt, index);
+    PullAttempt& after = result->attempts[index];
+    after.status = verdict.status();
+    if (!after.status.ok()) {
+      const std::string where = after.endpoint.empty() ? "" : " at " + after.endpoint;
+      spdlog::warn("source {} of {} (worker {}{}) failed{}: {}", next_, tries_, ref.worker_id(),
+                   where, verdict.stop() ? ", and no other source can help" : "",
+                   after.status.message());
+    }
+    return verdict;
+  }
+
+  TryVerdict Open(const SourceInstanceRef& ref, PullAttempt* attempt, size_t index) {
+    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
+    FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
+    std::vector<RemoteSpot> spots;
+    if (striped_ == nullptr) {
+      bool stop = false;
+      Status landed =
+          into_ != nullptr ? LandInBuffers(plan, ref, &stop) : LandInRegion(plan, &stop);
+      if (!landed.ok()) return stop ? StopTrying(landed) : landed;
+      for (const ferry::v1::TensorEntry& e : plan.remote) spots.push_back({e.region(), e.offset()});
+      for (size_t i = 0; i < plan.remote.size(); ++i) landing_index_[plan.remote[i].name()] = i;
+    } else {
+      FERRY_ASSIGN_OR_RETURN(spots, Match(plan));
+    }
+    std::unique_ptr<HeldPoller> poller;
+    if (partial_.count(ref.worker_id()) > 0) {
+      // A target still pulling: read only what it serves.
+      std::vector<size_t> landing_of;
+      for (const ferry::v1::TensorEntry& e : info.tensors()) {
+        landing_of.push_back(landing_index_.at(e.name()));
+      }
+      worker::WorkerClientOptions client_options = options_.endpoint;
+      client_options.endpoint = attempt->endpoint;
+      FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerClient> client,
+                             worker::WorkerClient::Create(client_options));
+      FERRY_ASSIGN_OR_RETURN(
+          poller, HeldPoller::Start(std::move(client), ref.mx_source_id(), ref.worker_id(),
+                                    std::move(landing_of), tensors_.size()));
+    }
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
+                           options_.engine->Connect(info.transfer_blob(), options_.transport));
+    auto source = std::make_unique<OpenSource>();
+    source->name = absl::StrCat("worker ", ref.worker_id(), attempt->endpoint.empty() ? "" : " at ",
+                                attempt->endpoint);
+    source->info = std::move(info);
+    source->plan = std::move(plan);
+    source->peer = std::move(peer);
+    source->attempt = index;
+    source->poller = std::move(poller);
+    if (striped_ == nullptr) {
+      StripedReadOptions striped;
+      striped.verify_threads = options_.verify_threads;
+      if (held_ != nullptr) {
+        striped.on_verified = [held = held_](size_t i) { held->Mark(i); };
+      }
+      striped_ = std::make_unique<StripedRead>(tensors_, std::move(striped));
+    }
+    std::function<bool(size_t)> holds;
+    if (source->poller != nullptr) {
+      holds = [poller = source->poller.get()](size_t i) { return poller->Holds(i); };
+    }
+    striped_->AddSource(source->peer.get(), source->name, std::move(spots), std::move(holds));
+    sources_.push_back(std::move(source));
+    return absl::OkStatus();
+  }
+
+  // Where `plan`'s source holds each of the pull's tensors; FailedPrecondition naming the first
+  // tensor it lacks or describes differently from the first source.
+  StatusOr<std::vector<RemoteSpot>> Match(const Plan& plan) const {
+    std::map<std::string, size_t> by_name;
+    for (size_t i = 0; i < plan.remote.size(); ++i) by_name.emplace(plan.remote[i].name(), i);
+    const Plan& first = sources_.front()->plan;
+    if (plan.remote.size() != first.remote.size()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("it serves ", plan.remote.size(), " tensors where ", sources_.front()->name,
+                       " serves ", first.remote.size(), " (not the same model)"));
+    }
+    std::vector<RemoteSpot> spots;
+    for (size_t i = 0; i < first.remote.size(); ++i) {
+      auto it = by_name.find(first.remote[i].name());
+      const bool same = it != by_name.end() &&
+                        plan.local[it->second].dtype == first.local[i].dtype &&
+                        plan.local[it->second].shape == first.local[i].shape &&
+                        plan.remote[it->second].checksum() == first.remote[i].checksum();
+      if (!same) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "its tensor ", first.remote[i].name(), " is missing or differs (dtype, shape or ",
+            "checksum) from ", sources_.front()->name, "'s (not the same model)"));
+      }
+      const ferry::v1::TensorEntry& e = plan.remote[it->second];
+      spots.push_back({e.region(), e.offset()});
+    }
+    return spots;
+  }
+
+  // Runs beside a read while it needs more sources: every second, lists the identity's sources
+  // again, appends new ones to the candidates, and sets *pause when one can be opened.
+  class Refresher {
+   public:
+    Refresher(Puller* puller, std::atomic<bool>* pause) : puller_(puller), pause_(pause) {
+      if (puller_->striped_->live_sources() >= puller_->Stripe()) return;
+      thread_ = std::thread([this] {
+        while (!done_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+          if (puller_->Relist()) {
+            pause_->store(true);
+            return;
+          }
+        }
+      });
+    }
+    ~Refresher() {
+      done_.Notify();
+      if (thread_.joinable()) thread_.join();
+    }
+
+   private:
+    Puller* const puller_;
+    std::atomic<bool>* const pause_;
+    absl::Notification done_;
+    std::thread thread_;
+  };
+
+  // Lists sources again; true when a candidate not yet opened can be (the read's thread does
+  // not touch candidates_ while a Refresher runs).
+  bool Relist() {
+    SourceSelection selection = selection_;
+    std::set<std::string> known;
+    for (const SourceInstanceRef& ref : candidates_) known.insert(ref.worker_id());
+    bool added = false;
+    for (auto status : {::model_express::p2p::SOURCE_STATUS_READY,
+                        ::model_express::p2p::SOURCE_STATUS_INITIALIZING}) {
+      if (status == ::model_express::p2p::SOURCE_STATUS_INITIALIZING &&
+          !options_.read_partial_sources) {
+        continue;
+      }
+      StatusOr<Candidates> listed =
+          ListCandidates(*options_.client, options_.identity, selection, who_, status);
+      if (!listed.ok()) return false;
+      for (SourceInstanceRef& ref : listed->ordered) {
+        if (ref.worker_id() == target_id_ || !known.insert(ref.worker_id()).second) continue;
+        if (status == ::model_express::p2p::SOURCE_STATUS_INITIALIZING) {
+          partial_.insert(ref.worker_id());
+        }
+        candidates_.push_back(std::move(ref));
+        added = true;
+      }
+    }
+    if (added) {
+      tries_ = std::min<size_t>(candidates_.size(), static_cast<size_t>(options_.max_sources));
+    }
+    return next_ < tries_;
+  }
+
+  Status ReadMissing(absl::Time start, std::atomic<bool>* cancel, std::atomic<bool>* pause) {
+    ReadOptions read;
+    read.timeout = options_.transfer_timeout;
+    read.start = start;
+    read.stall_timeout = options_.stall_timeout;
+    read.cancel = cancel;
+    read.pause = pause;
+    // Targets pulling at once start at different pieces (and so can give each other theirs).
+    read.first_piece = std::hash<std::string>{}(target_id_);
+    if (options_.batch_bytes > 0) read.chunk_bytes = options_.batch_bytes;
+    if (options_.on_progress) {
+      const std::string text = striped_->live_sources() == 1
+                                   ? LiveName()
+                                   : absl::StrCat(striped_->live_sources(), " sources");
+      read.on_progress = [this, text](uint64_t done, uint64_t all) {
+        options_.on_progress(PullProgress{done, all, text});
+      };
+    }
+    absl::Mutex pace_mu;  // pauses one piece at a time, so the whole read is slowed down
+    std::function<void(const ReadOp&)> on_piece;
+    if (options_.batch_bytes > 0) {
+      // For tests that act while a transfer runs: a pause after every piece.
+      on_piece = [this, &pace_mu](const ReadOp&) {
+        absl::MutexLock lock(&pace_mu);
+        absl::SleepFor(options_.batch_pause);
+      };
+    }
+    return striped_->Run(read, std::move(on_piece));
+  }
+
+  std::string LiveName() const {
+    for (size_t s = 0; s < sources_.size(); ++s) {
+      if (striped_->sources()[s].live) return sources_[s]->name;
+    }
+    return "no source";
+  }
+
+  // Copies each source's share and status into its attempt.
+  void RecordShares(PullResult* result) const {
+    if (striped_ == nullptr) return;
+    for (size_t s = 0; s < sources_.size(); ++s) {
+      const SourceShare& share = striped_->sources()[s];
+      PullAttempt& attempt = result->attempts[sources_[s]->attempt];
+      attempt.bytes = share.bytes;
+      attempt.status = share.status;
+    }
+  }
+
+  // The result of a complete pull: the destination, and the source that delivered the most.
+  void Finish(PullResult* result) {
+    size_t top = 0;
+    for (size_t s = 0; s < sources_.size(); ++s) {
+      if (striped_->sources()[s].bytes > striped_->sources()[top].bytes) top = s;
+    }
+    OpenSource& main = *sources_[top];
+    if (into_ == nullptr) {
+      result->model.region = std::move(region_);
+      result->model.tensors = main.plan.local;
+      result->model.checksums = striped_->checksums();
+      result->model.total_bytes = main.plan.total;
+    }
+    result->model.metadata = main.plan.metadata;
+    result->bytes = bytes_;
+    result->mx_source_id = candidates_[0].mx_source_id();
+    for (const SourceInstanceRef& ref : candidates_) {
+      if (ref.worker_id() == result->attempts[main.attempt].worker_id) {
+        result->mx_source_id = ref.mx_source_id();
+      }
+    }
+    result->source_worker_id = result->attempts[main.attempt].worker_id;
+    result->source_endpoint = result->attempts[main.attempt].endpoint;
+    result->peer = main.peer->description();
+    result->transport = main.peer->transport();
+    result->verify_time = striped_->verify_tail();
+    result->sources_used = 0;
+    for (const SourceShare& share : striped_->sources()) {
+      if (share.bytes > 0) ++result->sources_used;
+    }
   }
 
   // The transfer info of `ref`: from the record (centralized mode) or the worker endpoint.
@@ -214,86 +589,43 @@ class Puller {
     return client->GetTransferInfo(ref.mx_source_id(), ref.worker_id());
   }
 
-  // Where a source's bytes land and what they are checked against.
-  struct Landing {
-    std::vector<ReadOp> ops;
-    std::vector<LandingVerifier::Tensor> tensors;  // in the plan's order
-    uint64_t bytes = 0;
-  };
-
-  // One source: its transfer info, where its tensors land, the transfer with every tensor
-  // verified as it completes. Both pull modes differ only in Land*.
-  TryVerdict TryOne(const SourceInstanceRef& ref, PullAttempt* attempt, PullResult* result) {
-    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
-    FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
-    bool mismatch = false;
-    StatusOr<Landing> landed =
-        into_ != nullptr ? LandInBuffers(plan, ref, &mismatch) : LandInRegion(plan);
-    if (!landed.ok()) return mismatch ? StopTrying(landed.status()) : landed.status();
-    Landing landing = *std::move(landed);
-    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
-                           options_.engine->Connect(info.transfer_blob(), options_.transport));
-    const std::string source_text = absl::StrCat(
-        "worker ", ref.worker_id(), attempt->endpoint.empty() ? "" : " at ", attempt->endpoint);
-
-    const absl::Time transfer_start = absl::Now();
-    std::atomic<bool> cancel{false};
-    LandingVerifier verifier(std::move(landing.tensors), std::max(1, options_.verify_threads),
-                             &cancel);
-    // Pages of memory that exists, or prepared before, need no prefault thread.
-    const bool prefault = into_ == nullptr && options_.prepare == PullOptions::PreparePages::kAhead;
-    Prefaulter prefaulter(prefault ? region_.get() : nullptr, landing.ops, &cancel);
-    Status read = Transfer(*peer, std::move(landing.ops), landing.bytes, source_text,
-                           transfer_start, verifier, cancel);
-    const absl::Time transfer_end = absl::Now();
-    Status prepared = prefaulter.Finish();
-    if (read.ok() && !prepared.ok()) read = prepared;
-    if (!read.ok()) {
-      verifier.Abandon();
-      Status corrupt = verifier.Mismatch();  // a corrupt tensor cancels the read early
-      return corrupt.ok() ? read : corrupt;
+  // A file pull: the tensors contiguous in the first source's order in one region of the
+  // engine.
+  // `*stop` is set when serving the destination while pulling failed (this target's own
+  // failure, the same at every source).
+  Status LandInRegion(const Plan& plan, bool* stop) {
+    FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1)));
+    destination_ = region_.get();
+    uint8_t* base = static_cast<uint8_t*>(region_->data());
+    prefault_ops_ = MakeOps(plan, base);
+    prefault_ = options_.prepare == PullOptions::PreparePages::kAhead;
+    bytes_ = plan.total;
+    for (size_t i = 0; i < plan.remote.size(); ++i) {
+      tensors_.push_back({plan.remote[i].name(), base + plan.local[i].offset, plan.local[i].size,
+                          plan.remote[i].checksum()});
     }
-    FERRY_RETURN_IF_ERROR(verifier.Finish());
-
-    if (into_ == nullptr) {
-      result->model.region = std::move(region_);
-      result->model.tensors = std::move(plan.local);
-      result->model.checksums = verifier.checksums();
-      result->model.total_bytes = plan.total;
+    if (options_.serve_while_pulling) {
+      ServedModel served;
+      served.region = std::move(region_);  // the caller's from now on
+      served.tensors = plan.local;
+      for (const ferry::v1::TensorEntry& e : plan.remote) served.checksums.push_back(e.checksum());
+      served.metadata = plan.metadata;
+      served.total_bytes = plan.total;
+      held_ = std::make_shared<worker::HeldTensors>(plan.remote.size());
+      Status serving = options_.serve_while_pulling(std::move(served), held_);
+      if (!serving.ok()) {
+        *stop = true;
+        return Status(serving.code(),
+                      absl::StrCat("serving the pull's destination failed: ", serving.message()));
+      }
     }
-    result->model.metadata = std::move(plan.metadata);
-    result->bytes = landing.bytes;
-    result->peer = peer->description();
-    result->transport = peer->transport();
-    result->transfer_time = transfer_end - transfer_start;
-    result->verify_time = verifier.tail();
     return absl::OkStatus();
   }
 
-  // A file pull: the tensors contiguous in source order in one region of the engine.
-  StatusOr<Landing> LandInRegion(const Plan& plan) {
-    // Reuse the destination between attempts when the size matches (its pages are already
-    // faulted in, which costs more than the copy on this kind of machine).
-    if (region_ == nullptr || region_->size() != std::max<uint64_t>(plan.total, 1)) {
-      region_.reset();
-      FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1)));
-    }
-    uint8_t* base = static_cast<uint8_t*>(region_->data());
-    Landing landing;
-    landing.ops = MakeOps(plan, base);
-    landing.bytes = plan.total;
-    for (size_t i = 0; i < plan.remote.size(); ++i) {
-      landing.tensors.push_back({plan.remote[i].name(), base + plan.local[i].offset,
-                                 plan.local[i].size, plan.remote[i].checksum()});
-    }
-    return landing;
-  }
-
-  // PullIntoBuffers: straight into the caller's tensors. One read per distinct destination
-  // range (tied weights are read once), coalesced where both sides continue each other.
-  // A model that does not match the source's layout sets *mismatch: it is the caller's error,
-  // the same at every source of the identity, and stops the pull.
-  StatusOr<Landing> LandInBuffers(const Plan& plan, const SourceInstanceRef& ref, bool* mismatch) {
+  // PullIntoBuffers: straight into the caller's tensors (tied weights are read once). A model
+  // that does not match the source's layout sets *mismatch: it is the caller's error, the same
+  // at every source of the identity, and stops the pull.
+  Status LandInBuffers(const Plan& plan, const SourceInstanceRef& ref, bool* mismatch) {
     StatusOr<std::vector<const NamedBuffer*>> matched = MatchBuffers(plan, *into_);
     if (!matched.ok()) {
       *mismatch = true;
@@ -303,52 +635,19 @@ class Puller {
           "; nothing was pulled. Build the model with the source's configuration, or use "
           "another identity"));
     }
-    if (span_regions_.empty()) {
-      for (const MemorySpan& span : into_->spans) {
-        if (span.size == 0) continue;
-        FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Region> region,
-                               options_.engine->RegisterRegion(span.data, span.size));
-        span_regions_.push_back(std::move(region));
-      }
+    for (const MemorySpan& span : into_->spans) {
+      if (span.size == 0) continue;
+      FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Region> region,
+                             options_.engine->RegisterRegion(span.data, span.size));
+      span_regions_.push_back(std::move(region));
     }
-    Landing landing;
     std::set<std::pair<void*, uint64_t>> seen;
     for (size_t i = 0; i < plan.remote.size(); ++i) {
       const NamedBuffer& b = *(*matched)[i];
-      landing.tensors.push_back({plan.remote[i].name(), b.data, b.size, plan.remote[i].checksum()});
-      if (b.size == 0 || !seen.emplace(b.data, b.size).second) continue;
-      landing.ops.push_back(
-          ReadOp{plan.remote[i].region(), plan.remote[i].offset(), b.data, b.size});
-      landing.bytes += b.size;
+      tensors_.push_back({plan.remote[i].name(), b.data, b.size, plan.remote[i].checksum()});
+      if (b.size > 0 && seen.emplace(b.data, b.size).second) bytes_ += b.size;
     }
-    landing.ops = CoalesceReadOps(std::move(landing.ops));
-    return landing;
-  }
-
-  Status Transfer(Peer& peer, std::vector<ReadOp> ops, uint64_t total,
-                  const std::string& source_text, absl::Time start, LandingVerifier& verifier,
-                  std::atomic<bool>& cancel) {
-    ReadOptions read;
-    read.timeout = options_.transfer_timeout;
-    read.start = start;
-    read.stall_timeout = options_.stall_timeout;
-    read.cancel = &cancel;
-    const uint64_t pace = options_.batch_bytes;
-    if (pace > 0) read.chunk_bytes = pace;
-    absl::Mutex pace_mu;  // pauses one piece at a time, so the whole read is slowed down
-    read.on_piece = [&](const ReadOp& piece) {
-      verifier.Landed(piece.local, piece.length);
-      if (pace == 0) return;
-      // For tests that act while a transfer runs: a pause after every piece.
-      absl::MutexLock lock(&pace_mu);
-      absl::SleepFor(options_.batch_pause);
-    };
-    if (options_.on_progress) {
-      read.on_progress = [&](uint64_t done, uint64_t all) {
-        options_.on_progress(PullProgress{done, all, source_text});
-      };
-    }
-    return peer.Read(std::move(ops), read);
+    return absl::OkStatus();
   }
 
   // The destination: shareable engine memory when it will be served, else plain anonymous
@@ -364,8 +663,25 @@ class Puller {
 
   const PullOptions& options_;
   const BufferSet* into_;  // PullIntoBuffers: the caller's tensors; else null
+  std::string who_;
+  std::vector<SourceInstanceRef> candidates_;
+  size_t tries_ = 0;                              // candidates that may be opened
+  size_t next_ = 0;                               // the next candidate to open
+  std::vector<LandingVerifier::Tensor> tensors_;  // where the pull lands (the first source's order)
+  uint64_t bytes_ = 0;                            // distinct bytes landing
   std::vector<std::unique_ptr<Region>> span_regions_;  // into_'s spans, registered once
   std::unique_ptr<Region> region_;                     // the file pull's destination
+  std::vector<ReadOp> prefault_ops_;  // the order the file pull's pages are prepared in
+  bool prefault_ = false;
+  SourceSelection selection_;
+  std::string target_id_;                        // this target's worker id (seeds the order)
+  std::set<std::string> partial_;                // worker ids of candidates still pulling
+  std::map<std::string, size_t> landing_index_;  // tensor name -> index in tensors_
+  Region* destination_ = nullptr;  // the file pull's destination (owned by region_ or the
+                                   // caller of serve_while_pulling)
+  std::shared_ptr<worker::HeldTensors> held_;         // serve_while_pulling: what is verified
+  std::vector<std::unique_ptr<OpenSource>> sources_;  // in the order added to striped_
+  std::unique_ptr<StripedRead> striped_;              // destroyed before sources_' peers
 };
 
 }  // namespace

@@ -33,7 +33,24 @@ struct PullOptions {
   std::string accelerator = "cpu";  // the target's; "" accepts every source
   std::string target_worker_id;     // seeds the rendezvous order; empty: GenerateWorkerId()
   TransportKind transport = TransportKind::kAuto;
-  int max_sources = 3;  // sources tried before giving up; 1..16
+  int max_sources = 3;  // sources opened in all before giving up; 1..16
+  // Sources read at once (a striped pull): the pull's pieces are handed out to them
+  // dynamically, and when one fails, stalls or serves bytes that fail verification, another
+  // candidate (up to max_sources in all) takes its place and only the missing bytes are read.
+  // 1..16.
+  int stripe = 1;
+  // Also read from targets that are still pulling this model and serve what they have verified
+  // (INITIALIZING ferry workers that answer GetHeldTensors): each piece is read only from a
+  // source that holds it, what they hold is polled every 200 ms, and they are tried after the
+  // READY sources. The worker `target_worker_id` (this target's own record) is never read from.
+  bool read_partial_sources = true;
+  // Serving while pulling (file pulls): called once the destination exists and before any
+  // byte is read, with the model as it will be served and which of its tensors are verified
+  // (marked as the pull verifies them). The destination region is handed over with `model`:
+  // the caller keeps it alive, and PullResult::model then has no region. An error stops the
+  // pull.
+  std::function<Status(ServedModel model, std::shared_ptr<worker::HeldTensors> held)>
+      serve_while_pulling;
   // Token, TLS and deadline for the sources' worker endpoints (`endpoint` is set per source).
   worker::WorkerClientOptions endpoint;
   // Limit for reading one source's tensors.
@@ -65,24 +82,30 @@ using PullAttempt = SourceAttempt;
 
 struct PullResult {
   ServedModel model;  // in a region of options.engine; tensors contiguous in source order
+  // The source that delivered the most bytes:
   std::string mx_source_id;
   std::string source_worker_id;
   std::string source_endpoint;
   std::string peer;  // the engine's description of the peer
   TransportKind transport = TransportKind::kAuto;
   uint64_t bytes = 0;
-  absl::Duration total_time;          // from the call to the verified result
-  absl::Duration transfer_time;       // reading the successful source's bytes
-  absl::Duration verify_time;         // checksumming still left when the transfer ended
-                                      // (tensors are verified as they land)
-  std::vector<PullAttempt> attempts;  // every source tried, the successful one last
+  absl::Duration total_time;     // from the call to the verified result
+  absl::Duration transfer_time;  // reading the bytes, over every round
+  absl::Duration verify_time;    // checksumming still left when the transfer ended
+                                 // (tensors are verified as they land)
+  // Every source opened, in order, with the bytes of verified tensors each delivered and why it
+  // stopped (OK for those that served until the end).
+  std::vector<PullAttempt> attempts;
+  int sources_used = 0;  // sources that delivered bytes
 };
 
 // NotFound naming the identity when no READY source of this rank and accelerator exists;
-// otherwise tries up to max_sources sources in rendezvous order and returns the first verified
-// copy. Each failure (record gone, endpoint unreachable, refused worker_id, transfer error or
-// timeout, checksum mismatch) moves to the next source; if all fail the error lists what
-// happened at each. Never returns unverified data.
+// otherwise opens up to `stripe` sources in rendezvous order and reads the model from all of
+// them at once (flows/striped_read.h), every tensor verified as it lands. A source that fails
+// (record gone, endpoint unreachable, refused worker_id, transfer error or stall, bytes that
+// fail verification) is replaced by the next candidate, up to max_sources opened in all, and
+// only what is missing is read; if every source fails the error lists what happened at each.
+// Never returns unverified data.
 StatusOr<PullResult> PullWeights(const PullOptions& options);
 
 }  // namespace ferry::weights

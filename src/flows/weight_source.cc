@@ -1,5 +1,8 @@
 #include "flows/weight_source.h"
 
+#include <algorithm>
+#include <tuple>
+
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "ferry/source_identity.h"
@@ -79,6 +82,16 @@ StatusOr<std::unique_ptr<WeightSource>> WeightSource::Create(WeightSourceOptions
     e.set_size(t.size);
     e.set_checksum(model.checksums[i]);
   }
+  if (options.held != nullptr) {
+    if (options.held->size() != model.tensors.size()) {
+      return absl::InvalidArgumentError("WeightSourceOptions.held must count the model's tensors");
+    }
+    if (!model.tensor_regions.empty() || !model.extra_regions.empty()) {
+      return absl::InvalidArgumentError(
+          "a model served while it is pulled lives in one region (a file pull's destination)");
+    }
+    manifest.held = options.held;
+  }
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerState> state,
                          worker::WorkerState::Create(std::move(manifest)));
   state->SetMxSourceId(mx_source_id);
@@ -101,9 +114,32 @@ Status WeightSource::Start() {
   if (serving_ != nullptr || stopped_) {
     return absl::FailedPreconditionError("a WeightSource starts once");
   }
+  if (options_.held != nullptr) {
+    // Only verified tensors' bytes, from before the endpoint exists.
+    std::vector<std::tuple<uint64_t, uint64_t, size_t>> spans;  // (offset, end, tensor)
+    for (size_t i = 0; i < model_.tensors.size(); ++i) {
+      const TensorInfo& t = model_.tensors[i];
+      if (t.size > 0) spans.emplace_back(t.offset, t.offset + t.size, i);
+    }
+    std::sort(spans.begin(), spans.end());
+    std::shared_ptr<const worker::HeldTensors> held = options_.held;
+    FERRY_RETURN_IF_ERROR(options_.engine->LimitServing(
+        *model_.region, [held, spans = std::move(spans)](uint64_t offset, uint64_t length) {
+          const uint64_t end = offset + length;
+          auto it = std::upper_bound(spans.begin(), spans.end(),
+                                     std::make_tuple(offset, UINT64_MAX, SIZE_MAX));
+          if (it != spans.begin()) --it;
+          for (; it != spans.end() && std::get<0>(*it) < end; ++it) {
+            if (std::get<1>(*it) > offset && !held->Holds(std::get<2>(*it))) return false;
+          }
+          // Nothing past the last tensor (a file pull's tensors are contiguous from 0).
+          return spans.empty() || end <= std::get<1>(spans.back());
+        }));
+  }
   worker::WorkerServerOptions endpoint = options_.endpoint;
   endpoint.state = state_.get();
   PublisherOptions popts;
+  popts.start_initializing = options_.held != nullptr && !options_.held->complete();
   popts.client = options_.client;
   popts.identity = options_.identity;
   popts.worker_id = worker_id_;
@@ -125,6 +161,17 @@ Status WeightSource::Start() {
     state_->SetMxSourceId(serving_->mx_source_id());
   }
   return absl::OkStatus();
+}
+
+Status WeightSource::MarkReady() {
+  if (options_.held == nullptr) return absl::OkStatus();
+  if (!options_.held->complete()) {
+    return absl::FailedPreconditionError(
+        "the model is not whole yet: some tensors are not verified; finish the pull first");
+  }
+  if (serving_ == nullptr) return absl::FailedPreconditionError("Start() the source first");
+  FERRY_RETURN_IF_ERROR(options_.engine->LimitServing(*model_.region, nullptr));
+  return serving_->MarkReady();
 }
 
 void WeightSource::Stop() {

@@ -18,6 +18,7 @@
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "weights/safetensors.h"
+#include "worker/held_tensors.h"
 #include "worker/serving.h"
 #include "worker/worker_server.h"
 #include "worker/worker_state.h"
@@ -61,6 +62,11 @@ struct WeightSourceOptions {
   // true: it also carries the transfer blob and tensor list (centralized mode).
   bool centralized = false;
   std::optional<absl::Duration> heartbeat_interval;  // unset: the Publisher's default
+  // Serving while the model is still being pulled: which tensors (in the model's order) are
+  // verified and may be served. Until MarkReady(), the record is INITIALIZING (ModelExpress
+  // clients list READY sources only), and the engine serves only the ranges of held tensors
+  // (TransferEngine::LimitServing: the engine must serve TCP only). Null: the whole model now.
+  std::shared_ptr<worker::HeldTensors> held;
 };
 
 // Thread-compatible.
@@ -79,6 +85,9 @@ class WeightSource {
   // Marks the record STALE (the publisher stops first, so no heartbeat overwrites it), then
   // closes the endpoint. Idempotent.
   void Stop();
+  // With options.held: the whole model is verified; serve all of it and mark the record READY.
+  // FailedPrecondition while some tensor is not held. OK at once without options.held.
+  Status MarkReady();
 
   const std::string& mx_source_id() const { return mx_source_id_; }
   const std::string& worker_id() const { return worker_id_; }

@@ -69,6 +69,12 @@ Status TransferEngineOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("TransferEngineOptions.max_inflight=", max_inflight, " is outside 1..1024"));
   }
+  if (max_upload_rate > 0 && (enable_shm || enable_ucx || !enable_tcp)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TransferEngineOptions.max_upload_rate=", max_upload_rate,
+        " caps what the TCP server sends, but shm and UCX reads are one-sided and cannot be "
+        "paced by the source: enable TCP only (enable_shm and enable_ucx false) or drop the cap"));
+  }
   return absl::OkStatus();
 }
 
@@ -122,6 +128,11 @@ StatusOr<std::unique_ptr<Region>> TransferEngine::RegisterRegion(void* data, uin
 }
 
 std::string TransferEngine::ExportBlob() const { return core_->ExportBlob(); }
+
+Status TransferEngine::LimitServing(const Region& region,
+                                    std::function<bool(uint64_t, uint64_t)> allowed) {
+  return core_->LimitRegion(region.id(), std::move(allowed));
+}
 
 StatusOr<std::unique_ptr<Peer>> TransferEngine::Connect(std::string_view blob,
                                                         TransportKind transport) {

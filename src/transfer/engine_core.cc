@@ -246,6 +246,21 @@ void EngineCore::RemoveRegion(uint32_t id) {
   }
 }
 
+Status EngineCore::LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed) {
+  for (const auto& transport : transports_) {
+    if (transport->kind() != TransportKind::kTcp) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "engine ", options_.name, " serves ", std::string(TransportKindName(transport->kind())),
+          ", whose reads are one-sided: it cannot serve only some ranges of region ", id,
+          "; serve over TCP only (enable_shm and enable_ucx false)"));
+    }
+  }
+  for (const auto& transport : transports_) {
+    FERRY_RETURN_IF_ERROR(transport->LimitRegion(id, allowed));
+  }
+  return absl::OkStatus();
+}
+
 std::string EngineCore::ExportBlob() const {
   ferry::v1::TransferBlob blob;
   blob.set_version(1);

@@ -7,6 +7,7 @@
 #define FERRY_TRANSFER_ENGINE_CORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +36,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void RemoveRegion(uint32_t id);
 
   std::string ExportBlob() const;
+  // TransferEngine::LimitServing.
+  Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed);
   StatusOr<std::unique_ptr<Peer>> Connect(std::string_view blob, TransportKind kind);
 
   std::vector<TransportKind> transports() const;

@@ -215,7 +215,7 @@ TEST_P(EnginePairTest, ExactBytesManyOps) {
   uint64_t progress_done = 0;
   ReadOptions options;
   options.timeout = absl::Seconds(60);
-  options.on_piece = [&](const ReadOp& piece) { landed += piece.length; };
+  options.on_piece = [&](const ReadOp& piece, size_t) { landed += piece.length; };
   options.on_progress = [&](uint64_t done, uint64_t total) {
     progress_done = done;  // the last call comes after the read, on this thread
     progress_total = total;
@@ -298,7 +298,7 @@ TEST_P(EngineErrorsTest, CancelWhilePiecesAreInFlightThenBroken) {
   std::atomic<bool> cancel{false};
   ReadOptions options;
   options.cancel = &cancel;
-  options.on_piece = [&](const ReadOp&) { cancel = true; };
+  options.on_piece = [&](const ReadOp&, size_t) { cancel = true; };
   Status s = peer_->Read({{0, 0, (*dst)->data(), kSize}}, options);
   EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
   EXPECT_THAT(Msg(s), HasSubstr("cancelled; first unfinished range: region 0 ["));
@@ -411,7 +411,7 @@ TEST(ChildSourceTest, PeerKilledMidTransfer) {
   std::thread reader([&] {
     ReadOptions options;
     options.timeout = absl::Seconds(60);
-    options.on_piece = [&](const ReadOp&) { reading = true; };
+    options.on_piece = [&](const ReadOp&, size_t) { reading = true; };
     for (int i = 0; i < 1000; ++i) {
       s = (*peer)->Read({{0, 0, (*dst)->data(), kSize}}, options);
       if (!s.ok()) break;
@@ -449,7 +449,7 @@ TEST(ChildSourceTest, ReadFromPeersFinishesFromTheSurvivorWhenOneSourceDies) {
   std::atomic<int> pieces{0};
   ReadOptions options;
   options.timeout = absl::Seconds(60);
-  options.on_piece = [&](const ReadOp&) {
+  options.on_piece = [&](const ReadOp&, size_t) {
     if (++pieces == 4) doomed->Kill();
   };
   Peer* peers[] = {a->get(), b->get()};
@@ -562,7 +562,7 @@ TEST(ShmEngineTest, AutoPicksShmForASourceProcessOnThisHost) {
   std::atomic<uint64_t> landed{0};
   ReadOptions options;
   options.timeout = absl::Seconds(60);
-  options.on_piece = [&](const ReadOp& piece) { landed += piece.length; };
+  options.on_piece = [&](const ReadOp& piece, size_t) { landed += piece.length; };
   ASSERT_TRUE((*peer)->Read(ops, options).ok());
   uint64_t total = 0;
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -684,7 +684,7 @@ TEST_F(ShmEnginePairTest, DeadlineAndCancelLeaveTheConnectionUsable) {
   std::atomic<uint64_t> landed{0};
   ReadOptions options;
   options.cancel = &cancel;
-  options.on_piece = [&](const ReadOp& piece) {
+  options.on_piece = [&](const ReadOp& piece, size_t) {
     landed += piece.length;
     cancel = true;
   };

@@ -32,9 +32,9 @@ class PeerImpl : public Peer {
     FERRY_RETURN_IF_ERROR(ValidateOps(ops, region_sizes_, description_));
     absl::MutexLock lock(&read_mu_);
     FERRY_RETURN_IF_ERROR(CheckConnected());
-    const ReadConnection connection{connection_.get(), description_};
-    return RunRead({&connection, 1}, std::move(ops),
-                   options.chunk_bytes > 0 ? options.chunk_bytes : chunk_bytes_, options);
+    const ReadConnection connection{connection_.get(), description_, std::move(ops)};
+    return RunRead({&connection, 1}, options.chunk_bytes > 0 ? options.chunk_bytes : chunk_bytes_,
+                   options);
   }
 
   void Disconnect() override {
@@ -110,11 +110,19 @@ Status Peer::Read(std::vector<ReadOp> ops, absl::Duration timeout) {
 
 Status ReadFromPeers(absl::Span<Peer* const> peers, std::vector<ReadOp> ops,
                      const ReadOptions& options) {
+  std::vector<PeerRead> reads;
+  for (Peer* peer : peers) reads.push_back(PeerRead{peer, ops, nullptr});
+  return ReadFromPeers(reads, options);
+}
+
+Status ReadFromPeers(absl::Span<const PeerRead> reads, const ReadOptions& options,
+                     std::vector<PeerOutcome>* outcomes) {
   using internal::PeerImpl;
-  if (peers.empty()) return absl::InvalidArgumentError("ReadFromPeers needs at least one peer");
+  if (outcomes != nullptr) outcomes->assign(reads.size(), PeerOutcome{});
+  if (reads.empty()) return absl::InvalidArgumentError("ReadFromPeers needs at least one peer");
   std::vector<PeerImpl*> impls;
-  for (Peer* peer : peers) {
-    auto* impl = dynamic_cast<PeerImpl*>(peer);
+  for (const PeerRead& read : reads) {
+    auto* impl = dynamic_cast<PeerImpl*>(read.peer);
     if (impl == nullptr) {
       return absl::InvalidArgumentError("ReadFromPeers takes peers from TransferEngine::Connect");
     }
@@ -122,7 +130,8 @@ Status ReadFromPeers(absl::Span<Peer* const> peers, std::vector<ReadOp> ops,
       return absl::InvalidArgumentError(
           absl::StrCat("ReadFromPeers: ", impl->description(), " is listed twice"));
     }
-    FERRY_RETURN_IF_ERROR(internal::ValidateOps(ops, impl->region_sizes_, impl->description()));
+    FERRY_RETURN_IF_ERROR(
+        internal::ValidateOps(read.ops, impl->region_sizes_, impl->description()));
     impls.push_back(impl);
   }
   // Lock in address order, so that two reads over overlapping peer sets cannot deadlock.
@@ -132,12 +141,14 @@ Status ReadFromPeers(absl::Span<Peer* const> peers, std::vector<ReadOp> ops,
   for (PeerImpl* impl : order) locks.push_back(std::make_unique<absl::MutexLock>(&impl->read_mu_));
   std::vector<internal::ReadConnection> connections;
   uint64_t chunk_bytes = options.chunk_bytes;
-  for (PeerImpl* impl : impls) {
+  for (size_t i = 0; i < impls.size(); ++i) {
+    PeerImpl* impl = impls[i];
     FERRY_RETURN_IF_ERROR(impl->CheckConnected());
-    connections.push_back({impl->connection_.get(), impl->description()});
+    connections.push_back({impl->connection_.get(), impl->description(), reads[i].ops,
+                           reads[i].drop, reads[i].serves});
     if (options.chunk_bytes == 0) chunk_bytes = std::max(chunk_bytes, impl->chunk_bytes_);
   }
-  return internal::RunRead(connections, std::move(ops), chunk_bytes, options);
+  return internal::RunRead(connections, chunk_bytes, options, outcomes);
 }
 
 std::vector<ReadOp> CoalesceReadOps(std::vector<ReadOp> ops) {

@@ -4,7 +4,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
-#include <queue>
+#include <set>
 #include <thread>
 #include <utility>
 
@@ -19,24 +19,37 @@ namespace ferry::internal {
 namespace {
 
 constexpr absl::Duration kWatchInterval = absl::Milliseconds(100);
+// Pieces one connection of a multi-peer read holds at once, at most: enough to keep a TCP
+// connection's streams or a UCX endpoint busy (with 8 MiB pieces, 64 MiB in flight), few
+// enough that a slow peer never holds much of the read.
+constexpr size_t kHeldPerConnection = 8;
 
 enum class Piece : uint8_t { kPending, kTaken, kDone };
 
 // The pieces of one read and who holds them. Thread-safe.
 class Schedule {
  public:
-  Schedule(std::vector<Chunk> pieces, std::vector<uint32_t> regions, size_t connections,
+  // `pieces[c]` are connection c's pieces: the same local bytes at its remote coordinates.
+  Schedule(std::vector<std::vector<Chunk>> pieces, std::vector<std::vector<uint32_t>> regions,
            const ReadOptions& options, absl::Time deadline)
-      : pieces_(std::move(pieces)),
+      : all_pieces_(std::move(pieces)),
+        pieces_(all_pieces_[0]),
         regions_(std::move(regions)),
         options_(options),
         deadline_(deadline),
         has_deadline_(deadline != absl::InfiniteFuture()),
+        delivered_(all_pieces_.size()),
         state_(pieces_.size(), Piece::kPending),
         owner_(pieces_.size(), 0),
-        held_(connections, 0) {}
+        held_(all_pieces_.size(), 0),
+        first_(pieces_.empty() ? 0 : options.first_piece % pieces_.size()),
+        held_cap_(
+            std::clamp<size_t>(pieces_.size() / (2 * all_pieces_.size()), 1, kHeldPerConnection)) {}
 
-  const std::vector<uint32_t>& regions() const { return regions_; }
+  const std::vector<uint32_t>& regions(size_t connection) const { return regions_[connection]; }
+  uint64_t delivered(size_t connection) const {
+    return delivered_[connection].load(std::memory_order_relaxed);
+  }
 
   bool Stopping() const {
     return stop_.load(std::memory_order_relaxed) || cancelled() || past_deadline();
@@ -45,24 +58,51 @@ class Schedule {
     return options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed);
   }
   bool past_deadline() const { return has_deadline_ && absl::Now() >= deadline_; }
+  bool paused() const {
+    return options_.pause != nullptr && options_.pause->load(std::memory_order_relaxed);
+  }
   // Stops every connection (the last one failed).
   void StopAll() { stop_.store(true); }
 
-  bool Take(size_t connection, Chunk* chunk) {
+  // The next piece `connection` may take: a piece given back by a failed connection first,
+  // then the next in the read's order (from options.first_piece, wrapping around); with a
+  // `serves` predicate, the first such piece its peer serves.
+  bool Take(size_t connection, Chunk* chunk, const std::function<bool(const ReadOp&)>& serves) {
+    if (paused()) return false;
     absl::MutexLock lock(&mu_);
-    uint32_t index;
-    if (!requeued_.empty()) {
-      index = requeued_.top();
-      requeued_.pop();
-    } else if (cursor_ < pieces_.size()) {
-      index = static_cast<uint32_t>(cursor_++);
-    } else {
-      return false;
+    // Several connections: each holds a few pieces at a time, so that the rest stay free for
+    // whichever connection finishes first (a faster peer takes more).
+    if (all_pieces_.size() > 1 && held_[connection] >= held_cap_) return false;
+    const std::vector<Chunk>& mine = all_pieces_[connection];
+    auto usable = [&](uint32_t index) {
+      if (!serves) return true;
+      const Chunk& c = mine[index];
+      return serves(ReadOp{c.remote_region, c.remote_offset, c.local, c.length});
+    };
+    uint32_t index = UINT32_MAX;
+    for (auto it = requeued_.begin(); it != requeued_.end(); ++it) {
+      if (usable(*it)) {
+        index = *it;
+        requeued_.erase(it);
+        break;
+      }
     }
+    if (index == UINT32_MAX) {
+      const size_t n = pieces_.size();
+      while (cursor_ < n && state_[(cursor_ + first_) % n] != Piece::kPending) ++cursor_;
+      for (size_t k = cursor_; k < n; ++k) {
+        const auto at = static_cast<uint32_t>((k + first_) % n);
+        if (state_[at] == Piece::kPending && requeued_.count(at) == 0 && usable(at)) {
+          index = at;
+          break;
+        }
+      }
+    }
+    if (index == UINT32_MAX) return false;
     state_[index] = Piece::kTaken;
     owner_[index] = connection;
     ++held_[connection];
-    *chunk = pieces_[index];
+    *chunk = mine[index];
     return true;
   }
 
@@ -78,9 +118,10 @@ class Schedule {
       ++done_count_;
     }
     done_bytes_.fetch_add(chunk.length, std::memory_order_relaxed);
+    delivered_[connection].fetch_add(chunk.length, std::memory_order_relaxed);
     if (options_.on_piece) {
-      options_.on_piece(
-          ReadOp{chunk.remote_region, chunk.remote_offset, chunk.local, chunk.length});
+      options_.on_piece(ReadOp{chunk.remote_region, chunk.remote_offset, chunk.local, chunk.length},
+                        connection);
     }
   }
 
@@ -93,7 +134,7 @@ class Schedule {
     for (size_t i = 0; i < pieces_.size(); ++i) {
       if (state_[i] == Piece::kTaken && owner_[i] == connection) {
         state_[i] = Piece::kPending;
-        requeued_.push(static_cast<uint32_t>(i));
+        requeued_.insert(static_cast<uint32_t>(i));
         ++count;
       }
     }
@@ -117,6 +158,15 @@ class Schedule {
     return !requeued_.empty() || cursor_ < pieces_.size();
   }
 
+  // Waits up to `timeout` for the read to finish (a connection that found nothing it can serve
+  // waits here before asking again).
+  void AwaitDone(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto done = [this]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_count_ == pieces_.size(); };
+    mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  }
+
   bool AllDone() {
     absl::MutexLock lock(&mu_);
     return done_count_ == pieces_.size();
@@ -136,39 +186,54 @@ class Schedule {
   }
 
  private:
-  const std::vector<Chunk> pieces_;
-  const std::vector<uint32_t> regions_;
+  const std::vector<std::vector<Chunk>> all_pieces_;
+  const std::vector<Chunk>& pieces_;  // connection 0's: lengths and the ranges errors name
+  const std::vector<std::vector<uint32_t>> regions_;
   const ReadOptions& options_;
   const absl::Time deadline_;
   const bool has_deadline_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> done_bytes_{0};
+  std::vector<std::atomic<uint64_t>> delivered_;  // bytes of finished pieces per connection
 
   absl::Mutex mu_;
   std::vector<Piece> state_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> owner_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> held_ ABSL_GUARDED_BY(mu_);  // pieces taken and not done, per connection
+  // Positions in the read's order (piece (k + first_) % count) before cursor_ are all taken.
   size_t cursor_ ABSL_GUARDED_BY(mu_) = 0;
+  const size_t first_;
+  // Pieces one connection of a multi-peer read may hold: kHeldPerConnection, or fewer for a
+  // short read, so that every connection gets a share.
+  const size_t held_cap_;
   size_t done_count_ ABSL_GUARDED_BY(mu_) = 0;
-  std::priority_queue<uint32_t, std::vector<uint32_t>, std::greater<uint32_t>> requeued_
-      ABSL_GUARDED_BY(mu_);
+  // Pieces given back by failed connections, taken before the others, lowest first.
+  std::set<uint32_t> requeued_ ABSL_GUARDED_BY(mu_);
 };
 
 // One connection's view of the schedule.
 class Feed final : public ChunkFeed {
  public:
-  Feed(Schedule* schedule, size_t id) : schedule_(schedule), id_(id) {}
+  Feed(Schedule* schedule, size_t id, const std::atomic<bool>* drop,
+       std::function<bool(const ReadOp&)> serves)
+      : schedule_(schedule), id_(id), drop_(drop), serves_(std::move(serves)) {}
 
-  bool Next(Chunk* chunk) override { return !stopping() && schedule_->Take(id_, chunk); }
+  bool Next(Chunk* chunk) override {
+    if (stopping() || !schedule_->Take(id_, chunk, serves_)) return false;
+    taken_.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  uint64_t taken() const { return taken_.load(std::memory_order_relaxed); }
   void Moved(uint64_t bytes) override { moved_.fetch_add(bytes, std::memory_order_relaxed); }
   void Done(const Chunk& chunk) override {
     moved_.fetch_add(1, std::memory_order_relaxed);  // a zero-byte piece is movement too
     schedule_->Finish(id_, chunk);
   }
   bool stopping() const override {
-    return stalled_.load(std::memory_order_relaxed) || schedule_->Stopping();
+    return stalled_.load(std::memory_order_relaxed) || dropped() || schedule_->Stopping();
   }
-  const std::vector<uint32_t>& regions() const override { return schedule_->regions(); }
+  const std::vector<uint32_t>& regions() const override { return schedule_->regions(id_); }
+  bool dropped() const { return drop_ != nullptr && drop_->load(std::memory_order_relaxed); }
 
   uint64_t moved() const { return moved_.load(std::memory_order_relaxed); }
   void MarkStalled() { stalled_.store(true); }
@@ -179,6 +244,9 @@ class Feed final : public ChunkFeed {
  private:
   Schedule* const schedule_;
   const size_t id_;
+  const std::atomic<bool>* const drop_;  // the caller's flag for this connection; may be null
+  const std::function<bool(const ReadOp&)> serves_;  // may be null: every piece
+  std::atomic<uint64_t> taken_{0};
   std::atomic<uint64_t> moved_{0};
   std::atomic<bool> stalled_{false};
   std::atomic<bool> finished_{false};  // its runner returned
@@ -262,13 +330,19 @@ class Read {
     Feed& feed = *feeds_[i];
     Outcome& outcome = outcomes_[i];
     for (;;) {
+      const uint64_t taken_before = feed.taken();
       Status status = connections_[i].connection->Execute(feed);
       const size_t lost = schedule_.Reclaim(i);
       if (schedule_.Stopping()) break;
+      if (feed.dropped()) {
+        outcome = {true, absl::AbortedError("dropped by the reader")};
+        break;
+      }
       if (feed.stalled()) {
-        outcome = {true, absl::DeadlineExceededError(absl::StrCat(
-                             "no bytes arrived for ", absl::FormatDuration(options_.stall_timeout),
-                             " (the source is hung, stopped or its link is down)"))};
+        outcome = {true, absl::DeadlineExceededError(
+                             absl::StrCat("the transfer stalled: no bytes arrived for ",
+                                          absl::FormatDuration(options_.stall_timeout),
+                                          " (the source is hung, stopped or its link is down)"))};
         break;
       }
       if (!status.ok() || lost > 0) {
@@ -280,9 +354,15 @@ class Read {
         break;
       }
       // Everything this connection took landed. Others may still fail and return pieces:
-      // stay available until the read is complete.
+      // stay available until the read is complete (or paused).
+      if (schedule_.paused()) break;
+      if (feed.taken() == taken_before && !schedule_.AllDone()) {
+        // Nothing here it serves yet (a peer still filling its memory): ask again later.
+        schedule_.AwaitDone(kWatchInterval);
+        continue;
+      }
       bool more = false;
-      while (!schedule_.AllDone() && !schedule_.Stopping()) {
+      while (!schedule_.AllDone() && !schedule_.Stopping() && !schedule_.paused()) {
         if (schedule_.AwaitWork(kWatchInterval)) {
           more = true;
           break;
@@ -340,8 +420,9 @@ StatusOr<std::vector<Chunk>> CutIntoPieces(const std::vector<ReadOp>& ops, uint6
   return pieces;
 }
 
-Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
-               uint64_t chunk_bytes, const ReadOptions& options) {
+Status RunRead(absl::Span<const ReadConnection> connections, uint64_t chunk_bytes,
+               const ReadOptions& options, std::vector<PeerOutcome>* outcomes) {
+  if (outcomes != nullptr) outcomes->assign(connections.size(), PeerOutcome{});
   if (connections.empty()) return absl::InvalidArgumentError("a read needs at least one peer");
   if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk_bytes must be positive");
   const absl::Time start = options.start == absl::InfinitePast() ? absl::Now() : options.start;
@@ -349,25 +430,46 @@ Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp>
                                   ? absl::InfiniteFuture()
                                   : start + std::max(options.timeout, absl::ZeroDuration());
 
-  std::vector<uint32_t> regions;
-  FERRY_ASSIGN_OR_RETURN(std::vector<Chunk> pieces, CutIntoPieces(ops, chunk_bytes, &regions));
+  std::vector<std::vector<Chunk>> pieces(connections.size());
+  std::vector<std::vector<uint32_t>> regions(connections.size());
+  for (size_t c = 0; c < connections.size(); ++c) {
+    FERRY_ASSIGN_OR_RETURN(pieces[c], CutIntoPieces(connections[c].ops, chunk_bytes, &regions[c]));
+    if (c == 0) continue;
+    bool same = pieces[c].size() == pieces[0].size();
+    for (size_t i = 0; same && i < pieces[c].size(); ++i) {
+      same = pieces[c][i].local == pieces[0][i].local && pieces[c][i].length == pieces[0][i].length;
+    }
+    if (!same) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the ops for ", connections[c].description, " do not describe the same ",
+                       "local bytes as those for ", connections[0].description,
+                       " (every peer's ops must have the same count, local pointers and lengths)"));
+    }
+  }
   uint64_t total = 0;
-  for (const Chunk& c : pieces) total += c.length;
+  for (const Chunk& c : pieces[0]) total += c.length;
   const std::string who = Describe(connections);
-  if (pieces.empty()) {
+  if (pieces[0].empty()) {
     if (options.on_progress) options.on_progress(0, 0);
     return absl::OkStatus();
   }
 
-  Schedule schedule(std::move(pieces), std::move(regions), connections.size(), options, deadline);
+  Schedule schedule(std::move(pieces), std::move(regions), options, deadline);
   std::vector<std::unique_ptr<Feed>> feeds;
   for (size_t i = 0; i < connections.size(); ++i) {
-    feeds.push_back(std::make_unique<Feed>(&schedule, i));
+    feeds.push_back(
+        std::make_unique<Feed>(&schedule, i, connections[i].drop, connections[i].serves));
   }
   Read read(connections, schedule, feeds, options);
   {
     Watcher watcher(schedule, feeds, total, options);
     read.Run();
+  }
+  if (outcomes != nullptr) {
+    for (size_t i = 0; i < connections.size(); ++i) {
+      (*outcomes)[i].bytes = schedule.delivered(i);
+      if (read.outcomes()[i].failed) (*outcomes)[i].status = read.outcomes()[i].status;
+    }
   }
   if (schedule.AllDone()) {
     if (options.on_progress) options.on_progress(total, total);
@@ -375,6 +477,11 @@ Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp>
   }
 
   const std::string range = schedule.FirstUnfinished();
+  if (schedule.paused() && !schedule.cancelled()) {
+    return absl::AbortedError(absl::StrCat("read from ", who, " paused (", schedule.done_bytes(),
+                                           " of ", total,
+                                           " bytes read); first unfinished range: ", range));
+  }
   if (schedule.cancelled()) {
     return absl::CancelledError(
         absl::StrCat("read from ", who, " cancelled; first unfinished range: ", range));

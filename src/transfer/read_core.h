@@ -9,7 +9,9 @@
 #ifndef FERRY_TRANSFER_READ_CORE_H_
 #define FERRY_TRANSFER_READ_CORE_H_
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -20,18 +22,25 @@
 
 namespace ferry::internal {
 
-// One connection a read may use, with the engine's text for its peer.
+// One connection a read may use, with the engine's text for its peer and its ops. Every
+// connection's ops describe the same local bytes (see PeerRead).
 struct ReadConnection {
   PeerConnection* connection = nullptr;
   std::string description;
+  std::vector<ReadOp> ops;
+  const std::atomic<bool>* drop = nullptr;  // optional; see PeerRead::drop
+  // Optional: whether this connection's peer serves a piece now (see PeerRead::serves).
+  std::function<bool(const ReadOp& piece)> serves;
 };
 
-// Reads `ops` (validated against every connection's remote regions) over `connections` in
-// pieces of at most `chunk_bytes`. OK when every byte landed; otherwise the error of the last
-// connection that failed (all of them, listed, when there were several), or Cancelled,
-// DeadlineExceeded (deadline or stall), each naming the first unfinished range.
-Status RunRead(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
-               uint64_t chunk_bytes, const ReadOptions& options);
+// Reads the connections' ops (validated against each connection's remote regions) in pieces of
+// at most `chunk_bytes`. OK when every byte landed; otherwise the error of the last connection
+// that failed (all of them, listed, when there were several), or Cancelled, DeadlineExceeded
+// (deadline or stall), each naming the first unfinished range. InvalidArgument when the
+// connections' ops do not cut into the same local pieces. `outcomes` (optional) gets one entry
+// per connection.
+Status RunRead(absl::Span<const ReadConnection> connections, uint64_t chunk_bytes,
+               const ReadOptions& options, std::vector<PeerOutcome>* outcomes = nullptr);
 
 // `ops` cut into pieces of at most `chunk_bytes` (> 0), indexed in order, zero-length ops
 // dropped; `regions` gets the distinct remote regions they touch, ascending. InvalidArgument

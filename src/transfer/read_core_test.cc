@@ -67,6 +67,15 @@ class MemoryConnection final : public PeerConnection {
   std::atomic<size_t> served_{0};
 };
 
+// RunRead with the same ops for every connection.
+Status ReadAll(absl::Span<const ReadConnection> connections, std::vector<ReadOp> ops,
+               uint64_t chunk_bytes, const ReadOptions& options,
+               std::vector<PeerOutcome>* outcomes = nullptr) {
+  std::vector<ReadConnection> with_ops(connections.begin(), connections.end());
+  for (ReadConnection& c : with_ops) c.ops = ops;
+  return RunRead(with_ops, chunk_bytes, options, outcomes);
+}
+
 struct Fixture {
   explicit Fixture(uint64_t bytes) : source(bytes), dst(bytes) {
     FillPattern(source.data(), bytes);
@@ -86,7 +95,7 @@ TEST(ReadCoreTest, EveryPieceLandsOnceAndProgressEndsAtTheTotal) {
   uint64_t last_total = 0;
   absl::Mutex mu;
   ReadOptions options;
-  options.on_piece = [&](const ReadOp& piece) {
+  options.on_piece = [&](const ReadOp& piece, size_t) {
     landed += piece.length;
     ++pieces;
   };
@@ -96,7 +105,7 @@ TEST(ReadCoreTest, EveryPieceLandsOnceAndProgressEndsAtTheTotal) {
     last_total = total;
   };
   const ReadConnection c{&a, "peer a"};
-  ASSERT_TRUE(RunRead({&c, 1}, f.Whole(), kPiece, options).ok());
+  ASSERT_TRUE(ReadAll({&c, 1}, f.Whole(), kPiece, options).ok());
   EXPECT_EQ(landed.load(), f.dst.size());
   EXPECT_EQ(pieces.load(), 16);
   EXPECT_EQ(last_done, f.dst.size());
@@ -111,9 +120,9 @@ TEST(ReadCoreTest, AFailedPeerLosesOnlyItsUnfinishedPiecesToTheOthers) {
   good.WaitFor(&bad.faulted);  // the bad peer takes and fails before the good one starts
   std::atomic<int> pieces{0};
   ReadOptions options;
-  options.on_piece = [&](const ReadOp&) { ++pieces; };
+  options.on_piece = [&](const ReadOp&, size_t) { ++pieces; };
   const ReadConnection both[] = {{&bad, "bad peer"}, {&good, "good peer"}};
-  const Status s = RunRead(both, f.Whole(), kPiece, options);
+  const Status s = ReadAll(both, f.Whole(), kPiece, options);
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(pieces.load(), 64);  // each piece reported once
   EXPECT_EQ(bad.served(), 3u);
@@ -129,7 +138,7 @@ TEST(ReadCoreTest, AStalledPeerIsAbandonedAndTheOtherFinishes) {
   ReadOptions options;
   options.stall_timeout = absl::Milliseconds(300);
   const ReadConnection both[] = {{&hung, "hung peer"}, {&good, "good peer"}};
-  const Status s = RunRead(both, f.Whole(), kPiece, options);
+  const Status s = ReadAll(both, f.Whole(), kPiece, options);
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(hung.served() + good.served(), 32u);
   EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
@@ -143,7 +152,7 @@ TEST(ReadCoreTest, AStallOfTheOnlyPeerSaysHowManyBytesLanded) {
   options.stall_timeout = absl::Milliseconds(300);
   options.timeout = absl::Seconds(60);
   const ReadConnection c{&hung, "hung peer"};
-  const Status s = RunRead({&c, 1}, f.Whole(), kPiece, options);
+  const Status s = ReadAll({&c, 1}, f.Whole(), kPiece, options);
   ASSERT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_THAT(s.message(), HasSubstr("the transfer stalled"));
   EXPECT_THAT(s.message(), HasSubstr("(131072 of 1048576 bytes read)"));
@@ -155,7 +164,7 @@ TEST(ReadCoreTest, WhenEveryPeerFailsTheErrorListsEachWithTheSharedCode) {
   MemoryConnection a(f.source.data(), MemoryConnection::Fault::kFail, 1);
   MemoryConnection b(f.source.data(), MemoryConnection::Fault::kFail, 2);
   const ReadConnection both[] = {{&a, "peer a"}, {&b, "peer b"}};
-  const Status s = RunRead(both, f.Whole(), kPiece, ReadOptions{});
+  const Status s = ReadAll(both, f.Whole(), kPiece, ReadOptions{});
   ASSERT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_THAT(s.message(), HasSubstr("every peer failed"));
   EXPECT_THAT(s.message(), HasSubstr("peer a: memory peer failed"));
@@ -171,11 +180,11 @@ TEST(ReadCoreTest, CancelStopsTheReadAndNamesTheFirstUnfinishedRange) {
   std::atomic<int> pieces{0};
   ReadOptions options;
   options.cancel = &cancel;
-  options.on_piece = [&](const ReadOp&) {
+  options.on_piece = [&](const ReadOp&, size_t) {
     if (++pieces == 4) cancel = true;
   };
   const ReadConnection c{&a, "peer a"};
-  const Status s = RunRead({&c, 1}, f.Whole(), kPiece, options);
+  const Status s = ReadAll({&c, 1}, f.Whole(), kPiece, options);
   ASSERT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
   EXPECT_EQ(pieces.load(), 4);
   EXPECT_THAT(s.message(), HasSubstr("read from peer a cancelled"));
@@ -189,7 +198,7 @@ TEST(ReadCoreTest, APassedDeadlineFailsBeforeAnyPiece) {
   options.start = absl::Now() - absl::Seconds(2);
   options.timeout = absl::Seconds(1);
   const ReadConnection c{&a, "peer a"};
-  const Status s = RunRead({&c, 1}, f.Whole(), kPiece, options);
+  const Status s = ReadAll({&c, 1}, f.Whole(), kPiece, options);
   ASSERT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_THAT(s.message(), HasSubstr("passed its deadline (1s)"));
   EXPECT_THAT(s.message(), HasSubstr("first unfinished range: region 0 [0, 65536)"));
@@ -200,8 +209,73 @@ TEST(ReadCoreTest, EmptyReadsSucceedWithoutTouchingThePeer) {
   MemoryConnection a(nullptr, MemoryConnection::Fault::kFail, 0);
   const ReadConnection c{&a, "peer a"};
   char byte = 0;
-  EXPECT_TRUE(RunRead({&c, 1}, {}, kPiece, ReadOptions{}).ok());
-  EXPECT_TRUE(RunRead({&c, 1}, {ReadOp{0, 0, &byte, 0}}, kPiece, ReadOptions{}).ok());
+  EXPECT_TRUE(ReadAll({&c, 1}, {}, kPiece, ReadOptions{}).ok());
+  EXPECT_TRUE(ReadAll({&c, 1}, {ReadOp{0, 0, &byte, 0}}, kPiece, ReadOptions{}).ok());
+}
+
+// Two peers holding the same bytes at different remote offsets (sources of one model laid out
+// differently): each reads at its own coordinates, and the outcomes count what each delivered.
+TEST(ReadCoreTest, PeersWithDifferentLayoutsFillTheSameLocalBytes) {
+  Fixture f(2 << 20);
+  constexpr uint64_t kShift = 12345;
+  ferry::testing::Buffer shifted(f.source.size() + kShift);
+  std::memcpy(shifted.data() + kShift, f.source.data(), f.source.size());
+  MemoryConnection a(f.source.data());
+  MemoryConnection b(shifted.data());
+  std::vector<ReadConnection> both = {{&a, "peer a", f.Whole()}, {&b, "peer b", f.Whole()}};
+  both[1].ops[0].remote_offset = kShift;
+  std::atomic<uint64_t> by_peer[2] = {0, 0};
+  ReadOptions options;
+  options.on_piece = [&](const ReadOp& piece, size_t peer) { by_peer[peer] += piece.length; };
+  std::vector<PeerOutcome> outcomes;
+  const Status s = RunRead(both, kPiece, options, &outcomes);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+  ASSERT_EQ(outcomes.size(), 2u);
+  EXPECT_EQ(outcomes[0].bytes, by_peer[0].load());
+  EXPECT_EQ(outcomes[1].bytes, by_peer[1].load());
+  EXPECT_EQ(outcomes[0].bytes + outcomes[1].bytes, f.dst.size());
+  EXPECT_EQ(a.served() + b.served(), 32u);
+}
+
+TEST(ReadCoreTest, OpsThatDescribeDifferentLocalBytesAreRefused) {
+  Fixture f(1 << 20);
+  MemoryConnection a(f.source.data());
+  MemoryConnection b(f.source.data());
+  std::vector<ReadConnection> both = {{&a, "peer a", f.Whole()}, {&b, "peer b", f.Whole()}};
+  both[1].ops[0].length -= 1;
+  const Status s = RunRead(both, kPiece, ReadOptions{});
+  ASSERT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_THAT(s.message(), HasSubstr("the ops for peer b do not describe the same local bytes"));
+  EXPECT_EQ(a.served() + b.served(), 0u);
+}
+
+// A peer dropped by the reader (as the pull drops one whose bytes failed verification) stops;
+// its unfinished pieces go to the other, and its outcome says it was dropped.
+TEST(ReadCoreTest, ADroppedPeerStopsAndTheOtherFinishes) {
+  Fixture f(4 << 20);
+  MemoryConnection dropped(f.source.data());
+  MemoryConnection good(f.source.data());
+  absl::Notification gate;
+  good.WaitFor(&gate);
+  std::atomic<bool> drop{false};
+  ReadOptions options;
+  options.on_piece = [&](const ReadOp&, size_t peer) {
+    if (peer == 0 && dropped.served() == 2) {
+      drop = true;
+      if (!gate.HasBeenNotified()) gate.Notify();
+    }
+  };
+  std::vector<ReadConnection> both = {{&dropped, "dropped peer", f.Whole(), &drop},
+                                      {&good, "good peer", f.Whole()}};
+  std::vector<PeerOutcome> outcomes;
+  const Status s = RunRead(both, kPiece, options, &outcomes);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+  EXPECT_EQ(outcomes[0].status.code(), absl::StatusCode::kAborted) << outcomes[0].status;
+  EXPECT_EQ(outcomes[0].bytes, 2 * kPiece);
+  EXPECT_TRUE(outcomes[1].status.ok());
+  EXPECT_EQ(outcomes[1].bytes, f.dst.size() - 2 * kPiece);
 }
 
 TEST(ReadCoreTest, CoalesceMergesOnlyRangesThatContinueOnBothSides) {

@@ -91,12 +91,12 @@ struct Running {
       options.start = absl::Now();
       options.timeout = std::max(deadline - options.start, absl::ZeroDuration());
     }
-    options.on_piece = [this](const ReadOp& piece) {
+    options.on_piece = [this](const ReadOp& piece, size_t) {
       bytes_done.fetch_add(piece.length);
       if (on_piece) on_piece(piece);
     };
-    const ferry::internal::ReadConnection c{&connection, std::move(description)};
-    return ferry::internal::RunRead({&c, 1}, std::move(ops), chunk_bytes, options);
+    const ferry::internal::ReadConnection c{&connection, std::move(description), std::move(ops)};
+    return ferry::internal::RunRead({&c, 1}, chunk_bytes, options);
   }
 };
 

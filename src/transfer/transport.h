@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,7 +55,10 @@ inline std::string RangeText(const Chunk& c) {
 class ChunkFeed {
  public:
   virtual ~ChunkFeed() = default;
-  // The next piece for this connection; false when none is left or the read is stopping.
+  // The next piece for this connection; false when none is left or the read is stopping, or
+  // (in a read over several connections) this connection holds its share of pieces already:
+  // a transport may ask again after one of its pieces is Done, and otherwise returns from
+  // Execute once its pieces landed (the core calls Execute again while pieces are left).
   // Pieces come in ascending order of their index.
   virtual bool Next(Chunk* chunk) = 0;
   // `bytes` of a piece in progress arrived (progress and stall detection only).
@@ -105,6 +109,11 @@ class Transport {
                            const Allocation* allocation) = 0;
   // After this returns, no new read by a peer touches the region. Idempotent.
   virtual void RemoveRegion(uint32_t id) = 0;
+  // Serves only the ranges of region `id` that `allowed` accepts (null: all). Unimplemented for
+  // transports whose reads are one-sided.
+  virtual Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed) {
+    return absl::UnimplementedError("this transport's reads are one-sided: it cannot refuse one");
+  }
 
   // Fills this transport's part of the blob: its section (tcp / ucx / shm) and, for each region
   // already listed in blob->regions(), its per-region fields (ucx_rkey, shm_served).

@@ -44,6 +44,8 @@ class Serving {
   std::string endpoint() const { return server_->endpoint(); }
   // The id the server computed (it keys the record targets find).
   std::string mx_source_id() const { return publisher_->mx_source_id(); }
+  // Publisher::MarkReady (a record started INITIALIZING).
+  Status MarkReady() { return publisher_->MarkReady(); }
 
  private:
   Serving(std::unique_ptr<WorkerServer> server, std::unique_ptr<Publisher> publisher)

@@ -12,6 +12,8 @@ TransferInfoService::TransferInfoService(const WorkerState* state, const Artifac
       body_(state == nullptr ? grpc::Slice() : PreparedSlice(state->transfer_info_body())) {
   AddUnary("/ferry.v1.FerryWorkerService/GetTransferInfo", this,
            &TransferInfoService::GetTransferInfo);
+  AddUnary("/ferry.v1.FerryWorkerService/GetHeldTensors", this,
+           &TransferInfoService::GetHeldTensors);
   AddUnary("/ferry.v1.FerryWorkerService/GetArtifactTransferInfo", this,
            &TransferInfoService::GetArtifactTransferInfo);
 }
@@ -42,6 +44,32 @@ grpc::Status TransferInfoService::GetTransferInfo(grpc::ServerContext* context,
   ferry::v1::GetTransferInfoResponse head;
   head.set_mx_source_id(mx_source_id);
   *response = AnswerOf({grpc::Slice(head.SerializeAsString()), body_});
+  return grpc::Status::OK;
+}
+
+grpc::Status TransferInfoService::GetHeldTensors(grpc::ServerContext* context,
+                                                 const ferry::v1::GetHeldTensorsRequest* request,
+                                                 ferry::v1::GetHeldTensorsResponse* response) {
+  RequestGate::Admission admission(gate_, *context, "GetHeldTensors");
+  if (!admission.status().ok()) return admission.status();
+  if (state_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this worker endpoint serves an artifact, not tensors");
+  }
+  std::string mx_source_id;
+  const Status check = state_->CheckRequest(
+      request->mx_source_id(), request->has_worker_id() ? &request->worker_id() : nullptr,
+      &mx_source_id);
+  if (!check.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+  }
+  const HeldTensors* held = state_->manifest().held.get();
+  response->set_tensor_count(static_cast<uint32_t>(state_->manifest().tensors.size()));
+  if (held == nullptr || held->complete()) {
+    response->set_complete(true);
+  } else {
+    response->set_held(held->Bitmap());
+  }
   return grpc::Status::OK;
 }
 

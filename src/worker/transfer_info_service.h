@@ -29,6 +29,12 @@ class TransferInfoService final : public HandRegisteredService {
   grpc::Status GetTransferInfo(grpc::ServerContext* context, const grpc::ByteBuffer* request,
                                grpc::ByteBuffer* response);
 
+  // UNAUTHENTICATED / RESOURCE_EXHAUSTED from the gate; FAILED_PRECONDITION without tensors or
+  // on an mx_source_id or worker_id mismatch; else which tensors are served now.
+  grpc::Status GetHeldTensors(grpc::ServerContext* context,
+                              const ferry::v1::GetHeldTensorsRequest* request,
+                              ferry::v1::GetHeldTensorsResponse* response);
+
   // NOT_FOUND when no artifact is served; FAILED_PRECONDITION on an mx_source_id or artifact_id
   // mismatch; else the blob, file offsets, source root and signature.
   grpc::Status GetArtifactTransferInfo(grpc::ServerContext* context,

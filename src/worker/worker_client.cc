@@ -187,6 +187,34 @@ StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
   return response;
 }
 
+StatusOr<std::vector<bool>> WorkerClient::GetHeldTensors(const std::string& mx_source_id,
+                                                         const std::string& worker_id,
+                                                         size_t tensors) {
+  ferry::v1::GetHeldTensorsRequest request;
+  request.set_mx_source_id(mx_source_id);
+  if (!worker_id.empty()) request.set_worker_id(worker_id);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.deadline));
+  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  ferry::v1::GetHeldTensorsResponse response;
+  grpc::Status status = stubs_->transfer->GetHeldTensors(&context, request, &response);
+  if (!status.ok()) return RpcError("GetHeldTensors", status.error_code(), status.error_message());
+  if (response.tensor_count() != tensors) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "GetHeldTensors to ", endpoint_, ": the source counts ", response.tensor_count(),
+        " tensors where its transfer info lists ", tensors, "; re-list sources"));
+  }
+  std::vector<bool> held(tensors, response.complete());
+  if (!response.complete()) {
+    const std::string& bits = response.held();
+    for (size_t i = 0; i < tensors && i / 8 < bits.size(); ++i) {
+      held[i] = (static_cast<uint8_t>(bits[i / 8]) >> (i % 8)) & 1;
+    }
+  }
+  return held;
+}
+
 StatusOr<p2p::GetTensorManifestResponse> WorkerClient::GetTensorManifest(
     const std::string& mx_source_id, const std::string& worker_id) {
   p2p::GetTensorManifestRequest request;

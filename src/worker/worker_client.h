@@ -13,6 +13,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "artifacts/manifest.h"
@@ -63,6 +64,10 @@ class WorkerClient {
   // that do not add up to total_bytes, an unknown checksum algorithm). Other codes are the
   // RPC's (UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, RESOURCE_EXHAUSTED,
   // FAILED_PRECONDITION for an id the source does not serve).
+  // Which tensors the source serves now: one flag per tensor of its GetTransferInfo, all true
+  // once it is complete. FailedPrecondition when the answer's count differs from `tensors`.
+  StatusOr<std::vector<bool>> GetHeldTensors(const std::string& mx_source_id,
+                                             const std::string& worker_id, size_t tensors);
   StatusOr<ferry::v1::GetTransferInfoResponse> GetTransferInfo(const std::string& mx_source_id,
                                                                const std::string& worker_id);
 

@@ -17,6 +17,7 @@
 #include "ferry/status.h"
 #include "ferry/v1/worker.pb.h"
 #include "model_express/p2p.pb.h"
+#include "worker/held_tensors.h"
 
 namespace ferry::worker {
 
@@ -36,6 +37,9 @@ struct WorkerManifest {
   std::vector<uint64_t> region_base_addresses;
   // The source file's safetensors "__metadata__", handed to targets in GetTransferInfo.
   std::map<std::string, std::string> metadata;
+  // Which tensors are served now (a target serving while it pulls); null: all of them. Shared
+  // with the pull that marks tensors as it verifies them.
+  std::shared_ptr<const HeldTensors> held;
 };
 
 // The checksum algorithm of TensorEntry.checksum.

@@ -293,9 +293,14 @@ TEST_P(P2pPullTest, StoppedSourceIsAbandonedAfterTheStallTimeout) {
   nlohmann::json j = SlowPullSummary();
   EXPECT_EQ(ReadFile(out), ReadFile(model));
   if (transport() == "tcp") {
+    // What the stopped source delivered is kept; the next source reads only the rest.
     ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
     EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("the transfer stalled"));
-    EXPECT_EQ(j["source"]["worker_id"], b.worker_id);
+    EXPECT_EQ(j["attempts"][1]["worker_id"], b.worker_id);
+    EXPECT_EQ(j["attempts"][1]["ok"], true);
+    EXPECT_GT(j["attempts"][1]["bytes"].get<uint64_t>(), 0u);
+    EXPECT_EQ(j["attempts"][0]["bytes"].get<uint64_t>() + j["attempts"][1]["bytes"].get<uint64_t>(),
+              j["bytes"].get<uint64_t>());
   } else {
     // Shared memory is one-sided: a stopped source does not stop the read.
     EXPECT_EQ(j["source"]["worker_id"], a.worker_id);
@@ -313,10 +318,16 @@ TEST_P(P2pPullTest, CorruptedSourceByteIsDetectedAndTheNextSourceUsed) {
                          {"--target-worker-id", TargetIdPreferring("it/corrupt", bad.worker_id)});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   nlohmann::json j = Json(r);
+  // The corrupt source is named and dropped; its verified tensors are kept, and the good
+  // source reads what is missing (at least the corrupt tensor).
   ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
   EXPECT_EQ(j["attempts"][0]["worker_id"], bad.worker_id);
   EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("failed verification"));
-  EXPECT_EQ(j["source"]["worker_id"], good.worker_id);
+  EXPECT_EQ(j["attempts"][1]["worker_id"], good.worker_id);
+  EXPECT_EQ(j["attempts"][1]["ok"], true);
+  EXPECT_GT(j["attempts"][1]["bytes"].get<uint64_t>(), 0u);
+  EXPECT_EQ(j["attempts"][0]["bytes"].get<uint64_t>() + j["attempts"][1]["bytes"].get<uint64_t>(),
+            j["bytes"].get<uint64_t>());
   EXPECT_EQ(ReadFile(out), ReadFile(model));
 }
 

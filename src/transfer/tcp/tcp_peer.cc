@@ -100,6 +100,11 @@ bool RunStream(int fd, ChunkFeed& feed, int max_inflight, FirstError& error) {
             "failed: the source has no region ", c.remote_region, " (removed after the ",
             "blob was exported?) for ", RangeText(c), "; fetch a fresh blob"));
         break;
+      case ReplyStatus::kNotServed:
+        refused = absl::UnavailableError(
+            absl::StrCat("failed: the source does not serve ", RangeText(c),
+                         " yet (it is still pulling and has not verified it); read it elsewhere"));
+        break;
       case ReplyStatus::kOutOfRange:
         refused = absl::InvalidArgumentError(
             absl::StrCat("failed: the source says ", RangeText(c), " is out of range"));
@@ -127,6 +132,9 @@ bool RunStream(int fd, ChunkFeed& feed, int max_inflight, FirstError& error) {
     }
     inflight.pop_front();
     feed.Done(c);
+    // The feed may have refused a piece only because this connection held its share of a
+    // multi-peer read: ask again now that one is done.
+    exhausted = false;
   }
 }
 

@@ -74,7 +74,10 @@ TcpServer::TcpServer(Fd listener, uint16_t port, int buffer_bytes, std::string s
       port_(port),
       buffer_bytes_(buffer_bytes),
       secret_(std::move(secret)),
-      limits_(limits) {}
+      limits_(limits),
+      pacer_(limits.upload_bytes_per_second > 0
+                 ? std::make_unique<UploadPacer>(limits.upload_bytes_per_second)
+                 : nullptr) {}
 
 TcpServer::~TcpServer() { Stop(); }
 
@@ -100,6 +103,18 @@ void TcpServer::RemoveRegion(uint32_t id) {
   RegionEntry* e = entry.get();
   mu_.Await(absl::Condition(
       +[](RegionEntry* r) { return r->users == 0; }, e));
+}
+
+Status TcpServer::LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed) {
+  absl::MutexLock lock(&mu_);
+  auto it = regions_.find(id);
+  if (it == regions_.end()) {
+    return absl::NotFoundError(absl::StrCat("TCP server: no region ", id, " to limit"));
+  }
+  it->second->allowed =
+      allowed ? std::make_shared<const std::function<bool(uint64_t, uint64_t)>>(std::move(allowed))
+              : nullptr;
+  return absl::OkStatus();
 }
 
 void TcpServer::Stop() {
@@ -320,6 +335,31 @@ void TcpServer::StartServing(Pending&& p) {
   connections_.push_back(std::move(conn));
 }
 
+template <typename StopFn>
+IoResult TcpServer::SendReply(int fd, const ReadReply& reply, const char* data, StopFn&& stop) {
+  if (pacer_ == nullptr) {
+    // Straight from the registered memory: no staging copy.
+    iovec iov[2] = {{const_cast<ReadReply*>(&reply), sizeof(reply)},
+                    {const_cast<char*>(data), reply.length}};
+    return SendAll(fd, iov, 2, stop);
+  }
+  // Capped: the header, then the payload in slices, each sent when the pacer allows.
+  iovec header{const_cast<ReadReply*>(&reply), sizeof(reply)};
+  IoResult r = SendAll(fd, &header, 1, stop);
+  for (uint64_t sent = 0; r.what == Io::kOk && sent < reply.length;) {
+    const uint64_t n = std::min<uint64_t>(UploadPacer::kSliceBytes, reply.length - sent);
+    const absl::Time at = pacer_->Reserve(n);
+    while (absl::Now() < at) {
+      if (stop()) return {Io::kStopped, 0};
+      absl::SleepFor(std::min(at - absl::Now(), absl::Milliseconds(50)));  // paced, not polling
+    }
+    iovec iov{const_cast<char*>(data + sent), n};
+    r = SendAll(fd, &iov, 1, stop);
+    sent += n;
+  }
+  return r;
+}
+
 void TcpServer::Serve(Connection* conn) {
   const int fd = conn->fd.get();
   auto stopped = [this] { return stopping_.load(); };
@@ -348,6 +388,9 @@ void TcpServer::Serve(Connection* conn) {
           reply.status = static_cast<uint32_t>(ReplyStatus::kNoSuchRegion);
         } else if (req.offset > it->second->size || req.length > it->second->size - req.offset) {
           reply.status = static_cast<uint32_t>(ReplyStatus::kOutOfRange);
+        } else if (it->second->allowed != nullptr &&
+                   !(*it->second->allowed)(req.offset, req.length)) {
+          reply.status = static_cast<uint32_t>(ReplyStatus::kNotServed);
         } else {
           entry = it->second;
           ++entry->users;
@@ -359,10 +402,8 @@ void TcpServer::Serve(Connection* conn) {
         continue;
       }
       reply.length = req.length;
-      // Straight from the registered memory: no staging copy.
-      iovec iov[2] = {{&reply, sizeof(reply)},
-                      {const_cast<char*>(entry->data + req.offset), req.length}};
-      IoResult r = SendAll(fd, iov, 2, [&] { return stopping_.load() || entry->removed.load(); });
+      IoResult r = SendReply(fd, reply, entry->data + req.offset,
+                             [&] { return stopping_.load() || entry->removed.load(); });
       {
         absl::MutexLock lock(&mu_);
         --entry->users;

@@ -29,6 +29,7 @@
 #include "ferry/status.h"
 #include "transfer/tcp/tcp_socket.h"
 #include "transfer/tcp/tcp_wire.h"
+#include "transfer/tcp/upload_pacer.h"
 
 namespace ferry::internal::tcp {
 
@@ -41,6 +42,8 @@ struct TcpServerLimits {
   int max_pending = 32;
   // How long a connection may take to present its Hello before it is closed.
   absl::Duration handshake_timeout = absl::Seconds(3);
+  // Bytes per second sent to all connections together (UploadPacer); 0: no cap.
+  uint64_t upload_bytes_per_second = 0;
 };
 
 class TcpServer {
@@ -60,6 +63,9 @@ class TcpServer {
   Status AddRegion(uint32_t id, const void* data, uint64_t size);
   // Idempotent; see the class comment.
   void RemoveRegion(uint32_t id);
+  // Serves only the ranges of region `id` that `allowed` accepts (null: all); others get
+  // ReplyStatus::kNotServed. NotFound for an unknown region.
+  Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed);
 
   // Stops accepting, closes every connection (their peers' reads fail) and joins all threads.
   // Idempotent.
@@ -69,7 +75,9 @@ class TcpServer {
   struct RegionEntry {
     const char* data;
     uint64_t size;
-    int users = 0;                     // sends in progress; guarded by TcpServer::mu_
+    int users = 0;  // sends in progress; guarded by TcpServer::mu_
+    // Ranges it may serve (null: all); guarded by TcpServer::mu_.
+    std::shared_ptr<const std::function<bool(uint64_t, uint64_t)>> allowed;
     std::atomic<bool> removed{false};  // set by RemoveRegion; senders give up when they see it
   };
   struct Connection {
@@ -99,6 +107,9 @@ class TcpServer {
   // Starts the serving thread of an authenticated connection.
   void StartServing(Pending&& p);
   void Serve(Connection* conn);
+  // Sends `reply` and its payload `data` (reply.length bytes), paced when capped.
+  template <typename StopFn>
+  IoResult SendReply(int fd, const ReadReply& reply, const char* data, StopFn&& stop);
   // Joins connections whose threads have returned.
   void ReapFinished();
   // Connections counted against the bounds: serving ones plus `pending`.
@@ -109,6 +120,7 @@ class TcpServer {
   const int buffer_bytes_;
   const std::string secret_;
   const TcpServerLimits limits_;
+  std::unique_ptr<UploadPacer> pacer_;  // null without a cap
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;
   absl::Mutex stop_mu_;  // serializes Stop()

@@ -36,6 +36,9 @@ class TcpTransport : public Transport {
     return server_->AddRegion(id, data, size);
   }
   void RemoveRegion(uint32_t id) override { server_->RemoveRegion(id); }
+  Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed) override {
+    return server_->LimitRegion(id, std::move(allowed));
+  }
 
   void Describe(ferry::v1::TransferBlob* blob) const override {
     ferry::v1::TcpInfo* info = blob->mutable_tcp();
@@ -88,8 +91,10 @@ StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOpti
     }
     host = name;
   }
+  tcp::TcpServerLimits limits;
+  limits.upload_bytes_per_second = options.max_upload_rate;
   FERRY_ASSIGN_OR_RETURN(auto server,
-                         tcp::TcpServer::Create(listen, options.tcp_socket_buffer, secret));
+                         tcp::TcpServer::Create(listen, options.tcp_socket_buffer, secret, limits));
   return std::unique_ptr<Transport>(
       new TcpTransport(options, std::move(server), std::move(host), std::move(secret)));
 }

@@ -48,6 +48,7 @@ enum class ReplyStatus : uint32_t {
   kNoSuchRegion = 1,  // never registered, or removed
   kOutOfRange = 2,    // offset + length past the region's end
   kTooLong = 3,       // length 0 or above kMaxRequestBytes
+  kNotServed = 4,     // the source does not serve this range yet (not verified while it pulls)
 };
 
 struct ReadReply {

@@ -1,0 +1,154 @@
+// One pull's bytes read from several sources at once, verified as they land, and continued
+// from where it stopped when sources fail: the swarm's read. Every pull of weights runs here,
+// with one source or several (PullOptions::stripe).
+//
+// The local side is fixed first (which tensors land where, and what each must hash to); each
+// source then says where it holds each tensor, since sources of one model may lay it out
+// differently. A round reads every byte not yet landed from the live sources at once, handing
+// out pieces dynamically (ReadFromPeers): a faster source takes more, and a source that fails
+// or stalls loses only its unfinished pieces. A tensor that fails verification is read again;
+// its source is dropped at once when all of the tensor's bytes came from it, and otherwise the
+// tensor is re-read from one source at a time and the bytes compared, piece by piece, to find
+// which source served the wrong ones. Bytes that landed from a source that later failed are
+// kept: the next round (with the sources still live, and any the caller adds) reads only what
+// is missing.
+//
+// Thread-compatible: one thread calls the methods; the read's own threads are internal.
+#ifndef FERRY_FLOWS_STRIPED_READ_H_
+#define FERRY_FLOWS_STRIPED_READ_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "ferry/status.h"
+#include "ferry/transfer.h"
+#include "flows/landing_verifier.h"
+
+namespace ferry::weights {
+
+// Where a source holds one tensor.
+struct RemoteSpot {
+  uint32_t region = 0;
+  uint64_t offset = 0;
+};
+
+struct StripedReadOptions {
+  int verify_threads = 2;
+  // Called with a tensor's index once it is verified (from a checksum thread, or the Run
+  // thread): a target serving while it pulls serves it from then on.
+  std::function<void(size_t)> on_verified;
+};
+
+// What one source did over the whole pull.
+struct SourceShare {
+  std::string name;    // the caller's text for it ("worker ab12 at 10.0.0.5:6555")
+  uint64_t bytes = 0;  // bytes of verified tensors it delivered
+  Status status;       // why it stopped taking part; OK while live or after a full pull
+  bool live = true;
+};
+
+class StripedRead {
+ public:
+  // `tensors` are where the pull lands, in the order of every source's spots.
+  StripedRead(std::vector<LandingVerifier::Tensor> tensors, StripedReadOptions options);
+  ~StripedRead();
+  StripedRead(const StripedRead&) = delete;
+  StripedRead& operator=(const StripedRead&) = delete;
+
+  // Adds a source: `peer` (borrowed until this object is destroyed) holds tensor i at
+  // spots[i]. `holds` (optional) says whether it serves tensor i now: a source still pulling,
+  // whose answer grows while the read runs; null: every tensor. REQUIRES: spots.size() == the
+  // number of tensors. Returns its index.
+  size_t AddSource(Peer* peer, std::string name, std::vector<RemoteSpot> spots,
+                   std::function<bool(size_t)> holds = nullptr);
+
+  // Reads what is missing from the live sources, round after round. OK once every tensor is
+  // verified. Otherwise it returns when a source stopped taking part (so that the caller may
+  // add others; the error of that round), when no live source is left (an error naming each
+  // source), when the read was cancelled or ran out of time (Cancelled, DeadlineExceeded), or
+  // when `read.pause` was set (Aborted: the caller adds sources and calls Run again).
+  // Call again to continue: bytes that landed are never read twice unless they failed
+  // verification.
+  //
+  // `read` gives the timeout (with start), stall timeout, cancel flag, chunk size and progress
+  // callback (which sees bytes landed over the whole pull, across rounds); its on_piece is
+  // ignored. `on_piece` (optional) is called after each piece was recorded (tests slow a read
+  // down with it).
+  Status Run(const ReadOptions& read, std::function<void(const ReadOp&)> on_piece = nullptr);
+
+  bool complete();
+  size_t live_sources() const;
+  const std::vector<SourceShare>& sources() const { return shares_; }
+  // Bytes landed and verified so far.
+  uint64_t verified_bytes();
+  // The tensors' checksums (valid once complete).
+  std::vector<uint64_t> checksums() { return verifier_.checksums(); }
+  // Checksumming still running after the last round's bytes had landed.
+  absl::Duration verify_tail() const { return verify_tail_; }
+
+ private:
+  struct Source {
+    Peer* peer;
+    std::vector<RemoteSpot> spots;
+    std::unique_ptr<std::atomic<bool>> drop;
+    std::function<bool(size_t)> holds;  // null: every tensor
+  };
+  // Whether `holds` covers every tensor that local bytes [local, local + length) belong to.
+  bool Covers(const std::function<bool(size_t)>& holds, const void* local, uint64_t length) const;
+  // Bytes [begin, end) of local memory that landed in this pull from `source`.
+  struct Landed {
+    uintptr_t begin;
+    uintptr_t end;
+    size_t source;
+  };
+  // A tensor whose failed bytes came from several sources: which ones, and its bytes then.
+  struct Suspect {
+    size_t tensor;
+    std::vector<Landed> pieces;
+    std::string bad_bytes;
+  };
+
+  Status Round();
+  // Ranges of tensor `i` (offsets within it) that have not landed.
+  std::vector<std::pair<uint64_t, uint64_t>> Missing(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The verifier found tensor `i` corrupt (a checksum thread).
+  void OnMismatch(size_t i);
+  // Forgets the landed bytes of tensor `i`; returns the pieces that overlapped it, clipped.
+  std::vector<Landed> Forget(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Blame(size_t source, const std::string& why);
+  // Re-reads each suspect tensor from one source at a time; blames sources that served bytes
+  // that differ from the verified copy.
+  void Resolve();
+  void CountShares();
+
+  const std::vector<LandingVerifier::Tensor> tensors_;
+  // (start address, end address, tensor index), by start address.
+  std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> by_address_;
+  const StripedReadOptions options_;
+  ReadOptions read_;                             // of the current Run
+  std::function<void(const ReadOp&)> on_piece_;  // of the current Run
+  LandingVerifier verifier_;
+  std::vector<Source> sources_;
+  std::vector<SourceShare> shares_;
+  uint64_t landed_before_round_ = 0;  // progress offset of the current round
+  absl::Duration verify_tail_;
+
+  absl::Mutex mu_;
+  std::vector<Landed> landed_ ABSL_GUARDED_BY(mu_);  // sorted by begin after each round
+  std::vector<Suspect> suspects_ ABSL_GUARDED_BY(mu_);
+  std::map<size_t, std::string> blamed_ ABSL_GUARDED_BY(mu_);  // source -> why
+};
+
+}  // namespace ferry::weights
+
+#endif  // FERRY_FLOWS_STRIPED_READ_H_
