@@ -110,6 +110,7 @@ void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact) {
                   "TLS)")
       ->check(CLI::ExistingFile)
       ->group(group);
+  AddTopologyFlag(cmd, &flags.topology);
   cmd->add_option("--ready-file", flags.ready_file,
                   "write a JSON object (pid, mx_source_id, worker_id, worker_endpoint, "
                   "worker_port) here once READY")
@@ -129,6 +130,7 @@ Status ServeModel(const GlobalFlags& flags, const ServeFlags& serve,
   options.accelerator = serve.accelerator;
   options.worker_id = serve.worker_id;
   options.centralized = serve.centralized;
+  FERRY_ASSIGN_OR_RETURN(options.topology, ParseTopology(serve.topology));
   FERRY_ASSIGN_OR_RETURN(options.heartbeat_interval, HeartbeatInterval(serve));
   options.endpoint.listen = serve.worker_listen;
   options.endpoint.advertise_host = engine_flags.advertise_host;

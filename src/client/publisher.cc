@@ -1,6 +1,7 @@
 #include "ferry/publisher.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -141,11 +142,24 @@ Status Publisher::PublishAndMarkReady() {
     absl::MutexLock lock(&mu_);
     mx_source_id_ = published.mx_source_id;
   }
-  FERRY_RETURN_IF_ERROR(options_.client->UpdateStatus(
-      published.mx_source_id, worker_id_, options_.worker.worker_rank(), p2p::SOURCE_STATUS_READY));
+  FERRY_RETURN_IF_ERROR(MarkReady(published.mx_source_id));
   absl::MutexLock lock(&mu_);
   ready_sent_ = true;
   return absl::OkStatus();
+}
+
+Status Publisher::MarkReady(const std::string& mx_source_id) {
+  std::optional<float> load = 0.0f;
+  if (options_.source_load) load = options_.source_load();
+  if (load.has_value()) {
+    if (std::isnan(*load)) {
+      load.reset();
+    } else {
+      load = std::clamp(*load, 0.0f, 1.0f);
+    }
+  }
+  return options_.client->UpdateStatus(mx_source_id, worker_id_, options_.worker.worker_rank(),
+                                       p2p::SOURCE_STATUS_READY, load);
 }
 
 // Ticks on a fixed schedule (one interval after the previous tick was due, or at once if a
@@ -166,7 +180,7 @@ void Publisher::Run() {
 void Publisher::Tick() {
   const std::string source_id = mx_source_id();
   const uint32_t rank = options_.worker.worker_rank();
-  Status s = options_.client->UpdateStatus(source_id, worker_id_, rank, p2p::SOURCE_STATUS_READY);
+  Status s = MarkReady(source_id);
   bool republished = false;
   if (absl::IsNotFound(s)) {
     // The server lost the record (restart of a memory store, flushed Redis, GC after a
