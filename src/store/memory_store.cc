@@ -1,5 +1,7 @@
 #include "store/memory_store.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "ferry/source_identity.h"
 
@@ -158,7 +160,7 @@ Status MemoryStore::UpdateStatus(const StatusUpdate& u) {
     }
     r->second.set_status(u.status);
     r->second.set_updated_at(u.updated_at);
-    if (u.source_load.has_value()) {
+    if (u.source_load.has_value() && std::isfinite(*u.source_load)) {
       worker.loads[*u.worker_rank] = *u.source_load;
     } else {
       worker.loads.erase(*u.worker_rank);

@@ -103,7 +103,8 @@ struct StatusUpdate {
   bool override_owner = false;
   // What the worker reported as its load (UpdateStatusRequest.source_load). With worker_rank
   // set, it replaces that rank's stored load, an unset value clearing it (the worker has no
-  // reading now); an update of every rank (worker_rank unset, the reaper) leaves loads alone.
+  // reading now; so does a value that is not a finite number); an update of every rank
+  // (worker_rank unset, the reaper) leaves loads alone.
   std::optional<float> source_load;
 };
 

@@ -253,7 +253,7 @@ std::string TopologyArg(const ::google::protobuf::Map<std::string, std::string>&
 }
 
 std::string SourceLoadArg(std::optional<float> source_load) {
-  if (!source_load.has_value()) return "";
+  if (!source_load.has_value() || !std::isfinite(*source_load)) return "";
   // Nine significant digits print every float exactly (it reads back as the same float).
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.9g", static_cast<double>(*source_load));

@@ -47,7 +47,8 @@ std::string SourceKey(std::string_view mx_source_id);
 std::string RecordKey(std::string_view mx_source_id, std::string_view worker_id);
 std::string SummaryField(std::string_view worker_id);
 
-// The summary's text for a topology map ('' when empty) and for a source_load ('' when unset).
+// The summary's text for a topology map ('' when empty) and for a source_load ('' when unset or
+// not a finite number).
 std::string TopologyArg(const ::google::protobuf::Map<std::string, std::string>& topology);
 std::string SourceLoadArg(std::optional<float> source_load);
 

@@ -1,5 +1,6 @@
 #include "store/store_conformance.h"
 
+#include <limits>
 #include <map>
 #include <optional>
 #include <thread>
@@ -450,6 +451,9 @@ TEST_P(StoreConformanceTest, TopologyAndSourceLoadReachTheSummary) {
   ASSERT_TRUE(store_->UpdateStatus({"s", "w", std::nullopt, SOURCE_STATUS_STALE, 3000, {}}).ok());
   EXPECT_EQ(summary().source_load, std::optional<float>(0.1f));
   beat.source_load.reset();
+  ASSERT_TRUE(store_->UpdateStatus(beat).ok());
+  EXPECT_FALSE(summary().source_load.has_value());
+  beat.source_load = std::numeric_limits<float>::infinity();  // no reading, never corrupt
   ASSERT_TRUE(store_->UpdateStatus(beat).ok());
   EXPECT_FALSE(summary().source_load.has_value());
 
