@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev clang-14 libfuzzer-14-dev
   python3 python3-dev python3-grpcio python3-protobuf python3-pytest
   pybind11-dev python3-torch python3-numpy
+  python3-venv python3-pip
 )
 
 missing=()

@@ -194,8 +194,11 @@ class MetadataClient {
 
   // Sets the status of an existing record and refreshes its updated_at. NotFound if the server
   // holds no record for (mx_source_id, worker_id, worker_rank): it never creates one.
+  // `source_load` (ModelExpress 0.7.0): the source's own busyness in [0, 1], which the server
+  // passes through to ListSources; nullopt sends no reading (the field is left unset).
   Status UpdateStatus(const std::string& mx_source_id, const std::string& worker_id,
-                      uint32_t worker_rank, SourceStatus status);
+                      uint32_t worker_rank, SourceStatus status,
+                      std::optional<float> source_load = std::nullopt);
 
   // The server's version, status and uptime.
   StatusOr<HealthInfo> Health();

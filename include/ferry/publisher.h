@@ -9,6 +9,7 @@
 #define FERRY_PUBLISHER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,9 +35,18 @@ struct PublisherOptions {
   // (see GenerateWorkerId).
   std::string worker_id;
 
-  // The record to publish: worker_rank, endpoints, accelerator, payload. status and updated_at
-  // are ignored; the server sets both.
+  // The record to publish: worker_rank, endpoints, accelerator, payload, topology (ModelExpress
+  // 0.7.0: this node's datacenter domains, e.g. {rack: r3, block: b1}, which topology-aware
+  // targets compare with their own). status and updated_at are ignored; the server sets both.
   WorkerMetadata worker;
+
+  // The source's own busyness in [0, 1], sent with every READY as UpdateStatusRequest.source_load
+  // (ModelExpress 0.7.0) so that load-aware targets prefer sources with headroom. Called before
+  // each READY, on the thread that sends it (Start()'s caller, then the heartbeat thread): it
+  // must be thread-safe and quick. Values are clamped to [0, 1]; nullopt or NaN sends no
+  // reading. Unset: 0, "idle", which is what a source that measures nothing reports (targets
+  // then order it by rendezvous alone).
+  std::function<std::optional<float>()> source_load;
 
   // Kubernetes owner information, sent as-is (ModelExpress reads POD_NAME etc.).
   std::string pod_name;
@@ -107,6 +117,8 @@ class Publisher {
 
   // Publish + READY. Used by Start() and by the thread after NotFound.
   Status PublishAndMarkReady();
+  // UpdateStatus(status) with the current source_load.
+  Status SendStatus(const std::string& mx_source_id, ::model_express::p2p::SourceStatus status);
   void Run();
   void Tick();
 

@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "common/byte_size.h"
@@ -51,6 +52,10 @@ py::dict RefToDict(const SourceInstanceRef& r) {
   d["updated_at"] = r.updated_at();
   d["training_step"] = r.has_training_step() ? py::cast(r.training_step()) : py::none();
   d["layout_signature"] = r.has_layout_signature() ? py::cast(r.layout_signature()) : py::none();
+  py::dict topology;
+  for (const auto& [k, v] : r.topology()) topology[py::str(k)] = v;
+  d["topology"] = topology;
+  d["source_load"] = r.has_source_load() ? py::cast(r.source_load()) : py::none();
   return d;
 }
 
@@ -313,7 +318,8 @@ void RegisterClient(py::module_& m) {
       .def(py::init([](std::shared_ptr<ClientHandle> client, const py::dict& identity,
                        uint32_t worker_rank, const std::string& worker_grpc_endpoint,
                        const std::string& accelerator, const std::string& worker_id,
-                       std::optional<double> heartbeat_interval) {
+                       std::optional<double> heartbeat_interval,
+                       const std::map<std::string, std::string>& topology) {
              PublisherOptions o;
              o.client = client->client.get();
              o.identity = IdentityFromDict(identity);
@@ -321,6 +327,7 @@ void RegisterClient(py::module_& m) {
              o.worker.set_worker_rank(worker_rank);
              o.worker.set_worker_grpc_endpoint(worker_grpc_endpoint);
              o.worker.set_accelerator(accelerator);
+             o.worker.mutable_topology()->insert(topology.begin(), topology.end());
              o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
              std::unique_ptr<Publisher> p = Unwrap(Publisher::Create(std::move(o)));
              return p;
@@ -328,7 +335,7 @@ void RegisterClient(py::module_& m) {
            py::arg("client"), py::arg("identity"), py::kw_only(), py::arg("worker_rank") = 0,
            py::arg("worker_grpc_endpoint") = "", py::arg("accelerator") = "",
            py::arg("worker_id") = "", py::arg("heartbeat_interval") = py::none(),
-           py::keep_alive<1, 2>())
+           py::arg("topology") = std::map<std::string, std::string>{}, py::keep_alive<1, 2>())
       .def(
           "start", [](Publisher& p) { ThrowIfError(p.Start()); },
           py::call_guard<py::gil_scoped_release>())

@@ -57,6 +57,7 @@ Status RunArtifactPublish(const GlobalFlags& flags, const ArtifactPublishFlags& 
   options.node_rank = publish.node_rank;
   options.accelerator = publish.serve.accelerator;
   options.worker_id = publish.serve.worker_id;
+  FERRY_ASSIGN_OR_RETURN(options.topology, ParseTopology(publish.serve.topology));
   options.signing_key = key.has_value() ? &*key : nullptr;
   options.leases.max_leases = publish.max_leases;
   options.leases.ttl = absl::Seconds(publish.lease_ttl);

@@ -22,6 +22,7 @@ struct ArtifactPullFlags {
   std::string into;
   uint32_t node_rank = 0;
   std::string accelerator;
+  std::vector<std::string> topology;  // --topology
   std::vector<std::string> trust;
   bool allow_unsigned = false;
   std::string state_dir;
@@ -88,6 +89,7 @@ Status RunArtifactPull(const GlobalFlags& flags, const ArtifactPullFlags& pull) 
   options.node_rank = pull.node_rank;
   options.accelerator = pull.accelerator;
   options.target_worker_id = pull.target.target_worker_id;
+  FERRY_ASSIGN_OR_RETURN(options.topology, ParseTopology(pull.topology));
   options.transport = transport;
   options.max_sources = pull.target.max_sources;
   options.endpoint = WorkerClientFromFlags(pull.target, token);
@@ -184,6 +186,7 @@ void AddArtifactPullCommand(CLI::App* artifact, Cli& cli) {
                 "print a JSON summary: installed, into, artifact_id, bytes, files, seconds, "
                 "gbps, transport, trust, signer, source, attempts");
   AddTargetFlags(cmd, flags->target, "bytes");
+  AddTopologyFlag(cmd, &flags->topology);
   AddEngineFlags(cmd, flags->engine, /*serving=*/false);
   cmd->add_option("--testing-pause-before-install-ms", flags->testing_pause_before_install_ms)
       ->group("");

@@ -165,6 +165,29 @@ Status WriteSourceReadyFile(const std::string& path, const std::string& mx_sourc
   return internal::WriteReadyFile(path, ready);
 }
 
+void AddTopologyFlag(CLI::App* cmd, std::vector<std::string>* values) {
+  cmd->add_option("--topology", *values,
+                  "KEY=VALUE: a datacenter domain of this node (region, zone, datacenter, block, "
+                  "rack, host, numa); repeatable. Sources publish it; targets try sources "
+                  "sharing the narrowest domain first");
+}
+
+StatusOr<std::map<std::string, std::string>> ParseTopology(const std::vector<std::string>& values) {
+  std::map<std::string, std::string> topology;
+  for (const std::string& value : values) {
+    const size_t eq = value.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--topology '", value, "' is not KEY=VALUE with a non-empty KEY (e.g. rack=r3)"));
+    }
+    if (!topology.emplace(value.substr(0, eq), value.substr(eq + 1)).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--topology names '", value.substr(0, eq), "' twice"));
+    }
+  }
+  return topology;
+}
+
 void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what) {
   cmd->add_option("--max-sources", flags.max_sources, "sources to try before giving up")
       ->check(CLI::Range(1, 16))

@@ -90,6 +90,16 @@ void AddTargetFlags(CLI::App* cmd, TargetFlags& flags, const std::string& what);
 worker::WorkerClientOptions WorkerClientFromFlags(const TargetFlags& flags,
                                                   const ClientCredentials& token);
 
+// --topology KEY=VALUE (repeatable): this node's datacenter domains (ModelExpress 0.7.0's
+// WorkerMetadata.topology), e.g. --topology rack=r3 --topology block=b1. A source publishes
+// them; a target tries sources sharing its narrowest domain first (levels, broad to narrow:
+// region, zone, datacenter, block, rack, host, numa).
+void AddTopologyFlag(CLI::App* cmd, std::vector<std::string>* values);
+
+// The map the --topology values describe. InvalidArgument naming the value when one is not
+// KEY=VALUE with a non-empty KEY, or names a KEY twice.
+StatusOr<std::map<std::string, std::string>> ParseTopology(const std::vector<std::string>& values);
+
 // How a process serves weights it holds (`ferry publish`, `ferry pull --then-publish`).
 struct ServeFlags {
   std::string worker_listen = "0.0.0.0:0";
@@ -102,6 +112,8 @@ struct ServeFlags {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // --topology: published with the record; `ferry pull` also orders its sources by it.
+  std::vector<std::string> topology;
 };
 
 // The publisher's heartbeat interval: --heartbeat-interval when given, else
@@ -109,7 +121,7 @@ struct ServeFlags {
 StatusOr<std::optional<absl::Duration>> HeartbeatInterval(const ServeFlags& flags);
 
 // --worker-listen, --worker-id, --accelerator, --centralized, --heartbeat-interval,
-// --ready-file, --worker-tls-cert, --worker-tls-key, --worker-tls-client-ca.
+// --ready-file, --worker-tls-cert, --worker-tls-key, --worker-tls-client-ca, --topology.
 // `artifact`: for `ferry artifact publish`, without --centralized (weights only) and with the
 // accelerator described as the cache's.
 void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact = false);

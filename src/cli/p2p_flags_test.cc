@@ -41,6 +41,20 @@ TEST(BuildIdentityTest, RejectsBadFrameworkAndExtra) {
   EXPECT_THAT(BuildIdentity(f).status().message(), HasSubstr("--extra"));
 }
 
+TEST(ParseTopologyTest, KeyValuePairs) {
+  auto topology = ParseTopology({"rack=r3", "block=b1", "host="});
+  ASSERT_TRUE(topology.ok()) << topology.status();
+  EXPECT_EQ(*topology,
+            (std::map<std::string, std::string>{{"block", "b1"}, {"host", ""}, {"rack", "r3"}}));
+  auto no_eq = ParseTopology({"rack"});
+  EXPECT_EQ(no_eq.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(no_eq.status().message()),
+              HasSubstr("--topology 'rack' is not KEY=VALUE"));
+  EXPECT_EQ(ParseTopology({"=r3"}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto twice = ParseTopology({"rack=r3", "rack=r4"});
+  EXPECT_THAT(std::string(twice.status().message()), HasSubstr("names 'rack' twice"));
+}
+
 TEST(BuildEngineOptionsTest, TransportPicksWhatIsEnabled) {
   EngineFlags flags;
   TransportKind kind;

@@ -110,6 +110,7 @@ void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact) {
                   "TLS)")
       ->check(CLI::ExistingFile)
       ->group(group);
+  AddTopologyFlag(cmd, &flags.topology);
   cmd->add_option("--ready-file", flags.ready_file,
                   "write a JSON object (pid, mx_source_id, worker_id, worker_endpoint, "
                   "worker_port) here once READY")
@@ -131,6 +132,7 @@ StatusOr<std::unique_ptr<weights::WeightSource>> StartWeightSource(
   options.worker_id = worker_id.empty() ? serve.worker_id : worker_id;
   options.centralized = serve.centralized;
   options.held = std::move(held);
+  FERRY_ASSIGN_OR_RETURN(options.topology, ParseTopology(serve.topology));
   FERRY_ASSIGN_OR_RETURN(options.heartbeat_interval, HeartbeatInterval(serve));
   options.endpoint.listen = serve.worker_listen;
   options.endpoint.advertise_host = engine_flags.advertise_host;

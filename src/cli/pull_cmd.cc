@@ -148,6 +148,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   // The target's memory kind: sources must be compatible with it (--accelerator).
   options.accelerator = pull.serve.accelerator;
   options.target_worker_id = pull.target.target_worker_id;
+  FERRY_ASSIGN_OR_RETURN(options.topology, ParseTopology(pull.serve.topology));
   options.transport = transport;
   options.max_sources = pull.target.max_sources;
   options.stripe = std::min(pull.stripe, pull.target.max_sources);
@@ -224,7 +225,8 @@ void AddPullCommand(CLI::App& app, Cli& cli) {
   CLI::App* cmd = app.add_subcommand(
       "pull",
       "Read a model's weights from a peer that serves them (see `ferry publish`): list READY\n"
-      "sources of the identity with this rank, try them in rendezvous order (at most\n"
+      "sources of the identity with this rank, try them nearest first (--topology), then\n"
+      "in rendezvous order weighted by each source's reported load (at most\n"
       "--max-sources), read every tensor straight from the source's memory, verify each\n"
       "tensor's checksum and write OUT atomically. Nothing is written unless a source\n"
       "delivered verified weights. Exits 1 with what happened at each source otherwise.");

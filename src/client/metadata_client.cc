@@ -336,12 +336,14 @@ StatusOr<GetMetadataResponse> MetadataClient::GetMetadata(const std::string& mx_
 }
 
 Status MetadataClient::UpdateStatus(const std::string& mx_source_id, const std::string& worker_id,
-                                    uint32_t worker_rank, SourceStatus status) {
+                                    uint32_t worker_rank, SourceStatus status,
+                                    std::optional<float> source_load) {
   p2p::UpdateStatusRequest request;
   request.set_mx_source_id(mx_source_id);
   request.set_worker_id(worker_id);
   request.set_worker_rank(worker_rank);
   request.set_status(status);
+  if (source_load.has_value()) request.set_source_load(*source_load);
   p2p::UpdateStatusResponse response;
   std::optional<absl::StatusCode> wire_code;
   FERRY_RETURN_IF_ERROR(CallWithRetry("UpdateStatus", [&](grpc::ClientContext* context) {

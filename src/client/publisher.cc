@@ -1,6 +1,7 @@
 #include "ferry/publisher.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -144,9 +145,8 @@ Status Publisher::PublishAndMarkReady() {
     if (!options_.start_initializing) ready_ = true;
     ready = ready_;
   }
-  FERRY_RETURN_IF_ERROR(options_.client->UpdateStatus(
-      published.mx_source_id, worker_id_, options_.worker.worker_rank(),
-      ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING));
+  FERRY_RETURN_IF_ERROR(SendStatus(
+      published.mx_source_id, ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING));
   absl::MutexLock lock(&mu_);
   ready_sent_ = true;  // a status was sent: Stop() marks the record STALE
   return absl::OkStatus();
@@ -167,8 +167,21 @@ Status Publisher::MarkReady() {
     ready_ = true;  // from now on heartbeats say READY, even if this update fails
     source_id = mx_source_id_;
   }
-  return options_.client->UpdateStatus(source_id, worker_id_, options_.worker.worker_rank(),
-                                       p2p::SOURCE_STATUS_READY);
+  return SendStatus(source_id, p2p::SOURCE_STATUS_READY);
+}
+
+Status Publisher::SendStatus(const std::string& mx_source_id, p2p::SourceStatus status) {
+  std::optional<float> load = 0.0f;
+  if (options_.source_load) load = options_.source_load();
+  if (load.has_value()) {
+    if (std::isnan(*load)) {
+      load.reset();
+    } else {
+      load = std::clamp(*load, 0.0f, 1.0f);
+    }
+  }
+  return options_.client->UpdateStatus(mx_source_id, worker_id_, options_.worker.worker_rank(),
+                                       status, load);
 }
 
 // Ticks on a fixed schedule (one interval after the previous tick was due, or at once if a
@@ -194,9 +207,8 @@ void Publisher::Tick() {
     absl::MutexLock lock(&mu_);
     ready = ready_;
   }
-  Status s = options_.client->UpdateStatus(
-      source_id, worker_id_, rank,
-      ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING);
+  Status s = SendStatus(source_id,
+                        ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING);
   bool republished = false;
   if (absl::IsNotFound(s)) {
     // The server lost the record (restart of a memory store, flushed Redis, GC after a

@@ -1,6 +1,7 @@
 #include "client/source_selection.h"
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 
 #include "absl/strings/ascii.h"
@@ -45,26 +46,59 @@ uint64_t RendezvousScore(absl::string_view model_name, absl::string_view target_
   return score;
 }
 
+int SharedTopologyDepth(const std::vector<std::string>& levels,
+                        const std::map<std::string, std::string>& target,
+                        const google::protobuf::Map<std::string, std::string>& source) {
+  int depth = -1;
+  for (size_t i = 0; i < levels.size(); ++i) {
+    auto t = target.find(levels[i]);
+    auto s = source.find(levels[i]);
+    const bool in_target = t != target.end();
+    const bool in_source = s != source.end();
+    if (!in_target && !in_source) continue;  // neither side knows this level
+    if (!in_target || !in_source || t->second != s->second) break;
+    depth = static_cast<int>(i);
+  }
+  return depth;
+}
+
 std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceRef>& refs,
                                                const SourceSelection& selection) {
-  std::vector<std::pair<uint64_t, SourceInstanceRef>> scored;
+  struct Scored {
+    int depth;
+    double score;
+    const SourceInstanceRef* ref;
+  };
+  std::vector<Scored> scored;
   for (const SourceInstanceRef& ref : refs) {
     if (selection.match_rank && ref.worker_rank() != selection.worker_rank) continue;
     if (!AcceleratorsCompatible(selection.accelerator, ref.accelerator(), selection.dtype,
                                 selection.quantization)) {
       continue;
     }
-    scored.emplace_back(RendezvousScore(selection.model_name, selection.target_worker_id,
-                                        selection.worker_rank, ref),
-                        ref);
+    const uint64_t hrw = RendezvousScore(selection.model_name, selection.target_worker_id,
+                                         selection.worker_rank, ref);
+    double score = static_cast<double>(hrw) / 18446744073709551616.0;  // [0, 1)
+    if (selection.load_weight > 0) {
+      double load = kUnknownSourceLoad;
+      if (ref.has_source_load() && !std::isnan(ref.source_load())) {
+        load = std::clamp(static_cast<double>(ref.source_load()), 0.0, 1.0);
+      }
+      score -= selection.load_weight * load;
+    }
+    const int depth =
+        selection.topology.empty()
+            ? -1
+            : SharedTopologyDepth(selection.topology_levels, selection.topology, ref.topology());
+    scored.push_back({depth, score, &ref});
   }
-  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
-    return std::forward_as_tuple(b.first, a.second.mx_source_id(), a.second.worker_id()) <
-           std::forward_as_tuple(a.first, b.second.mx_source_id(), b.second.worker_id());
+  std::sort(scored.begin(), scored.end(), [](const Scored& a, const Scored& b) {
+    return std::forward_as_tuple(b.depth, b.score, a.ref->mx_source_id(), a.ref->worker_id()) <
+           std::forward_as_tuple(a.depth, a.score, b.ref->mx_source_id(), b.ref->worker_id());
   });
   std::vector<SourceInstanceRef> out;
   out.reserve(scored.size());
-  for (auto& [score, ref] : scored) out.push_back(std::move(ref));
+  for (const Scored& s : scored) out.push_back(*s.ref);
   return out;
 }
 

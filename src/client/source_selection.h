@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,11 +42,42 @@ struct SourceSelection {
   std::string dtype;
   std::string quantization;
   std::string target_worker_id;  // seeds the rendezvous order
+
+  // Topology-aware ordering (ModelExpress 0.7.0's topology_aware): the target's own datacenter
+  // domains ({rack: r3, block: b1, ...}); sources sharing a narrower domain with it come first.
+  // Empty: no locality preference.
+  std::map<std::string, std::string> topology;
+  // The domains, broad to narrow. Default: Grove's ClusterTopology order, as ModelExpress.
+  std::vector<std::string> topology_levels = DefaultTopologyLevels();
+
+  // Load-aware ordering (ModelExpress 0.7.0's load_aware): within one locality tier the score is
+  // rendezvous_score / 2^64 - load_weight * source_load, so a busy source sinks by up to
+  // load_weight and sources that all report 0 stay in rendezvous order. A source that reported
+  // no load counts as kUnknownSourceLoad. 0: ignore loads.
+  double load_weight = 1.0;
+
+  static std::vector<std::string> DefaultTopologyLevels() {
+    return {"region", "zone", "datacenter", "block", "rack", "host", "numa"};
+  }
 };
 
-// Keeps the refs with the target's rank (when match_rank) and a compatible accelerator, ordered by
-// descending rendezvous score (ties: mx_source_id, then worker_id), so that many targets spread
-// over many sources and one target always tries them in the same order.
+// The load a source that reported none is assumed to have (ModelExpress's UNKNOWN_LOAD_PRIOR):
+// neither preferred over sources that report idle nor buried under busy ones.
+inline constexpr double kUnknownSourceLoad = 0.5;
+
+// How many levels of `levels` (broad to narrow) the two topologies share as a prefix: the index
+// of the narrowest shared level, -1 when none. A level absent on both sides is skipped; one
+// present on one side only, or different, ends the prefix (domain values are unique only
+// within their parent).
+int SharedTopologyDepth(const std::vector<std::string>& levels,
+                        const std::map<std::string, std::string>& target,
+                        const google::protobuf::Map<std::string, std::string>& source);
+
+// Keeps the refs with the target's rank (when match_rank) and a compatible accelerator, and
+// orders them by, first to last: the narrowest topology domain shared with the target
+// (descending); rendezvous score minus the load penalty (descending; see load_weight); then
+// mx_source_id and worker_id. Many targets spread over many sources, nearby and idle sources
+// first, and one target always tries them in the same order.
 std::vector<SourceInstanceRef> OrderCandidates(const std::vector<SourceInstanceRef>& refs,
                                                const SourceSelection& selection);
 

@@ -63,6 +63,95 @@ TEST(OrderCandidatesTest, OrderIsByDescendingScoreAndStable) {
   for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i].worker_id(), again[i].worker_id());
 }
 
+std::vector<std::string> WorkerIds(const std::vector<SourceInstanceRef>& refs) {
+  std::vector<std::string> ids;
+  for (const auto& r : refs) ids.push_back(r.worker_id());
+  return ids;
+}
+
+SourceSelection Target() {
+  SourceSelection sel;
+  sel.model_name = "m";
+  sel.target_worker_id = "target-1";
+  return sel;
+}
+
+TEST(OrderCandidatesTest, LowerLoadFirstAndAllZeroIsRendezvousOrder) {
+  std::vector<SourceInstanceRef> refs;
+  for (int i = 0; i < 8; ++i) refs.push_back(Ref("s", absl::StrCat("w", i), 0));
+  const std::vector<std::string> rendezvous = WorkerIds(OrderCandidates(refs, Target()));
+  // Reported zeros (and no reports at all) leave the rendezvous order.
+  for (auto& r : refs) r.set_source_load(0.0f);
+  EXPECT_EQ(WorkerIds(OrderCandidates(refs, Target())), rendezvous);
+  // A fully busy source sinks below every idle one, whatever its rendezvous score.
+  const std::string busy = rendezvous.front();
+  for (auto& r : refs) {
+    if (r.worker_id() == busy) r.set_source_load(1.0f);
+  }
+  std::vector<std::string> ordered = WorkerIds(OrderCandidates(refs, Target()));
+  EXPECT_EQ(ordered.back(), busy);
+  ordered.pop_back();
+  std::vector<std::string> rest(rendezvous.begin() + 1, rendezvous.end());
+  EXPECT_EQ(ordered, rest);
+  // load_weight 0 ignores loads.
+  SourceSelection ignore = Target();
+  ignore.load_weight = 0;
+  EXPECT_EQ(WorkerIds(OrderCandidates(refs, ignore)), rendezvous);
+}
+
+TEST(OrderCandidatesTest, UnknownLoadRanksBetweenIdleAndBusy) {
+  std::vector<SourceInstanceRef> refs = {Ref("s", "idle", 0), Ref("s", "unknown", 0),
+                                         Ref("s", "busy", 0)};
+  refs[0].set_source_load(0.0f);
+  refs[2].set_source_load(1.0f);
+  SourceSelection sel = Target();
+  sel.load_weight = 10;  // the load term dominates the rendezvous term in [0, 1)
+  EXPECT_THAT(WorkerIds(OrderCandidates(refs, sel)),
+              ::testing::ElementsAre("idle", "unknown", "busy"));
+}
+
+TEST(OrderCandidatesTest, NarrowestSharedTopologyDomainFirst) {
+  auto with = [](SourceInstanceRef r, std::map<std::string, std::string> topo) {
+    r.mutable_topology()->insert(topo.begin(), topo.end());
+    return r;
+  };
+  std::vector<SourceInstanceRef> refs = {
+      with(Ref("s", "other-region", 0), {{"region", "eu"}, {"zone", "a"}, {"rack", "r3"}}),
+      with(Ref("s", "same-zone", 0), {{"region", "us"}, {"zone", "a"}, {"rack", "r9"}}),
+      with(Ref("s", "unknown", 0), {}),
+      with(Ref("s", "same-rack", 0), {{"region", "us"}, {"zone", "a"}, {"rack", "r3"}}),
+  };
+  refs[3].set_source_load(0.9f);  // busy, but the only one on our rack: locality comes first
+  SourceSelection sel = Target();
+  sel.topology = {{"region", "us"}, {"zone", "a"}, {"rack", "r3"}};
+  std::vector<std::string> ordered = WorkerIds(OrderCandidates(refs, sel));
+  ASSERT_EQ(ordered.size(), 4u);
+  EXPECT_EQ(ordered[0], "same-rack");
+  EXPECT_EQ(ordered[1], "same-zone");
+  // Neither shares a domain (depth -1): their order is the rendezvous one.
+  EXPECT_THAT(std::vector<std::string>(ordered.begin() + 2, ordered.end()),
+              ::testing::UnorderedElementsAre("other-region", "unknown"));
+  // No target topology: pure rendezvous (with the load penalty).
+  SourceSelection none = Target();
+  std::vector<SourceInstanceRef> plain = refs;
+  for (auto& r : plain) r.clear_topology();
+  EXPECT_EQ(WorkerIds(OrderCandidates(refs, none)), WorkerIds(OrderCandidates(plain, none)));
+}
+
+TEST(SharedTopologyDepthTest, StopsAtTheFirstDisagreement) {
+  const auto levels = SourceSelection::DefaultTopologyLevels();
+  google::protobuf::Map<std::string, std::string> source;
+  source["block"] = "b1";
+  source["rack"] = "r3";
+  EXPECT_EQ(SharedTopologyDepth(levels, {{"block", "b1"}, {"rack", "r3"}}, source), 4);
+  EXPECT_EQ(SharedTopologyDepth(levels, {{"block", "b1"}, {"rack", "r4"}}, source), 3);
+  // Another block that reuses the rack's label is not rack-adjacent.
+  EXPECT_EQ(SharedTopologyDepth(levels, {{"block", "b2"}, {"rack", "r3"}}, source), -1);
+  // A level known on one side only ends the prefix.
+  EXPECT_EQ(SharedTopologyDepth(levels, {{"zone", "a"}, {"block", "b1"}}, source), -1);
+  EXPECT_EQ(SharedTopologyDepth(levels, {}, source), -1);
+}
+
 TEST(OrderCandidatesTest, ManyTargetsSpreadOverSources) {
   // 4 sources, 400 targets: each source is some target's first choice about 100 times.
   std::vector<SourceInstanceRef> refs;

@@ -108,6 +108,7 @@ class ArtifactPuller {
     selection.accelerator = o_.accelerator;
     selection.target_worker_id =
         o_.target_worker_id.empty() ? GenerateWorkerId() : o_.target_worker_id;
+    selection.topology = o_.topology;
     FERRY_ASSIGN_OR_RETURN(Candidates listed,
                            ListCandidates(*o_.client, o_.identity, selection, who));
     const std::vector<SourceInstanceRef>& candidates = listed.ordered;

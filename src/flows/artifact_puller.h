@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,6 +39,9 @@ struct ArtifactPullOptions {
   uint32_t node_rank = 0;            // sources must publish this node_rank
   std::string accelerator;           // the target's; "" accepts every source
   std::string target_worker_id;      // seeds the rendezvous order; empty: GenerateWorkerId()
+  // This node's datacenter domains ({rack: r3, block: b1, ...}, ModelExpress 0.7.0): sources
+  // sharing the narrowest domain are tried first. Empty: no locality preference.
+  std::map<std::string, std::string> topology;
   TransportKind transport = TransportKind::kAuto;
   int max_sources = 3;  // 1..16
   // Token, TLS and deadline for the sources' worker endpoints (`endpoint` is set per source).

@@ -111,6 +111,8 @@ Status ArtifactSource::Start() {
                       artifact->set_file_count(state_->summary().file_count);
                       artifact->set_chunk_count(state_->summary().chunk_count);
                       artifact->set_node_rank(options_.node_rank);
+                      record->mutable_topology()->insert(options_.topology.begin(),
+                                                         options_.topology.end());
                     }));
   if (serving_->mx_source_id() != mx_source_id_) {
     if (signed_artifact()) {

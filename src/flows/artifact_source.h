@@ -7,6 +7,7 @@
 #define FERRY_FLOWS_ARTIFACT_SOURCE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,9 @@ struct ArtifactSourceOptions {
   uint32_t node_rank = 0;
   std::string accelerator;  // "" (unknown) is accepted by every target
   std::string worker_id;    // empty: GenerateWorkerId()
+  // This node's datacenter domains, published as WorkerMetadata.topology (ModelExpress 0.7.0)
+  // for topology-aware targets. Empty: none.
+  std::map<std::string, std::string> topology;
   // Signs the artifact when set. Borrowed; only used in Create().
   const SigningKey* signing_key = nullptr;
   // Listen/advertise address, token and TLS of the worker endpoint (`artifacts` is set here).

@@ -211,6 +211,7 @@ class Puller {
     selection.quantization = options_.identity.quantization();
     selection.target_worker_id =
         options_.target_worker_id.empty() ? GenerateWorkerId() : options_.target_worker_id;
+    selection.topology = options_.topology;
     selection_ = selection;
     FERRY_ASSIGN_OR_RETURN(Candidates listed,
                            ListCandidates(*options_.client, options_.identity, selection, who_));

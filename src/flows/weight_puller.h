@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,9 @@ struct PullOptions {
   uint32_t worker_rank = 0;
   std::string accelerator = "cpu";  // the target's; "" accepts every source
   std::string target_worker_id;     // seeds the rendezvous order; empty: GenerateWorkerId()
+  // This node's datacenter domains ({rack: r3, block: b1, ...}, ModelExpress 0.7.0): sources
+  // sharing the narrowest domain are tried first. Empty: no locality preference.
+  std::map<std::string, std::string> topology;
   TransportKind transport = TransportKind::kAuto;
   int max_sources = 3;  // sources opened in all before giving up; 1..16
   // Sources read at once (a striped pull): the pull's pieces are handed out to them

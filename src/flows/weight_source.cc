@@ -149,6 +149,8 @@ Status WeightSource::Start() {
                     std::move(endpoint), std::move(popts),
                     [&](const std::string& address, model_express::p2p::WorkerMetadata* record) {
                       worker::FillP2pRecord(*state_, address, record);
+                      record->mutable_topology()->insert(options_.topology.begin(),
+                                                         options_.topology.end());
                       if (options_.centralized) {
                         worker::FillCentralizedRecord(*state_, record);
                       }

@@ -61,6 +61,9 @@ struct WeightSourceOptions {
   // false (ModelExpress's default, P2P metadata): the server record carries endpoints only.
   // true: it also carries the transfer blob and tensor list (centralized mode).
   bool centralized = false;
+  // This node's datacenter domains, published as WorkerMetadata.topology (ModelExpress 0.7.0)
+  // for topology-aware targets. Empty: none.
+  std::map<std::string, std::string> topology;
   std::optional<absl::Duration> heartbeat_interval;  // unset: the Publisher's default
   // Serving while the model is still being pulled: which tensors (in the model's order) are
   // verified and may be served. Until MarkReady(), the record is INITIALIZING (ModelExpress

@@ -1,6 +1,7 @@
 #include "server/p2p_service.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -48,6 +49,19 @@ std::string CheckWorker(const p2p::WorkerMetadata& w) {
   };
   for (const auto& [value, name] : fields) {
     if (std::string e = CheckLength(*value, kMaxEndpointBytes, name); !e.empty()) return e;
+  }
+  if (static_cast<size_t>(w.topology_size()) > kMaxTopologyEntries) {
+    return absl::StrFormat("worker.topology has %d entries; the limit is %d", w.topology_size(),
+                           kMaxTopologyEntries);
+  }
+  for (const auto& [key, value] : w.topology()) {
+    if (std::string e = CheckLength(key, kMaxTopologyBytes, "a worker.topology key"); !e.empty()) {
+      return e;
+    }
+    if (std::string e = CheckLength(value, kMaxTopologyBytes, "a worker.topology value");
+        !e.empty()) {
+      return absl::StrCat(e, " (key '", key, "')");
+    }
   }
   return "";
 }
@@ -225,6 +239,8 @@ grpc::Status P2pService::ListSources(grpc::ServerContext* context,
     ref->set_updated_at(w->updated_at);
     if (w->training_step.has_value()) ref->set_training_step(*w->training_step);
     if (w->layout_signature.has_value()) ref->set_layout_signature(*w->layout_signature);
+    ref->mutable_topology()->insert(w->topology.begin(), w->topology.end());
+    if (w->source_load.has_value()) ref->set_source_load(*w->source_load);
   }
   return scope.Ok(kept.empty() ? "empty" : "ok");
 }
@@ -292,6 +308,11 @@ grpc::Status P2pService::UpdateStatus(grpc::ServerContext* context,
   update.worker_rank = req->worker_rank();
   update.status = req->status();
   update.updated_at = options_.now_ms();
+  // Passed through as reported (contract 16); a value that is not a finite number is no reading
+  // at all, so that one bad sample never fails the heartbeat that carries it.
+  if (req->has_source_load() && std::isfinite(req->source_load())) {
+    update.source_load = req->source_load();
+  }
   update.caller = principal->name;
   update.override_owner = principal->admin;
   Status s = store_->UpdateStatus(update);

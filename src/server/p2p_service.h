@@ -46,6 +46,8 @@ struct P2pServiceOptions {
 // refused with a clear message instead of being stored.
 inline constexpr size_t kMaxIdBytes = 256;         // worker_id, mx_source_id
 inline constexpr size_t kMaxEndpointBytes = 4096;  // endpoints, agent name, accelerator, session
+inline constexpr size_t kMaxTopologyEntries = 64;  // worker.topology (a handful of levels)
+inline constexpr size_t kMaxTopologyBytes = 256;   // each topology key and value
 
 class P2pService final : public ::model_express::p2p::P2pService::Service {
  public:

@@ -2,6 +2,7 @@
 // fixes of section 14.
 #include "server/p2p_service.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -491,6 +492,18 @@ TEST_F(P2pServiceTest, BadInputIsRefusedAndServerStaysUp) {
   p2p::PublishMetadataRequest long_worker = Request(std::string(300, 'w'));
   EXPECT_THAT(Publish(long_worker).message(), HasSubstr("worker_id is 300 bytes"));
   EXPECT_THAT(code_, Optional(kInvalidArgument));
+  p2p::PublishMetadataRequest many_levels = Request("w");
+  for (int i = 0; i < 65; ++i) {
+    (*many_levels.mutable_worker()->mutable_topology())[absl::StrCat("l", i)] = "v";
+  }
+  EXPECT_THAT(Publish(many_levels).message(),
+              HasSubstr("worker.topology has 65 entries; the limit is 64"));
+  EXPECT_THAT(code_, Optional(kInvalidArgument));
+  p2p::PublishMetadataRequest long_level = Request("w");
+  (*long_level.mutable_worker()->mutable_topology())["rack"] = std::string(300, 'r');
+  EXPECT_THAT(
+      Publish(long_level).message(),
+      HasSubstr("a worker.topology value is 300 bytes; the limit is 256 bytes (key 'rack')"));
   p2p::PublishMetadataRequest long_endpoint = Request("w");
   long_endpoint.mutable_worker()->set_worker_grpc_endpoint(std::string(5000, 'e'));
   EXPECT_THAT(Publish(long_endpoint).message(), HasSubstr("worker.worker_grpc_endpoint"));

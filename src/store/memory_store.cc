@@ -1,5 +1,7 @@
 #include "store/memory_store.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "ferry/source_identity.h"
 
@@ -63,6 +65,7 @@ Status MemoryStore::Publish(const PublishRecord& record) {
   Worker& worker = source.workers[record.worker_id];
   const uint32_t rank = record.worker.worker_rank();
   worker.ranks[rank] = record.worker;
+  worker.loads.erase(rank);  // a fresh record has no reading yet
   worker.index_rank = rank;
   worker.owner = record.owner;
   worker.version = next_version_++;
@@ -86,6 +89,10 @@ void MemoryStore::AppendSummaries(const std::string& source_id, const Source& so
     }
     s.accelerator = rep.accelerator();
     s.updated_at = rep.updated_at();
+    s.topology.insert(rep.topology().begin(), rep.topology().end());
+    if (auto load = worker.loads.find(worker.index_rank); load != worker.loads.end()) {
+      s.source_load = load->second;
+    }
     s.training_step = source.training_step;
     s.layout_signature = source.layout_signature;
     s.version = worker.version;
@@ -153,6 +160,11 @@ Status MemoryStore::UpdateStatus(const StatusUpdate& u) {
     }
     r->second.set_status(u.status);
     r->second.set_updated_at(u.updated_at);
+    if (u.source_load.has_value() && std::isfinite(*u.source_load)) {
+      worker.loads[*u.worker_rank] = *u.source_load;
+    } else {
+      worker.loads.erase(*u.worker_rank);
+    }
   } else {
     for (auto& [rank, record] : worker.ranks) {
       record.set_status(u.status);

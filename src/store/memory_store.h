@@ -35,6 +35,7 @@ class MemoryStore final : public MetadataStore {
   struct Worker {
     std::map<uint32_t, WorkerMetadata> ranks;  // ordered: GetWorker returns the lowest
     uint32_t index_rank = 0;                   // rank of the latest Publish
+    std::map<uint32_t, float> loads;           // rank -> last reported source_load
     uint64_t version = 0;
     std::string owner;
   };

@@ -15,6 +15,7 @@
 #define FERRY_STORE_METADATA_STORE_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,6 +65,11 @@ struct WorkerSummary {
   int64_t updated_at = 0;  // unix ms
   std::optional<uint64_t> training_step;
   std::optional<std::string> layout_signature;
+  // The representative rank's WorkerMetadata.topology, as published.
+  std::map<std::string, std::string> topology;
+  // The representative rank's last reported source_load (UpdateStatus); unset when its last
+  // heartbeat carried none, or it has sent none since it was published.
+  std::optional<float> source_load;
   // Changes on every write to this worker; pass it back as a compare-and-set token.
   uint64_t version = 0;
   std::string owner;
@@ -95,6 +101,11 @@ struct StatusUpdate {
   // different non-empty principal is PermissionDenied.
   std::string caller;
   bool override_owner = false;
+  // What the worker reported as its load (UpdateStatusRequest.source_load). With worker_rank
+  // set, it replaces that rank's stored load, an unset value clearing it (the worker has no
+  // reading now; so does a value that is not a finite number); an update of every rank
+  // (worker_rank unset, the reaper) leaves loads alone.
+  std::optional<float> source_load;
 };
 
 namespace internal {
@@ -138,9 +149,9 @@ class MetadataStore {
   virtual StatusOr<WorkerDetail> GetWorker(const std::string& mx_source_id,
                                            const std::string& worker_id) = 0;
 
-  // Sets status and updated_at. Never creates a record: NotFound when the worker or the rank
-  // does not exist; Aborted when expected_version is set and no longer matches;
-  // PermissionDenied when the caller does not own the worker.
+  // Sets status and updated_at (and, for one rank, its source_load). Never creates a record:
+  // NotFound when the worker or the rank does not exist; Aborted when expected_version is set and
+  // no longer matches; PermissionDenied when the caller does not own the worker.
   virtual Status UpdateStatus(const StatusUpdate& update) = 0;
 
   // Deletes the worker with all its ranks; the source goes away with its last worker.

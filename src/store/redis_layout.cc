@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "absl/strings/escaping.h"
@@ -76,7 +77,9 @@ local v = next_version(KEYS[4])
 sum.v = v
 sum.o = ARGV[6]
 sum.i = ARGV[4]
-sum.r[ARGV[4]] = {s = ARGV[8], u = ARGV[9], a = ARGV[10]}
+local entry = {s = ARGV[8], u = ARGV[9], a = ARGV[10]}
+if ARGV[12] ~= '' then entry.t = cjson.decode(ARGV[12]) end
+sum.r[ARGV[4]] = entry
 redis.call('HSET', KEYS[2], 'identity', ARGV[3], ARGV[2], cjson.encode(sum))
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -96,6 +99,7 @@ if ARGV[2] ~= '' then
   if not r then return {'NO_RANK'} end
   r.s = ARGV[3]
   r.u = ARGV[4]
+  if ARGV[8] ~= '' then r.l = ARGV[8] else r.l = nil end
 else
   for _, r in pairs(sum.r) do
     r.s = ARGV[3]
@@ -207,7 +211,54 @@ bool ReadString(const nlohmann::json& obj, const char* key, std::string* out) {
   return true;
 }
 
+// Reads a float stored as a JSON string (what the scripts write) or a JSON number. False when
+// present but not a finite number.
+bool ReadFloat(const nlohmann::json& obj, const char* key, std::optional<float>* out) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return true;  // absent: no reading
+  double d = 0;
+  if (it->is_string()) {
+    if (!absl::SimpleAtod(it->get_ref<const std::string&>(), &d)) return false;
+  } else if (it->is_number()) {
+    d = it->get<double>();
+  } else {
+    return false;
+  }
+  if (!std::isfinite(d)) return false;
+  *out = static_cast<float>(d);
+  return true;
+}
+
+// Reads a JSON object of strings; absent: empty.
+bool ReadStringMap(const nlohmann::json& obj, const char* key,
+                   std::map<std::string, std::string>* out) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return true;
+  if (it->is_array() && it->empty()) return true;  // Lua's cjson writes an empty table as []
+  if (!it->is_object()) return false;
+  for (const auto& [k, v] : it->items()) {
+    if (!v.is_string()) return false;
+    (*out)[k] = v.get<std::string>();
+  }
+  return true;
+}
+
 }  // namespace
+
+std::string TopologyArg(const ::google::protobuf::Map<std::string, std::string>& topology) {
+  if (topology.empty()) return "";
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : topology) j[k] = v;
+  return j.dump();
+}
+
+std::string SourceLoadArg(std::optional<float> source_load) {
+  if (!source_load.has_value() || !std::isfinite(*source_load)) return "";
+  // Nine significant digits print every float exactly (it reads back as the same float).
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.9g", static_cast<double>(*source_load));
+  return buf;
+}
 
 std::string SourceKey(std::string_view mx_source_id) {
   return absl::StrCat("ferry:src:", absl::string_view(mx_source_id.data(), mx_source_id.size()));
@@ -254,7 +305,8 @@ StatusOr<StoredSummary> ParseSummary(std::string_view json) {
     int status = 0;
     RankState state;
     if (!absl::SimpleAtoi(key, &rank) || !value.is_object() || !ReadInt(value, "s", &status) ||
-        !ReadInt(value, "u", &state.updated_at) || !ReadString(value, "a", &state.accelerator)) {
+        !ReadInt(value, "u", &state.updated_at) || !ReadString(value, "a", &state.accelerator) ||
+        !ReadStringMap(value, "t", &state.topology) || !ReadFloat(value, "l", &state.source_load)) {
       return bad(absl::StrCat("has a bad entry for rank '", key, "'"));
     }
     // Never hand a status the protocol does not have to clients (found by redis_record_fuzz).

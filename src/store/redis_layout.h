@@ -15,7 +15,11 @@
 //
 // The summary is small and kept by the scripts only:
 //   {"v":"<version>","o":"<owner>","i":"<representative rank>",
-//    "r":{"<rank>":{"s":"<status>","u":"<updated_at ms>","a":"<accelerator>"}, ...}}
+//    "r":{"<rank>":{"s":"<status>","u":"<updated_at ms>","a":"<accelerator>",
+//                   "t":{"<level>":"<domain>",...},"l":"<source_load>"}, ...}}
+// "t" (the rank's WorkerMetadata.topology) is written only when non-empty, "l" (its last
+// reported source_load, a decimal float as text) only while it has one; summaries written
+// before ferry knew them have neither and read back as no topology and no load.
 // Numbers are JSON strings so that 64-bit values never pass through a double. Heartbeats change
 // only the summary; readers overlay its status and updated_at onto the published record.
 #ifndef FERRY_STORE_REDIS_LAYOUT_H_
@@ -23,6 +27,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -42,10 +47,17 @@ std::string SourceKey(std::string_view mx_source_id);
 std::string RecordKey(std::string_view mx_source_id, std::string_view worker_id);
 std::string SummaryField(std::string_view worker_id);
 
+// The summary's text for a topology map ('' when empty) and for a source_load ('' when unset or
+// not a finite number).
+std::string TopologyArg(const ::google::protobuf::Map<std::string, std::string>& topology);
+std::string SourceLoadArg(std::optional<float> source_load);
+
 struct RankState {
   ::model_express::p2p::SourceStatus status = ::model_express::p2p::SOURCE_STATUS_UNKNOWN;
   int64_t updated_at = 0;  // unix ms
   std::string accelerator;
+  std::map<std::string, std::string> topology;
+  std::optional<float> source_load;
 };
 
 struct StoredSummary {
@@ -76,11 +88,12 @@ struct LuaScript {
 //
 // Publish   KEYS sources, src, rec, version, owners; ARGV sid, summary field, identity bytes,
 //           rank, record bytes, owner, override ('1'/'0'), status, updated_at, accelerator,
-//           max workers per owner ('0' = no limit).
+//           max workers per owner ('0' = no limit), topology (a JSON object; '' = none).
 //           -> {OK, version} | {DENIED, owner} | {SOURCE_DENIED, source owner} | {OWNER_FULL}
 //           | {CORRUPT} (an admin replaces a corrupt summary)
 // Update    KEYS src, version; ARGV summary field, rank ('' = every rank), status, updated_at,
-//           expected version ('' = none), caller, override ('1'/'0').
+//           expected version ('' = none), caller, override ('1'/'0'), source_load (decimal
+//           text; '' = none: cleared for that rank; ignored when every rank is updated).
 //           -> {OK, version} | {NO_SOURCE} | {NO_WORKER} | {DENIED, owner} | {ABORTED, version}
 //           | {NO_RANK} | {CORRUPT}
 // Remove    KEYS sources, src, rec, owners; ARGV sid, summary field, expected version

@@ -151,13 +151,14 @@ Status RedisStore::Publish(const PublishRecord& r) {
   const std::string max_owner_workers = absl::StrCat(r.max_owner_workers);
 
   FERRY_ASSIGN_OR_RETURN(auto lease, Acquire());
-  FERRY_ASSIGN_OR_RETURN(RedisReply reply,
-                         RunScript(*lease, internal::PublishScript(),
-                                   {internal::kSourcesKey, source_key, record_key,
-                                    internal::kVersionKey, internal::kOwnersKey},
-                                   {r.mx_source_id, field, identity, rank, record, r.owner,
-                                    r.override_owner ? "1" : "0", status, updated_at,
-                                    r.worker.accelerator(), max_owner_workers}));
+  FERRY_ASSIGN_OR_RETURN(
+      RedisReply reply,
+      RunScript(*lease, internal::PublishScript(),
+                {internal::kSourcesKey, source_key, record_key, internal::kVersionKey,
+                 internal::kOwnersKey},
+                {r.mx_source_id, field, identity, rank, record, r.owner,
+                 r.override_owner ? "1" : "0", status, updated_at, r.worker.accelerator(),
+                 max_owner_workers, internal::TopologyArg(r.worker.topology())}));
   const absl::string_view code = ScriptCode(*reply);
   if (code == "OK") return absl::OkStatus();
   if (code == "DENIED") return OwnerDenied(ScriptArg(*reply, 1), r.mx_source_id, r.worker_id);
@@ -216,6 +217,8 @@ Status RedisStore::AppendSummaries(const std::string& mx_source_id, const redisR
     }
     s.accelerator = rep->second.accelerator;
     s.updated_at = rep->second.updated_at;
+    s.topology = rep->second.topology;
+    s.source_load = rep->second.source_load;
     s.training_step = training_step;
     s.layout_signature = layout_signature;
     s.version = stored.version;
@@ -332,10 +335,11 @@ Status RedisStore::UpdateStatus(const StatusUpdate& u) {
   const std::string expected =
       u.expected_version.has_value() ? absl::StrCat(*u.expected_version) : "";
   FERRY_ASSIGN_OR_RETURN(auto lease, Acquire());
-  FERRY_ASSIGN_OR_RETURN(RedisReply reply, RunScript(*lease, internal::UpdateStatusScript(),
-                                                     {source_key, internal::kVersionKey},
-                                                     {field, rank, status, updated_at, expected,
-                                                      u.caller, u.override_owner ? "1" : "0"}));
+  FERRY_ASSIGN_OR_RETURN(
+      RedisReply reply,
+      RunScript(*lease, internal::UpdateStatusScript(), {source_key, internal::kVersionKey},
+                {field, rank, status, updated_at, expected, u.caller, u.override_owner ? "1" : "0",
+                 internal::SourceLoadArg(u.source_load)}));
   const absl::string_view code = ScriptCode(*reply);
   if (code == "OK") return absl::OkStatus();
   if (code == "NO_SOURCE") {

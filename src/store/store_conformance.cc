@@ -1,10 +1,14 @@
 #include "store/store_conformance.h"
 
+#include <limits>
+#include <map>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/unknown_field_set.h"
 
 namespace ferry::store {
 
@@ -415,6 +419,84 @@ TEST_P(StoreConformanceTest, IdsWithSeparatorsDoNotCollide) {
   EXPECT_EQ(store_->ListWorkers({})->size(), 2u);
   ASSERT_TRUE(store_->RemoveWorker("a", "b:c", std::nullopt).ok());
   EXPECT_EQ(store_->GetWorker("a:b", "c")->worker.agent_name(), "first");
+}
+
+// ModelExpress 0.7.0 (contract 16): the representative rank's topology and its last reported
+// load come back on the summary; a rank's heartbeat replaces its load (none clears it), the
+// reaper's every-rank update leaves loads alone, and a re-publish starts without one.
+TEST_P(StoreConformanceTest, TopologyAndSourceLoadReachTheSummary) {
+  PublishRecord r = Record("s", "w", 0);
+  (*r.worker.mutable_topology())["rack"] = "r3";
+  (*r.worker.mutable_topology())["block"] = "b1";
+  ASSERT_TRUE(store_->Publish(r).ok());
+  auto summary = [&]() -> WorkerSummary {
+    auto list = store_->ListWorkers({});
+    EXPECT_TRUE(list.ok()) << list.status();
+    if (!list.ok() || list->size() != 1) return {};
+    return (*list)[0];
+  };
+  const std::map<std::string, std::string> topology = {{"block", "b1"}, {"rack", "r3"}};
+  EXPECT_EQ(summary().topology, topology);
+  EXPECT_FALSE(summary().source_load.has_value());
+
+  StatusUpdate beat{"s", "w", 0u, SOURCE_STATUS_READY, 2000, std::nullopt};
+  beat.source_load = 0.625f;
+  ASSERT_TRUE(store_->UpdateStatus(beat).ok());
+  EXPECT_EQ(summary().source_load, std::optional<float>(0.625f));
+  beat.source_load = 0.1f;  // not exact in binary: must still come back as the same float
+  ASSERT_TRUE(store_->UpdateStatus(beat).ok());
+  EXPECT_EQ(summary().source_load, std::optional<float>(0.1f));
+  EXPECT_EQ(summary().topology, topology);
+
+  ASSERT_TRUE(store_->UpdateStatus({"s", "w", std::nullopt, SOURCE_STATUS_STALE, 3000, {}}).ok());
+  EXPECT_EQ(summary().source_load, std::optional<float>(0.1f));
+  beat.source_load.reset();
+  ASSERT_TRUE(store_->UpdateStatus(beat).ok());
+  EXPECT_FALSE(summary().source_load.has_value());
+  beat.source_load = std::numeric_limits<float>::infinity();  // no reading, never corrupt
+  ASSERT_TRUE(store_->UpdateStatus(beat).ok());
+  EXPECT_FALSE(summary().source_load.has_value());
+
+  beat.source_load = 0.5f;
+  ASSERT_TRUE(store_->UpdateStatus(beat).ok());
+  ASSERT_TRUE(store_->Publish(Record("s", "w", 0)).ok());
+  EXPECT_FALSE(summary().source_load.has_value());
+  EXPECT_TRUE(summary().topology.empty());
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(got->worker.topology().empty());
+}
+
+// Fields a newer contract adds (unknown to ferry) are kept exactly, in the record, in its
+// nested messages and in the identity.
+google::protobuf::UnknownFieldSet* MutableUnknown(google::protobuf::Message* m) {
+  return m->GetReflection()->MutableUnknownFields(m);
+}
+
+// The serialized unknown fields of `m`.
+std::string UnknownBytes(const google::protobuf::Message& m) {
+  std::string out;
+  EXPECT_TRUE(m.GetReflection()->GetUnknownFields(m).SerializeToString(&out));
+  return out;
+}
+
+TEST_P(StoreConformanceTest, UnknownFieldsRoundTripExactly) {
+  PublishRecord r = Record("s", "w", 0);
+  auto* tensor = r.worker.mutable_tensor_source()->add_tensors();
+  tensor->set_name("t");
+  MutableUnknown(tensor)->AddLengthDelimited(60, "hello");
+  MutableUnknown(&r.worker)->AddVarint(1001, 42);
+  MutableUnknown(&r.worker)->AddFixed32(1002, 0xaabbccdd);
+  MutableUnknown(&r.identity)->AddLengthDelimited(500, "id");
+  ASSERT_FALSE(UnknownBytes(r.worker).empty());
+  ASSERT_TRUE(store_->Publish(r).ok());
+  auto got = store_->GetWorker("s", "w");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(UnknownBytes(got->worker), UnknownBytes(r.worker));
+  ASSERT_EQ(got->worker.tensor_source().tensors_size(), 1);
+  EXPECT_EQ(UnknownBytes(got->worker.tensor_source().tensors(0)), UnknownBytes(*tensor));
+  ASSERT_TRUE(got->identity.has_value());
+  EXPECT_EQ(UnknownBytes(*got->identity), UnknownBytes(r.identity));
 }
 
 TEST_P(StoreConformanceTest, PingSucceeds) { EXPECT_TRUE(store_->Ping().ok()); }

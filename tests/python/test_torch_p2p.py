@@ -531,12 +531,16 @@ def test_publisher_heartbeats_and_marks_stale(server):
     identity = ferry.SourceIdentity("publisher-test", dtype="float32")
     publisher = ferry.Publisher(client, identity.to_dict(), worker_rank=3,
                                 worker_grpc_endpoint="127.0.0.1:9", accelerator="cpu",
-                                heartbeat_interval=0.1)
+                                heartbeat_interval=0.1, topology={"rack": "r3", "block": "b1"})
     publisher.start()
     try:
         refs = client.list_sources(identity.to_dict())
         assert [(r["worker_id"], r["worker_rank"], r["accelerator"]) for r in refs] == \
             [(publisher.worker_id, 3, "cpu")]
+        # ModelExpress 0.7.0's fields: the topology as published, and the load every READY
+        # carries (0: the publisher measures no busyness).
+        assert refs[0]["topology"] == {"rack": "r3", "block": "b1"}
+        assert refs[0]["source_load"] == 0.0
         assert publisher.mx_source_id == identity.mx_source_id
         record = client.get_metadata(publisher.mx_source_id, publisher.worker_id)
         assert record["status"] == "SOURCE_STATUS_READY"
