@@ -274,6 +274,12 @@ class TransferEngine {
   // Serialized ferry.v1.TransferBlob describing this engine and its current regions.
   std::string ExportBlob() const;
 
+  // How busy serving peers was since the previous call, in [0, 1]: the fraction of that time
+  // during which the TCP server was sending, or with max_upload_rate the share of the cap it
+  // used, whichever is larger (a source's own `source_load`). shm and UCX reads are one-sided
+  // and never counted.
+  double TakeServingLoad();
+
   // Peers may read only the ranges of `region` that `allowed(offset, length)` accepts (a
   // target serving what it has verified while it still pulls); a read of any other range is
   // refused, and the reader takes it elsewhere. `allowed` is called from the serving threads,

@@ -140,6 +140,12 @@ Status WeightSource::Start() {
   endpoint.state = state_.get();
   PublisherOptions popts;
   popts.start_initializing = options_.held != nullptr && !options_.held->complete();
+  // ferry's own figure for ModelExpress's source_load: how busy the engine's TCP server was
+  // between heartbeats (its share of the cap, when capped).
+  TransferEngine* engine = options_.engine;
+  popts.source_load = [engine]() -> std::optional<float> {
+    return static_cast<float>(engine->TakeServingLoad());
+  };
   popts.client = options_.client;
   popts.identity = options_.identity;
   popts.worker_id = worker_id_;

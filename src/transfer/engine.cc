@@ -129,6 +129,8 @@ StatusOr<std::unique_ptr<Region>> TransferEngine::RegisterRegion(void* data, uin
 
 std::string TransferEngine::ExportBlob() const { return core_->ExportBlob(); }
 
+double TransferEngine::TakeServingLoad() { return core_->TakeLoad(); }
+
 Status TransferEngine::LimitServing(const Region& region,
                                     std::function<bool(uint64_t, uint64_t)> allowed) {
   return core_->LimitRegion(region.id(), std::move(allowed));

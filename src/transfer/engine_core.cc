@@ -246,6 +246,12 @@ void EngineCore::RemoveRegion(uint32_t id) {
   }
 }
 
+double EngineCore::TakeLoad() {
+  double load = 0.0;
+  for (const auto& transport : transports_) load = std::max(load, transport->TakeLoad());
+  return load;
+}
+
 Status EngineCore::LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed) {
   for (const auto& transport : transports_) {
     if (transport->kind() != TransportKind::kTcp) {

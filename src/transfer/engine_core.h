@@ -36,6 +36,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   void RemoveRegion(uint32_t id);
 
   std::string ExportBlob() const;
+  // TransferEngine::TakeServingLoad: the busiest transport's figure.
+  double TakeLoad();
   // TransferEngine::LimitServing.
   Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed);
   StatusOr<std::unique_ptr<Peer>> Connect(std::string_view blob, TransportKind kind);

@@ -379,6 +379,64 @@ TEST_P(EngineErrorsTest, StopIsIdempotentWithConnectedPeers) {
 }
 
 // The source is a child process.
+// A target serving while it pulls: the TCP server serves only the ranges the gate accepts; a
+// read of any other range fails naming it, and the gate can be lifted.
+TEST(LimitServingTest, TcpServesOnlyAllowedRangesUntilLifted) {
+  auto source = MustCreate(TcpOptions("source"));
+  auto target = MustCreate(TcpOptions("target"));
+  ASSERT_NE(source, nullptr);
+  ASSERT_NE(target, nullptr);
+  constexpr uint64_t kBytes = 1 << 20;
+  auto region = source->AllocateRegion(kBytes);
+  ASSERT_TRUE(region.ok());
+  FillPattern((*region)->data(), kBytes);
+  std::atomic<uint64_t> verified_end{kBytes / 2};
+  ASSERT_TRUE(source
+                  ->LimitServing(**region,
+                                 [&](uint64_t offset, uint64_t length) {
+                                   return offset + length <= verified_end.load();
+                                 })
+                  .ok());
+  std::vector<char> dst(kBytes);
+  {
+    auto peer = target->Connect(source->ExportBlob());
+    ASSERT_TRUE(peer.ok()) << peer.status();
+    EXPECT_TRUE((*peer)
+                    ->Read({ReadOp{(*region)->id(), 0, dst.data(), kBytes / 2}}, absl::Seconds(10))
+                    .ok());
+    EXPECT_EQ(FirstMismatch(dst.data(), kBytes / 2, 0), -1);
+    const Status refused = (*peer)->Read(
+        {ReadOp{(*region)->id(), kBytes / 2, dst.data() + kBytes / 2, 4096}}, absl::Seconds(10));
+    EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+    EXPECT_THAT(refused.message(), HasSubstr("does not serve region"));
+    EXPECT_THAT(refused.message(), HasSubstr("not verified"));
+  }
+  ASSERT_TRUE(source->LimitServing(**region, nullptr).ok());
+  auto again = target->Connect(source->ExportBlob());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(
+      (*again)->Read({ReadOp{(*region)->id(), 0, dst.data(), kBytes}}, absl::Seconds(10)).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), kBytes, 0), -1);
+}
+
+TEST(LimitServingTest, RefusedWhereReadsAreOneSided) {
+  auto engine = MustCreate(ShmOptions("shm source"));
+  ASSERT_NE(engine, nullptr);
+  auto region = engine->AllocateRegion(4096);
+  ASSERT_TRUE(region.ok());
+  const Status s = engine->LimitServing(**region, [](uint64_t, uint64_t) { return false; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("one-sided"));
+}
+
+TEST(UploadCapTest, RefusedWithOneSidedTransports) {
+  TransferEngineOptions o = ShmOptions("capped");
+  o.max_upload_rate = 1 << 20;
+  EXPECT_THAT(o.Validate().message(), HasSubstr("max_upload_rate"));
+  o.enable_shm = false;
+  EXPECT_TRUE(o.Validate().ok());
+}
+
 TEST(ChildSourceTest, ReadsFromAnotherProcess) {
   constexpr uint64_t kSize = 32 << 20;
   auto child = ChildSource::Start(kSize, "child rank 3");

@@ -109,6 +109,9 @@ class Transport {
                            const Allocation* allocation) = 0;
   // After this returns, no new read by a peer touches the region. Idempotent.
   virtual void RemoveRegion(uint32_t id) = 0;
+  // How busy serving peers was since the previous call, in [0, 1] (see TcpServer::TakeLoad);
+  // 0 for transports whose reads are one-sided (the source never sees them).
+  virtual double TakeLoad() { return 0.0; }
   // Serves only the ranges of region `id` that `allowed` accepts (null: all). Unimplemented for
   // transports whose reads are one-sided.
   virtual Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed) {

@@ -92,6 +92,32 @@ TEST_F(PublisherTest, StartPublishesAndMarksReady) {
   EXPECT_TRUE(ListedAsReady(*p));
 }
 
+// A target serving while it pulls: INITIALIZING (heartbeats keep it so, and READY listings, as
+// ModelExpress clients use them, never show it) until MarkReady.
+TEST_F(PublisherTest, StartInitializingStaysOutOfReadyListingsUntilMarkReady) {
+  PublisherOptions o = Options();
+  o.start_initializing = true;
+  auto created = Publisher::Create(o);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Publisher> p = std::move(created).value();
+  EXPECT_EQ(p->MarkReady().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(p->Start().ok());
+  ASSERT_TRUE(WaitFor([&] { return p->heartbeat_count() >= 2; }, 10 * kInterval));
+  auto got = Get(*p);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->worker().status(), p2p::SOURCE_STATUS_INITIALIZING);
+  EXPECT_FALSE(ListedAsReady(*p));
+
+  ASSERT_TRUE(p->MarkReady().ok());
+  const int beats = p->heartbeat_count();
+  ASSERT_TRUE(WaitFor([&] { return p->heartbeat_count() >= beats + 2; }, 10 * kInterval));
+  got = Get(*p);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->worker().status(), p2p::SOURCE_STATUS_READY);  // heartbeats keep READY now
+  EXPECT_TRUE(ListedAsReady(*p));
+  EXPECT_TRUE(p->MarkReady().ok());  // again: nothing to do
+}
+
 TEST_F(PublisherTest, HeartbeatsRefreshUpdatedAt) {
   auto p = StartedPublisher();
   ASSERT_NE(p, nullptr);

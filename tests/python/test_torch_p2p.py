@@ -244,6 +244,29 @@ def test_views_noncontiguous_and_shared_storage(server):
         assert isinstance(info.value, ValueError)
 
 
+def test_striped_pull_from_two_python_sources_one_capped(server):
+    """pull_into(stripe=2) reads one model from two in-place sources at once (one capped with
+    max_upload_rate, which serves over TCP only), and reports what each delivered."""
+    weights = {f"layer.{i}": torch.arange(i, i + 65536, dtype=torch.float32) for i in range(8)}
+    identity = {"model_name": "striped"}
+    with ferry.torch.publish(weights, identity, server=server.address) as a, \
+            ferry.torch.publish(weights, identity, server=server.address,
+                                max_upload_rate=64 << 20) as b:
+        into = {name: torch.zeros_like(t) for name, t in weights.items()}
+        report = ferry.torch.pull_into(into, identity, server=server.address, transport="tcp",
+                                       stripe=2, _batch_bytes=64 << 10)
+        assert report.ok, report.message
+        for name, t in weights.items():
+            assert torch.equal(into[name], t), name
+        assert len(report.attempts) == 2
+        assert {x["worker_id"] for x in report.attempts} == {a.worker_id, b.worker_id}
+        assert sum(x["bytes"] for x in report.attempts) == report.bytes
+        assert all(x["error"] is None for x in report.attempts)
+    with pytest.raises(ferry.InvalidArgumentError, match="max_upload_rate"):
+        ferry.torch.publish(weights, identity, server=server.address, transports=["shm", "tcp"],
+                            max_upload_rate=1 << 20)
+
+
 def test_dtype_mapping_comes_from_the_module_table():
     table = {name: (torch_name, size) for name, torch_name, size in ferry._ferry.dtypes()}
     assert table["C64"] == ("torch.complex64", 8) and table["F8_E8M0"][1] == 1

@@ -104,12 +104,14 @@ def test_a_striped_pull_takes_a_share_from_every_source(bed):
 def test_one_source_and_eight_targets_all_end_verified(bed):
     path, data = model(bed, 32 * MiB, seed=2)
     swarm = Swarm(bed, BIN, path)
-    swarm.publish(0, "origin")
+    origin = swarm.publish(0, "origin")
     outs, pulls = [], []
     for h in range(1, 9):
         out = os.path.join(bed.work, f"out-{h}.safetensors")
         outs.append(out)
-        pulls.append(swarm.pull(h, f"target-{h}", out, ["--stripe", "4"], then_publish=True))
+        pulls.append(swarm.pull(h, f"target-{h}", out, ["--stripe", "4", "--max-sources", "16"],
+                                then_publish=True))
+    from_peers = 0
     for pull, out in zip(pulls, outs):
         # A --then-publish target keeps serving: it is done once its output is written.
         deadline = time.monotonic() + 180
@@ -117,7 +119,12 @@ def test_one_source_and_eight_targets_all_end_verified(bed):
             time.sleep(0.1)  # polling for the output the pull writes once, atomically
         assert os.path.exists(out), pull.output()
         assert data_of(out) == data
-        assert summary(pull)["verified"] is True
+        report = summary(pull)
+        assert report["verified"] is True
+        from_peers += sum(a["bytes"] for a in report["attempts"]
+                          if a["worker_id"] != origin.ready["worker_id"])
+    # Targets served each other what they had verified while they were still pulling.
+    assert from_peers > 0
 
 
 def test_a_source_killed_mid_pull_loses_only_its_unfinished_pieces(bed):

@@ -117,6 +117,37 @@ Status TcpServer::LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t
   return absl::OkStatus();
 }
 
+void TcpServer::BeginSend() {
+  absl::MutexLock lock(&load_mu_);
+  if (sending_++ == 0) busy_since_ = absl::Now();
+}
+
+void TcpServer::EndSend(uint64_t bytes) {
+  absl::MutexLock lock(&load_mu_);
+  sent_ += bytes;
+  if (--sending_ == 0) busy_ += absl::Now() - busy_since_;
+}
+
+double TcpServer::TakeLoad() {
+  absl::MutexLock lock(&load_mu_);
+  const absl::Time now = absl::Now();
+  absl::Duration busy = busy_;
+  if (sending_ > 0) {
+    busy += now - busy_since_;
+    busy_since_ = now;
+  }
+  const double span = absl::ToDoubleSeconds(now - last_take_);
+  double load = span > 0 ? absl::ToDoubleSeconds(busy) / span : 0.0;
+  if (limits_.upload_bytes_per_second > 0 && span > 0) {
+    load = std::max(load, static_cast<double>(sent_) /
+                              (static_cast<double>(limits_.upload_bytes_per_second) * span));
+  }
+  busy_ = absl::ZeroDuration();
+  sent_ = 0;
+  last_take_ = now;
+  return std::clamp(load, 0.0, 1.0);
+}
+
 void TcpServer::Stop() {
   absl::MutexLock stop_lock(&stop_mu_);
   stopping_.store(true);
@@ -402,8 +433,10 @@ void TcpServer::Serve(Connection* conn) {
         continue;
       }
       reply.length = req.length;
+      BeginSend();
       IoResult r = SendReply(fd, reply, entry->data + req.offset,
                              [&] { return stopping_.load() || entry->removed.load(); });
+      EndSend(r.what == Io::kOk ? req.length : 0);
       {
         absl::MutexLock lock(&mu_);
         --entry->users;

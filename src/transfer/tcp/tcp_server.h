@@ -67,6 +67,11 @@ class TcpServer {
   // ReplyStatus::kNotServed. NotFound for an unknown region.
   Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed);
 
+  // How busy serving was since the previous call: the fraction of that time during which at
+  // least one reply was being sent, or, with an upload cap, the bytes sent over what the cap
+  // allowed in that time, whichever is larger; in [0, 1].
+  double TakeLoad();
+
   // Stops accepting, closes every connection (their peers' reads fail) and joins all threads.
   // Idempotent.
   void Stop();
@@ -121,6 +126,16 @@ class TcpServer {
   const std::string secret_;
   const TcpServerLimits limits_;
   std::unique_ptr<UploadPacer> pacer_;  // null without a cap
+
+  // Load accounting (TakeLoad).
+  void BeginSend();
+  void EndSend(uint64_t bytes);
+  absl::Mutex load_mu_;
+  int sending_ ABSL_GUARDED_BY(load_mu_) = 0;
+  absl::Time busy_since_ ABSL_GUARDED_BY(load_mu_);
+  absl::Duration busy_ ABSL_GUARDED_BY(load_mu_);
+  uint64_t sent_ ABSL_GUARDED_BY(load_mu_) = 0;
+  absl::Time last_take_ ABSL_GUARDED_BY(load_mu_) = absl::Now();
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;
   absl::Mutex stop_mu_;  // serializes Stop()

@@ -36,6 +36,7 @@ class TcpTransport : public Transport {
     return server_->AddRegion(id, data, size);
   }
   void RemoveRegion(uint32_t id) override { server_->RemoveRegion(id); }
+  double TakeLoad() override { return server_->TakeLoad(); }
   Status LimitRegion(uint32_t id, std::function<bool(uint64_t, uint64_t)> allowed) override {
     return server_->LimitRegion(id, std::move(allowed));
   }
