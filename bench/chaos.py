@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import glob
 import json
 import os
@@ -94,7 +93,8 @@ import time
 from typing import Dict, List, Optional, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from chaos_link import open_tap  # noqa: E402
-from harness import HarnessError, parse_size, resolve_build_dir, tail, wait_ready_file  # noqa: E402
+from harness import (HarnessError, die_with_parent, parse_size, pid_alive,  # noqa: E402
+                     resolve_build_dir, tail, wait_ready_file)
 
 MODEL = "chaos-model"
 WORKER_ID = "chaos-src"
@@ -287,20 +287,6 @@ def compare_output(path: str, want: Dict[str, bytes]) -> Optional[str]:
 # Processes, namespaces, links
 
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    # SIGKILL reaches the child if this process dies without cleaning up (kill -9); it
-    # survives `ip netns exec`'s exec.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def sh(argv: List[str], check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
     r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=timeout)
@@ -310,22 +296,12 @@ def sh(argv: List[str], check: bool = True, timeout: float = 20) -> subprocess.C
     return r
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def remove_orphan_workdirs(bases: List[str]) -> None:
     """Work directories of killed runs (their pid is gone; kept logs carry a KEPT file)."""
     for base in bases:
         for path in glob.glob(os.path.join(base, "ferry-chaos-*-*")):
             m = re.fullmatch(r"ferry-chaos-(\d+)-\w+", os.path.basename(path))
-            if m and os.path.isdir(path) and not _pid_alive(int(m.group(1))) and \
+            if m and os.path.isdir(path) and not pid_alive(int(m.group(1))) and \
                     not os.path.exists(os.path.join(path, "KEPT")):
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -336,7 +312,7 @@ def remove_orphan_namespaces() -> None:
     for line in r.stdout.decode().splitlines():
         name = line.split()[0] if line.split() else ""
         m = re.fullmatch(re.escape(NS_PREFIX) + r"(\d+)-(srv|src|tgt)", name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             log(f"removing namespace {name} left by a killed run (pid {m.group(1)})")
             sh(["ip", "netns", "del", name], check=False)
 
@@ -382,7 +358,7 @@ class Lab:
                 [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                               "chaos_link.py")] + relay_args,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent())
             with self._lock:
                 self.procs.insert(0, ("chaos_link relay", self.relay))
         finally:
@@ -429,7 +405,7 @@ class Lab:
             proc = subprocess.Popen(["ip", "netns", "exec", self.ns[role]] + argv,
                                     stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent())
         with self._lock:
             self.procs.append((name, proc))
         return proc
@@ -439,7 +415,7 @@ class Lab:
         proc = subprocess.Popen(["ip", "netns", "exec", self.ns[role]] + argv,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent())
         with self._lock:
             self.procs.append(("cmd", proc))
         try:
@@ -636,7 +612,7 @@ class Harness:
                  "--stall-timeout", f"{stall if stall is not None else self.args.stall_timeout:g}",
                  "--transfer-timeout", f"{self.args.transfer_timeout:g}"],
                 stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True,
-                preexec_fn=_die_with_parent)
+                preexec_fn=die_with_parent())
         with self.lab._lock:
             self.lab.procs.append(("ferry pull", proc))
         return proc, out, stdout, stderr

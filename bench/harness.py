@@ -5,9 +5,11 @@ Standard library only; the scripts import it from their own directory."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from typing import Dict
@@ -78,3 +80,29 @@ def wait_ready_file(path: str, proc: subprocess.Popen, name: str, log_path: str,
         except (FileNotFoundError, json.JSONDecodeError):
             time.sleep(0.05)  # polling a file the child writes once
     raise HarnessError(f"{name} not ready after {timeout:.0f} s; its log:\n{tail(log_path)}")
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+def die_with_parent(sig: int = signal.SIGKILL):
+    """A preexec_fn: the child gets `sig` if this process dies without cleaning up (kill -9);
+    it survives `ip netns exec`'s exec."""
+    def set_signal() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return set_signal
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

@@ -58,7 +58,6 @@ Smoke test: --size 64MiB --repeat 1 (a few seconds).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import glob
 import json
 import os
@@ -71,7 +70,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-from harness import HarnessError, parse_size, resolve_build_dir, tail, wait_ready_file  # noqa: E402
+from harness import HarnessError, die_with_parent, parse_size, resolve_build_dir, tail, wait_ready_file  # noqa: E402
 
 MODEL = "bench-model"
 DTYPE_LABEL = "bfloat16"
@@ -223,19 +222,6 @@ def read_safetensors(path: str):
 # Child processes
 
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    # The child gets SIGTERM if this process dies without cleaning up (kill -9).
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 class Children:
     """Long-lived children (server, publisher), stopped in reverse order on exit."""
 
@@ -246,7 +232,7 @@ class Children:
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent(signal.SIGTERM))
         self.procs.append((name, proc))
         return proc
 

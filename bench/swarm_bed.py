@@ -20,7 +20,6 @@ removed by the next one (its pid is gone).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -31,24 +30,11 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-from harness import HarnessError, tail
+from harness import HarnessError, die_with_parent, pid_alive, tail
 
 NS_PREFIX = "ferry-swarm-"
 SUBNET = "10.78.0"
 SERVER_ADDRESS = f"{SUBNET}.254"
-
-_PR_SET_PDEATHSIG = 1
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-
-
-def _die_with_parent() -> None:
-    # A child is SIGKILLed if the harness dies without cleaning up; survives `ip netns exec`.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
 
 def sh(argv: List[str], check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
@@ -58,23 +44,13 @@ def sh(argv: List[str], check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def remove_orphans() -> None:
     """Namespaces of beds whose harness was killed (their pid is gone)."""
     r = sh(["ip", "netns", "list"], check=False)
     for line in r.stdout.decode().splitlines():
         name = line.split()[0] if line.split() else ""
         m = re.fullmatch(re.escape(NS_PREFIX) + r"(\d+)-\w+", name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             sh(["ip", "netns", "del", name], check=False)
 
 
@@ -98,7 +74,7 @@ class Proc:
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns] + argv, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -260,7 +236,9 @@ class Swarm:
         self.bin = bin_dir
         self.model_path = model_path
         self.model = model
-        ready = os.path.join(bed.work, "server.ready")
+        ready = os.path.join(bed.work, f"server-{len(bed.procs)}.ready")
+        if os.path.exists(ready):
+            os.unlink(ready)
         self.server = bed.spawn(None, [os.path.join(bin_dir, "ferry-server"), "--listen",
                                        f"{SERVER_ADDRESS}:0", "--admin-listen", "off",
                                        "--heartbeat-timeout", heartbeat_timeout,

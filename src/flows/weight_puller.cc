@@ -27,6 +27,9 @@ namespace ferry::weights {
 namespace {
 
 namespace p2p = ::model_express::p2p;
+
+// The piece size of a read over several sources (TransferEngineOptions::chunk_bytes otherwise).
+constexpr uint64_t kStripedPieceBytes = 2ull << 20;
 using internal::MakeOps;
 using internal::MakePlan;
 using internal::Plan;
@@ -420,14 +423,14 @@ class Puller {
     return spots;
   }
 
-  // Runs beside a read while it needs more sources: every second, lists the identity's sources
+  // Runs beside a read while it needs more sources: every 250 ms, lists the identity's sources
   // again, appends new ones to the candidates, and sets *pause when one can be opened.
   class Refresher {
    public:
     Refresher(Puller* puller, std::atomic<bool>* pause) : puller_(puller), pause_(pause) {
       if (puller_->striped_->live_sources() >= puller_->Stripe()) return;
       thread_ = std::thread([this] {
-        while (!done_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+        while (!done_.WaitForNotificationWithTimeout(absl::Milliseconds(250))) {
           if (puller_->Relist()) {
             pause_->store(true);
             return;
@@ -487,7 +490,13 @@ class Puller {
     read.pause = pause;
     // Targets pulling at once start at different pieces (and so can give each other theirs).
     read.first_piece = std::hash<std::string>{}(target_id_);
-    if (options_.batch_bytes > 0) read.chunk_bytes = options_.batch_bytes;
+    if (options_.batch_bytes > 0) {
+      read.chunk_bytes = options_.batch_bytes;
+    } else if (Stripe() > 1) {
+      // Finer pieces spread a read over several sources more evenly, and give targets that
+      // pull at once more distinct pieces to trade.
+      read.chunk_bytes = kStripedPieceBytes;
+    }
     if (options_.on_progress) {
       const std::string text = striped_->live_sources() == 1
                                    ? LiveName()

@@ -152,15 +152,19 @@ Status WorkerClient::RpcError(const char* rpc, int grpc_code, const std::string&
   return Status(code, msg);
 }
 
+void WorkerClient::Prepare(grpc::ClientContext& context) const {
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(options_.deadline));
+  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+}
+
 StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
     const std::string& mx_source_id, const std::string& worker_id) {
   ferry::v1::GetTransferInfoRequest request;
   request.set_mx_source_id(mx_source_id);
   if (!worker_id.empty()) request.set_worker_id(worker_id);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.deadline));
-  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  Prepare(context);
   ferry::v1::GetTransferInfoResponse response;
   grpc::Status status = stubs_->transfer->GetTransferInfo(&context, request, &response);
   if (!status.ok()) return RpcError("GetTransferInfo", status.error_code(), status.error_message());
@@ -194,9 +198,7 @@ StatusOr<std::vector<bool>> WorkerClient::GetHeldTensors(const std::string& mx_s
   request.set_mx_source_id(mx_source_id);
   if (!worker_id.empty()) request.set_worker_id(worker_id);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.deadline));
-  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  Prepare(context);
   ferry::v1::GetHeldTensorsResponse response;
   grpc::Status status = stubs_->transfer->GetHeldTensors(&context, request, &response);
   if (!status.ok()) return RpcError("GetHeldTensors", status.error_code(), status.error_message());
@@ -221,9 +223,7 @@ StatusOr<p2p::GetTensorManifestResponse> WorkerClient::GetTensorManifest(
   request.set_mx_source_id(mx_source_id);
   if (!worker_id.empty()) request.set_worker_id(worker_id);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.deadline));
-  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  Prepare(context);
   p2p::GetTensorManifestResponse response;
   grpc::Status status = stubs_->manifest->GetTensorManifest(&context, request, &response);
   if (!status.ok()) {
@@ -241,18 +241,13 @@ StatusOr<p2p::GetTensorManifestResponse> WorkerClient::GetTensorManifest(
 
 StatusOr<WorkerClient::FetchedManifest> WorkerClient::GetArtifactManifest(
     const std::string& mx_source_id, const std::string& artifact_id, uint64_t max_chunks) {
-  auto new_context = [&](grpc::ClientContext& context) {
-    context.set_deadline(std::chrono::system_clock::now() +
-                         absl::ToChronoMilliseconds(options_.deadline));
-    if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
-  };
   p2p::GetArtifactManifestHeaderRequest header_request;
   header_request.set_mx_source_id(mx_source_id);
   header_request.set_artifact_id(artifact_id);
   p2p::GetArtifactManifestHeaderResponse header;
   {
     grpc::ClientContext context;
-    new_context(context);
+    Prepare(context);
     grpc::Status status =
         stubs_->manifest->GetArtifactManifestHeader(&context, header_request, &header);
     if (!status.ok()) {
@@ -293,7 +288,7 @@ StatusOr<WorkerClient::FetchedManifest> WorkerClient::GetArtifactManifest(
     request.set_start_chunk_index(start);
     p2p::GetArtifactManifestChunksResponse page;
     grpc::ClientContext context;
-    new_context(context);
+    Prepare(context);
     grpc::Status status = stubs_->manifest->GetArtifactManifestChunks(&context, request, &page);
     if (!status.ok()) {
       return RpcError("GetArtifactManifestChunks", status.error_code(), status.error_message());
@@ -329,9 +324,7 @@ StatusOr<ferry::v1::GetArtifactTransferInfoResponse> WorkerClient::GetArtifactTr
   request.set_mx_source_id(mx_source_id);
   request.set_artifact_id(artifact_id);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       absl::ToChronoMilliseconds(options_.deadline));
-  if (tokens_ != nullptr) context.AddMetadata("authorization", "Bearer " + tokens_->Get());
+  Prepare(context);
   ferry::v1::GetArtifactTransferInfoResponse response;
   grpc::Status status = stubs_->transfer->GetArtifactTransferInfo(&context, request, &response);
   if (!status.ok()) {

@@ -24,6 +24,7 @@
 
 namespace grpc {
 class Channel;
+class ClientContext;
 }  // namespace grpc
 
 namespace ferry::internal {
@@ -105,6 +106,8 @@ class WorkerClient {
                std::unique_ptr<ferry::internal::TokenSource> owned_tokens);
 
   Status RpcError(const char* rpc, int code, const std::string& message) const;
+  // Sets the per-call deadline and the bearer token (when one is configured).
+  void Prepare(grpc::ClientContext& context) const;
 
   const WorkerClientOptions options_;
   const std::string endpoint_;
