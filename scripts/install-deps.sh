@@ -11,7 +11,7 @@ PACKAGES=(
   libucx-dev ucx-utils libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-14 libfuzzer-14-dev
   python3 python3-dev python3-grpcio python3-protobuf python3-pytest
-  pybind11-dev python3-torch python3-numpy
+  pybind11-dev python3-torch python3-numpy python3-venv
 )
 
 missing=()
