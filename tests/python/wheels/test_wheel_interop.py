@@ -68,8 +68,9 @@ class Peer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=30)
+        log = self.log()
         self._log.close()
-        assert code == 0, self.log()
+        assert code == 0, f"{self.log_path.name} exited with {code}:\n{log}"
 
 
 def run_peer(python, role, server, workdir, name, *extra):
@@ -104,7 +105,7 @@ def test_modelexpress_target_reads_a_ferry_nixl_source(venv_python, server, tmp_
                    src.checkpoint)
     # ModelExpress's centralized reader: the oneof is NIXL, no worker endpoint (not P2P mode),
     # every descriptor names the torch dtype, every tensor (the tied head too) read.
-    assert got["backend_metadata"] == "nixl"
+    assert got["backend_metadata"] == "nixl_metadata"
     assert got["worker_grpc_endpoint"] == ""
     assert got["descriptor_dtypes"] == ["torch.float32"]
     assert got["tensors"] == TENSORS
