@@ -192,3 +192,14 @@ def test_backend_ferry_refuses_a_nixl_record(venv_python, server, tmp_path, peer
     got = run_peer(venv_python, "ferry-pull", server, tmp_path, "pull", "--backend", "ferry")
     assert got["error"] == "FailedPreconditionError", got
     assert "neither a worker endpoint nor ferry transfer info" in got["message"]
+
+
+def test_missing_transfer_engine_wheel_names_the_package(venv_python, server, tmp_path, peers):
+    source(peers, venv_python, "te-source", server, tmp_path, "src")
+    model = tiny_transformer.build(2)
+    # Debian's interpreter: no mooncake. auto picks the TransferEngine path from the record.
+    with pytest.raises(ferry.FailedPreconditionError) as e:
+        ferry.torch.pull_into(model, {"model_name": MODEL, "dtype": "float32"},
+                              server=server.address)
+    assert "backend 'transfer_engine' needs Mooncake's TransferEngine" in str(e.value)
+    assert "pip install mooncake-transfer-engine-non-cuda==0.3.13.post1" in str(e.value)
