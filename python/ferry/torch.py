@@ -18,18 +18,29 @@ FERRY_SERVER / MX_SERVER_ADDRESS; the token and TLS files from FERRY_TOKEN_FILE,
 and so on.
 
 Host (CPU) tensors only: this build of ferry moves host memory.
+
+`backend` picks the data path. publish: "ferry" (default: ferry's engine and worker endpoint)
+or "nixl" (a NIXL agent, published as ModelExpress's centralized publisher does: nixl_metadata
+plus tensor descriptors, so ModelExpress's own targets read it). pull_into: "auto" (default:
+per source, what its record offers), "ferry", "nixl" or "transfer_engine" (Mooncake). NIXL and
+TransferEngine need their wheels (python/requirements-wheels.txt); a missing one raises
+ferry.FailedPreconditionError naming the package to install.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
+import uuid
 import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ferry import _ferry
+from ferry import _foreign
 from ferry._identity import IdentityLike, as_identity_dict, client_for
 
 __all__ = ["publish", "pull_into", "PublishHandle", "PullReport", "named_tensors"]
@@ -154,13 +165,15 @@ class PublishHandle:
     endpoint. Also a context manager; serving stops at interpreter exit, or when the handle is
     garbage-collected (it keeps the tensors alive while serving)."""
 
-    def __init__(self, source: _ferry.WeightSource, engine: _ferry.TransferEngine,
-                 tensors: Dict[str, torch.Tensor], copies: List[str]):
+    def __init__(self, source, engine, tensors: Dict[str, torch.Tensor], copies: List[str],
+                 backend: str = "ferry"):
+        # source: a _ferry.WeightSource (backend "ferry") or a _NixlSource (backend "nixl").
         self._source = source
         self._tensors = tensors
+        self.backend: str = backend  # "ferry" or "nixl"
         self.mx_source_id: str = source.mx_source_id
         self.worker_id: str = source.worker_id
-        self.endpoint: str = source.endpoint
+        self.endpoint: str = source.endpoint  # worker endpoint ("" for nixl: none is served)
         self.total_bytes: int = source.total_bytes  # sum over names (tied weights per name)
         self.regions: int = source.regions  # registered allocations (storages)
         self.tensors: int = source.tensors
@@ -184,14 +197,54 @@ class PublishHandle:
 
     def __repr__(self) -> str:
         state = "serving" if self.serving else "stopped"
-        return (f"<ferry.torch.PublishHandle {state} mx_source_id={self.mx_source_id} "
+        return (f"<ferry.torch.PublishHandle {state} backend={self.backend} "
+                f"mx_source_id={self.mx_source_id} "
                 f"worker_id={self.worker_id} endpoint={self.endpoint} tensors={self.tensors} "
                 f"bytes={self.total_bytes}>")
 
 
 def _stop_source(source, engine) -> None:
     source.stop()
-    engine.stop()
+    if engine is not None:
+        engine.stop()
+
+
+class _NixlSource:
+    """A NIXL agent serving the tensors and the publisher of its record (ModelExpress's
+    centralized layout: nixl_metadata, tensor_source and the legacy tensor list)."""
+
+    def __init__(self, client, identity: Dict[str, Any], tensors: Mapping[str, torch.Tensor],
+                 spans, worker_rank: int, worker_id: str, accelerator: str,
+                 heartbeat_interval: Optional[float]):
+        from ferry import _nixl
+
+        name = f"ferry-nixl-rank{worker_rank}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._server = _nixl.NixlServer(name, spans)
+        descriptors = []
+        for tname, t in tensors.items():
+            nbytes = t.numel() * t.element_size()
+            # As ModelExpress's build_tensor_protos: data_ptr, bytes, device, str(dtype).
+            descriptors.append((tname, t.data_ptr() if nbytes else 0, nbytes, 0, str(t.dtype)))
+        try:
+            self._publisher = _ferry.Publisher(
+                client, identity, worker_rank=worker_rank, accelerator=accelerator,
+                worker_id=worker_id, heartbeat_interval=heartbeat_interval,
+                nixl_metadata=self._server.metadata, tensors=descriptors, agent_name=name)
+            self._publisher.start()
+        except BaseException:
+            self._server.stop()
+            raise
+        self.mx_source_id = self._publisher.mx_source_id
+        self.worker_id = self._publisher.worker_id
+        self.endpoint = ""
+        self.total_bytes = sum(d[2] for d in descriptors)
+        self.regions = sum(1 for _, size in spans if size)
+        self.tensors = len(descriptors)
+
+    def stop(self) -> None:
+        """Marks the record STALE, then stops serving. Idempotent."""
+        self._publisher.stop()
+        self._server.stop()
 
 
 def publish(
@@ -214,6 +267,7 @@ def publish(
     tls_key: str = "",
     tls_client_ca: str = "",
     max_upload_rate: int = 0,
+    backend: str = "ferry",
 ) -> PublishHandle:
     """Publishes the tensors of a module (its state_dict) or of a mapping, in place.
 
@@ -230,7 +284,19 @@ def publish(
     --worker-tls-* flags. `max_upload_rate` (bytes per second, 0: none) caps what this source
     sends to all targets together, as `ferry publish --max-upload-rate`; it serves over TCP
     only.
+
+    `backend="nixl"` serves the tensors from a NIXL agent (UCX, host memory) instead, and
+    publishes its record as ModelExpress's centralized publisher does (MX_P2P_METADATA=0):
+    `nixl_metadata` = the agent's metadata, the tensors as ModelExpress descriptors (address,
+    bytes, device 0, torch dtype name) in `tensor_source` and the legacy list, no worker
+    endpoint; ModelExpress targets and `pull_into` read it. Such a source publishes no
+    checksums (the descriptor has no field for one), so its readers cannot verify the bytes.
+    The ferry-engine arguments (transports, data_listen, worker_listen, centralized, TLS,
+    checksum_threads) do not apply to it.
     """
+    if backend not in ("ferry", "nixl", "auto"):
+        raise _ferry.InvalidArgumentError(
+            f"publish backend {backend!r} is not one of: auto (= ferry), ferry, nixl")
     tensors = named_tensors(module_or_state_dict)
     served: Dict[str, torch.Tensor] = {}
     copies = []
@@ -245,6 +311,10 @@ def publish(
                      len(copies), ", ".join(copies[:5]) + (", ..." if len(copies) > 5 else ""))
     buffers, spans = _describe(served)
     metadata_client = client_for(server, client)
+    if backend == "nixl":
+        source = _NixlSource(metadata_client, as_identity_dict(identity), served, spans,
+                             worker_rank, worker_id, accelerator, heartbeat_interval)
+        return PublishHandle(source, None, served, copies, backend="nixl")
     engine = _engine(f"python publish rank {worker_rank}", transports, data_listen,
                      advertise_host, max_upload_rate)
     try:
@@ -273,6 +343,10 @@ class PullReport:
 
     `attempts` lists the sources tried by a successful pull, the one that delivered last.
     `bytes` counts what moved: a range shared by several names (tied weights) once.
+    `backend` names the data path that delivered ("ferry", "nixl", "transfer_engine"), and
+    `verification` what was checked: a ferry source's every tensor checksum; for NIXL and
+    TransferEngine sources names, byte sizes and published dtypes, and no checksum (none is
+    published), which `verification` says.
     """
 
     ok: bool
@@ -290,6 +364,8 @@ class PullReport:
     source_endpoint: str = ""
     attempts: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
     metadata: Dict[str, str] = dataclasses.field(default_factory=dict)
+    backend: str = ""
+    verification: str = ""
 
     @property
     def gbps(self) -> float:
@@ -298,6 +374,9 @@ class PullReport:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+_FERRY_VERIFICATION = "xxh3-64 checksum of every tensor; names, shapes and dtypes"
 
 
 def pull_into(
@@ -309,6 +388,7 @@ def pull_into(
     worker_rank: int = 0,
     accelerator: str = "cpu",
     transport: str = "auto",
+    backend: str = "auto",
     max_sources: int = 3,
     stripe: int = 1,
     transfer_timeout: float = 300.0,
@@ -318,6 +398,8 @@ def pull_into(
     worker_tls_ca: str = "",
     worker_tls_client_cert: str = "",
     worker_tls_client_key: str = "",
+    te_protocol: str = "tcp",
+    te_device: str = "",
     _batch_bytes: int = 0,
     _batch_pause: float = 0.0,
 ) -> PullReport:
@@ -340,7 +422,20 @@ def pull_into(
     engine allocated (`ferry publish`), not tensors published in place by ferry.torch.publish.
     `stripe`: sources read at once, as `ferry pull --stripe` (at most `max_sources`); each
     attempt in the report carries the bytes that source delivered.
+
+    `backend`: "auto" (default) reads each source the way its record offers: ferry's engine for
+    ferry sources, NIXL for a record with NIXL agent metadata (ModelExpress's centralized
+    publisher, or publish(backend="nixl")), Mooncake's TransferEngine for a record with a
+    transfer_engine_session_id (SGLang's publisher). When every source is ferry's, this is
+    exactly backend="ferry" (rendezvous order, failover, checksums). Otherwise sources are
+    tried newest first. "ferry", "nixl" and "transfer_engine" read only sources offering that
+    path. NIXL and TransferEngine sources publish no checksum and no shape: ferry checks names,
+    byte sizes and published dtypes before reading (report.verification says so), and a
+    ModelExpress source in P2P metadata mode (NIXL metadata behind its own listener) is not
+    read. `te_protocol` / `te_device`: the TransferEngine's protocol ("tcp", or "rdma" with
+    its device name).
     """
+    _foreign.check_backend(backend)
     tensors = named_tensors(module_or_state_dict)
     staged: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
     targets: Dict[str, torch.Tensor] = {}
@@ -354,33 +449,148 @@ def pull_into(
             targets[name] = staging
     buffers, spans = _describe(targets)
     metadata_client = client_for(server, client)
-    engine = _engine(f"python pull rank {worker_rank}", [] if transport == "auto" else [transport],
-                     "127.0.0.1:0", "")
-    try:
-        result = _ferry.pull_into_buffers(
-            metadata_client, engine, as_identity_dict(identity), buffers, spans,
-            worker_rank=worker_rank, accelerator=accelerator, transport=transport,
-            max_sources=max_sources, transfer_timeout=transfer_timeout,
-            stall_timeout=stall_timeout, verify_threads=verify_threads,
-            target_worker_id=target_worker_id, worker_tls_ca=worker_tls_ca,
-            worker_tls_client_cert=worker_tls_client_cert,
-            worker_tls_client_key=worker_tls_client_key, batch_bytes=_batch_bytes,
-            batch_pause=_batch_pause, stripe=stripe)
-    except _ferry.NotFoundError as e:
-        return PullReport(ok=False, outcome="no_source", message=str(e))
-    except (_ferry.UnavailableError, _ferry.DeadlineExceededError, _ferry.DataLossError) as e:
-        return PullReport(ok=False, outcome="failed", message=str(e), modified=len(staged) < len(tensors))
-    finally:
-        engine.stop()
+    identity_dict = as_identity_dict(identity)
+    ferry_args = dict(
+        worker_rank=worker_rank, accelerator=accelerator, transport=transport,
+        max_sources=max_sources, transfer_timeout=transfer_timeout, stall_timeout=stall_timeout,
+        verify_threads=verify_threads, worker_tls_ca=worker_tls_ca,
+        worker_tls_client_cert=worker_tls_client_cert,
+        worker_tls_client_key=worker_tls_client_key, batch_bytes=_batch_bytes,
+        batch_pause=_batch_pause, stripe=stripe)
+
+    def ferry_pull(worker_id: str) -> Dict[str, Any]:
+        engine = _engine(f"python pull rank {worker_rank}",
+                         [] if transport == "auto" else [transport], "127.0.0.1:0", "")
+        try:
+            return _ferry.pull_into_buffers(metadata_client, engine, identity_dict, buffers,
+                                            spans, target_worker_id=worker_id, **ferry_args)
+        finally:
+            engine.stop()
+
+    candidates = None
+    if backend != "ferry":
+        try:
+            candidates = _candidates(metadata_client, identity_dict, worker_rank,
+                                     target_worker_id)
+        except _ferry.Error:
+            if backend != "auto":
+                raise
+            candidates = None  # the ferry path below reports the failure as it always has
+    if candidates is None or (backend == "auto" and
+                              all(kind == "ferry" for _, kind in candidates)):
+        try:
+            result = ferry_pull(target_worker_id)
+        except _ferry.NotFoundError as e:
+            return PullReport(ok=False, outcome="no_source", message=str(e), backend="ferry")
+        except (_ferry.UnavailableError, _ferry.DeadlineExceededError,
+                _ferry.DataLossError) as e:
+            return PullReport(ok=False, outcome="failed", message=str(e),
+                              modified=len(staged) < len(tensors), backend="ferry")
+        _copy_staged(staged)
+        return _ferry_report(result, len(tensors))
+
+    if backend != "auto":
+        offered = [kind for _, kind in candidates]
+        candidates = [(r, kind) for r, kind in candidates if kind == backend]
+        if not candidates:
+            return PullReport(
+                ok=False, outcome="no_source", backend=backend,
+                message=(f"no READY source of {identity_dict.get('model_name')!r} rank "
+                         f"{worker_rank} offers backend {backend!r}"
+                         + (f" (they offer: {', '.join(sorted(set(offered)))})" if offered
+                            else "")))
+    attempts: List[Dict[str, Any]] = []
+    refusals: List[_ferry.Error] = []
+    modified = False
+    start = time.monotonic()
+    for record, kind in candidates[:max(1, max_sources)]:
+        wid = record["worker_id"]
+        attempt: Dict[str, Any] = {"worker_id": wid, "backend": kind,
+                                   "endpoint": record["worker_grpc_endpoint"], "error": None}
+        attempts.append(attempt)
+        try:
+            if kind == "ferry":
+                modified = True
+                result = ferry_pull(wid)
+                _copy_staged(staged)
+                report = _ferry_report(result, len(tensors))
+                report.attempts = attempts[:-1] + report.attempts
+                return report
+            if kind not in ("nixl", "transfer_engine"):
+                raise _ferry.FailedPreconditionError(
+                    f"worker {wid}'s record offers no data path this ferry reads ("
+                    + ("ModelExpress P2P metadata mode: NIXL metadata behind the source's own "
+                       "listener; publish with MX_P2P_METADATA=0" if kind == "nixl_p2p" else
+                       "no NIXL metadata, TransferEngine session or worker endpoint") + ")")
+            if not _foreign.host_accelerator(record):
+                raise _ferry.FailedPreconditionError(
+                    f"worker {wid}'s tensors are in {record['accelerator']} memory; this build "
+                    f"of ferry reads host memory only")
+            where = f"worker {wid} ({kind})"
+            reads, checks = _foreign.plan_reads(record["tensors"], targets, where)
+            modified = True
+            if kind == "nixl":
+                from ferry import _nixl
+                transfer_seconds = _nixl.read(
+                    f"ferry-pull-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+                    record["nixl_metadata"], spans, reads, transfer_timeout)
+                path = "nixl (UCX, DRAM)"
+            else:
+                from ferry import _transfer_engine
+                transfer_seconds = _transfer_engine.read(
+                    record["transfer_engine_session_id"], spans, reads, te_protocol, te_device)
+                path = f"transfer_engine ({te_protocol})"
+        except (_ferry.NotFoundError, _ferry.UnavailableError, _ferry.DeadlineExceededError,
+                _ferry.DataLossError, _ferry.FailedPreconditionError) as e:
+            attempt["error"] = str(e)
+            if isinstance(e, _ferry.FailedPreconditionError):
+                refusals.append(e)
+            _log.warning("pull from worker %s (%s) failed: %s", wid, kind, e)
+            continue
+        _copy_staged(staged)
+        return PullReport(
+            ok=True, outcome="pulled", modified=True, bytes=sum(r[2] for r in reads),
+            tensors=len(tensors), seconds=time.monotonic() - start,
+            transfer_seconds=transfer_seconds, transport=path,
+            mx_source_id=record["mx_source_id"], source_worker_id=wid, attempts=attempts,
+            backend=kind, verification="; ".join(f"{k}: {v}" for k, v in checks.items()))
+    if refusals and len(refusals) == len(attempts):
+        raise type(refusals[0])("every source refused: " +
+                                "; ".join(a["error"] for a in attempts))
+    return PullReport(ok=False, outcome="failed", modified=modified, attempts=attempts,
+                      message="; ".join(f"worker {a['worker_id']} ({a['backend']}): "
+                                        f"{a['error']}" for a in attempts))
+
+
+def _candidates(client: _ferry.MetadataClient, identity: Dict[str, Any], worker_rank: int,
+                worker_id: str) -> List[Tuple[Dict[str, Any], str]]:
+    """The READY workers of `identity` at `worker_rank` (only `worker_id` when given), newest
+    first, each with its record and the data path the record offers."""
+    out = []
+    for ref in client.list_sources(identity, ready_only=True):
+        if ref["worker_rank"] != worker_rank or (worker_id and ref["worker_id"] != worker_id):
+            continue
+        try:
+            record = client.get_metadata(ref["mx_source_id"], ref["worker_id"])
+        except _ferry.NotFoundError:
+            continue  # gone between the listing and now
+        out.append((record, _foreign.record_backend(record)))
+    return out
+
+
+def _copy_staged(staged: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> None:
     with torch.no_grad():
-        for name, (t, staging) in staged.items():
+        for t, staging in staged.values():
             t.copy_(staging)
+
+
+def _ferry_report(result: Mapping[str, Any], tensors: int) -> PullReport:
     return PullReport(
         ok=True,
         outcome="pulled",
         modified=True,
         bytes=result["bytes"],
-        tensors=len(tensors),
+        tensors=tensors,
         seconds=result["seconds"],
         transfer_seconds=result["transfer_seconds"],
         verify_seconds=result["verify_seconds"],
@@ -388,6 +598,8 @@ def pull_into(
         mx_source_id=result["mx_source_id"],
         source_worker_id=result["source_worker_id"],
         source_endpoint=result["source_endpoint"],
-        attempts=result["attempts"],
+        attempts=list(result["attempts"]),
         metadata=result["metadata"],
+        backend="ferry",
+        verification=_FERRY_VERIFICATION,
     )

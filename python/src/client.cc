@@ -4,6 +4,9 @@
 
 #include <cmath>
 #include <map>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/byte_size.h"
@@ -62,6 +65,38 @@ py::dict RefToDict(const SourceInstanceRef& r) {
 std::optional<std::string> NonEmpty(const std::optional<std::string>& s) {
   if (s.has_value() && !s->empty()) return s;
   return std::nullopt;
+}
+
+// One ModelExpress TensorDescriptor as Python passes it: (name, addr, size, device_id, dtype).
+using DescriptorTuple = std::tuple<std::string, uint64_t, uint64_t, uint32_t, std::string>;
+
+// The record's tensors, read the way ModelExpress's readers do (payload.py
+// worker_tensor_descriptors): tensor_source when set, none for an artifact, else the legacy list.
+py::list DescriptorsToList(const p2p::WorkerMetadata& w) {
+  py::list out;
+  if (w.has_artifact_source()) return out;
+  const auto& tensors = w.has_tensor_source() ? w.tensor_source().tensors() : w.tensors();
+  for (const p2p::TensorDescriptor& t : tensors) {
+    py::dict d;
+    d["name"] = t.name();
+    d["addr"] = t.addr();
+    d["size"] = t.size();
+    d["device_id"] = t.device_id();
+    d["dtype"] = t.dtype();
+    out.append(d);
+  }
+  return out;
+}
+
+const char* BackendMetadataName(const p2p::WorkerMetadata& w) {
+  switch (w.backend_metadata_case()) {
+    case p2p::WorkerMetadata::kNixlMetadata:
+      return "nixl";
+    case p2p::WorkerMetadata::kTransferEngineSessionId:
+      return "transfer_engine";
+    default:
+      return "none";
+  }
 }
 
 }  // namespace
@@ -292,10 +327,19 @@ void RegisterClient(py::module_& m) {
             d["status"] = p2p::SourceStatus_Name(r.worker().status());
             d["worker_grpc_endpoint"] = r.worker().worker_grpc_endpoint();
             d["identity"] = IdentityToDict(r.identity());
+            d["accelerator"] = r.worker().accelerator();
+            d["agent_name"] = r.worker().agent_name();
+            d["metadata_endpoint"] = r.worker().metadata_endpoint();
+            d["backend_metadata"] = BackendMetadataName(r.worker());
+            d["nixl_metadata"] = py::bytes(r.worker().nixl_metadata());
+            d["transfer_engine_session_id"] = r.worker().transfer_engine_session_id();
+            d["tensors"] = DescriptorsToList(r.worker());
             return d;
           },
           py::arg("mx_source_id"), py::arg("worker_id"),
-          "One worker's record; NotFoundError if the server holds none.")
+          "One worker's record; NotFoundError if the server holds none. `backend_metadata` "
+          "names the record's oneof (\"nixl\", \"transfer_engine\" or \"none\"); `tensors` are "
+          "its ModelExpress descriptors (name, addr, size, device_id, dtype).")
       .def(
           "health",
           [](const ClientHandle& h) {
@@ -314,12 +358,25 @@ void RegisterClient(py::module_& m) {
 
   py::class_<Publisher>(m, "Publisher",
                         "Publishes one worker record, marks it READY and heartbeats until "
-                        "stop() (which marks it STALE).")
+                        "stop() (which marks it STALE). `nixl_metadata` (NIXL agent metadata) "
+                        "or `transfer_engine_session_id`, with `tensors` as ModelExpress "
+                        "descriptors (name, addr, size, device_id, dtype), publish a record "
+                        "ModelExpress's NIXL or TransferEngine readers load.")
       .def(py::init([](std::shared_ptr<ClientHandle> client, const py::dict& identity,
                        uint32_t worker_rank, const std::string& worker_grpc_endpoint,
                        const std::string& accelerator, const std::string& worker_id,
                        std::optional<double> heartbeat_interval,
-                       const std::map<std::string, std::string>& topology) {
+                       const std::map<std::string, std::string>& topology,
+                       const py::bytes& nixl_metadata,
+                       const std::string& transfer_engine_session_id,
+                       const std::vector<DescriptorTuple>& tensors, const std::string& agent_name,
+                       const std::string& metadata_endpoint) {
+             const std::string nixl(nixl_metadata);
+             if (!nixl.empty() && !transfer_engine_session_id.empty()) {
+               throw StatusError(absl::InvalidArgumentError(
+                   "a worker record carries nixl_metadata or transfer_engine_session_id, not "
+                   "both (ModelExpress's backend_metadata oneof); pass one"));
+             }
              PublisherOptions o;
              o.client = client->client.get();
              o.identity = IdentityFromDict(identity);
@@ -328,6 +385,26 @@ void RegisterClient(py::module_& m) {
              o.worker.set_worker_grpc_endpoint(worker_grpc_endpoint);
              o.worker.set_accelerator(accelerator);
              o.worker.mutable_topology()->insert(topology.begin(), topology.end());
+             o.worker.set_agent_name(agent_name);
+             o.worker.set_metadata_endpoint(metadata_endpoint);
+             if (!nixl.empty()) o.worker.set_nixl_metadata(nixl);
+             if (!transfer_engine_session_id.empty()) {
+               o.worker.set_transfer_engine_session_id(transfer_engine_session_id);
+             }
+             if (!tensors.empty()) {
+               // Written twice, as ModelExpress's centralized publisher does (publish.py): the
+               // tensor_source payload and the legacy list older servers read.
+               p2p::TensorSourceMetadata* source = o.worker.mutable_tensor_source();
+               for (const auto& [name, addr, size, device_id, dtype] : tensors) {
+                 p2p::TensorDescriptor* t = source->add_tensors();
+                 t->set_name(name);
+                 t->set_addr(addr);
+                 t->set_size(size);
+                 t->set_device_id(device_id);
+                 t->set_dtype(dtype);
+               }
+               *o.worker.mutable_tensors() = source->tensors();
+             }
              o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
              std::unique_ptr<Publisher> p = Unwrap(Publisher::Create(std::move(o)));
              return p;
@@ -335,7 +412,10 @@ void RegisterClient(py::module_& m) {
            py::arg("client"), py::arg("identity"), py::kw_only(), py::arg("worker_rank") = 0,
            py::arg("worker_grpc_endpoint") = "", py::arg("accelerator") = "",
            py::arg("worker_id") = "", py::arg("heartbeat_interval") = py::none(),
-           py::arg("topology") = std::map<std::string, std::string>{}, py::keep_alive<1, 2>())
+           py::arg("topology") = std::map<std::string, std::string>{},
+           py::arg("nixl_metadata") = py::bytes(), py::arg("transfer_engine_session_id") = "",
+           py::arg("tensors") = std::vector<DescriptorTuple>(), py::arg("agent_name") = "",
+           py::arg("metadata_endpoint") = "", py::keep_alive<1, 2>())
       .def(
           "start", [](Publisher& p) { ThrowIfError(p.Start()); },
           py::call_guard<py::gil_scoped_release>())
