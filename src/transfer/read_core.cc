@@ -31,12 +31,8 @@ class Schedule {
  public:
   // `pieces[c]` are connection c's pieces: the same local bytes at its remote coordinates.
   Schedule(std::vector<std::vector<Chunk>> pieces, std::vector<std::vector<uint32_t>> regions,
-           std::vector<std::function<bool(const ReadOp&)>> serves, const ReadOptions& options,
-           absl::Time deadline)
+           const ReadOptions& options, absl::Time deadline)
       : all_pieces_(std::move(pieces)),
-        serves_(std::move(serves)),
-        any_partial_(std::any_of(serves_.begin(), serves_.end(),
-                                 [](const auto& f) { return static_cast<bool>(f); })),
         pieces_(all_pieces_[0]),
         regions_(std::move(regions)),
         options_(options),
@@ -94,22 +90,13 @@ class Schedule {
     if (index == UINT32_MAX) {
       const size_t n = pieces_.size();
       while (cursor_ < n && state_[(cursor_ + first_) % n] != Piece::kPending) ++cursor_;
-      // A peer that holds everything takes first the pieces no peer still filling its memory
-      // serves yet: what it sends is then new to the swarm, and the rest comes from the
-      // others (it falls back to any piece when every pending one is served elsewhere).
-      const bool rarest_first = !serves && any_partial_;
-      uint32_t fallback = UINT32_MAX;
       for (size_t k = cursor_; k < n; ++k) {
         const auto at = static_cast<uint32_t>((k + first_) % n);
-        if (state_[at] != Piece::kPending || requeued_.count(at) > 0 || !usable(at)) continue;
-        if (rarest_first && ServedByAPartialPeer(connection, at)) {
-          if (fallback == UINT32_MAX) fallback = at;
-          continue;
+        if (state_[at] == Piece::kPending && requeued_.count(at) == 0 && usable(at)) {
+          index = at;
+          break;
         }
-        index = at;
-        break;
       }
-      if (index == UINT32_MAX) index = fallback;
     }
     if (index == UINT32_MAX) return false;
     state_[index] = Piece::kTaken;
@@ -117,16 +104,6 @@ class Schedule {
     ++held_[connection];
     *chunk = mine[index];
     return true;
-  }
-
-  // Whether a connection other than `connection` with a `serves` predicate serves piece `at`.
-  bool ServedByAPartialPeer(size_t connection, uint32_t at) const {
-    for (size_t c = 0; c < serves_.size(); ++c) {
-      if (c == connection || !serves_[c]) continue;
-      const Chunk& p = all_pieces_[c][at];
-      if (serves_[c](ReadOp{p.remote_region, p.remote_offset, p.local, p.length})) return true;
-    }
-    return false;
   }
 
   void Finish(size_t connection, const Chunk& chunk) {
@@ -210,9 +187,6 @@ class Schedule {
 
  private:
   const std::vector<std::vector<Chunk>> all_pieces_;
-  // Per connection: which pieces its peer serves now (null: all of them).
-  const std::vector<std::function<bool(const ReadOp&)>> serves_;
-  const bool any_partial_;            // some connection's peer serves only part of the read
   const std::vector<Chunk>& pieces_;  // connection 0's: lengths and the ranges errors name
   const std::vector<std::vector<uint32_t>> regions_;
   const ReadOptions& options_;
@@ -480,9 +454,7 @@ Status RunRead(absl::Span<const ReadConnection> connections, uint64_t chunk_byte
     return absl::OkStatus();
   }
 
-  std::vector<std::function<bool(const ReadOp&)>> serves;
-  for (const ReadConnection& c : connections) serves.push_back(c.serves);
-  Schedule schedule(std::move(pieces), std::move(regions), std::move(serves), options, deadline);
+  Schedule schedule(std::move(pieces), std::move(regions), options, deadline);
   std::vector<std::unique_ptr<Feed>> feeds;
   for (size_t i = 0; i < connections.size(); ++i) {
     feeds.push_back(
