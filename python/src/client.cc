@@ -362,60 +362,60 @@ void RegisterClient(py::module_& m) {
                         "or `transfer_engine_session_id`, with `tensors` as ModelExpress "
                         "descriptors (name, addr, size, device_id, dtype), publish a record "
                         "ModelExpress's NIXL or TransferEngine readers load.")
-      .def(py::init([](std::shared_ptr<ClientHandle> client, const py::dict& identity,
-                       uint32_t worker_rank, const std::string& worker_grpc_endpoint,
-                       const std::string& accelerator, const std::string& worker_id,
-                       std::optional<double> heartbeat_interval,
-                       const std::map<std::string, std::string>& topology,
-                       const py::bytes& nixl_metadata,
-                       const std::string& transfer_engine_session_id,
-                       const std::vector<DescriptorTuple>& tensors, const std::string& agent_name,
-                       const std::string& metadata_endpoint) {
-             const std::string nixl(nixl_metadata);
-             if (!nixl.empty() && !transfer_engine_session_id.empty()) {
-               throw StatusError(absl::InvalidArgumentError(
-                   "a worker record carries nixl_metadata or transfer_engine_session_id, not "
-                   "both (ModelExpress's backend_metadata oneof); pass one"));
-             }
-             PublisherOptions o;
-             o.client = client->client.get();
-             o.identity = IdentityFromDict(identity);
-             o.worker_id = worker_id;
-             o.worker.set_worker_rank(worker_rank);
-             o.worker.set_worker_grpc_endpoint(worker_grpc_endpoint);
-             o.worker.set_accelerator(accelerator);
-             o.worker.mutable_topology()->insert(topology.begin(), topology.end());
-             o.worker.set_agent_name(agent_name);
-             o.worker.set_metadata_endpoint(metadata_endpoint);
-             if (!nixl.empty()) o.worker.set_nixl_metadata(nixl);
-             if (!transfer_engine_session_id.empty()) {
-               o.worker.set_transfer_engine_session_id(transfer_engine_session_id);
-             }
-             if (!tensors.empty()) {
-               // Written twice, as ModelExpress's centralized publisher does (publish.py): the
-               // tensor_source payload and the legacy list older servers read.
-               p2p::TensorSourceMetadata* source = o.worker.mutable_tensor_source();
-               for (const auto& [name, addr, size, device_id, dtype] : tensors) {
-                 p2p::TensorDescriptor* t = source->add_tensors();
-                 t->set_name(name);
-                 t->set_addr(addr);
-                 t->set_size(size);
-                 t->set_device_id(device_id);
-                 t->set_dtype(dtype);
-               }
-               *o.worker.mutable_tensors() = source->tensors();
-             }
-             o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
-             std::unique_ptr<Publisher> p = Unwrap(Publisher::Create(std::move(o)));
-             return p;
-           }),
-           py::arg("client"), py::arg("identity"), py::kw_only(), py::arg("worker_rank") = 0,
-           py::arg("worker_grpc_endpoint") = "", py::arg("accelerator") = "",
-           py::arg("worker_id") = "", py::arg("heartbeat_interval") = py::none(),
-           py::arg("topology") = std::map<std::string, std::string>{},
-           py::arg("nixl_metadata") = py::bytes(), py::arg("transfer_engine_session_id") = "",
-           py::arg("tensors") = std::vector<DescriptorTuple>(), py::arg("agent_name") = "",
-           py::arg("metadata_endpoint") = "", py::keep_alive<1, 2>())
+      .def(
+          py::init([](std::shared_ptr<ClientHandle> client, const py::dict& identity,
+                      uint32_t worker_rank, const std::string& worker_grpc_endpoint,
+                      const std::string& accelerator, const std::string& worker_id,
+                      std::optional<double> heartbeat_interval,
+                      const std::map<std::string, std::string>& topology,
+                      const py::bytes& nixl_metadata, const std::string& transfer_engine_session_id,
+                      const std::vector<DescriptorTuple>& tensors, const std::string& agent_name,
+                      const std::string& metadata_endpoint) {
+            const std::string nixl(nixl_metadata);
+            if (!nixl.empty() && !transfer_engine_session_id.empty()) {
+              throw StatusError(absl::InvalidArgumentError(
+                  "a worker record carries nixl_metadata or transfer_engine_session_id, not "
+                  "both (ModelExpress's backend_metadata oneof); pass one"));
+            }
+            PublisherOptions o;
+            o.client = client->client.get();
+            o.identity = IdentityFromDict(identity);
+            o.worker_id = worker_id;
+            o.worker.set_worker_rank(worker_rank);
+            o.worker.set_worker_grpc_endpoint(worker_grpc_endpoint);
+            o.worker.set_accelerator(accelerator);
+            o.worker.mutable_topology()->insert(topology.begin(), topology.end());
+            o.worker.set_agent_name(agent_name);
+            o.worker.set_metadata_endpoint(metadata_endpoint);
+            if (!nixl.empty()) o.worker.set_nixl_metadata(nixl);
+            if (!transfer_engine_session_id.empty()) {
+              o.worker.set_transfer_engine_session_id(transfer_engine_session_id);
+            }
+            if (!tensors.empty()) {
+              // Written twice, as ModelExpress's centralized publisher does (publish.py): the
+              // tensor_source payload and the legacy list older servers read.
+              p2p::TensorSourceMetadata* source = o.worker.mutable_tensor_source();
+              for (const auto& [name, addr, size, device_id, dtype] : tensors) {
+                p2p::TensorDescriptor* t = source->add_tensors();
+                t->set_name(name);
+                t->set_addr(addr);
+                t->set_size(size);
+                t->set_device_id(device_id);
+                t->set_dtype(dtype);
+              }
+              *o.worker.mutable_tensors() = source->tensors();
+            }
+            o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
+            std::unique_ptr<Publisher> p = Unwrap(Publisher::Create(std::move(o)));
+            return p;
+          }),
+          py::arg("client"), py::arg("identity"), py::kw_only(), py::arg("worker_rank") = 0,
+          py::arg("worker_grpc_endpoint") = "", py::arg("accelerator") = "",
+          py::arg("worker_id") = "", py::arg("heartbeat_interval") = py::none(),
+          py::arg("topology") = std::map<std::string, std::string>{},
+          py::arg("nixl_metadata") = py::bytes(), py::arg("transfer_engine_session_id") = "",
+          py::arg("tensors") = std::vector<DescriptorTuple>(), py::arg("agent_name") = "",
+          py::arg("metadata_endpoint") = "", py::keep_alive<1, 2>())
       .def(
           "start", [](Publisher& p) { ThrowIfError(p.Start()); },
           py::call_guard<py::gil_scoped_release>())

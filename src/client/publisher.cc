@@ -207,8 +207,8 @@ void Publisher::Tick() {
     absl::MutexLock lock(&mu_);
     ready = ready_;
   }
-  Status s = SendStatus(source_id,
-                        ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING);
+  Status s =
+      SendStatus(source_id, ready ? p2p::SOURCE_STATUS_READY : p2p::SOURCE_STATUS_INITIALIZING);
   bool republished = false;
   if (absl::IsNotFound(s)) {
     // The server lost the record (restart of a memory store, flushed Redis, GC after a
