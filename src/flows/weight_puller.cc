@@ -342,13 +342,17 @@ class Puller {
     FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
     FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
     std::vector<RemoteSpot> spots;
-    if (striped_ == nullptr) {
+    if (landing_plan_ == nullptr) {
+      // The first source that answered fixes where the pull lands, once: a source that fails
+      // after this (its connection, say) leaves the landing to the next, which must match it.
       bool stop = false;
       Status landed =
           into_ != nullptr ? LandInBuffers(plan, ref, &stop) : LandInRegion(plan, &stop);
       if (!landed.ok()) return stop ? StopTrying(landed) : landed;
       for (const ferry::v1::TensorEntry& e : plan.remote) spots.push_back({e.region(), e.offset()});
       for (size_t i = 0; i < plan.remote.size(); ++i) landing_index_[plan.remote[i].name()] = i;
+      landing_plan_ = std::make_unique<Plan>(plan);
+      landing_source_ = absl::StrCat("worker ", ref.worker_id());
     } else {
       FERRY_ASSIGN_OR_RETURN(spots, Match(plan));
     }
@@ -399,10 +403,10 @@ class Puller {
   StatusOr<std::vector<RemoteSpot>> Match(const Plan& plan) const {
     std::map<std::string, size_t> by_name;
     for (size_t i = 0; i < plan.remote.size(); ++i) by_name.emplace(plan.remote[i].name(), i);
-    const Plan& first = sources_.front()->plan;
+    const Plan& first = *landing_plan_;
     if (plan.remote.size() != first.remote.size()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("it serves ", plan.remote.size(), " tensors where ", sources_.front()->name,
+          absl::StrCat("it serves ", plan.remote.size(), " tensors where ", landing_source_,
                        " serves ", first.remote.size(), " (not the same model)"));
     }
     std::vector<RemoteSpot> spots;
@@ -415,7 +419,7 @@ class Puller {
       if (!same) {
         return absl::FailedPreconditionError(absl::StrCat(
             "its tensor ", first.remote[i].name(), " is missing or differs (dtype, shape or ",
-            "checksum) from ", sources_.front()->name, "'s (not the same model)"));
+            "checksum) from ", landing_source_, "'s (not the same model)"));
       }
       const ferry::v1::TensorEntry& e = plan.remote[it->second];
       spots.push_back({e.region(), e.offset()});
@@ -544,11 +548,11 @@ class Puller {
     OpenSource& main = *sources_[top];
     if (into_ == nullptr) {
       result->model.region = std::move(region_);
-      result->model.tensors = main.plan.local;
+      result->model.tensors = landing_plan_->local;
       result->model.checksums = striped_->checksums();
-      result->model.total_bytes = main.plan.total;
+      result->model.total_bytes = landing_plan_->total;
     }
-    result->model.metadata = main.plan.metadata;
+    result->model.metadata = landing_plan_->metadata;
     result->bytes = bytes_;
     result->mx_source_id = candidates_[0].mx_source_id();
     for (const SourceInstanceRef& ref : candidates_) {
@@ -677,6 +681,8 @@ class Puller {
   std::vector<SourceInstanceRef> candidates_;
   size_t tries_ = 0;                              // candidates that may be opened
   size_t next_ = 0;                               // the next candidate to open
+  std::unique_ptr<Plan> landing_plan_;            // the plan that fixed the landing
+  std::string landing_source_;                    // whose plan it is, for messages
   std::vector<LandingVerifier::Tensor> tensors_;  // where the pull lands (the first source's order)
   uint64_t bytes_ = 0;                            // distinct bytes landing
   std::vector<std::unique_ptr<Region>> span_regions_;  // into_'s spans, registered once
