@@ -114,6 +114,7 @@ void LandingVerifier::Work() {
 Status LandingVerifier::Finish() {
   const absl::Time start = absl::Now();
   size_t bad = SIZE_MAX;
+  uint64_t sum = 0;
   {
     absl::MutexLock lock(&mu_);
     // Tensors that never completed cannot be waited for: count them first.
@@ -134,21 +135,24 @@ Status LandingVerifier::Finish() {
     for (size_t i = 0; i < tensors_.size() && bad == SIZE_MAX; ++i) {
       if (state_[i] == State::kBad) bad = i;
     }
+    if (bad != SIZE_MAX) sum = sums_[bad];
     stop_ = true;
   }
   tail_ = absl::Now() - start;
-  return MismatchStatus(bad);
+  return MismatchStatus(bad, sum);
 }
 
 Status LandingVerifier::Mismatch() {
   size_t bad = SIZE_MAX;
+  uint64_t sum = 0;
   {
     absl::MutexLock lock(&mu_);
     for (size_t i = 0; i < tensors_.size() && bad == SIZE_MAX; ++i) {
       if (state_[i] == State::kBad) bad = i;
     }
+    if (bad != SIZE_MAX) sum = sums_[bad];
   }
-  return MismatchStatus(bad);
+  return MismatchStatus(bad, sum);
 }
 
 void LandingVerifier::WaitIdle() {
@@ -194,12 +198,12 @@ size_t LandingVerifier::verified_count() {
   return good_;
 }
 
-Status LandingVerifier::MismatchStatus(size_t bad) const {
+Status LandingVerifier::MismatchStatus(size_t bad, uint64_t sum) const {
   if (bad == SIZE_MAX) return absl::OkStatus();
   const Tensor& t = tensors_[bad];
   return absl::DataLossError(absl::StrCat(
       "tensor ", t.name, " (", t.size, " bytes) failed verification: xxh3-64 ",
-      absl::Hex(sums_[bad], absl::kZeroPad16), " but the source announced ",
+      absl::Hex(sum, absl::kZeroPad16), " but the source announced ",
       absl::Hex(t.expected, absl::kZeroPad16), "; the source's memory or the transfer is corrupt"));
 }
 

@@ -82,7 +82,8 @@ class LandingVerifier {
  private:
   enum class State : uint8_t { kPending, kGood, kBad };
   void Work();
-  Status MismatchStatus(size_t bad) const;
+  // DataLoss naming tensor `bad` and the checksum `sum` it had (OK when bad is SIZE_MAX).
+  Status MismatchStatus(size_t bad, uint64_t sum) const;
 
   const std::vector<Tensor> tensors_;
   std::vector<size_t> by_start_;                 // tensor indices by data address

@@ -18,7 +18,7 @@ namespace ferry::worker {
 class HeldTensors {
  public:
   // `count` tensors, none held.
-  explicit HeldTensors(size_t count) : held_(count, false) {}
+  explicit HeldTensors(size_t count) : size_(count), held_(count, false) {}
 
   // Tensor `i` (in GetTransferInfo's order) is verified and may be served. Out of range: ignored.
   void Mark(size_t i) {
@@ -35,7 +35,7 @@ class HeldTensors {
     absl::MutexLock lock(&mu_);
     return count_ == held_.size();
   }
-  size_t size() const { return held_.size(); }
+  size_t size() const { return size_; }
   // Bit i % 8 of byte i / 8 set when tensor i is held (GetHeldTensorsResponse.held).
   std::string Bitmap() const {
     absl::MutexLock lock(&mu_);
@@ -47,6 +47,7 @@ class HeldTensors {
   }
 
  private:
+  const size_t size_;
   mutable absl::Mutex mu_;
   std::vector<bool> held_ ABSL_GUARDED_BY(mu_);
   size_t count_ ABSL_GUARDED_BY(mu_) = 0;
