@@ -27,10 +27,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from typing import Dict, List, Optional
 
-from harness import HarnessError, die_with_parent, pid_alive, tail
+from harness import HarnessError, die_with_parent, pid_alive, tail, wait_ready_file
 
 NS_PREFIX = "ferry-swarm-"
 SUBNET = "10.78.0"
@@ -173,17 +172,8 @@ class Bed:
         return proc
 
     def wait_file(self, path: str, proc: Proc, timeout: float = 60) -> Dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise HarnessError(f"{proc.name} exited with {proc.proc.returncode} before it "
-                                   f"was ready; its log:\n{proc.output()}")
-            try:
-                with open(path) as f:
-                    return json.load(f)
-            except (FileNotFoundError, json.JSONDecodeError):
-                time.sleep(0.05)  # polling a file the child writes once
-        raise HarnessError(f"{proc.name} not ready after {timeout:.0f} s; its log:\n{proc.output()}")
+        """The JSON a ferry child writes with --ready-file (harness.wait_ready_file)."""
+        return wait_ready_file(path, proc.proc, proc.name, proc.log_path, timeout)
 
     def cleanup(self) -> None:
         for proc in reversed(self.procs):

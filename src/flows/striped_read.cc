@@ -212,7 +212,6 @@ Status StripedRead::Round() {
     reads.push_back(std::move(peer_read));
   }
   ReadOptions read = read_;
-  read.first_piece = read_.first_piece;
   read.on_piece = [this, &live](const ReadOp& piece, size_t k) {
     {
       absl::MutexLock lock(&mu_);

@@ -286,6 +286,7 @@ class Puller {
         return AllFailed(result->attempts, candidates_.size(), who_, note);
       }
       const absl::Time transfer_start = absl::Now();
+      const size_t live_before = striped_->live_sources();
       std::atomic<bool> cancel{false};
       std::atomic<bool> pause{false};
       Prefaulter prefaulter(prefault_ ? destination_ : nullptr, prefault_ops_, &cancel);
@@ -293,7 +294,7 @@ class Puller {
       Status read;
       {
         // While fewer sources than the stripe are live, look for new ones (targets that
-        // started pulling since) once a second, and pause the read to add them.
+        // started pulling since) every 250 ms, and pause the read to add them.
         Refresher refresher(this, &pause);
         read = ReadMissing(transfer_start, &cancel, &pause);
       }
@@ -304,9 +305,9 @@ class Puller {
       if (striped_->complete()) break;
       if (pause.load() && read.code() == absl::StatusCode::kAborted) continue;  // add sources
       const bool late = absl::Now() >= transfer_start + options_.transfer_timeout;
-      if (late || (striped_->live_sources() > 0 && next_ >= tries_ &&
-                   read.code() != absl::StatusCode::kUnavailable)) {
-        // Out of time, or the read stopped for a reason no other source changes.
+      if (late || striped_->live_sources() >= live_before) {
+        // Out of time, or the read stopped with every source still taking part (cancelled, no
+        // progress): another round would do the same. A lost source is replaced above.
         if (read.ok()) read = absl::InternalError("the read stopped unfinished (a ferry bug)");
         return Status(read.code(),
                       absl::StrCat("could not pull ", who_, ": ", read.message(), " (", note, ")"));

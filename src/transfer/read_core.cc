@@ -92,7 +92,7 @@ class Schedule {
       while (cursor_ < n && state_[(cursor_ + first_) % n] != Piece::kPending) ++cursor_;
       for (size_t k = cursor_; k < n; ++k) {
         const auto at = static_cast<uint32_t>((k + first_) % n);
-        if (state_[at] == Piece::kPending && requeued_.count(at) == 0 && usable(at)) {
+        if (state_[at] == Piece::kPending && usable(at)) {  // requeued ones were tried above
           index = at;
           break;
         }
