@@ -19,14 +19,15 @@ ALLOWED = {
     "common": set(),
     "store": {"common"},
     "client": {"common"},
-    "transfer": {"common"},
+    "cuda": {"common"},
+    "transfer": {"common", "cuda"},
     "weights": {"common"},
     "artifacts": {"common"},
     # The server parses token files with the client's credential code (client/credentials.h).
     "server": {"common", "store", "client"},
-    "worker": {"common", "client", "transfer", "weights", "artifacts"},
-    "flows": {"common", "client", "transfer", "weights", "artifacts", "worker"},
-    "cli": {"common", "client", "transfer", "weights", "artifacts", "worker", "flows"},
+    "worker": {"common", "client", "cuda", "transfer", "weights", "artifacts"},
+    "flows": {"common", "client", "cuda", "transfer", "weights", "artifacts", "worker"},
+    "cli": {"common", "client", "cuda", "transfer", "weights", "artifacts", "worker", "flows"},
 }
 # Trees outside src/ and what they may include: everything but the CLI (and, for the module,
 # the server and the store).

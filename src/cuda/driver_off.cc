@@ -1,0 +1,29 @@
+// Driver for FERRY_CUDA=OFF builds: every entry answers kBuiltWithoutCuda.
+#include "cuda/driver.h"
+
+namespace ferry::internal::cuda {
+
+// Never defined in this build; declared complete so unique_ptr<DriverApi> can be destroyed.
+struct DriverApi {};
+
+bool BuiltWithCuda() { return false; }
+
+Driver::Driver(std::unique_ptr<DriverApi> api, void* library, int version, int device_count)
+    : api_(std::move(api)), library_(library), version_(version), device_count_(device_count) {}
+
+Driver::~Driver() = default;
+
+StatusOr<std::unique_ptr<Driver>> Driver::Open(const DriverOptions&) {
+  return absl::FailedPreconditionError(kBuiltWithoutCuda);
+}
+
+StatusOr<const Driver*> Driver::Default() {
+  return absl::FailedPreconditionError(kBuiltWithoutCuda);
+}
+
+Status Driver::Check(int result, const char* call, absl::StatusCode code) const {
+  if (result == 0) return absl::OkStatus();
+  return Status(code, kBuiltWithoutCuda);
+}
+
+}  // namespace ferry::internal::cuda
