@@ -1,4 +1,5 @@
 // Driver for FERRY_CUDA=OFF builds: every entry answers kBuiltWithoutCuda.
+#include "cuda/allocation_pieces.h"
 #include "cuda/driver.h"
 
 namespace ferry::internal::cuda {
@@ -24,6 +25,10 @@ StatusOr<const Driver*> Driver::Default() {
 Status Driver::Check(int result, const char* call, absl::StatusCode code) const {
   if (result == 0) return absl::OkStatus();
   return Status(code, kBuiltWithoutCuda);
+}
+
+StatusOr<std::unique_ptr<AllocationQuery>> DriverAllocationQuery(const Driver&) {
+  return absl::FailedPreconditionError(kBuiltWithoutCuda);
 }
 
 }  // namespace ferry::internal::cuda

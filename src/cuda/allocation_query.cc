@@ -1,0 +1,52 @@
+// DriverAllocationQuery for CUDA builds.
+#include "absl/strings/str_format.h"
+#include "cuda/allocation_pieces.h"
+#include "cuda/driver.h"
+#include "cuda/driver_api.h"
+
+namespace ferry::internal::cuda {
+namespace {
+
+class DriverQuery : public AllocationQuery {
+ public:
+  explicit DriverQuery(const Driver& driver) : driver_(driver) {}
+
+  StatusOr<AllocationInfo> Find(uint64_t address) const override {
+    const DriverApi& api = driver_.api();
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    const CUresult r = api.cuMemGetAddressRange(&base, &size, static_cast<CUdeviceptr>(address));
+    if (r == CUDA_ERROR_NOT_FOUND || r == CUDA_ERROR_INVALID_VALUE) {
+      return absl::NotFoundError(absl::StrFormat("no device allocation holds 0x%x", address));
+    }
+    FERRY_RETURN_IF_ERROR(driver_.Check(r, "cuMemGetAddressRange"));
+    AllocationInfo info;
+    info.base = base;
+    info.size = size;
+    int legacy = 0;
+    if (api.cuPointerGetAttribute(&legacy, CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE,
+                                  static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS &&
+        legacy != 0) {
+      info.kind = ExportKind::kLegacyIpc;
+      return info;
+    }
+    uint64_t types = 0;
+    if (api.cuPointerGetAttribute(&types, CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES,
+                                  static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS &&
+        (types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) != 0) {
+      info.kind = ExportKind::kPosixFd;
+    }
+    return info;
+  }
+
+ private:
+  const Driver& driver_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<AllocationQuery>> DriverAllocationQuery(const Driver& driver) {
+  return std::unique_ptr<AllocationQuery>(new DriverQuery(driver));
+}
+
+}  // namespace ferry::internal::cuda
