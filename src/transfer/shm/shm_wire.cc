@@ -150,4 +150,113 @@ Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* receive
   return Recv::kOk;
 }
 
+namespace {
+
+// Waits until `sock` is ready for `events` or `deadline` passes (polling in steps of 100 ms).
+bool WaitFor(int sock, short events, absl::Time deadline) {
+  for (;;) {
+    const absl::Duration left = deadline - absl::Now();
+    const int wait_ms =
+        left <= absl::ZeroDuration()
+            ? 0
+            : static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 100));
+    pollfd pfd{sock, events, 0};
+    const int rc = ::poll(&pfd, 1, wait_ms);
+    if (rc > 0) return true;
+    if (rc < 0 && errno != EINTR) return true;  // let the next call report the error
+    if (absl::Now() >= deadline) return false;
+  }
+}
+
+}  // namespace
+
+Status SendFds(int sock, const std::vector<int>& fds, absl::Time deadline) {
+  const size_t batches = (fds.size() + kMaxFdsPerPacket - 1) / kMaxFdsPerPacket;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
+  for (size_t b = 0; b < batches; ++b) {
+    const size_t first = b * kMaxFdsPerPacket;
+    const size_t count = std::min(kMaxFdsPerPacket, fds.size() - first);
+    FdBatch batch{kFdBatch, static_cast<uint32_t>(b), static_cast<uint32_t>(count),
+                  static_cast<uint32_t>(fds.size())};
+    iovec iov{&batch, sizeof(batch)};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    std::memset(control, 0, sizeof(control));
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * count);
+    std::memcpy(CMSG_DATA(cmsg), fds.data() + first, sizeof(int) * count);
+    for (;;) {
+      const ssize_t n = ::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n == static_cast<ssize_t>(sizeof(batch))) break;
+      const int err = n < 0 ? errno : EMSGSIZE;
+      if (err == EINTR) continue;
+      if ((err == EAGAIN || err == EWOULDBLOCK) && WaitFor(sock, POLLOUT, deadline)) continue;
+      return absl::UnavailableError(absl::StrCat(
+          "sending descriptors ", first, "..", first + count - 1, " of ", fds.size(), " failed: ",
+          err == EAGAIN || err == EWOULDBLOCK ? "the peer stopped reading" : ErrnoText(err)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+StatusOr<std::vector<Fd>> RecvFds(int sock, size_t count, absl::Time deadline) {
+  std::vector<Fd> received;
+  received.reserve(count);
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
+  for (uint32_t index = 0; received.size() < count; ++index) {
+    if (!WaitFor(sock, POLLIN, deadline)) {
+      return absl::DeadlineExceededError(absl::StrCat("received ", received.size(), " of ", count,
+                                                      " descriptors before the deadline"));
+    }
+    FdBatch batch{};
+    char extra;  // one byte more than a batch, so that a longer packet shows as a wrong size
+    iovec iov[2] = {{&batch, sizeof(batch)}, {&extra, 1}};
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n;
+    do {
+      n = ::recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (n < 0) {
+      return absl::UnavailableError(
+          absl::StrCat("receiving descriptors failed: ", ErrnoText(errno)));
+    }
+    // Own every attached descriptor first, so that none leaks whatever the packet says.
+    std::vector<Fd> attached;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < k; ++i) {
+        int one;
+        std::memcpy(&one, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        attached.emplace_back(one);
+      }
+    }
+    if (n == 0) {
+      return absl::UnavailableError(absl::StrCat("the peer closed the socket after ",
+                                                 received.size(), " of ", count, " descriptors"));
+    }
+    if (n != static_cast<ssize_t>(sizeof(batch)) || (msg.msg_flags & MSG_CTRUNC) != 0 ||
+        batch.type != kFdBatch || batch.index != index || batch.total != count ||
+        batch.count != attached.size() || batch.count == 0 ||
+        received.size() + batch.count > count) {
+      return absl::DataLossError(absl::StrCat(
+          "descriptor batch ", index, " is malformed (", n, " bytes, ", attached.size(),
+          " descriptors attached", (msg.msg_flags & MSG_CTRUNC) != 0 ? ", truncated" : "",
+          "); expected ", count - received.size(), " more of ", count));
+    }
+    for (Fd& fd : attached) received.push_back(std::move(fd));
+  }
+  return received;
+}
+
 }  // namespace ferry::internal::shm

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "common/fd.h"
@@ -39,7 +40,12 @@ struct OpenRequest {
   uint32_t reserved;
 };
 
-enum ReplyType : uint32_t { kHelloReply = 1, kOpenReply = 2, kRegionRemoved = 3 };
+enum ReplyType : uint32_t {
+  kHelloReply = 1,
+  kOpenReply = 2,
+  kRegionRemoved = 3,
+  kFdBatch = 4,  // one packet of SendFds
+};
 
 struct Reply {
   uint32_t type;
@@ -65,6 +71,28 @@ enum class Recv { kOk, kEof, kTimeout, kError };
 // any, goes to *received (closed when the caller does not ask for one). A packet of another
 // size is kError with err = EPROTO.
 Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* received, int* err);
+
+// The kernel refuses a message carrying more descriptors than this (SCM_MAX_FD).
+constexpr size_t kMaxFdsPerPacket = 253;
+
+// The packet SendFds sends per batch, with `count` descriptors attached.
+struct FdBatch {
+  uint32_t type;   // kFdBatch
+  uint32_t index;  // of this batch, from 0
+  uint32_t count;  // descriptors attached to this packet (1..kMaxFdsPerPacket)
+  uint32_t total;  // descriptors in the whole send
+};
+
+// Sends `fds` (any number; none is a no-op) as consecutive packets of at most kMaxFdsPerPacket
+// descriptors each, waiting for room in the socket until `deadline`. Unavailable naming the
+// batch when a packet could not be sent (the peer is gone, or stopped reading).
+Status SendFds(int sock, const std::vector<int>& fds, absl::Time deadline);
+
+// Receives the `count` descriptors one SendFds call sent (the count came in an earlier message),
+// waiting until `deadline`. Every descriptor received is owned by the result or closed: on
+// failure (DeadlineExceeded, Unavailable at end of stream, DataLoss for a packet out of order or
+// with the wrong number of descriptors) nothing leaks.
+StatusOr<std::vector<Fd>> RecvFds(int sock, size_t count, absl::Time deadline);
 
 }  // namespace ferry::internal::shm
 
