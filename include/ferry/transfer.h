@@ -51,13 +51,14 @@ enum class TransportKind {
   // else UCX for a peer on this host or with RDMA on both ends; else TCP. When the chosen
   // transport cannot reach the peer (Unavailable), the next candidate is tried.
   kAuto = 0,
-  kUcx = 1,  // UCX: RDMA verbs where a NIC exists; shared memory between local processes only
-             // when asked for (TransferEngineOptions::ucx_without_rdma)
-  kTcp = 2,  // ferry's native multi-stream TCP
-  kShm = 3,  // ferry's native shared memory: same host only, regions from AllocateRegion only
+  kUcx = 1,      // UCX: RDMA verbs where a NIC exists; shared memory between local processes only
+                 // when asked for (TransferEngineOptions::ucx_without_rdma)
+  kTcp = 2,      // ferry's native multi-stream TCP
+  kShm = 3,      // ferry's native shared memory: same host only, regions from AllocateRegion only
+  kCudaIpc = 4,  // CUDA IPC: same host, device memory on both ends (exported allocations)
 };
 
-// "auto", "ucx", "tcp", "shm". InvalidArgument listing the valid names otherwise.
+// "auto", "ucx", "tcp", "shm", "cuda_ipc". InvalidArgument listing the valid names otherwise.
 StatusOr<TransportKind> ParseTransportKind(std::string_view name);
 std::string_view TransportKindName(TransportKind kind);
 
@@ -105,6 +106,17 @@ struct TransferEngineOptions {
   // software and serves any address to whoever connects to its port, with no authentication.
   std::string ucx_net_devices;
   std::string ucx_transports;
+
+  // CUDA IPC: serves device regions to targets on this host, and reads device regions of
+  // sources on this host into device memory, GPU to GPU. Starts only where the CUDA driver
+  // loads and a device exists; elsewhere it is silently absent, like UCX without RDMA.
+  bool enable_cuda_ipc = true;
+
+  // Device memory over a transport that moves host memory (TCP, shm, UCX without CUDA) is
+  // staged through pinned host memory, double buffered: `staging_slots` slots of
+  // `staging_slot_bytes` per connection (2..64 slots, 64 KiB..256 MiB each).
+  int staging_slots = 4;
+  uint64_t staging_slot_bytes = 8ull << 20;
 
   // Validates ranges; errors name the field.
   Status Validate() const;
@@ -185,6 +197,15 @@ class Peer {
  public:
   virtual ~Peer() = default;
   virtual TransportKind transport() const = 0;
+  // How the latest read moved its bytes, for reports: the transport's name ("tcp", "cuda_ipc"),
+  // with "+staged" when device memory went through pinned host memory on either end.
+  virtual std::string path() const { return std::string(TransportKindName(transport())); }
+  // Why Connect chose this transport (kAuto: the transports it passed over and why), for
+  // reports and logs; empty for an explicit choice.
+  virtual const std::string& choice() const {
+    static const std::string kNone;
+    return kNone;
+  }
   // "<remote name> (<engine id>) at <address> over <transport>", for messages.
   virtual const std::string& description() const = 0;
   // Validates every op against the remote regions (InvalidArgument naming the op), then reads
@@ -243,6 +264,8 @@ std::vector<ReadOp> CoalesceReadOps(std::vector<ReadOp> ops);
 // How AllocateRegion prepares memory.
 struct AllocateOptions {
   MemoryKind kind = MemoryKind::kHost;
+  // MemoryKind::kCuda: the device ordinal to allocate on (cuMemAlloc on its primary context).
+  int device = 0;
   // true: memory of the transports' own allocators, so that every transport serves it (with shm
   // enabled, a sealed memfd local peers map). false: plain anonymous memory, registered with the
   // engine (TCP and UCX serve it, shm does not); cheaper to prepare (here about 0.40 s per GiB

@@ -40,13 +40,16 @@ TransferEngineOptions EngineOptionsFrom(const std::string& name,
   TransferEngineOptions o;
   o.name = name;
   if (!transports.empty()) {
-    o.enable_shm = o.enable_tcp = o.enable_ucx = false;
+    o.enable_shm = o.enable_tcp = o.enable_ucx = o.enable_cuda_ipc = false;
     for (const std::string& t : transports) {
       const TransportKind kind = Unwrap(ParseTransportKind(t));
       if (kind == TransportKind::kShm) o.enable_shm = true;
       if (kind == TransportKind::kTcp) o.enable_tcp = true;
       if (kind == TransportKind::kUcx) o.enable_ucx = o.ucx_without_rdma = true;
-      if (kind == TransportKind::kAuto) o.enable_shm = o.enable_tcp = o.enable_ucx = true;
+      if (kind == TransportKind::kCudaIpc) o.enable_cuda_ipc = true;
+      if (kind == TransportKind::kAuto) {
+        o.enable_shm = o.enable_tcp = o.enable_ucx = o.enable_cuda_ipc = true;
+      }
     }
   }
   o.tcp_listen = tcp_listen;

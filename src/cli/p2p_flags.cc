@@ -112,6 +112,7 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
   options.enable_shm = all || kind == TransportKind::kShm;
   options.enable_ucx = all || kind == TransportKind::kUcx;
   options.enable_tcp = all || kind == TransportKind::kTcp;
+  options.enable_cuda_ipc = all || kind == TransportKind::kCudaIpc;
   // Asked for by name: UCX also over shared memory without RDMA. Under auto, only with RDMA.
   options.ucx_without_rdma = flags.ucx_without_rdma || kind == TransportKind::kUcx;
   options.tcp_listen = flags.data_listen;
@@ -126,10 +127,10 @@ StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
     if (kind != TransportKind::kAuto && kind != TransportKind::kTcp) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--max-upload-rate ", flags.max_upload_rate, " with --transport ", flags.transport,
-          ": the cap paces the TCP server, and shm and UCX reads are one-sided (the source never "
-          "sees them); use --transport tcp or auto, or drop the cap"));
+          ": the cap paces the TCP server, and shm, UCX and CUDA IPC reads are one-sided (the "
+          "source never sees them); use --transport tcp or auto, or drop the cap"));
     }
-    options.enable_shm = options.enable_ucx = false;
+    options.enable_shm = options.enable_ucx = options.enable_cuda_ipc = false;
     options.enable_tcp = true;
   }
   FERRY_RETURN_IF_ERROR(options.Validate());

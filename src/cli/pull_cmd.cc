@@ -134,6 +134,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
       !(pull.serve_while_pulling && transport == TransportKind::kTcp)) {
     // A fan-out source serves every transport, whatever it read with.
     engine_options.enable_shm = engine_options.enable_ucx = engine_options.enable_tcp = true;
+    engine_options.enable_cuda_ipc = true;
   }
   FERRY_ASSIGN_OR_RETURN(ClientCredentials token, ResolveDeploymentToken(flags));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<MetadataClient> client, ConnectClient(flags));
@@ -159,7 +160,8 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   // Serving while pulling: only over TCP, whose server refuses ranges not verified yet (shm
   // and UCX reads are one-sided); the record stays INITIALIZING until the pull is complete.
   const bool serve_early = pull.then_publish && pull.serve_while_pulling &&
-                           !engine_options.enable_shm && !engine_options.enable_ucx;
+                           !engine_options.enable_shm && !engine_options.enable_ucx &&
+                           !engine_options.enable_cuda_ipc;
   const std::string worker_id =
       pull.serve.worker_id.empty() ? GenerateWorkerId() : pull.serve.worker_id;
   std::unique_ptr<weights::WeightSource> early;

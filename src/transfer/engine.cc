@@ -20,8 +20,9 @@ StatusOr<TransportKind> ParseTransportKind(std::string_view name) {
   if (name == "ucx") return TransportKind::kUcx;
   if (name == "tcp") return TransportKind::kTcp;
   if (name == "shm") return TransportKind::kShm;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown transport \"", std::string(name), "\"; valid: auto, ucx, tcp, shm"));
+  if (name == "cuda_ipc") return TransportKind::kCudaIpc;
+  return absl::InvalidArgumentError(absl::StrCat("unknown transport \"", std::string(name),
+                                                 "\"; valid: auto, ucx, tcp, shm, cuda_ipc"));
 }
 
 std::string_view TransportKindName(TransportKind kind) {
@@ -34,15 +35,17 @@ std::string_view TransportKindName(TransportKind kind) {
       return "tcp";
     case TransportKind::kShm:
       return "shm";
+    case TransportKind::kCudaIpc:
+      return "cuda_ipc";
   }
   return "unknown";
 }
 
 Status TransferEngineOptions::Validate() const {
-  if (!enable_shm && !enable_ucx && !enable_tcp) {
+  if (!enable_shm && !enable_ucx && !enable_tcp && !enable_cuda_ipc) {
     return absl::InvalidArgumentError(
-        "TransferEngineOptions: enable_shm, enable_ucx and enable_tcp are all false; enable at "
-        "least one");
+        "TransferEngineOptions: enable_shm, enable_ucx, enable_tcp and enable_cuda_ipc are all "
+        "false; enable at least one");
   }
   if (shm_copy_threads < 1 || shm_copy_threads > 16) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -69,11 +72,21 @@ Status TransferEngineOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("TransferEngineOptions.max_inflight=", max_inflight, " is outside 1..1024"));
   }
-  if (max_upload_rate > 0 && (enable_shm || enable_ucx || !enable_tcp)) {
+  if (max_upload_rate > 0 && (enable_shm || enable_ucx || enable_cuda_ipc || !enable_tcp)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "TransferEngineOptions.max_upload_rate=", max_upload_rate,
-        " caps what the TCP server sends, but shm and UCX reads are one-sided and cannot be "
-        "paced by the source: enable TCP only (enable_shm and enable_ucx false) or drop the cap"));
+        " caps what the TCP server sends, but shm, UCX and CUDA IPC reads are one-sided and "
+        "cannot be paced by the source: enable TCP only (enable_shm, enable_ucx and "
+        "enable_cuda_ipc false) or drop the cap"));
+  }
+  if (staging_slots < 2 || staging_slots > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TransferEngineOptions.staging_slots=", staging_slots, " is outside 2..64"));
+  }
+  if (staging_slot_bytes < (64ull << 10) || staging_slot_bytes > (256ull << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TransferEngineOptions.staging_slot_bytes=", staging_slot_bytes,
+                     " is outside 64 KiB..256 MiB"));
   }
   return absl::OkStatus();
 }

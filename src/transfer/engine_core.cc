@@ -53,11 +53,27 @@ std::string KindList(const std::vector<TransportKind>& kinds) {
 }  // namespace
 
 StatusOr<std::shared_ptr<EngineCore>> EngineCore::Create(TransferEngineOptions options) {
-  // Preference order: shm (its memfd allocator comes first in AllocateRegion), UCX, TCP.
+  // Preference order: CUDA IPC (device memory on this host; it serves no host region), shm
+  // (its memfd allocator comes first in AllocateRegion), UCX, TCP.
   std::vector<std::unique_ptr<Transport>> transports;
   auto stop_all = [&] {
     for (auto& t : transports) t->Stop();
   };
+  if (options.enable_cuda_ipc) {
+    auto cuda_ipc = CreateCudaIpcTransport(options);
+    if (cuda_ipc.ok()) {
+      transports.push_back(std::move(*cuda_ipc));
+    } else if (!options.enable_shm && !options.enable_ucx && !options.enable_tcp) {
+      return Status(cuda_ipc.status().code(),
+                    absl::StrCat("transfer engine \"", options.name,
+                                 "\": CUDA IPC was asked for but cannot start: ",
+                                 cuda_ipc.status().message()));
+    } else {
+      // Like UCX without RDMA: absent where it cannot work (no driver, no device).
+      spdlog::debug("transfer engine \"{}\": CUDA IPC not started: {}", options.name,
+                    cuda_ipc.status().message());
+    }
+  }
   if (options.enable_shm) {
     auto shm = CreateShmTransport(options);
     if (shm.ok()) {
@@ -290,71 +306,87 @@ std::string EngineCore::ExportBlob() const {
   return blob.SerializeAsString();
 }
 
-StatusOr<std::vector<Transport*>> EngineCore::Candidates(const ferry::v1::TransferBlob& remote,
-                                                         TransportKind wanted) const {
+StatusOr<EngineCore::Choice> EngineCore::Candidates(const ferry::v1::TransferBlob& remote,
+                                                    TransportKind wanted) const {
   std::vector<TransportKind> theirs;
+  if (remote.has_cuda_ipc()) theirs.push_back(TransportKind::kCudaIpc);
   if (remote.has_shm()) theirs.push_back(TransportKind::kShm);
   if (remote.has_ucx()) theirs.push_back(TransportKind::kUcx);
   if (remote.has_tcp()) theirs.push_back(TransportKind::kTcp);
-  auto mismatch = [&](const char* what) {
+  auto offered = [&](TransportKind kind) {
+    return std::find(theirs.begin(), theirs.end(), kind) != theirs.end() ? Find(kind) : nullptr;
+  };
+  auto mismatch = [&](const std::string& what) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot connect to \"", remote.name(), "\" (", remote.engine_id(), ") ", what,
                      ": this engine offers [", KindList(transports()), "], the peer offers [",
                      KindList(theirs), "]; enable a common transport on both sides"));
   };
-  Transport* shm = remote.has_shm() ? Find(TransportKind::kShm) : nullptr;
-  Transport* ucx = remote.has_ucx() ? Find(TransportKind::kUcx) : nullptr;
-  Transport* tcp = remote.has_tcp() ? Find(TransportKind::kTcp) : nullptr;
-  switch (wanted) {
-    case TransportKind::kShm:
-      if (shm == nullptr) return mismatch("over shm");
-      if (remote.regions_size() > 0 &&
-          std::none_of(remote.regions().begin(), remote.regions().end(),
-                       [](const auto& r) { return r.shm_served(); })) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "cannot read from \"", remote.name(), "\" (", remote.engine_id(),
-            ") over shm: its shm transport serves none of its regions (memory registered in "
-            "place, not allocated by the engine); use ucx, tcp or auto"));
+  // The first reason `t` cannot serve one of the blob's regions (OK: it serves all); `all`
+  // false: only whether it serves none of them.
+  auto serves = [&](const Transport& t, bool all) -> Status {
+    Status first;
+    int served = 0;
+    for (const auto& r : remote.regions()) {
+      Status s = t.Serves(r);
+      if (s.ok()) {
+        ++served;
+      } else if (first.ok()) {
+        first = s;
       }
-      return std::vector<Transport*>{shm};
-    case TransportKind::kUcx:
-      if (ucx == nullptr) return mismatch("over ucx");
-      return std::vector<Transport*>{ucx};
-    case TransportKind::kTcp:
-      if (tcp == nullptr) return mismatch("over tcp");
-      return std::vector<Transport*>{tcp};
-    case TransportKind::kAuto:
-      break;
+    }
+    if (all || served == 0) return first;
+    return absl::OkStatus();
+  };
+  Choice choice;
+  if (wanted != TransportKind::kAuto) {
+    Transport* t = offered(wanted);
+    if (t == nullptr) {
+      return mismatch(absl::StrCat("over ", std::string(TransportKindName(wanted))));
+    }
+    // An explicit transport is refused only when it serves none of the regions: the ops decide.
+    if (Status s = serves(*t, /*all=*/false); !s.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot read from \"", remote.name(), "\" (", remote.engine_id(), ") over ",
+          std::string(TransportKindName(wanted)),
+          ", which serves none of its regions: ", s.message(), "; use auto, or another transport"));
+    }
+    choice.candidates.push_back(t);
+    return choice;
   }
   // Another network namespace on this machine shares the host name and boot id but cannot reach
-  // our abstract unix sockets (shm) or UCX's loopback paths: it is another host to us.
+  // our abstract unix sockets or UCX's loopback paths: it is another host to us.
   const bool same_host =
       remote.hostname() == hostname_ && remote.boot_id() == boot_id_ &&
       (remote.net_namespace().empty() || remote.net_namespace() == net_namespace_);
-  std::vector<Transport*> candidates;
-  if (shm != nullptr && same_host) {
-    // shm can only hand out memory it allocated; a blob with caller memory needs another
-    // transport for at least some ops, so use that one for the whole connection.
-    bool all_served = true;
-    for (const auto& r : remote.regions()) all_served = all_served && r.shm_served();
-    if (all_served) candidates.push_back(shm);
-  }
-  if (ucx != nullptr) {
-    bool both_rdma = false;
-    if (!same_host && remote.ucx().rdma()) {
-      ferry::v1::TransferBlob mine;
-      ucx->Describe(&mine);
-      both_rdma = mine.ucx().rdma();
+  std::vector<std::string> passed_over;
+  for (const auto& t : transports_) {  // preference order
+    const std::string name(TransportKindName(t->kind()));
+    if (offered(t->kind()) == nullptr) {
+      passed_over.push_back(absl::StrCat(name, ": the peer does not offer it"));
+      continue;
     }
-    if (same_host || both_rdma) candidates.push_back(ucx);
+    Status s = t->Reaches(remote, same_host);
+    if (s.ok()) s = serves(*t, /*all=*/true);
+    if (!s.ok()) {
+      passed_over.push_back(std::string(s.message()));
+      continue;
+    }
+    choice.candidates.push_back(t.get());
   }
-  if (tcp != nullptr) candidates.push_back(tcp);
-  if (candidates.empty()) {
-    return mismatch(
-        "automatically (shm and UCX need the same host and network namespace, or UCX needs RDMA "
-        "on both ends)");
+  for (TransportKind kind : theirs) {
+    if (Find(kind) == nullptr) {
+      passed_over.push_back(
+          absl::StrCat(std::string(TransportKindName(kind)), ": not enabled on this engine"));
+    }
   }
-  return candidates;
+  if (choice.candidates.empty()) {
+    return mismatch(absl::StrCat("automatically (", absl::StrJoin(passed_over, "; "), ")"));
+  }
+  choice.reason = absl::StrCat(
+      "auto chose ", std::string(TransportKindName(choice.candidates[0]->kind())),
+      passed_over.empty() ? "" : absl::StrCat(" (", absl::StrJoin(passed_over, "; "), ")"));
+  return choice;
 }
 
 StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, TransportKind kind) {
@@ -365,7 +397,8 @@ StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, Trans
                      remote.version() != 1 ? absl::StrCat(", version ", remote.version()) : "",
                      "); pass the exact bytes TransferEngine::ExportBlob() returned (version 1)"));
   }
-  FERRY_ASSIGN_OR_RETURN(std::vector<Transport*> candidates, Candidates(remote, kind));
+  FERRY_ASSIGN_OR_RETURN(Choice choice, Candidates(remote, kind));
+  const std::vector<Transport*>& candidates = choice.candidates;
   for (size_t i = 0;; ++i) {
     Transport* transport = candidates[i];
     const std::string address =
@@ -390,8 +423,15 @@ StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, Trans
     }
     std::map<uint32_t, uint64_t> region_sizes;
     for (const auto& r : remote.regions()) region_sizes[r.id()] = r.size();
+    std::string reason = choice.reason;
+    if (i > 0) {
+      absl::StrAppend(&reason, "; ", std::string(TransportKindName(candidates[0]->kind())),
+                      " was unreachable, so ", std::string(TransportKindName(transport->kind())),
+                      " is used");
+    }
     return MakePeer(std::shared_ptr<PeerConnection>(std::move(*conn)), transport->kind(),
-                    std::move(description), std::move(region_sizes), options_.chunk_bytes);
+                    std::move(description), std::move(region_sizes), options_.chunk_bytes,
+                    std::move(reason));
   }
 }
 

@@ -61,11 +61,15 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   // registration (the caller frees engine-owned memory).
   StatusOr<std::unique_ptr<Region>> AddRegion(RegionRecord record);
   Transport* Find(TransportKind kind) const;
-  // The transports to try for `remote`, best first (one for an explicit `wanted`; see
-  // TransportKind::kAuto for the automatic order), or FailedPrecondition naming what each side
-  // offers. Never empty.
-  StatusOr<std::vector<Transport*>> Candidates(const ferry::v1::TransferBlob& remote,
-                                               TransportKind wanted) const;
+  // The transports to try for `remote`, best first, and why (kAuto: each transport of this
+  // engine's preference order that the peer offers, reaches from here (Transport::Reaches) and
+  // that serves every region in its blob (Transport::Serves); an explicit `wanted` alone), or
+  // FailedPrecondition naming what each side offers and why each transport was passed over.
+  struct Choice {
+    std::vector<Transport*> candidates;  // never empty
+    std::string reason;                  // kAuto: "auto chose tcp (shm: ...; ucx: ...)"
+  };
+  StatusOr<Choice> Candidates(const ferry::v1::TransferBlob& remote, TransportKind wanted) const;
 
   const TransferEngineOptions options_;
   const std::vector<std::unique_ptr<Transport>> transports_;  // preference order

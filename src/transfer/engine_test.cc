@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda/driver.h"
 #include "ferry/transfer.h"
 #include "ferry/v1/transfer.pb.h"
 #include "gmock/gmock.h"
@@ -58,6 +59,32 @@ TEST(TransportKindTest, ParseAndName) {
   EXPECT_THAT(Msg(bad.status()), HasSubstr("valid: auto, ucx, tcp, shm"));
   EXPECT_EQ(TransportKindName(TransportKind::kTcp), "tcp");
   EXPECT_EQ(TransportKindName(TransportKind::kShm), "shm");
+  EXPECT_EQ(TransportKindName(TransportKind::kCudaIpc), "cuda_ipc");
+  EXPECT_EQ(*ParseTransportKind("cuda_ipc"), TransportKind::kCudaIpc);
+}
+
+// CUDA IPC starts only where a driver and a device exist; without one it is absent from an
+// engine asked for auto, and asking for it alone is a clear error naming the driver.
+TEST(CudaIpcEngineTest, PresentExactlyWhereADriverWorks) {
+  TransferEngineOptions o;
+  auto engine = TransferEngine::Create(o);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const auto kinds = (*engine)->transports();
+  const bool has_ipc =
+      std::find(kinds.begin(), kinds.end(), TransportKind::kCudaIpc) != kinds.end();
+  auto driver = ferry::internal::cuda::Driver::Default();
+  if (driver.ok() && (*driver)->device_count() > 0) {
+    EXPECT_TRUE(has_ipc);
+    EXPECT_EQ(kinds.front(), TransportKind::kCudaIpc);
+    return;
+  }
+  EXPECT_FALSE(has_ipc);
+  o.enable_shm = o.enable_ucx = o.enable_tcp = false;
+  auto alone = TransferEngine::Create(o);
+  ASSERT_EQ(alone.status().code(), absl::StatusCode::kFailedPrecondition) << alone.status();
+  EXPECT_THAT(alone.status().message(), HasSubstr("CUDA IPC was asked for but cannot start"));
+  EXPECT_THAT(alone.status().message(),
+              ::testing::AnyOf(HasSubstr("could not be loaded"), HasSubstr("built without CUDA")));
 }
 
 TEST(OptionsTest, ValidateNamesTheField) {
@@ -92,10 +119,16 @@ TEST(OptionsTest, ValidateNamesTheField) {
   o.shm_copy_threads = 17;
   check(o, "shm_copy_threads=17");
   o = {};
-  o.enable_tcp = o.enable_ucx = false;
+  o.staging_slots = 1;
+  check(o, "staging_slots=1");
+  o = {};
+  o.staging_slot_bytes = 1 << 30;
+  check(o, "staging_slot_bytes=1073741824");
+  o = {};
+  o.enable_tcp = o.enable_ucx = o.enable_cuda_ipc = false;
   EXPECT_TRUE(o.Validate().ok());  // shm alone is enough
   o.enable_shm = false;
-  check(o, "enable_shm, enable_ucx and enable_tcp are all false");
+  check(o, "enable_shm, enable_ucx, enable_tcp and enable_cuda_ipc are all false");
   auto engine = TransferEngine::Create(o);
   EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -434,6 +467,8 @@ TEST(UploadCapTest, RefusedWithOneSidedTransports) {
   o.max_upload_rate = 1 << 20;
   EXPECT_THAT(o.Validate().message(), HasSubstr("max_upload_rate"));
   o.enable_shm = false;
+  EXPECT_THAT(o.Validate().message(), HasSubstr("enable_cuda_ipc false"));
+  o.enable_cuda_ipc = false;
   EXPECT_TRUE(o.Validate().ok());
 }
 
@@ -550,11 +585,15 @@ TEST(ShmEngineTest, ExplicitShmToABlobWithNoShmServedRegionIsRefusedAtConnect) {
   auto peer = target->Connect(source->ExportBlob(), TransportKind::kShm);
   ASSERT_EQ(peer.status().code(), absl::StatusCode::kFailedPrecondition) << peer.status();
   EXPECT_THAT(std::string(peer.status().message()),
-              HasSubstr("its shm transport serves none of its regions"));
-  // auto still connects (over TCP here).
+              HasSubstr("over shm, which serves none of its regions: shm: the peer's shm does not "
+                        "serve region 0 (memory registered in place"));
+  EXPECT_TRUE(target->Connect(source->ExportBlob(), TransportKind::kTcp).ok());
+  // auto still connects (over TCP here), and says why it passed shm over.
   auto fallback = target->Connect(source->ExportBlob(), TransportKind::kAuto);
   ASSERT_TRUE(fallback.ok()) << fallback.status();
   EXPECT_EQ((*fallback)->transport(), TransportKind::kTcp);
+  EXPECT_THAT((*fallback)->choice(),
+              HasSubstr("auto chose tcp (shm: the peer's shm does not serve region 0"));
 }
 
 // A source in another network namespace of this machine has our host name and boot id but

@@ -17,16 +17,18 @@ namespace {
 class PeerImpl : public Peer {
  public:
   PeerImpl(std::shared_ptr<PeerConnection> connection, TransportKind kind, std::string description,
-           std::map<uint32_t, uint64_t> region_sizes, uint64_t chunk_bytes)
+           std::map<uint32_t, uint64_t> region_sizes, uint64_t chunk_bytes, std::string choice)
       : connection_(std::move(connection)),
         kind_(kind),
         description_(std::move(description)),
         region_sizes_(std::move(region_sizes)),
-        chunk_bytes_(chunk_bytes) {}
+        chunk_bytes_(chunk_bytes),
+        choice_(std::move(choice)) {}
   ~PeerImpl() override { Disconnect(); }
 
   TransportKind transport() const override { return kind_; }
   const std::string& description() const override { return description_; }
+  const std::string& choice() const override { return choice_; }
 
   Status Read(std::vector<ReadOp> ops, const ReadOptions& options) override {
     FERRY_RETURN_IF_ERROR(ValidateOps(ops, region_sizes_, description_));
@@ -55,6 +57,7 @@ class PeerImpl : public Peer {
   const std::string description_;
   const std::map<uint32_t, uint64_t> region_sizes_;
   const uint64_t chunk_bytes_;
+  const std::string choice_;
   std::atomic<bool> disconnected_{false};
   absl::Mutex read_mu_;  // held for the whole of a read
 };
@@ -93,9 +96,9 @@ Status ValidateOps(const std::vector<ReadOp>& ops, const std::map<uint32_t, uint
 
 std::unique_ptr<Peer> MakePeer(std::shared_ptr<PeerConnection> connection, TransportKind kind,
                                std::string description, std::map<uint32_t, uint64_t> region_sizes,
-                               uint64_t chunk_bytes) {
+                               uint64_t chunk_bytes, std::string choice) {
   return std::make_unique<PeerImpl>(std::move(connection), kind, std::move(description),
-                                    std::move(region_sizes), chunk_bytes);
+                                    std::move(region_sizes), chunk_bytes, std::move(choice));
 }
 
 }  // namespace ferry::internal

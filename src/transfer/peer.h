@@ -13,10 +13,11 @@
 
 namespace ferry::internal {
 
-// `region_sizes` are the remote blob's regions (id -> bytes), against which Submit validates.
+// `region_sizes` are the remote blob's regions (id -> bytes), against which Submit validates;
+// `choice` is Peer::choice().
 std::unique_ptr<Peer> MakePeer(std::shared_ptr<PeerConnection> connection, TransportKind kind,
                                std::string description, std::map<uint32_t, uint64_t> region_sizes,
-                               uint64_t chunk_bytes);
+                               uint64_t chunk_bytes, std::string choice = "");
 
 // InvalidArgument naming the first bad op (index and range) and `description`; OK otherwise.
 Status ValidateOps(const std::vector<ReadOp>& ops, const std::map<uint32_t, uint64_t>& sizes,

@@ -1,5 +1,5 @@
-// The Transport interface: one implementation per folder (tcp/, ucx/, shm/). The engine core
-// (engine.cc) owns one Transport per enabled kind, tells each about every region, merges their
+// The Transport interface: one implementation per folder (tcp/, ucx/, shm/, cuda_ipc/). The engine
+// core (engine.cc) owns one Transport per enabled kind, tells each about every region, merges their
 // blob sections, and asks one of them to connect to a remote blob.
 //
 // Thread-safety: every method of Transport may be called from any thread, concurrently.
@@ -118,6 +118,19 @@ class Transport {
     return absl::UnimplementedError("this transport's reads are one-sided: it cannot refuse one");
   }
 
+  // Whether this transport can reach `remote` from this engine: OK, or FailedPrecondition with
+  // the reason ("the peer is on another host"), which Connect reports when it passes the
+  // transport over. `same_host`: hostname, boot id and network namespace agree (the engine
+  // decides that once). Consulted for TransportKind::kAuto only; an explicit choice is tried.
+  virtual Status Reaches(const ferry::v1::TransferBlob& remote, bool same_host) const = 0;
+  // Whether this transport serves the remote region `region` (from the per-region fields its
+  // Describe fills on the source): OK, or FailedPrecondition with the reason.
+  virtual Status Serves(const ferry::v1::RegionInfo& region) const = 0;
+  // Whether a read over this transport writes local memory of `kind` itself. Where it does not
+  // (device memory over a transport that moves host memory), the engine stages the read
+  // through pinned host memory.
+  virtual bool Writes(MemoryKind kind) const { return kind == MemoryKind::kHost; }
+
   // Fills this transport's part of the blob: its section (tcp / ucx / shm) and, for each region
   // already listed in blob->regions(), its per-region fields (ucx_rkey, shm_served).
   virtual void Describe(ferry::v1::TransferBlob* blob) const = 0;
@@ -135,6 +148,8 @@ class Transport {
 StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOptions& options);
 StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options);
 StatusOr<std::unique_ptr<Transport>> CreateShmTransport(const TransferEngineOptions& options);
+// FailedPrecondition (the driver's or the build's reason) where CUDA cannot be used here.
+StatusOr<std::unique_ptr<Transport>> CreateCudaIpcTransport(const TransferEngineOptions& options);
 // Whether UCX has an RDMA device here that `options` let it use (ucx/ucx_transport.cc).
 bool UcxRdmaAvailable(const TransferEngineOptions& options);
 

@@ -14,57 +14,14 @@
 
 namespace ferry::internal::shm {
 
-namespace {
-
-// Bound on one control round trip (handshake, opening a region).
-constexpr absl::Duration kControlTimeout = absl::Seconds(10);
-
-Status FromReply(const Reply& r) {
-  return Status(static_cast<absl::StatusCode>(r.code),
-                std::string(r.message, strnlen(r.message, sizeof(r.message))));
-}
-
-}  // namespace
+namespace {}  // namespace
 
 StatusOr<std::unique_ptr<ShmPeerConnection>> ShmPeerConnection::Create(
     const std::string& socket_name, const std::string& secret, ShmPeerOptions options,
     std::string description) {
-  if (secret.size() != kSecretBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("blob of ", description, " has a ",
-                                                   secret.size(), "-byte shm secret; expected ",
-                                                   kSecretBytes));
-  }
-  auto control = ConnectAbstract(socket_name);
-  if (!control.ok()) {
-    return Status(control.status().code(), absl::StrCat("shm connection to ", description,
-                                                        " failed: ", control.status().message()));
-  }
-  Hello hello{};
-  std::memcpy(hello.magic, kMagic, sizeof(kMagic));
-  hello.version = kVersion;
-  std::memcpy(hello.secret, secret.data(), kSecretBytes);
-  if (!SendPacket(control->get(), &hello, sizeof(hello))) {
-    return absl::UnavailableError(absl::StrCat("shm handshake with ", description,
-                                               " failed: sending the hello: ", ErrnoText(errno)));
-  }
-  Reply reply{};
-  int err = 0;
-  const Recv got = RecvPacket(control->get(), &reply, sizeof(reply), absl::Now() + kControlTimeout,
-                              nullptr, &err);
-  if (got != Recv::kOk || reply.type != kHelloReply) {
-    return absl::UnavailableError(absl::StrCat("shm handshake with ", description, " failed: ",
-                                               got == Recv::kTimeout ? "no reply within 10s"
-                                               : got == Recv::kEof
-                                                   ? "the source closed the connection"
-                                                   : absl::StrCat("bad reply: ", ErrnoText(err))));
-  }
-  if (reply.code != 0) {
-    Status s = FromReply(reply);
-    return Status(s.code(),
-                  absl::StrCat("shm handshake with ", description, " refused: ", s.message()));
-  }
+  FERRY_ASSIGN_OR_RETURN(Fd control, Greet(socket_name, secret, "shm", description));
   return std::unique_ptr<ShmPeerConnection>(
-      new ShmPeerConnection(std::move(*control), options, std::move(description)));
+      new ShmPeerConnection(std::move(control), options, std::move(description)));
 }
 
 ShmPeerConnection::ShmPeerConnection(Fd control, ShmPeerOptions options, std::string description)

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/accept_guard.h"
 #include "common/logging.h"
 
@@ -51,8 +53,8 @@ StatusOr<std::unique_ptr<ShmServer>> ShmServer::Create(std::string socket_name, 
   if (!wake.valid()) {
     return absl::InternalError(absl::StrCat("eventfd failed: ", ErrnoText(errno)));
   }
-  std::unique_ptr<ShmServer> server(
-      new ShmServer(std::move(listener), std::move(wake), std::move(secret), limits));
+  std::unique_ptr<ShmServer> server(new ShmServer(
+      std::move(listener), std::move(wake), std::move(socket_name), std::move(secret), limits));
   try {
     server->thread_ = std::thread([s = server.get()] { s->Loop(); });
   } catch (const std::system_error& e) {
@@ -62,9 +64,24 @@ StatusOr<std::unique_ptr<ShmServer>> ShmServer::Create(std::string socket_name, 
   return server;
 }
 
-ShmServer::ShmServer(Fd listener, Fd wake, std::string secret, ShmServerLimits limits)
+StatusOr<std::unique_ptr<ShmServer>> ShmServer::CreateRandom(const std::string& prefix,
+                                                             ShmServerLimits limits) {
+  unsigned char random[kSecretBytes + 8];
+  if (RAND_bytes(random, sizeof(random)) != 1) {
+    return absl::InternalError(absl::StrCat("RAND_bytes failed to make the ", prefix, " secret"));
+  }
+  std::string secret(reinterpret_cast<char*>(random), kSecretBytes);
+  uint64_t tag;
+  std::memcpy(&tag, random + kSecretBytes, sizeof(tag));
+  // Abstract names live per network namespace and vanish with the socket: nothing to clean up.
+  return Create(absl::StrFormat("%s-%d-%016x", prefix, ::getpid(), tag), std::move(secret), limits);
+}
+
+ShmServer::ShmServer(Fd listener, Fd wake, std::string socket_name, std::string secret,
+                     ShmServerLimits limits)
     : listener_(std::move(listener)),
       wake_(std::move(wake)),
+      socket_name_(std::move(socket_name)),
       secret_(std::move(secret)),
       limits_(limits) {}
 
@@ -79,9 +96,27 @@ Status ShmServer::AddRegion(uint32_t id, int memfd, uint64_t size) {
   return absl::OkStatus();
 }
 
+Status ShmServer::AddExport(uint32_t id, RegionExport region_export) {
+  absl::MutexLock lock(&mu_);
+  if (regions_.count(id) != 0 || exports_.count(id) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shm server: region ", id, " is already registered"));
+  }
+  exports_.emplace(id, std::make_shared<const RegionExport>(std::move(region_export)));
+  return absl::OkStatus();
+}
+
+bool ShmServer::ExportInUse(uint32_t id) const {
+  for (const Connection& conn : connections_) {
+    if (conn.open_exports.count(id) != 0) return true;
+  }
+  return false;
+}
+
 void ShmServer::RemoveRegion(uint32_t id) {
   absl::MutexLock lock(&mu_);
-  if (regions_.erase(id) == 0) return;
+  const bool exported = exports_.erase(id) != 0;
+  if (regions_.erase(id) == 0 && !exported) return;
   const Reply notice = MakeReply(kRegionRemoved, absl::StatusCode::kOk, id, 0, "");
   for (Connection& conn : connections_) {
     if (!conn.authenticated) continue;
@@ -89,11 +124,20 @@ void ShmServer::RemoveRegion(uint32_t id) {
     // that its next read fails (Unavailable) instead of missing the removal.
     if (!SendPacket(conn.fd.get(), &notice, sizeof(notice))) ::shutdown(conn.fd.get(), SHUT_RDWR);
   }
+  if (!exported) return;
+  // The server thread erases a mapping from open_exports when its target closes it (or the
+  // connection ends), under mu_, which this wait releases.
+  auto closed = [this, id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !ExportInUse(id); };
+  if (!mu_.AwaitWithTimeout(absl::Condition(&closed), limits_.export_close_wait)) {
+    spdlog::warn(
+        "shm server: region {} was removed while targets still mapped it; freeing it after {}", id,
+        absl::FormatDuration(limits_.export_close_wait));
+  }
 }
 
 bool ShmServer::Serves(uint32_t id) const {
   absl::MutexLock lock(&mu_);
-  return regions_.count(id) != 0;
+  return regions_.count(id) != 0 || exports_.count(id) != 0;
 }
 
 void ShmServer::Stop() {
@@ -214,7 +258,19 @@ bool ShmServer::Handle(Connection& conn) {
       Recv::kOk) {
     return false;
   }
-  return HandleOpen(conn, request);
+  switch (request.what) {
+    case kOpenMemfd:
+      return HandleOpen(conn, request);
+    case kOpenExport:
+      return HandleOpenExport(conn, request);
+    case kClosedExport: {
+      absl::MutexLock lock(&mu_);
+      conn.open_exports.erase(request.region);
+      return true;
+    }
+    default:
+      return false;
+  }
 }
 
 bool ShmServer::HandleHello(Connection& conn, const Hello& hello) {
@@ -238,6 +294,40 @@ bool ShmServer::HandleHello(Connection& conn, const Hello& hello) {
   }
   const Reply r = MakeReply(kHelloReply, absl::StatusCode::kOk, 0, 0, "");
   return SendPacket(conn.fd.get(), &r, sizeof(r));
+}
+
+bool ShmServer::HandleOpenExport(Connection& conn, const OpenRequest& request) {
+  std::shared_ptr<const RegionExport> found;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = exports_.find(request.region);
+    if (it != exports_.end()) {
+      found = it->second;
+      // Counted as open from here: a RemoveRegion racing with this open waits for our close.
+      conn.open_exports.insert(request.region);
+    }
+  }
+  if (found == nullptr) {
+    const Reply r = MakeReply(kExportReply, absl::StatusCode::kNotFound, request.region, 0,
+                              absl::StrCat("the source has no exported region ", request.region,
+                                           " (removed, or not served by this transport)"));
+    return SendPacket(conn.fd.get(), &r, sizeof(r));
+  }
+  Reply r = MakeReply(kExportReply, absl::StatusCode::kOk, request.region, found->size, "");
+  r.records = found->record_count;
+  std::vector<int> fds;
+  for (const Fd& fd : found->fds) fds.push_back(fd.get());
+  // The records and descriptors may need several packets: a target that does not take them
+  // within the bound is cut off (its open fails).
+  const absl::Time deadline = absl::Now() + limits_.handshake_timeout;
+  if (!SendPacket(conn.fd.get(), &r, sizeof(r)) ||
+      !SendBytes(conn.fd.get(), found->records, deadline).ok() ||
+      !SendFds(conn.fd.get(), fds, deadline).ok()) {
+    absl::MutexLock lock(&mu_);
+    conn.open_exports.erase(request.region);
+    return false;
+  }
+  return true;
 }
 
 bool ShmServer::HandleOpen(Connection& conn, const OpenRequest& request) {

@@ -11,8 +11,10 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -32,6 +34,18 @@ struct ShmServerLimits {
   int max_pending = 32;
   // How long a connection may take to present its Hello before it is closed.
   absl::Duration handshake_timeout = absl::Seconds(3);
+  // RemoveRegion of an exported region waits this long at most for the targets that opened it
+  // to say they closed their mappings.
+  absl::Duration export_close_wait = absl::Seconds(10);
+};
+
+// An exported region (ShmServer::AddExport): records opaque to the server, and the descriptors
+// they refer to (owned by the export, passed as duplicates to every target that opens it).
+struct RegionExport {
+  uint64_t size = 0;          // the region's bytes
+  uint32_t record_count = 0;  // records in `records`
+  std::string records;        // sent as they are
+  std::vector<Fd> fds;        // sent after the records, in order
 };
 
 class ShmServer {
@@ -39,17 +53,28 @@ class ShmServer {
   // Listens on @`socket_name` and starts the server thread. REQUIRES: secret has kSecretBytes.
   static StatusOr<std::unique_ptr<ShmServer>> Create(std::string socket_name, std::string secret,
                                                      ShmServerLimits limits = {});
+  // Create on a fresh abstract name "<prefix>-<pid>-<random>" with a fresh random secret.
+  static StatusOr<std::unique_ptr<ShmServer>> CreateRandom(const std::string& prefix,
+                                                           ShmServerLimits limits = {});
   ~ShmServer();  // Stop()
+
+  const std::string& socket_name() const { return socket_name_; }
+  const std::string& secret() const { return secret_; }
   ShmServer(const ShmServer&) = delete;
   ShmServer& operator=(const ShmServer&) = delete;
 
   // Serves region `id` from `memfd` (borrowed: it must stay open until RemoveRegion(id)
   // returns) of `size` bytes. Targets receive a fresh read-only descriptor for it.
   Status AddRegion(uint32_t id, int memfd, uint64_t size);
+  // Serves region `id` as an export (kOpenExport): the records and descriptors go to every
+  // target that opens it.
+  Status AddExport(uint32_t id, RegionExport region_export);
   // Stops handing out the region and tells every connected target that it is gone (a target
   // checks before each read). Reads already running on a target's mapping finish: the
-  // mapping keeps the pages alive, so the memory is never touched after it is freed here.
-  // Idempotent.
+  // mapping keeps the pages alive, so the memory is never touched after it is freed here. For
+  // an export, also waits until every target that opened it has closed its mapping (or its
+  // connection), at most ShmServerLimits::export_close_wait: device mappings (legacy CUDA IPC)
+  // do not keep freed memory alive. Idempotent.
   void RemoveRegion(uint32_t id);
   bool Serves(uint32_t id) const;
 
@@ -62,21 +87,27 @@ class ShmServer {
     Fd fd;
     bool authenticated = false;
     absl::Time accepted_at;
+    std::set<uint32_t> open_exports;  // exports this target mapped and has not closed
   };
   struct RegionEntry {
     int memfd = -1;
     uint64_t size = 0;
   };
 
-  ShmServer(Fd listener, Fd wake, std::string secret, ShmServerLimits limits);
+  ShmServer(Fd listener, Fd wake, std::string socket_name, std::string secret,
+            ShmServerLimits limits);
   void Loop();
   // Handles one readable connection; false when it must be closed.
   bool Handle(Connection& conn);
   bool HandleHello(Connection& conn, const Hello& hello);
   bool HandleOpen(Connection& conn, const OpenRequest& request);
+  bool HandleOpenExport(Connection& conn, const OpenRequest& request);
+  // Whether any connection still maps export `id`.
+  bool ExportInUse(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Fd listener_;    // closed by Stop(), after the thread is joined
   const Fd wake_;  // eventfd: Stop() wakes the thread's poll
+  const std::string socket_name_;
   const std::string secret_;
   const ShmServerLimits limits_;
   std::thread thread_;
@@ -85,6 +116,7 @@ class ShmServer {
 
   mutable absl::Mutex mu_;
   std::map<uint32_t, RegionEntry> regions_ ABSL_GUARDED_BY(mu_);
+  std::map<uint32_t, std::shared_ptr<const RegionExport>> exports_ ABSL_GUARDED_BY(mu_);
   // Only the server thread adds, removes and reads from connections; RemoveRegion sends
   // notices on them under mu_.
   std::list<Connection> connections_ ABSL_GUARDED_BY(mu_);

@@ -99,6 +99,21 @@ class ShmTransport : public Transport {
     }
   }
 
+  Status Reaches(const ferry::v1::TransferBlob& remote, bool same_host) const override {
+    if (same_host) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        "shm: the peer is on another host or in another network namespace");
+  }
+
+  Status Serves(const ferry::v1::RegionInfo& region) const override {
+    if (region.shm_served()) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("shm: the peer's shm does not serve region ", region.id(),
+                     region.kind() == ferry::v1::MEMORY_KIND_CUDA
+                         ? " (device memory)"
+                         : " (memory registered in place, not allocated by its engine)"));
+  }
+
   StatusOr<std::unique_ptr<PeerConnection>> Connect(const ferry::v1::TransferBlob& remote,
                                                     const std::string& description) override {
     if (!remote.has_shm() || remote.shm().socket_name().empty()) {
@@ -125,16 +140,9 @@ class ShmTransport : public Transport {
 }  // namespace
 
 StatusOr<std::unique_ptr<Transport>> CreateShmTransport(const TransferEngineOptions& options) {
-  unsigned char random[shm::kSecretBytes + 8];
-  if (RAND_bytes(random, sizeof(random)) != 1) {
-    return absl::InternalError("RAND_bytes failed to make the shm transport's secret");
-  }
-  std::string secret(reinterpret_cast<char*>(random), shm::kSecretBytes);
-  uint64_t tag;
-  std::memcpy(&tag, random + shm::kSecretBytes, sizeof(tag));
-  // Abstract names live per network namespace and vanish with the socket: nothing to clean up.
-  std::string socket_name = absl::StrFormat("ferry-shm-%d-%016x", ::getpid(), tag);
-  FERRY_ASSIGN_OR_RETURN(auto server, shm::ShmServer::Create(socket_name, secret));
+  FERRY_ASSIGN_OR_RETURN(auto server, shm::ShmServer::CreateRandom("ferry-shm"));
+  std::string socket_name = server->socket_name();
+  std::string secret = server->secret();
   return std::unique_ptr<Transport>(
       new ShmTransport(options, std::move(server), std::move(socket_name), std::move(secret)));
 }

@@ -170,6 +170,100 @@ bool WaitFor(int sock, short events, absl::Time deadline) {
 
 }  // namespace
 
+Status FromReply(const Reply& r) {
+  return Status(static_cast<absl::StatusCode>(r.code),
+                std::string(r.message, strnlen(r.message, sizeof(r.message))));
+}
+
+StatusOr<Fd> Greet(const std::string& socket_name, const std::string& secret,
+                   const std::string& transport, const std::string& description) {
+  if (secret.size() != kSecretBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("blob of ", description, " has a ",
+                                                   secret.size(), "-byte ", transport,
+                                                   " secret; expected ", kSecretBytes));
+  }
+  auto control = ConnectAbstract(socket_name);
+  if (!control.ok()) {
+    return Status(control.status().code(), absl::StrCat(transport, " connection to ", description,
+                                                        " failed: ", control.status().message()));
+  }
+  Hello hello{};
+  std::memcpy(hello.magic, kMagic, sizeof(kMagic));
+  hello.version = kVersion;
+  std::memcpy(hello.secret, secret.data(), kSecretBytes);
+  if (!SendPacket(control->get(), &hello, sizeof(hello))) {
+    return absl::UnavailableError(absl::StrCat(transport, " handshake with ", description,
+                                               " failed: sending the hello: ", ErrnoText(errno)));
+  }
+  Reply reply{};
+  int err = 0;
+  const Recv got = RecvPacket(control->get(), &reply, sizeof(reply), absl::Now() + kControlTimeout,
+                              nullptr, &err);
+  if (got != Recv::kOk || reply.type != kHelloReply) {
+    return absl::UnavailableError(
+        absl::StrCat(transport, " handshake with ", description, " failed: ",
+                     got == Recv::kTimeout ? "no reply within 10s"
+                     : got == Recv::kEof   ? "the source closed the connection"
+                                           : absl::StrCat("bad reply: ", ErrnoText(err))));
+  }
+  if (reply.code != 0) {
+    Status s = FromReply(reply);
+    return Status(s.code(), absl::StrCat(transport, " handshake with ", description,
+                                         " refused: ", s.message()));
+  }
+  return std::move(*control);
+}
+
+Status SendBytes(int sock, std::string_view bytes, absl::Time deadline) {
+  for (size_t at = 0; at < bytes.size();) {
+    const size_t n = std::min(kMaxBytesPerPacket, bytes.size() - at);
+    const ssize_t sent = ::send(sock, bytes.data() + at, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent == static_cast<ssize_t>(n)) {
+      at += n;
+      continue;
+    }
+    const int err = sent < 0 ? errno : EMSGSIZE;
+    if (err == EINTR) continue;
+    if ((err == EAGAIN || err == EWOULDBLOCK) && WaitFor(sock, POLLOUT, deadline)) continue;
+    return absl::UnavailableError(absl::StrCat(
+        "sending bytes ", at, "..", at + n, " of ", bytes.size(), " failed: ",
+        err == EAGAIN || err == EWOULDBLOCK ? "the peer stopped reading" : ErrnoText(err)));
+  }
+  return absl::OkStatus();
+}
+
+StatusOr<std::string> RecvBytes(int sock, size_t size, size_t limit, absl::Time deadline) {
+  if (size > limit) {
+    return absl::DataLossError(
+        absl::StrCat("the peer announced ", size, " bytes; at most ", limit, " are accepted"));
+  }
+  std::string out(size, '\0');
+  std::string packet(kMaxBytesPerPacket + 1, '\0');
+  for (size_t at = 0; at < size;) {
+    if (!WaitFor(sock, POLLIN, deadline)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("received ", at, " of ", size, " bytes before the deadline"));
+    }
+    const ssize_t n = ::recv(sock, packet.data(), packet.size(), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+    if (n < 0) {
+      return absl::UnavailableError(absl::StrCat("receiving bytes failed: ", ErrnoText(errno)));
+    }
+    if (n == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("the peer closed the socket after ", at, " of ", size, " bytes"));
+    }
+    const size_t expected = std::min(kMaxBytesPerPacket, size - at);
+    if (static_cast<size_t>(n) != expected) {
+      return absl::DataLossError(absl::StrCat("a packet of ", n, " bytes at offset ", at, " of ",
+                                              size, "; expected ", expected));
+    }
+    std::memcpy(out.data() + at, packet.data(), expected);
+    at += expected;
+  }
+  return out;
+}
+
 Status SendFds(int sock, const std::vector<int>& fds, absl::Time deadline) {
   const size_t batches = (fds.size() + kMaxFdsPerPacket - 1) / kMaxFdsPerPacket;
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];

@@ -9,12 +9,23 @@
 //   source -> target  Reply{kRegionRemoved, region}                 (unsolicited, any time)
 //
 // Once a target holds a region's fd it maps it and copies on its own: no message per read.
+//
+// The same server also hands out exported regions (the CUDA IPC transport: device memory, one
+// record per allocation behind the region, opaque to this layer):
+//
+//   target -> source  OpenRequest{region, kOpenExport}
+//   source -> target  Reply{kExportReply, code, region, size, records} if OK followed by
+//                     the records' bytes (SendBytes) and their descriptors (SendFds)
+//   target -> source  OpenRequest{region, kClosedExport}  after a kRegionRemoved notice, once
+//                     the target unmapped the region: the source may free it
+
 #ifndef FERRY_TRANSFER_SHM_SHM_WIRE_H_
 #define FERRY_TRANSFER_SHM_SHM_WIRE_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -35,26 +46,46 @@ struct Hello {
   char secret[kSecretBytes];
 };
 
+enum OpenWhat : uint32_t {
+  kOpenMemfd = 0,     // a memfd region (the shm transport's own)
+  kOpenExport = 1,    // an exported region (ShmServer::AddExport)
+  kClosedExport = 2,  // the target no longer maps this exported region
+};
+
 struct OpenRequest {
   uint32_t region;
-  uint32_t reserved;
+  uint32_t what;  // OpenWhat
 };
 
 enum ReplyType : uint32_t {
   kHelloReply = 1,
   kOpenReply = 2,
   kRegionRemoved = 3,
-  kFdBatch = 4,  // one packet of SendFds
+  kFdBatch = 4,      // one packet of SendFds
+  kExportReply = 5,  // Reply.records: how many records follow
 };
 
 struct Reply {
   uint32_t type;
   uint32_t code;  // absl::StatusCode
   uint32_t region;
-  uint32_t reserved;
+  uint32_t records;   // kExportReply: records that follow
   uint64_t size;      // kOpenReply: the region's bytes
   char message[200];  // NUL-terminated error text when code != 0
 };
+
+// Bound on one control round trip (handshake, opening a region).
+constexpr absl::Duration kControlTimeout = absl::Seconds(10);
+
+// The status a Reply carries (its code and message).
+Status FromReply(const Reply& r);
+
+// Connects to @socket_name and presents `secret` (kSecretBytes). `transport` ("shm") and
+// `description` (the peer) name it in errors: InvalidArgument for a secret of the wrong size,
+// Unavailable when nobody listens or the handshake fails, the source's code (PermissionDenied
+// for a wrong secret) when it refuses.
+StatusOr<Fd> Greet(const std::string& socket_name, const std::string& secret,
+                   const std::string& transport, const std::string& description);
 
 // A listening SOCK_SEQPACKET socket on the abstract name `name` (no leading NUL).
 StatusOr<Fd> ListenAbstract(const std::string& name);
@@ -71,6 +102,17 @@ enum class Recv { kOk, kEof, kTimeout, kError };
 // any, goes to *received (closed when the caller does not ask for one). A packet of another
 // size is kError with err = EPROTO.
 Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* received, int* err);
+
+// Largest packet SendBytes sends (well under a unix socket's default send buffer).
+constexpr size_t kMaxBytesPerPacket = 64 << 10;
+
+// Sends `bytes` as consecutive packets of at most kMaxBytesPerPacket, waiting for room until
+// `deadline`. Unavailable when the peer is gone or stopped reading.
+Status SendBytes(int sock, std::string_view bytes, absl::Time deadline);
+// Receives exactly `size` bytes sent by one SendBytes call (at most `limit`: a bound on what a
+// peer may make us allocate). DataLoss for packets that do not add up; DeadlineExceeded;
+// Unavailable at end of stream.
+StatusOr<std::string> RecvBytes(int sock, size_t size, size_t limit, absl::Time deadline);
 
 // The kernel refuses a message carrying more descriptors than this (SCM_MAX_FD).
 constexpr size_t kMaxFdsPerPacket = 253;

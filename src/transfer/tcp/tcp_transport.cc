@@ -48,6 +48,11 @@ class TcpTransport : public Transport {
     info->set_secret(secret_);
   }
 
+  // TCP reaches any address the blob names (Connect says Unavailable when it cannot) and serves
+  // every region: a source stages device memory through host memory before it sends.
+  Status Reaches(const ferry::v1::TransferBlob&, bool) const override { return absl::OkStatus(); }
+  Status Serves(const ferry::v1::RegionInfo&) const override { return absl::OkStatus(); }
+
   StatusOr<std::unique_ptr<PeerConnection>> Connect(const ferry::v1::TransferBlob& remote,
                                                     const std::string& description) override {
     if (!remote.has_tcp() || remote.tcp().port() == 0 || remote.tcp().port() > 65535) {

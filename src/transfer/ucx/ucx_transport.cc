@@ -82,6 +82,13 @@ bool UcxRdmaAvailable(const TransferEngineOptions& options) {
   return false;
 }
 
+bool UcxSupportsCuda(ucp_context_h context) {
+  ucp_context_attr_t attr = {};
+  attr.field_mask = UCP_ATTR_FIELD_MEMORY_TYPES;
+  if (ucp_context_query(context, &attr) != UCS_OK) return false;
+  return (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+}
+
 StatusOr<std::string> UcxTlsSetting(const std::string& requested) {
   const std::string tls = absl::AsciiStrToLower(absl::StripAsciiWhitespace(requested));
   if (tls.empty() || tls == "all") return std::string("^tcp");
@@ -115,6 +122,8 @@ class UcxTransport final : public Transport {
                    const Allocation* allocation) override;
   void RemoveRegion(uint32_t id) override;
   void Describe(ferry::v1::TransferBlob* blob) const override;
+  Status Reaches(const ferry::v1::TransferBlob& remote, bool same_host) const override;
+  Status Serves(const ferry::v1::RegionInfo& region) const override;
   StatusOr<std::unique_ptr<PeerConnection>> Connect(const ferry::v1::TransferBlob& remote,
                                                     const std::string& description) override;
   void Stop() override;
@@ -246,10 +255,10 @@ void UcxTransport::Free(const Allocation& allocation) {
 
 Status UcxTransport::AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
                                const Allocation* allocation) {
-  if (kind != MemoryKind::kHost) {
-    return absl::UnimplementedError(
-        absl::StrCat("UCX region ", id, ": Debian's UCX cannot serve device memory"));
-  }
+  // Device memory is accepted and not served (no rkey in the blob): it would need GPUDirect
+  // RDMA, registered allocation by allocation, which this UCX path does not do; targets read
+  // such regions over CUDA IPC or TCP with staging (UcxTransport::Serves says so).
+  if (kind != MemoryKind::kHost) return absl::OkStatus();
   RegionEntry entry;
   if (allocation != nullptr && allocation->handle != nullptr) {
     entry.memh = static_cast<ucp_mem_h>(allocation->handle);
@@ -288,6 +297,31 @@ void UcxTransport::RemoveRegion(uint32_t id) {
   // A software read UCX is serving from this memory right now finishes before we return.
   if (progress_ != nullptr) progress_->Barrier();
   entry.reset();  // unmaps caller memory we mapped; allocations stay mapped until Free
+}
+
+Status UcxTransport::Reaches(const ferry::v1::TransferBlob& remote, bool same_host) const {
+  if (same_host || (rdma_ && remote.ucx().rdma())) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "ucx: the peer is on another host and RDMA is not on both ends (here: ", rdma_ ? "yes" : "no",
+      ", the peer: ", remote.ucx().rdma() ? "yes" : "no", ")"));
+}
+
+Status UcxTransport::Serves(const ferry::v1::RegionInfo& region) const {
+  if (region.kind() == ferry::v1::MEMORY_KIND_CUDA) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ucx: region ", region.id(),
+        " is device memory, which ferry reads over UCX only with "
+        "GPUDirect RDMA; the UCX loaded here ",
+        UcxSupportsCuda(context_->get()) ? "lists CUDA memory, but ferry does not register device "
+                                           "memory with UCX yet"
+                                         : "has no CUDA support",
+        " (device memory is staged through host memory instead)"));
+  }
+  if (region.ucx_rkey().empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("ucx: the peer's UCX does not serve region ", region.id()));
+  }
+  return absl::OkStatus();
 }
 
 void UcxTransport::Describe(ferry::v1::TransferBlob* blob) const {

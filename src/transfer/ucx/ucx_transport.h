@@ -9,6 +9,8 @@
 #ifndef FERRY_TRANSFER_UCX_UCX_TRANSPORT_H_
 #define FERRY_TRANSFER_UCX_UCX_TRANSPORT_H_
 
+#include <ucp/api/ucp.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -43,6 +45,10 @@ StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOpti
 // Whether this host has an RDMA device that `options` (ucx_transports, ucx_net_devices) lets
 // UCX use.
 bool UcxRdmaAvailable(const TransferEngineOptions& options);
+
+// Whether `context` lists CUDA among its memory types (a UCX built with CUDA: cuda_copy,
+// cuda_ipc). Debian's UCX does not.
+bool UcxSupportsCuda(ucp_context_h context);
 
 // The UCX_TLS value for `requested` (TransferEngineOptions::ucx_transports): UCX's tcp transport
 // removed. Empty or "all": "^tcp"; a negated list gets ",tcp" appended; a list that names tcp

@@ -1,0 +1,232 @@
+#include "transfer/cuda_ipc/cuda_ipc_peer.h"
+
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "transfer/shm/shm_wire.h"
+
+namespace ferry::internal::cuda_ipc {
+
+using shm::FromReply;
+using shm::OpenRequest;
+using shm::Recv;
+using shm::RecvPacket;
+using shm::Reply;
+using shm::SendPacket;
+
+StatusOr<std::unique_ptr<CudaIpcPeerConnection>> CudaIpcPeerConnection::Create(
+    const std::string& socket_name, const std::string& secret, std::shared_ptr<IpcMemory> memory,
+    std::string description) {
+  FERRY_ASSIGN_OR_RETURN(Fd control, shm::Greet(socket_name, secret, "cuda_ipc", description));
+  return std::unique_ptr<CudaIpcPeerConnection>(
+      new CudaIpcPeerConnection(std::move(control), std::move(memory), std::move(description)));
+}
+
+CudaIpcPeerConnection::CudaIpcPeerConnection(Fd control, std::shared_ptr<IpcMemory> memory,
+                                             std::string description)
+    : memory_(std::move(memory)),
+      description_(std::move(description)),
+      control_(std::move(control)) {}
+
+CudaIpcPeerConnection::~CudaIpcPeerConnection() { Close(); }
+
+void CudaIpcPeerConnection::Close() {
+  closing_.store(true);  // a running Execute stops between copies
+  absl::MutexLock lock(&mu_);
+  mappings_.clear();  // closing the socket tells the source these mappings are gone
+  control_.Reset();
+}
+
+void CudaIpcPeerConnection::Unmap(uint32_t region) {
+  if (mappings_.erase(region) == 0) return;
+  const OpenRequest closed{region, shm::kClosedExport};
+  if (!SendPacket(control_.get(), &closed, sizeof(closed))) broken_.store(true);
+}
+
+Status CudaIpcPeerConnection::DrainNotices() {
+  for (;;) {
+    Reply notice{};
+    int err = 0;
+    switch (
+        RecvPacket(control_.get(), &notice, sizeof(notice), absl::InfinitePast(), nullptr, &err)) {
+      case Recv::kTimeout:
+        return absl::OkStatus();
+      case Recv::kEof:
+        broken_.store(true);
+        return absl::UnavailableError(
+            "failed: the source closed the control connection (it stopped or exited)");
+      case Recv::kError:
+        broken_.store(true);
+        return absl::UnavailableError(
+            absl::StrCat("failed: control connection error: ", ErrnoText(err)));
+      case Recv::kOk:
+        break;
+    }
+    if (notice.type != shm::kRegionRemoved) {
+      broken_.store(true);
+      return absl::DataLossError(
+          absl::StrCat("failed: protocol error: unexpected message type ", notice.type));
+    }
+    removed_.insert(notice.region);
+    Unmap(notice.region);
+  }
+}
+
+StatusOr<const Mapping*> CudaIpcPeerConnection::Map(uint32_t region) {
+  auto found = mappings_.find(region);
+  if (found != mappings_.end()) return found->second.get();
+  auto removed = [&] {
+    return absl::NotFoundError(absl::StrCat("failed: the source has no region ", region,
+                                            " (removed after the blob was exported)"));
+  };
+  if (removed_.count(region) != 0) return removed();
+  const OpenRequest request{region, shm::kOpenExport};
+  if (!SendPacket(control_.get(), &request, sizeof(request))) {
+    broken_.store(true);
+    return absl::UnavailableError(
+        absl::StrCat("failed: asking the source for region ", region, ": ", ErrnoText(errno)));
+  }
+  const absl::Time deadline = absl::Now() + shm::kControlTimeout;
+  Reply reply{};
+  for (;;) {
+    int err = 0;
+    const Recv got = RecvPacket(control_.get(), &reply, sizeof(reply), deadline, nullptr, &err);
+    if (got != Recv::kOk) {
+      broken_.store(true);
+      return absl::UnavailableError(absl::StrCat(
+          "failed: opening region ", region, ": ",
+          got == Recv::kTimeout ? "no reply in time"
+          : got == Recv::kEof   ? "the source closed the control connection (stopped or exited)"
+                                : ErrnoText(err)));
+    }
+    if (reply.type == shm::kRegionRemoved) {
+      removed_.insert(reply.region);
+      continue;
+    }
+    break;
+  }
+  if (reply.type != shm::kExportReply || reply.region != region) {
+    broken_.store(true);
+    return absl::DataLossError(absl::StrCat("failed: protocol error: unexpected reply type ",
+                                            reply.type, " for region ", reply.region));
+  }
+  if (reply.code != 0) {
+    Status s = FromReply(reply);
+    return Status(s.code(), absl::StrCat("failed: ", s.message()));
+  }
+  // From here the source counts the region as mapped by us: every failure below breaks the
+  // connection (closing it tells the source we hold nothing).
+  auto protocol = [&](const Status& s) {
+    broken_.store(true);
+    return Status(s.code(), absl::StrCat("failed: opening region ", region, ": ", s.message()));
+  };
+  if (reply.records == 0 || reply.records > kMaxRecords) {
+    return protocol(absl::DataLossError(
+        absl::StrCat("the source announced ", reply.records, " records (1..", kMaxRecords, ")")));
+  }
+  const size_t bytes = size_t{reply.records} * sizeof(PieceRecord);
+  auto raw = shm::RecvBytes(control_.get(), bytes, bytes, deadline);
+  if (!raw.ok()) return protocol(raw.status());
+  std::vector<PieceRecord> records(reply.records);
+  std::memcpy(records.data(), raw->data(), bytes);
+  size_t fd_count = 0;
+  for (const PieceRecord& r : records) {
+    fd_count += r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd) ? 1 : 0;
+  }
+  auto fds = shm::RecvFds(control_.get(), fd_count, deadline);
+  if (!fds.ok()) return protocol(fds.status());
+  if (Status valid = ValidateRecords(records, fds->size(), reply.size); !valid.ok()) {
+    return protocol(absl::DataLossError(valid.message()));
+  }
+  auto mapping = memory_->Import(records, std::move(*fds), reply.size);
+  if (!mapping.ok()) {
+    // Nothing mapped: tell the source at once rather than at removal.
+    const OpenRequest closed{region, shm::kClosedExport};
+    SendPacket(control_.get(), &closed, sizeof(closed));
+    return Status(mapping.status().code(),
+                  absl::StrCat("failed: mapping region ", region, " on ", memory_->name(), ": ",
+                               mapping.status().message()));
+  }
+  if (removed_.count(region) != 0) {
+    const OpenRequest closed{region, shm::kClosedExport};
+    SendPacket(control_.get(), &closed, sizeof(closed));
+    return removed();
+  }
+  return mappings_.emplace(region, std::move(*mapping)).first->second.get();
+}
+
+Status CudaIpcPeerConnection::Execute(ChunkFeed& feed) {
+  auto closed = [&] {
+    return absl::FailedPreconditionError(
+        absl::StrCat("connection to ", description_, " is closed; Connect again"));
+  };
+  if (closing_.load()) return closed();
+  absl::MutexLock lock(&mu_);
+  if (closing_.load() || !control_.valid()) return closed();
+  if (broken_.load()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("connection to ", description_, " broken by an earlier failure; reconnect"));
+  }
+  auto fail = [&](const Status& s) {
+    return Status(s.code(), absl::StrCat("cuda_ipc read from ", description_, " ", s.message()));
+  };
+  if (feed.regions().empty()) return absl::OkStatus();
+  if (Status drained = DrainNotices(); !drained.ok()) return fail(drained);
+  std::map<uint32_t, const Mapping*> mapped;
+  for (uint32_t region : feed.regions()) {
+    auto mapping = Map(region);
+    if (!mapping.ok()) return fail(mapping.status());
+    mapped.emplace(region, *mapping);
+  }
+  const std::function<bool()> stop = [&] { return closing_.load() || feed.stopping(); };
+  std::vector<Chunk> pieces;
+  std::vector<CopyJob> jobs;
+  std::vector<size_t> owner;    // jobs[i] belongs to pieces[owner[i]]
+  std::vector<size_t> pending;  // per piece: jobs not completed yet
+  while (!stop()) {
+    pieces.clear();
+    Chunk c;
+    while (pieces.size() < kPiecesPerRound && feed.Next(&c)) pieces.push_back(c);
+    if (pieces.empty()) break;
+    jobs.clear();
+    owner.clear();
+    pending.assign(pieces.size(), 0);
+    for (size_t p = 0; p < pieces.size(); ++p) {
+      const Chunk& piece = pieces[p];
+      if (removed_.count(piece.remote_region) != 0) {
+        return fail(absl::NotFoundError(absl::StrCat("failed: the source removed region ",
+                                                     piece.remote_region, " during the read")));
+      }
+      const Mapping& m = *mapped.at(piece.remote_region);
+      // Split where the mapping is not contiguous (legacy pieces mapped apart).
+      for (uint64_t done = 0; done < piece.length;) {
+        const auto [address, contiguous] = m.At(piece.remote_offset + done);
+        if (contiguous == 0) {
+          return fail(absl::InvalidArgumentError(absl::StrCat(
+              "failed: ", RangeText(piece), " is outside the source's mapped region")));
+        }
+        const uint64_t n = std::min(contiguous, piece.length - done);
+        jobs.push_back({reinterpret_cast<uint64_t>(piece.local) + done, address, n});
+        owner.push_back(p);
+        ++pending[p];
+        done += n;
+      }
+      if (piece.length == 0) feed.Done(piece);
+    }
+    Status copied = memory_->Copy(jobs, stop, [&](size_t job) {
+      const size_t p = owner[job];
+      feed.Moved(jobs[job].length);
+      if (--pending[p] == 0) feed.Done(pieces[p]);
+    });
+    if (!copied.ok()) return fail(copied);
+    if (Status drained = DrainNotices(); !drained.ok()) return fail(drained);
+  }
+  if (closing_.load()) {
+    return fail(absl::FailedPreconditionError("stopped: the connection was closed"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ferry::internal::cuda_ipc

@@ -1,0 +1,235 @@
+// The CUDA IPC transport end to end over memfds standing in for device allocations
+// (testing/memfd_memory.h): export by allocation, descriptor batches, contiguous imports,
+// lifetime of exported memory, transport choice. The driver-backed memory runs on a GPU only
+// (tests/gpu/, label gpu).
+#include "transfer/cuda_ipc/cuda_ipc_transport.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "transfer/cuda_ipc/testing/memfd_memory.h"
+#include "transfer/transfer_test_util.h"
+
+namespace ferry::internal {
+namespace {
+
+using cuda::ExportKind;
+using cuda_ipc::MemfdMemory;
+using ::ferry::testing::FillPattern;
+using ::ferry::testing::FirstMismatch;
+using ::ferry::testing::Running;
+using ::testing::HasSubstr;
+
+constexpr uint64_t kChunk = 64 << 10;  // a "granule" of the stand-in device
+
+class CudaIpcTransportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    source_memory_ = std::make_shared<MemfdMemory>();
+    target_memory_ = std::make_shared<MemfdMemory>();
+    auto source = CreateCudaIpcTransport({}, source_memory_);
+    ASSERT_TRUE(source.ok()) << source.status();
+    source_ = std::move(*source);
+    auto target = CreateCudaIpcTransport({}, target_memory_);
+    ASSERT_TRUE(target.ok()) << target.status();
+    target_ = std::move(*target);
+  }
+
+  // Region 0: `bytes` starting `offset` into `chunks` allocations of kind `kind`.
+  char* AddRegion(uint32_t id, int chunks, ExportKind kind, uint64_t offset, uint64_t bytes) {
+    auto base = source_memory_->Allocate(kChunk, chunks, kind);
+    EXPECT_TRUE(base.ok()) << base.status();
+    char* data = *base + offset;
+    // The pattern counts from the region's first byte.
+    FillPattern(data, bytes);
+    EXPECT_TRUE(source_->AddRegion(id, data, bytes, MemoryKind::kCuda, nullptr).ok());
+    return data;
+  }
+
+  std::unique_ptr<PeerConnection> Connect() {
+    blob_.Clear();
+    source_->Describe(&blob_);
+    auto conn = target_->Connect(blob_, "source (test) over cuda_ipc");
+    EXPECT_TRUE(conn.ok()) << conn.status();
+    return conn.ok() ? std::move(*conn) : nullptr;
+  }
+
+  std::shared_ptr<MemfdMemory> source_memory_;
+  std::shared_ptr<MemfdMemory> target_memory_;
+  std::unique_ptr<Transport> source_;
+  std::unique_ptr<Transport> target_;
+  ferry::v1::TransferBlob blob_;
+};
+
+TEST_F(CudaIpcTransportTest, ExpandableSegmentOfMoreChunksThanOnePacketOfDescriptors) {
+  // 300 chunks (> SCM_MAX_FD 253): the region starts inside the first and ends inside the last.
+  const uint64_t bytes = 298 * kChunk + 1000;
+  AddRegion(0, 300, ExportKind::kPosixFd, 4096, bytes);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  ASSERT_EQ(blob_.regions_size(), 0);  // the engine lists regions; the transport only fills them
+  std::vector<char> dst(bytes);
+  Running run;
+  run.chunk_bytes = 1 << 20;
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}}).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
+  EXPECT_EQ(target_memory_->live_imports(), 1);
+  // One contiguous import: every piece copied in one job, however many allocations.
+  EXPECT_EQ(target_memory_->copies(), static_cast<uint64_t>((bytes + (1 << 20) - 1) >> 20));
+}
+
+TEST_F(CudaIpcTransportTest, LegacyBlocksAreImportedApartAndCopiesSplitAtTheirEdges) {
+  // Three cudaMalloc-like blocks: the import maps each on its own (no contiguity).
+  const uint64_t bytes = 3 * kChunk - 100;
+  AddRegion(0, 3, ExportKind::kLegacyIpc, 100, bytes);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(bytes);
+  Running run;
+  run.chunk_bytes = 8 * kChunk;  // one piece crossing both block edges
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}}).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
+  EXPECT_EQ(target_memory_->copies(), 3u);
+}
+
+TEST_F(CudaIpcTransportTest, ManyOpsAtOddOffsets) {
+  const uint64_t bytes = 20 * kChunk;
+  AddRegion(0, 20, ExportKind::kPosixFd, 0, bytes);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(bytes);
+  std::vector<ReadOp> ops;
+  for (uint64_t at = 0, n = 1; at < bytes; at += n, n = n * 3 + 7) {
+    n = std::min(n, bytes - at);
+    ops.push_back(ReadOp{0, at, dst.data() + at, n});
+  }
+  ops.push_back(ReadOp{0, 5, dst.data(), 0});  // zero-length
+  Running run;
+  ASSERT_TRUE(run.Read(*conn, ops).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
+}
+
+TEST_F(CudaIpcTransportTest, HostRegionsAndUnexportableMemoryAreNotServedAndSaySo) {
+  std::vector<char> host(4096);
+  ASSERT_TRUE(source_->AddRegion(0, host.data(), host.size(), MemoryKind::kHost, nullptr).ok());
+  auto plain = source_memory_->Allocate(kChunk, 1, ExportKind::kNotExportable);
+  ASSERT_TRUE(plain.ok());
+  ASSERT_TRUE(source_->AddRegion(1, *plain, kChunk, MemoryKind::kCuda, nullptr).ok());
+  AddRegion(2, 1, ExportKind::kPosixFd, 0, kChunk);
+  ferry::v1::TransferBlob blob;
+  for (uint32_t id : {0, 1, 2}) {
+    blob.add_regions()->set_id(id);
+  }
+  blob.mutable_regions(0)->set_kind(ferry::v1::MEMORY_KIND_HOST);
+  blob.mutable_regions(1)->set_kind(ferry::v1::MEMORY_KIND_CUDA);
+  blob.mutable_regions(2)->set_kind(ferry::v1::MEMORY_KIND_CUDA);
+  source_->Describe(&blob);
+  EXPECT_FALSE(blob.regions(0).cuda_ipc_served());
+  EXPECT_FALSE(blob.regions(1).cuda_ipc_served());
+  EXPECT_TRUE(blob.regions(2).cuda_ipc_served());
+  EXPECT_THAT(target_->Serves(blob.regions(0)).message(), HasSubstr("(host memory)"));
+  EXPECT_THAT(target_->Serves(blob.regions(1)).message(),
+              HasSubstr("device memory it could not export"));
+  EXPECT_TRUE(target_->Serves(blob.regions(2)).ok());
+  EXPECT_TRUE(target_->Reaches(blob, /*same_host=*/true).ok());
+  EXPECT_THAT(target_->Reaches(blob, /*same_host=*/false).message(),
+              HasSubstr("another host or in another network namespace"));
+  // Reading an unserved region fails with NotFound naming it.
+  auto conn = target_->Connect(blob, "source (test) over cuda_ipc");
+  ASSERT_TRUE(conn.ok());
+  std::vector<char> dst(kChunk);
+  Running run;
+  Status s = run.Read(**conn, {ReadOp{1, 0, dst.data(), kChunk}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_THAT(s.message(), HasSubstr("no exported region 1"));
+}
+
+TEST_F(CudaIpcTransportTest, RemovalWaitsUntilTheTargetClosedItsMapping) {
+  AddRegion(0, 4, ExportKind::kLegacyIpc, 0, 4 * kChunk);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(4 * kChunk);
+  Running run;
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), dst.size()}}).ok());
+  ASSERT_EQ(target_memory_->live_imports(), 1);
+  // RemoveRegion blocks until the target unmaps: it does so when it next looks at its control
+  // socket (its next read), which this thread triggers while the removal waits.
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    source_->RemoveRegion(0);
+    removed.store(true);
+  });
+  // The read fails (the region is gone) and, on the way, unmaps and tells the source.
+  Status s;
+  do {
+    s = run.Read(*conn, {ReadOp{0, 0, dst.data(), dst.size()}});
+  } while (s.ok());
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  remover.join();
+  EXPECT_TRUE(removed.load());
+  EXPECT_EQ(target_memory_->live_imports(), 0);
+}
+
+TEST_F(CudaIpcTransportTest, ACopyFailureFailsTheReadNamingThePeer) {
+  AddRegion(0, 8, ExportKind::kPosixFd, 0, 8 * kChunk);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  target_memory_->FailCopyNumber(3);
+  std::vector<char> dst(8 * kChunk);
+  Running run;
+  Status s = run.Read(*conn, {ReadOp{0, 0, dst.data(), dst.size()}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(s.message(), HasSubstr("cuda_ipc read from source (test) over cuda_ipc"));
+  EXPECT_THAT(s.message(), HasSubstr("failed (injected)"));
+}
+
+TEST_F(CudaIpcTransportTest, CancelStopsBetweenCopies) {
+  AddRegion(0, 16, ExportKind::kPosixFd, 0, 16 * kChunk);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(16 * kChunk);
+  Running run;
+  run.on_piece = [&](const ReadOp&) { run.cancelled.store(true); };
+  Status s = run.Read(*conn, {ReadOp{0, 0, dst.data(), dst.size()}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+  EXPECT_LT(run.bytes_done.load(), dst.size());
+}
+
+TEST_F(CudaIpcTransportTest, WrongSecretIsRefused) {
+  AddRegion(0, 1, ExportKind::kPosixFd, 0, kChunk);
+  source_->Describe(&blob_);
+  blob_.mutable_cuda_ipc()->set_secret(std::string(32, 'x'));
+  auto conn = target_->Connect(blob_, "source (test) over cuda_ipc");
+  ASSERT_EQ(conn.status().code(), absl::StatusCode::kPermissionDenied) << conn.status();
+  EXPECT_THAT(conn.status().message(), HasSubstr("cuda_ipc handshake with source (test)"));
+}
+
+TEST(CudaIpcRecordsTest, CorruptExportsAreRefused) {
+  cuda_ipc::PieceRecord a{};
+  a.allocation_size = 100;
+  a.offset = 10;
+  a.length = 90;
+  a.kind = static_cast<uint32_t>(ExportKind::kPosixFd);
+  cuda_ipc::PieceRecord b = a;
+  b.offset = 0;
+  b.length = 50;
+  b.region_offset = 90;
+  b.fd_index = 1;
+  EXPECT_TRUE(cuda_ipc::ValidateRecords({a, b}, 2, 140).ok());
+  EXPECT_THAT(cuda_ipc::ValidateRecords({a, b}, 2, 141).message(), HasSubstr("cover 140 of 141"));
+  cuda_ipc::PieceRecord gap = b;
+  gap.offset = 8;
+  EXPECT_THAT(cuda_ipc::ValidateRecords({a, gap}, 2, 140).message(),
+              HasSubstr("record 1 of 2 leaves a gap"));
+  cuda_ipc::PieceRecord outside = a;
+  outside.length = 91;
+  EXPECT_THAT(cuda_ipc::ValidateRecords({outside}, 1, 91).message(),
+              HasSubstr("claims [10, +91) of an allocation of 100 bytes"));
+  EXPECT_THAT(cuda_ipc::ValidateRecords({a, b}, 1, 140).message(),
+              HasSubstr("names descriptor 1 of 1"));
+}
+
+}  // namespace
+}  // namespace ferry::internal
