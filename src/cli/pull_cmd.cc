@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "cli/p2p_flags.h"
+#include "common/logging.h"
 #include "ferry/publisher.h"
 #include "flows/weight_puller.h"
 #include "nlohmann/json.hpp"
@@ -96,6 +97,8 @@ nlohmann::json Summary(const weights::PullResult& r, const std::string& output) 
           {"verify_seconds", absl::ToDoubleSeconds(r.verify_time)},
           {"gbps", transfer > 0 ? r.bytes / transfer / 1e9 : 0.0},
           {"transport", std::string(TransportKindName(r.transport))},
+          {"path", r.path},
+          {"transport_choice", r.transport_choice},
           {"verified", true},
           {"checksum", "xxh3-64"},
           {"source",
@@ -195,6 +198,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
     FERRY_RETURN_IF_ERROR(weights::WriteSafetensorsAtomic(
         pull.output, result.model.tensors, result.model.metadata, pulled->data(), result.bytes));
   }
+  if (!result.transport_choice.empty()) spdlog::info("pull: {}", result.transport_choice);
   if (pull.json) {
     std::cout << Summary(result, pull.output).dump(2) << std::endl;
   } else {
@@ -202,8 +206,8 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
         "pulled %d tensors (%s) of %s rank %d from worker %s over %s in %.3f s (transfer %.3f "
         "s, %.2f GB/s; verified xxh3-64)%s\n",
         result.model.tensors.size(), FormatBytes(result.bytes), identity.model_name(), pull.rank,
-        result.source_worker_id, TransportKindName(result.transport),
-        absl::ToDoubleSeconds(result.total_time), absl::ToDoubleSeconds(result.transfer_time),
+        result.source_worker_id, result.path, absl::ToDoubleSeconds(result.total_time),
+        absl::ToDoubleSeconds(result.transfer_time),
         absl::ToDoubleSeconds(result.transfer_time) > 0
             ? result.bytes / absl::ToDoubleSeconds(result.transfer_time) / 1e9
             : 0.0,

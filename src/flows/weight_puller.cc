@@ -565,6 +565,8 @@ class Puller {
     result->source_endpoint = result->attempts[main.attempt].endpoint;
     result->peer = main.peer->description();
     result->transport = main.peer->transport();
+    result->path = main.peer->path();
+    result->transport_choice = main.peer->choice();
     result->verify_time = striped_->verify_tail();
     result->sources_used = 0;
     for (const SourceShare& share : striped_->sources()) {

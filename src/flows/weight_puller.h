@@ -92,6 +92,10 @@ struct PullResult {
   std::string source_endpoint;
   std::string peer;  // the engine's description of the peer
   TransportKind transport = TransportKind::kAuto;
+  // How the bytes moved ("tcp", "cuda_ipc", "tcp+staged": Peer::path) and why auto chose the
+  // transport (Peer::choice; empty for an explicit --transport).
+  std::string path;
+  std::string transport_choice;
   uint64_t bytes = 0;
   absl::Duration total_time;     // from the call to the verified result
   absl::Duration transfer_time;  // reading the bytes, over every round

@@ -217,6 +217,8 @@ TEST_P(P2pPullTest, OneRankPullIsByteIdenticalAndPublishRetiresCleanly) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   nlohmann::json j = Json(r);
   EXPECT_EQ(j["transport"], transport());
+  EXPECT_EQ(j["path"], transport());  // host memory on both ends: nothing staged
+  EXPECT_EQ(j["transport_choice"], "");  // an explicit --transport
   EXPECT_EQ(j["verified"], true);
   EXPECT_GT(j["tensors"].get<int>(), 10);
   EXPECT_EQ(j["source"]["worker_id"], src.worker_id);
