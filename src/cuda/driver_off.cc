@@ -1,5 +1,6 @@
 // Driver for FERRY_CUDA=OFF builds: every entry answers kBuiltWithoutCuda.
 #include "cuda/allocation_pieces.h"
+#include "cuda/device_allocation.h"
 #include "cuda/driver.h"
 
 namespace ferry::internal::cuda {
@@ -30,5 +31,11 @@ Status Driver::Check(int result, const char* call, absl::StatusCode code) const 
 StatusOr<std::unique_ptr<AllocationQuery>> DriverAllocationQuery(const Driver&) {
   return absl::FailedPreconditionError(kBuiltWithoutCuda);
 }
+
+StatusOr<std::unique_ptr<DeviceAllocation>> DeviceAllocation::Create(const Driver&, int, uint64_t) {
+  return absl::FailedPreconditionError(kBuiltWithoutCuda);
+}
+
+DeviceAllocation::~DeviceAllocation() = default;
 
 }  // namespace ferry::internal::cuda

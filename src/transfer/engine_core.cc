@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
+#include "cuda/driver.h"
 #include "transfer/peer.h"
 
 namespace ferry::internal {
@@ -162,9 +163,17 @@ StatusOr<std::unique_ptr<Region>> EngineCore::AllocateRegion(uint64_t bytes,
                                                              const AllocateOptions& options) {
   const MemoryKind kind = options.kind;
   if (bytes == 0) return absl::InvalidArgumentError("AllocateRegion: bytes must be > 0");
-  if (kind != MemoryKind::kHost) {
-    return absl::UnimplementedError(
-        "AllocateRegion: only MemoryKind::kHost is supported; no transport serves device memory");
+  if (kind == MemoryKind::kCuda) {
+    FERRY_ASSIGN_OR_RETURN(const cuda::Driver* driver, cuda::Driver::Default());
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::DeviceAllocation> memory,
+                           cuda::DeviceAllocation::Create(*driver, options.device, bytes));
+    RegionRecord record;
+    record.size = bytes;
+    record.kind = kind;
+    record.data = memory->data();
+    record.device_memory = std::move(memory);
+    // On failure the allocation goes with the record.
+    return AddRegion(std::move(record));
   }
   RegionRecord record;
   record.size = bytes;
@@ -254,6 +263,7 @@ void EngineCore::RemoveRegion(uint32_t id) {
     regions_.erase(it);
   }
   for (const auto& t : transports_) t->RemoveRegion(id);
+  record.device_memory.reset();  // after every transport let go (CUDA IPC waited for targets)
   if (!record.engine_owned) return;
   if (record.allocator != nullptr) {
     record.allocator->Free(record.allocation);

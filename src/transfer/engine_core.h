@@ -16,6 +16,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "cuda/device_allocation.h"
 #include "ferry/transfer.h"
 #include "transfer/transport.h"
 
@@ -54,6 +55,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
     bool engine_owned = false;       // AllocateRegion: freed on removal
     Transport* allocator = nullptr;  // the transport that allocated it; nullptr: mmap
     Allocation allocation;
+    // MemoryKind::kCuda memory the engine allocated (freed after every transport let go).
+    std::shared_ptr<cuda::DeviceAllocation> device_memory;
   };
 
   EngineCore(TransferEngineOptions options, std::vector<std::unique_ptr<Transport>> transports);

@@ -79,6 +79,12 @@ TEST(CudaIpcEngineTest, PresentExactlyWhereADriverWorks) {
     return;
   }
   EXPECT_FALSE(has_ipc);
+  // Device memory needs the driver; host memory does not.
+  auto device = (*engine)->AllocateRegion(4096, {.kind = MemoryKind::kCuda});
+  ASSERT_EQ(device.status().code(), absl::StatusCode::kFailedPrecondition) << device.status();
+  EXPECT_THAT(device.status().message(),
+              ::testing::AnyOf(HasSubstr("could not be loaded"), HasSubstr("built without CUDA")));
+  EXPECT_TRUE((*engine)->AllocateRegion(4096).ok());
   o.enable_shm = o.enable_ucx = o.enable_tcp = false;
   auto alone = TransferEngine::Create(o);
   ASSERT_EQ(alone.status().code(), absl::StatusCode::kFailedPrecondition) << alone.status();
