@@ -1,0 +1,50 @@
+// Shared by the GPU test and the GPU benchmark: a source process holding a region of device
+// memory filled with the transfer tests' pattern, served over CUDA IPC. The source runs as a
+// fresh exec of the calling binary ("<binary> gpu-source <kind> <bytes>"), never a bare fork: a
+// process that initialised CUDA cannot use it in a forked child.
+//
+// Kinds: "legacy" (one cuMemAlloc block, exported by a legacy IPC handle) and "vmm" (2 MiB-
+// granular cuMemCreate chunks mapped back to back, like PyTorch's expandable segments, exported
+// as POSIX descriptors).
+#ifndef FERRY_TESTS_GPU_GPU_SOURCE_H_
+#define FERRY_TESTS_GPU_GPU_SOURCE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ferry/status.h"
+#include "ferry/transfer.h"
+
+namespace ferry::gpu {
+
+// Runs the source side when argv asks for it ("gpu-source <kind> <bytes>"): writes its blob to
+// stdout (4-byte length, then the bytes) and serves until stdin closes, then exits. Returns
+// false (doing nothing) for any other argv.
+bool MaybeRunSource(int argc, char** argv);
+
+// A running source process.
+class SourceProcess {
+ public:
+  static StatusOr<std::unique_ptr<SourceProcess>> Start(const std::string& kind, uint64_t bytes);
+  ~SourceProcess();  // closes its stdin and waits for it
+  const std::string& blob() const { return blob_; }
+
+ private:
+  SourceProcess(int pid, int stdin_fd, std::string blob)
+      : pid_(pid), stdin_fd_(stdin_fd), blob_(std::move(blob)) {}
+  int pid_;
+  int stdin_fd_;
+  std::string blob_;
+};
+
+// The engine of a target that reads device memory over CUDA IPC only.
+StatusOr<std::unique_ptr<TransferEngine>> CudaIpcEngine(const std::string& name);
+
+// Copies device memory at `device_ptr` to the host and returns the first offset that differs
+// from the pattern (-1: none).
+StatusOr<int64_t> FirstDeviceMismatch(uint64_t device_ptr, uint64_t bytes);
+
+}  // namespace ferry::gpu
+
+#endif  // FERRY_TESTS_GPU_GPU_SOURCE_H_
