@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -95,6 +96,12 @@ Status FillDevice(const Driver& driver, uint64_t ptr, uint64_t bytes) {
   return driver.Check(api.cuCtxSynchronize(), "cuCtxSynchronize");
 }
 
+// argv[0] of this process (MaybeRunSource records it): the program to run as the source.
+std::string& SelfPath() {
+  static std::string* path = new std::string("/proc/self/exe");
+  return *path;
+}
+
 [[noreturn]] void Fail(const Status& s) {
   std::fprintf(stderr, "gpu-source: %s\n", std::string(s.message()).c_str());
   ::_exit(2);
@@ -111,6 +118,7 @@ StatusOr<std::unique_ptr<TransferEngine>> CudaIpcEngine(const std::string& name)
 }
 
 bool MaybeRunSource(int argc, char** argv) {
+  if (argc > 0 && std::strchr(argv[0], '/') != nullptr) SelfPath() = argv[0];
   if (argc != 4 || std::string(argv[1]) != "gpu-source") return false;
   const std::string kind = argv[2];
   const uint64_t bytes = std::stoull(argv[3]);
@@ -157,7 +165,16 @@ StatusOr<std::unique_ptr<SourceProcess>> SourceProcess::Start(const std::string&
     ::close(to_child[1]);
     ::close(from_child[0]);
     const std::string size = std::to_string(bytes);
-    ::execl("/proc/self/exe", "gpu-source", "gpu-source", kind.c_str(), size.c_str(), nullptr);
+    // Under scripts/gpu-check.sh's bundled loader, /proc/self/exe is the loader: run the program
+    // through it again (run.sh names it and its library path).
+    const char* loader = std::getenv("FERRY_GPU_LOADER");
+    const char* libs = std::getenv("FERRY_GPU_LIBRARY_PATH");
+    if (loader != nullptr && libs != nullptr) {
+      ::execl(loader, loader, "--library-path", libs, SelfPath().c_str(), "gpu-source",
+              kind.c_str(), size.c_str(), nullptr);
+    } else {
+      ::execl("/proc/self/exe", "gpu-source", "gpu-source", kind.c_str(), size.c_str(), nullptr);
+    }
     ::_exit(127);
   }
   ::close(to_child[0]);
