@@ -67,10 +67,13 @@ StatusOr<SourceIdentity> BuildIdentity(const IdentityFlags& flags) {
 void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
   const std::string group = "Data plane";
   cmd->add_option("--transport", flags.transport,
-                  serving ? "transports to serve: auto (shared memory, UCX where an RDMA device "
-                            "exists, and TCP), shm, ucx or tcp"
-                          : "transport to read with: auto (shared memory for a source on this "
-                            "host, UCX when both ends have RDMA, else TCP), shm, ucx or tcp")
+                  serving ? "transports to serve: auto (CUDA IPC for device memory where a GPU "
+                            "driver exists, shared memory, UCX where an RDMA device exists, and "
+                            "TCP), cuda_ipc, shm, ucx or tcp"
+                          : "transport to read with: auto (CUDA IPC for device memory on this "
+                            "host, shared memory for a source on this host, UCX when both ends "
+                            "have RDMA, else TCP; the --json report says why), cuda_ipc, shm, "
+                            "ucx or tcp")
       ->capture_default_str()
       ->group(group);
   cmd->add_option("--data-listen", flags.data_listen,
