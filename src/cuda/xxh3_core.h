@@ -58,15 +58,13 @@ inline constexpr int kMidSizeLastOffset = 136 - 17;  // minimum secret size - 17
 // The default secret as 24 little-endian words. Host code reads a constexpr array; device code a
 // __constant__ copy (a host array cannot be read from device code, and a local array would be
 // rebuilt on every call). Callers on hot paths read the words they need once (KeysForLane).
-#define FERRY_XXH3_SECRET_WORDS                                                               \
-  0xbe4ba423396cfeb8ULL, 0x1cad21f72c81017cULL, 0xdb979083e96dd4deULL, 0x1f67b3b7a4a44072ULL, \
-      0x78e5c0cc4ee679cbULL, 0x2172ffcc7dd05a82ULL, 0x8e2443f7744608b8ULL,                    \
-      0x4c263a81e69035e0ULL, 0xcb00c391bb52283cULL, 0xa32e531b8b65d088ULL,                    \
-      0x4ef90da297486471ULL, 0xd8acdea946ef1938ULL, 0x3f349ce33f76faa8ULL,                    \
-      0x1d4f0bc7c7bbdcf9ULL, 0x3159b4cd4be0518aULL, 0x647378d9c97e9fc8ULL,                    \
-      0xc3ebd33483acc5eaULL, 0xeb6313faffa081c5ULL, 0x49daf0b751dd0d17ULL,                    \
-      0x9e68d429265516d3ULL, 0xfca1477d58be162bULL, 0xce31d07ad1b8f88fULL,                    \
-      0x280416958f3acb45ULL, 0x7e404bbbcafbd7afULL
+#define FERRY_XXH3_SECRET_WORDS                                                                   \
+  0xbe4ba423396cfeb8ULL, 0x1cad21f72c81017cULL, 0xdb979083e96dd4deULL, 0x1f67b3b7a4a44072ULL,     \
+      0x78e5c0cc4ee679cbULL, 0x2172ffcc7dd05a82ULL, 0x8e2443f7744608b8ULL, 0x4c263a81e69035e0ULL, \
+      0xcb00c391bb52283cULL, 0xa32e531b8b65d088ULL, 0x4ef90da297486471ULL, 0xd8acdea946ef1938ULL, \
+      0x3f349ce33f76faa8ULL, 0x1d4f0bc7c7bbdcf9ULL, 0x3159b4cd4be0518aULL, 0x647378d9c97e9fc8ULL, \
+      0xc3ebd33483acc5eaULL, 0xeb6313faffa081c5ULL, 0x49daf0b751dd0d17ULL, 0x9e68d429265516d3ULL, \
+      0xfca1477d58be162bULL, 0xce31d07ad1b8f88fULL, 0x280416958f3acb45ULL, 0x7e404bbbcafbd7afULL
 
 inline constexpr uint64_t kHostSecretWords[24] = {FERRY_XXH3_SECRET_WORDS};
 #ifdef __CUDACC__
@@ -333,8 +331,8 @@ FERRY_HD inline uint64_t Hash64Long(const uint8_t* p, uint64_t len) {
     uint64_t words[kLanes];
     for (int lane = 0; lane < kLanes; ++lane) words[lane] = Read64(stripe + 8 * lane);
     for (int lane = 0; lane < kLanes; ++lane) {
-      acc[lane] = AccumulateLane(acc[lane], words[lane], words[lane ^ 1],
-                                 Secret64(8 * n + 8 * lane));
+      acc[lane] =
+          AccumulateLane(acc[lane], words[lane], words[lane ^ 1], Secret64(8 * n + 8 * lane));
     }
     // A full block ends here, and it is not the last block (which is never scrambled).
     if (n == kStripesPerBlock - 1 && s / kStripesPerBlock < blocks) {
