@@ -319,35 +319,51 @@ FERRY_HD inline uint64_t Hash64LongByLanes(const uint8_t* p, uint64_t len) {
   return MergeLanes(acc, len);
 }
 
-// The long path stripe by stripe, all 8 lanes at once (one pass over memory: the host's order).
-FERRY_HD inline uint64_t Hash64Long(const uint8_t* p, uint64_t len) {
-  uint64_t acc[kLanes];
-  for (int lane = 0; lane < kLanes; ++lane) acc[lane] = LaneInit(lane);
-  const uint64_t blocks = (len - 1) / kBlockBytes;
-  const uint64_t full_stripes = (len - 1) / kStripeBytes;  // every stripe but the final one
-  for (uint64_t s = 0; s < full_stripes; ++s) {
-    const uint8_t* stripe = p + s * kStripeBytes;
-    const int n = static_cast<int>(s % kStripesPerBlock);
-    uint64_t words[kLanes];
-    for (int lane = 0; lane < kLanes; ++lane) words[lane] = Read64(stripe + 8 * lane);
-    for (int lane = 0; lane < kLanes; ++lane) {
-      acc[lane] =
-          AccumulateLane(acc[lane], words[lane], words[lane ^ 1], Secret64(8 * n + 8 * lane));
-    }
-    // A full block ends here, and it is not the last block (which is never scrambled).
-    if (n == kStripesPerBlock - 1 && s / kStripesPerBlock < blocks) {
-      for (int lane = 0; lane < kLanes; ++lane) {
-        acc[lane] = ScrambleLane(acc[lane], Secret64(kScrambleSecretOffset + 8 * lane));
-      }
-    }
-  }
-  const uint8_t* tail = p + len - kStripeBytes;
+// One stripe's update of all 8 lanes (the host's order: one pass over memory).
+FERRY_HD inline void AccumulateStripe(uint64_t acc[kLanes], const uint8_t* stripe,
+                                      const uint64_t keys[kLanes]) {
+  // AccumulateLane for each lane, written as separate passes so that compilers vectorise them.
   uint64_t words[kLanes];
-  for (int lane = 0; lane < kLanes; ++lane) words[lane] = Read64(tail + 8 * lane);
+  for (int lane = 0; lane < kLanes; ++lane) words[lane] = Read64(stripe + 8 * lane);
   for (int lane = 0; lane < kLanes; ++lane) {
-    acc[lane] = AccumulateLane(acc[lane], words[lane], words[lane ^ 1],
-                               Secret64(kLastStripeSecretOffset + 8 * lane));
+    const uint64_t v = words[lane] ^ keys[lane];
+    acc[lane] += (v & 0xFFFFFFFFULL) * (v >> 32);
   }
+  for (int lane = 0; lane < kLanes; lane += 2) {
+    acc[lane] += words[lane + 1];
+    acc[lane + 1] += words[lane];
+  }
+}
+
+// The long path stripe by stripe, all 8 lanes at once: the same lane operations as LongLane, in
+// the order that reads memory once (the host's; compilers vectorise the lane loops).
+FERRY_HD inline uint64_t Hash64Long(const uint8_t* p, uint64_t len) {
+  uint64_t keys[kStripesPerBlock][kLanes];
+  for (int n = 0; n < kStripesPerBlock; ++n) {
+    for (int lane = 0; lane < kLanes; ++lane) keys[n][lane] = Secret64(8 * n + 8 * lane);
+  }
+  uint64_t scramble[kLanes];
+  uint64_t last[kLanes];
+  uint64_t acc[kLanes];
+  for (int lane = 0; lane < kLanes; ++lane) {
+    scramble[lane] = Secret64(kScrambleSecretOffset + 8 * lane);
+    last[lane] = Secret64(kLastStripeSecretOffset + 8 * lane);
+    acc[lane] = LaneInit(lane);
+  }
+  const uint64_t blocks = (len - 1) / kBlockBytes;
+  for (uint64_t b = 0; b < blocks; ++b) {
+    const uint8_t* block = p + b * kBlockBytes;
+    for (int n = 0; n < kStripesPerBlock; ++n) {
+      AccumulateStripe(acc, block + n * kStripeBytes, keys[n]);
+    }
+    for (int lane = 0; lane < kLanes; ++lane) acc[lane] = ScrambleLane(acc[lane], scramble[lane]);
+  }
+  const uint8_t* last_block = p + blocks * kBlockBytes;
+  const int full_stripes = static_cast<int>((len - blocks * kBlockBytes - 1) / kStripeBytes);
+  for (int n = 0; n < full_stripes; ++n) {
+    AccumulateStripe(acc, last_block + n * kStripeBytes, keys[n]);
+  }
+  AccumulateStripe(acc, p + len - kStripeBytes, last);
   return MergeLanes(acc, len);
 }
 
