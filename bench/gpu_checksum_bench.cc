@@ -174,7 +174,9 @@ int main(int argc, char** argv) {
   Flags f;
   CLI::App app{"tree checksum on CPU threads and on the GPU, against libxxhash and a device copy"};
   app.add_option("--bytes", f.bytes, "bytes per run");
-  app.add_option("--threads", f.threads, "host thread counts to run");
+  app.add_option("--threads", f.threads, "host thread counts to run")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 256));
   app.add_option("--workload", f.workload, "host, device or all")
       ->check(CLI::IsMember({"host", "device", "all"}));
   app.add_option("--repeat", f.repeat, "runs per workload");
