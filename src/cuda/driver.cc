@@ -31,8 +31,8 @@ const char* FallbackErrorName(CUresult r) {
 
 bool BuiltWithCuda() { return true; }
 
-Driver::Driver(std::unique_ptr<DriverApi> api, void* library, int version, int device_count)
-    : api_(std::move(api)), library_(library), version_(version), device_count_(device_count) {}
+Driver::Driver(std::unique_ptr<DriverApi> api, int version, int device_count)
+    : api_(std::move(api)), version_(version), device_count_(device_count) {}
 
 Driver::~Driver() = default;
 
@@ -59,7 +59,7 @@ StatusOr<std::unique_ptr<Driver>> Driver::Open(const DriverOptions& options) {
     return absl::FailedPreconditionError(absl::StrCat(
         options.library, " has no cuInit: it is not a CUDA driver; install the NVIDIA driver"));
   }
-  std::unique_ptr<Driver> driver(new Driver(std::move(table), library, 0, 0));
+  std::unique_ptr<Driver> driver(new Driver(std::move(table), 0, 0));
   const CUresult init = driver->api_->cuInit(0);
   if (init != CUDA_SUCCESS) {
     Status s = driver->Check(init, "cuInit", absl::StatusCode::kFailedPrecondition);

@@ -46,8 +46,8 @@ class Driver {
   // the same answer (a failure included), so a machine without a GPU pays for one dlopen.
   static StatusOr<const Driver*> Default();
 
-  // The library handle is deliberately never closed: drivers are not built to be unloaded, and
-  // mappings or threads they made may outlive any object of ours.
+  // The library is deliberately never closed (its handle is dropped): drivers are not built to
+  // be unloaded, and mappings or threads they made may outlive any object of ours.
   ~Driver();
   Driver(const Driver&) = delete;
   Driver& operator=(const Driver&) = delete;
@@ -63,10 +63,9 @@ class Driver {
                absl::StatusCode code = absl::StatusCode::kInternal) const;
 
  private:
-  Driver(std::unique_ptr<DriverApi> api, void* library, int version, int device_count);
+  Driver(std::unique_ptr<DriverApi> api, int version, int device_count);
 
   std::unique_ptr<DriverApi> api_;
-  void* library_;
   int version_;
   int device_count_;
 };

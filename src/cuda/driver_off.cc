@@ -10,8 +10,8 @@ struct DriverApi {};
 
 bool BuiltWithCuda() { return false; }
 
-Driver::Driver(std::unique_ptr<DriverApi> api, void* library, int version, int device_count)
-    : api_(std::move(api)), library_(library), version_(version), device_count_(device_count) {}
+Driver::Driver(std::unique_ptr<DriverApi> api, int version, int device_count)
+    : api_(std::move(api)), version_(version), device_count_(device_count) {}
 
 Driver::~Driver() = default;
 

@@ -1,0 +1,227 @@
+// DeviceChecksummer for CUDA builds: the embedded kernel, loaded and launched through the driver.
+#include "cuda/device_checksum.h"
+
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "cuda/driver_api.h"
+#include "cuda/tree_checksum.h"
+#include "cuda/tree_checksum_kernel.h"
+
+namespace ferry::internal::cuda {
+namespace {
+
+// Makes a context current on the calling thread for the guard's life and then restores the one
+// that was current before, so the caller's own context state is left as it was.
+class ScopedContext {
+ public:
+  explicit ScopedContext(const Driver& driver) : driver_(driver) {}
+  ~ScopedContext() {
+    if (entered_) driver_.api().cuCtxSetCurrent(previous_);
+  }
+  ScopedContext(const ScopedContext&) = delete;
+  ScopedContext& operator=(const ScopedContext&) = delete;
+
+  Status Enter(CUcontext context, absl::StatusCode code) {
+    FERRY_RETURN_IF_ERROR(
+        driver_.Check(driver_.api().cuCtxGetCurrent(&previous_), "cuCtxGetCurrent", code));
+    FERRY_RETURN_IF_ERROR(
+        driver_.Check(driver_.api().cuCtxSetCurrent(context), "cuCtxSetCurrent", code));
+    entered_ = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  const Driver& driver_;
+  CUcontext previous_ = nullptr;
+  bool entered_ = false;
+};
+
+// A retained primary context, released on destruction.
+class PrimaryContext {
+ public:
+  PrimaryContext(const Driver& driver, CUdevice device, CUcontext context)
+      : driver_(driver), device_(device), context_(context) {}
+  ~PrimaryContext() { driver_.api().cuDevicePrimaryCtxRelease(device_); }
+  PrimaryContext(const PrimaryContext&) = delete;
+  PrimaryContext& operator=(const PrimaryContext&) = delete;
+
+  CUcontext get() const { return context_; }
+
+ private:
+  const Driver& driver_;
+  CUdevice device_;
+  CUcontext context_;
+};
+
+// A loaded module. Reset() unloads it; REQUIRES: its context is current.
+class Module {
+ public:
+  explicit Module(const Driver& driver) : driver_(driver) {}
+  ~Module() { Reset(); }
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  void Reset(CUmodule module = nullptr) {
+    if (module_ != nullptr) driver_.api().cuModuleUnload(module_);
+    module_ = module;
+  }
+  CUmodule get() const { return module_; }
+
+ private:
+  const Driver& driver_;
+  CUmodule module_ = nullptr;
+};
+
+// A cuMemAlloc'ed buffer. Reset() frees it; REQUIRES: its context is current.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(const Driver& driver) : driver_(driver) {}
+  ~DeviceBuffer() { Reset(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void Reset(CUdeviceptr ptr = 0, size_t size = 0) {
+    if (ptr_ != 0) driver_.api().cuMemFree(ptr_);
+    ptr_ = ptr;
+    size_ = size;
+  }
+  CUdeviceptr get() const { return ptr_; }
+  size_t size() const { return size_; }
+
+ private:
+  const Driver& driver_;
+  CUdeviceptr ptr_ = 0;
+  size_t size_ = 0;
+};
+
+}  // namespace
+
+struct DeviceChecksummer::Impl {
+  Impl(const Driver& d, CUdevice device, CUcontext ctx)
+      : driver(d), context(d, device, ctx), module(d), scratch(d) {}
+  // The module and the scratch buffer go while the context is current and still retained; the
+  // context member is released after this body.
+  ~Impl() {
+    ScopedContext current(driver);
+    if (current.Enter(context.get(), absl::StatusCode::kInternal).ok()) {
+      absl::MutexLock lock(&mu);
+      scratch.Reset();
+      module.Reset();
+    }
+  }
+
+  const Driver& driver;
+  PrimaryContext context;
+  Module module;
+  CUfunction function = nullptr;
+  absl::Mutex mu;
+  // Leaf hashes land here before the copy to the host; grown on demand, never shrunk.
+  DeviceBuffer scratch ABSL_GUARDED_BY(mu);
+};
+
+DeviceChecksummer::DeviceChecksummer(std::unique_ptr<Impl> impl, int device)
+    : impl_(std::move(impl)), device_(device) {}
+
+DeviceChecksummer::~DeviceChecksummer() = default;
+
+StatusOr<std::unique_ptr<DeviceChecksummer>> DeviceChecksummer::Create(const Driver& driver,
+                                                                       int device) {
+  if (device < 0 || device >= driver.device_count()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA device ", device, " does not exist: this process sees ",
+                     driver.device_count(), " device(s); check CUDA_VISIBLE_DEVICES"));
+  }
+  const DriverApi& api = driver.api();
+  constexpr auto kCode = absl::StatusCode::kFailedPrecondition;
+  CUdevice dev = 0;
+  FERRY_RETURN_IF_ERROR(driver.Check(api.cuDeviceGet(&dev, device), "cuDeviceGet", kCode));
+  CUcontext context = nullptr;
+  FERRY_RETURN_IF_ERROR(
+      driver.Check(api.cuDevicePrimaryCtxRetain(&context, dev), "cuDevicePrimaryCtxRetain", kCode));
+  auto impl = std::make_unique<Impl>(driver, dev, context);
+  ScopedContext current(driver);
+  FERRY_RETURN_IF_ERROR(current.Enter(context, kCode));
+  CUmodule module = nullptr;
+  Status loaded =
+      driver.Check(api.cuModuleLoadData(&module, TreeKernelFatbin()), "cuModuleLoadData", kCode);
+  if (!loaded.ok()) {
+    return Status(kCode, absl::StrCat("loading the tree checksum kernel on CUDA device ", device,
+                                      ": ", loaded.message(),
+                                      "; the embedded kernel has code for sm_80, sm_90, sm_100 "
+                                      "and PTX for compute_100"));
+  }
+  impl->module.Reset(module);
+  FERRY_RETURN_IF_ERROR(
+      driver.Check(api.cuModuleGetFunction(&impl->function, module, kTreeKernelName),
+                   "cuModuleGetFunction(ferry_tree_leaf_hashes)", kCode));
+  return std::unique_ptr<DeviceChecksummer>(new DeviceChecksummer(std::move(impl), device));
+}
+
+Status DeviceChecksummer::LeafHashes(uint64_t device_ptr, uint64_t n, uint64_t* host_out,
+                                     void* stream) {
+  if (n == 0) return absl::OkStatus();
+  if (host_out == nullptr || device_ptr == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tree checksum of ", n, " device bytes: ", host_out == nullptr ? "host_out" : "device_ptr",
+        " is null"));
+  }
+  const Driver& driver = impl_->driver;
+  const DriverApi& api = driver.api();
+  const uint64_t leaf_count = TreeLeafCount(n);
+  const uint64_t blocks =
+      (leaf_count * kTreeKernelThreadsPerLeaf + kTreeKernelThreadsPerBlock - 1) /
+      kTreeKernelThreadsPerBlock;
+  if (blocks > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tree checksum of ", n, " device bytes: too large for one launch"));
+  }
+  absl::MutexLock lock(&impl_->mu);
+  ScopedContext current(driver);
+  FERRY_RETURN_IF_ERROR(current.Enter(impl_->context.get(), absl::StatusCode::kInternal));
+
+  // A kernel that faults leaves the (shared, primary) context unusable, so both ends of the range
+  // are checked first.
+  for (const uint64_t address : {device_ptr, device_ptr + n - 1}) {
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    const CUresult r = api.cuMemGetAddressRange(&base, &size, address);
+    if (r != CUDA_SUCCESS) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tree checksum of device bytes [0x", absl::Hex(device_ptr), ", +", n, ") on CUDA device ",
+          device_, ": address 0x", absl::Hex(address), " is not device memory (",
+          driver.Check(r, "cuMemGetAddressRange").message(), ")"));
+    }
+  }
+
+  const size_t scratch_bytes = leaf_count * sizeof(uint64_t);
+  if (impl_->scratch.size() < scratch_bytes) {
+    impl_->scratch.Reset();
+    CUdeviceptr scratch = 0;
+    const CUresult r = api.cuMemAlloc(&scratch, scratch_bytes);
+    if (r != CUDA_SUCCESS) {
+      return driver.Check(r, "cuMemAlloc(tree checksum scratch)",
+                          r == CUDA_ERROR_OUT_OF_MEMORY ? absl::StatusCode::kResourceExhausted
+                                                        : absl::StatusCode::kInternal);
+    }
+    impl_->scratch.Reset(scratch, scratch_bytes);
+  }
+
+  auto cu_stream = static_cast<CUstream>(stream);
+  CUdeviceptr data = device_ptr;
+  CUdeviceptr out = impl_->scratch.get();
+  unsigned long long size = n;             // NOLINT(runtime/int): the kernel's parameter type
+  unsigned long long leaves = leaf_count;  // NOLINT(runtime/int)
+  void* args[] = {&data, &size, &out, &leaves};
+  FERRY_RETURN_IF_ERROR(driver.Check(
+      api.cuLaunchKernel(impl_->function, static_cast<unsigned>(blocks), 1, 1,
+                         kTreeKernelThreadsPerBlock, 1, 1, 0, cu_stream, args, nullptr),
+      "cuLaunchKernel(ferry_tree_leaf_hashes)"));
+  FERRY_RETURN_IF_ERROR(driver.Check(api.cuMemcpyDtoHAsync(host_out, out, scratch_bytes, cu_stream),
+                                     "cuMemcpyDtoHAsync"));
+  return driver.Check(api.cuStreamSynchronize(cu_stream), "cuStreamSynchronize");
+}
+
+}  // namespace ferry::internal::cuda
