@@ -21,7 +21,7 @@ ALLOWED = {
     "client": {"common"},
     "cuda": {"common"},
     "transfer": {"common", "cuda"},
-    "weights": {"common"},
+    "weights": {"common", "cuda"},
     "artifacts": {"common"},
     # The server parses token files with the client's credential code (client/credentials.h).
     "server": {"common", "store", "client"},

@@ -10,6 +10,7 @@
 #include "common/logging.h"
 #include "flows/weight_source.h"
 #include "nlohmann/json.hpp"
+#include "weights/tensor_checksum.h"
 
 namespace ferry::cli {
 
@@ -29,10 +30,15 @@ struct PublishFlags {
   uint32_t rank = 0;
   EngineFlags engine;
   ServeFlags serve;
+  std::string checksum = "xxh3-64";
   int64_t corrupt_offset = -1;  // hidden, for tests
 };
 
 Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
+  auto algorithm = weights::ParseChecksumAlgorithm(publish.checksum);
+  if (!algorithm.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--checksum: ", algorithm.status().message()));
+  }
   BlockStopSignals();
   FERRY_ASSIGN_OR_RETURN(SourceIdentity identity, BuildIdentity(publish.identity));
   TransportKind transport;
@@ -44,7 +50,7 @@ Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
                          TransferEngine::Create(engine_options));
   FERRY_ASSIGN_OR_RETURN(weights::ServedModel model,
-                         weights::LoadSafetensors(*engine, publish.file));
+                         weights::LoadSafetensors(*engine, publish.file, 2, *algorithm));
   if (publish.corrupt_offset >= 0) {
     // Test hook: serve one byte that differs from what the checksums announce.
     if (static_cast<uint64_t>(publish.corrupt_offset) >= model.region->size()) {
@@ -197,6 +203,11 @@ void AddPublishCommand(CLI::App& app, Cli& cli) {
   cmd->add_option("--rank", flags->rank, "this worker's global rank")->capture_default_str();
   AddEngineFlags(cmd, flags->engine, /*serving=*/true);
   AddServeFlags(cmd, flags->serve);
+  cmd->add_option("--checksum", flags->checksum,
+                  "the checksum targets verify every tensor against: xxh3-64 (whole tensors), or "
+                  "xxh3-64-tree-64k (64 KiB leaves: computed on many cores, and verified on the "
+                  "GPU by GPU targets)")
+      ->capture_default_str();
   cmd->add_option("--corrupt-byte-for-testing", flags->corrupt_offset)->group("");
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunPublish(cli.flags, *flags); }; });

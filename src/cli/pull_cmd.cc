@@ -100,7 +100,7 @@ nlohmann::json Summary(const weights::PullResult& r, const std::string& output) 
           {"path", r.path},
           {"transport_choice", r.transport_choice},
           {"verified", true},
-          {"checksum", "xxh3-64"},
+          {"checksum", std::string(weights::ChecksumAlgorithmName(r.checksum_algorithm))},
           {"source",
            {{"mx_source_id", r.mx_source_id},
             {"worker_id", r.source_worker_id},
@@ -204,13 +204,14 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   } else {
     std::cout << absl::StrFormat(
         "pulled %d tensors (%s) of %s rank %d from worker %s over %s in %.3f s (transfer %.3f "
-        "s, %.2f GB/s; verified xxh3-64)%s\n",
+        "s, %.2f GB/s; verified %s)%s\n",
         result.model.tensors.size(), FormatBytes(result.bytes), identity.model_name(), pull.rank,
         result.source_worker_id, result.path, absl::ToDoubleSeconds(result.total_time),
         absl::ToDoubleSeconds(result.transfer_time),
         absl::ToDoubleSeconds(result.transfer_time) > 0
             ? result.bytes / absl::ToDoubleSeconds(result.transfer_time) / 1e9
             : 0.0,
+        weights::ChecksumAlgorithmName(result.checksum_algorithm),
         pull.output.empty() ? "" : absl::StrCat("; wrote ", pull.output));
     std::cout.flush();
   }

@@ -15,13 +15,15 @@ uintptr_t Address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
 LandingVerifier::LandingVerifier(std::vector<Tensor> tensors, int threads,
                                  std::function<void(size_t)> on_mismatch,
-                                 std::function<void(size_t)> on_verified)
+                                 std::function<void(size_t)> on_verified,
+                                 ChecksumAlgorithm algorithm)
     : tensors_(std::move(tensors)),
       remaining_(tensors_.size()),
       sums_(tensors_.size(), 0),
       generation_(tensors_.size(), 0),
       on_mismatch_(std::move(on_mismatch)),
-      on_verified_(std::move(on_verified)) {
+      on_verified_(std::move(on_verified)),
+      algorithm_(algorithm) {
   by_start_.resize(tensors_.size());
   std::iota(by_start_.begin(), by_start_.end(), 0);
   std::sort(by_start_.begin(), by_start_.end(), [&](size_t a, size_t b) {
@@ -95,7 +97,7 @@ void LandingVerifier::Work() {
       generation = generation_[i];
       ++running_;
     }
-    const uint64_t sum = TensorChecksum(tensors_[i].data, tensors_[i].size);
+    const uint64_t sum = TensorChecksum(tensors_[i].data, tensors_[i].size, algorithm_);
     const bool good = sum == tensors_[i].expected;
     if (!good && on_mismatch_) on_mismatch_(i);
     {
@@ -202,7 +204,8 @@ Status LandingVerifier::MismatchStatus(size_t bad, uint64_t sum) const {
   if (bad == SIZE_MAX) return absl::OkStatus();
   const Tensor& t = tensors_[bad];
   return absl::DataLossError(absl::StrCat(
-      "tensor ", t.name, " (", t.size, " bytes) failed verification: xxh3-64 ",
+      "tensor ", t.name, " (", t.size,
+      " bytes) failed verification: ", ChecksumAlgorithmName(algorithm_), " ",
       absl::Hex(sum, absl::kZeroPad16), " but the source announced ",
       absl::Hex(t.expected, absl::kZeroPad16), "; the source's memory or the transfer is corrupt"));
 }

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ferry/status.h"
+#include "weights/tensor_checksum.h"
 
 namespace ferry::weights {
 
@@ -30,7 +31,7 @@ class LandingVerifier {
     std::string name;
     const void* data = nullptr;  // where it lands locally; may be null when size is 0
     uint64_t size = 0;
-    uint64_t expected = 0;  // the source's XXH3-64
+    uint64_t expected = 0;  // the source's checksum (`algorithm`)
   };
 
   // Starts `threads` (1..16) checksum threads. Tensors may share a range (tied weights) but
@@ -38,9 +39,11 @@ class LandingVerifier {
   // `on_mismatch(i)` (optional) is called with the tensor's index, from a checksum thread,
   // before the failure is recorded (so that the caller may Rearm it from there); when it
   // matches, `on_verified(i)` (optional), after it is recorded.
+  // `algorithm`: the one the source's checksums were made with.
   LandingVerifier(std::vector<Tensor> tensors, int threads,
                   std::function<void(size_t)> on_mismatch = nullptr,
-                  std::function<void(size_t)> on_verified = nullptr);
+                  std::function<void(size_t)> on_verified = nullptr,
+                  ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64);
   ~LandingVerifier();  // stops the threads (Abandon + join)
   LandingVerifier(const LandingVerifier&) = delete;
   LandingVerifier& operator=(const LandingVerifier&) = delete;
@@ -93,6 +96,7 @@ class LandingVerifier {
   std::vector<uint64_t> generation_ ABSL_GUARDED_BY(mu_);  // bumped by Rearm and MarkVerified
   const std::function<void(size_t)> on_mismatch_;
   const std::function<void(size_t)> on_verified_;
+  const ChecksumAlgorithm algorithm_;
   absl::Duration tail_;
 
   absl::Mutex mu_;

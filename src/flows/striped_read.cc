@@ -40,7 +40,7 @@ StripedRead::StripedRead(std::vector<LandingVerifier::Tensor> tensors, StripedRe
       options_(std::move(options)),
       verifier_(
           tensors_, std::max(1, options_.verify_threads), [this](size_t i) { OnMismatch(i); },
-          options_.on_verified) {
+          options_.on_verified, options_.algorithm) {
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const uintptr_t b = Address(tensors_[i].data);
     if (tensors_[i].size > 0) by_address_.emplace_back(b, b + tensors_[i].size, i);
@@ -282,8 +282,9 @@ void StripedRead::OnMismatch(size_t i) {
     for (const Landed& l : pieces) from.insert(l.source);
     if (from.size() == 1) {
       const size_t s = *from.begin();
-      blamed_.emplace(s, absl::StrCat("served tensor ", t.name,
-                                      " with bytes that failed verification (xxh3-64)"));
+      blamed_.emplace(
+          s, absl::StrCat("served tensor ", t.name, " with bytes that failed verification (",
+                          ChecksumAlgorithmName(options_.algorithm), ")"));
       sources_[s].drop->store(true);
     } else {
       Suspect suspect{i, std::move(pieces), std::string(static_cast<const char*>(t.data), t.size)};
@@ -324,10 +325,10 @@ void StripedRead::Resolve() {
       Status status =
           sources_[s].peer->Read({ReadOp{spot.region, spot.offset, data, t.size}}, read);
       if (!status.ok()) continue;  // its failure shows in the next round
-      const uint64_t sum = TensorChecksum(data, t.size);
+      const uint64_t sum = TensorChecksum(data, t.size, options_.algorithm);
       if (sum != t.expected) {
-        Blame(s, absl::StrCat("served tensor ", t.name,
-                              " with bytes that failed verification (xxh3-64, read alone)"));
+        Blame(s, absl::StrCat("served tensor ", t.name, " with bytes that failed verification (",
+                              ChecksumAlgorithmName(options_.algorithm), ", read alone)"));
         continue;
       }
       {

@@ -44,6 +44,8 @@ struct RemoteSpot {
 
 struct StripedReadOptions {
   int verify_threads = 2;
+  // The algorithm of the tensors' expected checksums (every source's: they must agree).
+  ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64;
   // Called with a tensor's index once it is verified (from a checksum thread, or the Run
   // thread): a target serving while it pulls serves it from then on.
   std::function<void(size_t)> on_verified;

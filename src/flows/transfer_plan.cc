@@ -14,6 +14,14 @@ StatusOr<Plan> MakePlan(const ferry::v1::GetTransferInfoResponse& info) {
         "the source serves 0 tensors; refusing an empty model (is it the right identity?)");
   }
   Plan plan;
+  if (!info.checksum_algorithm().empty()) {
+    auto algorithm = ParseChecksumAlgorithm(info.checksum_algorithm());
+    if (!algorithm.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the source's ", algorithm.status().message(), "; this ferry cannot verify it"));
+    }
+    plan.algorithm = *algorithm;
+  }
   plan.remote.assign(info.tensors().begin(), info.tensors().end());
   std::sort(plan.remote.begin(), plan.remote.end(), [](const auto& a, const auto& b) {
     return std::make_pair(a.region(), a.offset()) < std::make_pair(b.region(), b.offset());

@@ -14,6 +14,7 @@
 #include "ferry/transfer.h"
 #include "ferry/v1/worker.pb.h"
 #include "weights/safetensors.h"
+#include "weights/tensor_checksum.h"
 
 namespace ferry::weights::internal {
 
@@ -24,10 +25,13 @@ struct Plan {
   std::vector<TensorInfo> local;
   std::map<std::string, std::string> metadata;
   uint64_t total = 0;
+  ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64;  // of the remote checksums
 };
 
 // FailedPrecondition naming the tensor when the answer is empty, a dtype is unknown, a shape
-// overflows or does not match the size, or the sizes together overflow 64 bits.
+// overflows or does not match the size, or the sizes together overflow 64 bits; or naming the
+// checksum algorithm when this ferry does not know it (an empty one is "xxh3-64", the only one
+// before the tree checksum).
 StatusOr<Plan> MakePlan(const ferry::v1::GetTransferInfoResponse& info);
 
 // One read per run of tensors that are adjacent in the remote region (they are adjacent

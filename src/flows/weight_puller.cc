@@ -385,6 +385,7 @@ class Puller {
     if (striped_ == nullptr) {
       StripedReadOptions striped;
       striped.verify_threads = options_.verify_threads;
+      striped.algorithm = landing_plan_->algorithm;
       if (held_ != nullptr) {
         striped.on_verified = [held = held_](size_t i) { held->Mark(i); };
       }
@@ -405,6 +406,12 @@ class Puller {
     std::map<std::string, size_t> by_name;
     for (size_t i = 0; i < plan.remote.size(); ++i) by_name.emplace(plan.remote[i].name(), i);
     const Plan& first = *landing_plan_;
+    if (plan.algorithm != first.algorithm) {
+      // Their checksums cannot be compared, so they cannot share one pull's verification.
+      return absl::FailedPreconditionError(
+          absl::StrCat("it checksums with ", ChecksumAlgorithmName(plan.algorithm), " where ",
+                       landing_source_, " uses ", ChecksumAlgorithmName(first.algorithm)));
+    }
     if (plan.remote.size() != first.remote.size()) {
       return absl::FailedPreconditionError(
           absl::StrCat("it serves ", plan.remote.size(), " tensors where ", landing_source_,
@@ -566,6 +573,7 @@ class Puller {
     result->peer = main.peer->description();
     result->transport = main.peer->transport();
     result->path = main.peer->path();
+    result->checksum_algorithm = landing_plan_->algorithm;
     result->transport_choice = main.peer->choice();
     result->verify_time = striped_->verify_tail();
     result->sources_used = 0;
@@ -626,6 +634,7 @@ class Puller {
       served.region = std::move(region_);  // the caller's from now on
       served.tensors = plan.local;
       for (const ferry::v1::TensorEntry& e : plan.remote) served.checksums.push_back(e.checksum());
+      served.checksum_algorithm = plan.algorithm;
       served.metadata = plan.metadata;
       served.total_bytes = plan.total;
       held_ = std::make_shared<worker::HeldTensors>(plan.remote.size());

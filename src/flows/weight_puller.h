@@ -16,6 +16,7 @@
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "flows/weight_source.h"
+#include "weights/tensor_checksum.h"
 #include "worker/worker_client.h"
 
 namespace ferry::weights {
@@ -96,6 +97,7 @@ struct PullResult {
   // transport (Peer::choice; empty for an explicit --transport).
   std::string path;
   std::string transport_choice;
+  ChecksumAlgorithm checksum_algorithm = ChecksumAlgorithm::kXxh3_64;  // what was verified
   uint64_t bytes = 0;
   absl::Duration total_time;     // from the call to the verified result
   absl::Duration transfer_time;  // reading the bytes, over every round

@@ -11,8 +11,8 @@
 
 namespace ferry::weights {
 
-StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string& path,
-                                      int threads) {
+StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string& path, int threads,
+                                      ChecksumAlgorithm algorithm) {
   FERRY_ASSIGN_OR_RETURN(SafetensorsLayout layout, ReadSafetensorsLayout(path));
   if (layout.tensors.empty()) {
     return absl::InvalidArgumentError(
@@ -24,8 +24,9 @@ StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string&
                          engine.AllocateRegion(std::max<uint64_t>(layout.data_size, 1)));
   FERRY_RETURN_IF_ERROR(
       ReadSafetensorsData(path, layout, model.region->data(), model.region->size()));
-  model.checksums =
-      ChecksumTensors(static_cast<const uint8_t*>(model.region->data()), layout.tensors, threads);
+  model.checksums = ChecksumTensors(static_cast<const uint8_t*>(model.region->data()),
+                                    layout.tensors, threads, algorithm);
+  model.checksum_algorithm = algorithm;
   for (const TensorInfo& t : layout.tensors) model.total_bytes += t.size;
   model.tensors = std::move(layout.tensors);
   model.metadata = std::move(layout.metadata);
@@ -59,6 +60,7 @@ StatusOr<std::unique_ptr<WeightSource>> WeightSource::Create(WeightSourceOptions
   manifest.agent_name = absl::StrCat("ferry-rank", options.worker_rank, "-", worker_id);
   manifest.transfer_blob = options.engine->ExportBlob();
   manifest.metadata = model.metadata;
+  manifest.checksum_algorithm = model.checksum_algorithm;
   if (!model.tensor_regions.empty() && model.tensor_regions.size() != model.tensors.size()) {
     return absl::InvalidArgumentError("the served model needs one region id per tensor");
   }

@@ -18,6 +18,7 @@
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "weights/safetensors.h"
+#include "weights/tensor_checksum.h"
 #include "worker/held_tensors.h"
 #include "worker/serving.h"
 #include "worker/worker_server.h"
@@ -36,16 +37,18 @@ struct ServedModel {
   // its offset is relative to. Empty `tensor_regions`: every tensor is in `region`.
   std::vector<std::unique_ptr<Region>> extra_regions;
   std::vector<uint32_t> tensor_regions;
-  std::vector<TensorInfo> tensors;              // offsets relative to the tensor's region
-  std::vector<uint64_t> checksums;              // XXH3-64 of each tensor, same order as `tensors`
+  std::vector<TensorInfo> tensors;  // offsets relative to the tensor's region
+  std::vector<uint64_t> checksums;  // of each tensor, same order as `tensors`
+  ChecksumAlgorithm checksum_algorithm = ChecksumAlgorithm::kXxh3_64;
   std::map<std::string, std::string> metadata;  // safetensors "__metadata__"
   uint64_t total_bytes = 0;                     // sum of tensor sizes
 };
 
 // Reads `path`'s data section into a pre-faulted region allocated by `engine` and checksums
-// every tensor on `threads` threads. Errors name the file.
+// every tensor with `algorithm` on `threads` threads. Errors name the file.
 StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string& path,
-                                      int threads = 2);
+                                      int threads = 2,
+                                      ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64);
 
 struct WeightSourceOptions {
   MetadataClient* client = nullptr;  // borrowed; required

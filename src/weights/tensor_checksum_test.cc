@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/tree_checksum.h"
 #include "gtest/gtest.h"
 
 namespace ferry::weights {
@@ -32,7 +33,20 @@ TEST(TensorChecksumTest, KnownValues) {
     EXPECT_EQ(TensorChecksum(c.input.data(), c.input.size()), c.expected);
   }
   EXPECT_EQ(TensorChecksum(nullptr, 0), 0x2d06800538d394c2ull);
-  EXPECT_STREQ(kChecksumAlgorithm, "xxh3-64");
+}
+
+TEST(ChecksumAlgorithmTest, NamesRoundTripAndUnknownNamesAreRefusedListingTheKnownOnes) {
+  for (ChecksumAlgorithm a : {ChecksumAlgorithm::kXxh3_64, ChecksumAlgorithm::kXxh3Tree64k}) {
+    auto parsed = ParseChecksumAlgorithm(ChecksumAlgorithmName(a));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, a);
+  }
+  EXPECT_STREQ(ChecksumAlgorithmName(ChecksumAlgorithm::kXxh3_64), "xxh3-64");
+  EXPECT_STREQ(ChecksumAlgorithmName(ChecksumAlgorithm::kXxh3Tree64k), "xxh3-64-tree-64k");
+  auto bad = ParseChecksumAlgorithm("crc32");
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(),
+            "unknown checksum algorithm 'crc32'; known: xxh3-64, xxh3-64-tree-64k");
 }
 
 std::vector<uint8_t> Pattern(size_t size) {
@@ -45,6 +59,19 @@ std::vector<uint8_t> Pattern(size_t size) {
     b = static_cast<uint8_t>(x);
   }
   return v;
+}
+
+// The tree algorithm is the tree checksum of src/cuda/, whatever the thread count.
+TEST(ChecksumAlgorithmTest, TreeIsTheCudaLayersTreeChecksum) {
+  const std::vector<uint8_t> data = Pattern(3 * (64 << 10) + 77);
+  const uint64_t tree = internal::cuda::TreeChecksum(data.data(), data.size(), 1);
+  EXPECT_EQ(TensorChecksum(data.data(), data.size(), ChecksumAlgorithm::kXxh3Tree64k), tree);
+  EXPECT_NE(tree, TensorChecksum(data.data(), data.size()));
+  std::vector<ByteRange> ranges = {{data.data(), data.size()}, {data.data(), 100}, {nullptr, 0}};
+  std::vector<uint64_t> sums = ChecksumRanges(ranges, 3, ChecksumAlgorithm::kXxh3Tree64k);
+  EXPECT_EQ(sums[0], tree);
+  EXPECT_EQ(sums[1], internal::cuda::TreeChecksum(data.data(), 100, 1));
+  EXPECT_EQ(sums[2], internal::cuda::TreeChecksum(nullptr, 0, 1));
 }
 
 // Long inputs take XXH3's other code paths; the streaming API fed in odd pieces is a second way

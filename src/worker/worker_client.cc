@@ -12,6 +12,7 @@
 #include "client/credentials.h"
 #include "ferry/v1/worker.grpc.pb.h"
 #include "model_express/p2p.grpc.pb.h"
+#include "weights/tensor_checksum.h"
 #include "worker/artifact_state.h"
 #include "worker/worker_state.h"
 
@@ -175,10 +176,11 @@ StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
         absl::StrCat(what, ": the source answered for worker '", response.worker_id(), "', not '",
                      worker_id, "'; another process now serves this endpoint: re-list sources"));
   }
-  if (response.checksum_algorithm() != kChecksumAlgorithm) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, ": checksum_algorithm '", response.checksum_algorithm(), "' is not ",
-        kChecksumAlgorithm, "; this ferry cannot verify that source: try another source"));
+  if (auto algorithm = weights::ParseChecksumAlgorithm(response.checksum_algorithm());
+      !algorithm.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": ", algorithm.status().message(),
+                     "; this ferry cannot verify that source: try another source"));
   }
   FERRY_RETURN_IF_ERROR(CheckNames(response.tensors(), what));
   uint64_t total = 0;

@@ -398,7 +398,9 @@ TEST(WorkerClientTest, ChecksTheAnswer) {
   source.info.set_checksum_algorithm("crc32");
   auto algo = client->GetTransferInfo("", "w-1");
   EXPECT_EQ(algo.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(algo.status().message(), HasSubstr("checksum_algorithm 'crc32' is not xxh3-64"));
+  EXPECT_THAT(algo.status().message(),
+              HasSubstr("unknown checksum algorithm 'crc32'; known: xxh3-64, xxh3-64-tree-64k; "
+                        "this ferry cannot verify that source"));
   grpc_server->Shutdown();
 }
 

@@ -63,7 +63,7 @@ StatusOr<std::unique_ptr<WorkerState>> WorkerState::Create(WorkerManifest manife
   info.set_worker_rank(m.worker_rank);
   info.set_transfer_blob(m.transfer_blob);
   info.mutable_tensors()->Assign(m.tensors.begin(), m.tensors.end());
-  info.set_checksum_algorithm(kChecksumAlgorithm);
+  info.set_checksum_algorithm(std::string(weights::ChecksumAlgorithmName(m.checksum_algorithm)));
   info.set_total_bytes(total);
   info.mutable_metadata()->insert(m.metadata.begin(), m.metadata.end());
   state->transfer_info_body_ = info.SerializeAsString();

@@ -17,6 +17,7 @@
 #include "ferry/status.h"
 #include "ferry/v1/worker.pb.h"
 #include "model_express/p2p.pb.h"
+#include "weights/tensor_checksum.h"
 #include "worker/held_tensors.h"
 
 namespace ferry::worker {
@@ -30,8 +31,9 @@ struct WorkerManifest {
   std::string agent_name;
   std::string metadata_endpoint;
   std::string transfer_blob;  // serialized ferry.v1.TransferBlob (TransferEngine::ExportBlob)
-  // name, dtype (safetensors name), shape, region, offset, size, checksum (XXH3-64).
+  // name, dtype (safetensors name), shape, region, offset, size, checksum (`checksum_algorithm`).
   std::vector<ferry::v1::TensorEntry> tensors;
+  weights::ChecksumAlgorithm checksum_algorithm = weights::ChecksumAlgorithm::kXxh3_64;
   // Indexed by region id: the region's address in this process, so that a ModelExpress
   // TensorDescriptor carries addr = base + offset.
   std::vector<uint64_t> region_base_addresses;
@@ -41,9 +43,6 @@ struct WorkerManifest {
   // with the pull that marks tensors as it verifies them.
   std::shared_ptr<const HeldTensors> held;
 };
-
-// The checksum algorithm of TensorEntry.checksum.
-inline constexpr char kChecksumAlgorithm[] = "xxh3-64";
 
 // A validated WorkerManifest plus the mx_source_id, which is known only after publishing.
 // The manifest is immutable; the answers built from it are prepared once in Create().

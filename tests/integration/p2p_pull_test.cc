@@ -217,7 +217,7 @@ TEST_P(P2pPullTest, OneRankPullIsByteIdenticalAndPublishRetiresCleanly) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   nlohmann::json j = Json(r);
   EXPECT_EQ(j["transport"], transport());
-  EXPECT_EQ(j["path"], transport());  // host memory on both ends: nothing staged
+  EXPECT_EQ(j["path"], transport());     // host memory on both ends: nothing staged
   EXPECT_EQ(j["transport_choice"], "");  // an explicit --transport
   EXPECT_EQ(j["verified"], true);
   EXPECT_GT(j["tensors"].get<int>(), 10);
@@ -350,6 +350,41 @@ TEST_P(P2pPullTest, OnlyACorruptedSourceFailsAndWritesNothing) {
   for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
     EXPECT_EQ(e.path().string().find("out.safetensors.tmp"), std::string::npos) << e.path();
   }
+}
+
+// A source that checksums with the tree algorithm (the one GPU targets verify on the device) is
+// verified with it, and a source that lies under it is caught the same way.
+TEST_P(P2pPullTest, TreeChecksumSourceIsVerifiedWithItsAlgorithm) {
+  const std::string model = Model("m.safetensors", kModelBytes, 5);
+  Source src = Publish(model, "it/tree", {"--checksum", "xxh3-64-tree-64k"});
+  ASSERT_NE(src.process, nullptr);
+  const std::string out = dir_.path() + "/out.safetensors";
+  CommandResult r = Pull("it/tree", out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json j = Json(r);
+  EXPECT_EQ(j["checksum"], "xxh3-64-tree-64k");
+  EXPECT_EQ(j["verified"], true);
+  EXPECT_EQ(ReadFile(out), ReadFile(model));
+
+  Source bad = Publish(model, "it/tree-corrupt",
+                       {"--checksum", "xxh3-64-tree-64k", "--corrupt-byte-for-testing", "4099"});
+  ASSERT_NE(bad.process, nullptr);
+  const std::string out2 = dir_.path() + "/out2.safetensors";
+  r = Pull("it/tree-corrupt", out2);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("failed verification"));
+  EXPECT_THAT(r.err, HasSubstr("xxh3-64-tree-64k"));
+  EXPECT_FALSE(std::filesystem::exists(out2));
+}
+
+TEST(PublishFlagsTest, UnknownChecksumIsRefusedListingTheKnownOnes) {
+  auto r =
+      RunCommand({BinaryPath("ferry"), "publish", "/dev/null", "--model", "m", "--checksum", "md5"},
+                 absl::Seconds(30));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NE(r->exit_code, 0);
+  EXPECT_THAT(r->err, HasSubstr("--checksum: unknown checksum algorithm 'md5'; known: xxh3-64, "
+                                "xxh3-64-tree-64k"));
 }
 
 TEST_P(P2pPullTest, NoSourceFailsQuicklyNamingTheIdentity) {
