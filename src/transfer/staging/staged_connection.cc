@@ -93,8 +93,8 @@ StagingStats StagedConnection::stats() const {
 
 bool StagedConnection::Stopping() const {
   if (failed_flag_.load(std::memory_order_relaxed)) return true;
-  absl::MutexLock lock(&mu_);
-  return feed_ != nullptr && feed_->stopping();
+  const ChunkFeed* feed = stopping_feed_.load(std::memory_order_acquire);
+  return feed != nullptr && feed->stopping();
 }
 
 void StagedConnection::Fail(Status status) {
@@ -116,11 +116,13 @@ Status StagedConnection::Execute(ChunkFeed& feed) {
   {
     absl::MutexLock lock(&mu_);
     feed_ = &feed;
+    stopping_feed_.store(&feed, std::memory_order_release);
     failed_ = absl::OkStatus();
     failed_flag_.store(false);
     outer_.clear();
     partial_.reset();
     inner_pieces_.clear();
+    on_wire_.clear();
     copies_.clear();
     slot_users_.assign(options_.slots, 0);
     current_slot_ = 0;
@@ -150,16 +152,19 @@ Status StagedConnection::Execute(ChunkFeed& feed) {
     absl::MutexLock lock(&mu_);
     if (!failed_.ok()) {
       feed_ = nullptr;
+      stopping_feed_.store(nullptr);
       return failed_;
     }
     if (!inner.ok() || feed.stopping() || !partial_.has_value()) {
       feed_ = nullptr;
+      stopping_feed_.store(nullptr);
       return inner;
     }
     // The inner connection returned with an outer piece half cut: its threads gave up waiting
     // for slots that others held. Go on with what is left.
     if (landed_in_round_ == 0) {
       feed_ = nullptr;
+      stopping_feed_.store(nullptr);
       return absl::InternalError(absl::StrCat(
           "staged read from ", description_, " failed: the inner connection took no piece of ",
           RangeText(outer_[*partial_].chunk), "; this is a bug"));
@@ -186,15 +191,14 @@ bool StagedConnection::NextInner(Chunk* chunk) {
     if (current_offset_ == options_.slot_bytes) {
       const int next = (current_slot_ + 1) % options_.slots;
       if (slot_users_[next] != 0) {
-        // Pieces this thread has on the wire in that slot land only once it stops asking.
-        bool mine = false;
+        // A thread with pieces on the wire receives them instead of waiting: it asks again
+        // after its next one landed.
+        auto wire = on_wire_.find(std::this_thread::get_id());
+        if (wire != on_wire_.end() && wire->second > 0) return false;
         bool unlanded = false;
         for (const auto& [index, p] : inner_pieces_) {
-          if (p.slot != next || p.landed) continue;
-          unlanded = true;
-          mine = mine || p.owner == std::this_thread::get_id();
+          unlanded = unlanded || (p.slot == next && !p.landed);
         }
-        if (mine) return false;
         if (unlanded) {
           if (give_up == absl::InfiniteFuture()) give_up = absl::Now() + kWaitForOthers;
           if (absl::Now() >= give_up) {
@@ -236,6 +240,7 @@ bool StagedConnection::NextInner(Chunk* chunk) {
     current_offset_ += length;
     ++slot_users_[current_slot_];
     *chunk = p.chunk;
+    ++on_wire_[p.owner];
     inner_pieces_[p.chunk.index] = p;
     return true;
   }
@@ -248,6 +253,10 @@ void StagedConnection::InnerDone(const Chunk& chunk) {
     auto it = inner_pieces_.find(chunk.index);
     if (it == inner_pieces_.end() || it->second.landed) return;
     it->second.landed = true;
+    if (auto wire = on_wire_.find(it->second.owner);
+        wire != on_wire_.end() && --wire->second == 0) {
+      on_wire_.erase(wire);
+    }
     ++landed_in_round_;
     ++stats_.pieces_staged;
     piece = it->second;

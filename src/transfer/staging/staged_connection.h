@@ -130,11 +130,16 @@ class StagedConnection final : public PeerConnection {
   mutable absl::Mutex mu_;
   ChunkFeed* feed_ ABSL_GUARDED_BY(mu_) = nullptr;  // the outer feed, during Execute
   std::atomic<bool> failed_flag_{false};            // failed_ is set (cheap for stopping())
+  // feed_ for stopping(), which the inner connection polls often: read without the lock.
+  std::atomic<ChunkFeed*> stopping_feed_{nullptr};
   Status failed_ ABSL_GUARDED_BY(mu_);
   bool round_over_ ABSL_GUARDED_BY(mu_) = false;  // the inner Execute returned
   std::map<uint32_t, OuterPiece> outer_ ABSL_GUARDED_BY(mu_);
   std::optional<uint32_t> partial_ ABSL_GUARDED_BY(mu_);  // the outer piece being cut
   std::map<uint32_t, InnerPiece> inner_pieces_ ABSL_GUARDED_BY(mu_);
+  // Pieces on the wire (handed out, not landed) per inner thread: a thread that has some must
+  // never wait in Next, or it would hold up their arrival (and the slots they fill).
+  std::map<std::thread::id, int> on_wire_ ABSL_GUARDED_BY(mu_);
   std::deque<PendingCopy> copies_ ABSL_GUARDED_BY(mu_);
   std::vector<int> slot_users_ ABSL_GUARDED_BY(mu_);  // inner pieces not yet copied, per slot
   int current_slot_ ABSL_GUARDED_BY(mu_) = 0;

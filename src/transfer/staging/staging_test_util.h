@@ -3,6 +3,7 @@
 #ifndef FERRY_TRANSFER_STAGING_STAGING_TEST_UTIL_H_
 #define FERRY_TRANSFER_STAGING_STAGING_TEST_UTIL_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "transfer/transport.h"
 
 namespace ferry::internal::staging::testing {
@@ -28,7 +30,8 @@ inline uint64_t Checksum(const void* data, uint64_t n) {
 
 // A PeerConnection over host memory: each of `threads` workers takes up to `window` pieces
 // from the feed (as a TCP stream keeps requests in flight), then delivers the oldest by copying
-// it from `source` (remote region 0), reports it Done, and asks again.
+// it from `source` (remote region 0), reports it Done, and asks again. With bytes_per_second,
+// the workers share one link of that rate: a piece arrives when the link has carried it.
 class FakeWire final : public PeerConnection {
  public:
   FakeWire(const char* source, int threads, int window)
@@ -53,6 +56,8 @@ class FakeWire final : public PeerConnection {
   std::function<void(uint64_t delivered)> on_delivered;
   // Fails the read instead of delivering the piece after this many (0: never).
   uint64_t fail_after = 0;
+  // The link's rate (0: as fast as memcpy). Set before Execute.
+  uint64_t bytes_per_second = 0;
   std::atomic<uint64_t> delivered{0};
 
  private:
@@ -81,6 +86,16 @@ class FakeWire final : public PeerConnection {
         failed_.store(true);
         return;
       }
+      if (bytes_per_second > 0) {
+        absl::Time arrives;
+        {
+          absl::MutexLock lock(&mu_);
+          link_free_ = std::max(link_free_, absl::Now()) +
+                       absl::Seconds(static_cast<double>(c.length) / bytes_per_second);
+          arrives = link_free_;
+        }
+        absl::SleepFor(arrives - absl::Now());  // the link carrying the piece
+      }
       std::memcpy(c.local, source_ + c.remote_offset, c.length);
       feed.Moved(c.length);
       feed.Done(c);
@@ -96,6 +111,7 @@ class FakeWire final : public PeerConnection {
   std::atomic<bool> failed_{false};
   absl::Mutex mu_;
   Status error_ ABSL_GUARDED_BY(mu_);
+  absl::Time link_free_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();  // when the link is idle
 };
 
 }  // namespace ferry::internal::staging::testing
