@@ -149,10 +149,14 @@ TEST(StagedConnectionTest, LyingDeviceCorruptsDataAndTheChecksumSeesIt) {
 }
 
 // Overlap, observed without timing: copies are held until the wire delivered its third piece,
-// so the second and third landed while earlier copies were still pending.
-TEST(StagedConnectionTest, WireDeliversWhileCopiesAreInFlight) {
+// so the second and third landed while earlier copies were still pending. With pieces that fill
+// a slot each, the wire thread holds pieces in every slot: it must receive them rather than wait
+// for a slot (before that fix it waited for the held copy and this test hung).
+class StagedOverlapTest : public ::testing::TestWithParam<Layout> {};
+
+TEST_P(StagedOverlapTest, WireDeliversWhileCopiesAreInFlight) {
   constexpr uint64_t kSize = 1 << 20;
-  Rig rig(kSize, Layout{64 << 10, 2, 16 << 10, 1, 4});
+  Rig rig(kSize, GetParam());
   ASSERT_NE(rig.conn, nullptr);
   rig.device.Hold();
   std::atomic<uint64_t> in_flight_at_third{0};
@@ -169,6 +173,10 @@ TEST(StagedConnectionTest, WireDeliversWhileCopiesAreInFlight) {
   EXPECT_EQ(in_flight_at_third.load(), 3u);
   EXPECT_GE(rig.conn->stats().landed_while_copying, 2u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, StagedOverlapTest,
+                         ::testing::Values(Layout{64 << 10, 2, 16 << 10, 1, 4},    // 4 per slot
+                                           Layout{16 << 10, 4, 16 << 10, 1, 4}));  // 1 per slot
 
 TEST(StagedConnectionTest, CancelledReadStopsAndLeavesNoCopyInFlight) {
   constexpr uint64_t kSize = 4 << 20;
