@@ -5,6 +5,7 @@
 #include "transfer/staging/staged_source.h"
 
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "cuda/testing/host_device.h"
@@ -220,6 +221,23 @@ TEST_F(StagedTcpTest, FailedSourceCopyFailsTheRead) {
   Status s = running_.Read(*conn_, {ReadOp{0, 0, dst.data(), 1 << 20}});
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_THAT(s.message(), HasSubstr("TCP read from loopback source failed: connection lost"));
+  EXPECT_EQ(target_device_->copies_in_flight(), 0u);
+}
+
+// RemoveRegion while a staged reply waits for its device-to-host copy (held): the reply is
+// abandoned, the copies ahead of it give the region back, RemoveRegion returns and the target's
+// read fails.
+TEST_F(StagedTcpTest, RemoveRegionDuringAStagedReplyReturnsAndFailsTheRead) {
+  SetUpServer();
+  source_device_->Hold();
+  Buffer dst(1 << 20);
+  Status read;
+  std::thread reader([&] { read = running_.Read(*conn_, {ReadOp{0, 0, dst.data(), 1 << 20}}); });
+  // Polls a condition (the source started its copies), not a stand-in for one.
+  while (source_device_->copies_enqueued() == 0) absl::SleepFor(absl::Milliseconds(1));
+  server_->RemoveRegion(0);
+  reader.join();
+  EXPECT_EQ(read.code(), absl::StatusCode::kUnavailable) << read;
   EXPECT_EQ(target_device_->copies_in_flight(), 0u);
 }
 

@@ -54,6 +54,10 @@ StatusOr<std::unique_ptr<TcpServer>> TcpServer::Create(const HostPort& listen, i
   if (limits.max_connections < 1 || limits.max_per_peer < 1 || limits.max_pending < 1) {
     return absl::InvalidArgumentError("TcpServerLimits: every bound must be at least 1");
   }
+  if (limits.staging_slots < 1 || limits.staging_slot_bytes < 1) {
+    return absl::InvalidArgumentError(
+        "TcpServerLimits: staging_slots and staging_slot_bytes must be at least 1");
+  }
   uint16_t port = 0;
   FERRY_ASSIGN_OR_RETURN(Fd listener, Listen(listen, &port));
   if (buffer_bytes > 0) {
