@@ -9,7 +9,9 @@
 //
 // Thread-safety: thread-safe. RemoveRegion waits until no connection is sending from the
 // region (a send that is in progress is abandoned within ~100 ms and its connection closed), so
-// the caller may free the memory as soon as it returns.
+// the caller may free the memory as soon as it returns. A region of device memory is in use from
+// the moment a reply's device-to-host copy starts (ahead of the reply, see AddRegion) until that
+// copy completed and the reply was sent or abandoned.
 #ifndef FERRY_TRANSFER_TCP_TCP_SERVER_H_
 #define FERRY_TRANSFER_TCP_TCP_SERVER_H_
 
