@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -16,10 +17,15 @@
 #include "absl/strings/str_cat.h"
 #include "common/accept_guard.h"
 #include "common/logging.h"
+#include "cuda/device.h"
+#include "transfer/staging/staged_source.h"
 
 namespace ferry::internal::tcp {
 
 namespace {
+
+// Device requests of one batch whose copies may be started ahead of their turn.
+constexpr size_t kMaxAhead = 16;
 
 // Requests parsed per receive: the target never has more than max_inflight (<= 1024)
 // outstanding, so this only bounds how many are read with one system call.
@@ -47,6 +53,10 @@ StatusOr<std::unique_ptr<TcpServer>> TcpServer::Create(const HostPort& listen, i
   }
   if (limits.max_connections < 1 || limits.max_per_peer < 1 || limits.max_pending < 1) {
     return absl::InvalidArgumentError("TcpServerLimits: every bound must be at least 1");
+  }
+  if (limits.staging_slots < 1 || limits.staging_slot_bytes < 1) {
+    return absl::InvalidArgumentError(
+        "TcpServerLimits: staging_slots and staging_slot_bytes must be at least 1");
   }
   uint16_t port = 0;
   FERRY_ASSIGN_OR_RETURN(Fd listener, Listen(listen, &port));
@@ -81,10 +91,11 @@ TcpServer::TcpServer(Fd listener, uint16_t port, int buffer_bytes, std::string s
 
 TcpServer::~TcpServer() { Stop(); }
 
-Status TcpServer::AddRegion(uint32_t id, const void* data, uint64_t size) {
+Status TcpServer::AddRegion(uint32_t id, const void* data, uint64_t size, cuda::Device* device) {
   auto entry = std::make_shared<RegionEntry>();
   entry->data = static_cast<const char*>(data);
   entry->size = size;
+  entry->device = device;
   absl::MutexLock lock(&mu_);
   if (!regions_.emplace(id, std::move(entry)).second) {
     return absl::InvalidArgumentError(
@@ -377,18 +388,156 @@ IoResult TcpServer::SendReply(int fd, const ReadReply& reply, const char* data, 
   // Capped: the header, then the payload in slices, each sent when the pacer allows.
   iovec header{const_cast<ReadReply*>(&reply), sizeof(reply)};
   IoResult r = SendAll(fd, &header, 1, stop);
-  for (uint64_t sent = 0; r.what == Io::kOk && sent < reply.length;) {
-    const uint64_t n = std::min<uint64_t>(UploadPacer::kSliceBytes, reply.length - sent);
-    const absl::Time at = pacer_->Reserve(n);
+  if (r.what != Io::kOk) return r;
+  return SendPayload(fd, data, reply.length, stop);
+}
+
+template <typename StopFn>
+IoResult TcpServer::SendPayload(int fd, const char* data, uint64_t n, StopFn&& stop) {
+  if (pacer_ == nullptr) {
+    iovec iov{const_cast<char*>(data), n};
+    return SendAll(fd, &iov, 1, stop);
+  }
+  IoResult r{Io::kOk, 0};
+  for (uint64_t sent = 0; r.what == Io::kOk && sent < n;) {
+    const uint64_t slice = std::min<uint64_t>(UploadPacer::kSliceBytes, n - sent);
+    const absl::Time at = pacer_->Reserve(slice);
     while (absl::Now() < at) {
       if (stop()) return {Io::kStopped, 0};
       absl::SleepFor(std::min(at - absl::Now(), absl::Milliseconds(50)));  // paced, not polling
     }
-    iovec iov{const_cast<char*>(data + sent), n};
+    iovec iov{const_cast<char*>(data + sent), slice};
     r = SendAll(fd, &iov, 1, stop);
-    sent += n;
+    sent += slice;
   }
   return r;
+}
+
+std::shared_ptr<TcpServer::RegionEntry> TcpServer::Admit(const ReadRequest& req, ReadReply* reply) {
+  if (req.length == 0 || req.length > kMaxRequestBytes) {
+    reply->status = static_cast<uint32_t>(ReplyStatus::kTooLong);
+    return nullptr;
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = regions_.find(req.region);
+  if (it == regions_.end()) {
+    reply->status = static_cast<uint32_t>(ReplyStatus::kNoSuchRegion);
+  } else if (req.offset > it->second->size || req.length > it->second->size - req.offset) {
+    reply->status = static_cast<uint32_t>(ReplyStatus::kOutOfRange);
+  } else if (it->second->allowed != nullptr && !(*it->second->allowed)(req.offset, req.length)) {
+    reply->status = static_cast<uint32_t>(ReplyStatus::kNotServed);
+  } else {
+    ++it->second->users;
+    return it->second;
+  }
+  return nullptr;
+}
+
+void TcpServer::Unuse(RegionEntry* entry) {
+  absl::MutexLock lock(&mu_);
+  --entry->users;
+}
+
+// A region's use, given back on destruction.
+struct TcpServer::Admitted {
+  Admitted(TcpServer* s, size_t i, std::shared_ptr<RegionEntry> e, const ReadRequest& r)
+      : server(s), index(i), entry(std::move(e)), req(r) {}
+  ~Admitted() {
+    if (entry != nullptr) server->Unuse(entry.get());
+  }
+  Admitted(Admitted&& o) noexcept
+      : server(o.server), index(o.index), entry(std::move(o.entry)), req(o.req) {}
+  Admitted& operator=(Admitted&&) = delete;
+
+  TcpServer* server;
+  size_t index;
+  std::shared_ptr<RegionEntry> entry;
+  ReadRequest req;
+};
+
+bool TcpServer::ServeStaged(int fd, const ReadRequest* requests, size_t i, size_t count,
+                            std::shared_ptr<RegionEntry> entry, std::deque<Admitted>* ahead,
+                            std::vector<std::unique_ptr<staging::StagedSource>>* staged) {
+  const bool prefetched = entry == nullptr;
+  std::optional<Admitted> current;
+  if (prefetched) {
+    current.emplace(std::move(ahead->front()));
+    ahead->pop_front();
+  } else {
+    current.emplace(this, i, std::move(entry), requests[i]);
+  }
+  const ReadRequest& req = current->req;
+  cuda::Device* device = current->entry->device;
+  staging::StagedSource* source = nullptr;
+  for (auto& s : *staged) {
+    if (s->device() == device) source = s.get();
+  }
+  if (source == nullptr) {
+    staging::StagedSourceOptions options;
+    options.slots = limits_.staging_slots;
+    options.slot_bytes = limits_.staging_slot_bytes;
+    auto created = staging::StagedSource::Create(device, options);
+    if (!created.ok()) {
+      spdlog::error(
+          "TCP transport: port {} cannot stage region {} of {}: {}; closing the "
+          "connection",
+          port_, req.region, device->name(), created.status().message());
+      return false;
+    }
+    source = created->get();
+    staged->push_back(std::move(*created));
+  }
+  auto address = [](const RegionEntry& e, const ReadRequest& r) {
+    return reinterpret_cast<uint64_t>(e.data) + r.offset;
+  };
+  Status s =
+      prefetched ? absl::OkStatus() : source->Enqueue(address(*current->entry, req), req.length);
+  // Starts the copies of the device requests that follow in this batch, so that they are in
+  // host memory by the time their turn comes.
+  for (size_t j = ahead->empty() ? i + 1 : ahead->back().index + 1;
+       s.ok() && j < count && ahead->size() < kMaxAhead; ++j) {
+    ReadReply refused{};
+    std::shared_ptr<RegionEntry> next = Admit(requests[j], &refused);
+    if (next == nullptr) break;
+    if (next->device != device) {
+      Unuse(next.get());
+      break;
+    }
+    ahead->emplace_back(this, j, std::move(next), requests[j]);
+    s = source->Enqueue(address(*ahead->back().entry, requests[j]), requests[j].length);
+  }
+  if (!s.ok()) {
+    spdlog::error("TCP transport: port {}: {}; closing the connection", port_, s.message());
+    return false;
+  }
+  auto stop = [&] {
+    if (stopping_.load() || current->entry->removed.load()) return true;
+    for (const Admitted& a : *ahead) {
+      if (a.entry->removed.load()) return true;
+    }
+    return false;
+  };
+  ReadReply reply{req.request_id, static_cast<uint32_t>(ReplyStatus::kOk), 0, req.length};
+  BeginSend();
+  iovec header{&reply, sizeof(reply)};
+  IoResult r = SendAll(fd, &header, 1, stop);
+  uint64_t sent = 0;
+  while (r.what == Io::kOk && sent < req.length) {
+    StatusOr<absl::Span<const char>> portion = source->Next(stop);
+    if (!portion.ok()) {
+      if (!absl::IsCancelled(portion.status())) {
+        spdlog::error("TCP transport: port {}: {}; closing the connection", port_,
+                      portion.status().message());
+      }
+      r = {Io::kStopped, 0};
+      break;
+    }
+    r = SendPayload(fd, portion->data(), portion->size(), stop);
+    source->Release();
+    sent += portion->size();
+  }
+  EndSend(r.what == Io::kOk ? req.length : 0);
+  return r.what == Io::kOk;
 }
 
 void TcpServer::Serve(Connection* conn) {
@@ -396,6 +545,11 @@ void TcpServer::Serve(Connection* conn) {
   auto stopped = [this] { return stopping_.load(); };
   std::vector<ReadRequest> requests(kRequestBatch);
   size_t have_bytes = 0;  // bytes of requests[] filled
+  // Regions of device memory: requests admitted ahead of their turn (their copies started),
+  // and a StagedSource per device read. Declared in this order so that the sources, which wait
+  // for their copies, are destroyed before the ahead requests give their regions back.
+  std::deque<Admitted> ahead;
+  std::vector<std::unique_ptr<staging::StagedSource>> staged;
   while (!stopping_.load()) {
     ssize_t n = ::recv(fd, reinterpret_cast<char*>(requests.data()) + have_bytes,
                        kRequestBatch * sizeof(ReadRequest) - have_bytes, 0);
@@ -409,27 +563,21 @@ void TcpServer::Serve(Connection* conn) {
     for (size_t i = 0; i < count; ++i) {
       const ReadRequest& req = requests[i];
       ReadReply reply{req.request_id, static_cast<uint32_t>(ReplyStatus::kOk), 0, 0};
-      std::shared_ptr<RegionEntry> entry;
-      if (req.length == 0 || req.length > kMaxRequestBytes) {
-        reply.status = static_cast<uint32_t>(ReplyStatus::kTooLong);
-      } else {
-        absl::MutexLock lock(&mu_);
-        auto it = regions_.find(req.region);
-        if (it == regions_.end()) {
-          reply.status = static_cast<uint32_t>(ReplyStatus::kNoSuchRegion);
-        } else if (req.offset > it->second->size || req.length > it->second->size - req.offset) {
-          reply.status = static_cast<uint32_t>(ReplyStatus::kOutOfRange);
-        } else if (it->second->allowed != nullptr &&
-                   !(*it->second->allowed)(req.offset, req.length)) {
-          reply.status = static_cast<uint32_t>(ReplyStatus::kNotServed);
-        } else {
-          entry = it->second;
-          ++entry->users;
-        }
+      if (!ahead.empty() && ahead.front().index == i) {
+        // Admitted, and its copies started, while an earlier request was served.
+        if (!ServeStaged(fd, requests.data(), i, count, nullptr, &ahead, &staged)) return;
+        continue;
       }
+      std::shared_ptr<RegionEntry> entry = Admit(req, &reply);
       if (entry == nullptr) {
         iovec iov{&reply, sizeof(reply)};
         if (SendAll(fd, &iov, 1, stopped).what != Io::kOk) return;
+        continue;
+      }
+      if (entry->device != nullptr) {
+        if (!ServeStaged(fd, requests.data(), i, count, std::move(entry), &ahead, &staged)) {
+          return;
+        }
         continue;
       }
       reply.length = req.length;
@@ -437,10 +585,7 @@ void TcpServer::Serve(Connection* conn) {
       IoResult r = SendReply(fd, reply, entry->data + req.offset,
                              [&] { return stopping_.load() || entry->removed.load(); });
       EndSend(r.what == Io::kOk ? req.length : 0);
-      {
-        absl::MutexLock lock(&mu_);
-        --entry->users;
-      }
+      Unuse(entry.get());
       // A reply cut short (region removed, Stop, peer gone) leaves the stream unusable; closing
       // it makes the target's read fail.
       if (r.what != Io::kOk) return;

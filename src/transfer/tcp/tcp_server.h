@@ -9,12 +9,15 @@
 //
 // Thread-safety: thread-safe. RemoveRegion waits until no connection is sending from the
 // region (a send that is in progress is abandoned within ~100 ms and its connection closed), so
-// the caller may free the memory as soon as it returns.
+// the caller may free the memory as soon as it returns. A region of device memory is in use from
+// the moment a reply's device-to-host copy starts (ahead of the reply, see AddRegion) until that
+// copy completed and the reply was sent or abandoned.
 #ifndef FERRY_TRANSFER_TCP_TCP_SERVER_H_
 #define FERRY_TRANSFER_TCP_TCP_SERVER_H_
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <list>
 #include <map>
 #include <memory>
@@ -31,6 +34,14 @@
 #include "transfer/tcp/tcp_wire.h"
 #include "transfer/tcp/upload_pacer.h"
 
+namespace ferry::internal::cuda {
+class Device;
+}  // namespace ferry::internal::cuda
+
+namespace ferry::internal::staging {
+class StagedSource;
+}  // namespace ferry::internal::staging
+
 namespace ferry::internal::tcp {
 
 struct TcpServerLimits {
@@ -44,6 +55,11 @@ struct TcpServerLimits {
   absl::Duration handshake_timeout = absl::Seconds(3);
   // Bytes per second sent to all connections together (UploadPacer); 0: no cap.
   uint64_t upload_bytes_per_second = 0;
+  // Regions of device memory are sent through pinned slots (staging::StagedSource), per
+  // connection that reads them: this many slots of this many bytes (one being sent, the others
+  // filled ahead).
+  int staging_slots = 3;
+  uint64_t staging_slot_bytes = 4ull << 20;
 };
 
 class TcpServer {
@@ -59,8 +75,11 @@ class TcpServer {
 
   uint16_t port() const { return port_; }
 
-  // InvalidArgument if `id` is already registered.
-  Status AddRegion(uint32_t id, const void* data, uint64_t size);
+  // InvalidArgument if `id` is already registered. With `device`, [data, data + size) is memory
+  // of that device (data: its device address) and each reply is copied through pinned host
+  // slots ahead of sending it (StagedSource); the wire is the same. REQUIRES: `device` outlives
+  // the region's registration.
+  Status AddRegion(uint32_t id, const void* data, uint64_t size, cuda::Device* device = nullptr);
   // Idempotent; see the class comment.
   void RemoveRegion(uint32_t id);
   // Serves only the ranges of region `id` that `allowed` accepts (null: all); others get
@@ -78,9 +97,10 @@ class TcpServer {
 
  private:
   struct RegionEntry {
-    const char* data;
+    const char* data;  // a device address when `device` is set
     uint64_t size;
-    int users = 0;  // sends in progress; guarded by TcpServer::mu_
+    cuda::Device* device = nullptr;  // null: host memory
+    int users = 0;                   // sends in progress; guarded by TcpServer::mu_
     // Ranges it may serve (null: all); guarded by TcpServer::mu_.
     std::shared_ptr<const std::function<bool(uint64_t, uint64_t)>> allowed;
     std::atomic<bool> removed{false};  // set by RemoveRegion; senders give up when they see it
@@ -112,9 +132,25 @@ class TcpServer {
   // Starts the serving thread of an authenticated connection.
   void StartServing(Pending&& p);
   void Serve(Connection* conn);
+  // Checks `req` against the regions: the region (its users counted) when it may be served,
+  // otherwise null with reply->status saying why.
+  std::shared_ptr<RegionEntry> Admit(const ReadRequest& req, ReadReply* reply);
+  // A request admitted ahead of its turn, with its copies started (device regions).
+  struct Admitted;
+  // Serves request `i` of `requests[0, count)` (a region of device memory; `entry` admitted,
+  // or null when it was admitted ahead and is ahead->front()), starting the copies of the
+  // following device requests of the batch first. False when the connection must close.
+  bool ServeStaged(int fd, const ReadRequest* requests, size_t i, size_t count,
+                   std::shared_ptr<RegionEntry> entry, std::deque<Admitted>* ahead,
+                   std::vector<std::unique_ptr<staging::StagedSource>>* staged);
   // Sends `reply` and its payload `data` (reply.length bytes), paced when capped.
   template <typename StopFn>
   IoResult SendReply(int fd, const ReadReply& reply, const char* data, StopFn&& stop);
+  // Sends `n` bytes of payload, paced when capped.
+  template <typename StopFn>
+  IoResult SendPayload(int fd, const char* data, uint64_t n, StopFn&& stop);
+  // Gives back a use of `entry` counted by Admit.
+  void Unuse(RegionEntry* entry);
   // Joins connections whose threads have returned.
   void ReapFinished();
   // Connections counted against the bounds: serving ones plus `pending`.
