@@ -29,7 +29,6 @@ struct PublishFlags {
   uint32_t rank = 0;
   EngineFlags engine;
   ServeFlags serve;
-  int64_t corrupt_offset = -1;  // hidden, for tests
 };
 
 Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
@@ -45,13 +44,6 @@ Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
                          TransferEngine::Create(engine_options));
   FERRY_ASSIGN_OR_RETURN(weights::ServedModel model,
                          weights::LoadSafetensors(*engine, publish.file));
-  if (publish.corrupt_offset >= 0) {
-    // Test hook: serve one byte that differs from what the checksums announce.
-    if (static_cast<uint64_t>(publish.corrupt_offset) >= model.region->size()) {
-      return absl::InvalidArgumentError("--corrupt-byte-for-testing is past the data");
-    }
-    static_cast<uint8_t*>(model.region->data())[publish.corrupt_offset] ^= 0xff;
-  }
   return ServeModel(flags, publish.serve, publish.engine, client.get(), engine.get(), identity,
                     publish.rank, std::move(model), "ferry publish");
 }
@@ -197,7 +189,6 @@ void AddPublishCommand(CLI::App& app, Cli& cli) {
   cmd->add_option("--rank", flags->rank, "this worker's global rank")->capture_default_str();
   AddEngineFlags(cmd, flags->engine, /*serving=*/true);
   AddServeFlags(cmd, flags->serve);
-  cmd->add_option("--corrupt-byte-for-testing", flags->corrupt_offset)->group("");
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunPublish(cli.flags, *flags); }; });
 }
