@@ -242,11 +242,15 @@ class Swarm:
                 "--data-listen", f"{self.bed.address(host)}:0",
                 "--advertise-host", self.bed.address(host)]
 
-    def publish(self, host: int, name: str, extra: Optional[List[str]] = None) -> Proc:
+    def publish(self, host: int, name: str, extra: Optional[List[str]] = None,
+                command: Optional[List[str]] = None) -> Proc:
+        """Starts `ferry publish MODEL` on `host` and waits until it is READY. `command` replaces
+        [ferry, publish] with another program taking the same flags (the tests' fault source)."""
         ready = os.path.join(self.bed.work, f"{name}.ready")
         if os.path.exists(ready):
             os.unlink(ready)
-        argv = [os.path.join(self.bin, "ferry"), "publish", self.model_path] + self.common(host) + [
+        command = command or [os.path.join(self.bin, "ferry"), "publish"]
+        argv = command + [self.model_path] + self.common(host) + [
             "--worker-listen", f"{self.bed.address(host)}:0", "--heartbeat-interval", "1",
             "--ready-file", ready] + (extra or [])
         proc = self.bed.spawn(host, argv, name)

@@ -400,8 +400,6 @@ def pull_into(
     worker_tls_client_key: str = "",
     te_protocol: str = "tcp",
     te_device: str = "",
-    _batch_bytes: int = 0,
-    _batch_pause: float = 0.0,
 ) -> PullReport:
     """Fills a module's tensors (its state_dict) or a mapping's, in place, from a READY source of
     `identity` and rank `worker_rank`, and verifies every tensor's checksum.
@@ -455,8 +453,7 @@ def pull_into(
         max_sources=max_sources, transfer_timeout=transfer_timeout, stall_timeout=stall_timeout,
         verify_threads=verify_threads, worker_tls_ca=worker_tls_ca,
         worker_tls_client_cert=worker_tls_client_cert,
-        worker_tls_client_key=worker_tls_client_key, batch_bytes=_batch_bytes,
-        batch_pause=_batch_pause, stripe=stripe)
+        worker_tls_client_key=worker_tls_client_key, stripe=stripe)
 
     def ferry_pull(worker_id: str) -> Dict[str, Any]:
         engine = _engine(f"python pull rank {worker_rank}",

@@ -146,8 +146,7 @@ void RegisterWeights(py::module_& m) {
          const std::string& transport, int max_sources, double transfer_timeout,
          double stall_timeout, int verify_threads, const std::string& target_worker_id,
          const std::string& worker_tls_ca, const std::string& worker_tls_client_cert,
-         const std::string& worker_tls_client_key, uint64_t batch_bytes, double batch_pause,
-         int stripe) {
+         const std::string& worker_tls_client_key, int stripe) {
         weights::PullOptions o;
         o.stripe = std::min(stripe, max_sources);
         o.client = client->client.get();
@@ -163,8 +162,6 @@ void RegisterWeights(py::module_& m) {
         o.target_worker_id = target_worker_id;
         o.endpoint =
             TargetEndpoint(*client, worker_tls_ca, worker_tls_client_cert, worker_tls_client_key);
-        o.batch_bytes = batch_bytes;
-        o.batch_pause = Seconds(batch_pause, "batch_pause");
         weights::BufferSet set = MakeBufferSet(buffers, spans);
         weights::PullResult r;
         {
@@ -203,8 +200,7 @@ void RegisterWeights(py::module_& m) {
       py::arg("transfer_timeout") = 300.0, py::arg("stall_timeout") = 15.0,
       py::arg("verify_threads") = 2, py::arg("target_worker_id") = "",
       py::arg("worker_tls_ca") = "", py::arg("worker_tls_client_cert") = "",
-      py::arg("worker_tls_client_key") = "", py::arg("batch_bytes") = 0,
-      py::arg("batch_pause") = 0.0, py::arg("stripe") = 1,
+      py::arg("worker_tls_client_key") = "", py::arg("stripe") = 1,
       "Pulls a READY source's tensors into the buffers in place and verifies every checksum. "
       "NotFoundError: no source; FailedPreconditionError: the buffers do not match the "
       "source's tensors (nothing moved); UnavailableError: every source tried failed (the "

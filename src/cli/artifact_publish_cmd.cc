@@ -26,7 +26,6 @@ struct ArtifactPublishFlags {
   ServeFlags serve;
   int max_leases = 64;
   double lease_ttl = 300;
-  int64_t corrupt_offset = -1;  // hidden, for tests
 };
 
 Status RunArtifactPublish(const GlobalFlags& flags, const ArtifactPublishFlags& publish) {
@@ -71,13 +70,6 @@ Status RunArtifactPublish(const GlobalFlags& flags, const ArtifactPublishFlags& 
   options.endpoint.tls_client_ca = publish.serve.tls_client_ca;
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<artifacts::ArtifactSource> source,
                          artifacts::ArtifactSource::Create(std::move(options)));
-  if (publish.corrupt_offset >= 0) {
-    // Test hook: serve one byte of the snapshot that differs from what the manifest announces.
-    if (static_cast<uint64_t>(publish.corrupt_offset) >= source->summary().total_size) {
-      return absl::InvalidArgumentError("--corrupt-byte-for-testing is past the data");
-    }
-    source->CorruptByteForTest(static_cast<uint64_t>(publish.corrupt_offset));
-  }
   FERRY_RETURN_IF_ERROR(source->Start());
 
   const artifacts::SourceSummary& s = source->summary();
@@ -145,7 +137,6 @@ void AddArtifactPublishCommand(CLI::App* artifact, Cli& cli) {
       ->capture_default_str();
   AddEngineFlags(cmd, flags->engine, /*serving=*/true);
   AddServeFlags(cmd, flags->serve, /*artifact=*/true);
-  cmd->add_option("--corrupt-byte-for-testing", flags->corrupt_offset)->group("");
   cmd->callback([&cli, flags] {
     cli.action = [&cli, flags] { return RunArtifactPublish(cli.flags, *flags); };
   });

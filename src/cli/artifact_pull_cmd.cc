@@ -32,10 +32,6 @@ struct ArtifactPullFlags {
   bool json = false;
   TargetFlags target = {.transfer_timeout = 600};
   EngineFlags engine;
-  int testing_pause_before_install_ms = 0;  // hidden
-  uint64_t testing_batch_bytes = 0;         // hidden
-  int testing_batch_pause_ms = 0;           // hidden
-  uint64_t testing_window_bytes = 0;        // hidden
 };
 
 nlohmann::json Summary(const artifacts::ArtifactPullResult& r) {
@@ -108,15 +104,6 @@ Status RunArtifactPull(const GlobalFlags& flags, const ArtifactPullFlags& pull) 
               << (pid > 0 ? absl::StrCat(" (pid ", pid, ")") : std::string()) << " installing into "
               << pull.into << "\n";
   };
-  if (pull.testing_pause_before_install_ms > 0) {
-    options.before_commit_for_test = [&pull] {
-      std::cerr << "ferry artifact pull: staged; pausing before install (testing)\n";
-      absl::SleepFor(absl::Milliseconds(pull.testing_pause_before_install_ms));
-    };
-  }
-  if (pull.testing_window_bytes > 0) options.window_bytes = pull.testing_window_bytes;
-  options.batch_bytes_for_test = pull.testing_batch_bytes;
-  options.batch_pause_for_test = absl::Milliseconds(pull.testing_batch_pause_ms);
   FERRY_ASSIGN_OR_RETURN(artifacts::ArtifactPullResult result, artifacts::PullArtifact(options));
   if (pull.json) {
     std::cout << Summary(result).dump(2) << std::endl;
@@ -188,11 +175,6 @@ void AddArtifactPullCommand(CLI::App* artifact, Cli& cli) {
   AddTargetFlags(cmd, flags->target, "bytes");
   AddTopologyFlag(cmd, &flags->topology);
   AddEngineFlags(cmd, flags->engine, /*serving=*/false);
-  cmd->add_option("--testing-pause-before-install-ms", flags->testing_pause_before_install_ms)
-      ->group("");
-  cmd->add_option("--testing-batch-bytes", flags->testing_batch_bytes)->group("");
-  cmd->add_option("--testing-batch-pause-ms", flags->testing_batch_pause_ms)->group("");
-  cmd->add_option("--testing-window-bytes", flags->testing_window_bytes)->group("");
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunArtifactPull(cli.flags, *flags); }; });
 }

@@ -31,7 +31,6 @@ struct PublishFlags {
   EngineFlags engine;
   ServeFlags serve;
   std::string checksum = "xxh3-64";
-  int64_t corrupt_offset = -1;  // hidden, for tests
 };
 
 Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
@@ -51,13 +50,6 @@ Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
                          TransferEngine::Create(engine_options));
   FERRY_ASSIGN_OR_RETURN(weights::ServedModel model,
                          weights::LoadSafetensors(*engine, publish.file, 2, *algorithm));
-  if (publish.corrupt_offset >= 0) {
-    // Test hook: serve one byte that differs from what the checksums announce.
-    if (static_cast<uint64_t>(publish.corrupt_offset) >= model.region->size()) {
-      return absl::InvalidArgumentError("--corrupt-byte-for-testing is past the data");
-    }
-    static_cast<uint8_t*>(model.region->data())[publish.corrupt_offset] ^= 0xff;
-  }
   return ServeModel(flags, publish.serve, publish.engine, client.get(), engine.get(), identity,
                     publish.rank, std::move(model), "ferry publish");
 }
@@ -208,7 +200,6 @@ void AddPublishCommand(CLI::App& app, Cli& cli) {
                   "xxh3-64-tree-64k (64 KiB leaves: computed on many cores, and verified on the "
                   "GPU by GPU targets)")
       ->capture_default_str();
-  cmd->add_option("--corrupt-byte-for-testing", flags->corrupt_offset)->group("");
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunPublish(cli.flags, *flags); }; });
 }

@@ -36,8 +36,6 @@ struct PullFlags {
   bool then_publish = false;
   bool serve_while_pulling = true;  // --no-serve-while-pulling clears it
   ServeFlags serve;
-  uint64_t testing_batch_bytes = 0;  // hidden
-  int testing_batch_pause_ms = 0;    // hidden
 };
 
 // Progress on stderr: a bar redrawn in place on a terminal, or one line per second.
@@ -179,8 +177,6 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
       return absl::OkStatus();
     };
   }
-  options.batch_bytes = pull.testing_batch_bytes;
-  options.batch_pause = absl::Milliseconds(pull.testing_batch_pause_ms);
   const bool tty = isatty(STDERR_FILENO);
   std::unique_ptr<ProgressPrinter> printer;
   if (pull.progress == "bar" || (pull.progress == "auto" && tty && !pull.json)) {
@@ -265,8 +261,6 @@ void AddPullCommand(CLI::App& app, Cli& cli) {
   cmd->add_flag("!--no-serve-while-pulling", flags->serve_while_pulling,
                 "with --then-publish: serve only after the whole pull, as before");
   AddServeFlags(cmd, flags->serve);
-  cmd->add_option("--testing-batch-bytes", flags->testing_batch_bytes)->group("");
-  cmd->add_option("--testing-batch-pause-ms", flags->testing_batch_pause_ms)->group("");
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunPull(cli.flags, *flags); }; });
 }

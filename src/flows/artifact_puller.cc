@@ -272,7 +272,6 @@ class ArtifactPuller {
     FERRY_RETURN_IF_ERROR(
         ReadVerifyStage(*peer, m, info, total, largest_chunk, source_text, transfer_start, *stage));
     const absl::Time install_start = absl::Now();
-    if (o_.before_commit_for_test) o_.before_commit_for_test();
     FERRY_RETURN_IF_ERROR(stage->Commit());
     result->artifact_id = artifact_id;
     result->transport = peer->transport();
@@ -335,16 +334,6 @@ class ArtifactPuller {
       options.timeout = o_.transfer_timeout;
       options.start = start;
       options.stall_timeout = o_.stall_timeout;
-      absl::Mutex pace_mu;
-      if (o_.batch_bytes_for_test > 0) {
-        // Slows the transfer down for tests that act while it runs: a pause after every piece
-        // of batch_bytes_for_test bytes, one piece at a time.
-        options.on_piece = [&](const ReadOp&, size_t) {
-          absl::MutexLock lock(&pace_mu);
-          absl::SleepFor(o_.batch_pause_for_test);
-        };
-        options.chunk_bytes = o_.batch_bytes_for_test;
-      }
       if (o_.on_progress) {
         const uint64_t before = done.load();
         options.on_progress = [&, before](uint64_t round_done, uint64_t) {

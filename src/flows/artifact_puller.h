@@ -68,10 +68,6 @@ struct ArtifactPullOptions {
   uint64_t window_bytes = uint64_t{256} << 20;
   std::function<void(const ArtifactPullProgress&)> on_progress;
   std::function<void(int holder_pid)> on_lock_wait;
-  // Tests: runs after the files are staged and verified, just before the atomic install.
-  std::function<void()> before_commit_for_test;
-  uint64_t batch_bytes_for_test = 0;
-  absl::Duration batch_pause_for_test = absl::ZeroDuration();
 };
 
 using ArtifactPullAttempt = SourceAttempt;

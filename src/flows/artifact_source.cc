@@ -136,10 +136,6 @@ void ArtifactSource::Stop() {
   if (serving_ != nullptr) serving_->Stop();
 }
 
-void ArtifactSource::CorruptByteForTest(uint64_t offset) {
-  if (offset < snapshot_.total_bytes) static_cast<uint8_t*>(region_->data())[offset] ^= 0xff;
-}
-
 std::string ArtifactSource::endpoint() const {
   return serving_ != nullptr ? serving_->endpoint() : std::string();
 }

@@ -73,9 +73,10 @@ class ArtifactSource {
   std::string endpoint() const;  // worker endpoint host:port; "" before Start()
   const worker::ArtifactState& state() const { return *state_; }
 
-  // Tests: flips the snapshot byte at `offset` (bytes counted through the files in order), so
-  // that the served bytes no longer match the sealed manifest.
-  void CorruptByteForTest(uint64_t offset);
+  // The registered memory holding the snapshot, which peers read: the files back to back in
+  // manifest order (snapshot().file_offsets), summary().total_size bytes. Valid until this
+  // source is destroyed.
+  const Region& region() const { return *region_; }
 
  private:
   ArtifactSource(ArtifactSourceOptions options, std::string worker_id, std::string mx_source_id);

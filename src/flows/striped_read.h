@@ -84,8 +84,8 @@ class StripedRead {
   //
   // `read` gives the timeout (with start), stall timeout, cancel flag, chunk size and progress
   // callback (which sees bytes landed over the whole pull, across rounds); its on_piece is
-  // ignored. `on_piece` (optional) is called after each piece was recorded (tests slow a read
-  // down with it).
+  // ignored. `on_piece` (optional) is called after each piece was recorded, from the thread
+  // that received it.
   Status Run(const ReadOptions& read, std::function<void(const ReadOp&)> on_piece = nullptr);
 
   bool complete();

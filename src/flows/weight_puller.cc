@@ -502,9 +502,7 @@ class Puller {
     read.pause = pause;
     // Targets pulling at once start at different pieces (and so can give each other theirs).
     read.first_piece = std::hash<std::string>{}(target_id_);
-    if (options_.batch_bytes > 0) {
-      read.chunk_bytes = options_.batch_bytes;
-    } else if (Stripe() > 1) {
+    if (Stripe() > 1) {
       // Finer pieces spread a read over several sources more evenly, and give targets that
       // pull at once more distinct pieces to trade.
       read.chunk_bytes = kStripedPieceBytes;
@@ -517,16 +515,7 @@ class Puller {
         options_.on_progress(PullProgress{done, all, text});
       };
     }
-    absl::Mutex pace_mu;  // pauses one piece at a time, so the whole read is slowed down
-    std::function<void(const ReadOp&)> on_piece;
-    if (options_.batch_bytes > 0) {
-      // For tests that act while a transfer runs: a pause after every piece.
-      on_piece = [this, &pace_mu](const ReadOp&) {
-        absl::MutexLock lock(&pace_mu);
-        absl::SleepFor(options_.batch_pause);
-      };
-    }
-    return striped_->Run(read, std::move(on_piece));
+    return striped_->Run(read);
   }
 
   std::string LiveName() const {

@@ -76,10 +76,6 @@ struct PullOptions {
   PreparePages prepare = PreparePages::kAhead;
   // Called about ten times a second from a helper thread while bytes move, and once at the end.
   std::function<void(const PullProgress&)> on_progress;
-  // Reads are submitted in batches of this many bytes (0: one batch), with `batch_pause`
-  // between batches. For tests that must act while a transfer is under way.
-  uint64_t batch_bytes = 0;
-  absl::Duration batch_pause = absl::ZeroDuration();
 };
 
 // One source tried.

@@ -4,6 +4,9 @@
 // merging into an existing cache, trust decisions (unsigned, untrusted key), a corrupted source
 // byte and the node's failure marker, two concurrent pulls into one directory, a pull killed
 // before its atomic install, a source killed mid-transfer, no source at all, and bad input.
+// Faults come from test code, never from flags of the shipped binary: a corrupted source is
+// tests/tools/ferry_fault_source (publishes like `ferry artifact publish`, then flips one served
+// byte), and a pull is kept under way by the source's real upload cap (--max-upload-rate).
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -183,12 +187,22 @@ class ArtifactPullTest : public ::testing::Test {
             ready};
   }
 
-  // Starts `ferry artifact publish DIR` and waits until it is READY.
+  // Starts `ferry artifact publish DIR` and waits until it is READY. With `corrupt_byte`, the
+  // source is tests/tools/ferry_fault_source instead, which takes the same flags and serves
+  // the snapshot byte at that offset flipped (after sealing and signing).
   Source Publish(const std::string& dir, const std::string& model,
-                 std::vector<std::string> extra = {}) {
+                 std::vector<std::string> extra = {},
+                 std::optional<uint64_t> corrupt_byte = std::nullopt) {
     const std::string tag = absl::StrCat("publish-", ++children_);
     const std::string ready = Path(tag + ".ready");
     std::vector<std::string> argv = PublishArgs(dir, model, ready);
+    if (corrupt_byte.has_value()) {
+      // {ferry, artifact, publish, DIR, ...} -> {ferry_fault_source, artifact, DIR, ...}.
+      argv.erase(argv.begin() + 2);
+      argv[0] = BinaryPath("ferry_fault_source");
+      argv.push_back("--corrupt-byte");
+      argv.push_back(std::to_string(*corrupt_byte));
+    }
     argv.insert(argv.end(), extra.begin(), extra.end());
     Source source;
     auto child = ChildProcess::Start({.argv = argv, .log_file = Path(tag + ".log")});
@@ -291,15 +305,15 @@ class ArtifactPullTest : public ::testing::Test {
     return "";
   }
 
-  // Waits until `path`'s contents contain `text`; false after `timeout`.
-  static bool WaitForText(const std::string& path, const std::string& text,
-                          absl::Duration timeout) {
+  // Waits until a pull's stage appears beside Path("target/cache"): its source's manifest is
+  // trusted and its transfer starts. False after `timeout`.
+  bool WaitForStage(absl::Duration timeout) const {
     const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      if (ReadFile(path).find(text) != std::string::npos) return true;
-      absl::SleepFor(absl::Milliseconds(20));
+    while (EntriesStartingWith(Path("target"), ".cache.ferry-stage.").empty()) {
+      if (absl::Now() >= deadline) return false;
+      absl::SleepFor(absl::Milliseconds(10));  // polling the condition, not waiting for time
     }
-    return false;
+    return true;
   }
 
   // The failure markers in the state directory.
@@ -504,9 +518,8 @@ TEST_F(ArtifactPullTest, CorruptedChunkFailsVerificationLeavesAMarkerAndTheNextS
   const std::string src = MakeCacheTree("cache", 6);
   const Keys keys = Keygen("keys");
   const std::string model = "it/corrupt";
-  Source bad = Publish(src, model,
-                       {"--signing-key", keys.private_key, "--corrupt-byte-for-testing", "5",
-                        "--worker-id", "w-bad"});
+  Source bad = Publish(src, model, {"--signing-key", keys.private_key, "--worker-id", "w-bad"},
+                       /*corrupt_byte=*/5);
   ASSERT_NE(bad.process, nullptr);
   const std::string into = Path("target/cache");
   WriteFile(into + "/local.txt", "local\n");
@@ -562,17 +575,18 @@ TEST_F(ArtifactPullTest, CorruptedChunkFailsVerificationLeavesAMarkerAndTheNextS
 TEST_F(ArtifactPullTest, ConcurrentPullsIntoOneDirectoryInstallOnce) {
   const std::string src = MakeCacheTree("cache", 7);
   const Keys keys = Keygen("keys");
-  Source source = Publish(src, "it/concurrent", {"--signing-key", keys.private_key});
+  // The source serves at most 1 MiB/s (its real upload cap, over TCP): the first pull takes
+  // about 3 s, and the second starts while it still holds the node's install lock.
+  Source source = Publish(src, "it/concurrent",
+                          {"--signing-key", keys.private_key, "--max-upload-rate", "1MiB"});
   ASSERT_NE(source.process, nullptr);
   const std::string into = Path("target/cache");
   std::unique_ptr<ChildProcess> slow =
-      StartPull("slow", "it/concurrent", into,
-                {"--trust", keys.public_key, "--testing-batch-bytes", "65536",
-                 "--testing-batch-pause-ms", "50"});
+      StartPull("slow", "it/concurrent", into, {"--trust", keys.public_key, "--transport", "tcp"});
   ASSERT_NE(slow, nullptr);
   absl::SleepFor(absl::Milliseconds(200));
   std::unique_ptr<ChildProcess> fast =
-      StartPull("fast", "it/concurrent", into, {"--trust", keys.public_key});
+      StartPull("fast", "it/concurrent", into, {"--trust", keys.public_key, "--transport", "tcp"});
   ASSERT_NE(fast, nullptr);
   Status slow_done = slow->Wait(absl::Seconds(60));
   Status fast_done = fast->Wait(absl::Seconds(60));
@@ -593,24 +607,24 @@ TEST_F(ArtifactPullTest, ConcurrentPullsIntoOneDirectoryInstallOnce) {
 TEST_F(ArtifactPullTest, PullKilledBeforeInstallLeavesTheCacheUntouched) {
   const std::string src = MakeCacheTree("cache", 8);
   const Keys keys = Keygen("keys");
-  Source source = Publish(src, "it/killed", {"--signing-key", keys.private_key});
+  // The source serves at most 1 MiB/s (its real upload cap): the 3 MiB take about 3 s, so the
+  // pull is still staging when it is killed.
+  Source source =
+      Publish(src, "it/killed", {"--signing-key", keys.private_key, "--max-upload-rate", "1MiB"});
   ASSERT_NE(source.process, nullptr);
   const std::string into = Path("target/cache");
   WriteFile(into + "/local.txt", "mine\n");
   std::unique_ptr<ChildProcess> pull =
-      StartPull("paused", "it/killed", into,
-                {"--trust", keys.public_key, "--testing-pause-before-install-ms", "20000"});
+      StartPull("staging", "it/killed", into, {"--trust", keys.public_key, "--transport", "tcp"});
   ASSERT_NE(pull, nullptr);
-  ASSERT_TRUE(WaitForText(Path("paused.log"), "pausing before install", absl::Seconds(30)))
-      << ReadFile(Path("paused.log"));
-  // Everything is staged beside the cache...
-  EXPECT_THAT(EntriesStartingWith(Path("target"), ".cache.ferry-stage."), Not(IsEmpty()));
+  // The files are being staged beside the cache...
+  ASSERT_TRUE(WaitForStage(absl::Seconds(30))) << ReadFile(Path("staging.log"));
   ASSERT_EQ(kill(pull->pid(), SIGKILL), 0);
   EXPECT_FALSE(pull->Wait(absl::Seconds(10)).ok());
   // ...and nothing of it reached the cache.
   EXPECT_EQ(ReadTree(into).files, (std::map<std::string, std::string>{{"local.txt", "mine\n"}}));
 
-  CommandResult r = Pull("it/killed", into, {"--trust", keys.public_key});
+  CommandResult r = Pull("it/killed", into, {"--trust", keys.public_key, "--transport", "tcp"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Json(r)["installed"], true);
   std::map<std::string, std::string> want = ReadTree(src).files;
@@ -623,30 +637,25 @@ TEST_F(ArtifactPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   const std::string src = MakeCacheTree("cache", 9);
   const Keys keys = Keygen("keys");
   const std::string model = "it/source-killed";
-  Source a = Publish(src, model, {"--signing-key", keys.private_key, "--worker-id", "w-a"});
+  // A serves at most 640 KiB/s (its real upload cap): the 3 MiB take it about 5 s.
+  Source a = Publish(
+      src, model,
+      {"--signing-key", keys.private_key, "--worker-id", "w-a", "--max-upload-rate", "640KiB"});
   Source b = Publish(src, model, {"--signing-key", keys.private_key, "--worker-id", "w-b"});
   ASSERT_NE(a.process, nullptr);
   ASSERT_NE(b.process, nullptr);
   // The same directory gives the same artifact (its id covers the absolute paths).
   ASSERT_EQ(a.artifact_id(), b.artifact_id());
   const std::string into = Path("target/cache");
-  // About 50 pieces of 64 KiB, 100 ms apart, over one stream (at most 16 requests ahead, so
-  // that most requests are sent after A died): the pull is still reading when A dies.
+  // Over one stream from A's capped server: the pull is still reading when A dies.
   std::unique_ptr<ChildProcess> pull = StartPull(
       "slow", model, into,
-      {"--trust", keys.public_key, "--transport", "tcp", "--tcp-streams", "1",
-       "--testing-batch-bytes", "65536", "--testing-batch-pause-ms", "100", "--stall-timeout", "2",
-       "--target-worker-id", TargetIdPreferring(model, {&a, &b}, "w-a")});
+      {"--trust", keys.public_key, "--transport", "tcp", "--tcp-streams", "1", "--stall-timeout",
+       "2", "--target-worker-id", TargetIdPreferring(model, {&a, &b}, "w-a")});
   ASSERT_NE(pull, nullptr);
   // The stage appears once A's manifest is trusted and its data plane connected: the read from
   // A is about to start.
-  const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (EntriesStartingWith(Path("target"), ".cache.ferry-stage.").empty() &&
-         absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  ASSERT_THAT(EntriesStartingWith(Path("target"), ".cache.ferry-stage."), Not(IsEmpty()))
-      << ReadFile(Path("slow.log"));
+  ASSERT_TRUE(WaitForStage(absl::Seconds(30))) << ReadFile(Path("slow.log"));
   absl::SleepFor(absl::Milliseconds(300));
   ASSERT_EQ(kill(a.process->pid(), SIGKILL), 0);
   Status done = pull->Wait(absl::Seconds(60));

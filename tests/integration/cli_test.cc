@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/hashing.h"
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
@@ -24,6 +25,7 @@ using ::ferry::testing::CommandResult;
 using ::ferry::testing::RunCommand;
 using ::ferry::testing::ServerProcess;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 constexpr absl::Duration kCommandTimeout = absl::Seconds(60);
@@ -179,6 +181,42 @@ TEST_F(CliTest, BadStatusIsAUsageErrorListingValidNames) {
   EXPECT_EQ(r.exit_code, 2) << Describe(r);
   EXPECT_THAT(r.err, StartsWith("ferry: --status: 'bogus' is not a source status"));
   EXPECT_THAT(r.err, HasSubstr("unknown, initializing, ready, stale"));
+}
+
+// Test hooks never ship: the flags that once corrupted or paced a transfer for tests are gone
+// from the binary (tests/tools/ferry_fault_source and the real upload cap replace them). Passing
+// one is a usage error, and no help text mentions them.
+TEST_F(CliTest, NoTestOnlyFlagsShip) {
+  const std::vector<std::vector<std::string>> commands = {
+      {"publish", "/dev/null", "--model", "m", "--corrupt-byte-for-testing", "5"},
+      {"artifact", "publish", "/tmp", "--kind", "triton", "--model", "m",
+       "--corrupt-byte-for-testing", "5"},
+      {"pull", "--model", "m", "--testing-batch-bytes", "65536"},
+      {"pull", "--model", "m", "--testing-batch-pause-ms", "50"},
+      {"artifact", "pull", "--kind", "triton", "--model", "m", "--into", "/tmp/x",
+       "--testing-batch-bytes", "65536"},
+      {"artifact", "pull", "--kind", "triton", "--model", "m", "--into", "/tmp/x",
+       "--testing-batch-pause-ms", "50"},
+      {"artifact", "pull", "--kind", "triton", "--model", "m", "--into", "/tmp/x",
+       "--testing-pause-before-install-ms", "50"},
+      {"artifact", "pull", "--kind", "triton", "--model", "m", "--into", "/tmp/x",
+       "--testing-window-bytes", "65536"},
+  };
+  for (const std::vector<std::string>& args : commands) {
+    CommandResult r = Ferry(args);
+    EXPECT_EQ(r.exit_code, 2) << absl::StrJoin(args, " ") << ": " << Describe(r);
+    EXPECT_THAT(r.err, HasSubstr("arguments were not expected")) << absl::StrJoin(args, " ");
+    EXPECT_THAT(r.err, HasSubstr(args[args.size() - 2])) << absl::StrJoin(args, " ");
+  }
+  for (const std::vector<std::string>& command : std::vector<std::vector<std::string>>{
+           {"publish"}, {"pull"}, {"artifact", "publish"}, {"artifact", "pull"}}) {
+    std::vector<std::string> args = command;
+    args.push_back("--help");
+    CommandResult r = Ferry(args);
+    EXPECT_EQ(r.exit_code, 0) << Describe(r);
+    EXPECT_THAT(r.out, Not(HasSubstr("testing"))) << absl::StrJoin(args, " ");
+    EXPECT_THAT(r.out, Not(HasSubstr("corrupt"))) << absl::StrJoin(args, " ");
+  }
 }
 
 TEST_F(CliTest, ServerFromEnvironment) {

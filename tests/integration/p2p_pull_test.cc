@@ -1,12 +1,17 @@
 // End to end: real `ferry publish` and `ferry pull` processes moving a model over loopback
 // through a real ferry-server, for each transport. Covers one and two ranks, a source killed
 // mid-transfer, a corrupted source byte, no source at all, and a restarted source whose old
-// coordinates must be refused.
+// coordinates must be refused. Faults come from test code, never from flags of the shipped
+// binary: a corrupted source is tests/tools/ferry_fault_source (publishes like `ferry publish`,
+// then flips one served byte), and a pull is kept under way by the source's real upload cap
+// (--max-upload-rate, over TCP).
 #include <signal.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <mutex>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -15,11 +20,14 @@
 #include "common/testing/test_certs.h"
 #include "ferry/metadata_client.h"
 #include "ferry/source_identity.h"
+#include "ferry/transfer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "server_process.h"
 #include "weights/llama_model.h"
+#include "weights/tensor_checksum.h"
+#include "worker/worker_client.h"
 
 namespace ferry {
 namespace {
@@ -79,8 +87,22 @@ class P2pPullTest : public ::testing::TestWithParam<std::string> {
   // Starts `ferry publish FILE` and waits until it is READY.
   Source Publish(const std::string& file, const std::string& model,
                  std::vector<std::string> extra = {}, int tp = 1) {
+    return StartSource({BinaryPath("ferry"), "publish", file}, model, std::move(extra), tp);
+  }
+
+  // Starts a source of `file` that serves the byte at `offset` flipped (after the checksums
+  // were taken; tests/tools/ferry_fault_source) and waits until it is READY.
+  Source PublishCorrupt(const std::string& file, const std::string& model, uint64_t offset,
+                        std::vector<std::string> extra = {}) {
+    return StartSource({BinaryPath("ferry_fault_source"), "weights", file, "--corrupt-byte",
+                        std::to_string(offset)},
+                       model, std::move(extra), 1);
+  }
+
+  // Starts `command` (a source taking `ferry publish`'s flags) and waits until it is READY.
+  Source StartSource(std::vector<std::string> argv, const std::string& model,
+                     std::vector<std::string> extra, int tp) {
     const std::string tag = absl::StrCat("publish-", ++children_);
-    std::vector<std::string> argv = {BinaryPath("ferry"), "publish", file};
     for (const auto& a : Identity(model, tp)) argv.push_back(a);
     for (const auto& a : EngineArgs()) argv.push_back(a);
     const std::string ready = dir_.path() + "/" + tag + ".ready";
@@ -155,19 +177,77 @@ class P2pPullTest : public ::testing::TestWithParam<std::string> {
     return "";
   }
 
-  // Starts a pull that reads in 1 MiB batches 100 ms apart (so that it is still under way when
-  // the test acts), preferring `first`, and waits until bytes have moved.
+  // shm and UCX reads are one-sided: the source never sees them, so nothing on its side can
+  // slow one down for a test to act while it runs. Such a test reads `source`'s tensors in this
+  // process instead, through the real engine and transport, one piece in flight (one copy
+  // thread, one request), and acts from the read's own per-piece callback: `act` runs once,
+  // after the first 1 MiB piece landed and before the next is read, so the read is under way
+  // when it acts. Returns the read's status; on success, every tensor read matches the
+  // checksum the source announced.
+  Status ReadActingAfterFirstPiece(const Source& source, const std::function<void()>& act) {
+    worker::WorkerClientOptions client_options;
+    client_options.endpoint = source.endpoint;
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerClient> worker,
+                           worker::WorkerClient::Create(client_options));
+    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info,
+                           worker->GetTransferInfo(source.mx_source_id, source.worker_id));
+    FERRY_ASSIGN_OR_RETURN(TransportKind kind, ParseTransportKind(transport()));
+    TransferEngineOptions engine_options;
+    engine_options.name = "test target";
+    engine_options.enable_shm = kind == TransportKind::kShm;
+    engine_options.enable_ucx = kind == TransportKind::kUcx;
+    engine_options.enable_tcp = false;
+    engine_options.enable_cuda_ipc = false;
+    engine_options.ucx_without_rdma = true;
+    engine_options.ucx_net_devices = "lo";
+    engine_options.shm_copy_threads = 1;
+    engine_options.max_inflight = 1;
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
+                           TransferEngine::Create(engine_options));
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Region> local,
+                           engine->AllocateRegion(info.total_bytes()));
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer, engine->Connect(info.transfer_blob(), kind));
+    std::vector<ReadOp> ops;
+    uint64_t at = 0;
+    for (const ferry::v1::TensorEntry& t : info.tensors()) {
+      ops.push_back({t.region(), t.offset(), static_cast<char*>(local->data()) + at, t.size()});
+      at += t.size();
+    }
+    ReadOptions read;
+    read.timeout = absl::Seconds(60);
+    read.stall_timeout = absl::Seconds(1);
+    read.chunk_bytes = 1 << 20;
+    std::once_flag acted;
+    read.on_piece = [&](const ReadOp&, size_t) { std::call_once(acted, act); };
+    FERRY_RETURN_IF_ERROR(peer->Read(CoalesceReadOps(std::move(ops)), read));
+    at = 0;
+    for (const ferry::v1::TensorEntry& t : info.tensors()) {
+      const uint64_t sum =
+          weights::TensorChecksum(static_cast<const char*>(local->data()) + at, t.size());
+      if (sum != t.checksum()) {
+        return absl::DataLossError(absl::StrCat("tensor ", t.name(), " failed verification"));
+      }
+      at += t.size();
+    }
+    return absl::OkStatus();
+  }
+
+  // The flags that make `ferry publish` serve slowly enough for a test to act while a pull of
+  // kModelBytes is under way: the real upload cap (8 MiB/s: 24 MiB take about 3 s), which paces
+  // the TCP server. None for shm and UCX, whose reads are one-sided (the tests use
+  // ReadActingAfterFirstPiece there).
+  std::vector<std::string> SlowSourceArgs() const {
+    if (transport() != "tcp") return {};
+    return {"--max-upload-rate", "8MiB"};
+  }
+
+  // Starts a pull preferring `first` (publish it with SlowSourceArgs() so that the pull is
+  // still under way when the test acts), and waits until bytes have moved.
   std::unique_ptr<ChildProcess> StartSlowPull(const std::string& model, const std::string& out,
                                               const std::string& first,
                                               std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {"--target-worker-id",
-                                     TargetIdPreferring(model, first),
-                                     "--progress",
-                                     "lines",
-                                     "--testing-batch-bytes",
-                                     "1048576",
-                                     "--testing-batch-pause-ms",
-                                     "100"};
+    std::vector<std::string> args = {"--target-worker-id", TargetIdPreferring(model, first),
+                                     "--progress", "lines"};
     args.insert(args.end(), extra.begin(), extra.end());
     ChildOptions pull{.argv = PullArgs(model, out, args),
                       .log_file = dir_.path() + "/pull.log",
@@ -251,25 +331,47 @@ TEST_P(P2pPullTest, TwoRanksEachGetTheirShard) {
 
 TEST_P(P2pPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   const std::string model = Model("m.safetensors", kModelBytes, 2);
-  Source a = Publish(model, "it/kill");
+  Source a = Publish(model, "it/kill", SlowSourceArgs());
   Source b = Publish(model, "it/kill");
   ASSERT_NE(a.process, nullptr);
   ASSERT_NE(b.process, nullptr);
   const std::string out = dir_.path() + "/out.safetensors";
+  if (transport() != "tcp") {
+    // One-sided reads (see ReadActingAfterFirstPiece): a is killed, and gone, while a read of
+    // its memory is under way.
+    Status read = ReadActingAfterFirstPiece(a, [&] {
+      EXPECT_EQ(kill(a.process->pid(), SIGKILL), 0);
+      EXPECT_FALSE(a.process->Wait(absl::Seconds(10)).ok());
+    });
+    // Shared memory on one host: the target has mapped the source's memory, and the mapping
+    // keeps those pages alive after the process dies, so the read completes (and verifies)
+    // from the killed source itself. A UCX path that reads through the source process instead
+    // fails, naming the peer.
+    if (transport() == "shm" || read.ok()) {
+      EXPECT_TRUE(read.ok()) << read;
+    } else {
+      EXPECT_EQ(read.code(), absl::StatusCode::kUnavailable) << read;
+    }
+    // And a pull that still finds the dead source's record first completes from the next.
+    CommandResult r =
+        Pull("it/kill", out, {"--target-worker-id", TargetIdPreferring("it/kill", a.worker_id)});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    nlohmann::json j = Json(r);
+    ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
+    EXPECT_EQ(j["attempts"][0]["worker_id"], a.worker_id);
+    EXPECT_EQ(j["attempts"][0]["ok"], false);
+    EXPECT_EQ(j["attempts"][1]["worker_id"], b.worker_id);
+    EXPECT_EQ(j["attempts"][1]["ok"], true);
+    EXPECT_EQ(ReadFile(out), ReadFile(model));
+    return;
+  }
+  // TCP: a's capped server keeps the pull under way (SlowSourceArgs).
   std::unique_ptr<ChildProcess> puller = StartSlowPull("it/kill", out, a.worker_id);
   ASSERT_NE(puller, nullptr);
   ASSERT_EQ(kill(a.process->pid(), SIGKILL), 0);
   ASSERT_TRUE(puller->Wait(absl::Seconds(60)).ok()) << ReadFile(dir_.path() + "/pull.log");
   nlohmann::json j = SlowPullSummary();
   EXPECT_EQ(ReadFile(out), ReadFile(model));
-  if ((transport() == "ucx" || transport() == "shm") && j["attempts"].size() == 1) {
-    // Shared memory on one host: the target has mapped the source's memory, and the mapping
-    // keeps those pages alive after the process dies, so the read completes (and verifies)
-    // from the killed source itself.
-    EXPECT_EQ(j["source"]["worker_id"], a.worker_id);
-    EXPECT_EQ(j["verified"], true);
-    return;
-  }
   ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
   EXPECT_EQ(j["attempts"][0]["worker_id"], a.worker_id);
   EXPECT_EQ(j["attempts"][0]["ok"], false);
@@ -283,11 +385,21 @@ TEST_P(P2pPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
 
 TEST_P(P2pPullTest, StoppedSourceIsAbandonedAfterTheStallTimeout) {
   const std::string model = Model("m.safetensors", kModelBytes, 9);
-  Source a = Publish(model, "it/stall");
+  Source a = Publish(model, "it/stall", SlowSourceArgs());
   Source b = Publish(model, "it/stall");
   ASSERT_NE(a.process, nullptr);
   ASSERT_NE(b.process, nullptr);
   const std::string out = dir_.path() + "/out.safetensors";
+  if (transport() != "tcp") {
+    // Shared memory is one-sided: a source stopped while a read of its memory is under way
+    // (see ReadActingAfterFirstPiece, stall timeout 1 s) does not stop the read.
+    Status read =
+        ReadActingAfterFirstPiece(a, [&] { EXPECT_EQ(kill(a.process->pid(), SIGSTOP), 0); });
+    kill(a.process->pid(), SIGCONT);
+    EXPECT_TRUE(read.ok()) << read;
+    return;
+  }
+  // TCP: a's capped server keeps the pull under way (SlowSourceArgs).
   std::unique_ptr<ChildProcess> puller =
       StartSlowPull("it/stall", out, a.worker_id, {"--stall-timeout", "1"});
   ASSERT_NE(puller, nullptr);
@@ -298,24 +410,19 @@ TEST_P(P2pPullTest, StoppedSourceIsAbandonedAfterTheStallTimeout) {
   ASSERT_TRUE(done.ok()) << done << ReadFile(dir_.path() + "/pull.log");
   nlohmann::json j = SlowPullSummary();
   EXPECT_EQ(ReadFile(out), ReadFile(model));
-  if (transport() == "tcp") {
-    // What the stopped source delivered is kept; the next source reads only the rest.
-    ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
-    EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("the transfer stalled"));
-    EXPECT_EQ(j["attempts"][1]["worker_id"], b.worker_id);
-    EXPECT_EQ(j["attempts"][1]["ok"], true);
-    EXPECT_GT(j["attempts"][1]["bytes"].get<uint64_t>(), 0u);
-    EXPECT_EQ(j["attempts"][0]["bytes"].get<uint64_t>() + j["attempts"][1]["bytes"].get<uint64_t>(),
-              j["bytes"].get<uint64_t>());
-  } else {
-    // Shared memory is one-sided: a stopped source does not stop the read.
-    EXPECT_EQ(j["source"]["worker_id"], a.worker_id);
-  }
+  // What the stopped source delivered is kept; the next source reads only the rest.
+  ASSERT_EQ(j["attempts"].size(), 2u) << j.dump(2);
+  EXPECT_THAT(j["attempts"][0]["error"].get<std::string>(), HasSubstr("the transfer stalled"));
+  EXPECT_EQ(j["attempts"][1]["worker_id"], b.worker_id);
+  EXPECT_EQ(j["attempts"][1]["ok"], true);
+  EXPECT_GT(j["attempts"][1]["bytes"].get<uint64_t>(), 0u);
+  EXPECT_EQ(j["attempts"][0]["bytes"].get<uint64_t>() + j["attempts"][1]["bytes"].get<uint64_t>(),
+            j["bytes"].get<uint64_t>());
 }
 
 TEST_P(P2pPullTest, CorruptedSourceByteIsDetectedAndTheNextSourceUsed) {
   const std::string model = Model("m.safetensors", kModelBytes, 3);
-  Source bad = Publish(model, "it/corrupt", {"--corrupt-byte-for-testing", "1000003"});
+  Source bad = PublishCorrupt(model, "it/corrupt", 1000003);
   Source good = Publish(model, "it/corrupt");
   ASSERT_NE(bad.process, nullptr);
   ASSERT_NE(good.process, nullptr);
@@ -339,7 +446,7 @@ TEST_P(P2pPullTest, CorruptedSourceByteIsDetectedAndTheNextSourceUsed) {
 
 TEST_P(P2pPullTest, OnlyACorruptedSourceFailsAndWritesNothing) {
   const std::string model = Model("m.safetensors", kModelBytes, 4);
-  Source bad = Publish(model, "it/corrupt-only", {"--corrupt-byte-for-testing", "77"});
+  Source bad = PublishCorrupt(model, "it/corrupt-only", 77);
   ASSERT_NE(bad.process, nullptr);
   const std::string out = dir_.path() + "/out.safetensors";
   CommandResult r = Pull("it/corrupt-only", out);
@@ -366,8 +473,7 @@ TEST_P(P2pPullTest, TreeChecksumSourceIsVerifiedWithItsAlgorithm) {
   EXPECT_EQ(j["verified"], true);
   EXPECT_EQ(ReadFile(out), ReadFile(model));
 
-  Source bad = Publish(model, "it/tree-corrupt",
-                       {"--checksum", "xxh3-64-tree-64k", "--corrupt-byte-for-testing", "4099"});
+  Source bad = PublishCorrupt(model, "it/tree-corrupt", 4099, {"--checksum", "xxh3-64-tree-64k"});
   ASSERT_NE(bad.process, nullptr);
   const std::string out2 = dir_.path() + "/out2.safetensors";
   r = Pull("it/tree-corrupt", out2);

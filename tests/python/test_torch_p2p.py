@@ -152,15 +152,16 @@ def test_mismatched_model_is_refused_naming_the_tensor(server, tmp_path):
 
 
 def test_source_killed_mid_pull_leaves_the_target_able_to_fall_back(server, tmp_path):
-    # A larger model so that the paced pull is still running when the source dies.
-    source = TorchSource(tmp_path, server, extra=["--dim", "256", "--layers", "4", "--ff", "1024"])
+    # A larger model, served at 4 MiB/s by the source's real upload cap (TCP only), so that the
+    # pull (about 12 MiB, some 3 s) is still running when the source dies.
+    source = TorchSource(tmp_path, server, extra=["--dim", "256", "--layers", "4", "--ff", "1024",
+                                                  "--max-upload-rate", str(4 << 20)])
     target = tiny_transformer.build(seed=2, dim=256, layers=4, ff=1024)
     result = {}
 
     def pull():
         result["report"] = ferry.torch.pull_into(
-            target, IDENTITY, server=server.address, stall_timeout=3.0, max_sources=2,
-            _batch_bytes=256 << 10, _batch_pause=0.05)
+            target, IDENTITY, server=server.address, stall_timeout=3.0, max_sources=2)
 
     before = snapshot(target)
 
@@ -172,7 +173,7 @@ def test_source_killed_mid_pull_leaves_the_target_able_to_fall_back(server, tmp_
     deadline = time.monotonic() + 30
     while not landed() and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)  # polling the condition above, not waiting for time to pass
-    assert thread.is_alive(), "the paced pull ended before the test could kill its source"
+    assert thread.is_alive(), "the capped pull ended before the test could kill its source"
     source.kill()
     thread.join(timeout=60)
     assert not thread.is_alive(), "pull_into did not return after its source died"
@@ -247,14 +248,15 @@ def test_views_noncontiguous_and_shared_storage(server):
 def test_striped_pull_from_two_python_sources_one_capped(server):
     """pull_into(stripe=2) reads one model from two in-place sources at once (one capped with
     max_upload_rate, which serves over TCP only), and reports what each delivered."""
-    weights = {f"layer.{i}": torch.arange(i, i + 65536, dtype=torch.float32) for i in range(8)}
+    # 32 MiB: 16 of the striped pull's 2 MiB pieces to share between the two sources.
+    weights = {f"layer.{i}": torch.arange(i, i + (1 << 20), dtype=torch.float32) for i in range(8)}
     identity = {"model_name": "striped"}
     with ferry.torch.publish(weights, identity, server=server.address) as a, \
             ferry.torch.publish(weights, identity, server=server.address,
                                 max_upload_rate=64 << 20) as b:
         into = {name: torch.zeros_like(t) for name, t in weights.items()}
         report = ferry.torch.pull_into(into, identity, server=server.address, transport="tcp",
-                                       stripe=2, _batch_bytes=64 << 10)
+                                       stripe=2)
         assert report.ok, report.message
         for name, t in weights.items():
             assert torch.equal(into[name], t), name
@@ -406,15 +408,16 @@ def test_byte_size_grammar_is_the_one_the_benchmarks_mirror():
 
 def test_blocking_calls_release_the_gil(server):
     tensors = {"w": torch.arange(1 << 20, dtype=torch.float32)}  # 4 MiB
-    with ferry.torch.publish(tensors, {"model_name": "gil"}, server=server.address):
+    # Served at 4 MiB/s by the source's real upload cap (TCP only): the pull takes about 1 s.
+    with ferry.torch.publish(tensors, {"model_name": "gil"}, server=server.address,
+                             max_upload_rate=4 << 20):
         into = {"w": torch.zeros(1 << 20)}
         done = threading.Event()
         result = {}
 
         def pull():
             result["report"] = ferry.torch.pull_into(
-                into, {"model_name": "gil"}, server=server.address, _batch_bytes=256 << 10,
-                _batch_pause=0.05)
+                into, {"model_name": "gil"}, server=server.address)
             done.set()
 
         thread = threading.Thread(target=pull)
@@ -425,7 +428,7 @@ def test_blocking_calls_release_the_gil(server):
             time.sleep(0.001)
         thread.join()
         assert result["report"].ok, result["report"].message
-        assert result["report"].seconds > 0.5  # 16 paced batches
+        assert result["report"].seconds > 0.5  # 4 MiB at 4 MiB/s
         assert ticks > 100, ticks
         assert torch.equal(into["w"], tensors["w"])
 

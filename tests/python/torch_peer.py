@@ -32,6 +32,8 @@ def main():
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--ff", type=int, default=128)
     p.add_argument("--exit-after-ready", action="store_true")
+    p.add_argument("--max-upload-rate", type=int, default=0,
+                   help="bytes per second served (TCP only), as publish(max_upload_rate=...)")
     args = p.parse_args()
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
@@ -43,7 +45,8 @@ def main():
     torch.save(state, base + ".checkpoint.pt")
     torch.save(output, base + ".output.pt")
     handle = ferry.torch.publish(model, {"model_name": args.model, "dtype": "float32"},
-                                 server=args.server, heartbeat_interval=1.0)
+                                 server=args.server, heartbeat_interval=1.0,
+                                 max_upload_rate=args.max_upload_rate)
     ready = {
         "pid": os.getpid(),
         "mx_source_id": handle.mx_source_id,

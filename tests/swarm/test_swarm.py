@@ -24,9 +24,10 @@ MiB = 1 << 20
 
 
 def setup_module(module):
-    if not BIN or not os.path.exists(os.path.join(BIN, "ferry")):
-        raise pytest.UsageError("FERRY_BIN_DIR must name a build's bin/ with ferry and ferry-server; "
-                                "run through ctest")
+    if not BIN or not all(os.path.exists(os.path.join(BIN, b))
+                          for b in ("ferry", "ferry-server", "ferry_fault_source")):
+        raise pytest.UsageError("FERRY_BIN_DIR must name a build's bin/ with ferry, ferry-server "
+                                "and ferry_fault_source (tests/tools); run through ctest")
     reason = swarm_bed.usable()
     if reason:
         # Not a skip: ctest must never count a test that did not run as passing.
@@ -173,9 +174,12 @@ def test_a_corrupt_source_is_refused_named_and_its_bytes_fetched_elsewhere(bed):
     # Whichever pieces each source serves, the tensor fails verification only if the bad
     # source served that byte; then it is read again from one source at a time and the bad
     # source, found by comparing its pieces with the verified copy, is named.
-    bad = swarm.publish(1, "bad", ["--corrupt-byte-for-testing", str(16 * MiB)])
+    # The bad source is tests/tools/ferry_fault_source: it publishes like `ferry publish` and
+    # then flips that byte of the memory it serves.
+    bad = swarm.publish(1, "bad", ["--corrupt-byte", str(16 * MiB)],
+                        command=[os.path.join(BIN, "ferry_fault_source"), "weights"])
     out = os.path.join(bed.work, "out.safetensors")
-    pull = swarm.pull(2, "target", out, ["--stripe", "2", "--testing-batch-bytes", str(MiB)])
+    pull = swarm.pull(2, "target", out, ["--stripe", "2"])
     assert wait_exit(pull) == 0, pull.output()
     assert data_of(out) == data
     report = summary(pull)
