@@ -1,6 +1,7 @@
 // Driver for FERRY_CUDA=OFF builds: every entry answers kBuiltWithoutCuda.
 #include "cuda/allocation_pieces.h"
 #include "cuda/device_allocation.h"
+#include "cuda/device_pool.h"
 #include "cuda/driver.h"
 
 namespace ferry::internal::cuda {
@@ -37,5 +38,9 @@ StatusOr<std::unique_ptr<DeviceAllocation>> DeviceAllocation::Create(const Drive
 }
 
 DeviceAllocation::~DeviceAllocation() = default;
+
+StatusOr<int> DeviceOfAddress(const Driver&, uint64_t) {
+  return absl::FailedPreconditionError(kBuiltWithoutCuda);
+}
 
 }  // namespace ferry::internal::cuda
