@@ -2,14 +2,15 @@
 # The GPU device check (issue 16), in two steps, because the lent GPU machine has no apt and no
 # network (and so none of ferry's build dependencies):
 #
-#   scripts/gpu-check.sh bundle       here, after ./scripts/build.sh: builds gpu_test and
-#                                     gpu_bench and collects them, stripped, with every shared
+#   scripts/gpu-check.sh bundle       here, after ./scripts/build.sh: builds the gpu-labelled
+#                                     tests and the GPU benchmarks and collects them, stripped,
+#                                     with every shared
 #                                     library they load (glibc and its loader included; never
 #                                     the driver, which the machine provides) into
 #                                     build/gpu-bundle/ (well under the 64 MiB that may travel)
 #   build/gpu-bundle/run.sh OUT       on the GPU machine (the device tool's command, with
 #                                     carry=["build/gpu-bundle"]): runs the GPU tests, then the
-#                                     benchmark, and writes OUT/gpu_test.log and
+#                                     benchmarks, and writes OUT/<test>.log and
 #                                     OUT/gpu_bench.jsonl; exits non-zero when a test failed
 #
 # The binaries run under the bundled loader, so the machine's own glibc version does not matter;
@@ -19,11 +20,16 @@ cd "$(dirname "$0")/.."
 
 case "${1:-}" in
   bundle)
-    ninja -C build gpu_test gpu_bench
+    tests=(gpu_test cuda_gpu_test cuda_device_test transfer_staging_gpu_test)
+    benches=(gpu_bench gpu_checksum_bench)
+    ninja -C build "${tests[@]}" "${benches[@]}"
     out=build/gpu-bundle
     rm -rf "$out"
     mkdir -p "$out/lib"
-    for bin in build/tests/gpu_test build/bin/gpu_bench; do
+    bins=()
+    for t in "${tests[@]}"; do bins+=("build/tests/$t"); done
+    for b in "${benches[@]}"; do bins+=("build/bin/$b"); done
+    for bin in "${bins[@]}"; do
       cp "$bin" "$out/"
       strip "$out/$(basename "$bin")"
       ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}' | while read -r lib; do
@@ -43,9 +49,15 @@ libs="$here/lib:${LD_LIBRARY_PATH:-}:/usr/lib/x86_64-linux-gnu:/usr/lib64:/usr/l
 # Source processes are started through the same loader (tests/gpu/gpu_source.cc).
 export FERRY_GPU_LOADER="$loader" FERRY_GPU_LIBRARY_PATH="$libs"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1
-"$loader" --library-path "$libs" "$here/gpu_test" --gtest_color=no 2>&1 | tee "$out/gpu_test.log"
-status=${PIPESTATUS[0]}
-"$loader" --library-path "$libs" "$here/gpu_bench" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$out/gpu_bench.jsonl"
+status=0
+for t in gpu_test cuda_gpu_test cuda_device_test transfer_staging_gpu_test; do
+  "$loader" --library-path "$libs" "$here/$t" --gtest_color=no 2>&1 | tee "$out/$t.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+done
+{
+  "$loader" --library-path "$libs" "$here/gpu_bench" ${GPU_BENCH_ARGS:-}
+  "$loader" --library-path "$libs" "$here/gpu_checksum_bench" --workload all --bytes 4294967296
+} 2>&1 | tee "$out/gpu_bench.jsonl"
 exit "$status"
 RUN
     chmod +x "$out/run.sh"

@@ -272,6 +272,23 @@ void EngineCore::RemoveRegion(uint32_t id) {
   }
 }
 
+StatusOr<cuda::Device*> EngineCore::LocalDevice(const void* local) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(local);
+  bool device = false;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, r] : regions_) {
+      const uintptr_t base = reinterpret_cast<uintptr_t>(r.data);
+      if (address >= base && address - base < r.size) {
+        device = r.kind == MemoryKind::kCuda;
+        break;
+      }
+    }
+  }
+  if (!device) return nullptr;
+  return devices_.ForAddress(address);
+}
+
 double EngineCore::TakeLoad() {
   double load = 0.0;
   for (const auto& transport : transports_) load = std::max(load, transport->TakeLoad());
@@ -431,17 +448,30 @@ StatusOr<std::unique_ptr<Peer>> EngineCore::Connect(std::string_view blob, Trans
       }
       return conn.status();
     }
-    std::map<uint32_t, uint64_t> region_sizes;
-    for (const auto& r : remote.regions()) region_sizes[r.id()] = r.size();
-    std::string reason = choice.reason;
+    PeerSetup setup;
+    setup.connection = std::shared_ptr<PeerConnection>(std::move(*conn));
+    setup.kind = transport->kind();
+    setup.description = std::move(description);
+    for (const auto& r : remote.regions()) {
+      setup.region_sizes[r.id()] = r.size();
+      if (r.kind() == ferry::v1::MEMORY_KIND_CUDA) setup.remote_device_regions.insert(r.id());
+    }
+    setup.chunk_bytes = options_.chunk_bytes;
+    setup.choice = choice.reason;
     if (i > 0) {
-      absl::StrAppend(&reason, "; ", std::string(TransportKindName(candidates[0]->kind())),
+      absl::StrAppend(&setup.choice, "; ", std::string(TransportKindName(candidates[0]->kind())),
                       " was unreachable, so ", std::string(TransportKindName(transport->kind())),
                       " is used");
     }
-    return MakePeer(std::shared_ptr<PeerConnection>(std::move(*conn)), transport->kind(),
-                    std::move(description), std::move(region_sizes), options_.chunk_bytes,
-                    std::move(reason));
+    setup.writes_device = transport->Writes(MemoryKind::kCuda);
+    setup.local_device = [weak = weak_from_this()](const void* local) -> StatusOr<cuda::Device*> {
+      std::shared_ptr<EngineCore> core = weak.lock();
+      if (core == nullptr) return nullptr;
+      return core->LocalDevice(local);
+    };
+    setup.staging_slots = options_.staging_slots;
+    setup.staging_slot_bytes = options_.staging_slot_bytes;
+    return MakePeer(std::move(setup));
   }
 }
 

@@ -17,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "cuda/device_allocation.h"
+#include "cuda/device_pool.h"
 #include "ferry/transfer.h"
 #include "transfer/transport.h"
 
@@ -44,6 +45,9 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   StatusOr<std::unique_ptr<Peer>> Connect(std::string_view blob, TransportKind kind);
 
   std::vector<TransportKind> transports() const;
+  // The Device of the GPU holding `local` when it lies in a device region of this engine (a
+  // read into it is staged over host transports), null for any other memory.
+  StatusOr<cuda::Device*> LocalDevice(const void* local);
   const TransferEngineOptions& options() const { return options_; }
   void Stop();
 
@@ -83,6 +87,7 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
 
   mutable absl::Mutex mu_;
   uint32_t next_region_id_ ABSL_GUARDED_BY(mu_) = 0;
+  cuda::DevicePool devices_;
   std::map<uint32_t, RegionRecord> regions_ ABSL_GUARDED_BY(mu_);
   absl::Mutex stop_mu_;
   bool stopped_ ABSL_GUARDED_BY(stop_mu_) = false;

@@ -202,6 +202,41 @@ TEST(EngineTest, NoUcxListenerWithoutRdmaUnlessAskedFor) {
   EXPECT_THAT(ucx->transports(), ::testing::ElementsAre(TransportKind::kUcx));
 }
 
+// A device region over Debian's UCX (no CUDA memory type): auto passes UCX over, names why, and
+// reads over TCP, which the source stages. The source's region is host memory here (no GPU);
+// the blob says device memory, which is all the target's choice sees.
+TEST(TransportChoiceTest, DeviceRegionOverUcxWithoutCudaFallsToTcpAndSaysWhy) {
+  TransferEngineOptions o = TcpOptions("source");
+  o.enable_ucx = o.ucx_without_rdma = true;
+  o.ucx_net_devices = "lo";
+  auto source = MustCreate(o);
+  o.name = "target";
+  auto target = MustCreate(o);
+  ASSERT_NE(source, nullptr);
+  ASSERT_NE(target, nullptr);
+  std::vector<char> memory(1 << 20, 'x');
+  auto region = source->RegisterRegion(memory.data(), memory.size());
+  ASSERT_TRUE(region.ok()) << region.status();
+  ferry::v1::TransferBlob blob;
+  ASSERT_TRUE(blob.ParseFromString(source->ExportBlob()));
+  ASSERT_TRUE(blob.has_ucx());
+  blob.mutable_regions(0)->set_kind(ferry::v1::MEMORY_KIND_CUDA);
+  auto peer = target->Connect(blob.SerializeAsString());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ((*peer)->transport(), TransportKind::kTcp);
+  EXPECT_THAT((*peer)->choice(), HasSubstr("auto chose tcp (ucx: region 0 is device memory, "
+                                           "which ferry reads over UCX only with GPUDirect RDMA; "
+                                           "the UCX loaded here has no CUDA support"));
+  std::vector<char> dst(memory.size());
+  ASSERT_TRUE((*peer)->Read({ReadOp{0, 0, dst.data(), dst.size()}}, absl::Seconds(30)).ok());
+  EXPECT_EQ(dst, memory);
+  EXPECT_EQ((*peer)->path(), "tcp+staged");  // the source staged its device memory
+  // Asked for by name, UCX refuses a blob whose every region it cannot serve.
+  auto ucx = target->Connect(blob.SerializeAsString(), TransportKind::kUcx);
+  ASSERT_EQ(ucx.status().code(), absl::StatusCode::kFailedPrecondition) << ucx.status();
+  EXPECT_THAT(ucx.status().message(), HasSubstr("over ucx, which serves none of its regions"));
+}
+
 // Two engines in this process.
 class EnginePairTest : public ::testing::TestWithParam<int> {
  protected:

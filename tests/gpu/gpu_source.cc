@@ -117,14 +117,23 @@ StatusOr<std::unique_ptr<TransferEngine>> CudaIpcEngine(const std::string& name)
   return TransferEngine::Create(o);
 }
 
+StatusOr<std::unique_ptr<TransferEngine>> TcpEngine(const std::string& name) {
+  TransferEngineOptions o;
+  o.name = name;
+  o.enable_shm = o.enable_ucx = o.enable_cuda_ipc = false;
+  o.tcp_listen = "127.0.0.1:0";
+  return TransferEngine::Create(o);
+}
+
 bool MaybeRunSource(int argc, char** argv) {
   if (argc > 0 && std::strchr(argv[0], '/') != nullptr) SelfPath() = argv[0];
-  if (argc != 4 || std::string(argv[1]) != "gpu-source") return false;
+  if (argc != 5 || std::string(argv[1]) != "gpu-source") return false;
   const std::string kind = argv[2];
   const uint64_t bytes = std::stoull(argv[3]);
+  const std::string transport = argv[4];
   auto driver = Current();
   if (!driver.ok()) Fail(driver.status());
-  auto engine = CudaIpcEngine("gpu source");
+  auto engine = transport == "tcp" ? TcpEngine("gpu source") : CudaIpcEngine("gpu source");
   if (!engine.ok()) Fail(engine.status());
   std::unique_ptr<Region> region;
   if (kind == "legacy") {
@@ -152,7 +161,8 @@ bool MaybeRunSource(int argc, char** argv) {
 }
 
 StatusOr<std::unique_ptr<SourceProcess>> SourceProcess::Start(const std::string& kind,
-                                                              uint64_t bytes) {
+                                                              uint64_t bytes,
+                                                              const std::string& transport) {
   int to_child[2], from_child[2];
   if (::pipe(to_child) != 0 || ::pipe(from_child) != 0) {
     return absl::InternalError("pipe failed");
@@ -171,9 +181,10 @@ StatusOr<std::unique_ptr<SourceProcess>> SourceProcess::Start(const std::string&
     const char* libs = std::getenv("FERRY_GPU_LIBRARY_PATH");
     if (loader != nullptr && libs != nullptr) {
       ::execl(loader, loader, "--library-path", libs, SelfPath().c_str(), "gpu-source",
-              kind.c_str(), size.c_str(), nullptr);
+              kind.c_str(), size.c_str(), transport.c_str(), nullptr);
     } else {
-      ::execl("/proc/self/exe", "gpu-source", "gpu-source", kind.c_str(), size.c_str(), nullptr);
+      ::execl("/proc/self/exe", "gpu-source", "gpu-source", kind.c_str(), size.c_str(),
+              transport.c_str(), nullptr);
     }
     ::_exit(127);
   }

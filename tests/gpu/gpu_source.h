@@ -18,7 +18,8 @@
 
 namespace ferry::gpu {
 
-// Runs the source side when argv asks for it ("gpu-source <kind> <bytes>"): writes its blob to
+// Runs the source side when argv asks for it ("gpu-source <kind> <bytes> <transport>", transport
+// cuda_ipc or tcp: over TCP the source stages its device memory): writes its blob to
 // stdout (4-byte length, then the bytes) and serves until stdin closes, then exits. Returns
 // false (doing nothing) for any other argv.
 bool MaybeRunSource(int argc, char** argv);
@@ -26,7 +27,8 @@ bool MaybeRunSource(int argc, char** argv);
 // A running source process.
 class SourceProcess {
  public:
-  static StatusOr<std::unique_ptr<SourceProcess>> Start(const std::string& kind, uint64_t bytes);
+  static StatusOr<std::unique_ptr<SourceProcess>> Start(const std::string& kind, uint64_t bytes,
+                                                        const std::string& transport = "cuda_ipc");
   ~SourceProcess();  // closes its stdin and waits for it
   const std::string& blob() const { return blob_; }
 
@@ -40,6 +42,8 @@ class SourceProcess {
 
 // The engine of a target that reads device memory over CUDA IPC only.
 StatusOr<std::unique_ptr<TransferEngine>> CudaIpcEngine(const std::string& name);
+// An engine serving and reading over TCP on loopback only (device memory staged on both ends).
+StatusOr<std::unique_ptr<TransferEngine>> TcpEngine(const std::string& name);
 
 // Copies device memory at `device_ptr` to the host and returns the first offset that differs
 // from the pattern (-1: none).

@@ -41,6 +41,31 @@ TEST_P(CudaIpcPullTest, PullFromAnotherProcessIsByteIdentical) {
 
 INSTANTIATE_TEST_SUITE_P(Kinds, CudaIpcPullTest, ::testing::Values("legacy", "vmm"));
 
+// Device to device over loopback TCP: the source stages its device memory into pinned slots
+// ahead of each reply, the target stages into its device destination, through the engine.
+TEST(StagedTcpPullTest, DeviceToDeviceThroughTheEngineIsByteIdenticalAndSaysStaged) {
+  FERRY_REQUIRE_GPU();
+  constexpr uint64_t kBytes = (192ull << 20) + 12345;
+  auto source = SourceProcess::Start("legacy", kBytes, "tcp");
+  ASSERT_TRUE(source.ok()) << source.status();
+  auto engine = TcpEngine("gpu target");
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  auto dst = (*engine)->AllocateRegion(kBytes, {.kind = MemoryKind::kCuda});
+  ASSERT_TRUE(dst.ok()) << dst.status();
+  auto peer = (*engine)->Connect((*source)->blob());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  ASSERT_TRUE((*peer)->Read({ReadOp{0, 0, (*dst)->data(), kBytes}}, absl::Seconds(120)).ok());
+  EXPECT_EQ((*peer)->path(), "tcp+staged");
+  auto mismatch = FirstDeviceMismatch(reinterpret_cast<uint64_t>((*dst)->data()), kBytes);
+  ASSERT_TRUE(mismatch.ok()) << mismatch.status();
+  EXPECT_EQ(*mismatch, -1);
+  // A read landing in host and device memory at once is refused, naming what to do.
+  std::vector<char> host(4096);
+  Status mixed = (*peer)->Read(
+      {ReadOp{0, 0, (*dst)->data(), 4096}, ReadOp{0, 4096, host.data(), 4096}}, absl::Seconds(30));
+  EXPECT_EQ(mixed.code(), absl::StatusCode::kInvalidArgument) << mixed;
+}
+
 }  // namespace
 }  // namespace ferry::gpu
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "cuda/device_pool.h"
 #include "transfer/tcp/tcp_peer.h"
 #include "transfer/tcp/tcp_server.h"
 #include "transfer/tcp/tcp_wire.h"
@@ -29,9 +30,15 @@ class TcpTransport : public Transport {
 
   Status AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
                    const Allocation* allocation) override {
-    if (kind != MemoryKind::kHost) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("TCP transport serves host memory only; region ", id, " is not"));
+    if (kind == MemoryKind::kCuda) {
+      // Device memory is served through pinned host slots (StagedSource): the wire is the same.
+      auto device = devices_.ForAddress(reinterpret_cast<uint64_t>(data));
+      if (!device.ok()) {
+        return Status(
+            device.status().code(),
+            absl::StrCat("TCP region ", id, " (device memory): ", device.status().message()));
+      }
+      return server_->AddRegion(id, data, size, *device);
     }
     return server_->AddRegion(id, data, size);
   }
@@ -73,6 +80,7 @@ class TcpTransport : public Transport {
 
  private:
   const TransferEngineOptions options_;
+  cuda::DevicePool devices_;  // the GPUs of device regions served (staged)
   const std::unique_ptr<tcp::TcpServer> server_;
   const std::string host_;
   const std::string secret_;
