@@ -8,11 +8,13 @@
 #include <cstring>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/byte_size.h"
 #include "common/env.h"
 #include "common/ready_file.h"
+#include "cuda/driver.h"
 
 namespace ferry::cli {
 
@@ -102,6 +104,29 @@ void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving) {
                               "default: no cap). Served over TCP only") +
                       (serving ? "" : "; applies with --then-publish"))
       ->group(group);
+}
+
+StatusOr<int> ParseDeviceFlag(const std::string& value) {
+  if (value == "cpu") return -1;
+  int ordinal = -1;
+  if (value == "cuda") {
+    ordinal = 0;
+  } else if (!absl::StartsWith(value, "cuda:") || !absl::SimpleAtoi(value.substr(5), &ordinal) ||
+             ordinal < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--device ", value, ": use cpu, cuda (the first GPU) or cuda:N (GPU N, from 0)"));
+  }
+  auto driver = internal::cuda::Driver::Default();
+  if (!driver.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device ", value, ": ", driver.status().message()));
+  }
+  if (ordinal >= (*driver)->device_count()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device ", value, ": this process sees ", (*driver)->device_count(),
+                     " GPU(s) (cuda:0..); check CUDA_VISIBLE_DEVICES"));
+  }
+  return ordinal;
 }
 
 StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,

@@ -57,6 +57,12 @@ void AddEngineFlags(CLI::App* cmd, EngineFlags& flags, bool serving);
 // what it may use. `*transport` receives the parsed --transport. With --max-upload-rate,
 // "auto" means TCP only (a cap paces the TCP server; shm and UCX reads are one-sided), and an
 // explicit shm or ucx is refused.
+// --device: "cpu" (-1), "cuda" (0) or "cuda:N" (N). For a GPU, also checks that the CUDA
+// driver loads and lists that device, so that the command fails before doing anything else.
+// InvalidArgument naming the flag and the accepted forms; FailedPrecondition naming why CUDA is
+// not usable here.
+StatusOr<int> ParseDeviceFlag(const std::string& value);
+
 StatusOr<TransferEngineOptions> BuildEngineOptions(const EngineFlags& flags,
                                                    const std::string& name,
                                                    TransportKind* transport);

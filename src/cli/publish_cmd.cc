@@ -31,6 +31,7 @@ struct PublishFlags {
   EngineFlags engine;
   ServeFlags serve;
   std::string checksum = "xxh3-64";
+  std::string device = "cpu";
 };
 
 Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
@@ -38,6 +39,7 @@ Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
   if (!algorithm.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--checksum: ", algorithm.status().message()));
   }
+  FERRY_ASSIGN_OR_RETURN(const int device, ParseDeviceFlag(publish.device));
   BlockStopSignals();
   FERRY_ASSIGN_OR_RETURN(SourceIdentity identity, BuildIdentity(publish.identity));
   TransportKind transport;
@@ -49,7 +51,7 @@ Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<TransferEngine> engine,
                          TransferEngine::Create(engine_options));
   FERRY_ASSIGN_OR_RETURN(weights::ServedModel model,
-                         weights::LoadSafetensors(*engine, publish.file, 2, *algorithm));
+                         weights::LoadSafetensors(*engine, publish.file, 2, *algorithm, device));
   return ServeModel(flags, publish.serve, publish.engine, client.get(), engine.get(), identity,
                     publish.rank, std::move(model), "ferry publish");
 }
@@ -199,6 +201,11 @@ void AddPublishCommand(CLI::App& app, Cli& cli) {
                   "the checksum targets verify every tensor against: xxh3-64 (whole tensors), or "
                   "xxh3-64-tree-64k (64 KiB leaves: computed on many cores, and verified on the "
                   "GPU by GPU targets)")
+      ->capture_default_str();
+  cmd->add_option("--device", flags->device,
+                  "where the served weights live: cpu, or cuda:N to load the file into GPU N's "
+                  "memory and serve it from there (set --accelerator cuda too, so that "
+                  "ModelExpress GPU targets list it)")
       ->capture_default_str();
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunPublish(cli.flags, *flags); }; });

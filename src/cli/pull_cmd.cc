@@ -16,6 +16,7 @@
 #include "cli/p2p_flags.h"
 #include "common/logging.h"
 #include "ferry/publisher.h"
+#include "flows/device_landing.h"
 #include "flows/weight_puller.h"
 #include "nlohmann/json.hpp"
 #include "weights/safetensors.h"
@@ -36,6 +37,7 @@ struct PullFlags {
   bool then_publish = false;
   bool serve_while_pulling = true;  // --no-serve-while-pulling clears it
   ServeFlags serve;
+  std::string device = "cpu";
 };
 
 // Progress on stderr: a bar redrawn in place on a terminal, or one line per second.
@@ -110,9 +112,11 @@ nlohmann::json Summary(const weights::PullResult& r, const std::string& output) 
 }
 
 Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
-  if (pull.output.empty() && !pull.then_publish) {
+  FERRY_ASSIGN_OR_RETURN(const int device, ParseDeviceFlag(pull.device));
+  if (pull.output.empty() && !pull.then_publish && device < 0) {
     return absl::InvalidArgumentError(
-        "ferry pull needs -o OUT.safetensors (or --then-publish to keep serving the weights)");
+        "ferry pull needs -o OUT.safetensors, --device cuda:N (pull into GPU memory and verify "
+        "there) or --then-publish (keep serving the weights)");
   }
   if (!pull.output.empty()) {
     // Fail before moving any bytes if OUT cannot be written.
@@ -158,6 +162,7 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   options.transfer_timeout = absl::Seconds(pull.target.transfer_timeout);
   options.servable = pull.then_publish;
   options.stall_timeout = absl::Seconds(pull.target.stall_timeout);
+  options.device = device;
   // Serving while pulling: only over TCP, whose server refuses ranges not verified yet (shm
   // and UCX reads are one-sided); the record stays INITIALIZING until the pull is complete.
   const bool serve_early = pull.then_publish && pull.serve_while_pulling &&
@@ -191,8 +196,16 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   const Region* pulled = early != nullptr ? early->model().region.get() : result.model.region.get();
 
   if (!pull.output.empty()) {
+    const void* data = pulled->data();
+    std::string host;
+    if (device >= 0) {
+      // The file is written from a copy in host memory.
+      host.resize(result.bytes);
+      FERRY_RETURN_IF_ERROR(weights::CopyDeviceToHost(device, data, result.bytes, host.data()));
+      data = host.data();
+    }
     FERRY_RETURN_IF_ERROR(weights::WriteSafetensorsAtomic(
-        pull.output, result.model.tensors, result.model.metadata, pulled->data(), result.bytes));
+        pull.output, result.model.tensors, result.model.metadata, data, result.bytes));
   }
   if (!result.transport_choice.empty()) spdlog::info("pull: {}", result.transport_choice);
   if (pull.json) {
@@ -235,7 +248,13 @@ void AddPullCommand(CLI::App& app, Cli& cli) {
       "delivered verified weights. Exits 1 with what happened at each source otherwise.");
   AddIdentityFlags(cmd, flags->identity);
   cmd->add_option("--rank", flags->rank, "the rank whose shard to pull")->capture_default_str();
-  cmd->add_option("-o,--output", flags->output, "where to write the .safetensors file");
+  cmd->add_option("-o,--output", flags->output,
+                  "where to write the .safetensors file (optional with --device cuda:N)");
+  cmd->add_option("--device", flags->device,
+                  "where the weights land: cpu, or cuda:N to pull into GPU N's memory and verify "
+                  "them there (device to device over CUDA IPC on this host, staged through "
+                  "pinned host memory over TCP)")
+      ->capture_default_str();
   cmd->add_flag("--json", flags->json,
                 "print a JSON summary: bytes, tensors, seconds, transfer_seconds, gbps, "
                 "transport, verified, source (the one that delivered most), sources_used, attempts "

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +25,10 @@
 #include "weights/tensor_checksum.h"
 
 namespace ferry::weights {
+
+// A tensor's checksum computed where it landed: TensorChecksum for host memory, on the GPU for
+// device memory (flows/device_verify.h). Called from several threads at once.
+using ChecksumFunction = std::function<StatusOr<uint64_t>(const void* data, uint64_t size)>;
 
 class LandingVerifier {
  public:
@@ -39,11 +44,14 @@ class LandingVerifier {
   // `on_mismatch(i)` (optional) is called with the tensor's index, from a checksum thread,
   // before the failure is recorded (so that the caller may Rearm it from there); when it
   // matches, `on_verified(i)` (optional), after it is recorded.
-  // `algorithm`: the one the source's checksums were made with.
+  // `algorithm`: the one the source's checksums were made with; `checksum` (optional) computes
+  // it where the tensors land (null: TensorChecksum over host memory). A tensor whose checksum
+  // could not be computed counts as failed, and Finish reports that error.
   LandingVerifier(std::vector<Tensor> tensors, int threads,
                   std::function<void(size_t)> on_mismatch = nullptr,
                   std::function<void(size_t)> on_verified = nullptr,
-                  ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64);
+                  ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64,
+                  ChecksumFunction checksum = nullptr);
   ~LandingVerifier();  // stops the threads (Abandon + join)
   LandingVerifier(const LandingVerifier&) = delete;
   LandingVerifier& operator=(const LandingVerifier&) = delete;
@@ -93,10 +101,13 @@ class LandingVerifier {
   std::vector<uintptr_t> max_end_;               // running max of end address along by_start_
   std::vector<std::atomic<int64_t>> remaining_;  // bytes not yet landed per tensor
   std::vector<uint64_t> sums_ ABSL_GUARDED_BY(mu_);
+  // Tensors whose checksum could not be computed, and why.
+  std::map<size_t, Status> errors_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> generation_ ABSL_GUARDED_BY(mu_);  // bumped by Rearm and MarkVerified
   const std::function<void(size_t)> on_mismatch_;
   const std::function<void(size_t)> on_verified_;
   const ChecksumAlgorithm algorithm_;
+  const ChecksumFunction checksum_;
   absl::Duration tail_;
 
   absl::Mutex mu_;

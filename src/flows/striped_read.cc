@@ -40,7 +40,7 @@ StripedRead::StripedRead(std::vector<LandingVerifier::Tensor> tensors, StripedRe
       options_(std::move(options)),
       verifier_(
           tensors_, std::max(1, options_.verify_threads), [this](size_t i) { OnMismatch(i); },
-          options_.on_verified, options_.algorithm) {
+          options_.on_verified, options_.algorithm, options_.checksum) {
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const uintptr_t b = Address(tensors_[i].data);
     if (tensors_[i].size > 0) by_address_.emplace_back(b, b + tensors_[i].size, i);
@@ -287,11 +287,20 @@ void StripedRead::OnMismatch(size_t i) {
                           ChecksumAlgorithmName(options_.algorithm), ")"));
       sources_[s].drop->store(true);
     } else {
-      Suspect suspect{i, std::move(pieces), std::string(static_cast<const char*>(t.data), t.size)};
+      StatusOr<std::string> bad = HostCopy(t.data, t.size);
+      // Without a copy the tensor is still read again whole; only naming the liar is lost.
+      Suspect suspect{i, std::move(pieces), bad.ok() ? std::move(*bad) : std::string()};
       suspects_.push_back(std::move(suspect));
     }
   }
   verifier_.Rearm(i);
+}
+
+StatusOr<std::string> StripedRead::HostCopy(const void* local, uint64_t size) const {
+  if (!options_.to_host) return std::string(static_cast<const char*>(local), size);
+  std::string out(size, '\0');
+  FERRY_RETURN_IF_ERROR(options_.to_host(out.data(), local, size));
+  return out;
 }
 
 void StripedRead::Blame(size_t source, const std::string& why) {
@@ -325,8 +334,10 @@ void StripedRead::Resolve() {
       Status status =
           sources_[s].peer->Read({ReadOp{spot.region, spot.offset, data, t.size}}, read);
       if (!status.ok()) continue;  // its failure shows in the next round
-      const uint64_t sum = TensorChecksum(data, t.size, options_.algorithm);
-      if (sum != t.expected) {
+      StatusOr<uint64_t> sum =
+          options_.checksum ? options_.checksum(data, t.size)
+                            : StatusOr<uint64_t>(TensorChecksum(data, t.size, options_.algorithm));
+      if (!sum.ok() || *sum != t.expected) {
         Blame(s, absl::StrCat("served tensor ", t.name, " with bytes that failed verification (",
                               ChecksumAlgorithmName(options_.algorithm), ", read alone)"));
         continue;
@@ -335,7 +346,7 @@ void StripedRead::Resolve() {
         absl::MutexLock lock(&mu_);
         landed_.push_back(Landed{Address(data), Address(data) + t.size, s});
       }
-      verifier_.MarkVerified(i, sum);
+      verifier_.MarkVerified(i, *sum);
       if (options_.on_verified) options_.on_verified(i);
     }
     if (!verifier_.Verified(i)) {
@@ -343,9 +354,13 @@ void StripedRead::Resolve() {
       continue;
     }
     // The verified copy shows whose pieces were wrong.
+    if (suspect.bad_bytes.size() != t.size) continue;
+    StatusOr<std::string> good = HostCopy(data, t.size);
+    if (!good.ok()) continue;
     for (const Landed& piece : suspect.pieces) {
       const uint64_t at = piece.begin - Address(t.data);
-      if (std::memcmp(suspect.bad_bytes.data() + at, data + at, piece.end - piece.begin) != 0) {
+      if (std::memcmp(suspect.bad_bytes.data() + at, good->data() + at, piece.end - piece.begin) !=
+          0) {
         Blame(piece.source, absl::StrCat("served bytes of tensor ", t.name,
                                          " that differ from its verified copy"));
       }

@@ -44,8 +44,13 @@ struct RemoteSpot {
 
 struct StripedReadOptions {
   int verify_threads = 2;
-  // The algorithm of the tensors' expected checksums (every source's: they must agree).
+  // The algorithm of the tensors' expected checksums (every source's: they must agree), and
+  // (optional) how to compute it where the tensors land (device memory); null: on the host.
   ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64;
+  ChecksumFunction checksum;
+  // How to copy landed bytes to host memory (`n` bytes at `local` into `host`), for comparing a
+  // failed copy of a tensor with its verified one; null: the tensors land in host memory.
+  std::function<Status(void* host, const void* local, uint64_t n)> to_host;
   // Called with a tensor's index once it is verified (from a checksum thread, or the Run
   // thread): a target serving while it pulls serves it from then on.
   std::function<void(size_t)> on_verified;
@@ -128,6 +133,8 @@ class StripedRead {
   // Forgets the landed bytes of tensor `i`; returns the pieces that overlapped it, clipped.
   std::vector<Landed> Forget(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Blame(size_t source, const std::string& why);
+  // `size` bytes landed at `local`, in host memory (options_.to_host for device memory).
+  StatusOr<std::string> HostCopy(const void* local, uint64_t size) const;
   // Re-reads each suspect tensor from one source at a time; blames sources that served bytes
   // that differ from the verified copy.
   void Resolve();

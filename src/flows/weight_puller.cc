@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "ferry/source_identity.h"
 #include "ferry/v1/transfer.pb.h"
 #include "flows/buffers.h"
+#include "flows/device_landing.h"
 #include "flows/landing_verifier.h"
 #include "flows/striped_read.h"
 #include "flows/transfer_plan.h"
@@ -386,6 +388,10 @@ class Puller {
       StripedReadOptions striped;
       striped.verify_threads = options_.verify_threads;
       striped.algorithm = landing_plan_->algorithm;
+      if (device_landing_.has_value()) {
+        striped.checksum = device_landing_->checksum;
+        striped.to_host = device_landing_->to_host;
+      }
       if (held_ != nullptr) {
         striped.on_verified = [held = held_](size_t i) { held->Mark(i); };
       }
@@ -608,11 +614,11 @@ class Puller {
   // `*stop` is set when serving the destination while pulling failed (this target's own
   // failure, the same at every source).
   Status LandInRegion(const Plan& plan, bool* stop) {
-    FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1)));
+    FERRY_RETURN_IF_ERROR(PrepareDestination(std::max<uint64_t>(plan.total, 1), plan.algorithm));
     destination_ = region_.get();
     uint8_t* base = static_cast<uint8_t*>(region_->data());
     prefault_ops_ = MakeOps(plan, base);
-    prefault_ = options_.prepare == PullOptions::PreparePages::kAhead;
+    prefault_ = options_.prepare == PullOptions::PreparePages::kAhead && options_.device < 0;
     bytes_ = plan.total;
     for (size_t i = 0; i < plan.remote.size(); ++i) {
       tensors_.push_back({plan.remote[i].name(), base + plan.local[i].offset, plan.local[i].size,
@@ -668,8 +674,16 @@ class Puller {
   // The destination: shareable engine memory when it will be served, else plain anonymous
   // memory (see PullOptions.servable). Its pages are faulted in by Prefaulter, ahead of the
   // transfer, unless options_.prepare says before.
-  Status PrepareDestination(uint64_t bytes) {
+  Status PrepareDestination(uint64_t bytes, ChecksumAlgorithm algorithm) {
     AllocateOptions allocate;
+    if (options_.device >= 0) {
+      FERRY_ASSIGN_OR_RETURN(DeviceLanding landing, MakeDeviceLanding(options_.device, algorithm));
+      device_landing_ = std::move(landing);
+      allocate.kind = MemoryKind::kCuda;
+      allocate.device = options_.device;
+      FERRY_ASSIGN_OR_RETURN(region_, options_.engine->AllocateRegion(bytes, allocate));
+      return absl::OkStatus();
+    }
     allocate.shareable = options_.servable;
     allocate.prefault = options_.prepare == PullOptions::PreparePages::kBefore;
     FERRY_ASSIGN_OR_RETURN(region_, options_.engine->AllocateRegion(bytes, allocate));
@@ -688,6 +702,7 @@ class Puller {
   uint64_t bytes_ = 0;                            // distinct bytes landing
   std::vector<std::unique_ptr<Region>> span_regions_;  // into_'s spans, registered once
   std::unique_ptr<Region> region_;                     // the file pull's destination
+  std::optional<DeviceLanding> device_landing_;        // options_.device >= 0
   std::vector<ReadOp> prefault_ops_;  // the order the file pull's pages are prepared in
   bool prefault_ = false;
   SourceSelection selection_;

@@ -64,6 +64,9 @@ struct PullOptions {
   // (a hung or stopped source). Zero: only transfer_timeout applies.
   absl::Duration stall_timeout = absl::Seconds(15);
   int verify_threads = 2;
+  // A file pull's destination: -1 host memory; N: device memory of GPU N (cuda:N), where the
+  // tensors are verified (the tree checksum on the GPU, xxh3-64 over a copy in host memory).
+  int device = -1;
   // The pulled weights will be served afterwards (`ferry pull --then-publish`): the destination
   // is shareable engine memory, which every transport can serve (a memfd when shared memory is
   // enabled). Otherwise it is plain anonymous memory registered with the engine, cheaper to

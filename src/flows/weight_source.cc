@@ -6,13 +6,14 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "ferry/source_identity.h"
+#include "flows/device_landing.h"
 #include "weights/tensor_checksum.h"
 #include "worker/centralized.h"
 
 namespace ferry::weights {
 
 StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string& path, int threads,
-                                      ChecksumAlgorithm algorithm) {
+                                      ChecksumAlgorithm algorithm, int device) {
   FERRY_ASSIGN_OR_RETURN(SafetensorsLayout layout, ReadSafetensorsLayout(path));
   if (layout.tensors.empty()) {
     return absl::InvalidArgumentError(
@@ -27,6 +28,16 @@ StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string&
   model.checksums = ChecksumTensors(static_cast<const uint8_t*>(model.region->data()),
                                     layout.tensors, threads, algorithm);
   model.checksum_algorithm = algorithm;
+  if (device >= 0) {
+    AllocateOptions allocate;
+    allocate.kind = MemoryKind::kCuda;
+    allocate.device = device;
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Region> on_device,
+                           engine.AllocateRegion(model.region->size(), allocate));
+    FERRY_RETURN_IF_ERROR(
+        CopyHostToDevice(device, model.region->data(), model.region->size(), on_device->data()));
+    model.region = std::move(on_device);  // the host copy is released here
+  }
   for (const TensorInfo& t : layout.tensors) model.total_bytes += t.size;
   model.tensors = std::move(layout.tensors);
   model.metadata = std::move(layout.metadata);

@@ -45,10 +45,13 @@ struct ServedModel {
 };
 
 // Reads `path`'s data section into a pre-faulted region allocated by `engine` and checksums
-// every tensor with `algorithm` on `threads` threads. Errors name the file.
+// every tensor with `algorithm` on `threads` threads. `device` >= 0: the region is device
+// memory of that GPU (the file is read and checksummed in host memory, then copied over).
+// Errors name the file.
 StatusOr<ServedModel> LoadSafetensors(TransferEngine& engine, const std::string& path,
                                       int threads = 2,
-                                      ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64);
+                                      ChecksumAlgorithm algorithm = ChecksumAlgorithm::kXxh3_64,
+                                      int device = -1);
 
 struct WeightSourceOptions {
   MetadataClient* client = nullptr;  // borrowed; required

@@ -5,10 +5,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "common/child_process.h"
+#include "cuda/driver.h"
 #include "server_process.h"
 
 namespace ferry::internal {
@@ -41,6 +43,35 @@ TEST(NoDriverTest, BinariesStartAndTheHostPathsRun) {
   auto server = RunCommand({BinaryPath("ferry-server"), "--help"}, absl::Seconds(30));
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_EQ(server->exit_code, 0) << server->err;
+}
+
+// --device on a machine without a driver: a clear error before anything else happens, and
+// nothing written.
+TEST(NoDriverTest, DeviceFlagsFailCleanlyNamingTheDriver) {
+  if (cuda::Driver::Default().ok()) GTEST_SKIP() << "a CUDA driver is usable on this machine";
+  const std::string out = ::testing::TempDir() + "/no_driver_out.safetensors";
+  auto pull = RunCommand({BinaryPath("ferry"), "pull", "--model", "m", "-o", out, "--device",
+                          "cuda:0", "--server", "127.0.0.1:1"},
+                         absl::Seconds(30));
+  ASSERT_TRUE(pull.ok()) << pull.status();
+  EXPECT_EQ(pull->exit_code, 1);
+  EXPECT_THAT(pull->err, HasSubstr("--device cuda:0: the CUDA driver (libcuda.so.1) could not be "
+                                   "loaded"));
+  EXPECT_FALSE(std::filesystem::exists(out));
+  auto publish =
+      RunCommand({BinaryPath("ferry"), "publish", "/dev/null", "--model", "m", "--device", "cuda"},
+                 absl::Seconds(30));
+  ASSERT_TRUE(publish.ok()) << publish.status();
+  EXPECT_EQ(publish->exit_code, 1);
+  EXPECT_THAT(publish->err, HasSubstr("--device cuda: the CUDA driver"));
+  auto bad = RunCommand({BinaryPath("ferry"), "pull", "--model", "m", "--device", "gpu0"},
+                        absl::Seconds(30));
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ(bad->exit_code, 1);
+  EXPECT_THAT(bad->err, HasSubstr("--device gpu0: use cpu, cuda (the first GPU) or cuda:N"));
+  auto nowhere = RunCommand({BinaryPath("ferry"), "pull", "--model", "m"}, absl::Seconds(30));
+  ASSERT_TRUE(nowhere.ok()) << nowhere.status();
+  EXPECT_THAT(nowhere->err, HasSubstr("ferry pull needs -o OUT.safetensors, --device cuda:N"));
 }
 
 }  // namespace
