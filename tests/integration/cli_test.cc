@@ -318,7 +318,8 @@ TEST(CliStandaloneTest, PullRefusesAnUnwritableOutputBeforeContactingAnything) {
 TEST(CliStandaloneTest, PullNeedsAnOutputOrThenPublish) {
   CommandResult r = Ferry({"pull", "--model", "m", "--server", "127.0.0.1:1"});
   EXPECT_EQ(r.exit_code, 1) << Describe(r);
-  EXPECT_THAT(r.err, HasSubstr("ferry pull needs -o OUT.safetensors (or --then-publish"));
+  EXPECT_THAT(r.err, HasSubstr("ferry pull needs -o OUT.safetensors, --device cuda:N (pull into "
+                               "GPU memory and verify there) or --then-publish"));
 }
 
 TEST(CliStandaloneTest, PublishNamesACorruptFile) {
