@@ -13,30 +13,10 @@
 #include "cuda/device.h"
 #include "cuda/driver.h"
 #include "cuda/driver_api.h"
+#include "cuda/primary_context.h"
 
 namespace ferry::internal::cuda {
 namespace {
-
-// The primary context of one device, retained for the object's life.
-class PrimaryContext {
- public:
-  PrimaryContext(const Driver& driver, CUdevice device, CUcontext context)
-      : driver_(driver), device_(device), context_(context) {}
-  ~PrimaryContext() { driver_.api().cuDevicePrimaryCtxRelease(device_); }
-  PrimaryContext(const PrimaryContext&) = delete;
-  PrimaryContext& operator=(const PrimaryContext&) = delete;
-
-  // Makes the context current on the calling thread.
-  Status Enter() const {
-    return driver_.Check(driver_.api().cuCtxSetCurrent(context_), "cuCtxSetCurrent");
-  }
-  const Driver& driver() const { return driver_; }
-
- private:
-  const Driver& driver_;
-  const CUdevice device_;
-  const CUcontext context_;
-};
 
 class CudaPinned final : public PinnedMemory {
  public:
@@ -222,25 +202,16 @@ StatusOr<std::unique_ptr<Device>> OpenCudaDevice(const Driver& driver, int ordin
   auto named = [&](Status s) {
     return Status(s.code(), absl::StrCat("opening ", label, ": ", s.message()));
   };
-  CUdevice device = 0;
-  if (Status s = driver.Check(api.cuDeviceGet(&device, ordinal), "cuDeviceGet"); !s.ok()) {
-    return named(s);
-  }
+  auto ctx = PrimaryContext::Retain(driver, ordinal);
+  if (!ctx.ok()) return named(ctx.status());
   char model[256] = {};
-  if (Status s =
-          driver.Check(api.cuDeviceGetName(model, sizeof(model) - 1, device), "cuDeviceGetName");
+  if (Status s = driver.Check(api.cuDeviceGetName(model, sizeof(model) - 1, (*ctx)->device()),
+                              "cuDeviceGetName");
       !s.ok()) {
     return named(s);
   }
-  CUcontext context = nullptr;
-  if (Status s = driver.Check(api.cuDevicePrimaryCtxRetain(&context, device),
-                              "cuDevicePrimaryCtxRetain", absl::StatusCode::kFailedPrecondition);
-      !s.ok()) {
-    return named(s);
-  }
-  auto ctx = std::make_unique<PrimaryContext>(driver, device, context);
   return std::unique_ptr<Device>(
-      new CudaDevice(std::move(ctx), absl::StrCat(label, " (", model, ")")));
+      new CudaDevice(std::move(*ctx), absl::StrCat(label, " (", model, ")")));
 }
 
 }  // namespace ferry::internal::cuda

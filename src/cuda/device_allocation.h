@@ -14,6 +14,7 @@
 namespace ferry::internal::cuda {
 
 class Driver;
+class PrimaryContext;
 
 class DeviceAllocation {
  public:
@@ -32,10 +33,10 @@ class DeviceAllocation {
   int device() const { return device_; }
 
  private:
-  DeviceAllocation(const Driver& driver, int device, uint64_t address, uint64_t size)
-      : driver_(driver), device_(device), address_(address), size_(size) {}
+  DeviceAllocation(std::unique_ptr<PrimaryContext> context, int device, uint64_t address,
+                   uint64_t size);
 
-  const Driver& driver_;
+  std::unique_ptr<PrimaryContext> context_;
   const int device_;
   const uint64_t address_;
   const uint64_t size_;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "cuda/driver_api.h"
+#include "cuda/primary_context.h"
 #include "cuda/tree_checksum.h"
 #include "cuda/tree_checksum_kernel.h"
 
@@ -37,23 +38,6 @@ class ScopedContext {
   const Driver& driver_;
   CUcontext previous_ = nullptr;
   bool entered_ = false;
-};
-
-// A retained primary context, released on destruction.
-class PrimaryContext {
- public:
-  PrimaryContext(const Driver& driver, CUdevice device, CUcontext context)
-      : driver_(driver), device_(device), context_(context) {}
-  ~PrimaryContext() { driver_.api().cuDevicePrimaryCtxRelease(device_); }
-  PrimaryContext(const PrimaryContext&) = delete;
-  PrimaryContext& operator=(const PrimaryContext&) = delete;
-
-  CUcontext get() const { return context_; }
-
- private:
-  const Driver& driver_;
-  CUdevice device_;
-  CUcontext context_;
 };
 
 // A loaded module. Reset() unloads it; REQUIRES: its context is current.
@@ -100,13 +84,13 @@ class DeviceBuffer {
 }  // namespace
 
 struct DeviceChecksummer::Impl {
-  Impl(const Driver& d, CUdevice device, CUcontext ctx)
-      : driver(d), context(d, device, ctx), module(d), scratch(d) {}
+  Impl(const Driver& d, std::unique_ptr<PrimaryContext> ctx)
+      : driver(d), context(std::move(ctx)), module(d), scratch(d) {}
   // The module and the scratch buffer go while the context is current and still retained; the
   // context member is released after this body.
   ~Impl() {
     ScopedContext current(driver);
-    if (current.Enter(context.get(), absl::StatusCode::kInternal).ok()) {
+    if (current.Enter(context->get(), absl::StatusCode::kInternal).ok()) {
       absl::MutexLock lock(&mu);
       scratch.Reset();
       module.Reset();
@@ -114,7 +98,7 @@ struct DeviceChecksummer::Impl {
   }
 
   const Driver& driver;
-  PrimaryContext context;
+  std::unique_ptr<PrimaryContext> context;
   Module module;
   CUfunction function = nullptr;
   absl::Mutex mu;
@@ -129,19 +113,12 @@ DeviceChecksummer::~DeviceChecksummer() = default;
 
 StatusOr<std::unique_ptr<DeviceChecksummer>> DeviceChecksummer::Create(const Driver& driver,
                                                                        int device) {
-  if (device < 0 || device >= driver.device_count()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("CUDA device ", device, " does not exist: this process sees ",
-                     driver.device_count(), " device(s); check CUDA_VISIBLE_DEVICES"));
-  }
   const DriverApi& api = driver.api();
   constexpr auto kCode = absl::StatusCode::kFailedPrecondition;
-  CUdevice dev = 0;
-  FERRY_RETURN_IF_ERROR(driver.Check(api.cuDeviceGet(&dev, device), "cuDeviceGet", kCode));
-  CUcontext context = nullptr;
-  FERRY_RETURN_IF_ERROR(
-      driver.Check(api.cuDevicePrimaryCtxRetain(&context, dev), "cuDevicePrimaryCtxRetain", kCode));
-  auto impl = std::make_unique<Impl>(driver, dev, context);
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PrimaryContext> primary,
+                         PrimaryContext::Retain(driver, device));
+  const CUcontext context = primary->get();
+  auto impl = std::make_unique<Impl>(driver, std::move(primary));
   ScopedContext current(driver);
   FERRY_RETURN_IF_ERROR(current.Enter(context, kCode));
   CUmodule module = nullptr;
@@ -180,7 +157,7 @@ Status DeviceChecksummer::LeafHashes(uint64_t device_ptr, uint64_t n, uint64_t* 
   }
   absl::MutexLock lock(&impl_->mu);
   ScopedContext current(driver);
-  FERRY_RETURN_IF_ERROR(current.Enter(impl_->context.get(), absl::StatusCode::kInternal));
+  FERRY_RETURN_IF_ERROR(current.Enter(impl_->context->get(), absl::StatusCode::kInternal));
 
   // A kernel that faults leaves the (shared, primary) context unusable, so both ends of the range
   // are checked first.

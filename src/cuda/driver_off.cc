@@ -37,6 +37,8 @@ StatusOr<std::unique_ptr<DeviceAllocation>> DeviceAllocation::Create(const Drive
   return absl::FailedPreconditionError(kBuiltWithoutCuda);
 }
 
+// Never constructed in this build; defined so that unique_ptr<DeviceAllocation> links.
+class PrimaryContext {};
 DeviceAllocation::~DeviceAllocation() = default;
 
 StatusOr<int> DeviceOfAddress(const Driver&, uint64_t) {

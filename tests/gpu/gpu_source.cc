@@ -11,6 +11,7 @@
 #include "cuda/device_allocation.h"
 #include "cuda/driver.h"
 #include "cuda/driver_api.h"
+#include "cuda/primary_context.h"
 #include "transfer/transfer_test_util.h"
 
 namespace ferry::gpu {
@@ -41,16 +42,13 @@ bool ReadFull(int fd, void* data, size_t len) {
   return true;
 }
 
-// Device 0's primary context, current on this thread.
+// Device 0's primary context, current on this thread (retained for the process's life).
 StatusOr<const Driver*> Current() {
   FERRY_ASSIGN_OR_RETURN(const Driver* driver, Driver::Default());
-  const DriverApi& api = driver->api();
-  CUdevice dev;
-  CUcontext ctx;
-  FERRY_RETURN_IF_ERROR(driver->Check(api.cuDeviceGet(&dev, 0), "cuDeviceGet"));
-  FERRY_RETURN_IF_ERROR(
-      driver->Check(api.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain"));
-  FERRY_RETURN_IF_ERROR(driver->Check(api.cuCtxSetCurrent(ctx), "cuCtxSetCurrent"));
+  static auto* const context = new StatusOr<std::unique_ptr<internal::cuda::PrimaryContext>>(
+      internal::cuda::PrimaryContext::Retain(*driver, 0));
+  if (!context->ok()) return context->status();
+  FERRY_RETURN_IF_ERROR((**context)->Enter());
   return driver;
 }
 

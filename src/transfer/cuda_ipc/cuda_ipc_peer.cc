@@ -46,32 +46,16 @@ void CudaIpcPeerConnection::Unmap(uint32_t region) {
 }
 
 Status CudaIpcPeerConnection::DrainNotices() {
-  for (;;) {
-    Reply notice{};
-    int err = 0;
-    switch (
-        RecvPacket(control_.get(), &notice, sizeof(notice), absl::InfinitePast(), nullptr, &err)) {
-      case Recv::kTimeout:
-        return absl::OkStatus();
-      case Recv::kEof:
-        broken_.store(true);
-        return absl::UnavailableError(
-            "failed: the source closed the control connection (it stopped or exited)");
-      case Recv::kError:
-        broken_.store(true);
-        return absl::UnavailableError(
-            absl::StrCat("failed: control connection error: ", ErrnoText(err)));
-      case Recv::kOk:
-        break;
-    }
-    if (notice.type != shm::kRegionRemoved) {
-      broken_.store(true);
-      return absl::DataLossError(
-          absl::StrCat("failed: protocol error: unexpected message type ", notice.type));
-    }
-    removed_.insert(notice.region);
-    Unmap(notice.region);
+  auto removed = shm::ReadRemovalNotices(control_.get());
+  if (!removed.ok()) {
+    broken_.store(true);
+    return removed.status();
   }
+  for (uint32_t region : *removed) {
+    removed_.insert(region);
+    Unmap(region);
+  }
+  return absl::OkStatus();
 }
 
 StatusOr<const Mapping*> CudaIpcPeerConnection::Map(uint32_t region) {

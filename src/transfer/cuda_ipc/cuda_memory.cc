@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cuda/driver.h"
 #include "cuda/driver_api.h"
+#include "cuda/primary_context.h"
 #include "transfer/cuda_ipc/ipc_memory.h"
 
 namespace ferry::internal::cuda_ipc {
@@ -51,16 +52,20 @@ class Imported : public SegmentMapping {
 
 class CudaIpcMemory : public IpcMemory {
  public:
-  CudaIpcMemory(const Driver& driver, CUcontext context,
+  CudaIpcMemory(const Driver& driver, std::unique_ptr<cuda::PrimaryContext> primary,
                 std::unique_ptr<cuda::AllocationQuery> query, int devices)
-      : driver_(driver), context_(context), query_(std::move(query)), devices_(devices) {}
+      : driver_(driver),
+        primary_(std::move(primary)),
+        context_(primary_->get()),
+        query_(std::move(query)),
+        devices_(devices) {}
+  // Streams and events go while the context is still retained (primary_ is released after).
   ~CudaIpcMemory() override {
     const DriverApi& api = driver_.api();
     api.cuCtxSetCurrent(context_);
+    absl::MutexLock lock(&copy_mu_);
     for (CUstream s : streams_) api.cuStreamDestroy(s);
     for (CUevent e : events_) api.cuEventDestroy(e);
-    CUdevice device;
-    if (api.cuDeviceGet(&device, 0) == CUDA_SUCCESS) api.cuDevicePrimaryCtxRelease(device);
   }
 
   const std::string& name() const override { return name_; }
@@ -238,6 +243,7 @@ class CudaIpcMemory : public IpcMemory {
   }
 
   const Driver& driver_;
+  const std::unique_ptr<cuda::PrimaryContext> primary_;
   const CUcontext context_;
   const std::unique_ptr<cuda::AllocationQuery> query_;
   const int devices_;
@@ -254,18 +260,12 @@ StatusOr<std::shared_ptr<IpcMemory>> OpenCudaIpcMemory() {
   if (driver->device_count() == 0) {
     return absl::FailedPreconditionError("the CUDA driver sees no device");
   }
-  const DriverApi& api = driver->api();
-  CUdevice device;
-  FERRY_RETURN_IF_ERROR(driver->Check(api.cuDeviceGet(&device, 0), "cuDeviceGet",
-                                      absl::StatusCode::kFailedPrecondition));
-  CUcontext context;
-  FERRY_RETURN_IF_ERROR(driver->Check(api.cuDevicePrimaryCtxRetain(&context, device),
-                                      "cuDevicePrimaryCtxRetain",
-                                      absl::StatusCode::kFailedPrecondition));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::PrimaryContext> primary,
+                         cuda::PrimaryContext::Retain(*driver, 0));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::AllocationQuery> query,
                          cuda::DriverAllocationQuery(*driver));
   return std::shared_ptr<IpcMemory>(
-      new CudaIpcMemory(*driver, context, std::move(query), driver->device_count()));
+      new CudaIpcMemory(*driver, std::move(primary), std::move(query), driver->device_count()));
 }
 
 }  // namespace ferry::internal::cuda_ipc

@@ -42,36 +42,20 @@ void ShmPeerConnection::Unmap() {
 }
 
 Status ShmPeerConnection::DrainNotices() {
-  for (;;) {
-    Reply notice{};
-    int err = 0;
-    switch (
-        RecvPacket(control_.get(), &notice, sizeof(notice), absl::InfinitePast(), nullptr, &err)) {
-      case Recv::kTimeout:
-        return absl::OkStatus();
-      case Recv::kEof:
-        broken_.store(true);
-        return absl::UnavailableError(
-            "failed: the source closed the control connection (it stopped or exited)");
-      case Recv::kError:
-        broken_.store(true);
-        return absl::UnavailableError(
-            absl::StrCat("failed: control connection error: ", ErrnoText(err)));
-      case Recv::kOk:
-        break;
-    }
-    if (notice.type != kRegionRemoved) {
-      broken_.store(true);
-      return absl::DataLossError(
-          absl::StrCat("failed: protocol error: unexpected message type ", notice.type));
-    }
-    removed_.insert(notice.region);
-    auto it = mappings_.find(notice.region);
+  auto removed = ReadRemovalNotices(control_.get());
+  if (!removed.ok()) {
+    broken_.store(true);
+    return removed.status();
+  }
+  for (uint32_t region : *removed) {
+    removed_.insert(region);
+    auto it = mappings_.find(region);
     if (it != mappings_.end()) {
       ::munmap(const_cast<char*>(it->second.data), it->second.size);
       mappings_.erase(it);
     }
   }
+  return absl::OkStatus();
 }
 
 StatusOr<ShmPeerConnection::Mapping> ShmPeerConnection::Map(uint32_t region, absl::Time deadline) {

@@ -15,6 +15,22 @@ namespace ferry::internal::shm {
 
 namespace {
 
+// Waits until `sock` is ready for `events` or `deadline` passes (polling in steps of 100 ms).
+bool WaitFor(int sock, short events, absl::Time deadline) {
+  for (;;) {
+    const absl::Duration left = deadline - absl::Now();
+    const int wait_ms =
+        left <= absl::ZeroDuration()
+            ? 0
+            : static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 100));
+    pollfd pfd{sock, events, 0};
+    const int rc = ::poll(&pfd, 1, wait_ms);
+    if (rc > 0) return true;
+    if (rc < 0 && errno != EINTR) return true;  // let the next call report the error
+    if (absl::Now() >= deadline) return false;
+  }
+}
+
 // sockaddr_un for the abstract name: sun_path[0] = NUL, then the name (not NUL-terminated).
 StatusOr<std::pair<sockaddr_un, socklen_t>> AbstractAddress(const std::string& name) {
   sockaddr_un addr{};
@@ -93,21 +109,7 @@ bool SendPacket(int fd, const void* data, size_t len, int pass_fd) {
 
 Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* received, int* err) {
   *err = 0;
-  for (;;) {
-    const absl::Duration left = deadline - absl::Now();
-    const int wait_ms =
-        left <= absl::ZeroDuration()
-            ? 0
-            : static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 100));
-    pollfd pfd{fd, POLLIN, 0};
-    const int rc = ::poll(&pfd, 1, wait_ms);
-    if (rc < 0 && errno != EINTR) {
-      *err = errno;
-      return Recv::kError;
-    }
-    if (rc > 0) break;
-    if (absl::Now() >= deadline) return Recv::kTimeout;
-  }
+  if (!WaitFor(fd, POLLIN, deadline)) return Recv::kTimeout;
   // One byte more than expected, so that a longer packet shows up as a wrong size.
   char buf[sizeof(Reply) + sizeof(Hello) + 1];
   iovec iov{buf, std::min(sizeof(buf), len + 1)};
@@ -150,25 +152,30 @@ Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* receive
   return Recv::kOk;
 }
 
-namespace {
-
-// Waits until `sock` is ready for `events` or `deadline` passes (polling in steps of 100 ms).
-bool WaitFor(int sock, short events, absl::Time deadline) {
+StatusOr<std::vector<uint32_t>> ReadRemovalNotices(int control) {
+  std::vector<uint32_t> removed;
   for (;;) {
-    const absl::Duration left = deadline - absl::Now();
-    const int wait_ms =
-        left <= absl::ZeroDuration()
-            ? 0
-            : static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 100));
-    pollfd pfd{sock, events, 0};
-    const int rc = ::poll(&pfd, 1, wait_ms);
-    if (rc > 0) return true;
-    if (rc < 0 && errno != EINTR) return true;  // let the next call report the error
-    if (absl::Now() >= deadline) return false;
+    Reply notice{};
+    int err = 0;
+    switch (RecvPacket(control, &notice, sizeof(notice), absl::InfinitePast(), nullptr, &err)) {
+      case Recv::kTimeout:
+        return removed;
+      case Recv::kEof:
+        return absl::UnavailableError(
+            "failed: the source closed the control connection (it stopped or exited)");
+      case Recv::kError:
+        return absl::UnavailableError(
+            absl::StrCat("failed: control connection error: ", ErrnoText(err)));
+      case Recv::kOk:
+        break;
+    }
+    if (notice.type != kRegionRemoved) {
+      return absl::DataLossError(
+          absl::StrCat("failed: protocol error: unexpected message type ", notice.type));
+    }
+    removed.push_back(notice.region);
   }
 }
-
-}  // namespace
 
 Status FromReply(const Reply& r) {
   return Status(static_cast<absl::StatusCode>(r.code),

@@ -103,6 +103,11 @@ enum class Recv { kOk, kEof, kTimeout, kError };
 // size is kError with err = EPROTO.
 Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* received, int* err);
 
+// The regions named by the RegionRemoved notices waiting on a target's control socket (without
+// blocking). Unavailable when the source closed the socket or it failed; DataLoss for any other
+// message (a protocol error). Either error means the connection is broken.
+StatusOr<std::vector<uint32_t>> ReadRemovalNotices(int control);
+
 // Largest packet SendBytes sends (well under a unix socket's default send buffer).
 constexpr size_t kMaxBytesPerPacket = 64 << 10;
 
