@@ -183,8 +183,10 @@ class CudaIpcMemory : public IpcMemory {
     absl::MutexLock lock(&copy_mu_);  // one read at a time uses the streams and events
     FERRY_RETURN_IF_ERROR(driver_.Check(api.cuCtxSetCurrent(context_), "cuCtxSetCurrent"));
     FERRY_RETURN_IF_ERROR(EnsureResources(jobs.size()));
+    // Held: copy_mu_ (the analysis does not look into lambdas).
+    const std::vector<CUstream>& streams = streams_;
     auto wait_all = [&] {
-      for (CUstream s : streams_) api.cuStreamSynchronize(s);
+      for (CUstream s : streams) api.cuStreamSynchronize(s);
     };
     for (size_t i = 0; i < jobs.size(); ++i) {
       CUstream stream = streams_[i % streams_.size()];
