@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 case "${1:-}" in
   bundle)
     tests=(gpu_test cuda_gpu_test cuda_device_test transfer_staging_gpu_test)
-    benches=(gpu_bench gpu_checksum_bench)
+    benches=(gpu_bench gpu_checksum_bench transfer_bench)
     ninja -C build "${tests[@]}" "${benches[@]}"
     out=build/gpu-bundle
     rm -rf "$out"
@@ -57,6 +57,8 @@ done
 {
   "$loader" --library-path "$libs" "$here/gpu_bench" ${GPU_BENCH_ARGS:-}
   "$loader" --library-path "$libs" "$here/gpu_checksum_bench" --workload all --bytes 4294967296
+  # The raw socket pair beside ferry's TCP on this machine: the staged pull's wire baseline.
+  "$loader" --library-path "$libs" "$here/transfer_bench" --transport tcp --bytes 1073741824 --repeat 3
 } 2>&1 | tee "$out/gpu_bench.jsonl"
 exit "$status"
 RUN

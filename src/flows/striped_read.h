@@ -149,7 +149,6 @@ class StripedRead {
   LandingVerifier verifier_;
   std::vector<Source> sources_;
   std::vector<SourceShare> shares_;
-  uint64_t landed_before_round_ = 0;  // progress offset of the current round
   absl::Duration verify_tail_;
 
   absl::Mutex mu_;

@@ -134,7 +134,12 @@ bool MaybeRunSource(int argc, char** argv) {
   auto engine = transport == "tcp" ? TcpEngine("gpu source") : CudaIpcEngine("gpu source");
   if (!engine.ok()) Fail(engine.status());
   std::unique_ptr<Region> region;
-  if (kind == "legacy") {
+  if (kind == "host") {
+    auto r = (*engine)->AllocateRegion(bytes);
+    if (!r.ok()) Fail(r.status());
+    region = std::move(*r);
+    ferry::testing::FillPattern(region->data(), bytes);
+  } else if (kind == "legacy") {
     auto r = (*engine)->AllocateRegion(bytes, {.kind = MemoryKind::kCuda});
     if (!r.ok()) Fail(r.status());
     region = std::move(*r);
@@ -145,8 +150,11 @@ bool MaybeRunSource(int argc, char** argv) {
     if (!r.ok()) Fail(r.status());
     region = std::move(*r);
   }
-  if (Status s = FillDevice(**driver, reinterpret_cast<uint64_t>(region->data()), bytes); !s.ok()) {
-    Fail(s);
+  if (kind != "host") {
+    if (Status s = FillDevice(**driver, reinterpret_cast<uint64_t>(region->data()), bytes);
+        !s.ok()) {
+      Fail(s);
+    }
   }
   const std::string blob = (*engine)->ExportBlob();
   const uint32_t len = static_cast<uint32_t>(blob.size());

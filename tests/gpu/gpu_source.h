@@ -3,9 +3,9 @@
 // fresh exec of the calling binary ("<binary> gpu-source <kind> <bytes>"), never a bare fork: a
 // process that initialised CUDA cannot use it in a forked child.
 //
-// Kinds: "legacy" (one cuMemAlloc block, exported by a legacy IPC handle) and "vmm" (2 MiB-
+// Kinds: "legacy" (one cuMemAlloc block, exported by a legacy IPC handle), "vmm" (2 MiB-
 // granular cuMemCreate chunks mapped back to back, like PyTorch's expandable segments, exported
-// as POSIX descriptors).
+// as POSIX descriptors) and "host" (host memory, the baseline of staged pulls).
 #ifndef FERRY_TESTS_GPU_GPU_SOURCE_H_
 #define FERRY_TESTS_GPU_GPU_SOURCE_H_
 

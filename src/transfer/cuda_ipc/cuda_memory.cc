@@ -184,7 +184,7 @@ class CudaIpcMemory : public IpcMemory {
     FERRY_RETURN_IF_ERROR(driver_.Check(api.cuCtxSetCurrent(context_), "cuCtxSetCurrent"));
     FERRY_RETURN_IF_ERROR(EnsureResources(jobs.size()));
     // Held: copy_mu_ (the analysis does not look into lambdas).
-    const std::vector<CUstream>& streams = streams_;
+    const std::vector<CUstream> streams = streams_;
     auto wait_all = [&] {
       for (CUstream s : streams) api.cuStreamSynchronize(s);
     };
