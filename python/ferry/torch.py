@@ -110,9 +110,9 @@ def _check_tensor(name: str, t: torch.Tensor) -> str:
             f"tensor {name} is on the meta device and has no memory; materialize the model "
             f"(for example module.to_empty(device='cpu')) first"
         )
-    if t.device.type != "cpu":
+    if t.device.type not in ("cpu", "cuda"):
         raise _ferry.InvalidArgumentError(
-            f"tensor {name} is on {t.device}; this build of ferry moves host (CPU) memory only"
+            f"tensor {name} is on {t.device}; ferry moves host (cpu) and CUDA (cuda) memory"
         )
     if t.layout != torch.strided:
         raise _ferry.InvalidArgumentError(
@@ -132,10 +132,18 @@ def _check_tensor(name: str, t: torch.Tensor) -> str:
     return dtype
 
 
+def _device_of(t: torch.Tensor) -> int:
+    """-1 for host memory, else the CUDA device index of `t` (the current one when unset)."""
+    if t.device.type != "cuda":
+        return -1
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+
+
 def _describe(tensors: Mapping[str, torch.Tensor]):
-    """(buffers, spans) for the binding: one span per distinct storage."""
+    """(buffers, spans, span_devices) for the binding: one span per distinct storage, and per
+    span -1 (host memory) or the CUDA device holding it."""
     buffers = []
-    spans: Dict[int, int] = {}
+    spans: Dict[int, Tuple[int, int]] = {}
     for name, t in tensors.items():
         dtype = _check_tensor(name, t)
         nbytes = t.numel() * t.element_size()
@@ -143,8 +151,18 @@ def _describe(tensors: Mapping[str, torch.Tensor]):
         buffers.append((name, dtype, list(t.shape), address, nbytes))
         if nbytes:
             base, size = _storage_span(t)
-            spans[base] = max(spans.get(base, 0), size)
-    return buffers, sorted(spans.items())
+            previous = spans.get(base, (0, -1))[0]
+            spans[base] = (max(previous, size), _device_of(t))
+    ordered = sorted(spans.items())
+    return (buffers, [(base, size) for base, (size, _) in ordered],
+            [device for _, (_, device) in ordered])
+
+
+def _synchronize(span_devices: Sequence[int]) -> None:
+    """Waits for the work queued on every CUDA device the tensors live on: ferry reads and
+    writes device memory on its own streams, outside PyTorch's stream order."""
+    for device in sorted(set(d for d in span_devices if d >= 0)):
+        torch.cuda.synchronize(device)
 
 
 def _engine(name: str, transports: Optional[Sequence[str]], data_listen: str,
@@ -259,7 +277,7 @@ def publish(
     advertise_host: str = "",
     transports: Optional[Sequence[str]] = None,
     data_listen: str = "0.0.0.0:0",
-    accelerator: str = "cpu",
+    accelerator: Optional[str] = None,
     centralized: bool = False,
     heartbeat_interval: Optional[float] = None,
     checksum_threads: int = 2,
@@ -285,6 +303,12 @@ def publish(
     sends to all targets together, as `ferry publish --max-upload-rate`; it serves over TCP
     only.
 
+    CUDA tensors are served from GPU memory, in place (one region per storage, on the device
+    the tensor names): device to device over CUDA IPC to targets on this host, through pinned
+    host memory over TCP to others; they are checksummed on the GPU with the tree checksum
+    (xxh3-64-tree-64k). `accelerator` defaults to "cuda" when any tensor is on a GPU (so that
+    ModelExpress GPU targets list the source), else "cpu".
+
     `backend="nixl"` serves the tensors from a NIXL agent (UCX, host memory) instead, and
     publishes its record as ModelExpress's centralized publisher does (MX_P2P_METADATA=0):
     `nixl_metadata` = the agent's metadata, the tensors as ModelExpress descriptors (address,
@@ -309,8 +333,15 @@ def publish(
     if copies:
         _log.warning("publishing %d non-contiguous tensor(s) from a contiguous copy: %s",
                      len(copies), ", ".join(copies[:5]) + (", ..." if len(copies) > 5 else ""))
-    buffers, spans = _describe(served)
+    buffers, spans, span_devices = _describe(served)
+    on_gpu = any(d >= 0 for d in span_devices)
+    if accelerator is None:
+        accelerator = "cuda" if on_gpu else "cpu"
     metadata_client = client_for(server, client)
+    if on_gpu and backend == "nixl":
+        raise _ferry.InvalidArgumentError(
+            "publish(backend='nixl') serves host memory only (NIXL's UCX here has no CUDA); "
+            "publish CUDA tensors with backend='ferry', or move them to the CPU first")
     if backend == "nixl":
         source = _NixlSource(metadata_client, as_identity_dict(identity), served, spans,
                              worker_rank, worker_id, accelerator, heartbeat_interval)
@@ -318,12 +349,14 @@ def publish(
     engine = _engine(f"python publish rank {worker_rank}", transports, data_listen,
                      advertise_host, max_upload_rate)
     try:
+        _synchronize(span_devices)  # the tensors' values are final before they are checksummed
         source = _ferry.serve_buffers(
             metadata_client, engine, as_identity_dict(identity), buffers, spans,
             worker_rank=worker_rank, accelerator=accelerator, worker_id=worker_id,
             worker_listen=worker_listen, advertise_host=advertise_host, centralized=centralized,
             heartbeat_interval=heartbeat_interval, checksum_threads=checksum_threads,
-            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            span_devices=span_devices)
     except BaseException:
         engine.stop()
         raise
@@ -386,7 +419,7 @@ def pull_into(
     server: Optional[str] = None,
     client: Optional[_ferry.MetadataClient] = None,
     worker_rank: int = 0,
-    accelerator: str = "cpu",
+    accelerator: Optional[str] = None,
     transport: str = "auto",
     backend: str = "auto",
     max_sources: int = 3,
@@ -416,6 +449,12 @@ def pull_into(
     Non-contiguous destination tensors are filled through a contiguous staging copy, written
     into them only after verification. Tensors that share memory (tied weights) are read once.
 
+    CUDA tensors are filled in place in GPU memory (over CUDA IPC from a source on this host,
+    through pinned host memory over TCP otherwise) and verified there: on the GPU for sources
+    that checksum with xxh3-64-tree-64k, over a host copy for xxh3-64. `accelerator` defaults
+    to "" (every source) when any tensor is on a GPU, else "cpu". Only ferry sources fill CUDA
+    tensors (backend "auto" then means "ferry").
+
     `transport`: "auto" (default), "ucx" or "tcp"; "shm" reaches only sources whose memory the
     engine allocated (`ferry publish`), not tensors published in place by ferry.torch.publish.
     `stripe`: sources read at once, as `ferry pull --stripe` (at most `max_sources`); each
@@ -442,10 +481,20 @@ def pull_into(
         if t.is_contiguous():
             targets[name] = t.detach()
         else:
-            staging = torch.empty(t.shape, dtype=t.dtype)
+            staging = torch.empty(t.shape, dtype=t.dtype, device=t.device)
             staged[name] = (t, staging)
             targets[name] = staging
-    buffers, spans = _describe(targets)
+    buffers, spans, span_devices = _describe(targets)
+    on_gpu = any(d >= 0 for d in span_devices)
+    if accelerator is None:
+        accelerator = "" if on_gpu else "cpu"
+    if on_gpu and backend not in ("auto", "ferry"):
+        raise _ferry.InvalidArgumentError(
+            f"pull_into(backend={backend!r}) fills host memory only; fill CUDA tensors with "
+            f"backend='ferry' or 'auto'")
+    if on_gpu:
+        backend = "ferry"  # NIXL and TransferEngine sources here fill host memory only
+    _synchronize(span_devices)  # nothing queued still writes the destination
     metadata_client = client_for(server, client)
     identity_dict = as_identity_dict(identity)
     ferry_args = dict(
@@ -460,7 +509,8 @@ def pull_into(
                          [] if transport == "auto" else [transport], "127.0.0.1:0", "")
         try:
             return _ferry.pull_into_buffers(metadata_client, engine, identity_dict, buffers,
-                                            spans, target_worker_id=worker_id, **ferry_args)
+                                            spans, target_worker_id=worker_id,
+                                            span_devices=span_devices, **ferry_args)
         finally:
             engine.stop()
 

@@ -23,11 +23,21 @@ using BufferTuple =
     std::tuple<std::string, std::string, std::vector<uint64_t>, uintptr_t, uint64_t>;
 using SpanTuple = std::tuple<uintptr_t, uint64_t>;
 
+// `span_devices`: per span, -1 for host memory or the GPU ordinal of device memory (a CUDA
+// tensor's storage); empty: every span is host memory.
 weights::BufferSet MakeBufferSet(const std::vector<BufferTuple>& buffers,
-                                 const std::vector<SpanTuple>& spans) {
+                                 const std::vector<SpanTuple>& spans,
+                                 const std::vector<int>& span_devices) {
+  if (!span_devices.empty() && span_devices.size() != spans.size()) {
+    throw StatusError(absl::InvalidArgumentError(
+        absl::StrCat("span_devices has ", span_devices.size(), " entries for ", spans.size(),
+                     " spans; give one per span (-1: host memory) or none")));
+  }
   weights::BufferSet set;
-  for (const auto& [address, size] : spans) {
-    set.spans.push_back(weights::MemorySpan{reinterpret_cast<void*>(address), size});
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const auto& [address, size] = spans[i];
+    set.spans.push_back(weights::MemorySpan{reinterpret_cast<void*>(address), size,
+                                            span_devices.empty() ? -1 : span_devices[i]});
   }
   for (const auto& [name, dtype, shape, address, size] : buffers) {
     StatusOr<weights::DType> parsed = weights::ParseDType(dtype);
@@ -99,7 +109,7 @@ void RegisterWeights(py::module_& m) {
          const std::string& advertise_host, bool centralized,
          std::optional<double> heartbeat_interval, int checksum_threads,
          const std::string& tls_cert, const std::string& tls_key,
-         const std::string& tls_client_ca) {
+         const std::string& tls_client_ca, const std::vector<int>& span_devices) {
         weights::WeightSourceOptions o;
         o.client = client->client.get();
         o.engine = engine.get();
@@ -111,7 +121,7 @@ void RegisterWeights(py::module_& m) {
                                      tls_client_ca);
         o.centralized = centralized;
         o.heartbeat_interval = HeartbeatInterval(heartbeat_interval);
-        weights::BufferSet set = MakeBufferSet(buffers, spans);
+        weights::BufferSet set = MakeBufferSet(buffers, spans, span_devices);
         auto handle = std::make_shared<SourceHandle>();
         handle->client = client;
         handle->engine = engine;
@@ -134,9 +144,11 @@ void RegisterWeights(py::module_& m) {
       py::arg("advertise_host") = "", py::arg("centralized") = false,
       py::arg("heartbeat_interval") = py::none(), py::arg("checksum_threads") = 2,
       py::arg("tls_cert") = "", py::arg("tls_key") = "", py::arg("tls_client_ca") = "",
+      py::arg("span_devices") = std::vector<int>{},
       "Registers each span once, checksums every buffer, starts the worker endpoint and "
       "publishes READY. buffers: (name, dtype, shape, address, nbytes); spans: (address, "
-      "nbytes). The memory must stay alive and unchanged until stop().");
+      "nbytes); span_devices: per span, -1 (host) or the GPU of device memory. The memory must "
+      "stay alive and unchanged until stop().");
 
   m.def(
       "pull_into_buffers",
@@ -146,7 +158,8 @@ void RegisterWeights(py::module_& m) {
          const std::string& transport, int max_sources, double transfer_timeout,
          double stall_timeout, int verify_threads, const std::string& target_worker_id,
          const std::string& worker_tls_ca, const std::string& worker_tls_client_cert,
-         const std::string& worker_tls_client_key, int stripe) {
+         const std::string& worker_tls_client_key, int stripe,
+         const std::vector<int>& span_devices) {
         weights::PullOptions o;
         o.stripe = std::min(stripe, max_sources);
         o.client = client->client.get();
@@ -162,7 +175,7 @@ void RegisterWeights(py::module_& m) {
         o.target_worker_id = target_worker_id;
         o.endpoint =
             TargetEndpoint(*client, worker_tls_ca, worker_tls_client_cert, worker_tls_client_key);
-        weights::BufferSet set = MakeBufferSet(buffers, spans);
+        weights::BufferSet set = MakeBufferSet(buffers, spans, span_devices);
         weights::PullResult r;
         {
           py::gil_scoped_release release;
@@ -175,6 +188,8 @@ void RegisterWeights(py::module_& m) {
         d["transfer_seconds"] = SecondsOf(r.transfer_time);
         d["verify_seconds"] = SecondsOf(r.verify_time);
         d["transport"] = std::string(TransportKindName(r.transport));
+        d["path"] = r.path;
+        d["checksum"] = std::string(weights::ChecksumAlgorithmName(r.checksum_algorithm));
         d["peer"] = r.peer;
         d["mx_source_id"] = r.mx_source_id;
         d["source_worker_id"] = r.source_worker_id;
@@ -201,6 +216,7 @@ void RegisterWeights(py::module_& m) {
       py::arg("verify_threads") = 2, py::arg("target_worker_id") = "",
       py::arg("worker_tls_ca") = "", py::arg("worker_tls_client_cert") = "",
       py::arg("worker_tls_client_key") = "", py::arg("stripe") = 1,
+      py::arg("span_devices") = std::vector<int>{},
       "Pulls a READY source's tensors into the buffers in place and verifies every checksum. "
       "NotFoundError: no source; FailedPreconditionError: the buffers do not match the "
       "source's tensors (nothing moved); UnavailableError: every source tried failed (the "

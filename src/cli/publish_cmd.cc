@@ -129,6 +129,12 @@ StatusOr<std::unique_ptr<weights::WeightSource>> StartWeightSource(
   options.identity = identity;
   options.worker_rank = rank;
   options.accelerator = serve.accelerator;
+  if (model.region != nullptr && model.region->kind() == MemoryKind::kCuda &&
+      serve.accelerator == "cpu") {
+    // Weights in GPU memory: say so (the flag's default says host memory), so that ModelExpress
+    // GPU targets list this source.
+    options.accelerator = "cuda";
+  }
   options.worker_id = worker_id.empty() ? serve.worker_id : worker_id;
   options.centralized = serve.centralized;
   options.held = std::move(held);
@@ -204,8 +210,8 @@ void AddPublishCommand(CLI::App& app, Cli& cli) {
       ->capture_default_str();
   cmd->add_option("--device", flags->device,
                   "where the served weights live: cpu, or cuda:N to load the file into GPU N's "
-                  "memory and serve it from there (set --accelerator cuda too, so that "
-                  "ModelExpress GPU targets list it)")
+                  "memory and serve it from there (published with accelerator cuda unless "
+                  "--accelerator says otherwise)")
       ->capture_default_str();
   cmd->callback(
       [&cli, flags] { cli.action = [&cli, flags] { return RunPublish(cli.flags, *flags); }; });

@@ -153,6 +153,9 @@ Status RunPull(const GlobalFlags& flags, const PullFlags& pull) {
   options.worker_rank = pull.rank;
   // The target's memory kind: sources must be compatible with it (--accelerator).
   options.accelerator = pull.serve.accelerator;
+  // A GPU destination reads host and device sources alike (staged or not): unless
+  // --accelerator narrows it, every source is compatible.
+  if (device >= 0 && pull.serve.accelerator == "cpu") options.accelerator = "";
   options.target_worker_id = pull.target.target_worker_id;
   FERRY_ASSIGN_OR_RETURN(options.topology, ParseTopology(pull.serve.topology));
   options.transport = transport;

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "flows/device_landing.h"
 #include "weights/tensor_checksum.h"
 
 namespace ferry::weights {
@@ -111,6 +112,22 @@ Status ValidateBufferSet(const BufferSet& set) {
   return absl::OkStatus();
 }
 
+StatusOr<ChecksumFunction> SpanChecksum(const std::vector<MemorySpan>& spans,
+                                        ChecksumAlgorithm algorithm) {
+  std::map<int, ChecksumFunction> by_device;
+  for (const MemorySpan& span : spans) {
+    if (span.device < 0 || by_device.count(span.device) != 0) continue;
+    FERRY_ASSIGN_OR_RETURN(DeviceLanding landing, MakeDeviceLanding(span.device, algorithm));
+    by_device.emplace(span.device, std::move(landing.checksum));
+  }
+  return ChecksumFunction([spans, by_device = std::move(by_device), algorithm](
+                              const void* data, uint64_t size) -> StatusOr<uint64_t> {
+    const int s = size == 0 ? -1 : FindSpan(spans, data, size);
+    if (s >= 0 && spans[s].device >= 0) return by_device.at(spans[s].device)(data, size);
+    return TensorChecksum(data, size, algorithm);
+  });
+}
+
 StatusOr<ServedModel> ServeBuffers(TransferEngine& engine, const BufferSet& set, int threads) {
   FERRY_RETURN_IF_ERROR(ValidateBufferSet(set));
   ServedModel model;
@@ -123,8 +140,10 @@ StatusOr<ServedModel> ServeBuffers(TransferEngine& engine, const BufferSet& set,
     const int s = FindSpan(set.spans, b.data, b.size);
     span_of[i] = s;
     if (regions[s] != nullptr) continue;
-    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Region> region,
-                           engine.RegisterRegion(set.spans[s].data, set.spans[s].size));
+    FERRY_ASSIGN_OR_RETURN(
+        std::unique_ptr<Region> region,
+        engine.RegisterRegion(set.spans[s].data, set.spans[s].size,
+                              set.spans[s].device >= 0 ? MemoryKind::kCuda : MemoryKind::kHost));
     regions[s] = region.get();
     if (model.region == nullptr) {
       model.region = std::move(region);
@@ -147,7 +166,21 @@ StatusOr<ServedModel> ServeBuffers(TransferEngine& engine, const BufferSet& set,
     ranges.push_back(ByteRange{b.data, b.size});
     model.total_bytes += b.size;
   }
-  model.checksums = ChecksumRanges(ranges, threads);
+  bool on_device = false;
+  for (const MemorySpan& span : set.spans) on_device = on_device || span.device >= 0;
+  if (!on_device) {
+    model.checksums = ChecksumRanges(ranges, threads);
+    return model;
+  }
+  // Device memory is checksummed where it lies, with the tree checksum (its leaves are the
+  // kernel's parallel work); host buffers of the same set get the same algorithm on the CPU.
+  model.checksum_algorithm = ChecksumAlgorithm::kXxh3Tree64k;
+  FERRY_ASSIGN_OR_RETURN(ChecksumFunction checksum,
+                         SpanChecksum(set.spans, model.checksum_algorithm));
+  for (const ByteRange& r : ranges) {
+    FERRY_ASSIGN_OR_RETURN(uint64_t sum, checksum(r.data, r.size));
+    model.checksums.push_back(sum);
+  }
   return model;
 }
 

@@ -11,6 +11,7 @@
 
 #include "ferry/status.h"
 #include "ferry/transfer.h"
+#include "flows/landing_verifier.h"
 #include "flows/weight_puller.h"
 #include "flows/weight_source.h"
 #include "weights/dtype.h"
@@ -21,6 +22,7 @@ namespace ferry::weights {
 struct MemorySpan {
   void* data = nullptr;
   uint64_t size = 0;
+  int device = -1;  // -1: host memory; N: device memory of GPU N (a CUDA tensor's storage)
 };
 
 // One named tensor: `size` bytes at `data`, inside one span, row-major and contiguous.
@@ -48,9 +50,15 @@ inline constexpr size_t kMaxBuffers = 1'000'000;
 Status ValidateBufferSet(const BufferSet& set);
 
 // Registers every non-empty span with `engine` and builds a ServedModel of `set`'s tensors in
-// place (not copied), checksummed on `threads` threads. The caller's memory must outlive the
+// place (not copied), checksummed on `threads` threads (xxh3-64; the tree checksum, on the GPU,
+// when any span is device memory). The caller's memory must outlive the
 // model and must not change while it is served: targets verify the checksums taken here.
 StatusOr<ServedModel> ServeBuffers(TransferEngine& engine, const BufferSet& set, int threads = 2);
+
+// A tensor's checksum with `algorithm` wherever it lies among `spans`: on the GPU for device
+// spans, on the CPU otherwise. FailedPrecondition where a device span's GPU cannot be used.
+StatusOr<ChecksumFunction> SpanChecksum(const std::vector<MemorySpan>& spans,
+                                        ChecksumAlgorithm algorithm);
 
 // Pulls a source's tensors into `into` in place: like PullWeights (same options, listing, order
 // and failover), but every source tensor must match a buffer of the same name, dtype and shape,

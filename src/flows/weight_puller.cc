@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <set>
@@ -656,11 +657,39 @@ class Puller {
           "; nothing was pulled. Build the model with the source's configuration, or use "
           "another identity"));
     }
+    bool on_device = false;
     for (const MemorySpan& span : into_->spans) {
       if (span.size == 0) continue;
-      FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Region> region,
-                             options_.engine->RegisterRegion(span.data, span.size));
+      on_device = on_device || span.device >= 0;
+      FERRY_ASSIGN_OR_RETURN(
+          std::unique_ptr<Region> region,
+          options_.engine->RegisterRegion(
+              span.data, span.size, span.device >= 0 ? MemoryKind::kCuda : MemoryKind::kHost));
       span_regions_.push_back(std::move(region));
+    }
+    if (on_device) {
+      // Verified where each tensor lands; failed copies compared after a copy to the host.
+      DeviceLanding landing;
+      FERRY_ASSIGN_OR_RETURN(landing.checksum, SpanChecksum(into_->spans, plan.algorithm));
+      std::map<int, std::function<Status(void*, const void*, uint64_t)>> to_host;
+      for (const MemorySpan& span : into_->spans) {
+        if (span.device < 0 || to_host.count(span.device) != 0) continue;
+        FERRY_ASSIGN_OR_RETURN(DeviceLanding d, MakeDeviceLanding(span.device, plan.algorithm));
+        to_host.emplace(span.device, std::move(d.to_host));
+      }
+      landing.to_host = [spans = into_->spans, to_host = std::move(to_host)](
+                            void* host, const void* local, uint64_t n) -> Status {
+        for (const MemorySpan& span : spans) {
+          const uintptr_t lo = reinterpret_cast<uintptr_t>(span.data);
+          const uintptr_t at = reinterpret_cast<uintptr_t>(local);
+          if (span.device >= 0 && at >= lo && at - lo < span.size) {
+            return to_host.at(span.device)(host, local, n);
+          }
+        }
+        std::memcpy(host, local, n);
+        return absl::OkStatus();
+      };
+      device_landing_ = std::move(landing);
     }
     std::set<std::pair<void*, uint64_t>> seen;
     for (size_t i = 0; i < plan.remote.size(); ++i) {

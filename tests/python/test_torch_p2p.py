@@ -351,6 +351,30 @@ def test_unsupported_tensors_are_refused_naming_them(server):
         ferry.torch.publish({}, {"model_name": "bad"}, server=server.address)
 
 
+def test_device_spans_without_a_driver_fail_naming_the_driver(server):
+    """Spans of device memory need the CUDA driver: on this driverless machine the binding
+    refuses them with the driver's reason (CPU torch cannot make a CUDA tensor, so the span is
+    described directly), and a span list of the wrong length is refused."""
+    t = torch.arange(1024, dtype=torch.float32)
+    buffers = [("w", "F32", [1024], t.data_ptr(), 4096)]
+    spans = [(t.data_ptr(), 4096)]
+    client = ferry.MetadataClient(server.address)
+    engine = ferry._ferry.TransferEngine("device span test", transports=["tcp"],
+                                         tcp_listen="127.0.0.1:0")
+    try:
+        with pytest.raises(ferry.FailedPreconditionError) as info:
+            ferry._ferry.serve_buffers(client, engine, {"model_name": "gpu"}, buffers, spans,
+                                       span_devices=[0])
+        assert "could not be loaded" in str(info.value) or "built without CUDA" in str(info.value)
+        with pytest.raises(ferry.InvalidArgumentError, match="span_devices has 2 entries for 1"):
+            ferry._ferry.serve_buffers(client, engine, {"model_name": "gpu"}, buffers, spans,
+                                       span_devices=[-1, -1])
+    finally:
+        engine.stop()
+    # Host tensors describe themselves as host spans.
+    assert ferry.torch._describe({"w": t})[2] == [-1]
+
+
 # --- the binding itself ---------------------------------------------------------------------
 
 
