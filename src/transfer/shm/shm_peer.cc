@@ -135,17 +135,10 @@ StatusOr<ShmPeerConnection::Mapping> ShmPeerConnection::Map(uint32_t region, abs
 }
 
 Status ShmPeerConnection::Execute(ChunkFeed& feed) {
-  auto closed = [&] {
-    return absl::FailedPreconditionError(
-        absl::StrCat("connection to ", description_, " is closed; Connect again"));
-  };
-  if (closing_.load()) return closed();
+  FERRY_RETURN_IF_ERROR(CheckConnectionUsable(closing_.load(), false, description_));
   absl::MutexLock lock(&mu_);
-  if (closing_.load() || !control_.valid()) return closed();
-  if (broken_.load()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("connection to ", description_, " broken by an earlier failure; reconnect"));
-  }
+  FERRY_RETURN_IF_ERROR(
+      CheckConnectionUsable(closing_.load() || !control_.valid(), broken_.load(), description_));
   auto fail = [&](const Status& s) {
     return Status(s.code(), absl::StrCat("shm read from ", description_, " ", s.message()));
   };

@@ -152,6 +152,18 @@ Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* receive
   return Recv::kOk;
 }
 
+Status CheckConnectionUsable(bool closed, bool broken, const std::string& description) {
+  if (closed) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("connection to ", description, " is closed; Connect again"));
+  }
+  if (broken) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("connection to ", description, " broken by an earlier failure; reconnect"));
+  }
+  return absl::OkStatus();
+}
+
 StatusOr<std::vector<uint32_t>> ReadRemovalNotices(int control) {
   std::vector<uint32_t> removed;
   for (;;) {

@@ -103,6 +103,10 @@ enum class Recv { kOk, kEof, kTimeout, kError };
 // size is kError with err = EPROTO.
 Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* received, int* err);
 
+// Whether a target's connection over this protocol can run a read: FailedPrecondition naming
+// `description` when it was closed (Connect again) or broken by an earlier failure (reconnect).
+Status CheckConnectionUsable(bool closed, bool broken, const std::string& description);
+
 // The regions named by the RegionRemoved notices waiting on a target's control socket (without
 // blocking). Unavailable when the source closed the socket or it failed; DataLoss for any other
 // message (a protocol error). Either error means the connection is broken.
