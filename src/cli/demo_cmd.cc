@@ -38,6 +38,7 @@ constexpr uint64_t kDemoSeed = 20261121;
 struct DemoFlags {
   std::string size = "1GiB";
   std::string transport = "auto";
+  std::string device = "cpu";
   bool json = false;
   bool keep = false;
 };
@@ -202,6 +203,7 @@ class Demo {
   Status Steps() {
     FERRY_ASSIGN_OR_RETURN(const uint64_t size, internal::ParseByteSize(demo_.size, "--size"));
     FERRY_RETURN_IF_ERROR(ParseTransportKind(demo_.transport).status());
+    FERRY_ASSIGN_OR_RETURN(const int device, ParseDeviceFlag(demo_.device));
     if (flags_.server.has_value() && !flags_.server->empty()) {
       address_ = *flags_.server;
       Step(absl::StrCat("Using the server given by --server: ", address_));
@@ -252,8 +254,13 @@ class Demo {
          {std::string("--transport"), demo_.transport, std::string("--data-listen"),
           std::string("127.0.0.1:0"), std::string("--worker-listen"), std::string("127.0.0.1:0"),
           std::string("--ready-file"), ready_file, std::string("--ucx-net-devices"),
-          std::string("lo")}) {
+          std::string("lo"), std::string("--device"), demo_.device}) {
       publish.argv.push_back(a);
+    }
+    if (device >= 0) {
+      // Checksums the GPU target verifies where the bytes land.
+      publish.argv.push_back("--checksum");
+      publish.argv.push_back("xxh3-64-tree-64k");
     }
     publish.log_file = dir_ + "/publish.log";
     publish.env_remove = EnvRemove();
@@ -280,7 +287,9 @@ class Demo {
                  "--data-listen",
                  "127.0.0.1:0",
                  "--ucx-net-devices",
-                 "lo"};
+                 "lo",
+                 "--device",
+                 demo_.device};
     for (const std::string& a : IdentityArgs()) pull.argv.push_back(a);
     for (const std::string& a : ServerArgs()) pull.argv.push_back(a);
     pull.log_file = dir_ + "/pull.log";
@@ -304,10 +313,12 @@ class Demo {
     const double transfer = result["transfer_seconds"].get<double>();
     const double gbps = result["gbps"].get<double>();
     Step(absl::StrFormat(
-        "`ferry pull` read %d tensors (%s) from worker %s over %s and verified every xxh3-64 "
-        "checksum;\n    the written file is byte-identical to the model",
+        "`ferry pull` read %d tensors (%s) from worker %s over %s and verified every %s "
+        "checksum%s;\n    the written file is byte-identical to the model",
         result["tensors"].get<uint64_t>(), FormatBytes(result["bytes"].get<uint64_t>()),
-        result["source"]["worker_id"].get<std::string>(), result["transport"].get<std::string>()));
+        result["source"]["worker_id"].get<std::string>(), result["path"].get<std::string>(),
+        result["checksum"].get<std::string>(),
+        device >= 0 ? absl::StrCat(" in the memory of ", demo_.device) : std::string()));
     Step(absl::StrFormat(
         "Transfer %.3f s = %.2f GB/s: %.2fx memcpy, %.2fx reading the file from the page cache\n"
         "    pull total %.3f s (discovery, connect, destination prepare, transfer, verify); "
@@ -317,6 +328,8 @@ class Demo {
     summary_ = {{"bytes", result["bytes"]},
                 {"tensors", result["tensors"]},
                 {"transport", result["transport"]},
+                {"path", result["path"]},
+                {"device", demo_.device},
                 {"transfer_seconds", transfer},
                 {"pull_seconds", result["seconds"]},
                 {"pull_process_seconds", pull_process_seconds},
@@ -356,8 +369,12 @@ void AddDemoCommand(CLI::App& app, Cli& cli) {
       "the end; with --server it uses that one (with the token and TLS flags).");
   cmd->add_option("--size", flags->size, "approximate model size: bytes, or 64MiB, 1GiB, ...")
       ->capture_default_str();
-  cmd->add_option("--transport", flags->transport, "auto, shm, ucx or tcp")
-      ->check(CLI::IsMember({"auto", "shm", "ucx", "tcp"}))
+  cmd->add_option("--transport", flags->transport, "auto, cuda_ipc, shm, ucx or tcp")
+      ->check(CLI::IsMember({"auto", "cuda_ipc", "shm", "ucx", "tcp"}))
+      ->capture_default_str();
+  cmd->add_option("--device", flags->device,
+                  "where both sides hold the weights: cpu, or cuda:N (GPU N's memory, verified on "
+                  "the GPU; needs a GPU and its driver)")
       ->capture_default_str();
   cmd->add_flag("--json", flags->json, "print only a JSON summary");
   cmd->add_flag("--keep", flags->keep, "keep the temporary folder (model, pulled copy, logs)");

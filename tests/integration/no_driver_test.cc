@@ -67,6 +67,11 @@ TEST(NoDriverTest, DeviceFlagsFailCleanlyNamingTheDriver) {
   ASSERT_TRUE(publish.ok()) << publish.status();
   EXPECT_EQ(publish->exit_code, 1);
   EXPECT_THAT(publish->err, HasSubstr("--device cuda: " + why));
+  auto demo = RunCommand({BinaryPath("ferry"), "demo", "--size", "1MiB", "--device", "cuda:0"},
+                         absl::Seconds(60));
+  ASSERT_TRUE(demo.ok()) << demo.status();
+  EXPECT_EQ(demo->exit_code, 1);
+  EXPECT_THAT(demo->err, HasSubstr("--device cuda:0: " + why));
   auto bad = RunCommand({BinaryPath("ferry"), "pull", "--model", "m", "--device", "gpu0"},
                         absl::Seconds(30));
   ASSERT_TRUE(bad.ok()) << bad.status();
