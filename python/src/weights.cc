@@ -108,8 +108,8 @@ void RegisterWeights(py::module_& m) {
          const std::string& worker_id, const std::string& worker_listen,
          const std::string& advertise_host, bool centralized,
          std::optional<double> heartbeat_interval, int checksum_threads,
-         const std::string& tls_cert, const std::string& tls_key,
-         const std::string& tls_client_ca, const std::vector<int>& span_devices) {
+         const std::string& tls_cert, const std::string& tls_key, const std::string& tls_client_ca,
+         const std::vector<int>& span_devices) {
         weights::WeightSourceOptions o;
         o.client = client->client.get();
         o.engine = engine.get();
