@@ -11,8 +11,6 @@ namespace ferry::internal::cuda_ipc {
 
 using shm::FromReply;
 using shm::OpenRequest;
-using shm::Recv;
-using shm::RecvPacket;
 using shm::Reply;
 using shm::SendPacket;
 
@@ -66,36 +64,14 @@ StatusOr<const Mapping*> CudaIpcPeerConnection::Map(uint32_t region) {
                                             " (removed after the blob was exported)"));
   };
   if (removed_.count(region) != 0) return removed();
-  const OpenRequest request{region, shm::kOpenExport};
-  if (!SendPacket(control_.get(), &request, sizeof(request))) {
-    broken_.store(true);
-    return absl::UnavailableError(
-        absl::StrCat("failed: asking the source for region ", region, ": ", ErrnoText(errno)));
-  }
   const absl::Time deadline = absl::Now() + shm::kControlTimeout;
-  Reply reply{};
-  for (;;) {
-    int err = 0;
-    const Recv got = RecvPacket(control_.get(), &reply, sizeof(reply), deadline, nullptr, &err);
-    if (got != Recv::kOk) {
-      broken_.store(true);
-      return absl::UnavailableError(absl::StrCat(
-          "failed: opening region ", region, ": ",
-          got == Recv::kTimeout ? "no reply in time"
-          : got == Recv::kEof   ? "the source closed the control connection (stopped or exited)"
-                                : ErrnoText(err)));
-    }
-    if (reply.type == shm::kRegionRemoved) {
-      removed_.insert(reply.region);
-      continue;
-    }
-    break;
-  }
-  if (reply.type != shm::kExportReply || reply.region != region) {
+  auto answered = shm::RequestRegion(control_.get(), region, shm::kOpenExport, shm::kExportReply,
+                                     deadline, &removed_, nullptr);
+  if (!answered.ok()) {
     broken_.store(true);
-    return absl::DataLossError(absl::StrCat("failed: protocol error: unexpected reply type ",
-                                            reply.type, " for region ", reply.region));
+    return answered.status();
   }
+  const Reply& reply = *answered;
   if (reply.code != 0) {
     Status s = FromReply(reply);
     return Status(s.code(), absl::StrCat("failed: ", s.message()));

@@ -66,72 +66,51 @@ StatusOr<ShmPeerConnection::Mapping> ShmPeerConnection::Map(uint32_t region, abs
                                             " (removed after the blob was exported)"));
   };
   if (removed_.count(region) != 0) return removed();
-  const OpenRequest request{region, 0};
-  if (!SendPacket(control_.get(), &request, sizeof(request))) {
-    broken_.store(true);
-    return absl::UnavailableError(
-        absl::StrCat("failed: asking the source for region ", region, ": ", ErrnoText(errno)));
-  }
   deadline = std::min(deadline, absl::Now() + kControlTimeout);
-  for (;;) {
-    Reply reply{};
-    Fd fd;
-    int err = 0;
-    const Recv got = RecvPacket(control_.get(), &reply, sizeof(reply), deadline, &fd, &err);
-    if (got != Recv::kOk) {
-      broken_.store(true);
-      return absl::UnavailableError(absl::StrCat(
-          "failed: opening region ", region, ": ",
-          got == Recv::kTimeout ? "no reply in time"
-          : got == Recv::kEof   ? "the source closed the control connection (stopped or exited)"
-                                : ErrnoText(err)));
-    }
-    if (reply.type == kRegionRemoved) {
-      removed_.insert(reply.region);
-      continue;
-    }
-    if (reply.type != kOpenReply || reply.region != region) {
-      broken_.store(true);
-      return absl::DataLossError(absl::StrCat("failed: protocol error: unexpected reply type ",
-                                              reply.type, " for region ", reply.region));
-    }
-    if (reply.code != 0) {
-      Status s = FromReply(reply);
-      return Status(s.code(), absl::StrCat("failed: ", s.message()));
-    }
-    if (!fd.valid() || reply.size == 0) {
-      broken_.store(true);
-      return absl::DataLossError(absl::StrCat("failed: protocol error: the reply for region ",
-                                              region, " carries no descriptor"));
-    }
-    if (removed_.count(region) != 0) return removed();
-    // Never trust the size the source announces: a descriptor smaller than that, or one the
-    // source could still shrink, would fault (SIGBUS) in our copy threads instead of failing
-    // this read. The engine's own regions are memfds sealed against shrinking.
-    struct stat st {};
-    const int seals = ::fcntl(fd.get(), F_GET_SEALS);
-    if (::fstat(fd.get(), &st) != 0 || seals < 0 || (seals & F_SEAL_SHRINK) == 0 ||
-        st.st_size < 0 || static_cast<uint64_t>(st.st_size) < reply.size) {
-      broken_.store(true);
-      const std::string why = seals < 0 ? std::string("not a sealed memfd")
-                              : (seals & F_SEAL_SHRINK) == 0
-                                  ? std::string("not sealed against shrinking")
-                                  : absl::StrCat(st.st_size, " bytes");
-      return absl::DataLossError(absl::StrCat(
-          "failed: the source's descriptor for region ", region, " does not back the ", reply.size,
-          " bytes it announced (", why, "); not reading from this source: read from another one"));
-    }
-    // MAP_POPULATE: the kernel maps every page in one call instead of one fault per page in
-    // the copy threads (page faults are expensive in VMs; measured in docs/benchmarks.md).
-    void* p = ::mmap(nullptr, reply.size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
-    if (p == MAP_FAILED) {
-      return absl::ResourceExhaustedError(absl::StrCat("failed: mapping region ", region, " (",
-                                                       reply.size, " bytes): ", ErrnoText(errno)));
-    }
-    Mapping m{static_cast<const char*>(p), reply.size};
-    mappings_.emplace(region, m);
-    return m;  // the mapping keeps the memory; the descriptor closes here
+  Fd fd;
+  auto answered =
+      RequestRegion(control_.get(), region, kOpenMemfd, kOpenReply, deadline, &removed_, &fd);
+  if (!answered.ok()) {
+    broken_.store(true);
+    return answered.status();
   }
+  const Reply& reply = *answered;
+  if (reply.code != 0) {
+    Status s = FromReply(reply);
+    return Status(s.code(), absl::StrCat("failed: ", s.message()));
+  }
+  if (!fd.valid() || reply.size == 0) {
+    broken_.store(true);
+    return absl::DataLossError(absl::StrCat("failed: protocol error: the reply for region ", region,
+                                            " carries no descriptor"));
+  }
+  if (removed_.count(region) != 0) return removed();
+  // Never trust the size the source announces: a descriptor smaller than that, or one the
+  // source could still shrink, would fault (SIGBUS) in our copy threads instead of failing
+  // this read. The engine's own regions are memfds sealed against shrinking.
+  struct stat st {};
+  const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+  if (::fstat(fd.get(), &st) != 0 || seals < 0 || (seals & F_SEAL_SHRINK) == 0 || st.st_size < 0 ||
+      static_cast<uint64_t>(st.st_size) < reply.size) {
+    broken_.store(true);
+    const std::string why = seals < 0 ? std::string("not a sealed memfd")
+                            : (seals & F_SEAL_SHRINK) == 0
+                                ? std::string("not sealed against shrinking")
+                                : absl::StrCat(st.st_size, " bytes");
+    return absl::DataLossError(absl::StrCat(
+        "failed: the source's descriptor for region ", region, " does not back the ", reply.size,
+        " bytes it announced (", why, "); not reading from this source: read from another one"));
+  }
+  // MAP_POPULATE: the kernel maps every page in one call instead of one fault per page in
+  // the copy threads (page faults are expensive in VMs; measured in docs/benchmarks.md).
+  void* p = ::mmap(nullptr, reply.size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+  if (p == MAP_FAILED) {
+    return absl::ResourceExhaustedError(absl::StrCat("failed: mapping region ", region, " (",
+                                                     reply.size, " bytes): ", ErrnoText(errno)));
+  }
+  Mapping m{static_cast<const char*>(p), reply.size};
+  mappings_.emplace(region, m);
+  return m;  // the mapping keeps the memory; the descriptor closes here
 }
 
 Status ShmPeerConnection::Execute(ChunkFeed& feed) {

@@ -152,6 +152,36 @@ Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* receive
   return Recv::kOk;
 }
 
+StatusOr<Reply> RequestRegion(int control, uint32_t region, uint32_t what, uint32_t reply_type,
+                              absl::Time deadline, std::set<uint32_t>* removed, Fd* received) {
+  const OpenRequest request{region, what};
+  if (!SendPacket(control, &request, sizeof(request))) {
+    return absl::UnavailableError(
+        absl::StrCat("failed: asking the source for region ", region, ": ", ErrnoText(errno)));
+  }
+  for (;;) {
+    Reply reply{};
+    int err = 0;
+    const Recv got = RecvPacket(control, &reply, sizeof(reply), deadline, received, &err);
+    if (got != Recv::kOk) {
+      return absl::UnavailableError(absl::StrCat(
+          "failed: opening region ", region, ": ",
+          got == Recv::kTimeout ? "no reply in time"
+          : got == Recv::kEof   ? "the source closed the control connection (stopped or exited)"
+                                : ErrnoText(err)));
+    }
+    if (reply.type == kRegionRemoved) {
+      removed->insert(reply.region);
+      continue;
+    }
+    if (reply.type != reply_type || reply.region != region) {
+      return absl::DataLossError(absl::StrCat("failed: protocol error: unexpected reply type ",
+                                              reply.type, " for region ", reply.region));
+    }
+    return reply;
+  }
+}
+
 Status CheckConnectionUsable(bool closed, bool broken, const std::string& description) {
   if (closed) {
     return absl::FailedPreconditionError(

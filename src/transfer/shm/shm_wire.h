@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -111,6 +112,15 @@ Status CheckConnectionUsable(bool closed, bool broken, const std::string& descri
 // blocking). Unavailable when the source closed the socket or it failed; DataLoss for any other
 // message (a protocol error). Either error means the connection is broken.
 StatusOr<std::vector<uint32_t>> ReadRemovalNotices(int control);
+
+// Asks the source for `region` (OpenRequest{region, what}) and waits until `deadline` for its
+// reply of type `reply_type`, adding the regions of RegionRemoved notices that arrive first to
+// *removed; a descriptor passed with the reply goes to *received (may be null). The reply's
+// own code is the caller's to read. Unavailable when the request cannot be sent or no reply
+// comes; DataLoss for another reply (a protocol error). Either error means the connection is
+// broken.
+StatusOr<Reply> RequestRegion(int control, uint32_t region, uint32_t what, uint32_t reply_type,
+                              absl::Time deadline, std::set<uint32_t>* removed, Fd* received);
 
 // Largest packet SendBytes sends (well under a unix socket's default send buffer).
 constexpr size_t kMaxBytesPerPacket = 64 << 10;
