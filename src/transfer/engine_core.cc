@@ -248,6 +248,7 @@ StatusOr<std::unique_ptr<Region>> EngineCore::AddRegion(RegionRecord record) {
   const MemoryKind kind = record.kind;
   {
     absl::MutexLock lock(&mu_);
+    if (kind == MemoryKind::kCuda) device_regions_.fetch_add(1);
     regions_.emplace(id, std::move(record));
   }
   return std::unique_ptr<Region>(new Region(shared_from_this(), id, data, size, kind));
@@ -261,6 +262,7 @@ void EngineCore::RemoveRegion(uint32_t id) {
     if (it == regions_.end()) return;
     record = std::move(it->second);
     regions_.erase(it);
+    if (record.kind == MemoryKind::kCuda) device_regions_.fetch_sub(1);
   }
   for (const auto& t : transports_) t->RemoveRegion(id);
   record.device_memory.reset();  // after every transport let go (CUDA IPC waited for targets)
@@ -273,6 +275,7 @@ void EngineCore::RemoveRegion(uint32_t id) {
 }
 
 StatusOr<cuda::Device*> EngineCore::LocalDevice(const void* local) {
+  if (device_regions_.load(std::memory_order_relaxed) == 0) return nullptr;
   const uintptr_t address = reinterpret_cast<uintptr_t>(local);
   bool device = false;
   {

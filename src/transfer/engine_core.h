@@ -6,6 +6,7 @@
 #ifndef FERRY_TRANSFER_ENGINE_CORE_H_
 #define FERRY_TRANSFER_ENGINE_CORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -88,6 +89,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   mutable absl::Mutex mu_;
   uint32_t next_region_id_ ABSL_GUARDED_BY(mu_) = 0;
   cuda::DevicePool devices_;
+  // Device regions registered now: while none is, reads skip the per-op region lookup.
+  std::atomic<int> device_regions_{0};
   std::map<uint32_t, RegionRecord> regions_ ABSL_GUARDED_BY(mu_);
   absl::Mutex stop_mu_;
   bool stopped_ ABSL_GUARDED_BY(stop_mu_) = false;
