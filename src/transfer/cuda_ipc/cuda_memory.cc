@@ -260,7 +260,9 @@ class CudaIpcMemory : public IpcMemory {
 StatusOr<std::shared_ptr<IpcMemory>> OpenCudaIpcMemory() {
   FERRY_ASSIGN_OR_RETURN(const Driver* driver, Driver::Default());
   if (driver->device_count() == 0) {
-    return absl::FailedPreconditionError("the CUDA driver sees no device");
+    return absl::FailedPreconditionError(
+        "the CUDA driver sees no device; check nvidia-smi, CUDA_VISIBLE_DEVICES and the "
+        "container's device mounts, or serve host memory");
   }
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::PrimaryContext> primary,
                          cuda::PrimaryContext::Retain(*driver, 0));
