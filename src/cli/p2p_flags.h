@@ -12,6 +12,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/string_view.h"
 #include "cli/cli.h"
+#include "common/stop_signals.h"
 #include "ferry/metadata_client.h"
 #include "ferry/status.h"
 #include "ferry/transfer.h"
@@ -132,13 +133,9 @@ StatusOr<std::optional<absl::Duration>> HeartbeatInterval(const ServeFlags& flag
 // accelerator described as the cache's.
 void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact = false);
 
-// Waits (sigwait) for SIGTERM or SIGINT, blocked by BlockStopSignals; returns "SIGTERM" or
-// "SIGINT".
-const char* WaitForStopSignal();
-
-// Blocks SIGTERM and SIGINT in the calling thread and in every thread started after it, so that
-// only ServeModel's sigwait receives them. Call first, before any thread exists.
-void BlockStopSignals();
+// Stop signals: internal::BlockStopSignals and internal::WaitForStopSignal (common/stop_signals.h).
+using internal::BlockStopSignals;
+using internal::WaitForStopSignal;
 
 // Serves `model` (held in `engine`) as worker `rank` of `identity`: starts the worker endpoint,
 // publishes READY with heartbeats, writes --ready-file (JSON: pid, mx_source_id, worker_id,

@@ -16,14 +16,6 @@ namespace ferry::cli {
 
 namespace {
 
-sigset_t StopSignals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  return signals;
-}
-
 struct PublishFlags {
   std::string file;
   IdentityFlags identity;
@@ -57,18 +49,6 @@ Status RunPublish(const GlobalFlags& flags, const PublishFlags& publish) {
 }
 
 }  // namespace
-
-void BlockStopSignals() {
-  sigset_t signals = StopSignals();
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-}
-
-const char* WaitForStopSignal() {
-  sigset_t signals = StopSignals();
-  int sig = 0;
-  sigwait(&signals, &sig);
-  return sig == SIGTERM ? "SIGTERM" : "SIGINT";
-}
 
 void AddServeFlags(CLI::App* cmd, ServeFlags& flags, bool artifact) {
   const std::string group = "Serving";

@@ -27,6 +27,7 @@
 #include "artifacts/signing.h"
 #include "common/byte_size.h"
 #include "common/ready_file.h"
+#include "common/stop_signals.h"
 #include "ferry/metadata_client.h"
 #include "ferry/source_identity.h"
 #include "ferry/status.h"
@@ -64,14 +65,6 @@ struct Flags {
   std::string chunk_size = "64MiB";
   std::string signing_key;
 };
-
-sigset_t StopSignals() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  return signals;
-}
 
 SourceIdentity WeightsIdentity(const Flags& f) {
   SourceIdentity id;
@@ -135,10 +128,7 @@ Status WriteReady(const Flags& f, const std::string& mx_source_id, const std::st
 }
 
 void WaitForStop(const char* what) {
-  sigset_t signals = StopSignals();
-  int sig = 0;
-  sigwait(&signals, &sig);
-  std::cerr << what << ": " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << " received\n";
+  std::cerr << what << ": " << internal::WaitForStopSignal() << " received\n";
 }
 
 Status ServeWeights(const Flags& f, MetadataClient* client, TransferEngine* engine) {
@@ -233,8 +223,7 @@ void AddCommonFlags(CLI::App* cmd, Flags& f) {
 
 int Main(int argc, char** argv) {
   // Only the main thread's sigwait receives the stop signals: block them before any thread.
-  sigset_t signals = StopSignals();
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  internal::BlockStopSignals();
 
   CLI::App app{"A test-only ferry source that serves one flipped byte"};
   app.require_subcommand(1);
