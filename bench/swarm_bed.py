@@ -112,6 +112,8 @@ class Bed:
         self.rate = rate
         self.queue_ms = queue_ms
         self.prefix = f"{NS_PREFIX}{os.getpid()}-"
+        # A folder it made itself is removed with the bed (models and outputs are large).
+        self.own_work = workdir is None
         self.work = workdir or tempfile.mkdtemp(prefix="ferry-swarm-")
         self.procs: List[Proc] = []
         self.namespaces: List[str] = []
@@ -185,6 +187,8 @@ class Bed:
         for name in reversed(self.namespaces):
             sh(["ip", "netns", "del", name], check=False)
         self.namespaces = []
+        if self.own_work:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def __enter__(self) -> "Bed":
         return self

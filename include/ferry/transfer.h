@@ -182,6 +182,13 @@ struct ReadOptions {
   // in order, wrapping around): targets reading one model from the same sources at once start
   // at different places, so that they hold different pieces they can give each other.
   uint64_t first_piece = 0;
+  // How far ahead each peer is given pieces, as time at its own recent rate: a peer holds at
+  // most two pieces plus as many as it finished in the last `lookahead`, so a slow peer holds
+  // little and a fast one ramps up to what its transport keeps in flight. A piece handed out
+  // stays with its peer until it lands, so a read that may be paused to add peers, or whose
+  // source is shared by many readers, keeps its commitments short this way. Zero: as many as
+  // the transport keeps in flight (one peer), or a few per peer (several).
+  absl::Duration lookahead = absl::ZeroDuration();
   // Called about ten times a second (from the read's one watcher thread) while bytes move,
   // and once with (total, total) after a successful read. `done` counts finished pieces.
   std::function<void(uint64_t done, uint64_t total)> on_progress;
@@ -241,8 +248,18 @@ struct PeerRead {
   // Whether the peer serves `piece` (in this peer's coordinates) now; null: every piece. A
   // peer still filling its memory (a target serving while it pulls) takes only what it holds;
   // the answer may change from false to true while the read runs. Called often, under the
-  // read's lock: keep it short.
+  // read's lock: keep it short. A peer without `serves` (a complete source) takes first the
+  // pieces no peer with `serves` holds now: what only it can give comes from it, and what the
+  // others hold is left to them (it takes those too once nothing else is left).
   std::function<bool(const ReadOp& piece)> serves;
+  // Whether the peer is filling `piece` now (some of its bytes landed there, not yet verified):
+  // it will serve it soon, so a peer without `serves` leaves it, like the pieces others hold.
+  // Optional; the same rules as `serves`.
+  std::function<bool(const ReadOp& piece)> fills;
+  // For a peer without `serves`: the pieces this reader takes from it before any other (a
+  // swarm target's own part of the model, which the other targets leave to it). Optional; the
+  // same rules as `serves`.
+  std::function<bool(const ReadOp& piece)> own;
 };
 
 // What one peer of a striped read did.

@@ -16,7 +16,10 @@ namespace {
 uintptr_t Address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
 // Ops of every source for one round, merged where every source's next op continues its last.
-void Append(std::vector<std::vector<ReadOp>>& ops, const std::vector<ReadOp>& next) {
+// `at` is where the next ops start in the pull (its tensors' bytes one after another); `starts`
+// gets it for each op that is not merged.
+void Append(std::vector<std::vector<ReadOp>>& ops, const std::vector<ReadOp>& next, uint64_t at,
+            std::vector<uint64_t>& starts) {
   bool merge = !ops[0].empty();
   for (size_t s = 0; merge && s < ops.size(); ++s) {
     const ReadOp& last = ops[s].back();
@@ -31,8 +34,25 @@ void Append(std::vector<std::vector<ReadOp>>& ops, const std::vector<ReadOp>& ne
       ops[s].push_back(next[s]);
     }
   }
+  if (!merge) starts.push_back(at);
 }
 
+// The index, among the pieces of `ops` (cut at `chunk` bytes, as the read core cuts them), of
+// the first piece at or after position `anchor` of the pull; `starts` are the ops' positions.
+uint64_t PiecesBefore(const std::vector<ReadOp>& ops, const std::vector<uint64_t>& starts,
+                      uint64_t chunk, uint64_t anchor) {
+  uint64_t pieces = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const uint64_t count = (ops[i].length + chunk - 1) / chunk;
+    if (starts[i] + ops[i].length <= anchor) {
+      pieces += count;
+      continue;
+    }
+    if (starts[i] < anchor) pieces += std::min(count, (anchor - starts[i] + chunk - 1) / chunk);
+    break;
+  }
+  return pieces;
+}
 }  // namespace
 
 StripedRead::StripedRead(std::vector<LandingVerifier::Tensor> tensors, StripedReadOptions options)
@@ -41,15 +61,28 @@ StripedRead::StripedRead(std::vector<LandingVerifier::Tensor> tensors, StripedRe
       verifier_(
           tensors_, std::max(1, options_.verify_threads), [this](size_t i) { OnMismatch(i); },
           options_.on_verified, options_.algorithm, options_.checksum) {
+  std::map<std::pair<const void*, uint64_t>, uint64_t> seen;  // tied tensors count once
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const uintptr_t b = Address(tensors_[i].data);
     if (tensors_[i].size > 0) by_address_.emplace_back(b, b + tensors_[i].size, i);
+    auto [it, fresh] =
+        seen.emplace(std::make_pair(tensors_[i].data, tensors_[i].size), pull_bytes_);
+    position_.push_back(it->second);
+    if (fresh) pull_bytes_ += tensors_[i].size;
   }
   std::sort(by_address_.begin(), by_address_.end());
 }
 
-bool StripedRead::Covers(const std::function<bool(size_t)>& holds, const void* local,
-                         uint64_t length) const {
+bool StripedRead::InPart(size_t i) const {
+  if (part_count_ == 0 || pull_bytes_ == 0) return false;
+  // The span of the tensor's first byte: floor(position * count / bytes), without overflow.
+  const auto span =
+      static_cast<size_t>(static_cast<unsigned __int128>(position_[i]) * part_count_ / pull_bytes_);
+  return span == part_rank_;
+}
+
+bool StripedRead::ForEachTensor(const void* local, uint64_t length,
+                                const std::function<bool(size_t)>& f) const {
   const uintptr_t b = Address(local);
   const uintptr_t e = b + length;
   // Tensors do not partly overlap (tied ones share a range): those starting before `e` and
@@ -58,17 +91,28 @@ bool StripedRead::Covers(const std::function<bool(size_t)>& holds, const void* l
                              std::make_tuple(b, UINTPTR_MAX, SIZE_MAX));
   if (it != by_address_.begin()) --it;
   for (; it != by_address_.end() && std::get<0>(*it) < e; ++it) {
-    if (std::get<1>(*it) > b && !holds(std::get<2>(*it))) return false;
+    if (std::get<1>(*it) > b && !f(std::get<2>(*it))) return false;
   }
   return true;
+}
+
+bool StripedRead::Covers(const std::function<bool(size_t)>& holds, const void* local,
+                         uint64_t length) const {
+  return ForEachTensor(local, length, holds);
+}
+
+bool StripedRead::Touches(const std::function<bool(size_t)>& fills, const void* local,
+                          uint64_t length) const {
+  return !ForEachTensor(local, length, [&fills](size_t i) { return !fills(i); });
 }
 
 StripedRead::~StripedRead() { verifier_.Abandon(); }
 
 size_t StripedRead::AddSource(Peer* peer, std::string name, std::vector<RemoteSpot> spots,
-                              std::function<bool(size_t)> holds) {
-  sources_.push_back(
-      Source{peer, std::move(spots), std::make_unique<std::atomic<bool>>(false), std::move(holds)});
+                              std::function<bool(size_t)> holds,
+                              std::function<bool(size_t)> fills) {
+  sources_.push_back(Source{peer, std::move(spots), std::make_unique<std::atomic<bool>>(false),
+                            std::move(holds), std::move(fills)});
   SourceShare share;
   share.name = std::move(name);
   shares_.push_back(std::move(share));
@@ -167,6 +211,7 @@ Status StripedRead::Round() {
     if (shares_[s].live) live.push_back(s);
   }
   std::vector<std::vector<ReadOp>> ops(live.size());
+  std::vector<uint64_t> starts;  // of ops[k][j] in the pull, for every k
   uint64_t total = 0;
   uint64_t landed_so_far = 0;
   {
@@ -178,6 +223,7 @@ Status StripedRead::Round() {
     for (size_t i = 0; i < tensors_.size(); ++i) {
       const LandingVerifier::Tensor& t = tensors_[i];
       if (t.size == 0 || !seen.emplace(t.data, t.size).second) continue;
+      const uint64_t position = total;  // of the tensor in the pull
       total += t.size;
       uint64_t missing = 0;
       if (!verifier_.Verified(i)) {
@@ -187,7 +233,7 @@ Status StripedRead::Round() {
             next[k] = ReadOp{spot.region, spot.offset + a,
                              static_cast<char*>(const_cast<void*>(t.data)) + a, b - a};
           }
-          Append(ops, next);
+          Append(ops, next, position + a, starts);
           missing += b - a;
         }
       }
@@ -209,13 +255,36 @@ Status StripedRead::Round() {
         return Covers(source.holds, piece.local, piece.length);
       };
     }
+    if (source.fills) {
+      peer_read.fills = [this, &source](const ReadOp& piece) {
+        return Touches(source.fills, piece.local, piece.length);
+      };
+    }
+    if (!source.holds && part_count_ > 0) {
+      peer_read.own = [this](const ReadOp& piece) {
+        return Touches([this](size_t i) { return InPart(i); }, piece.local, piece.length);
+      };
+    }
     reads.push_back(std::move(peer_read));
   }
   ReadOptions read = read_;
+  if (read.chunk_bytes > 0 && total > 0) {
+    // The reader's starting piece is one of the whole pull's: start this round at the first
+    // missing piece from there, so that a reader keeps to its part across rounds.
+    const uint64_t whole = (total + read.chunk_bytes - 1) / read.chunk_bytes;
+    const uint64_t anchor = (read_.first_piece % whole) * read.chunk_bytes;
+    read.first_piece = PiecesBefore(reads[0].ops, starts, read.chunk_bytes, anchor);
+  }
   read.on_piece = [this, &live](const ReadOp& piece, size_t k) {
     {
       absl::MutexLock lock(&mu_);
       landed_.push_back(Landed{Address(piece.local), Address(piece.local) + piece.length, live[k]});
+    }
+    if (options_.on_landing) {
+      ForEachTensor(piece.local, piece.length, [this](size_t i) {
+        options_.on_landing(i);
+        return true;
+      });
     }
     verifier_.Landed(piece.local, piece.length);
     if (on_piece_) on_piece_(piece);

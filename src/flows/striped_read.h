@@ -54,6 +54,9 @@ struct StripedReadOptions {
   // Called with a tensor's index once it is verified (from a checksum thread, or the Run
   // thread): a target serving while it pulls serves it from then on.
   std::function<void(size_t)> on_verified;
+  // Called with a tensor's index when some of its bytes landed (for every piece, from the
+  // thread that received it): a target serving while it pulls says it is filling it.
+  std::function<void(size_t)> on_landing;
 };
 
 // What one source did over the whole pull.
@@ -74,10 +77,12 @@ class StripedRead {
 
   // Adds a source: `peer` (borrowed until this object is destroyed) holds tensor i at
   // spots[i]. `holds` (optional) says whether it serves tensor i now: a source still pulling,
-  // whose answer grows while the read runs; null: every tensor. REQUIRES: spots.size() == the
-  // number of tensors. Returns its index.
+  // whose answer grows while the read runs; null: every tensor. `fills` (optional): whether it
+  // is filling tensor i now (will hold it soon). REQUIRES: spots.size() == the number of
+  // tensors. Returns its index.
   size_t AddSource(Peer* peer, std::string name, std::vector<RemoteSpot> spots,
-                   std::function<bool(size_t)> holds = nullptr);
+                   std::function<bool(size_t)> holds = nullptr,
+                   std::function<bool(size_t)> fills = nullptr);
 
   // Reads what is missing from the live sources, round after round. OK once every tensor is
   // verified. Otherwise it returns when a source stopped taking part (so that the caller may
@@ -89,9 +94,20 @@ class StripedRead {
   //
   // `read` gives the timeout (with start), stall timeout, cancel flag, chunk size and progress
   // callback (which sees bytes landed over the whole pull, across rounds); its on_piece is
-  // ignored. `on_piece` (optional) is called after each piece was recorded, from the thread
-  // that received it.
+  // ignored. With `read.chunk_bytes` set, `read.first_piece` counts pieces of the whole pull
+  // (its tensors one after another): each round starts at the first missing piece from there,
+  // so a reader keeps to its part of the model across rounds. `on_piece` (optional) is called after
+  // each piece was recorded, from the thread that received it.
   Status Run(const ReadOptions& read, std::function<void(const ReadOp&)> on_piece = nullptr);
+
+  // This reader's part of the model when `count` readers pulling it at once split it (a swarm):
+  // the tensors whose first byte lies in the rank-th of `count` equal spans of the pull. Every
+  // further round reads its part first from complete sources and leaves the others' parts to
+  // them (PeerRead::own). count 0 (the default): no part.
+  void SetPart(size_t rank, size_t count) {
+    part_rank_ = rank;
+    part_count_ = count;
+  }
 
   bool complete();
   size_t live_sources() const;
@@ -109,9 +125,16 @@ class StripedRead {
     std::vector<RemoteSpot> spots;
     std::unique_ptr<std::atomic<bool>> drop;
     std::function<bool(size_t)> holds;  // null: every tensor
+    std::function<bool(size_t)> fills;  // null: none
   };
   // Whether `holds` covers every tensor that local bytes [local, local + length) belong to.
   bool Covers(const std::function<bool(size_t)>& holds, const void* local, uint64_t length) const;
+  // Whether `fills` is true for any of them.
+  bool Touches(const std::function<bool(size_t)>& fills, const void* local, uint64_t length) const;
+  // Calls `f` with the index of each tensor those bytes belong to while it returns true; false
+  // when it returned false.
+  bool ForEachTensor(const void* local, uint64_t length,
+                     const std::function<bool(size_t)>& f) const;
   // Bytes [begin, end) of local memory that landed in this pull from `source`.
   struct Landed {
     uintptr_t begin;
@@ -140,7 +163,14 @@ class StripedRead {
   void Resolve();
   void CountShares();
 
+  // Whether tensor `i` is in this reader's part (SetPart).
+  bool InPart(size_t i) const;
+
   const std::vector<LandingVerifier::Tensor> tensors_;
+  std::vector<uint64_t> position_;  // of each tensor in the pull (tied ones: the first's)
+  uint64_t pull_bytes_ = 0;         // the tensors' bytes, tied ones once
+  size_t part_rank_ = 0;
+  size_t part_count_ = 0;
   // (start address, end address, tensor index), by start address.
   std::vector<std::tuple<uintptr_t, uintptr_t, size_t>> by_address_;
   const StripedReadOptions options_;

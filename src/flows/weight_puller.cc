@@ -32,7 +32,10 @@ namespace {
 namespace p2p = ::model_express::p2p;
 
 // The piece size of a read over several sources (TransferEngineOptions::chunk_bytes otherwise).
-constexpr uint64_t kStripedPieceBytes = 2ull << 20;
+constexpr uint64_t kStripedPieceBytes = 512ull << 10;
+// How far ahead a read over several sources hands each its pieces (ReadOptions::lookahead): a
+// piece handed out waits for its source, however many faster ones appear meanwhile.
+constexpr absl::Duration kStripedLookahead = absl::Milliseconds(100);
 using internal::MakeOps;
 using internal::MakePlan;
 using internal::Plan;
@@ -150,6 +153,8 @@ class HeldPoller {
     if (thread_.joinable()) thread_.join();
   }
   bool Holds(size_t i) const { return held_[i].load(std::memory_order_relaxed); }
+  // Whether it is filling tensor i now (it will hold it soon).
+  bool Fills(size_t i) const { return landing_[i].load(std::memory_order_relaxed); }
 
  private:
   HeldPoller(std::unique_ptr<worker::WorkerClient> client, std::string mx_source_id,
@@ -158,15 +163,17 @@ class HeldPoller {
         mx_source_id_(std::move(mx_source_id)),
         worker_id_(std::move(worker_id)),
         landing_of_(std::move(landing_of)),
-        held_(tensors) {}
+        held_(tensors),
+        landing_(tensors) {}
 
   Status Poll() {
-    FERRY_ASSIGN_OR_RETURN(std::vector<bool> held,
+    FERRY_ASSIGN_OR_RETURN(worker::WorkerClient::HeldState state,
                            client_->GetHeldTensors(mx_source_id_, worker_id_, landing_of_.size()));
     bool all = true;
-    for (size_t j = 0; j < held.size(); ++j) {
-      if (held[j]) held_[landing_of_[j]].store(true, std::memory_order_relaxed);
-      all = all && held[j];
+    for (size_t j = 0; j < state.held.size(); ++j) {
+      if (state.held[j]) held_[landing_of_[j]].store(true, std::memory_order_relaxed);
+      landing_[landing_of_[j]].store(state.landing[j], std::memory_order_relaxed);
+      all = all && state.held[j];
     }
     complete_.store(all);
     return absl::OkStatus();
@@ -183,6 +190,7 @@ class HeldPoller {
   const std::string worker_id_;
   const std::vector<size_t> landing_of_;
   std::vector<std::atomic<bool>> held_;
+  std::vector<std::atomic<bool>> landing_;
   std::atomic<bool> complete_{false};
   absl::Notification stop_;
   std::thread thread_;
@@ -196,6 +204,7 @@ struct OpenSource {
   std::unique_ptr<Peer> peer;
   size_t attempt = 0;                  // index in PullResult::attempts
   std::unique_ptr<HeldPoller> poller;  // a source still pulling; null for a READY one
+  std::vector<RemoteSpot> spots;       // where it holds each of the pull's tensors
 };
 
 class Puller {
@@ -281,6 +290,10 @@ class Puller {
                          : "nothing was written";
     for (;;) {
       while ((striped_ == nullptr || striped_->live_sources() < Stripe()) && next_ < tries_) {
+        if (striped_ != nullptr) {
+          OpenMore(result);  // the landing is fixed: the rest open at once
+          continue;
+        }
         TryVerdict verdict = OpenNext(result);
         if (verdict.stop()) return verdict.status();
       }
@@ -331,15 +344,59 @@ class Puller {
     attempt.mx_source_id = ref.mx_source_id();
     attempt.worker_id = ref.worker_id();
     TryVerdict verdict = Open(ref, &attempt, index);
-    PullAttempt& after = result->attempts[index];
-    after.status = verdict.status();
-    if (!after.status.ok()) {
-      const std::string where = after.endpoint.empty() ? "" : " at " + after.endpoint;
-      spdlog::warn("source {} of {} (worker {}{}) failed{}: {}", next_, tries_, ref.worker_id(),
-                   where, verdict.stop() ? ", and no other source can help" : "",
-                   after.status.message());
-    }
+    Report(ref, &result->attempts[index], verdict.status(), next_, verdict.stop());
     return verdict;
+  }
+
+  // With the landing fixed: opens as many further candidates as the stripe still wants, each in
+  // its own thread (every open is a few round trips: record, transfer info, connection), then
+  // adds those that opened, in candidate order.
+  void OpenMore(PullResult* result) {
+    const size_t count =
+        std::min(Stripe() - std::min(Stripe(), striped_->live_sources()), tries_ - next_);
+    struct Opening {
+      const SourceInstanceRef* ref;
+      PullAttempt attempt;
+      StatusOr<std::unique_ptr<OpenSource>> source = absl::UnknownError("not opened");
+    };
+    std::vector<Opening> openings(count);  // >= 1: the caller's loop wants one more
+    std::vector<std::thread> threads;
+    for (size_t k = 0; k < openings.size(); ++k) {
+      Opening& o = openings[k];
+      o.ref = &candidates_[next_ + k];
+      o.attempt.mx_source_id = o.ref->mx_source_id();
+      o.attempt.worker_id = o.ref->worker_id();
+      threads.emplace_back([this, &o] { o.source = Prepare(*o.ref, &o.attempt); });
+    }
+    for (std::thread& t : threads) t.join();
+    for (Opening& o : openings) {
+      ++next_;
+      const size_t index = result->attempts.size();
+      result->attempts.push_back(std::move(o.attempt));
+      Status status = o.source.status();
+      if (status.ok()) Adopt(*std::move(o.source), index);
+      Report(*o.ref, &result->attempts[index], status, next_, /*stop=*/false);
+    }
+  }
+
+  void Report(const SourceInstanceRef& ref, PullAttempt* attempt, const Status& status,
+              size_t number, bool stop) const {
+    attempt->status = status;
+    if (status.ok()) return;
+    const std::string where = attempt->endpoint.empty() ? "" : " at " + attempt->endpoint;
+    spdlog::warn("source {} of {} (worker {}{}) failed{}: {}", number, tries_, ref.worker_id(),
+                 where, stop ? ", and no other source can help" : "", status.message());
+  }
+
+  // A further source, once the landing is fixed: its transfer info, which must describe the
+  // same tensors, and its connection. Thread-safe (several open at once; nothing shared is
+  // changed).
+  StatusOr<std::unique_ptr<OpenSource>> Prepare(const SourceInstanceRef& ref,
+                                                PullAttempt* attempt) const {
+    FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
+    FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
+    FERRY_ASSIGN_OR_RETURN(std::vector<RemoteSpot> spots, Match(plan));
+    return Connect(ref, std::move(info), std::move(plan), std::move(spots), *attempt);
   }
 
   TryVerdict Open(const SourceInstanceRef& ref, PullAttempt* attempt, size_t index) {
@@ -360,6 +417,19 @@ class Puller {
     } else {
       FERRY_ASSIGN_OR_RETURN(spots, Match(plan));
     }
+    FERRY_ASSIGN_OR_RETURN(
+        std::unique_ptr<OpenSource> source,
+        Connect(ref, std::move(info), std::move(plan), std::move(spots), *attempt));
+    Adopt(std::move(source), index);
+    return absl::OkStatus();
+  }
+
+  // The connection to a source whose plan matched, and, for a target still pulling, the poller
+  // of what it serves.
+  StatusOr<std::unique_ptr<OpenSource>> Connect(const SourceInstanceRef& ref,
+                                                ferry::v1::GetTransferInfoResponse info, Plan plan,
+                                                std::vector<RemoteSpot> spots,
+                                                const PullAttempt& attempt) const {
     std::unique_ptr<HeldPoller> poller;
     if (partial_.count(ref.worker_id()) > 0) {
       // A target still pulling: read only what it serves.
@@ -368,7 +438,7 @@ class Puller {
         landing_of.push_back(landing_index_.at(e.name()));
       }
       worker::WorkerClientOptions client_options = options_.endpoint;
-      client_options.endpoint = attempt->endpoint;
+      client_options.endpoint = attempt.endpoint;
       FERRY_ASSIGN_OR_RETURN(std::unique_ptr<worker::WorkerClient> client,
                              worker::WorkerClient::Create(client_options));
       FERRY_ASSIGN_OR_RETURN(
@@ -378,13 +448,19 @@ class Puller {
     FERRY_ASSIGN_OR_RETURN(std::unique_ptr<Peer> peer,
                            options_.engine->Connect(info.transfer_blob(), options_.transport));
     auto source = std::make_unique<OpenSource>();
-    source->name = absl::StrCat("worker ", ref.worker_id(), attempt->endpoint.empty() ? "" : " at ",
-                                attempt->endpoint);
+    source->name = absl::StrCat("worker ", ref.worker_id(), attempt.endpoint.empty() ? "" : " at ",
+                                attempt.endpoint);
     source->info = std::move(info);
     source->plan = std::move(plan);
     source->peer = std::move(peer);
-    source->attempt = index;
     source->poller = std::move(poller);
+    source->spots = std::move(spots);
+    return source;
+  }
+
+  // Adds an opened source to the read (the first one creates it); `index` is its attempt's.
+  void Adopt(std::unique_ptr<OpenSource> source, size_t index) {
+    source->attempt = index;
     if (striped_ == nullptr) {
       StripedReadOptions striped;
       striped.verify_threads = options_.verify_threads;
@@ -395,16 +471,19 @@ class Puller {
       }
       if (held_ != nullptr) {
         striped.on_verified = [held = held_](size_t i) { held->Mark(i); };
+        striped.on_landing = [held = held_](size_t i) { held->MarkLanding(i); };
       }
       striped_ = std::make_unique<StripedRead>(tensors_, std::move(striped));
     }
     std::function<bool(size_t)> holds;
+    std::function<bool(size_t)> fills;
     if (source->poller != nullptr) {
       holds = [poller = source->poller.get()](size_t i) { return poller->Holds(i); };
+      fills = [poller = source->poller.get()](size_t i) { return poller->Fills(i); };
     }
-    striped_->AddSource(source->peer.get(), source->name, std::move(spots), std::move(holds));
+    striped_->AddSource(source->peer.get(), source->name, std::move(source->spots),
+                        std::move(holds), std::move(fills));
     sources_.push_back(std::move(source));
-    return absl::OkStatus();
   }
 
   // Where `plan`'s source holds each of the pull's tensors; FailedPrecondition naming the first
@@ -507,12 +586,14 @@ class Puller {
     read.stall_timeout = options_.stall_timeout;
     read.cancel = cancel;
     read.pause = pause;
-    // Targets pulling at once start at different pieces (and so can give each other theirs).
-    read.first_piece = std::hash<std::string>{}(target_id_);
+    read.first_piece = FirstPiece();
     if (Stripe() > 1) {
       // Finer pieces spread a read over several sources more evenly, and give targets that
-      // pull at once more distinct pieces to trade.
+      // pull at once more distinct pieces to trade. A short lookahead keeps each source's
+      // share small, so that a pause to add sources ends soon and the original source is not
+      // asked for pieces that targets pulling beside this one are about to hold.
       read.chunk_bytes = kStripedPieceBytes;
+      read.lookahead = kStripedLookahead;
     }
     if (options_.on_progress) {
       const std::string text = striped_->live_sources() == 1
@@ -523,6 +604,29 @@ class Puller {
       };
     }
     return striped_->Run(read);
+  }
+
+  // Where this target starts reading, in pieces of the whole pull: targets pulling at once start
+  // at different places, so that the original source sends each of them a different part,
+  // which they then give each other. Every target knows the same set of targets still pulling
+  // (the INITIALIZING records listed, and itself), so each takes the part of the model at its
+  // rank in that set, sorted by worker id: equal parts, none twice. A target the others do not
+  // know of yet (or a pull that lists none) starts at a place hashed from its id.
+  // The same rank and count also give the part it reads first from complete sources
+  // (StripedRead::SetPart), leaving the others' parts to them.
+  uint64_t FirstPiece() {
+    const uint64_t chunk = Stripe() > 1 ? kStripedPieceBytes : 0;
+    if (chunk == 0 || partial_.empty() || landing_plan_ == nullptr || target_id_.empty()) {
+      striped_->SetPart(0, 0);
+      return std::hash<std::string>{}(target_id_);
+    }
+    std::set<std::string> members = partial_;
+    members.insert(target_id_);
+    const uint64_t rank =
+        static_cast<uint64_t>(std::distance(members.begin(), members.find(target_id_)));
+    striped_->SetPart(rank, members.size());
+    const uint64_t whole = std::max<uint64_t>(1, (landing_plan_->total + chunk - 1) / chunk);
+    return rank * whole / members.size();
   }
 
   std::string LiveName() const {
@@ -580,7 +684,7 @@ class Puller {
 
   // The transfer info of `ref`: from the record (centralized mode) or the worker endpoint.
   StatusOr<ferry::v1::GetTransferInfoResponse> TransferInfo(const SourceInstanceRef& ref,
-                                                            PullAttempt* attempt) {
+                                                            PullAttempt* attempt) const {
     FERRY_ASSIGN_OR_RETURN(GetMetadataResponse record,
                            options_.client->GetMetadata(ref.mx_source_id(), ref.worker_id()));
     if (!record.found()) {

@@ -226,8 +226,8 @@ Status ReadFromPeers(absl::Span<const PeerRead> reads, const ReadOptions& option
     impl->read_mu().AssertHeld();
     FERRY_ASSIGN_OR_RETURN(internal::PeerConnection * connection,
                            impl->ConnectionFor(reads[i].ops));
-    connections.push_back(
-        {connection, impl->description(), reads[i].ops, reads[i].drop, reads[i].serves});
+    connections.push_back({connection, impl->description(), reads[i].ops, reads[i].drop,
+                           reads[i].serves, reads[i].fills, reads[i].own});
     if (options.chunk_bytes == 0) chunk_bytes = std::max(chunk_bytes, impl->setup().chunk_bytes);
   }
   return internal::RunRead(connections, chunk_bytes, options, outcomes);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <set>
@@ -23,6 +24,15 @@ constexpr absl::Duration kWatchInterval = absl::Milliseconds(100);
 // connection's streams or a UCX endpoint busy (with 8 MiB pieces, 64 MiB in flight), few
 // enough that a slow peer never holds much of the read.
 constexpr size_t kHeldPerConnection = 8;
+// With a lookahead: pieces a connection may always hold (one landing, one requested behind it),
+// and at most (a transport keeps no more in flight anyway).
+constexpr size_t kLookaheadFloor = 2;
+constexpr size_t kLookaheadCeiling = 256;
+// Pieces a complete source looks through for one that no partial peer holds.
+constexpr size_t kUniqueScan = 1024;
+// Pieces after another peer's held run that a complete source leaves to that peer while other
+// pieces are free (see Take).
+constexpr size_t kClaimed = 4;
 
 enum class Piece : uint8_t { kPending, kTaken, kDone };
 
@@ -30,11 +40,19 @@ enum class Piece : uint8_t { kPending, kTaken, kDone };
 class Schedule {
  public:
   // `pieces[c]` are connection c's pieces: the same local bytes at its remote coordinates.
+  // `serves[c]`, `fills[c]` and `owns[c]` are connection c's predicates (may be null; see
+  // PeerRead).
   Schedule(std::vector<std::vector<Chunk>> pieces, std::vector<std::vector<uint32_t>> regions,
-           const ReadOptions& options, absl::Time deadline)
+           std::vector<std::function<bool(const ReadOp&)>> serves,
+           std::vector<std::function<bool(const ReadOp&)>> fills,
+           std::vector<std::function<bool(const ReadOp&)>> owns, const ReadOptions& options,
+           absl::Time deadline)
       : all_pieces_(std::move(pieces)),
         pieces_(all_pieces_[0]),
         regions_(std::move(regions)),
+        serves_(std::move(serves)),
+        fills_(std::move(fills)),
+        owns_(std::move(owns)),
         options_(options),
         deadline_(deadline),
         has_deadline_(deadline != absl::InfiniteFuture()),
@@ -42,6 +60,7 @@ class Schedule {
         state_(pieces_.size(), Piece::kPending),
         owner_(pieces_.size(), 0),
         held_(all_pieces_.size(), 0),
+        recent_(all_pieces_.size()),
         first_(pieces_.empty() ? 0 : options.first_piece % pieces_.size()),
         held_cap_(
             std::clamp<size_t>(pieces_.size() / (2 * all_pieces_.size()), 1, kHeldPerConnection)) {}
@@ -66,19 +85,19 @@ class Schedule {
 
   // The next piece `connection` may take: a piece given back by a failed connection first,
   // then the next in the read's order (from options.first_piece, wrapping around); with a
-  // `serves` predicate, the first such piece its peer serves.
-  bool Take(size_t connection, Chunk* chunk, const std::function<bool(const ReadOp&)>& serves) {
+  // `serves` predicate, the first such piece its peer serves; without one (a complete source)
+  // while other connections have one (partial peers), as PickFromSourceLocked says. At most
+  // the connection's window (WindowLocked) at a time.
+  bool Take(size_t connection, Chunk* chunk) {
     if (paused()) return false;
     absl::MutexLock lock(&mu_);
-    // Several connections: each holds a few pieces at a time, so that the rest stay free for
-    // whichever connection finishes first (a faster peer takes more).
-    if (all_pieces_.size() > 1 && held_[connection] >= held_cap_) return false;
+    if (held_[connection] >= WindowLocked(connection, absl::Now())) return false;
     const std::vector<Chunk>& mine = all_pieces_[connection];
-    auto usable = [&](uint32_t index) {
-      if (!serves) return true;
-      const Chunk& c = mine[index];
-      return serves(ReadOp{c.remote_region, c.remote_offset, c.local, c.length});
-    };
+    const std::function<bool(const ReadOp&)>& serves = serves_[connection];
+    auto usable = [&](uint32_t index) { return !serves || ServedBy(connection, index); };
+    const bool prefer_unique =
+        !serves && std::any_of(serves_.begin(), serves_.end(),
+                               [](const std::function<bool(const ReadOp&)>& f) { return !!f; });
     uint32_t index = UINT32_MAX;
     for (auto it = requeued_.begin(); it != requeued_.end(); ++it) {
       if (usable(*it)) {
@@ -90,7 +109,12 @@ class Schedule {
     if (index == UINT32_MAX) {
       const size_t n = pieces_.size();
       while (cursor_ < n && state_[(cursor_ + first_) % n] != Piece::kPending) ++cursor_;
-      for (size_t k = cursor_; k < n; ++k) {
+      if (prefer_unique) {
+        bool hold_back = false;
+        index = PickFromSourceLocked(connection, &hold_back);
+        if (hold_back) return false;
+      }
+      for (size_t k = cursor_; index == UINT32_MAX && k < n; ++k) {
         const auto at = static_cast<uint32_t>((k + first_) % n);
         if (state_[at] == Piece::kPending && usable(at)) {  // requeued ones were tried above
           index = at;
@@ -116,6 +140,7 @@ class Schedule {
       state_[chunk.index] = Piece::kDone;
       --held_[connection];
       ++done_count_;
+      if (options_.lookahead > absl::ZeroDuration()) recent_[connection].push_back(absl::Now());
     }
     done_bytes_.fetch_add(chunk.length, std::memory_order_relaxed);
     delivered_[connection].fetch_add(chunk.length, std::memory_order_relaxed);
@@ -140,6 +165,13 @@ class Schedule {
     }
     held_[connection] = 0;
     return count;
+  }
+
+  // `connection` stopped taking part (failed, stalled or dropped): its peer's pieces are no
+  // longer left to it.
+  void MarkGone(size_t connection) {
+    absl::MutexLock lock(&mu_);
+    gone_[connection] = true;
   }
 
   bool Holds(size_t connection) {
@@ -186,9 +218,106 @@ class Schedule {
   }
 
  private:
+  // Whether connection `c`'s peer serves piece `index`. REQUIRES: serves_[c].
+  bool ServedBy(size_t c, uint32_t index) const { return Test(serves_[c], c, index); }
+
+  // Whether a peer other than `connection`'s, still taking part, is filling piece `index`.
+  bool FilledElsewhereLocked(size_t connection, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (size_t c = 0; c < fills_.size(); ++c) {
+      if (c != connection && fills_[c] && !gone_[c] && Test(fills_[c], c, index)) return true;
+    }
+    return false;
+  }
+
+  // How many peers other than `connection`'s, still taking part, serve piece `index`.
+  size_t HoldersLocked(size_t connection, uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    size_t holders = 0;
+    for (size_t c = 0; c < serves_.size(); ++c) {
+      if (c != connection && serves_[c] && !gone_[c] && ServedBy(c, index)) ++holders;
+    }
+    return holders;
+  }
+
+  // The next piece for `connection`, a complete source read beside partial peers (targets that
+  // serve what they verified). Its upload is shared with every other reader, so each piece
+  // should leave it once:
+  //  - first the pieces of this reader's own part (`own`), in the read's order; without one,
+  //    its run onward from the cursor until it reaches pieces another peer holds;
+  //  - then the last free piece in the read's order: free means no other peer holds it, is
+  //    filling it, or has just held the pieces before it (it is reading on there); the last is
+  //    the end of the part before this reader's, which its owner, reading onward, reaches last;
+  //  - with nothing free: while other peers of this read deliver, pieces others hold, fewest
+  //    holders first, one at a time (its upload then serves every reader's last pieces a
+  //    little), and nothing while some piece is still on its way to another (*hold_back;
+  //    UINT32_MAX). With no other peer delivering it takes anything (the read progresses).
+  uint32_t PickFromSourceLocked(size_t connection, bool* hold_back)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const size_t n = pieces_.size();
+    const std::function<bool(const ReadOp&)>& own = owns_[connection];
+    bool& crossed = crossed_[connection];
+    // Pieces since the last one another peer holds; the scan starts a little before the cursor
+    // so that a held run ending just before it counts.
+    size_t since_held = SIZE_MAX;
+    uint32_t first_unheld = UINT32_MAX;
+    uint32_t last_free = UINT32_MAX;
+    uint32_t rarest = UINT32_MAX;
+    size_t rarest_holders = SIZE_MAX;
+    const size_t end = std::min(n, cursor_ + kUniqueScan);
+    for (size_t k = cursor_ - std::min(cursor_, kClaimed); k < end; ++k) {
+      const auto at = static_cast<uint32_t>((k + first_) % n);
+      if (const size_t holders = HoldersLocked(connection, at); holders > 0) {
+        crossed = true;
+        since_held = 0;
+        if (state_[at] == Piece::kPending && holders < rarest_holders) {
+          rarest = at;
+          rarest_holders = holders;
+        }
+        continue;
+      }
+      if (since_held != SIZE_MAX) ++since_held;
+      if (state_[at] != Piece::kPending) continue;
+      if (own && Test(own, connection, at)) return at;
+      if (first_unheld == UINT32_MAX) first_unheld = at;
+      if (since_held <= kClaimed || FilledElsewhereLocked(connection, at)) continue;
+      if (!own && !crossed) return at;
+      last_free = at;
+    }
+    if (last_free != UINT32_MAX) return last_free;
+    bool others_busy = false;
+    for (size_t c = 0; c < held_.size(); ++c) {
+      others_busy = others_busy || (c != connection && !gone_[c] && held_[c] > 0);
+    }
+    if (!others_busy) return first_unheld != UINT32_MAX ? first_unheld : rarest;
+    if (first_unheld == UINT32_MAX && held_[connection] == 0 && rarest != UINT32_MAX) {
+      return rarest;
+    }
+    *hold_back = true;
+    return UINT32_MAX;
+  }
+
+  // `f` (a connection's predicate) of piece `index` in connection `c`'s coordinates.
+  bool Test(const std::function<bool(const ReadOp&)>& f, size_t c, uint32_t index) const {
+    const Chunk& p = all_pieces_[c][index];
+    return f(ReadOp{p.remote_region, p.remote_offset, p.local, p.length});
+  }
+
+  // Pieces `connection` may hold now. Several connections and no lookahead: a few each, so
+  // that the rest stay free for whichever finishes first (a faster peer takes more).
+  size_t WindowLocked(size_t connection, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (options_.lookahead <= absl::ZeroDuration()) {
+      return all_pieces_.size() > 1 ? held_cap_ : SIZE_MAX;
+    }
+    std::deque<absl::Time>& recent = recent_[connection];
+    while (!recent.empty() && now - recent.front() > options_.lookahead) recent.pop_front();
+    return std::min(kLookaheadFloor + recent.size(), kLookaheadCeiling);
+  }
+
   const std::vector<std::vector<Chunk>> all_pieces_;
   const std::vector<Chunk>& pieces_;  // connection 0's: lengths and the ranges errors name
   const std::vector<std::vector<uint32_t>> regions_;
+  const std::vector<std::function<bool(const ReadOp&)>> serves_;  // per connection; may be null
+  const std::vector<std::function<bool(const ReadOp&)>> fills_;   // per connection; may be null
+  const std::vector<std::function<bool(const ReadOp&)>> owns_;    // per connection; may be null
   const ReadOptions& options_;
   const absl::Time deadline_;
   const bool has_deadline_;
@@ -200,6 +329,12 @@ class Schedule {
   std::vector<Piece> state_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> owner_ ABSL_GUARDED_BY(mu_);
   std::vector<size_t> held_ ABSL_GUARDED_BY(mu_);  // pieces taken and not done, per connection
+  // With a lookahead: when each connection finished its pieces of the last `lookahead`.
+  std::vector<std::deque<absl::Time>> recent_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> gone_ ABSL_GUARDED_BY(mu_) = std::vector<bool>(all_pieces_.size(), false);
+  // A complete source's pick without an own part: whether its run reached pieces another peer
+  // holds (PickFromSourceLocked).
+  std::deque<bool> crossed_ ABSL_GUARDED_BY(mu_) = std::deque<bool>(all_pieces_.size(), false);
   // Positions in the read's order (piece (k + first_) % count) before cursor_ are all taken.
   size_t cursor_ ABSL_GUARDED_BY(mu_) = 0;
   const size_t first_;
@@ -214,12 +349,11 @@ class Schedule {
 // One connection's view of the schedule.
 class Feed final : public ChunkFeed {
  public:
-  Feed(Schedule* schedule, size_t id, const std::atomic<bool>* drop,
-       std::function<bool(const ReadOp&)> serves)
-      : schedule_(schedule), id_(id), drop_(drop), serves_(std::move(serves)) {}
+  Feed(Schedule* schedule, size_t id, const std::atomic<bool>* drop)
+      : schedule_(schedule), id_(id), drop_(drop) {}
 
   bool Next(Chunk* chunk) override {
-    if (stopping() || !schedule_->Take(id_, chunk, serves_)) return false;
+    if (stopping() || !schedule_->Take(id_, chunk)) return false;
     taken_.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
@@ -245,7 +379,6 @@ class Feed final : public ChunkFeed {
   Schedule* const schedule_;
   const size_t id_;
   const std::atomic<bool>* const drop_;  // the caller's flag for this connection; may be null
-  const std::function<bool(const ReadOp&)> serves_;  // may be null: every piece
   std::atomic<uint64_t> taken_{0};
   std::atomic<uint64_t> moved_{0};
   std::atomic<bool> stalled_{false};
@@ -371,6 +504,7 @@ class Read {
       if (!more) break;
     }
     feed.MarkFinished();
+    if (outcome.failed) schedule_.MarkGone(i);
     if (outcome.failed && live_.fetch_sub(1) == 1) schedule_.StopAll();
   }
 
@@ -454,11 +588,19 @@ Status RunRead(absl::Span<const ReadConnection> connections, uint64_t chunk_byte
     return absl::OkStatus();
   }
 
-  Schedule schedule(std::move(pieces), std::move(regions), options, deadline);
+  std::vector<std::function<bool(const ReadOp&)>> serves;
+  std::vector<std::function<bool(const ReadOp&)>> fills;
+  std::vector<std::function<bool(const ReadOp&)>> owns;
+  for (const ReadConnection& c : connections) {
+    serves.push_back(c.serves);
+    fills.push_back(c.fills);
+    owns.push_back(c.own);
+  }
+  Schedule schedule(std::move(pieces), std::move(regions), std::move(serves), std::move(fills),
+                    std::move(owns), options, deadline);
   std::vector<std::unique_ptr<Feed>> feeds;
   for (size_t i = 0; i < connections.size(); ++i) {
-    feeds.push_back(
-        std::make_unique<Feed>(&schedule, i, connections[i].drop, connections[i].serves));
+    feeds.push_back(std::make_unique<Feed>(&schedule, i, connections[i].drop));
   }
   Read read(connections, schedule, feeds, options);
   {

@@ -31,6 +31,8 @@ struct ReadConnection {
   const std::atomic<bool>* drop = nullptr;  // optional; see PeerRead::drop
   // Optional: whether this connection's peer serves a piece now (see PeerRead::serves).
   std::function<bool(const ReadOp& piece)> serves;
+  std::function<bool(const ReadOp& piece)> fills;  // optional; see PeerRead::fills
+  std::function<bool(const ReadOp& piece)> own;    // optional; see PeerRead::own
 };
 
 // Reads the connections' ops (validated against each connection's remote regions) in pieces of

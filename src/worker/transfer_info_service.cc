@@ -69,6 +69,7 @@ grpc::Status TransferInfoService::GetHeldTensors(grpc::ServerContext* context,
     response->set_complete(true);
   } else {
     response->set_held(held->Bitmap());
+    response->set_landing(held->LandingBitmap());
   }
   return grpc::Status::OK;
 }

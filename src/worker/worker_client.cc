@@ -193,9 +193,9 @@ StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
   return response;
 }
 
-StatusOr<std::vector<bool>> WorkerClient::GetHeldTensors(const std::string& mx_source_id,
-                                                         const std::string& worker_id,
-                                                         size_t tensors) {
+StatusOr<WorkerClient::HeldState> WorkerClient::GetHeldTensors(const std::string& mx_source_id,
+                                                               const std::string& worker_id,
+                                                               size_t tensors) {
   ferry::v1::GetHeldTensorsRequest request;
   request.set_mx_source_id(mx_source_id);
   if (!worker_id.empty()) request.set_worker_id(worker_id);
@@ -209,14 +209,19 @@ StatusOr<std::vector<bool>> WorkerClient::GetHeldTensors(const std::string& mx_s
         "GetHeldTensors to ", endpoint_, ": the source counts ", response.tensor_count(),
         " tensors where its transfer info lists ", tensors, "; re-list sources"));
   }
-  std::vector<bool> held(tensors, response.complete());
+  HeldState state;
+  state.held.assign(tensors, response.complete());
+  state.landing.assign(tensors, false);
   if (!response.complete()) {
-    const std::string& bits = response.held();
-    for (size_t i = 0; i < tensors && i / 8 < bits.size(); ++i) {
-      held[i] = (static_cast<uint8_t>(bits[i / 8]) >> (i % 8)) & 1;
-    }
+    auto read_bits = [tensors](const std::string& bits, std::vector<bool>& flags) {
+      for (size_t i = 0; i < tensors && i / 8 < bits.size(); ++i) {
+        flags[i] = (static_cast<uint8_t>(bits[i / 8]) >> (i % 8)) & 1;
+      }
+    };
+    read_bits(response.held(), state.held);
+    read_bits(response.landing(), state.landing);
   }
-  return held;
+  return state;
 }
 
 StatusOr<p2p::GetTensorManifestResponse> WorkerClient::GetTensorManifest(

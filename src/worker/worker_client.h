@@ -59,16 +59,21 @@ class WorkerClient {
   WorkerClient(const WorkerClient&) = delete;
   WorkerClient& operator=(const WorkerClient&) = delete;
 
+  // Which tensors the source serves now (`held`: one flag per tensor of its GetTransferInfo,
+  // all true once it is complete) and which it is filling (`landing`: served soon).
+  // FailedPrecondition when the answer's count differs from `tensors`.
+  struct HeldState {
+    std::vector<bool> held;
+    std::vector<bool> landing;
+  };
+  StatusOr<HeldState> GetHeldTensors(const std::string& mx_source_id, const std::string& worker_id,
+                                     size_t tensors);
   // The source's transfer info. `mx_source_id` empty: not checked by the source; `worker_id`
   // empty: not sent and not checked. FailedPrecondition when the answer's worker_id differs
   // from `worker_id`, or the answer is inconsistent (an empty or repeated tensor name, sizes
   // that do not add up to total_bytes, an unknown checksum algorithm). Other codes are the
   // RPC's (UNAVAILABLE, DEADLINE_EXCEEDED, UNAUTHENTICATED, RESOURCE_EXHAUSTED,
   // FAILED_PRECONDITION for an id the source does not serve).
-  // Which tensors the source serves now: one flag per tensor of its GetTransferInfo, all true
-  // once it is complete. FailedPrecondition when the answer's count differs from `tensors`.
-  StatusOr<std::vector<bool>> GetHeldTensors(const std::string& mx_source_id,
-                                             const std::string& worker_id, size_t tensors);
   StatusOr<ferry::v1::GetTransferInfoResponse> GetTransferInfo(const std::string& mx_source_id,
                                                                const std::string& worker_id);
 
