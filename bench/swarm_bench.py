@@ -158,7 +158,8 @@ def main() -> int:
                     type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--sources", default="1,2,4", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--modes", default="direct,publish,swarm", type=lambda s: s.split(","))
-    ap.add_argument("--stripe", type=int, default=4, help="swarm: sources a target reads at once")
+    ap.add_argument("--stripe", type=int, default=16,
+                    help="swarm: sources a target reads at once (at least N - 1: every target then knows every other and the original source sends each part once)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:

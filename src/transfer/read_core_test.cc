@@ -4,8 +4,10 @@
 
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -276,6 +278,153 @@ TEST(ReadCoreTest, ADroppedPeerStopsAndTheOtherFinishes) {
   EXPECT_EQ(outcomes[0].bytes, 2 * kPiece);
   EXPECT_TRUE(outcomes[1].status.ok());
   EXPECT_EQ(outcomes[1].bytes, f.dst.size() - 2 * kPiece);
+}
+
+// Takes as many pieces as the read core hands out at once (a batch), notes their indices, then
+// copies them all; optionally waits for `release` before copying its first batch.
+class BatchConnection final : public PeerConnection {
+ public:
+  explicit BatchConnection(const char* source) : source_(source) {}
+
+  void HoldFirstBatchUntil(absl::Notification* release) { release_ = release; }
+  absl::Notification took_first_batch;
+
+  Status Execute(ChunkFeed& feed) override {
+    for (;;) {
+      std::vector<Chunk> batch;
+      Chunk c;
+      while (feed.Next(&c)) batch.push_back(c);
+      if (batch.empty()) return absl::OkStatus();
+      {
+        absl::MutexLock lock(&mu_);
+        batches_.push_back(batch.size());
+        for (const Chunk& b : batch) order_.push_back(b.index);
+      }
+      if (!took_first_batch.HasBeenNotified()) {
+        took_first_batch.Notify();
+        if (release_ != nullptr) release_->WaitForNotification();
+      }
+      for (const Chunk& b : batch) {
+        std::memcpy(b.local, source_ + b.remote_offset, b.length);
+        feed.Moved(b.length);
+        feed.Done(b);
+      }
+    }
+  }
+  void Close() override {}
+
+  std::vector<size_t> batches() {
+    absl::MutexLock lock(&mu_);
+    return batches_;
+  }
+  std::vector<uint32_t> order() {
+    absl::MutexLock lock(&mu_);
+    return order_;
+  }
+
+ private:
+  const char* const source_;
+  absl::Notification* release_ = nullptr;
+  absl::Mutex mu_;
+  std::vector<size_t> batches_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> order_ ABSL_GUARDED_BY(mu_);
+};
+
+// A predicate over pieces [first, last] of the read (pieces of kPiece bytes from `base`).
+std::function<bool(const ReadOp&)> Pieces(const char* base, uint64_t first, uint64_t last) {
+  return [=](const ReadOp& piece) {
+    const uint64_t index = (static_cast<const char*>(piece.local) - base) / kPiece;
+    return index >= first && index <= last;
+  };
+}
+
+TEST(ReadCoreTest, WithALookaheadAPeerHoldsTwoPiecesPlusThoseItFinishedLately) {
+  Fixture f(16 * kPiece);
+  BatchConnection peer(f.source.data());
+  ReadOptions options;
+  options.lookahead = absl::Hours(1);  // every piece finished counts
+  const ReadConnection c{&peer, "peer"};
+  ASSERT_TRUE(ReadAll({&c, 1}, f.Whole(), kPiece, options).ok());
+  EXPECT_EQ(peer.batches(), (std::vector<size_t>{2, 4, 8, 2}));
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+
+  // Without one, a lone peer takes everything at once.
+  BatchConnection eager(f.source.data());
+  const ReadConnection e{&eager, "eager peer"};
+  ASSERT_TRUE(ReadAll({&e, 1}, f.Whole(), kPiece, ReadOptions{}).ok());
+  EXPECT_EQ(eager.batches(), (std::vector<size_t>{16}));
+}
+
+TEST(ReadCoreTest, ACompleteSourceTakesItsOwnPartFirstThenWhatOthersReachLast) {
+  Fixture f(16 * kPiece);
+  BatchConnection source(f.source.data());
+  BatchConnection partial(f.source.data());  // holds nothing yet
+  std::vector<ReadConnection> both = {{&source, "source", f.Whole()},
+                                      {&partial, "partial peer", f.Whole()}};
+  both[0].own = Pieces(f.dst.data(), 8, 15);
+  both[1].serves = [](const ReadOp&) { return false; };
+  std::vector<PeerOutcome> outcomes;
+  ASSERT_TRUE(RunRead(both, kPiece, ReadOptions{}, &outcomes).ok());
+  EXPECT_EQ(source.order(), (std::vector<uint32_t>{8, 9, 10, 11, 12, 13, 14, 15,  // its own part
+                                                   7, 6, 5, 4, 3, 2, 1, 0}));     // from the end
+  EXPECT_EQ(outcomes[1].bytes, 0u);
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+}
+
+TEST(ReadCoreTest, ACompleteSourceGivesWhatAPartialPeerHoldsOneAtATimeWhileItDelivers) {
+  Fixture f(16 * kPiece);
+  BatchConnection source(f.source.data());
+  BatchConnection partial(f.source.data());
+  absl::Notification release;
+  partial.HoldFirstBatchUntil(&release);
+  ReadOptions options;
+  options.on_piece = [&](const ReadOp&, size_t peer) {
+    if (peer == 0 && source.order().size() == 12 && !release.HasBeenNotified()) release.Notify();
+  };
+  std::vector<ReadConnection> both = {{&source, "source", f.Whole()},
+                                      {&partial, "partial peer", f.Whole()}};
+  both[1].serves = Pieces(f.dst.data(), 8, 15);
+  // The source starts once the partial peer took its first pieces.
+  absl::Notification source_may_start;
+  std::vector<PeerOutcome> outcomes;
+  std::thread starter([&] {
+    partial.took_first_batch.WaitForNotification();
+    source_may_start.Notify();
+  });
+  struct GatedSource final : public PeerConnection {
+    GatedSource(BatchConnection* inner, absl::Notification* gate) : inner(inner), gate(gate) {}
+    Status Execute(ChunkFeed& feed) override {
+      gate->WaitForNotification();
+      return inner->Execute(feed);
+    }
+    void Close() override {}
+    BatchConnection* inner;
+    absl::Notification* gate;
+  } gated(&source, &source_may_start);
+  both[0].connection = &gated;
+  const Status s = RunRead(both, kPiece, options, &outcomes);
+  starter.join();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(partial.order(), (std::vector<uint32_t>{8, 9, 10, 11}));
+  // Its own run, four at a time, then the held pieces left pending, one at a time.
+  EXPECT_EQ(source.batches(), (std::vector<size_t>{4, 4, 1, 1, 1, 1}));
+  EXPECT_EQ(source.order(), (std::vector<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15}));
+  EXPECT_EQ(outcomes[0].bytes, 12 * kPiece);
+  EXPECT_EQ(outcomes[1].bytes, 4 * kPiece);
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+}
+
+TEST(ReadCoreTest, ACompleteSourceLeavesPiecesAnotherPeerIsFillingUntilNothingElseIsLeft) {
+  Fixture f(8 * kPiece);
+  BatchConnection source(f.source.data());
+  BatchConnection partial(f.source.data());
+  std::vector<ReadConnection> both = {{&source, "source", f.Whole()},
+                                      {&partial, "partial peer", f.Whole()}};
+  both[1].serves = [](const ReadOp&) { return false; };
+  both[1].fills = Pieces(f.dst.data(), 0, 3);
+  ASSERT_TRUE(RunRead(both, kPiece, ReadOptions{}).ok());
+  EXPECT_EQ(source.order(), (std::vector<uint32_t>{4, 5, 6, 7, 0, 1, 2, 3}));
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
 }
 
 TEST(ReadCoreTest, CoalesceMergesOnlyRangesThatContinueOnBothSides) {

@@ -13,6 +13,7 @@
 #include "common/testing/test_certs.h"
 #include "ferry/v1/worker.grpc.pb.h"
 #include "model_express/p2p.grpc.pb.h"
+#include "worker/held_tensors.h"
 #include "worker/worker_client.h"
 
 namespace ferry::worker {
@@ -139,6 +140,42 @@ TEST(WorkerServerTest, TransferInfoAnswer) {
   EXPECT_EQ(r->tensors(1).dtype(), "F32");
   EXPECT_EQ(r->tensors(1).region(), 1u);
   EXPECT_EQ(r->tensors(1).checksum(), 0x9e3779b97f4a7c15ull * 2);
+}
+
+// A target serving while it pulls: what it holds and what it is filling, as it changes.
+TEST(WorkerServerTest, HeldTensorsSayWhatIsHeldAndWhatIsFilling) {
+  WorkerManifest manifest = MakeManifest(3);
+  auto held = std::make_shared<HeldTensors>(3);
+  manifest.held = held;
+  auto state = WorkerState::Create(std::move(manifest));
+  ASSERT_TRUE(state.ok()) << state.status();
+  auto server = StartServer({.state = state->get()});
+  ASSERT_NE(server, nullptr);
+  auto client = ClientFor(*server);
+  using Flags = std::vector<bool>;
+
+  held->Mark(0);
+  held->MarkLanding(1);
+  held->MarkLanding(0);  // already held: not filling
+  auto r = client->GetHeldTensors("", "w-1", 3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->held, (Flags{true, false, false}));
+  EXPECT_EQ(r->landing, (Flags{false, true, false}));
+
+  held->Mark(1);  // verified: held, no longer filling
+  r = client->GetHeldTensors("", "w-1", 3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->held, (Flags{true, true, false}));
+  EXPECT_EQ(r->landing, (Flags{false, false, false}));
+
+  held->Mark(2);
+  r = client->GetHeldTensors("", "w-1", 3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->held, (Flags{true, true, true}));
+  EXPECT_EQ(r->landing, (Flags{false, false, false}));
+
+  auto miscounted = client->GetHeldTensors("", "w-1", 4);
+  EXPECT_EQ(miscounted.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(WorkerServerTest, IdMismatchesAreFailedPrecondition) {
