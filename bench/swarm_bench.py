@@ -10,7 +10,8 @@ Workloads (--workloads):
              direct   every target reads from the original source (`ferry pull`, as today)
              publish  today's fan-out: every target `--then-publish --no-serve-while-pulling`
                       (a target serves only once its own pull has ended)
-             swarm    every target `--then-publish --stripe S --max-sources 16` over TCP: it
+             swarm    every target `--then-publish --stripe S --max-sources 16` over TCP (S:
+                      --stripe, default 16): it
                       serves each tensor once verified while it still pulls, and reads from
                       the original source and from the other targets at once
            each against T1, a single target's pull on the same links in the same run.
@@ -159,7 +160,8 @@ def main() -> int:
     ap.add_argument("--sources", default="1,2,4", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--modes", default="direct,publish,swarm", type=lambda s: s.split(","))
     ap.add_argument("--stripe", type=int, default=16,
-                    help="swarm: sources a target reads at once (at least N - 1: every target then knows every other and the original source sends each part once)")
+                    help="swarm: sources a target reads at once (at least N - 1: every target "
+                         "then knows every other, and the original source sends each part once)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
