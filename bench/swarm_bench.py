@@ -10,10 +10,10 @@ Workloads (--workloads):
              direct   every target reads from the original source (`ferry pull`, as today)
              publish  today's fan-out: every target `--then-publish --no-serve-while-pulling`
                       (a target serves only once its own pull has ended)
-             swarm    every target `--then-publish --stripe S --max-sources 16` over TCP (S:
-                      --stripe, default 16): it
-                      serves each tensor once verified while it still pulls, and reads from
-                      the original source and from the other targets at once
+             swarm    every target `--then-publish --stripe S --max-sources 16` over TCP
+                      (S: --stripe, default 16): it serves each tensor once verified while it
+                      still pulls, and reads from the original source and from the other
+                      targets at once
            each against T1, a single target's pull on the same links in the same run.
   stripe   one target and k equal sources (k in --sources), the sources' uploads shaped to
            --source-rate and the target's download left at --rate: the pull time with k sources
