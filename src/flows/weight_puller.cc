@@ -301,6 +301,12 @@ class Puller {
         RecordShares(result);
         return AllFailed(result->attempts, candidates_.size(), who_, note);
       }
+      if (!relisted_ && options_.read_partial_sources && striped_->live_sources() < Stripe()) {
+        // Targets started together publish while the first source opens: list once more
+        // before reading, so that the first round already knows those that did.
+        relisted_ = true;
+        if (Relist()) continue;
+      }
       const absl::Time transfer_start = absl::Now();
       const size_t live_before = striped_->live_sources();
       std::atomic<bool> cancel{false};
@@ -841,6 +847,7 @@ class Puller {
   SourceSelection selection_;
   std::string target_id_;                        // this target's worker id (seeds the order)
   std::set<std::string> partial_;                // worker ids of candidates still pulling
+  bool relisted_ = false;                        // listed again before the first round
   std::map<std::string, size_t> landing_index_;  // tensor name -> index in tensors_
   Region* destination_ = nullptr;  // the file pull's destination (owned by region_ or the
                                    // caller of serve_while_pulling)

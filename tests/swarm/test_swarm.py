@@ -110,7 +110,8 @@ def test_one_source_and_eight_targets_all_end_verified(bed):
     for h in range(1, 9):
         out = os.path.join(bed.work, f"out-{h}.safetensors")
         outs.append(out)
-        pulls.append(swarm.pull(h, f"target-{h}", out, ["--stripe", "4", "--max-sources", "16"],
+        # --stripe 8: every target reads from every other (and splits the model with them).
+        pulls.append(swarm.pull(h, f"target-{h}", out, ["--stripe", "8", "--max-sources", "16"],
                                 then_publish=True))
     from_peers = 0
     for pull, out in zip(pulls, outs):
