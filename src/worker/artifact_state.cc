@@ -103,7 +103,9 @@ StatusOr<std::unique_ptr<ArtifactState>> ArtifactState::Create(ArtifactServing s
 }
 
 ArtifactState::ArtifactState(ArtifactServing serving, LeaseOptions leases)
-    : serving_(std::move(serving)), lease_options_(leases), now_([] { return absl::Now(); }) {}
+    : serving_(std::move(serving)),
+      lease_options_(leases),
+      now_(leases.clock_for_test ? leases.clock_for_test : [] { return absl::Now(); }) {}
 
 std::string ArtifactState::mx_source_id() const {
   absl::MutexLock lock(&mu_);
@@ -113,11 +115,6 @@ std::string ArtifactState::mx_source_id() const {
 void ArtifactState::SetMxSourceId(std::string mx_source_id) {
   absl::MutexLock lock(&mu_);
   mx_source_id_ = std::move(mx_source_id);
-}
-
-void ArtifactState::SetClockForTest(std::function<absl::Time()> now) {
-  absl::MutexLock lock(&mu_);
-  now_ = std::move(now);
 }
 
 Status ArtifactState::Check(std::string_view mx_source_id, std::string_view artifact_id,

@@ -46,6 +46,8 @@ struct ArtifactServing {
 struct LeaseOptions {
   absl::Duration ttl = absl::Seconds(300);  // ModelExpress's lease lifetime
   int max_leases = 64;                      // outstanding at once; more: RESOURCE_EXHAUSTED
+  // Tests only: the clock leases expire by (null: absl::Now).
+  std::function<absl::Time()> clock_for_test;
 };
 
 // Thread-safe. The artifact is immutable; the mx_source_id is set once published, and leases
@@ -92,9 +94,6 @@ class ArtifactState {
 
   int outstanding_leases() const;
 
-  // Tests: the clock leases expire by.
-  void SetClockForTest(std::function<absl::Time()> now);
-
  private:
   ArtifactState(ArtifactServing serving, LeaseOptions leases);
   void DropExpiredLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -111,7 +110,7 @@ class ArtifactState {
     absl::Time expires;
   };
   std::map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);
-  std::function<absl::Time()> now_ ABSL_GUARDED_BY(mu_);
+  const std::function<absl::Time()> now_;  // LeaseOptions::clock_for_test, or absl::Now
 };
 
 // Converts between the manifest and its protobuf form.

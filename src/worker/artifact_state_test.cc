@@ -128,10 +128,10 @@ TEST(ArtifactStateTest, HeaderChecksAndPages) {
 }
 
 TEST(ArtifactStateTest, LeasesAreBoundedExpireAndRelease) {
-  auto state = ArtifactState::Create(MakeServing(), LeaseOptions{absl::Seconds(10), 2});
-  ASSERT_TRUE(state.ok()) << state.status();
   absl::Time now = absl::FromUnixSeconds(1000);
-  (*state)->SetClockForTest([&now] { return now; });
+  auto state = ArtifactState::Create(MakeServing(),
+                                     LeaseOptions{absl::Seconds(10), 2, [&now] { return now; }});
+  ASSERT_TRUE(state.ok()) << state.status();
 
   model_express::p2p::PrepareArtifactChunkResponse a, b, c;
   ASSERT_TRUE((*state)->Prepare("abcd", 4, &a).ok());
