@@ -316,6 +316,34 @@ class ArtifactPullTest : public ::testing::Test {
     return true;
   }
 
+  // Waits until process `pid`'s TCP sockets have received `bytes` more than when called (the
+  // kernel's count, `ss -tinp` bytes_received: data arriving, whether or not read yet). False
+  // after `timeout`, or when ss cannot be run.
+  static bool WaitForBytesReceived(pid_t pid, uint64_t bytes, absl::Duration timeout) {
+    const std::string owner = absl::StrCat("pid=", pid, ",");
+    auto received = [&owner]() -> std::optional<uint64_t> {
+      auto r = RunCommand({"/usr/bin/ss", "-HtinpO"}, absl::Seconds(10));
+      if (!r.ok() || r->exit_code != 0) return std::nullopt;
+      uint64_t total = 0;
+      std::istringstream lines(r->out);
+      for (std::string line; std::getline(lines, line);) {
+        if (line.find(owner) == std::string::npos) continue;
+        const size_t at = line.find("bytes_received:");
+        if (at != std::string::npos) total += std::stoull(line.substr(at + 15));
+      }
+      return total;
+    };
+    const std::optional<uint64_t> base = received();
+    if (!base.has_value()) return false;
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      const std::optional<uint64_t> now = received();
+      if (!now.has_value() || absl::Now() >= deadline) return false;
+      if (*now >= *base + bytes) return true;
+      absl::SleepFor(absl::Milliseconds(10));  // polling the condition, not waiting for time
+    }
+  }
+
   // The failure markers in the state directory.
   std::vector<std::string> FailureMarkers() const {
     std::vector<std::string> out;
@@ -584,7 +612,9 @@ TEST_F(ArtifactPullTest, ConcurrentPullsIntoOneDirectoryInstallOnce) {
   std::unique_ptr<ChildProcess> slow =
       StartPull("slow", "it/concurrent", into, {"--trust", keys.public_key, "--transport", "tcp"});
   ASSERT_NE(slow, nullptr);
-  absl::SleepFor(absl::Milliseconds(200));
+  // The stage appears under the install lock, once the slow pull has its manifest: it then
+  // reads for about 3 s more.
+  ASSERT_TRUE(WaitForStage(absl::Seconds(30))) << ReadFile(Path("slow.log"));
   std::unique_ptr<ChildProcess> fast =
       StartPull("fast", "it/concurrent", into, {"--trust", keys.public_key, "--transport", "tcp"});
   ASSERT_NE(fast, nullptr);
@@ -656,7 +686,10 @@ TEST_F(ArtifactPullTest, SourceKilledMidTransferTargetCompletesFromTheNext) {
   // The stage appears once A's manifest is trusted and its data plane connected: the read from
   // A is about to start.
   ASSERT_TRUE(WaitForStage(absl::Seconds(30))) << ReadFile(Path("slow.log"));
-  absl::SleepFor(absl::Milliseconds(300));
+  // Kill A once 1 MiB of its data has arrived at the pull: mid-read, with about 3 s of A's
+  // 3 MiB still to come.
+  ASSERT_TRUE(WaitForBytesReceived(pull->pid(), 1 << 20, absl::Seconds(30)))
+      << ReadFile(Path("slow.log"));
   ASSERT_EQ(kill(a.process->pid(), SIGKILL), 0);
   Status done = pull->Wait(absl::Seconds(60));
   ASSERT_TRUE(done.ok()) << done;
