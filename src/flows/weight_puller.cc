@@ -698,15 +698,10 @@ class Puller {
     }
     attempt->endpoint = record.worker().worker_grpc_endpoint();
     if (record.worker().has_nixl_metadata()) {
-      FERRY_ASSIGN_OR_RETURN(std::optional<ferry::v1::GetTransferInfoResponse> info,
-                             worker::DecodeCentralizedMetadata(record.worker().nixl_metadata()));
-      if (info.has_value()) {
-        if (!info->worker_id().empty() && info->worker_id() != ref.worker_id()) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("the record's transfer info is for worker ", info->worker_id()));
-        }
-        return *std::move(info);
-      }
+      FERRY_ASSIGN_OR_RETURN(
+          std::optional<ferry::v1::GetTransferInfoResponse> info,
+          worker::DecodeCentralizedMetadata(record.worker().nixl_metadata(), ref.worker_id()));
+      if (info.has_value()) return *std::move(info);
     }
     if (attempt->endpoint.empty()) {
       return absl::FailedPreconditionError(

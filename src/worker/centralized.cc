@@ -1,6 +1,7 @@
 #include "worker/centralized.h"
 
 #include "absl/strings/str_cat.h"
+#include "worker/transfer_info_check.h"
 
 namespace ferry::worker {
 
@@ -11,7 +12,7 @@ std::string EncodeCentralizedMetadata(const ferry::v1::GetTransferInfoResponse& 
 }
 
 StatusOr<std::optional<ferry::v1::GetTransferInfoResponse>> DecodeCentralizedMetadata(
-    std::string_view nixl_metadata) {
+    std::string_view nixl_metadata, const std::string& worker_id) {
   if (nixl_metadata.substr(0, kCentralizedMagic.size()) != kCentralizedMagic) {
     return std::optional<ferry::v1::GetTransferInfoResponse>();
   }
@@ -24,6 +25,8 @@ StatusOr<std::optional<ferry::v1::GetTransferInfoResponse>> DecodeCentralizedMet
         " bytes are not a valid ferry.v1.GetTransferInfoResponse; the record is damaged or was "
         "written by an incompatible ferry: republish the source or try another one"));
   }
+  FERRY_RETURN_IF_ERROR(
+      CheckTransferInfo(info, worker_id, "the record's transfer info (centralized mode)"));
   return std::optional<ferry::v1::GetTransferInfoResponse>(std::move(info));
 }
 

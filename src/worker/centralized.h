@@ -31,9 +31,10 @@ std::string EncodeCentralizedMetadata(const ferry::v1::GetTransferInfoResponse& 
 
 // nullopt when `nixl_metadata` does not start with kCentralizedMagic (not ferry's: NIXL agent
 // metadata, or empty). InvalidArgument when it does but the rest is not a valid
-// GetTransferInfoResponse.
+// GetTransferInfoResponse; FailedPrecondition when it fails the checks every transfer info
+// passes (CheckTransferInfo, with `worker_id`: the record's worker; empty: not checked).
 StatusOr<std::optional<ferry::v1::GetTransferInfoResponse>> DecodeCentralizedMetadata(
-    std::string_view nixl_metadata);
+    std::string_view nixl_metadata, const std::string& worker_id = "");
 
 // P2P mode: sets worker_rank, worker_grpc_endpoint (WorkerServer::endpoint()),
 // metadata_endpoint, agent_name and accelerator from `state`. Leaves the rest of `record` alone.

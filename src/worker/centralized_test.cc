@@ -64,6 +64,38 @@ TEST(CentralizedTest, MalformedPayloadIsInvalidArgument) {
                         "ferry.v1.GetTransferInfoResponse"));
 }
 
+// A record's transfer info passes the checks a worker endpoint's answer passes.
+TEST(CentralizedTest, DecodedInfoIsCheckedLikeAWorkerEndpointsAnswer) {
+  auto state = MakeState();
+  ferry::v1::GetTransferInfoResponse info;
+  state->FillTransferInfo("src-1", &info);
+  EXPECT_TRUE(DecodeCentralizedMetadata(EncodeCentralizedMetadata(info), "w-7").ok());
+
+  auto wrong_worker = DecodeCentralizedMetadata(EncodeCentralizedMetadata(info), "w-8");
+  EXPECT_EQ(wrong_worker.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(wrong_worker.status().message(),
+              HasSubstr("the source answered for worker 'w-7', not 'w-8'"));
+
+  ferry::v1::GetTransferInfoResponse bad = info;
+  bad.set_total_bytes(info.total_bytes() + 1);
+  auto total = DecodeCentralizedMetadata(EncodeCentralizedMetadata(bad));
+  EXPECT_EQ(total.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(total.status().message(), HasSubstr("tensor sizes add up to 64 bytes"));
+
+  bad = info;
+  *bad.add_tensors() = info.tensors(0);  // the same name twice
+  bad.set_total_bytes(info.total_bytes() * 2);
+  auto twice = DecodeCentralizedMetadata(EncodeCentralizedMetadata(bad));
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(twice.status().message(), HasSubstr("appears twice"));
+
+  bad = info;
+  bad.set_checksum_algorithm("md5-someday");
+  auto algorithm = DecodeCentralizedMetadata(EncodeCentralizedMetadata(bad));
+  EXPECT_EQ(algorithm.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(algorithm.status().message(), HasSubstr("this ferry cannot verify that source"));
+}
+
 TEST(CentralizedTest, RecordsPerMode) {
   auto state = MakeState();
   model_express::p2p::WorkerMetadata p2p;

@@ -14,6 +14,7 @@
 #include "model_express/p2p.grpc.pb.h"
 #include "weights/tensor_checksum.h"
 #include "worker/artifact_state.h"
+#include "worker/transfer_info_check.h"
 #include "worker/worker_state.h"
 
 namespace ferry::worker {
@@ -33,25 +34,6 @@ MetadataClientOptions AsMetadataOptions(const WorkerClientOptions& o) {
   static_cast<ClientCredentials&>(m) = o;
   m.server_address = o.endpoint;
   return m;
-}
-
-// Names non-empty and unique: a target matches tensors by name.
-template <typename Tensors>
-Status CheckNames(const Tensors& tensors, const std::string& what) {
-  absl::flat_hash_set<std::string_view> names;
-  names.reserve(tensors.size());
-  for (int i = 0; i < tensors.size(); ++i) {
-    const std::string& name = tensors[i].name();
-    if (name.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(what, ": tensor ", i, " has an empty name; try another source"));
-    }
-    if (!names.insert(name).second) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(what, ": tensor name '", name, "' appears twice; try another source"));
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -170,26 +152,8 @@ StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
   grpc::Status status = stubs_->transfer->GetTransferInfo(&context, request, &response);
   if (!status.ok()) return RpcError("GetTransferInfo", status.error_code(), status.error_message());
 
-  const std::string what = absl::StrCat("GetTransferInfo to ", endpoint_);
-  if (!worker_id.empty() && response.worker_id() != worker_id) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(what, ": the source answered for worker '", response.worker_id(), "', not '",
-                     worker_id, "'; another process now serves this endpoint: re-list sources"));
-  }
-  if (auto algorithm = weights::ParseChecksumAlgorithm(response.checksum_algorithm());
-      !algorithm.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(what, ": ", algorithm.status().message(),
-                     "; this ferry cannot verify that source: try another source"));
-  }
-  FERRY_RETURN_IF_ERROR(CheckNames(response.tensors(), what));
-  uint64_t total = 0;
-  for (const ferry::v1::TensorEntry& t : response.tensors()) total += t.size();
-  if (total != response.total_bytes()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(what, ": tensor sizes add up to ", total, " bytes but total_bytes is ",
-                     response.total_bytes(), "; try another source"));
-  }
+  FERRY_RETURN_IF_ERROR(
+      CheckTransferInfo(response, worker_id, absl::StrCat("GetTransferInfo to ", endpoint_)));
   return response;
 }
 
@@ -237,12 +201,10 @@ StatusOr<p2p::GetTensorManifestResponse> WorkerClient::GetTensorManifest(
     return RpcError("GetTensorManifest", status.error_code(), status.error_message());
   }
   const std::string what = absl::StrCat("GetTensorManifest to ", endpoint_);
-  if (!worker_id.empty() && response.has_worker_id() && response.worker_id() != worker_id) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(what, ": the source answered for worker '", response.worker_id(), "', not '",
-                     worker_id, "'; another process now serves this endpoint: re-list sources"));
+  if (response.has_worker_id()) {
+    FERRY_RETURN_IF_ERROR(CheckWorkerId(response.worker_id(), worker_id, what));
   }
-  FERRY_RETURN_IF_ERROR(CheckNames(response.tensors(), what));
+  FERRY_RETURN_IF_ERROR(CheckTensorNames(response.tensors(), what));
   return response;
 }
 
