@@ -617,12 +617,15 @@ class Puller {
   // which they then give each other. Every target knows the same set of targets still pulling
   // (the INITIALIZING records listed, and itself), so each takes the part of the model at its
   // rank in that set, sorted by worker id: equal parts, none twice. A target the others do not
-  // know of yet (or a pull that lists none) starts at a place hashed from its id.
+  // know of yet, a pull that lists none, or one that does not serve while it pulls starts at a
+  // place hashed from its id.
   // The same rank and count also give the part it reads first from complete sources
   // (StripedRead::SetPart), leaving the others' parts to them.
   uint64_t FirstPiece() {
     const uint64_t chunk = Stripe() > 1 ? kStripedPieceBytes : 0;
-    if (chunk == 0 || partial_.empty() || landing_plan_ == nullptr || target_id_.empty()) {
+    // Only a target that serves while it pulls is one of the others' set (listed INITIALIZING).
+    if (chunk == 0 || partial_.empty() || landing_plan_ == nullptr || target_id_.empty() ||
+        held_ == nullptr) {
       striped_->SetPart(0, 0);
       return std::hash<std::string>{}(target_id_);
     }

@@ -28,8 +28,10 @@ constexpr size_t kHeldPerConnection = 8;
 // and at most (a transport keeps no more in flight anyway).
 constexpr size_t kLookaheadFloor = 2;
 constexpr size_t kLookaheadCeiling = 256;
-// Pieces a complete source looks through for one that no partial peer holds.
-constexpr size_t kUniqueScan = 1024;
+// Pieces a complete source looks through for one that no partial peer holds (each costs a
+// look at every peer's predicates, under the read's lock): 128 MiB of 512 KiB pieces ahead of
+// the read's cursor, which is where the parts still being filled are.
+constexpr size_t kUniqueScan = 256;
 // Pieces after another peer's held run that a complete source leaves to that peer while other
 // pieces are free (see Take).
 constexpr size_t kClaimed = 4;
@@ -243,9 +245,10 @@ class Schedule {
   // should leave it once:
   //  - first the pieces of this reader's own part (`own`), in the read's order; without one,
   //    its run onward from the cursor until it reaches pieces another peer holds;
-  //  - then the last free piece in the read's order: free means no other peer holds it, is
-  //    filling it, or has just held the pieces before it (it is reading on there); the last is
-  //    the end of the part before this reader's, which its owner, reading onward, reaches last;
+  //  - then the last free piece in the read's order (within kUniqueScan of the cursor): free
+  //    means no other peer holds it, is filling it, or has just held the pieces before it (it
+  //    is reading on there); the last is the end of the part before this reader's, which its
+  //    owner, reading onward, reaches last (in a large model: far ahead of that owner);
   //  - with nothing free: while other peers of this read deliver, pieces others hold, fewest
   //    holders first, one at a time (its upload then serves every reader's last pieces a
   //    little), and nothing while some piece is still on its way to another (*hold_back;
