@@ -68,6 +68,7 @@ StripedRead::StripedRead(std::vector<LandingVerifier::Tensor> tensors, StripedRe
     auto [it, fresh] =
         seen.emplace(std::make_pair(tensors_[i].data, tensors_[i].size), pull_bytes_);
     position_.push_back(it->second);
+    first_of_tie_.push_back(fresh);
     if (fresh) pull_bytes_ += tensors_[i].size;
   }
   std::sort(by_address_.begin(), by_address_.end());
@@ -212,19 +213,17 @@ Status StripedRead::Round() {
   }
   std::vector<std::vector<ReadOp>> ops(live.size());
   std::vector<uint64_t> starts;  // of ops[k][j] in the pull, for every k
-  uint64_t total = 0;
+  const uint64_t total = pull_bytes_;
   uint64_t landed_so_far = 0;
   {
     absl::MutexLock lock(&mu_);
     std::sort(landed_.begin(), landed_.end(),
               [](const Landed& a, const Landed& b) { return a.begin < b.begin; });
-    std::set<std::pair<const void*, uint64_t>> seen;  // tied tensors are read once
     std::vector<ReadOp> next(live.size());
     for (size_t i = 0; i < tensors_.size(); ++i) {
       const LandingVerifier::Tensor& t = tensors_[i];
-      if (t.size == 0 || !seen.emplace(t.data, t.size).second) continue;
-      const uint64_t position = total;  // of the tensor in the pull
-      total += t.size;
+      if (t.size == 0 || !first_of_tie_[i]) continue;  // tied tensors are read once
+      const uint64_t position = position_[i];
       uint64_t missing = 0;
       if (!verifier_.Verified(i)) {
         for (const auto& [a, b] : Missing(i)) {
@@ -246,6 +245,7 @@ Status StripedRead::Round() {
     return absl::OkStatus();
   }
 
+  const std::function<bool(size_t)> in_part = [this](size_t i) { return InPart(i); };
   std::vector<PeerRead> reads;
   for (size_t k = 0; k < live.size(); ++k) {
     const Source& source = sources_[live[k]];
@@ -261,8 +261,8 @@ Status StripedRead::Round() {
       };
     }
     if (!source.holds && part_count_ > 0) {
-      peer_read.own = [this](const ReadOp& piece) {
-        return Touches([this](size_t i) { return InPart(i); }, piece.local, piece.length);
+      peer_read.own = [this, &in_part](const ReadOp& piece) {
+        return Touches(in_part, piece.local, piece.length);
       };
     }
     reads.push_back(std::move(peer_read));

@@ -168,6 +168,7 @@ class StripedRead {
 
   const std::vector<LandingVerifier::Tensor> tensors_;
   std::vector<uint64_t> position_;  // of each tensor in the pull (tied ones: the first's)
+  std::vector<bool> first_of_tie_;  // not tied to an earlier tensor: read and counted
   uint64_t pull_bytes_ = 0;         // the tensors' bytes, tied ones once
   size_t part_rank_ = 0;
   size_t part_count_ = 0;

@@ -154,7 +154,7 @@ class HeldPoller {
   }
   bool Holds(size_t i) const { return held_[i].load(std::memory_order_relaxed); }
   // Whether it is filling tensor i now (it will hold it soon).
-  bool Fills(size_t i) const { return landing_[i].load(std::memory_order_relaxed); }
+  bool Fills(size_t i) const { return filling_[i].load(std::memory_order_relaxed); }
 
  private:
   HeldPoller(std::unique_ptr<worker::WorkerClient> client, std::string mx_source_id,
@@ -164,7 +164,7 @@ class HeldPoller {
         worker_id_(std::move(worker_id)),
         landing_of_(std::move(landing_of)),
         held_(tensors),
-        landing_(tensors) {}
+        filling_(tensors) {}
 
   Status Poll() {
     FERRY_ASSIGN_OR_RETURN(worker::WorkerClient::HeldState state,
@@ -172,7 +172,7 @@ class HeldPoller {
     bool all = true;
     for (size_t j = 0; j < state.held.size(); ++j) {
       if (state.held[j]) held_[landing_of_[j]].store(true, std::memory_order_relaxed);
-      landing_[landing_of_[j]].store(state.landing[j], std::memory_order_relaxed);
+      filling_[landing_of_[j]].store(state.landing[j], std::memory_order_relaxed);
       all = all && state.held[j];
     }
     complete_.store(all);
@@ -190,7 +190,7 @@ class HeldPoller {
   const std::string worker_id_;
   const std::vector<size_t> landing_of_;
   std::vector<std::atomic<bool>> held_;
-  std::vector<std::atomic<bool>> landing_;
+  std::vector<std::atomic<bool>> filling_;
   std::atomic<bool> complete_{false};
   absl::Notification stop_;
   std::thread thread_;
@@ -406,23 +406,23 @@ class Puller {
   }
 
   TryVerdict Open(const SourceInstanceRef& ref, PullAttempt* attempt, size_t index) {
+    if (landing_plan_ != nullptr) {
+      FERRY_ASSIGN_OR_RETURN(std::unique_ptr<OpenSource> source, Prepare(ref, attempt));
+      Adopt(std::move(source), index);
+      return absl::OkStatus();
+    }
     FERRY_ASSIGN_OR_RETURN(ferry::v1::GetTransferInfoResponse info, TransferInfo(ref, attempt));
     FERRY_ASSIGN_OR_RETURN(Plan plan, MakePlan(info));
+    // The first source that answered fixes where the pull lands, once: a source that fails
+    // after this (its connection, say) leaves the landing to the next, which must match it.
+    bool stop = false;
+    Status landed = into_ != nullptr ? LandInBuffers(plan, ref, &stop) : LandInRegion(plan, &stop);
+    if (!landed.ok()) return stop ? StopTrying(landed) : landed;
     std::vector<RemoteSpot> spots;
-    if (landing_plan_ == nullptr) {
-      // The first source that answered fixes where the pull lands, once: a source that fails
-      // after this (its connection, say) leaves the landing to the next, which must match it.
-      bool stop = false;
-      Status landed =
-          into_ != nullptr ? LandInBuffers(plan, ref, &stop) : LandInRegion(plan, &stop);
-      if (!landed.ok()) return stop ? StopTrying(landed) : landed;
-      for (const ferry::v1::TensorEntry& e : plan.remote) spots.push_back({e.region(), e.offset()});
-      for (size_t i = 0; i < plan.remote.size(); ++i) landing_index_[plan.remote[i].name()] = i;
-      landing_plan_ = std::make_unique<Plan>(plan);
-      landing_source_ = absl::StrCat("worker ", ref.worker_id());
-    } else {
-      FERRY_ASSIGN_OR_RETURN(spots, Match(plan));
-    }
+    for (const ferry::v1::TensorEntry& e : plan.remote) spots.push_back({e.region(), e.offset()});
+    for (size_t i = 0; i < plan.remote.size(); ++i) landing_index_[plan.remote[i].name()] = i;
+    landing_plan_ = std::make_unique<Plan>(plan);
+    landing_source_ = absl::StrCat("worker ", ref.worker_id());
     FERRY_ASSIGN_OR_RETURN(
         std::unique_ptr<OpenSource> source,
         Connect(ref, std::move(info), std::move(plan), std::move(spots), *attempt));
@@ -592,7 +592,7 @@ class Puller {
     read.stall_timeout = options_.stall_timeout;
     read.cancel = cancel;
     read.pause = pause;
-    read.first_piece = FirstPiece();
+    read.first_piece = TakePart();
     if (Stripe() > 1) {
       // Finer pieces spread a read over several sources more evenly, and give targets that
       // pull at once more distinct pieces to trade. A short lookahead keeps each source's
@@ -612,16 +612,15 @@ class Puller {
     return striped_->Run(read);
   }
 
-  // Where this target starts reading, in pieces of the whole pull: targets pulling at once start
-  // at different places, so that the original source sends each of them a different part,
-  // which they then give each other. Every target knows the same set of targets still pulling
-  // (the INITIALIZING records listed, and itself), so each takes the part of the model at its
-  // rank in that set, sorted by worker id: equal parts, none twice. A target the others do not
-  // know of yet, a pull that lists none, or one that does not serve while it pulls starts at a
-  // place hashed from its id.
-  // The same rank and count also give the part it reads first from complete sources
-  // (StripedRead::SetPart), leaving the others' parts to them.
-  uint64_t FirstPiece() {
+  // Sets this target's part of the model (StripedRead::SetPart) and returns where it starts
+  // reading, in pieces of the whole pull. Targets pulling at once take different parts, so that
+  // the original source sends each of them a different one, which they then give each other:
+  // every target knows the same set of targets still pulling (the INITIALIZING records listed,
+  // and itself), and takes the part at its rank in that set sorted by worker id (equal parts,
+  // none twice), reading it first from complete sources and leaving the others' parts to them.
+  // A target the others do not know of yet, a pull that lists none, or one that does not serve
+  // while it pulls takes no part and starts at a place hashed from its id.
+  uint64_t TakePart() {
     const uint64_t chunk = Stripe() > 1 ? kStripedPieceBytes : 0;
     // Only a target that serves while it pulls is one of the others' set (listed INITIALIZING).
     if (chunk == 0 || partial_.empty() || landing_plan_ == nullptr || target_id_.empty() ||

@@ -55,6 +55,8 @@ class Schedule {
         serves_(std::move(serves)),
         fills_(std::move(fills)),
         owns_(std::move(owns)),
+        any_partial_(std::any_of(serves_.begin(), serves_.end(),
+                                 [](const std::function<bool(const ReadOp&)>& f) { return !!f; })),
         options_(options),
         deadline_(deadline),
         has_deadline_(deadline != absl::InfiniteFuture()),
@@ -97,9 +99,6 @@ class Schedule {
     const std::vector<Chunk>& mine = all_pieces_[connection];
     const std::function<bool(const ReadOp&)>& serves = serves_[connection];
     auto usable = [&](uint32_t index) { return !serves || ServedBy(connection, index); };
-    const bool prefer_unique =
-        !serves && std::any_of(serves_.begin(), serves_.end(),
-                               [](const std::function<bool(const ReadOp&)>& f) { return !!f; });
     uint32_t index = UINT32_MAX;
     for (auto it = requeued_.begin(); it != requeued_.end(); ++it) {
       if (usable(*it)) {
@@ -111,7 +110,7 @@ class Schedule {
     if (index == UINT32_MAX) {
       const size_t n = pieces_.size();
       while (cursor_ < n && state_[(cursor_ + first_) % n] != Piece::kPending) ++cursor_;
-      if (prefer_unique) {
+      if (!serves && any_partial_) {
         bool hold_back = false;
         index = PickFromSourceLocked(connection, &hold_back);
         if (hold_back) return false;
@@ -321,6 +320,7 @@ class Schedule {
   const std::vector<std::function<bool(const ReadOp&)>> serves_;  // per connection; may be null
   const std::vector<std::function<bool(const ReadOp&)>> fills_;   // per connection; may be null
   const std::vector<std::function<bool(const ReadOp&)>> owns_;    // per connection; may be null
+  const bool any_partial_;  // some connection has `serves` (a partial peer)
   const ReadOptions& options_;
   const absl::Time deadline_;
   const bool has_deadline_;
