@@ -1,9 +1,10 @@
-"""NIXL on host memory: a source agent that serves published tensors, and a one-shot reader.
+"""NIXL on host memory: a source agent that serves published tensors, and one-shot readers.
 
 Both use NIXL's UCX backend with DRAM descriptors, as ModelExpress's NixlTransferManager does
 (nixl_transfer.py): a source registers its memory and publishes the agent's metadata blob; a
-target loads that blob (add_remote_agent), prepares descriptor lists on both sides and posts one
-READ. Not thread-safe: one caller per object.
+target loads that blob (add_remote_agent), or in ModelExpress's P2P metadata mode fetches it from
+the source agent's listener (fetch_remote_metadata), prepares descriptor lists on both sides and
+posts one READ. Not thread-safe: one caller per object.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ MEM_TYPE = "DRAM"
 Read = Tuple[int, int, int, int]
 
 
-def _agent(name: str):
+def _agent(name: str, listen: bool = False):
+    """A NIXL agent; with `listen`, its listener thread runs (on a free port): NIXL receives the
+    metadata that fetch_remote_metadata asks a peer for on that thread, so a P2P reader needs it."""
     api = nixl_api()
     try:
-        return api.nixl_agent(name, api.nixl_agent_config(backends=BACKENDS))
+        if listen:
+            config = api.nixl_agent_config(backends=BACKENDS, enable_listen_thread=True,
+                                           listen_port=0)
+        else:
+            config = api.nixl_agent_config(backends=BACKENDS)
+        return api.nixl_agent(name, config)
     except Exception as e:
         raise _ferry.UnavailableError(
             f"could not create NIXL agent {name!r} with the UCX backend: {e}; check that NIXL's "
@@ -77,7 +85,6 @@ def read(name: str, metadata: bytes, local_spans: Sequence[Tuple[int, int]],
     agent = _agent(name)
     registered = _register(agent, local_spans, "destination")
     remote: Optional[str] = None
-    handle = None
     try:
         try:
             remote = agent.add_remote_agent(metadata)
@@ -85,6 +92,60 @@ def read(name: str, metadata: bytes, local_spans: Sequence[Tuple[int, int]],
             raise _ferry.UnavailableError(
                 f"the source's nixl_metadata ({len(metadata)} bytes) is not NIXL agent metadata "
                 f"this NIXL can load: {e}") from None
+        return _read_from(agent, remote, reads, timeout)
+    finally:
+        _forget(agent, remote)
+        if registered is not None:
+            agent.deregister_memory(registered)
+
+
+def read_from_listener(name: str, remote: str, host: str, port: int,
+                       local_spans: Sequence[Tuple[int, int]], reads: List[Read],
+                       timeout: float, handshake_timeout: float) -> float:
+    """As read(), with the metadata of agent `remote` fetched from its listener at host:port (a
+    ModelExpress source in P2P metadata mode; its targets do the same, fetch_remote_and_wait).
+    Raises ferry.UnavailableError when no metadata arrives within `handshake_timeout` seconds."""
+    agent = _agent(name, listen=True)
+    registered = _register(agent, local_spans, "destination")
+    fetched = False
+    try:
+        try:
+            agent.fetch_remote_metadata(remote, host, port)
+        except Exception as e:
+            raise _ferry.UnavailableError(
+                f"NIXL could not ask agent {remote!r} at {host}:{port} for its metadata: {e}"
+            ) from None
+        fetched = True  # metadata that lands after a failure is still dropped below
+        deadline = time.monotonic() + handshake_timeout
+        while not agent.check_remote_metadata(remote):
+            if time.monotonic() > deadline:
+                raise _ferry.UnavailableError(
+                    f"NIXL agent {remote!r} at {host}:{port} sent no metadata in "
+                    f"{handshake_timeout:g} s; check that its listener (the record's "
+                    f"metadata_endpoint) is reachable from this host")
+            time.sleep(0.001)  # NIXL has no blocking wait for remote metadata
+        return _read_from(agent, remote, reads, timeout)
+    finally:
+        _forget(agent, remote if fetched else None)
+        if registered is not None:
+            agent.deregister_memory(registered)
+
+
+def _forget(agent, remote: Optional[str]) -> None:
+    """Drops a remote agent's metadata and disconnects from it, if it was loaded."""
+    if remote is None:
+        return
+    try:
+        agent.remove_remote_agent(remote)
+    except Exception:  # never loaded, or already invalidated by the peer: nothing to release
+        pass
+
+
+def _read_from(agent, remote: str, reads: List[Read], timeout: float) -> float:
+    """One prepared READ of every range from `remote` (whose metadata `agent` holds), polled to
+    completion or `timeout`; the transfer handle is released either way."""
+    handle = None
+    try:
         try:
             src = agent.prep_xfer_dlist(agent_name=remote,
                                         xfer_list=[(s, n, dev) for s, _, n, dev in reads],
@@ -121,10 +182,3 @@ def read(name: str, metadata: bytes, local_spans: Sequence[Tuple[int, int]],
                 agent.release_xfer_handle(handle)
             except Exception as e:  # a READ still in flight after a deadline; keep its error
                 _log.warning("NIXL could not release a transfer handle: %s", e)
-        if remote is not None:
-            try:
-                agent.remove_remote_agent(remote)
-            except Exception:  # already invalidated by the peer; nothing left to release
-                pass
-        if registered is not None:
-            agent.deregister_memory(registered)

@@ -1,6 +1,7 @@
-"""The optional data-plane wheels (NIXL, Mooncake's TransferEngine), loaded on first use.
+"""The optional data-plane wheels (NIXL, Mooncake's TransferEngine) and the gRPC runtime that
+reading ModelExpress's worker endpoints needs (grpcio, protobuf), loaded on first use.
 
-ferry's own engine needs neither. A backend that needs a wheel that is not installed, or that
+ferry's own engine needs none of them. A backend that needs a wheel that is not installed, or that
 cannot load on this machine, raises ferry.FailedPreconditionError naming the package to install
 and the cause, never an import traceback.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Optional
+from typing import Optional, Tuple
 
 from ferry import _ferry
 
@@ -21,6 +22,7 @@ _VENV_HINT = "(into a virtual environment; scripts/wheels-venv.sh makes one with
 
 _nixl: Optional[ModuleType] = None
 _transfer_engine: Optional[type] = None
+_grpc: Optional[Tuple[ModuleType, ...]] = None
 
 
 def _load_failed(backend: str, requirement: str, cause: BaseException) -> _ferry.Error:
@@ -72,3 +74,25 @@ def transfer_engine_class() -> type:
         raise _load_failed("transfer_engine", TRANSFER_ENGINE_REQUIREMENT, e) from None
     _transfer_engine = module.TransferEngine
     return _transfer_engine
+
+
+def grpc_runtime() -> Tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
+    """(grpc, descriptor_pb2, descriptor_pool, message_factory): what a call to a ModelExpress
+    worker endpoint (P2P metadata mode) needs. Any grpcio and protobuf release that ModelExpress
+    itself runs with will do; ferry pins none."""
+    global _grpc
+    if _grpc is not None:
+        return _grpc
+    try:
+        grpc = importlib.import_module("grpc")
+        descriptor_pb2 = importlib.import_module("google.protobuf.descriptor_pb2")
+        descriptor_pool = importlib.import_module("google.protobuf.descriptor_pool")
+        message_factory = importlib.import_module("google.protobuf.message_factory")
+    except Exception as e:  # missing, or there but unloadable
+        raise _ferry.FailedPreconditionError(
+            f"reading a ModelExpress source in P2P metadata mode (its default) calls its worker "
+            f"endpoint over gRPC, which needs grpcio and protobuf ({type(e).__name__}: {e}); "
+            f"pip install grpcio protobuf, or have the source publish with MX_P2P_METADATA=0"
+        ) from None
+    _grpc = (grpc, descriptor_pb2, descriptor_pool, message_factory)
+    return _grpc

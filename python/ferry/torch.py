@@ -376,10 +376,12 @@ class PullReport:
 
     `attempts` lists the sources tried by a successful pull, the one that delivered last.
     `bytes` counts what moved: a range shared by several names (tied weights) once.
-    `backend` names the data path that delivered ("ferry", "nixl", "transfer_engine"), and
-    `verification` what was checked: a ferry source's every tensor checksum; for NIXL and
-    TransferEngine sources names, byte sizes and published dtypes, and no checksum (none is
-    published), which `verification` says.
+    `backend` names the data path that delivered ("ferry", "nixl", "transfer_engine"),
+    `transport` how ("nixl (UCX, DRAM), P2P metadata" for a ModelExpress source in its default
+    mode), and `verification` what was checked: a ferry source's every tensor checksum; for
+    NIXL and TransferEngine sources names, byte sizes and published dtypes, and no checksum
+    (none is published), which `verification` says, with the manifest's checks and the read
+    lease for a source in P2P metadata mode.
     """
 
     ok: bool
@@ -461,16 +463,25 @@ def pull_into(
     attempt in the report carries the bytes that source delivered.
 
     `backend`: "auto" (default) reads each source the way its record offers: ferry's engine for
-    ferry sources, NIXL for a record with NIXL agent metadata (ModelExpress's centralized
-    publisher, or publish(backend="nixl")), Mooncake's TransferEngine for a record with a
-    transfer_engine_session_id (SGLang's publisher). When every source is ferry's, this is
-    exactly backend="ferry" (rendezvous order, failover, checksums). Otherwise sources are
-    tried newest first. "ferry", "nixl" and "transfer_engine" read only sources offering that
-    path. NIXL and TransferEngine sources publish no checksum and no shape: ferry checks names,
-    byte sizes and published dtypes before reading (report.verification says so), and a
-    ModelExpress source in P2P metadata mode (NIXL metadata behind its own listener) is not
-    read. `te_protocol` / `te_device`: the TransferEngine's protocol ("tcp", or "rdma" with
-    its device name).
+    ferry sources; NIXL for ModelExpress's NIXL publisher in either mode, centralized
+    (MX_P2P_METADATA=0, or publish(backend="nixl"): the agent's metadata and the descriptors in
+    the record) or P2P metadata (its default: a worker endpoint and the agent's listener);
+    Mooncake's TransferEngine for a record with a transfer_engine_session_id (SGLang's
+    publisher). When every source is ferry's, this is exactly backend="ferry" (rendezvous
+    order, failover, checksums). Otherwise sources are tried newest first. "ferry", "nixl" and
+    "transfer_engine" read only sources offering that path. NIXL and TransferEngine sources
+    publish no checksum and no shape: ferry checks names, byte sizes and published dtypes
+    before reading, and the bytes themselves are not verified (report.verification says so).
+    From a source in P2P metadata mode ferry reads as ModelExpress's own target does: the
+    manifest from its worker endpoint together with a read lease (PrepareTensorRead,
+    ModelExpress 0.7.0; GetTensorManifest, unleased, from a source that has no leases), checked
+    against the server's record (mx_source_id, worker_id, rank, NIXL agent); the NIXL metadata
+    from the agent's listener (`metadata_endpoint`); after the read, ReleaseTensorRead. The
+    lease keeps the source from changing its tensors meanwhile; a lease it no longer holds at
+    the end fails the read (the bytes are not trusted) and ferry tries the next source. Each
+    call to the worker endpoint and the NIXL metadata fetch must answer within `stall_timeout`
+    seconds; no credentials are sent to it. `te_protocol` / `te_device`: the TransferEngine's
+    protocol ("tcp", or "rdma" with its device name).
     """
     _foreign.check_backend(backend)
     tensors = named_tensors(module_or_state_dict)
@@ -550,6 +561,11 @@ def pull_into(
     refusals: List[_ferry.Error] = []
     modified = False
     start = time.monotonic()
+
+    def mark_modified() -> None:
+        nonlocal modified
+        modified = True
+
     for record, kind in candidates[:max(1, max_sources)]:
         wid = record["worker_id"]
         attempt: Dict[str, Any] = {"worker_id": wid, "backend": kind,
@@ -563,30 +579,9 @@ def pull_into(
                 report = _ferry_report(result, len(tensors))
                 report.attempts = attempts[:-1] + report.attempts
                 return report
-            if kind not in ("nixl", "transfer_engine"):
-                raise _ferry.FailedPreconditionError(
-                    f"worker {wid}'s record offers no data path this ferry reads ("
-                    + ("ModelExpress P2P metadata mode: NIXL metadata behind the source's own "
-                       "listener; publish with MX_P2P_METADATA=0" if kind == "nixl_p2p" else
-                       "no NIXL metadata, TransferEngine session or worker endpoint") + ")")
-            if not _foreign.host_accelerator(record):
-                raise _ferry.FailedPreconditionError(
-                    f"worker {wid}'s tensors are in {record['accelerator']} memory; this build "
-                    f"of ferry reads host memory only")
-            where = f"worker {wid} ({kind})"
-            reads, checks = _foreign.plan_reads(record["tensors"], targets, where)
-            modified = True
-            if kind == "nixl":
-                from ferry import _nixl
-                transfer_seconds = _nixl.read(
-                    f"ferry-pull-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                    record["nixl_metadata"], spans, reads, transfer_timeout)
-                path = "nixl (UCX, DRAM)"
-            else:
-                from ferry import _transfer_engine
-                transfer_seconds = _transfer_engine.read(
-                    record["transfer_engine_session_id"], spans, reads, te_protocol, te_device)
-                path = f"transfer_engine ({te_protocol})"
+            got = _read_foreign(record, kind, targets, spans, mark_modified,
+                                transfer_timeout=transfer_timeout, stall_timeout=stall_timeout,
+                                te_protocol=te_protocol, te_device=te_device)
         except (_ferry.NotFoundError, _ferry.UnavailableError, _ferry.DeadlineExceededError,
                 _ferry.DataLossError, _ferry.FailedPreconditionError) as e:
             attempt["error"] = str(e)
@@ -596,17 +591,78 @@ def pull_into(
             continue
         _copy_staged(staged)
         return PullReport(
-            ok=True, outcome="pulled", modified=True, bytes=sum(r[2] for r in reads),
+            ok=True, outcome="pulled", modified=True, bytes=sum(r[2] for r in got.reads),
             tensors=len(tensors), seconds=time.monotonic() - start,
-            transfer_seconds=transfer_seconds, transport=path,
-            mx_source_id=record["mx_source_id"], source_worker_id=wid, attempts=attempts,
-            backend=kind, verification="; ".join(f"{k}: {v}" for k, v in checks.items()))
+            transfer_seconds=got.transfer_seconds, transport=got.path,
+            mx_source_id=record["mx_source_id"], source_worker_id=wid,
+            source_endpoint=got.endpoint, attempts=attempts, backend=kind,
+            verification="; ".join(f"{k}: {v}" for k, v in got.checks.items()))
     if refusals and len(refusals) == len(attempts):
         raise type(refusals[0])("every source refused: " +
                                 "; ".join(a["error"] for a in attempts))
     return PullReport(ok=False, outcome="failed", modified=modified, attempts=attempts,
                       message="; ".join(f"worker {a['worker_id']} ({a['backend']}): "
                                         f"{a['error']}" for a in attempts))
+
+
+@dataclasses.dataclass
+class _ForeignRead:
+    """What one read of a NIXL or TransferEngine source did."""
+
+    reads: List[_foreign.Read]
+    checks: Dict[str, str]  # what was verified, for report.verification
+    transfer_seconds: float
+    path: str  # report.transport
+    endpoint: str  # report.source_endpoint
+
+
+def _read_foreign(record: Mapping[str, Any], kind: str, targets: Mapping[str, torch.Tensor],
+                  spans, before_first_byte, *, transfer_timeout: float, stall_timeout: float,
+                  te_protocol: str, te_device: str) -> _ForeignRead:
+    """Fills `targets` from a source that is not ferry's ("nixl" or "transfer_engine"), after
+    the checks of _foreign.plan_reads; calls before_first_byte() once they pass, before the
+    destination is written. Raises ferry.FailedPreconditionError only for a source that cannot
+    or must not be read (nothing was written then), other ferry.Errors for a read that
+    failed."""
+    wid = record["worker_id"]
+    if kind not in ("nixl", "transfer_engine"):
+        raise _ferry.FailedPreconditionError(
+            f"worker {wid}'s record offers no data path this ferry reads (no NIXL metadata, "
+            f"NIXL listener, TransferEngine session or worker endpoint)")
+    if not _foreign.host_accelerator(record):
+        raise _ferry.FailedPreconditionError(
+            f"worker {wid}'s tensors are in {record['accelerator']} memory; this build of ferry "
+            f"reads host memory only")
+    agent_name = f"ferry-pull-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if kind == "nixl" and _foreign.p2p_metadata(record):
+        # ModelExpress's default (MX_P2P_METADATA=1): the manifest and a read lease from the
+        # source's worker endpoint, the NIXL metadata from its agent's listener.
+        from ferry import _nixl
+        from ferry._wheels import nixl_api
+        nixl_api()  # a missing wheel is refused before the source is asked for a lease
+        where = f"worker {wid} (nixl, P2P metadata)"
+        with _foreign.TensorRead.open(record, stall_timeout) as tensor_read:
+            reads, checks = _foreign.plan_reads(tensor_read.tensors, targets, where)
+            before_first_byte()
+            seconds = _nixl.read_from_listener(
+                agent_name, tensor_read.agent_name, tensor_read.host, tensor_read.port, spans,
+                reads, transfer_timeout, stall_timeout)
+            tensor_read.release()  # fails the read if the lease lapsed during it
+        checks["manifest"] = (f"from {tensor_read.endpoint}, its mx_source_id, worker_id, rank "
+                              f"and NIXL agent checked against the server's record")
+        checks["lease"] = tensor_read.lease_summary
+        return _ForeignRead(reads, checks, seconds, "nixl (UCX, DRAM), P2P metadata",
+                            record["worker_grpc_endpoint"])
+    reads, checks = _foreign.plan_reads(record["tensors"], targets, f"worker {wid} ({kind})")
+    before_first_byte()
+    if kind == "nixl":
+        from ferry import _nixl
+        seconds = _nixl.read(agent_name, record["nixl_metadata"], spans, reads, transfer_timeout)
+        return _ForeignRead(reads, checks, seconds, "nixl (UCX, DRAM)", "")
+    from ferry import _transfer_engine
+    session = record["transfer_engine_session_id"]
+    seconds = _transfer_engine.read(session, spans, reads, te_protocol, te_device)
+    return _ForeignRead(reads, checks, seconds, f"transfer_engine ({te_protocol})", session)
 
 
 def _candidates(client: _ferry.MetadataClient, identity: Dict[str, Any], worker_rank: int,

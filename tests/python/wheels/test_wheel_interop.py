@@ -65,12 +65,22 @@ class Peer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self):
+        """SIGTERM; the peer must exit 0. Idempotent."""
+        if self._log.closed:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=30)
         log = self.log()
         self._log.close()
         assert code == 0, f"{self.log_path.name} exited with {code}:\n{log}"
+
+    def stopped(self):
+        """Stops the peer; what it wrote when it stopped (mx-nixl-p2p-source: the calls its
+        worker server served, and whether a read lease was outstanding)."""
+        self.stop()
+        with open(self.out + ".stopped") as f:
+            return json.load(f)
 
 
 def run_peer(python, role, server, workdir, name, *extra):
@@ -110,7 +120,7 @@ def test_modelexpress_target_reads_a_ferry_nixl_source(venv_python, server, tmp_
     assert got["descriptor_dtypes"] == ["torch.float32"]
     assert got["tensors"] == TENSORS
     assert got["bytes"] == src.result["bytes"]
-    assert got["equal"] is True
+    assert got["equal_before"] is False and got["equal"] is True
 
 
 @pytest.mark.parametrize("backend", ["auto", "nixl"])
@@ -123,9 +133,89 @@ def test_ferry_pulls_a_modelexpress_nixl_source(venv_python, server, tmp_path, p
     assert got["transport"] == "nixl (UCX, DRAM)"
     assert got["source_worker_id"] == src.result["worker_id"]
     assert got["tensors"] == TENSORS
-    assert got["equal"] is True
+    assert got["equal_before"] is False and got["equal"] is True
     assert "dtypes: every tensor's dtype" in got["verification"]
     assert "checksums: none: the source publishes no checksum" in got["verification"]
+
+
+@pytest.mark.parametrize("backend", ["auto", "nixl"])
+def test_ferry_pulls_a_modelexpress_p2p_source_under_a_read_lease(venv_python, server, tmp_path,
+                                                                 peers, backend):
+    # ModelExpress's default mode: the record names endpoints only; the manifest and a read
+    # lease come from its WorkerGrpcServer, the NIXL metadata from its agent's listener.
+    src = source(peers, venv_python, "mx-nixl-p2p-source", server, tmp_path, "src")
+    got = run_peer(venv_python, "ferry-pull", server, tmp_path, "pull", "--backend", backend,
+                   "--expect", src.checkpoint)
+    assert got["ok"] is True, got
+    assert got["backend"] == "nixl"
+    assert got["transport"] == "nixl (UCX, DRAM), P2P metadata"
+    assert got["source_worker_id"] == src.result["worker_id"]
+    assert got["source_endpoint"] == src.result["worker_grpc_endpoint"]
+    assert got["tensors"] == TENSORS
+    assert got["equal_before"] is False and got["equal"] is True
+    assert "dtypes: every tensor's dtype" in got["verification"]
+    assert "checksums: none: the source publishes no checksum" in got["verification"]
+    # The source's side: one lease taken with the manifest and the same one released (ferry
+    # releases it after the read), none outstanding; no other manifest call.
+    stopped = src.stopped()
+    calls = stopped["served"]
+    assert [c["rpc"] for c in calls] == ["PrepareTensorRead", "ReleaseTensorRead"], calls
+    lease = calls[0]["lease_id"]
+    assert lease and calls[1]["lease_id"] == lease
+    assert (f"lease: read lease {lease} held from PrepareTensorRead to ReleaseTensorRead"
+            in got["verification"])
+    assert stopped["drain"] == "no read lease outstanding"
+
+
+def test_ferry_reads_a_p2p_source_without_leases_from_its_manifest(venv_python, server,
+                                                                    tmp_path, peers):
+    # A source from before read leases answers PrepareTensorRead UNIMPLEMENTED: ferry reads the
+    # manifest from GetTensorManifest, as ModelExpress's targets do, and says it was unleased.
+    src = source(peers, venv_python, "mx-nixl-p2p-source", server, tmp_path, "src", "--no-lease")
+    got = run_peer(venv_python, "ferry-pull", server, tmp_path, "pull", "--expect",
+                   src.checkpoint)
+    assert got["ok"] is True, got
+    assert got["transport"] == "nixl (UCX, DRAM), P2P metadata"
+    assert got["equal_before"] is False and got["equal"] is True
+    assert ("lease: none: the source answered PrepareTensorRead UNIMPLEMENTED"
+            in got["verification"])
+    assert [c["rpc"] for c in src.stopped()["served"]] == ["GetTensorManifest"]
+
+
+def test_a_p2p_manifest_that_does_not_fit_is_refused_before_any_byte_moves(venv_python, server,
+                                                                           tmp_path, peers):
+    src = source(peers, venv_python, "mx-nixl-p2p-source", server, tmp_path, "src")
+    got = run_peer(venv_python, "ferry-pull", server, tmp_path, "pull", "--dim", "32")
+    assert got["error"] == "FailedPreconditionError", got
+    assert "every source refused" in got["message"]
+    assert "worker " + src.result["worker_id"] + " (nixl, P2P metadata) publishes" in got["message"]
+    assert "this model's tensor has" in got["message"]
+    assert got["unchanged"] is True
+    # The lease taken with the manifest is released all the same.
+    stopped = src.stopped()
+    assert [c["rpc"] for c in stopped["served"]] == ["PrepareTensorRead", "ReleaseTensorRead"]
+    assert stopped["drain"] == "no read lease outstanding"
+
+
+def test_worker_service_messages_match_the_proto():
+    # ferry builds the WorkerService messages it sends and reads at run time (its package ships
+    # no stubs); they must be proto/model_express/p2p.proto's, field for field. FERRY_PY_GEN's
+    # stubs are generated from that file.
+    from model_express import p2p_pb2
+    from ferry import _foreign
+
+    def fields(descriptor):
+        return sorted((f.name, f.number, f.type, f.label,
+                       f.containing_oneof.name if f.containing_oneof else None,
+                       f.message_type.full_name if f.message_type else None)
+                      for f in descriptor.fields)
+
+    messages = _foreign.worker_messages()
+    assert len(messages) == 7
+    for name, cls in messages.items():
+        proto = p2p_pb2.DESCRIPTOR.message_types_by_name[name]
+        assert cls.DESCRIPTOR.full_name == proto.full_name
+        assert fields(cls.DESCRIPTOR) == fields(proto), name
 
 
 def test_ferry_pulls_a_ferry_nixl_source(venv_python, server, tmp_path, peers):
@@ -134,7 +224,7 @@ def test_ferry_pulls_a_ferry_nixl_source(venv_python, server, tmp_path, peers):
                    src.checkpoint)
     assert got["ok"] is True, got
     assert got["backend"] == "nixl"
-    assert got["equal"] is True
+    assert got["equal_before"] is False and got["equal"] is True
     # The tied head shares the embedding's bytes: read once.
     tied = 256 * 64 * 4
     assert got["bytes"] == src.result["bytes"] - tied
@@ -148,7 +238,7 @@ def test_ferry_pulls_a_transfer_engine_source(venv_python, server, tmp_path, pee
     assert got["ok"] is True, got
     assert got["backend"] == "transfer_engine"
     assert got["transport"] == "transfer_engine (tcp)"
-    assert got["equal"] is True
+    assert got["equal_before"] is False and got["equal"] is True
     # SGLang's descriptors carry no dtype: the report says what could not be checked.
     assert f"dtypes: 0 of {TENSORS} (the source publishes no dtype" in got["verification"]
 
@@ -185,6 +275,17 @@ def test_missing_wheel_names_the_package(venv_python, server, tmp_path, peers):
     with pytest.raises(ferry.FailedPreconditionError, match="pip install nixl==1.5.1"):
         ferry.torch.publish(model, {"model_name": MODEL}, server=server.address,
                             backend="nixl")
+
+
+def test_missing_wheel_is_refused_before_a_p2p_source_is_asked_for_a_lease(
+        venv_python, server, tmp_path, peers):
+    src = source(peers, venv_python, "mx-nixl-p2p-source", server, tmp_path, "src")
+    model = tiny_transformer.build(2)
+    # Debian's interpreter: no NIXL. Nothing is asked of the source's worker endpoint.
+    with pytest.raises(ferry.FailedPreconditionError, match="pip install nixl==1.5.1"):
+        ferry.torch.pull_into(model, {"model_name": MODEL, "dtype": "float32"},
+                              server=server.address)
+    assert src.stopped()["served"] == []
 
 
 def test_backend_ferry_refuses_a_nixl_record(venv_python, server, tmp_path, peers):

@@ -7,15 +7,21 @@ Roles (ModelExpress's and Mooncake's own code on their side, ferry's on the othe
   ferry-nixl-source  ferry.torch.publish(backend="nixl") of TinyTransformer(seed)
   mx-nixl-source     ModelExpress's NixlTransferManager + publish_metadata_and_ready
                      (MX_P2P_METADATA=0: its centralized record, nixl_metadata + tensors)
+  mx-nixl-p2p-source the same in ModelExpress's default P2P metadata mode (MX_P2P_METADATA=1):
+                     its WorkerGrpcServer serves the manifest and read leases, its NIXL agent's
+                     listener the metadata; --no-lease: as a source from before read leases
   te-source          Mooncake TransferEngine (P2PHANDSHAKE, TCP) serving the tensors; the record
                      built as ModelExpress's SGLang loader publishes it, by MX's PublisherThread
   mx-nixl-target     ModelExpress's MxClient + NixlTransferManager.receive_from_source
   ferry-pull         ferry.torch.pull_into(backend=B)
 
 Sources save their state_dict to OUT.pt, write OUT (JSON) once READY on the server, and serve
-until SIGTERM (stop: STALE, exit 0). Targets build TinyTransformer(seed) as a dummy, pull, and
-write OUT (JSON): what the reader reported, and `equal` (every tensor equals the checkpoint
-given with --expect).
+until SIGTERM (stop: STALE, exit 0); mx-nixl-p2p-source then writes OUT.stopped (JSON): the
+tensor-read calls its worker server logged as served, in order, and whether a read lease was
+still outstanding. Targets build TinyTransformer(seed + 1) as a dummy (other values than the
+source's), pull, and write OUT (JSON): what the reader reported, `equal_before` and `equal`
+(every tensor equals the checkpoint given with --expect, before and after the pull), or on a
+ferry.Error its class, message and `unchanged` (no tensor was written).
 
 ModelExpress 0.7.0 ships CUDA and XPU accelerator backends only; `HostBackend` below is its
 AcceleratorBackend protocol for host memory (NIXL "DRAM"), the one piece of test glue on the
@@ -24,8 +30,11 @@ ModelExpress side.
 
 import argparse
 import json
+import logging
 import os
+import re
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -84,9 +93,15 @@ def write_json(path, value):
     os.rename(tmp, path)
 
 
-def model_state(args):
-    model = tiny_transformer.build(args.seed, dim=args.dim, layers=2, ff=128)
+def model_state(args, seed=None):
+    model = tiny_transformer.build(args.seed if seed is None else seed, dim=args.dim, layers=2,
+                                   ff=128)
     return model, model.state_dict()
+
+
+def dummy_state(args):
+    """A target's model before its pull: other values than every source's (seed + 1)."""
+    return model_state(args, args.seed + 1)
 
 
 def equal_to(state, path):
@@ -161,6 +176,81 @@ def mx_nixl_source(args):
     return serve_until_sigterm(stop)
 
 
+class ServedCalls(logging.Handler):
+    """The tensor-read calls ModelExpress's WorkerServiceServicer logs as served
+    ("PrepareTensorRead served: 29 tensors, lease_id=... (worker_rank=0)"), in order: what the
+    source saw of its readers, from its own code."""
+
+    RPCS = ("GetTensorManifest", "PrepareTensorRead", "ReleaseTensorRead")
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.calls = []
+
+    def emit(self, record):
+        rpc, served, rest = record.getMessage().partition(" served:")
+        if served and rpc in self.RPCS:
+            lease = re.search(r"lease_id=(\w+)", rest)
+            self.calls.append({"rpc": rpc, "lease_id": lease.group(1) if lease else None})
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mx_nixl_p2p_source(args):
+    # ModelExpress's own knobs: P2P metadata (its default, named here for the reader), this
+    # host's address in the record, the worker server on port MX_WORKER_GRPC_PORT + device 0 =
+    # any free one (WorkerGrpcServer binds port 0 to a free port).
+    os.environ["MX_P2P_METADATA"] = "1"
+    os.environ["MX_WORKER_HOST"] = "127.0.0.1"
+    os.environ["MX_WORKER_GRPC_PORT"] = "0"
+    from modelexpress import p2p_pb2_grpc
+    from modelexpress.client import MxClient
+    from modelexpress.metadata import publish, worker_server
+    from modelexpress.nixl_transfer import NixlTransferManager
+    if args.no_lease:
+        # As a source from before read leases (ModelExpress < 0.7.0): the generated base class
+        # answers both calls UNIMPLEMENTED.
+        for rpc in ("PrepareTensorRead", "ReleaseTensorRead"):
+            setattr(worker_server.WorkerServiceServicer, rpc,
+                    getattr(p2p_pb2_grpc.WorkerServiceServicer, rpc))
+    served = ServedCalls()
+    server_log = logging.getLogger("modelexpress.metadata.worker_server")
+    server_log.setLevel(logging.INFO)
+    server_log.addHandler(served)
+    _, state = model_state(args)
+    torch.save(state, args.out + ".pt")
+    worker_id = uuid.uuid4().hex[:8]
+    # NIXL's listener needs a port named up front (ModelExpress: MX_METADATA_PORT + device).
+    manager = NixlTransferManager(f"mx-source-{worker_id}", device_id=0,
+                                  listen_port=free_port(), accelerator_backend=HostBackend())
+    manager.initialize()
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    manager.register_tensors(tensors)
+    client = MxClient(args.server)
+    publish.publish_metadata_and_ready(client, manager, tensors, worker_rank=0, device_id=0,
+                                       identity=mx_identity(args), worker_id=worker_id,
+                                       accelerator="cpu")
+    mx_source_id = wait_mx_ready(client, args, worker_id)
+    server = publish._worker_servers[0]
+    write_json(args.out, {"mx_source_id": mx_source_id, "worker_id": worker_id,
+                          "tensors": len(tensors), "agent_name": manager.agent_name,
+                          "worker_grpc_endpoint": f"127.0.0.1:{server.port}"})
+
+    def stop():
+        try:
+            server.drain_tensor_reads(0)  # raises while a lease is outstanding
+            drain = "no read lease outstanding"
+        except TimeoutError as e:
+            drain = str(e)
+        write_json(args.out + ".stopped", {"served": served.calls, "drain": drain})
+        publish._heartbeat_threads[0].stop()  # STALE, worker server stopped
+    return serve_until_sigterm(stop)
+
+
 def te_source(args):
     from mooncake.engine import TransferEngine
     from modelexpress import p2p_pb2
@@ -210,7 +300,8 @@ def mx_nixl_target(args):
     from modelexpress.metadata.payload import worker_tensor_descriptors
     from modelexpress.nixl_transfer import NixlTransferManager
     from modelexpress.types import TensorDescriptor
-    _, state = model_state(args)
+    _, state = dummy_state(args)
+    equal_before = equal_to(state, args.expect)
     client = MxClient(args.server)
     refs = client.list_sources(mx_identity(args), p2p_pb2.SOURCE_STATUS_READY).instances
     if len(refs) != 1:
@@ -233,24 +324,29 @@ def mx_nixl_target(args):
         "backend_metadata": worker.WhichOneof("backend_metadata"),
         "worker_grpc_endpoint": worker.worker_grpc_endpoint,
         "descriptor_dtypes": sorted({t.dtype for t in source_tensors}),
-        "equal": equal_to(state, args.expect)})
+        "equal_before": equal_before, "equal": equal_to(state, args.expect)})
     return 0
 
 
 def ferry_pull(args):
     import ferry
     import ferry.torch
-    model, state = model_state(args)
+    model, state = dummy_state(args)
+    before = {k: v.clone() for k, v in state.items()}
+    equal_before = equal_to(state, args.expect) if args.expect else None
     try:
         report = ferry.torch.pull_into(model, {"model_name": args.model, "dtype": "float32"},
                                        server=args.server, backend=args.backend,
                                        transfer_timeout=60)
     except ferry.Error as e:
-        write_json(args.out, {"error": type(e).__name__, "message": str(e)})
+        unchanged = all(torch.equal(state[k], before[k]) for k in before)
+        write_json(args.out, {"error": type(e).__name__, "message": str(e),
+                              "unchanged": unchanged})
         return 0
     out = {k: getattr(report, k) for k in ("ok", "outcome", "message", "backend", "transport",
                                             "bytes", "tensors", "verification",
-                                            "source_worker_id", "attempts")}
+                                            "source_worker_id", "source_endpoint", "attempts")}
+    out["equal_before"] = equal_before
     out["equal"] = equal_to(model.state_dict(), args.expect) if args.expect else None
     write_json(args.out, out)
     return 0
@@ -259,6 +355,7 @@ def ferry_pull(args):
 ROLES = {
     "ferry-nixl-source": ferry_nixl_source,
     "mx-nixl-source": mx_nixl_source,
+    "mx-nixl-p2p-source": mx_nixl_p2p_source,
     "te-source": te_source,
     "mx-nixl-target": mx_nixl_target,
     "ferry-pull": ferry_pull,
@@ -276,6 +373,7 @@ def main():
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--backend", default="auto")
     p.add_argument("--expect", default="")
+    p.add_argument("--no-lease", action="store_true")
     args = p.parse_args()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     code = ROLES[args.role](args)
