@@ -220,8 +220,25 @@ StatusOr<std::vector<uint32_t>> ReadRemovalNotices(int control) {
 }
 
 Status FromReply(const Reply& r) {
-  return Status(static_cast<absl::StatusCode>(r.code),
-                std::string(r.message, strnlen(r.message, sizeof(r.message))));
+  const std::string message(r.message, strnlen(r.message, sizeof(r.message)));
+  const auto code = static_cast<absl::StatusCode>(r.code);
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return absl::OkStatus();
+    // What a source sends (ShmServer), and the failures transport.h lets a read report.
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDataLoss:
+      return Status(code, message);
+    default:
+      // Cancelled, DeadlineExceeded, Aborted... mean something else to the read core and the
+      // pull, and codes outside absl's are no status at all: not the source's to choose.
+      return absl::DataLossError(absl::StrCat("protocol error: the source answered with status ",
+                                              r.code, " (", message, ")"));
+  }
 }
 
 StatusOr<Fd> Greet(const std::string& socket_name, const std::string& secret,

@@ -78,7 +78,10 @@ struct Reply {
 // Bound on one control round trip (handshake, opening a region).
 constexpr absl::Duration kControlTimeout = absl::Seconds(10);
 
-// The status a Reply carries (its code and message).
+// The status a Reply carries (its code and message). Only the codes a source sends and a read
+// may report pass (InvalidArgument, PermissionDenied, NotFound, Internal, Unavailable, DataLoss);
+// any other code is DataLoss naming it: a hostile source cannot make a read look cancelled,
+// timed out or paused, or carry a code absl does not define.
 Status FromReply(const Reply& r);
 
 // Connects to @socket_name and presents `secret` (kSecretBytes). `transport` ("shm") and

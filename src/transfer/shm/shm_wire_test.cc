@@ -9,7 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -122,6 +124,51 @@ TEST(ShmWireFdsTest, SendingToAPeerThatStoppedReadingGivesUp) {
   }
   ASSERT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(s.message(), HasSubstr("the peer stopped reading"));
+}
+
+// Found by shm_peer_fuzz: the target passed the status code a source put in a Reply through to
+// its caller, so a hostile source could make a handshake or a read fail as Cancelled,
+// DeadlineExceeded or Aborted (a paused read, to the pull), or with a code absl does not define.
+TEST(ShmWireRepliesTest, ASourceCannotChooseAStatusAReadMustNotReport) {
+  for (uint32_t code : {1u, 4u, 9u, 10u, 99u, 0xffffffffu}) {
+    Reply r{};
+    r.type = kOpenReply;
+    r.code = code;
+    std::memset(r.message, 'm', sizeof(r.message));  // no terminating NUL either
+    const Status s = FromReply(r);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << code;
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("the source answered with status ", code)));
+    EXPECT_THAT(s.message(), HasSubstr(std::string(sizeof(r.message), 'm')));
+  }
+  for (absl::StatusCode code :
+       {absl::StatusCode::kNotFound, absl::StatusCode::kInternal,
+        absl::StatusCode::kPermissionDenied, absl::StatusCode::kInvalidArgument}) {
+    Reply r{};
+    r.code = static_cast<uint32_t>(code);
+    std::strcpy(r.message, "as sent");
+    EXPECT_EQ(FromReply(r), Status(code, "as sent"));
+  }
+}
+
+TEST(ShmWireRepliesTest, AHandshakeRefusedWithAForeignCodeIsDataLoss) {
+  const std::string name = absl::StrCat("ferry-shm-wire-test-", ::getpid());
+  auto listener = ListenAbstract(name);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  std::thread source([&] {
+    Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+    Hello hello{};
+    Fd none;
+    int err = 0;
+    RecvPacket(conn.get(), &hello, sizeof(hello), absl::Now() + absl::Seconds(5), &none, &err);
+    Reply r{};
+    r.type = kHelloReply;
+    r.code = static_cast<uint32_t>(absl::StatusCode::kCancelled);
+    SendPacket(conn.get(), &r, sizeof(r));
+  });
+  auto greeted = Greet(name, std::string(kSecretBytes, 's'), "shm", "test source");
+  source.join();
+  ASSERT_EQ(greeted.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(greeted.status().message(), HasSubstr("refused: protocol error"));
 }
 
 }  // namespace
