@@ -8,7 +8,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev
   libssl-dev openssl libicu-dev libhiredis-dev redis-server
-  libucx-dev ucx-utils libxxhash-dev iproute2
+  libucx-dev ucx-utils libxxhash-dev iproute2 curl ca-certificates
   libgtest-dev libgmock-dev libbenchmark-dev clang-14 libfuzzer-14-dev
   python3 python3-dev python3-grpcio python3-protobuf python3-pytest
   pybind11-dev python3-torch python3-numpy

@@ -311,7 +311,8 @@ class TransferEngine {
   StatusOr<std::unique_ptr<Region>> RegisterRegion(void* data, uint64_t bytes,
                                                    MemoryKind kind = MemoryKind::kHost);
 
-  // Serialized ferry.v1.TransferBlob describing this engine and its current regions.
+  // Serialized ferry.v1.TransferBlob describing this engine and its current regions. What this
+  // thread wrote to a region before the call is what peers reading through the blob get.
   std::string ExportBlob() const;
 
   // How busy serving peers was since the previous call, in [0, 1]: the fraction of that time

@@ -75,6 +75,12 @@ class TcpServer {
 
   uint16_t port() const { return port_; }
 
+  // Orders every write the calling thread made to registered memory before any reply that
+  // follows: a reply is sent under this lock's Admit, so the application's writes to a region
+  // happen-before the bytes a peer reads (the engine calls it when it exports its blob, which
+  // peers need before they can ask). Without it the order exists only through other processes.
+  void PublishWrites() const { absl::MutexLock lock(&mu_); }
+
   // InvalidArgument if `id` is already registered. With `device`, [data, data + size) is memory
   // of that device (data: its device address) and each reply is copied through pinned host
   // slots ahead of sending it (StagedSource); the wire is the same. REQUIRES: `device` outlives
@@ -176,7 +182,7 @@ class TcpServer {
   std::thread accept_thread_;
   absl::Mutex stop_mu_;  // serializes Stop()
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::map<uint32_t, std::shared_ptr<RegionEntry>> regions_ ABSL_GUARDED_BY(mu_);
   std::list<std::unique_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
   // Pending connections per peer, kept by the accept thread for the bounds.

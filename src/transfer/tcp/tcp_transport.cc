@@ -49,6 +49,7 @@ class TcpTransport : public Transport {
   }
 
   void Describe(ferry::v1::TransferBlob* blob) const override {
+    server_->PublishWrites();
     ferry::v1::TcpInfo* info = blob->mutable_tcp();
     info->set_host(host_);
     info->set_port(server_->port());

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -155,7 +156,8 @@ bool ReadAll(int fd, void* data, size_t n) {
 }
 
 // Runs ChildMain in a fresh process (this binary, re-executed with kChildEnv in its own
-// environment) before any test creates UCX state.
+// environment, plus the sanitizers' options and UCX's memory-hook settings that the sanitizer
+// builds run with) before any test creates UCX state.
 struct ChildHook {
   ChildHook() {
     if (const char* spec = std::getenv(kChildEnv)) ChildMain(spec);
@@ -169,15 +171,24 @@ class SourceProcess {
     int blob[2], cmd[2];
     EXPECT_EQ(::pipe(blob), 0);
     EXPECT_EQ(::pipe(cmd), 0);
-    const std::string env = absl::StrCat(kChildEnv, "=", mode, ",", bytes, ",", progress ? 1 : 0,
-                                         ",", blob[1], ",", cmd[0]);
+    std::vector<std::string> env = {absl::StrCat(kChildEnv, "=", mode, ",", bytes, ",",
+                                                 progress ? 1 : 0, ",", blob[1], ",", cmd[0])};
+    for (char** e = environ; *e != nullptr; ++e) {
+      const absl::string_view var(*e);
+      if (absl::StartsWith(var, "UCX_MEM_") ||
+          absl::StrContains(var.substr(0, var.find('=')), "SAN_OPTIONS")) {
+        env.emplace_back(var);
+      }
+    }
+    std::vector<char*> envp;
+    for (std::string& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
       ::close(blob[0]);
       ::close(cmd[1]);
       char* argv[] = {const_cast<char*>("ucx_transport_test"), nullptr};
-      char* envp[] = {const_cast<char*>(env.c_str()), nullptr};
-      ::execve("/proc/self/exe", argv, envp);
+      ::execve("/proc/self/exe", argv, envp.data());
       std::_Exit(127);
     }
     ::close(blob[1]);
