@@ -41,6 +41,7 @@ import torch
 
 from ferry import _ferry
 from ferry import _foreign
+from ferry import _mx_worker
 from ferry._identity import IdentityLike, as_identity_dict, client_for
 
 __all__ = ["publish", "pull_into", "PublishHandle", "PullReport", "named_tensors"]
@@ -641,7 +642,7 @@ def _read_foreign(record: Mapping[str, Any], kind: str, targets: Mapping[str, to
         from ferry._wheels import nixl_api
         nixl_api()  # a missing wheel is refused before the source is asked for a lease
         where = f"worker {wid} (nixl, P2P metadata)"
-        with _foreign.TensorRead.open(record, stall_timeout) as tensor_read:
+        with _mx_worker.TensorRead.open(record, stall_timeout) as tensor_read:
             reads, checks = _foreign.plan_reads(tensor_read.tensors, targets, where)
             before_first_byte()
             seconds = _nixl.read_from_listener(

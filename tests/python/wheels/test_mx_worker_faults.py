@@ -1,4 +1,4 @@
-"""ferry's reader of ModelExpress worker endpoints (P2P metadata mode, `ferry._foreign.TensorRead`)
+"""ferry's reader of ModelExpress worker endpoints (P2P metadata mode, `ferry._mx_worker.TensorRead`)
 against a fault-injecting endpoint: a real gRPC server on loopback, built on the WorkerService
 stubs generated from proto/ (FERRY_PY_GEN), that answers what a restarted, confused or vanished
 source would. The happy paths run against ModelExpress's own WorkerGrpcServer in
@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.environ["FERRY_PYTHON_PACKAGE"])
 
 import ferry  # noqa: E402
-from ferry import _foreign  # noqa: E402
+from ferry import _mx_worker  # noqa: E402
 from model_express import p2p_pb2, p2p_pb2_grpc  # noqa: E402  (FERRY_PY_GEN)
 
 SOURCE = "0123456789abcdef"
@@ -74,7 +74,7 @@ def record(endpoint, **changes):
 
 
 def test_a_good_manifest_is_read_under_its_lease(worker):
-    with _foreign.TensorRead.open(record(worker.endpoint), 5) as read:
+    with _mx_worker.TensorRead.open(record(worker.endpoint), 5) as read:
         assert [t["name"] for t in read.tensors] == ["w"]
         assert (read.agent_name, read.host, read.port) == ("mx-agent", "127.0.0.1", 5555)
         assert read.lease_id == LEASE and worker.released == []
@@ -96,7 +96,7 @@ def test_a_manifest_that_contradicts_the_record_is_refused_and_its_lease_release
         worker, field, value, expected):
     setattr(worker.manifest, field, value)
     with pytest.raises(ferry.FailedPreconditionError) as e:
-        _foreign.TensorRead.open(record(worker.endpoint), 5)
+        _mx_worker.TensorRead.open(record(worker.endpoint), 5)
     assert f"worker w1's endpoint {worker.endpoint}" in str(e.value)
     assert expected in str(e.value)
     assert worker.released == [LEASE]
@@ -106,7 +106,7 @@ def test_a_record_naming_other_tensors_than_the_manifest_is_refused(worker):
     tensors = [{"name": "v", "addr": 0, "size": 16, "device_id": 0, "dtype": ""}]
     with pytest.raises(ferry.FailedPreconditionError, match="serves 1 tensors and its record "
                                                             "names 1, not the same names"):
-        _foreign.TensorRead.open(record(worker.endpoint, tensors=tensors), 5)
+        _mx_worker.TensorRead.open(record(worker.endpoint, tensors=tensors), 5)
     assert worker.released == [LEASE]
 
 
@@ -120,26 +120,26 @@ def test_a_record_naming_other_tensors_than_the_manifest_is_refused(worker):
 ])
 def test_a_lease_release_that_fails_fails_the_read(worker, code, error, expected):
     worker.release_code = code
-    read = _foreign.TensorRead.open(record(worker.endpoint), 5)
+    read = _mx_worker.TensorRead.open(record(worker.endpoint), 5)
     with pytest.raises(error, match=expected):
         read.release()
     read.close()  # does not try again, does not raise
 
 
 def test_an_answer_over_the_size_bound_is_refused(worker, monkeypatch):
-    monkeypatch.setattr(_foreign, "MAX_MANIFEST_BYTES", 4096)
+    monkeypatch.setattr(_mx_worker, "MAX_MANIFEST_BYTES", 4096)
     worker.manifest.tensors.extend(
         p2p_pb2.TensorDescriptor(name=f"t{i}", addr=i, size=4) for i in range(500))
     with pytest.raises(ferry.UnavailableError, match="PrepareTensorRead to worker w1's endpoint "
                                                      ".* RESOURCE_EXHAUSTED"):
-        _foreign.TensorRead.open(record(worker.endpoint), 5)
+        _mx_worker.TensorRead.open(record(worker.endpoint), 5)
 
 
 def test_a_source_that_does_not_answer_in_time_is_given_up(worker):
     worker.block = threading.Event()
     with pytest.raises(ferry.DeadlineExceededError, match="PrepareTensorRead to worker w1's "
                                                           "endpoint .* DEADLINE_EXCEEDED"):
-        _foreign.TensorRead.open(record(worker.endpoint), 0.5)
+        _mx_worker.TensorRead.open(record(worker.endpoint), 0.5)
 
 
 @contextlib.contextmanager
@@ -154,4 +154,4 @@ def test_an_unreachable_endpoint_is_unavailable():
     with unserved_port() as port:
         with pytest.raises(ferry.UnavailableError, match="PrepareTensorRead to worker w1's "
                                                          "endpoint .* UNAVAILABLE"):
-            _foreign.TensorRead.open(record(f"127.0.0.1:{port}"), 5)
+            _mx_worker.TensorRead.open(record(f"127.0.0.1:{port}"), 5)

@@ -202,7 +202,7 @@ def test_worker_service_messages_match_the_proto():
     # no stubs); they must be proto/model_express/p2p.proto's, field for field. FERRY_PY_GEN's
     # stubs are generated from that file.
     from model_express import p2p_pb2
-    from ferry import _foreign
+    from ferry import _mx_worker
 
     def fields(descriptor):
         return sorted((f.name, f.number, f.type, f.label,
@@ -210,7 +210,7 @@ def test_worker_service_messages_match_the_proto():
                        f.message_type.full_name if f.message_type else None)
                       for f in descriptor.fields)
 
-    messages = _foreign.worker_messages()
+    messages = _mx_worker.worker_messages()
     assert len(messages) == 7
     for name, cls in messages.items():
         proto = p2p_pb2.DESCRIPTOR.message_types_by_name[name]
