@@ -43,16 +43,16 @@ if [ "${FERRY_SKIP_SANITIZERS:-0}" != "1" ]; then
     ctest --test-dir build-debug --output-on-failure -j2 -LE 'python|bench-smoke|fuzz|faults|chaos|swarm' "$@"
 fi
 
-# The engine and store tests under ThreadSanitizer (preset "tsan", build-tsan/), over an abseil
-# built with TSan (scripts/tsan-absl.sh; Debian's hides absl::Mutex from TSan) and linked into
-# each test privately, failing on the first report; tests/sanitizers/tsan.supp says what it
-# suppresses and why. UCX's memory hooks are off: at thread exit they call into TSan after its
-# thread state is gone. Left out, with docs/reliability.md saying why: the server tests (Debian's
-# gRPC is not built with TSan) and ucx_transport_test (too slow under TSan on 2 cores).
-# FERRY_SKIP_SANITIZERS=1 skips this part as well.
+# The engine (the striped read over several engines too) and store tests under ThreadSanitizer
+# (preset "tsan", build-tsan/), over an abseil built with TSan (scripts/tsan-absl.sh: Debian's
+# hides absl::Mutex from TSan) and linked into each test privately, failing on the first
+# report; tests/sanitizers/tsan.supp says what it suppresses and why. UCX's memory hooks are
+# off: at thread exit they call into TSan after its thread state is gone. Left out, with
+# docs/reliability.md saying why: the server tests (Debian's gRPC is not built with TSan) and
+# ucx_transport_test (too slow under TSan on 2 cores). FERRY_SKIP_SANITIZERS=1 skips this too.
 if [ "${FERRY_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== ThreadSanitizer (build-tsan): engine and store tests =="
-  tsan_tests=(transfer_engine_test tcp_transport_test shm_transport_test store_test
+  tsan_tests=(transfer_engine_test tcp_transport_test shm_transport_test buffers_test store_test
               redis_store_test)
   ./scripts/tsan-absl.sh build-tsan-absl
   cmake --preset tsan >/dev/null
