@@ -63,7 +63,7 @@ StatusOr<TransportKind> ParseTransportKind(std::string_view name);
 std::string_view TransportKindName(TransportKind kind);
 
 struct TransferEngineOptions {
-  // Human-readable name, put in the blob and in error messages ("publish rank 0").
+  // Human-readable name, put in the blob and in error messages ("publish rank 0"); UTF-8.
   std::string name;
 
   // Transports this engine serves as a source and may use as a target. At least one.

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/utf8.h"
 #include "ferry/transfer.h"
 #include "transfer/engine_core.h"
 #include "transfer/tcp/tcp_socket.h"
@@ -42,6 +43,12 @@ std::string_view TransportKindName(TransportKind kind) {
 }
 
 Status TransferEngineOptions::Validate() const {
+  // The blob carries it in a protobuf string, which a target refuses to decode unless UTF-8.
+  if (!internal::IsValidUtf8(name)) {
+    return absl::InvalidArgumentError(
+        "TransferEngineOptions.name is not valid UTF-8, so no target could decode this engine's "
+        "blob; pass a UTF-8 name");
+  }
   if (!enable_shm && !enable_ucx && !enable_tcp && !enable_cuda_ipc) {
     return absl::InvalidArgumentError(
         "TransferEngineOptions: enable_shm, enable_ucx, enable_tcp and enable_cuda_ipc are all "

@@ -101,6 +101,9 @@ TEST(OptionsTest, ValidateNamesTheField) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
     EXPECT_THAT(Msg(s), HasSubstr(field));
   };
+  o.name = "rank \xff";
+  check(o, "name is not valid UTF-8");
+  o = {};
   o.tcp_streams = 0;
   check(o, "tcp_streams=0");
   o = {};
