@@ -150,8 +150,10 @@ def ferry_nixl_source(args):
     return serve_until_sigterm(handle.stop)
 
 
-def mx_nixl_source(args):
-    os.environ["MX_P2P_METADATA"] = "0"  # ModelExpress's centralized record (its own env knob)
+def start_mx_nixl_source(args, **manager_options):
+    """ModelExpress's own source: its NixlTransferManager over host memory registers the model
+    and its publish code publishes it (the layout MX_P2P_METADATA chose) and marks it READY.
+    Returns (mx_source_id, worker_id, manager, tensors)."""
     from modelexpress.client import MxClient
     from modelexpress.metadata import publish
     from modelexpress.nixl_transfer import NixlTransferManager
@@ -159,7 +161,7 @@ def mx_nixl_source(args):
     torch.save(state, args.out + ".pt")
     worker_id = uuid.uuid4().hex[:8]
     manager = NixlTransferManager(f"mx-source-{worker_id}", device_id=0,
-                                  accelerator_backend=HostBackend())
+                                  accelerator_backend=HostBackend(), **manager_options)
     manager.initialize()
     tensors = {k: v.contiguous() for k, v in state.items()}
     manager.register_tensors(tensors)
@@ -167,7 +169,13 @@ def mx_nixl_source(args):
     publish.publish_metadata_and_ready(client, manager, tensors, worker_rank=0, device_id=0,
                                        identity=mx_identity(args), worker_id=worker_id,
                                        accelerator="cpu")
-    mx_source_id = wait_mx_ready(client, args, worker_id)
+    return wait_mx_ready(client, args, worker_id), worker_id, manager, tensors
+
+
+def mx_nixl_source(args):
+    os.environ["MX_P2P_METADATA"] = "0"  # ModelExpress's centralized record (its own env knob)
+    from modelexpress.metadata import publish
+    mx_source_id, worker_id, manager, tensors = start_mx_nixl_source(args)
     write_json(args.out, {"mx_source_id": mx_source_id, "worker_id": worker_id,
                           "tensors": len(tensors)})
 
@@ -208,9 +216,7 @@ def mx_nixl_p2p_source(args):
     os.environ["MX_WORKER_HOST"] = "127.0.0.1"
     os.environ["MX_WORKER_GRPC_PORT"] = "0"
     from modelexpress import p2p_pb2_grpc
-    from modelexpress.client import MxClient
     from modelexpress.metadata import publish, worker_server
-    from modelexpress.nixl_transfer import NixlTransferManager
     if args.no_lease:
         # As a source from before read leases (ModelExpress < 0.7.0): the generated base class
         # answers both calls UNIMPLEMENTED.
@@ -221,20 +227,8 @@ def mx_nixl_p2p_source(args):
     server_log = logging.getLogger("modelexpress.metadata.worker_server")
     server_log.setLevel(logging.INFO)
     server_log.addHandler(served)
-    _, state = model_state(args)
-    torch.save(state, args.out + ".pt")
-    worker_id = uuid.uuid4().hex[:8]
     # NIXL's listener needs a port named up front (ModelExpress: MX_METADATA_PORT + device).
-    manager = NixlTransferManager(f"mx-source-{worker_id}", device_id=0,
-                                  listen_port=free_port(), accelerator_backend=HostBackend())
-    manager.initialize()
-    tensors = {k: v.contiguous() for k, v in state.items()}
-    manager.register_tensors(tensors)
-    client = MxClient(args.server)
-    publish.publish_metadata_and_ready(client, manager, tensors, worker_rank=0, device_id=0,
-                                       identity=mx_identity(args), worker_id=worker_id,
-                                       accelerator="cpu")
-    mx_source_id = wait_mx_ready(client, args, worker_id)
+    mx_source_id, worker_id, manager, tensors = start_mx_nixl_source(args, listen_port=free_port())
     server = publish._worker_servers[0]
     write_json(args.out, {"mx_source_id": mx_source_id, "worker_id": worker_id,
                           "tensors": len(tensors), "agent_name": manager.agent_name,
