@@ -243,6 +243,27 @@ def test_ferry_pulls_a_transfer_engine_source(venv_python, server, tmp_path, pee
     assert f"dtypes: 0 of {TENSORS} (the source publishes no dtype" in got["verification"]
 
 
+def test_a_transfer_engine_read_from_a_frozen_source_fails_cleanly(venv_python, server,
+                                                                    tmp_path, peers):
+    # Mooncake cannot cancel a read it started, and its sync read has no deadline ferry can
+    # set: MC_TRANSFER_TIMEOUT (5 or 30) made no difference here, a frozen source failed the
+    # read after 61-63 s (docs/protocol.md, known issues). What ferry promises: the read fails,
+    # the report names the source, and nothing is reported pulled.
+    src = source(peers, venv_python, "te-source", server, tmp_path, "src")
+    src.proc.send_signal(signal.SIGSTOP)
+    try:
+        got = run_peer(venv_python, "ferry-pull", server, tmp_path, "pull", "--backend",
+                       "transfer_engine")
+    finally:
+        src.proc.send_signal(signal.SIGCONT)
+    assert got["ok"] is False, got
+    assert got["bytes"] == 0
+    [attempt] = got["attempts"]
+    assert attempt["backend"] == "transfer_engine"
+    assert "batch_transfer_sync_read" in attempt["error"]
+    assert src.result["session_id"] in attempt["error"]
+
+
 def test_size_mismatch_is_refused_before_any_byte_moves(venv_python, server, tmp_path, peers):
     source(peers, venv_python, "mx-nixl-source", server, tmp_path, "src")
     got = run_peer(venv_python, "ferry-pull", server, tmp_path, "pull", "--dim", "32")

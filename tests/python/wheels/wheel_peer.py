@@ -328,6 +328,7 @@ def ferry_pull(args):
     model, state = dummy_state(args)
     before = {k: v.clone() for k, v in state.items()}
     equal_before = equal_to(state, args.expect) if args.expect else None
+    start = time.monotonic()
     try:
         report = ferry.torch.pull_into(model, {"model_name": args.model, "dtype": "float32"},
                                        server=args.server, backend=args.backend,
@@ -335,11 +336,12 @@ def ferry_pull(args):
     except ferry.Error as e:
         unchanged = all(torch.equal(state[k], before[k]) for k in before)
         write_json(args.out, {"error": type(e).__name__, "message": str(e),
-                              "unchanged": unchanged})
+                              "unchanged": unchanged, "elapsed": time.monotonic() - start})
         return 0
     out = {k: getattr(report, k) for k in ("ok", "outcome", "message", "backend", "transport",
                                             "bytes", "tensors", "verification",
                                             "source_worker_id", "source_endpoint", "attempts")}
+    out["elapsed"] = time.monotonic() - start
     out["equal_before"] = equal_before
     out["equal"] = equal_to(model.state_dict(), args.expect) if args.expect else None
     write_json(args.out, out)
