@@ -11,7 +11,10 @@ Setup per size: a real ferry-server on loopback (memory store) and one source ch
 --serve) holding --tensors float32 tensors of size/tensors bytes each (random, seeded). The child
 publishes the same tensors twice, in place: ferry.torch.publish(backend="ferry",
 transports=["tcp", "ucx"]) as model "bench-ferry" and ferry.torch.publish(backend="nixl") as
-"bench-nixl" (a NIXL agent, ModelExpress's centralized record).
+"bench-nixl" (a NIXL agent, ModelExpress's centralized record), and once more through Mooncake's
+TransferEngine (TCP, host memory), published the way SGLang's ModelExpress loader does (a
+`transfer_engine_session_id` and tensor descriptors, ModelExpress's own PublisherThread), as
+"bench-te".
 
 Workloads, --repeat rounds, alternating within each round:
 
@@ -23,6 +26,9 @@ Workloads, --repeat rounds, alternating within each round:
                 checks (names, sizes, dtypes), a NIXL agent, register the destination, load the
                 source's metadata, one READ of every tensor, teardown. No checksum exists to
                 verify.
+  transfer_engine  ferry.torch.pull_into(backend="transfer_engine") from "bench-te": list,
+                GetMetadata, the checks (names, sizes), an engine in P2PHANDSHAKE mode,
+                register the destination, one batch_transfer_sync_read, teardown. No checksum.
 
 Destinations are allocated and pre-faulted once per size (torch.zeros), zeroed (untimed)
 before every pull, and compared with the source's bytes after the first pull of each path.
@@ -79,6 +85,7 @@ def serve(args) -> int:
                             server=args.server, transports=["tcp", "ucx"]),
         ferry.torch.publish(tensors, {"model_name": "bench-nixl", "dtype": IDENTITY_DTYPE},
                             server=args.server, backend="nixl"),
+        TransferEngineSource(tensors, "bench-te", args.server),
     ]
     with open(args.ready_file + ".tmp", "w") as f:
         json.dump({"pid": os.getpid()}, f)
@@ -90,6 +97,57 @@ def serve(args) -> int:
     # (tests/python/wheels/wheel_peer.py); everything is stopped and deregistered by now.
     sys.stdout.flush()
     os._exit(0)
+
+
+class TransferEngineSource:
+    """The tensors served by a Mooncake TransferEngine and published as SGLang's ModelExpress
+    loader does; stop() marks it STALE and deregisters the memory."""
+
+    def __init__(self, tensors, model: str, server: str):
+        import uuid
+
+        from mooncake.engine import TransferEngine
+        from modelexpress import p2p_pb2
+        from modelexpress.client import MxClient
+        from modelexpress.metadata.payload import tensor_source_metadata
+        from modelexpress.metadata.publisher import PublisherThread
+
+        self._engine = TransferEngine()
+        if self._engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") != 0:
+            raise HarnessError("Mooncake TransferEngine.initialize failed")
+        session = f"127.0.0.1:{self._engine.get_rpc_port()}"
+        self._registered = []
+        descriptors = []
+        for name, t in tensors.items():
+            size = t.numel() * t.element_size()
+            if self._engine.register_memory(t.data_ptr(), size) != 0:
+                raise HarnessError(f"Mooncake register_memory failed for {name}")
+            self._registered.append(t.data_ptr())
+            descriptors.append(p2p_pb2.TensorDescriptor(name=name, addr=t.data_ptr(), size=size,
+                                                        device_id=0))
+        worker = p2p_pb2.WorkerMetadata(worker_rank=0, transfer_engine_session_id=session,
+                                        tensor_source=tensor_source_metadata(descriptors),
+                                        accelerator="cpu")
+        identity = p2p_pb2.SourceIdentity(model_name=model, dtype=IDENTITY_DTYPE,
+                                          tensor_parallel_size=1, pipeline_parallel_size=1,
+                                          expert_parallel_size=1)
+        client = MxClient(server)
+        worker_id = uuid.uuid4().hex[:8]
+        self._publisher = PublisherThread(
+            mx_client=client, worker_id=worker_id, worker_rank=0,
+            publish_fn=lambda: client.publish_metadata(identity, worker, worker_id))
+        self._publisher.start()
+        deadline = time.monotonic() + 30
+        while not any(r.worker_id == worker_id for r in client.list_sources(
+                identity, p2p_pb2.SOURCE_STATUS_READY).instances):
+            if time.monotonic() > deadline:
+                raise HarnessError(f"the TransferEngine source {worker_id} is not READY in 30 s")
+            time.sleep(0.05)  # polling the condition itself
+
+    def stop(self):
+        self._publisher.stop()
+        for address in self._registered:
+            self._engine.unregister_memory(address)
 
 
 def pull(ferry_torch, dest, addr: str, model: str, **kw) -> Dict:
@@ -128,7 +186,9 @@ def run_size(args, size: int, children: Children, work: str) -> List[Dict]:
     dest = {k: torch.zeros_like(v) for k, v in expected.items()}
     nbytes = sum(t.numel() * t.element_size() for t in expected.values())
     paths = [(f"ferry/{t}", "bench-ferry", {"backend": "ferry", "transport": t})
-             for t in args.ferry_transports] + [("nixl", "bench-nixl", {"backend": "nixl"})]
+             for t in args.ferry_transports] + [("nixl", "bench-nixl", {"backend": "nixl"}),
+                                                ("transfer_engine", "bench-te",
+                                                 {"backend": "transfer_engine"})]
     rows = []
     checked = set()
     for rnd in range(args.repeat):
@@ -212,13 +272,13 @@ def main(argv=None) -> int:
         for r in rows + summary:
             print(json.dumps(r))
     dest = sys.stderr if args.json else sys.stdout
-    print(f"{'size':>9} {'path':<10} {'GB/s whole':>10} {'GB/s xfer':>10} {'vs memcpy':>9} "
+    print(f"{'size':>9} {'path':<15} {'GB/s whole':>10} {'GB/s xfer':>10} {'vs memcpy':>9} "
           f"{'xfer vs nixl':>12}", file=dest)
     for s in summary:
-        print(f"{s['size'] >> 20:>5} MiB {s['path']:<10} {s['gbps_median']:>10.2f} "
+        print(f"{s['size'] >> 20:>5} MiB {s['path']:<15} {s['gbps_median']:>10.2f} "
               f"{s['transfer_gbps_median']:>10.2f} {s['whole_vs_memcpy']:>9.2f} "
               f"{s['transfer_vs_nixl']:>12.2f}", file=dest)
-    print(f"memcpy medians: " + ", ".join(f"{s['size'] >> 20} MiB {s['memcpy_gbps_median']:.2f}"
+    print("memcpy medians: " + ", ".join(f"{s['size'] >> 20} MiB {s['memcpy_gbps_median']:.2f}"
                                           for s in summary if s["path"] == "nixl") + " GB/s",
           file=dest)
     return 0
