@@ -21,7 +21,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -32,6 +31,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "transfer/fuzz_feed.h"
 #include "transfer/shm/shm_peer.h"
 #include "transfer/shm/shm_wire.h"
 
@@ -230,50 +230,9 @@ std::vector<Group> ParseGroups(const uint8_t* data, size_t size) {
   return groups;
 }
 
-class Feed final : public ChunkFeed {
- public:
-  Feed(std::vector<Chunk> pieces, std::vector<uint32_t> regions)
-      : pieces_(std::move(pieces)), regions_(std::move(regions)), done_(pieces_.size()) {}
-  bool Next(Chunk* chunk) override {
-    const size_t i = next_.fetch_add(1);
-    if (i >= pieces_.size()) return false;
-    *chunk = pieces_[i];
-    return true;
-  }
-  void Moved(uint64_t) override {}
-  void Done(const Chunk& chunk) override {
-    if (chunk.index >= done_.size() || done_[chunk.index].fetch_add(1) != 0) __builtin_trap();
-  }
-  bool stopping() const override { return false; }
-  const std::vector<uint32_t>& regions() const override { return regions_; }
-  bool AllDone() const {
-    for (const auto& d : done_) {
-      if (d.load() != 1) return false;
-    }
-    return true;
-  }
-
- private:
-  const std::vector<Chunk> pieces_;
-  const std::vector<uint32_t> regions_;
-  std::vector<std::atomic<int>> done_;
-  std::atomic<size_t> next_{0};
-};
-
+// mmap of a region may fail for lack of memory as well.
 bool AllowedFailure(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kInternal:
-    case absl::StatusCode::kPermissionDenied:    // Create: the source refused the secret
-    case absl::StatusCode::kFailedPrecondition:  // a connection broken by an earlier read
-    case absl::StatusCode::kResourceExhausted:   // mmap failed
-      return true;
-    default:
-      return false;
-  }
+  return TransportFailure(code) || code == absl::StatusCode::kResourceExhausted;
 }
 
 int OpenDescriptors() {
@@ -319,7 +278,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (int r = 0; r < reads; ++r) {
       progress.Await();  // what the source sends unasked is queued: the same run every time
       for (auto& b : buffers) std::fill(b.begin(), b.end(), '\0');
-      Feed feed(pieces, std::vector<uint32_t>(regions.begin(), regions.end()));
+      FuzzFeed feed(pieces, std::vector<uint32_t>(regions.begin(), regions.end()));
       const ferry::Status status = (*conn)->Execute(feed);
       if (!status.ok()) {
         if (!AllowedFailure(status.code()) || status.message().empty()) __builtin_trap();

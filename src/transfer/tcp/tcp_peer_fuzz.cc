@@ -14,7 +14,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -23,6 +22,7 @@
 #include <vector>
 
 #include "absl/time/clock.h"
+#include "transfer/fuzz_feed.h"
 #include "transfer/tcp/tcp_peer.h"
 #include "transfer/tcp/tcp_socket.h"
 #include "transfer/tcp/tcp_wire.h"
@@ -70,41 +70,6 @@ void HostileSource(int listener, const std::string& script) {
   }
 }
 
-// Hands out the pieces in order; counts what landed.
-class Feed final : public ChunkFeed {
- public:
-  explicit Feed(std::vector<Chunk> pieces) : pieces_(std::move(pieces)) {
-    if (!pieces_.empty()) regions_.push_back(0);
-    done_.resize(pieces_.size());
-  }
-  bool Next(Chunk* chunk) override {
-    if (stopping() || next_ >= pieces_.size()) return false;
-    *chunk = pieces_[next_++];
-    return true;
-  }
-  void Moved(uint64_t bytes) override { moved += bytes; }
-  void Done(const Chunk& chunk) override {
-    if (chunk.index >= done_.size() || done_[chunk.index]++ != 0) __builtin_trap();
-  }
-  bool stopping() const override { return absl::Now() > deadline_; }
-  const std::vector<uint32_t>& regions() const override { return regions_; }
-  bool AllDone() const {
-    for (int d : done_) {
-      if (d != 1) return false;
-    }
-    return true;
-  }
-
-  std::atomic<uint64_t> moved{0};
-
- private:
-  const std::vector<Chunk> pieces_;
-  std::vector<uint32_t> regions_;
-  std::vector<int> done_;
-  size_t next_ = 0;  // one stream: Next is called by one thread
-  const absl::Time deadline_ = absl::Now() + absl::Seconds(10);
-};
-
 // What a correct target must conclude from `script`: true when it holds a good HelloReply and
 // a good reply to each piece; `expected[i]` then gets piece i's bytes.
 bool WellFormed(const std::string& script, const std::vector<uint64_t>& lengths,
@@ -130,21 +95,6 @@ bool WellFormed(const std::string& script, const std::vector<uint64_t>& lengths,
     at += r.length;
   }
   return true;
-}
-
-bool AllowedFailure(absl::StatusCode code) {
-  switch (code) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kInternal:
-    case absl::StatusCode::kPermissionDenied:    // Create: the source refused the secret
-    case absl::StatusCode::kFailedPrecondition:  // Create: another protocol version
-      return true;
-    default:
-      return false;
-  }
 }
 
 }  // namespace
@@ -174,7 +124,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.connect_timeout = absl::Seconds(5);
   std::vector<std::string> expected;
   const bool well_formed = WellFormed(script, lengths, &expected);
-  Feed feed(pieces);
+  FuzzFeed feed(pieces, {0}, absl::Now() + absl::Seconds(10));
   ferry::Status status;
   {
     auto conn = TcpPeerConnection::Create(HostPort{"127.0.0.1", port}, kSecret, options, "fuzz");
@@ -183,7 +133,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   source.join();
   if (status.ok() != well_formed) __builtin_trap();
   if (!status.ok()) {
-    if (!AllowedFailure(status.code()) || status.message().empty()) __builtin_trap();
+    if (!TransportFailure(status.code()) || status.message().empty()) __builtin_trap();
     return 0;
   }
   uint64_t total = 0;
