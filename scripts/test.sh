@@ -31,23 +31,24 @@ echo "== ctest =="
 ctest --test-dir build --output-on-failure -j2 "$@"
 
 # The unit and integration tests again, built with AddressSanitizer and UBSan (preset "debug",
-# build-debug/), failing on the first report, and the Python tests with that module (below).
-# Benchmark smoke runs, fuzzers (sanitized already), the
-# fault loops and the multi-host swarm tests (nine sanitized processes on shaped links; the
-# striped read, the serving gate and the pacer run sanitized in the unit tests) are left out. FERRY_SKIP_SANITIZERS=1 skips this part (about 25 min on 2 cores).
+# build-debug/), failing on the first report, then the Python tests with that module. Left out:
+# benchmark smoke runs, fuzzers (sanitized already), the fault loops and the multi-host swarm
+# tests (nine sanitized processes on shaped links; the striped read, the serving gate and the
+# pacer run sanitized in the unit tests). FERRY_SKIP_SANITIZERS=1 skips this part (about 20 min
+# on 2 cores).
 if [ "${FERRY_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== AddressSanitizer + UBSan (build-debug) =="
+  export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+  export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   cmake --preset debug >/dev/null
   ninja -C build-debug -j"$(nproc)"
-  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    ctest --test-dir build-debug --output-on-failure -j2 -LE 'python|bench-smoke|fuzz|faults|chaos|swarm' "$@"
-  # The Python tests with the sanitized module: Debian's interpreter is not built with ASan, so
-  # the runtime is preloaded, and libstdc++ with it (ASan must find __cxa_throw at start, or the
-  # first C++ exception aborts).
+  ctest --test-dir build-debug --output-on-failure -j2 -LE 'python|bench-smoke|fuzz|faults|chaos|swarm' "$@"
+  # Debian's interpreter is not built with ASan, so the runtime is preloaded, and libstdc++ with
+  # it (ASan must find __cxa_throw at start, or the module's first C++ exception aborts).
   echo "== AddressSanitizer + UBSan: the Python tests with the sanitized module =="
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
-  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     ctest --test-dir build-debug --output-on-failure -R '^python_interop$'
+  unset ASAN_OPTIONS UBSAN_OPTIONS
 fi
 
 # The engine (the striped read over several engines too) and store tests under ThreadSanitizer
