@@ -25,8 +25,15 @@ esac
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-curl -fsSL --retry 3 -o "$work/absl.tar.gz" "$url"
-echo "$sha256  $work/absl.tar.gz" | sha256sum -c --quiet -
+if ! curl -fsSL --retry 3 -o "$work/absl.tar.gz" "$url"; then
+  echo "tsan-absl: could not download $url; check that deb.debian.org is reachable" \
+       "(FERRY_SKIP_SANITIZERS=1 skips the sanitizer stages of scripts/test.sh)" >&2
+  exit 1
+fi
+if ! echo "$sha256  $work/absl.tar.gz" | sha256sum -c --quiet - >/dev/null 2>&1; then
+  echo "tsan-absl: $url does not have the pinned SHA-256 $sha256; not building it" >&2
+  exit 1
+fi
 tar -xzf "$work/absl.tar.gz" -C "$work"
 src="$work/abseil-$version"
 cp /usr/include/absl/base/options.h "$src/absl/base/options.h"
