@@ -68,7 +68,15 @@ StatusOr<std::unique_ptr<WeightSource>> WeightSource::Create(WeightSourceOptions
   manifest.worker_id = worker_id;
   manifest.worker_rank = options.worker_rank;
   manifest.accelerator = options.accelerator;
-  manifest.agent_name = absl::StrCat("ferry-rank", options.worker_rank, "-", worker_id);
+  if (options.nixl_agent_name.empty() != options.nixl_metadata_endpoint.empty()) {
+    return absl::InvalidArgumentError(
+        "WeightSourceOptions.nixl_agent_name and nixl_metadata_endpoint go together: set both "
+        "(a NIXL agent serves the same memory) or neither");
+  }
+  manifest.agent_name = options.nixl_agent_name.empty()
+                            ? absl::StrCat("ferry-rank", options.worker_rank, "-", worker_id)
+                            : options.nixl_agent_name;
+  manifest.metadata_endpoint = options.nixl_metadata_endpoint;
   manifest.transfer_blob = options.engine->ExportBlob();
   manifest.metadata = model.metadata;
   manifest.checksum_algorithm = model.checksum_algorithm;

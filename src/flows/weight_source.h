@@ -70,6 +70,13 @@ struct WeightSourceOptions {
   // This node's datacenter domains, published as WorkerMetadata.topology (ModelExpress 0.7.0)
   // for topology-aware targets. Empty: none.
   std::map<std::string, std::string> topology;
+  // A NIXL agent that serves the same memory (ferry.torch.publish(backend="ferry+nixl")): its
+  // name and its listener's host:port, both or neither. With them, the record and the manifest
+  // name the agent (ModelExpress's P2P metadata mode), and the worker endpoint also serves
+  // ModelExpress's read leases (PrepareTensorRead / ReleaseTensorRead). Empty: ferry's engine
+  // only.
+  std::string nixl_agent_name;
+  std::string nixl_metadata_endpoint;
   std::optional<absl::Duration> heartbeat_interval;  // unset: the Publisher's default
   // Serving while the model is still being pulled: which tensors (in the model's order) are
   // verified and may be served. Until MarkReady(), the record is INITIALIZING (ModelExpress

@@ -1,11 +1,8 @@
 #include "worker/artifact_state.h"
 
-#include <openssl/rand.h>
-
 #include <algorithm>
 #include <utility>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
@@ -13,17 +10,6 @@ namespace ferry::worker {
 namespace {
 
 constexpr uint32_t kMaxPage = 1024;  // contract section 11
-
-std::string NewLeaseId() {
-  unsigned char bytes[16];
-  if (RAND_bytes(bytes, sizeof(bytes)) != 1) {
-    // RAND_bytes does not fail on Linux with a seeded pool; fall back to the clock anyway.
-    const int64_t t = absl::ToUnixNanos(absl::Now());
-    std::copy_n(reinterpret_cast<const unsigned char*>(&t), sizeof(t), bytes);
-  }
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
-}
 
 }  // namespace
 

@@ -21,6 +21,7 @@
 #include "ferry/status.h"
 #include "ferry/v1/worker.pb.h"
 #include "model_express/p2p.pb.h"
+#include "worker/lease_options.h"
 
 namespace ferry::worker {
 
@@ -41,13 +42,6 @@ struct ArtifactServing {
   std::vector<uint64_t> file_offsets;  // by file_index: where the file's bytes start in the region
   std::string signature;               // Ed25519, 64 bytes; empty: unsigned
   std::string signing_public_key;      // raw 32 bytes; empty: unsigned
-};
-
-struct LeaseOptions {
-  absl::Duration ttl = absl::Seconds(300);  // ModelExpress's lease lifetime
-  int max_leases = 64;                      // outstanding at once; more: RESOURCE_EXHAUSTED
-  // Tests only: the clock leases expire by (null: absl::Now).
-  std::function<absl::Time()> clock_for_test;
 };
 
 // Thread-safe. The artifact is immutable; the mx_source_id is set once published, and leases

@@ -124,6 +124,12 @@ Status WorkerClient::RpcError(const char* rpc, int grpc_code, const std::string&
                         ": pass the deployment token with --token-file or FERRY_TOKEN_FILE");
       }
       break;
+    case absl::StatusCode::kUnimplemented:
+      absl::StrAppend(&msg,
+                      "; this endpoint does not serve ferry's FerryWorkerService (a ModelExpress "
+                      "worker in P2P metadata mode?): read it over NIXL, e.g. "
+                      "ferry.torch.pull_into(backend='nixl'), or pull from a ferry source");
+      break;
     case absl::StatusCode::kResourceExhausted:
       absl::StrAppend(&msg,
                       "; the source is busy or the answer is larger than "
@@ -155,6 +161,20 @@ StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
   FERRY_RETURN_IF_ERROR(
       CheckTransferInfo(response, worker_id, absl::StrCat("GetTransferInfo to ", endpoint_)));
   return response;
+}
+
+StatusOr<bool> WorkerClient::ServesFerry(const std::string& mx_source_id,
+                                         const std::string& worker_id) {
+  ferry::v1::GetHeldTensorsRequest request;
+  request.set_mx_source_id(mx_source_id);
+  if (!worker_id.empty()) request.set_worker_id(worker_id);
+  grpc::ClientContext context;
+  Prepare(context);
+  ferry::v1::GetHeldTensorsResponse response;
+  grpc::Status status = stubs_->transfer->GetHeldTensors(&context, request, &response);
+  if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) return false;
+  if (!status.ok()) return RpcError("GetHeldTensors", status.error_code(), status.error_message());
+  return true;
 }
 
 StatusOr<WorkerClient::HeldState> WorkerClient::GetHeldTensors(const std::string& mx_source_id,

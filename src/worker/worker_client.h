@@ -68,6 +68,11 @@ class WorkerClient {
   };
   StatusOr<HeldState> GetHeldTensors(const std::string& mx_source_id, const std::string& worker_id,
                                      size_t tensors);
+  // Whether the endpoint serves ferry's FerryWorkerService (one small GetHeldTensors call):
+  // true for every ferry tensor source, also one whose tensors a NIXL agent serves too
+  // (publish backend "ferry+nixl"); false when it answers UNIMPLEMENTED (a ModelExpress worker
+  // in P2P metadata mode). Other failures are the RPC's, as GetTransferInfo's.
+  StatusOr<bool> ServesFerry(const std::string& mx_source_id, const std::string& worker_id);
   // The source's transfer info. `mx_source_id` empty: not checked by the source; `worker_id`
   // empty: not sent and not checked. FailedPrecondition when the answer's worker_id differs
   // from `worker_id`, or the answer is inconsistent (an empty or repeated tensor name, sizes

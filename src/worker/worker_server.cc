@@ -152,8 +152,11 @@ StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(WorkerServerOptions
   if (s.owned_tokens_ != nullptr) tokens = s.owned_tokens_.get();
   s.gate_ = std::make_unique<internal::RequestGate>(tokens, options.max_concurrent_requests,
                                                     options.on_request_for_test);
+  if (options.state != nullptr && !options.state->manifest().metadata_endpoint.empty()) {
+    FERRY_ASSIGN_OR_RETURN(s.tensor_leases_, TensorReadLeases::Create(options.tensor_read_leases));
+  }
   s.manifest_service_ = std::make_unique<internal::WorkerServiceImpl>(
-      options.state, options.artifacts, s.gate_.get());
+      options.state, options.artifacts, s.tensor_leases_.get(), s.gate_.get());
   s.transfer_service_ = std::make_unique<internal::TransferInfoService>(
       options.state, options.artifacts, s.gate_.get());
   s.options_ = std::move(options);
@@ -216,6 +219,7 @@ Status WorkerServer::Start() {
 void WorkerServer::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  if (tensor_leases_ != nullptr) tensor_leases_->Close();
   if (grpc_ == nullptr) return;
   // Wait for running handlers (bounded), then shut down at once: a Shutdown deadline would also
   // wait for idle client connections, which targets holding a channel never close.
@@ -235,5 +239,9 @@ std::string WorkerServer::endpoint() const {
 }
 
 int WorkerServer::in_flight() const { return gate_->in_flight(); }
+
+int WorkerServer::outstanding_tensor_read_leases() const {
+  return tensor_leases_ == nullptr ? 0 : tensor_leases_->outstanding();
+}
 
 }  // namespace ferry::worker

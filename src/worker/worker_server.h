@@ -1,6 +1,7 @@
 // WorkerServer: the gRPC endpoint one source process (one rank of "ferry publish") serves to
 // targets: model_express.p2p.WorkerService (GetTensorManifest for tensors, the artifact manifest
-// and lease RPCs for an artifact; ModelExpress-compatible) and ferry.v1.FerryWorkerService
+// and lease RPCs for an artifact; PrepareTensorRead / ReleaseTensorRead where a NIXL agent serves
+// the same tensors; ModelExpress-compatible) and ferry.v1.FerryWorkerService
 // (GetTransferInfo, GetArtifactTransferInfo), all on one port. Its host:port goes into the
 // published record's worker_grpc_endpoint.
 //
@@ -17,6 +18,7 @@
 #include "absl/time/time.h"
 #include "ferry/status.h"
 #include "worker/artifact_state.h"
+#include "worker/tensor_read_leases.h"
 #include "worker/worker_state.h"
 
 namespace grpc {
@@ -79,6 +81,11 @@ struct WorkerServerOptions {
   // How long Stop() lets running requests finish before cancelling them. Default 2 s.
   absl::Duration drain_timeout = absl::Seconds(2);
 
+  // Read leases on the tensors (PrepareTensorRead), served only when state's manifest names a
+  // NIXL agent's metadata_endpoint: default at most 256 outstanding, each for 270 s
+  // (ModelExpress 0.7.0's lifetime). Stop() takes no new ones from its start.
+  LeaseOptions tensor_read_leases = TensorReadLeaseOptions();
+
   // Tests: runs inside every admitted request, before it is answered (e.g. to hold it).
   std::function<void(std::string_view method)> on_request_for_test;
 };
@@ -106,6 +113,8 @@ class WorkerServer {
   const std::string& listen_address() const { return options_.listen; }
   // Requests being handled now.
   int in_flight() const;
+  // Tensor read leases outstanding now; 0 when none are served.
+  int outstanding_tensor_read_leases() const;
 
  private:
   WorkerServer();
@@ -115,6 +124,7 @@ class WorkerServer {
   std::shared_ptr<grpc::ServerCredentials> credentials_;
   std::unique_ptr<ferry::internal::TokenSource> owned_tokens_;
   std::unique_ptr<internal::RequestGate> gate_;
+  std::unique_ptr<TensorReadLeases> tensor_leases_;  // null: no NIXL agent, no leases
   std::unique_ptr<internal::WorkerServiceImpl> manifest_service_;
   std::unique_ptr<internal::TransferInfoService> transfer_service_;
   std::unique_ptr<grpc::Server> grpc_;
