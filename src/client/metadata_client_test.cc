@@ -313,10 +313,11 @@ class RefusingServer final : public ::model_express::p2p::P2pService::Service {
   }
 
   int port_ = 0;
-  std::unique_ptr<grpc::Server> server_;
   absl::Mutex mu_;
   std::string message_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<std::string, std::string>> trailers_ ABSL_GUARDED_BY(mu_);
+  // Last, so that it is destroyed first: its destructor joins the handler threads that use mu_.
+  std::unique_ptr<grpc::Server> server_;
 };
 
 TEST(ServerRejectionTest, ClientUsesAValidCodeAndFallsBackToTheTextOtherwise) {

@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/testing/test_certs.h"
 #include "ferry/v1/worker.grpc.pb.h"
@@ -367,23 +369,36 @@ TEST(WorkerServerTest, TlsAndMutualTls) {
               HasSubstr("if the source serves TLS, pass --tls-ca/FERRY_TLS_CA"));
 }
 
-// A source that answers whatever it was built with, to show the client's own checks.
+// A source that answers whatever the test scripted, to show the client's own checks. The test
+// edits the answers between calls on its own thread; the handlers read them on gRPC's.
 class ScriptedSource final : public ferry::v1::FerryWorkerService::Service,
                              public p2p::WorkerService::Service {
  public:
-  ferry::v1::GetTransferInfoResponse info;
-  p2p::GetTensorManifestResponse manifest;
+  struct Answers {
+    ferry::v1::GetTransferInfoResponse info;
+    p2p::GetTensorManifestResponse manifest;
+  };
+  void Edit(const std::function<void(Answers&)>& edit) {
+    absl::MutexLock lock(&mu_);
+    edit(answers_);
+  }
 
   grpc::Status GetTransferInfo(grpc::ServerContext*, const ferry::v1::GetTransferInfoRequest*,
                                ferry::v1::GetTransferInfoResponse* response) override {
-    *response = info;
+    absl::MutexLock lock(&mu_);
+    *response = answers_.info;
     return grpc::Status::OK;
   }
   grpc::Status GetTensorManifest(grpc::ServerContext*, const p2p::GetTensorManifestRequest*,
                                  p2p::GetTensorManifestResponse* response) override {
-    *response = manifest;
+    absl::MutexLock lock(&mu_);
+    *response = answers_.manifest;
     return grpc::Status::OK;
   }
+
+ private:
+  absl::Mutex mu_;
+  Answers answers_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST(WorkerClientTest, ChecksTheAnswer) {
@@ -400,8 +415,10 @@ TEST(WorkerClientTest, ChecksTheAnswer) {
   auto client = MakeClient(o);
 
   auto state = MakeState();
-  state->FillTransferInfo("", &source.info);
-  state->FillTensorManifest("", &source.manifest);
+  source.Edit([&](ScriptedSource::Answers& a) {
+    state->FillTransferInfo("", &a.info);
+    state->FillTensorManifest("", &a.manifest);
+  });
   ASSERT_TRUE(client->GetTransferInfo("", "w-1").ok());
   ASSERT_TRUE(client->GetTensorManifest("", "w-1").ok());
 
@@ -414,25 +431,29 @@ TEST(WorkerClientTest, ChecksTheAnswer) {
   EXPECT_THAT(wrong_manifest_id.status().message(),
               HasSubstr("the source answered for worker 'w-1', not 'w-2'"));
 
-  source.info.set_total_bytes(1);
+  source.Edit([](ScriptedSource::Answers& a) { a.info.set_total_bytes(1); });
   auto total = client->GetTransferInfo("", "w-1");
   EXPECT_EQ(total.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(total.status().message(),
               HasSubstr("tensor sizes add up to 3003 bytes but total_bytes is 1"));
 
-  source.info.set_total_bytes(3003);
-  source.info.mutable_tensors(2)->set_name("model.layers.0.weight");
+  source.Edit([](ScriptedSource::Answers& a) {
+    a.info.set_total_bytes(3003);
+    a.info.mutable_tensors(2)->set_name("model.layers.0.weight");
+  });
   auto dup = client->GetTransferInfo("", "w-1");
   EXPECT_EQ(dup.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(dup.status().message(), HasSubstr("'model.layers.0.weight' appears twice"));
 
-  source.manifest.mutable_tensors(1)->set_name("");
+  source.Edit([](ScriptedSource::Answers& a) { a.manifest.mutable_tensors(1)->set_name(""); });
   auto empty = client->GetTensorManifest("", "w-1");
   EXPECT_EQ(empty.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(empty.status().message(), HasSubstr("tensor 1 has an empty name"));
 
-  source.info.mutable_tensors(2)->set_name("c");
-  source.info.set_checksum_algorithm("crc32");
+  source.Edit([](ScriptedSource::Answers& a) {
+    a.info.mutable_tensors(2)->set_name("c");
+    a.info.set_checksum_algorithm("crc32");
+  });
   auto algo = client->GetTransferInfo("", "w-1");
   EXPECT_EQ(algo.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(algo.status().message(),
