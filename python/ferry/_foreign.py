@@ -28,7 +28,10 @@ Read = Tuple[int, int, int, int]
 def record_backend(record: Mapping[str, Any]) -> str:
     """The data path a record offers: "ferry", "nixl", "transfer_engine" or "none". "nixl" is
     either layout of ModelExpress's NIXL publisher: centralized (the agent's metadata in
-    nixl_metadata, the descriptors in the record) or P2P metadata mode (`p2p_metadata`)."""
+    nixl_metadata, the descriptors in the record) or P2P metadata mode (`p2p_metadata`). A
+    ferry source published with backend "ferry+nixl" has the P2P metadata layout too, so its
+    record says "nixl" here; pull_into(backend="auto") asks the endpoint which it is
+    (torch._serving_kind)."""
     nixl = record["nixl_metadata"]
     if record["backend_metadata"] == "transfer_engine":
         return "transfer_engine"

@@ -43,6 +43,20 @@ def _agent(name: str, listen: bool = False):
         ) from None
 
 
+def _listening_agent(name: str, port: int):
+    """A NIXL agent whose listener serves its metadata on `port` (all interfaces)."""
+    api = nixl_api()
+    try:
+        config = api.nixl_agent_config(backends=BACKENDS, enable_listen_thread=True,
+                                       listen_port=port)
+        return api.nixl_agent(name, config)
+    except Exception as e:
+        raise _ferry.UnavailableError(
+            f"could not create NIXL agent {name!r} with the UCX backend and its listener on "
+            f"port {port}: {e}; choose another nixl_listen_port, and check that NIXL's UCX "
+            f"plugin loads (NIXL_PLUGIN_DIR)") from None
+
+
 def _register(agent, spans: Sequence[Tuple[int, int]], what: str):
     regions = [(address, size, 0, "") for address, size in spans if size > 0]
     if not regions:
@@ -57,11 +71,15 @@ def _register(agent, spans: Sequence[Tuple[int, int]], what: str):
 
 class NixlServer:
     """A NIXL agent serving `spans` (address, bytes) of host memory until stop(). The memory
-    must stay alive until then. `metadata` is the blob a record's nixl_metadata carries."""
+    must stay alive until then. `metadata` is the blob a record's nixl_metadata carries. With
+    `listen_port`, the agent's listener runs on that port and hands the metadata to targets that
+    fetch it (ModelExpress's P2P metadata mode)."""
 
-    def __init__(self, name: str, spans: Sequence[Tuple[int, int]]):
+    def __init__(self, name: str, spans: Sequence[Tuple[int, int]],
+                 listen_port: Optional[int] = None):
         self.agent_name = name
-        self._agent = _agent(name)
+        self.listen_port = listen_port
+        self._agent = _listening_agent(name, listen_port) if listen_port else _agent(name)
         self._registered = _register(self._agent, spans, "published")
         self.metadata: bytes = self._agent.get_agent_metadata()
 

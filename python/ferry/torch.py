@@ -30,8 +30,10 @@ ferry.FailedPreconditionError naming the package to install.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
+import socket
 import time
 import uuid
 import weakref
@@ -186,10 +188,11 @@ class PublishHandle:
 
     def __init__(self, source, engine, tensors: Dict[str, torch.Tensor], copies: List[str],
                  backend: str = "ferry"):
-        # source: a _ferry.WeightSource (backend "ferry") or a _NixlSource (backend "nixl").
+        # source: a _ferry.WeightSource (backend "ferry"), a _NixlSource ("nixl") or a
+        # _DualSource ("ferry+nixl").
         self._source = source
         self._tensors = tensors
-        self.backend: str = backend  # "ferry" or "nixl"
+        self.backend: str = backend  # "ferry", "nixl" or "ferry+nixl"
         self.mx_source_id: str = source.mx_source_id
         self.worker_id: str = source.worker_id
         self.endpoint: str = source.endpoint  # worker endpoint ("" for nixl: none is served)
@@ -266,6 +269,97 @@ class _NixlSource:
         self._server.stop()
 
 
+class _DualSource:
+    """publish(backend="ferry+nixl"): ferry's WeightSource (engine, worker endpoint with
+    ModelExpress's tensor methods and read leases, the record) and the NIXL agent registered over
+    the same memory, whose listener hands its metadata to ModelExpress's P2P targets."""
+
+    def __init__(self, source, nixl_server):
+        self._source = source
+        self._nixl = nixl_server
+        self.mx_source_id = source.mx_source_id
+        self.worker_id = source.worker_id
+        self.endpoint = source.endpoint
+        self.total_bytes = source.total_bytes
+        self.regions = source.regions
+        self.tensors = source.tensors
+        self.agent_name = nixl_server.agent_name
+
+    def stop(self) -> None:
+        """Marks the record STALE and closes the worker endpoint (no new reads of either kind
+        start), then deregisters the memory from NIXL. Idempotent."""
+        try:
+            self._source.stop()
+        finally:
+            self._nixl.stop()
+
+
+def _nixl_endpoint_host(worker_listen: str, advertise_host: str) -> str:
+    """The address ModelExpress's targets dial for the NIXL agent's metadata: the host the worker
+    endpoint advertises (advertise_host, else the listen host unless it is a wildcard, else this
+    machine's name), as an IP address, since NIXL's listener client takes addresses only
+    (inet_pton)."""
+    host = advertise_host
+    if not host:
+        listen_host = worker_listen.rpartition(":")[0].strip("[]")
+        host = listen_host if listen_host not in ("", "0.0.0.0", "::", "*") else socket.gethostname()
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        return socket.gethostbyname(host)
+    except OSError as e:
+        raise _ferry.InvalidArgumentError(
+            f"publish(backend='ferry+nixl'): {host!r} does not resolve to an IPv4 address ({e}), "
+            f"and NIXL's listener must be named by address; pass advertise_host=<this host's IP>"
+        ) from None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _publish_dual(metadata_client, identity: Dict[str, Any], served: Dict[str, torch.Tensor],
+                  buffers, spans, copies: List[str], *, worker_rank: int, worker_id: str,
+                  worker_listen: str, advertise_host: str, transports, data_listen: str,
+                  accelerator: str, centralized: bool, heartbeat_interval,
+                  checksum_threads: int, tls_cert: str, tls_key: str, tls_client_ca: str,
+                  max_upload_rate: int, nixl_listen_port: int) -> PublishHandle:
+    from ferry import _nixl
+    from ferry._wheels import nixl_api
+    nixl_api()  # a missing wheel is refused before anything starts
+    if centralized:
+        raise _ferry.InvalidArgumentError(
+            "publish(backend='ferry+nixl') publishes ModelExpress's P2P metadata layout (its "
+            "default: worker endpoint + NIXL listener); centralized=True does not apply")
+    host = _nixl_endpoint_host(worker_listen, advertise_host)
+    port = nixl_listen_port or _free_port()
+    name = f"ferry-nixl-rank{worker_rank}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    nixl_server = _nixl.NixlServer(name, spans, listen_port=port)
+    engine = None
+    try:
+        engine = _engine(f"python publish rank {worker_rank}", transports, data_listen,
+                         advertise_host, max_upload_rate)
+        source = _ferry.serve_buffers(
+            metadata_client, engine, identity, buffers, spans, worker_rank=worker_rank,
+            accelerator=accelerator, worker_id=worker_id, worker_listen=worker_listen,
+            advertise_host=advertise_host, centralized=False,
+            heartbeat_interval=heartbeat_interval, checksum_threads=checksum_threads,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            nixl_agent_name=name, nixl_metadata_endpoint=f"{host}:{port}")
+    except BaseException:
+        if engine is not None:
+            engine.stop()
+        nixl_server.stop()
+        raise
+    return PublishHandle(_DualSource(source, nixl_server), engine, served, copies,
+                         backend="ferry+nixl")
+
+
 def publish(
     module_or_state_dict: ModuleOrStateDict,
     identity: IdentityLike,
@@ -287,6 +381,7 @@ def publish(
     tls_client_ca: str = "",
     max_upload_rate: int = 0,
     backend: str = "ferry",
+    nixl_listen_port: int = 0,
 ) -> PublishHandle:
     """Publishes the tensors of a module (its state_dict) or of a mapping, in place.
 
@@ -318,10 +413,25 @@ def publish(
     checksums (the descriptor has no field for one), so its readers cannot verify the bytes.
     The ferry-engine arguments (transports, data_listen, worker_listen, centralized, TLS,
     checksum_threads) do not apply to it.
+
+    `backend="ferry+nixl"` serves the same memory both ways under one record, for a fleet that
+    moves from ModelExpress to ferry one replica at a time: ferry's engine and worker endpoint
+    as with "ferry" (checksummed), and a NIXL agent (UCX, host memory) registered over the same
+    tensors with its listener on `nixl_listen_port` (0: a free port). The record is
+    ModelExpress's P2P metadata layout (its default, MX_P2P_METADATA=1): worker_grpc_endpoint
+    (ferry's endpoint, which also serves ModelExpress's GetTensorManifest, PrepareTensorRead and
+    ReleaseTensorRead: the descriptors as ModelExpress's publisher builds them, read leases of
+    at most 270 s, 256 at once), metadata_endpoint (the listener, IP:port: the advertised host
+    resolved to an address, as NIXL needs one) and agent_name; no nixl_metadata. ModelExpress's
+    targets read it over NIXL; ferry's `pull_into` (backend "auto" or "ferry") and `ferry pull`
+    read it with ferry's engine and verify checksums; `pull_into(backend="nixl")` reads it over
+    NIXL. ModelExpress's targets send no token: a source that requires one (FERRY_TOKEN_FILE)
+    refuses their calls (UNAUTHENTICATED). Host tensors only, as "nixl"; stop() marks the
+    record STALE, closes the endpoint, then deregisters the memory from NIXL.
     """
-    if backend not in ("ferry", "nixl", "auto"):
+    if backend not in ("ferry", "nixl", "ferry+nixl", "auto"):
         raise _ferry.InvalidArgumentError(
-            f"publish backend {backend!r} is not one of: auto (= ferry), ferry, nixl")
+            f"publish backend {backend!r} is not one of: auto (= ferry), ferry, nixl, ferry+nixl")
     tensors = named_tensors(module_or_state_dict)
     served: Dict[str, torch.Tensor] = {}
     copies = []
@@ -339,10 +449,19 @@ def publish(
     if accelerator is None:
         accelerator = "cuda" if on_gpu else "cpu"
     metadata_client = client_for(server, client)
-    if on_gpu and backend == "nixl":
+    if on_gpu and backend in ("nixl", "ferry+nixl"):
         raise _ferry.InvalidArgumentError(
-            "publish(backend='nixl') serves host memory only (NIXL's UCX here has no CUDA); "
-            "publish CUDA tensors with backend='ferry', or move them to the CPU first")
+            f"publish(backend='{backend}') serves host memory only (NIXL's UCX here has no "
+            f"CUDA); publish CUDA tensors with backend='ferry', or move them to the CPU first")
+    if backend == "ferry+nixl":
+        return _publish_dual(
+            metadata_client, as_identity_dict(identity), served, buffers, spans, copies,
+            worker_rank=worker_rank, worker_id=worker_id, worker_listen=worker_listen,
+            advertise_host=advertise_host, transports=transports, data_listen=data_listen,
+            accelerator=accelerator, centralized=centralized,
+            heartbeat_interval=heartbeat_interval, checksum_threads=checksum_threads,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            max_upload_rate=max_upload_rate, nixl_listen_port=nixl_listen_port)
     if backend == "nixl":
         source = _NixlSource(metadata_client, as_identity_dict(identity), served, spans,
                              worker_rank, worker_id, accelerator, heartbeat_interval)
@@ -464,13 +583,18 @@ def pull_into(
     attempt in the report carries the bytes that source delivered.
 
     `backend`: "auto" (default) reads each source the way its record offers: ferry's engine for
-    ferry sources; NIXL for ModelExpress's NIXL publisher in either mode, centralized
+    ferry sources (also one published with backend "ferry+nixl", whose record has
+    ModelExpress's P2P layout: ferry asks its worker endpoint whether it serves ferry's
+    FerryWorkerService, and a ModelExpress worker answers UNIMPLEMENTED); NIXL for
+    ModelExpress's NIXL publisher in either mode, centralized
     (MX_P2P_METADATA=0, or publish(backend="nixl"): the agent's metadata and the descriptors in
     the record) or P2P metadata (its default: a worker endpoint and the agent's listener);
     Mooncake's TransferEngine for a record with a transfer_engine_session_id (SGLang's
     publisher). When every source is ferry's, this is exactly backend="ferry" (rendezvous
     order, failover, checksums). Otherwise sources are tried newest first. "ferry", "nixl" and
-    "transfer_engine" read only sources offering that path. NIXL and TransferEngine sources
+    "transfer_engine" read only sources offering that path ("nixl" reads a "ferry+nixl"
+    source over NIXL, as ModelExpress's P2P target does: `transport` says "nixl (UCX, DRAM),
+    P2P metadata"). NIXL and TransferEngine sources
     publish no checksum and no shape: ferry checks names, byte sizes and published dtypes
     before reading, and the bytes themselves are not verified (report.verification says so).
     From a source in P2P metadata mode ferry reads as ModelExpress's own target does: the
@@ -535,6 +659,11 @@ def pull_into(
             if backend != "auto":
                 raise
             candidates = None  # the ferry path below reports the failure as it always has
+    if candidates is not None and backend == "auto":
+        candidates = [(record, _serving_kind(metadata_client, record, kind, stall_timeout,
+                                             worker_tls_ca, worker_tls_client_cert,
+                                             worker_tls_client_key))
+                      for record, kind in candidates]
     if candidates is None or (backend == "auto" and
                               all(kind == "ferry" for _, kind in candidates)):
         try:
@@ -680,6 +809,31 @@ def _candidates(client: _ferry.MetadataClient, identity: Dict[str, Any], worker_
             continue  # gone between the listing and now
         out.append((record, _foreign.record_backend(record)))
     return out
+
+
+def _serving_kind(client: _ferry.MetadataClient, record: Mapping[str, Any], kind: str,
+                  timeout: float, tls_ca: str, tls_cert: str, tls_key: str) -> str:
+    """The data path `pull_into(backend="auto")` takes for a record of `kind`. A record in
+    ModelExpress's P2P metadata layout (worker endpoint + NIXL listener) is either a ModelExpress
+    worker or a ferry source whose tensors a NIXL agent serves too (publish(backend=
+    "ferry+nixl")); the records look alike, so the endpoint is asked: one that serves ferry's
+    FerryWorkerService is read with ferry's engine ("ferry": checksums verified), one that
+    answers UNIMPLEMENTED over NIXL ("nixl"). The call carries ferry's token and worker TLS
+    settings, as ferry's read would; when it fails otherwise, the record's layout decides
+    ("nixl"), and that read reports the endpoint's failure."""
+    if kind != "nixl" or not _foreign.p2p_metadata(record):
+        return kind
+    try:
+        serves_ferry = _ferry.worker_serves_ferry(
+            client, record["worker_grpc_endpoint"], record["mx_source_id"], record["worker_id"],
+            timeout=timeout, worker_tls_ca=tls_ca, worker_tls_client_cert=tls_cert,
+            worker_tls_client_key=tls_key)
+    except _ferry.Error as e:
+        _log.warning("could not ask worker %s's endpoint %s whether it serves ferry (%s); "
+                     "reading it as ModelExpress's P2P metadata mode", record["worker_id"],
+                     record["worker_grpc_endpoint"], e)
+        return kind
+    return "ferry" if serves_ferry else kind
 
 
 def _copy_staged(staged: Mapping[str, Tuple[torch.Tensor, torch.Tensor]]) -> None:

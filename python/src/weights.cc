@@ -12,6 +12,7 @@
 #include "flows/weight_source.h"
 #include "status.h"
 #include "weights/dtype.h"
+#include "worker/worker_client.h"
 
 namespace ferry::python {
 
@@ -109,8 +110,11 @@ void RegisterWeights(py::module_& m) {
          const std::string& advertise_host, bool centralized,
          std::optional<double> heartbeat_interval, int checksum_threads,
          const std::string& tls_cert, const std::string& tls_key, const std::string& tls_client_ca,
-         const std::vector<int>& span_devices) {
+         const std::vector<int>& span_devices, const std::string& nixl_agent_name,
+         const std::string& nixl_metadata_endpoint) {
         weights::WeightSourceOptions o;
+        o.nixl_agent_name = nixl_agent_name;
+        o.nixl_metadata_endpoint = nixl_metadata_endpoint;
         o.client = client->client.get();
         o.engine = engine.get();
         o.identity = IdentityFromDict(identity);
@@ -144,10 +148,13 @@ void RegisterWeights(py::module_& m) {
       py::arg("advertise_host") = "", py::arg("centralized") = false,
       py::arg("heartbeat_interval") = py::none(), py::arg("checksum_threads") = 2,
       py::arg("tls_cert") = "", py::arg("tls_key") = "", py::arg("tls_client_ca") = "",
-      py::arg("span_devices") = std::vector<int>{},
+      py::arg("span_devices") = std::vector<int>{}, py::arg("nixl_agent_name") = "",
+      py::arg("nixl_metadata_endpoint") = "",
       "Registers each span once, checksums every buffer, starts the worker endpoint and "
       "publishes READY. buffers: (name, dtype, shape, address, nbytes); spans: (address, "
-      "nbytes); span_devices: per span, -1 (host) or the GPU of device memory. The memory must "
+      "nbytes); span_devices: per span, -1 (host) or the GPU of device memory; "
+      "nixl_agent_name / nixl_metadata_endpoint: a NIXL agent serving the same memory (both or "
+      "neither), named in the record and the manifest, with read leases. The memory must "
       "stay alive and unchanged until stop().");
 
   m.def(
@@ -221,6 +228,28 @@ void RegisterWeights(py::module_& m) {
       "NotFoundError: no source; FailedPreconditionError: the buffers do not match the "
       "source's tensors (nothing moved); UnavailableError: every source tried failed (the "
       "buffers may hold partial data).");
+
+  m.def(
+      "worker_serves_ferry",
+      [](std::shared_ptr<ClientHandle> client, const std::string& endpoint,
+         const std::string& mx_source_id, const std::string& worker_id, double timeout,
+         const std::string& worker_tls_ca, const std::string& worker_tls_client_cert,
+         const std::string& worker_tls_client_key) {
+        worker::WorkerClientOptions o =
+            TargetEndpoint(*client, worker_tls_ca, worker_tls_client_cert, worker_tls_client_key);
+        o.endpoint = endpoint;
+        o.deadline = Seconds(timeout, "timeout");
+        py::gil_scoped_release release;
+        std::unique_ptr<worker::WorkerClient> worker = Unwrap(worker::WorkerClient::Create(o));
+        return Unwrap(worker->ServesFerry(mx_source_id, worker_id));
+      },
+      py::arg("client"), py::arg("endpoint"), py::arg("mx_source_id"), py::arg("worker_id"),
+      py::kw_only(), py::arg("timeout") = 5.0, py::arg("worker_tls_ca") = "",
+      py::arg("worker_tls_client_cert") = "", py::arg("worker_tls_client_key") = "",
+      "Whether the worker endpoint serves ferry's FerryWorkerService (a ferry source, also one "
+      "a NIXL agent serves too) rather than only ModelExpress's WorkerService (False: it answered "
+      "UNIMPLEMENTED). Sends the client's token and the worker TLS settings, as a pull does. "
+      "Other failures raise (UnavailableError, UnauthenticatedError, ...).");
 }
 
 }  // namespace ferry::python

@@ -5,6 +5,8 @@
 
 Roles (ModelExpress's and Mooncake's own code on their side, ferry's on the other):
   ferry-nixl-source  ferry.torch.publish(backend="nixl") of TinyTransformer(seed)
+  ferry-dual-source  ferry.torch.publish(backend="ferry+nixl"): ferry's engine and a NIXL agent
+                     over the same memory, one record in ModelExpress's P2P metadata layout
   mx-nixl-source     ModelExpress's NixlTransferManager + publish_metadata_and_ready
                      (MX_P2P_METADATA=0: its centralized record, nixl_metadata + tensors)
   mx-nixl-p2p-source the same in ModelExpress's default P2P metadata mode (MX_P2P_METADATA=1):
@@ -13,6 +15,9 @@ Roles (ModelExpress's and Mooncake's own code on their side, ferry's on the othe
   te-source          Mooncake TransferEngine (P2PHANDSHAKE, TCP) serving the tensors; the record
                      built as ModelExpress's SGLang loader publishes it, by MX's PublisherThread
   mx-nixl-target     ModelExpress's MxClient + NixlTransferManager.receive_from_source
+  mx-nixl-p2p-target ModelExpress's P2P metadata read, its own functions in its RdmaStrategy's
+                     order: fetch_tensor_manifest and prepare_tensor_read (worker_server.py),
+                     NixlTransferManager.fetch_remote_and_wait + receive_from_source, release
   ferry-pull         ferry.torch.pull_into(backend=B)
 
 Sources save their state_dict to OUT.pt, write OUT (JSON) once READY on the server, and serve
@@ -147,6 +152,21 @@ def ferry_nixl_source(args):
     write_json(args.out, {"mx_source_id": handle.mx_source_id, "worker_id": handle.worker_id,
                           "backend": handle.backend, "tensors": handle.tensors,
                           "bytes": handle.total_bytes, "regions": handle.regions})
+    return serve_until_sigterm(handle.stop)
+
+
+def ferry_dual_source(args):
+    import ferry.torch
+    _, state = model_state(args)
+    torch.save(state, args.out + ".pt")
+    # The worker endpoint and the NIXL listener on loopback (as MX_WORKER_HOST for MX's source).
+    handle = ferry.torch.publish(state, {"model_name": args.model, "dtype": "float32"},
+                                 server=args.server, backend="ferry+nixl",
+                                 worker_listen="127.0.0.1:0", heartbeat_interval=1.0)
+    write_json(args.out, {"mx_source_id": handle.mx_source_id, "worker_id": handle.worker_id,
+                          "backend": handle.backend, "tensors": handle.tensors,
+                          "bytes": handle.total_bytes, "regions": handle.regions,
+                          "endpoint": handle.endpoint})
     return serve_until_sigterm(handle.stop)
 
 
@@ -322,6 +342,59 @@ def mx_nixl_target(args):
     return 0
 
 
+def mx_nixl_p2p_target(args):
+    """ModelExpress's target in P2P metadata mode, its own code unchanged: the record from the
+    server, the manifest from the worker endpoint (fetch_tensor_manifest, what RdmaStrategy
+    prefetches; prepare_tensor_read, the leased manifest), the NIXL metadata from the agent's
+    listener (fetch_remote_and_wait), the read (receive_from_source), the lease released."""
+    from modelexpress import p2p_pb2
+    from modelexpress.client import MxClient
+    from modelexpress.metadata.worker_server import fetch_tensor_manifest, prepare_tensor_read
+    from modelexpress.nixl_transfer import NixlTransferManager
+    from modelexpress.types import TensorDescriptor
+    _, state = dummy_state(args)
+    equal_before = equal_to(state, args.expect)
+    client = MxClient(args.server)
+    refs = client.list_sources(mx_identity(args), p2p_pb2.SOURCE_STATUS_READY).instances
+    if len(refs) != 1:
+        raise SystemExit(f"expected one READY source, found {len(refs)}")
+    ref = refs[0]
+    worker = client.get_metadata(mx_source_id=ref.mx_source_id, worker_id=ref.worker_id).worker
+    endpoint = worker.worker_grpc_endpoint
+    prefetched, _ = fetch_tensor_manifest(endpoint, ref.mx_source_id, worker_id=ref.worker_id)
+    lease, _ = prepare_tensor_read(endpoint, ref.mx_source_id, worker_id=ref.worker_id)
+    manifest = lease.manifest
+    manager = NixlTransferManager(f"mx-target-{uuid.uuid4().hex[:8]}", device_id=0,
+                                  listen_port=free_port(), accelerator_backend=HostBackend())
+    manager.initialize()
+    manager.register_tensors(state)
+    source_tensors = [TensorDescriptor(name=t.name, addr=t.addr, size=t.size,
+                                       device_id=t.device_id, dtype=t.dtype)
+                      for t in manifest.tensors]
+    host, port = (manifest.metadata_endpoint or worker.metadata_endpoint).rsplit(":", 1)
+    agent_name = manifest.agent_name or worker.agent_name
+    manager.fetch_remote_and_wait(remote_agent_name=agent_name, ip=host, port=int(port),
+                                  timeout_seconds=30)
+    total_bytes, count, _ = manager.receive_from_source(
+        source_metadata=b"", source_tensors=source_tensors, timeout_seconds=60,
+        remote_agent_name=agent_name, require_exact_match=True)
+    lease.close()  # ReleaseTensorRead: raises if the source no longer held the lease
+    write_json(args.out, {
+        "bytes": total_bytes, "tensors": count, "lease_id": lease._lease_id,
+        "backend_metadata": worker.WhichOneof("backend_metadata"),
+        "worker_grpc_endpoint": endpoint, "metadata_endpoint": worker.metadata_endpoint,
+        "agent_name": worker.agent_name, "manifest_agent_name": manifest.agent_name,
+        "manifest_metadata_endpoint": manifest.metadata_endpoint,
+        "manifest_worker_id": manifest.worker_id,
+        "prefetched_equals_leased": [p.SerializeToString() for p in prefetched] ==
+                                    [t.SerializeToString() for t in manifest.tensors],
+        "descriptor_dtypes": sorted({t.dtype for t in source_tensors}),
+        "descriptors_match_source": all(
+            t.addr != 0 and t.device_id == 0 for t in source_tensors if t.size),
+        "equal_before": equal_before, "equal": equal_to(state, args.expect)})
+    return 0
+
+
 def ferry_pull(args):
     import ferry
     import ferry.torch
@@ -350,6 +423,8 @@ def ferry_pull(args):
 
 ROLES = {
     "ferry-nixl-source": ferry_nixl_source,
+    "ferry-dual-source": ferry_dual_source,
+    "mx-nixl-p2p-target": mx_nixl_p2p_target,
     "mx-nixl-source": mx_nixl_source,
     "mx-nixl-p2p-source": mx_nixl_p2p_source,
     "te-source": te_source,
