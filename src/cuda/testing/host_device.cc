@@ -129,16 +129,20 @@ class HostStream final : public CopyStream {
         }
         std::memcpy(e.dst, e.src, e.n);
       }
-      {
-        absl::MutexLock lock(&mu_);
-        queue_.pop_front();
-        if (fail && failed_.ok()) {
-          failed_ = absl::InternalError(absl::StrCat(
-              options.name, ": injected failure copying ", e.n, " bytes ",
-              e.to_device ? "to" : "from", " device address 0x", absl::Hex(e.device_address)));
-        }
-      }
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();
       device_->finished_.fetch_add(1);
+      if (fail && failed_.ok()) {
+        failed_ = absl::InternalError(absl::StrCat(
+            options.name, ": injected failure copying ", e.n, " bytes ",
+            e.to_device ? "to" : "from", " device address 0x", absl::Hex(e.device_address)));
+        // As on a CUDA stream after a failed copy, nothing queued behind it runs; drop it in the
+        // same step, so that whoever sees the failure sees no copy in flight.
+        for (const Entry& rest : queue_) {
+          if (rest.marker == 0) device_->finished_.fetch_add(1);
+        }
+        queue_.clear();
+      }
     }
   }
 
