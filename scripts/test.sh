@@ -38,17 +38,22 @@ ctest --test-dir build --output-on-failure -j2 "$@"
 # on 2 cores).
 if [ "${FERRY_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== AddressSanitizer + UBSan (build-debug) =="
-  export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+  # LeakSanitizer is on for the C++ programs (and the ferry binaries they start);
+  # tests/sanitizers/lsan.supp says what it suppresses (allocations of libraries, not ferry's).
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+  export LSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   cmake --preset debug >/dev/null
   ninja -C build-debug -j"$(nproc)"
   ctest --test-dir build-debug --output-on-failure -j2 -LE 'python|bench-smoke|fuzz|faults|chaos|swarm' "$@"
   # Debian's interpreter is not built with ASan, so the runtime is preloaded, and libstdc++ with
-  # it (ASan must find __cxa_throw at start, or the module's first C++ exception aborts).
+  # it (ASan must find __cxa_throw at start, or the module's first C++ exception aborts). No
+  # leak checking there: the interpreter keeps its objects until exit.
   echo "== AddressSanitizer + UBSan: the Python tests with the sanitized module =="
+  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" \
     ctest --test-dir build-debug --output-on-failure -R '^python_interop$'
-  unset ASAN_OPTIONS UBSAN_OPTIONS
+  unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
 fi
 
 # The engine (the striped read over several engines too), store, server, worker-endpoint and
