@@ -3,6 +3,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
 
 namespace ferry::worker::internal {
 
@@ -68,13 +70,14 @@ grpc::ByteBuffer WorkerServiceImpl::Manifest(const std::string& mx_source_id,
   if (prefix.empty()) return AnswerOf({manifest_head_, grpc::Slice(field2), manifest_tail_});
   // `prefix` holds the enclosing message's fields before it; the manifest follows as field 2 of
   // PrepareTensorReadResponse: its tag, its length, its bytes.
-  uint64_t length = manifest_head_.size() + field2.size() + manifest_tail_.size();
-  prefix.push_back(static_cast<char>((2 << 3) | 2));
-  while (length >= 0x80) {
-    prefix.push_back(static_cast<char>((length & 0x7f) | 0x80));
-    length >>= 7;
-  }
-  prefix.push_back(static_cast<char>(length));
+  using google::protobuf::internal::WireFormatLite;
+  using google::protobuf::io::CodedOutputStream;
+  const uint64_t length = manifest_head_.size() + field2.size() + manifest_tail_.size();
+  uint8_t header[16];
+  uint8_t* end = CodedOutputStream::WriteTagToArray(
+      WireFormatLite::MakeTag(2, WireFormatLite::WIRETYPE_LENGTH_DELIMITED), header);
+  end = CodedOutputStream::WriteVarint64ToArray(length, end);
+  prefix.append(reinterpret_cast<const char*>(header), end - header);
   return AnswerOf({grpc::Slice(prefix), manifest_head_, grpc::Slice(field2), manifest_tail_});
 }
 
