@@ -163,15 +163,21 @@ StatusOr<ferry::v1::GetTransferInfoResponse> WorkerClient::GetTransferInfo(
   return response;
 }
 
-StatusOr<bool> WorkerClient::ServesFerry(const std::string& mx_source_id,
-                                         const std::string& worker_id) {
+grpc::Status WorkerClient::CallGetHeldTensors(const std::string& mx_source_id,
+                                              const std::string& worker_id,
+                                              ferry::v1::GetHeldTensorsResponse* response) {
   ferry::v1::GetHeldTensorsRequest request;
   request.set_mx_source_id(mx_source_id);
   if (!worker_id.empty()) request.set_worker_id(worker_id);
   grpc::ClientContext context;
   Prepare(context);
+  return stubs_->transfer->GetHeldTensors(&context, request, response);
+}
+
+StatusOr<bool> WorkerClient::ServesFerry(const std::string& mx_source_id,
+                                         const std::string& worker_id) {
   ferry::v1::GetHeldTensorsResponse response;
-  grpc::Status status = stubs_->transfer->GetHeldTensors(&context, request, &response);
+  grpc::Status status = CallGetHeldTensors(mx_source_id, worker_id, &response);
   if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) return false;
   if (!status.ok()) return RpcError("GetHeldTensors", status.error_code(), status.error_message());
   return true;
@@ -180,13 +186,8 @@ StatusOr<bool> WorkerClient::ServesFerry(const std::string& mx_source_id,
 StatusOr<WorkerClient::HeldState> WorkerClient::GetHeldTensors(const std::string& mx_source_id,
                                                                const std::string& worker_id,
                                                                size_t tensors) {
-  ferry::v1::GetHeldTensorsRequest request;
-  request.set_mx_source_id(mx_source_id);
-  if (!worker_id.empty()) request.set_worker_id(worker_id);
-  grpc::ClientContext context;
-  Prepare(context);
   ferry::v1::GetHeldTensorsResponse response;
-  grpc::Status status = stubs_->transfer->GetHeldTensors(&context, request, &response);
+  grpc::Status status = CallGetHeldTensors(mx_source_id, worker_id, &response);
   if (!status.ok()) return RpcError("GetHeldTensors", status.error_code(), status.error_message());
   if (response.tensor_count() != tensors) {
     return absl::FailedPreconditionError(absl::StrCat(

@@ -11,6 +11,8 @@
 #ifndef FERRY_WORKER_WORKER_CLIENT_H_
 #define FERRY_WORKER_WORKER_CLIENT_H_
 
+#include <grpcpp/support/status.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -118,6 +120,9 @@ class WorkerClient {
   Status RpcError(const char* rpc, int code, const std::string& message) const;
   // Sets the per-call deadline and the bearer token (when one is configured).
   void Prepare(grpc::ClientContext& context) const;
+  // One GetHeldTensors call (ServesFerry and GetHeldTensors read its answer differently).
+  grpc::Status CallGetHeldTensors(const std::string& mx_source_id, const std::string& worker_id,
+                                  ferry::v1::GetHeldTensorsResponse* response);
 
   const WorkerClientOptions options_;
   const std::string endpoint_;
