@@ -375,6 +375,28 @@ def test_device_spans_without_a_driver_fail_naming_the_driver(server):
     assert ferry.torch._describe({"w": t})[2] == [-1]
 
 
+def test_a_nixl_agent_is_named_by_both_its_name_and_its_listener(server):
+    """serve_buffers names a NIXL agent serving the same memory (publish(backend="ferry+nixl"))
+    by its name and its listener together: one without the other is refused before anything
+    is published."""
+    t = torch.arange(1024, dtype=torch.float32)
+    buffers = [("w", "F32", [1024], t.data_ptr(), 4096)]
+    spans = [(t.data_ptr(), 4096)]
+    client = ferry.MetadataClient(server.address)
+    engine = ferry._ferry.TransferEngine("nixl fields test", transports=["tcp"],
+                                         tcp_listen="127.0.0.1:0")
+    try:
+        for name, endpoint in (("agent", ""), ("", "127.0.0.1:5555")):
+            with pytest.raises(ferry.InvalidArgumentError,
+                               match="nixl_agent_name and nixl_metadata_endpoint go together"):
+                ferry._ferry.serve_buffers(client, engine, {"model_name": "nixl-fields"}, buffers,
+                                           spans, nixl_agent_name=name,
+                                           nixl_metadata_endpoint=endpoint)
+        assert client.list_sources({"model_name": "nixl-fields"}) == []
+    finally:
+        engine.stop()
+
+
 # --- the binding itself ---------------------------------------------------------------------
 
 
