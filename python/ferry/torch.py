@@ -286,8 +286,9 @@ class _DualSource:
         self.agent_name = nixl_server.agent_name
 
     def stop(self) -> None:
-        """Marks the record STALE and closes the worker endpoint (no new reads of either kind
-        start), then deregisters the memory from NIXL. Idempotent."""
+        """Marks the record STALE, takes no new read leases, waits up to 10 s for ModelExpress
+        targets holding one to release it (their NIXL reads finish), closes the worker endpoint,
+        then deregisters the memory from NIXL. Idempotent."""
         try:
             self._source.stop()
         finally:
@@ -427,7 +428,8 @@ def publish(
     read it with ferry's engine and verify checksums; `pull_into(backend="nixl")` reads it over
     NIXL. ModelExpress's targets send no token: a source that requires one (FERRY_TOKEN_FILE)
     refuses their calls (UNAUTHENTICATED). Host tensors only, as "nixl"; stop() marks the
-    record STALE, closes the endpoint, then deregisters the memory from NIXL.
+    record STALE, waits up to 10 s for the read leases ModelExpress targets hold to be released,
+    closes the endpoint, then deregisters the memory from NIXL.
     """
     if backend not in ("ferry", "nixl", "ferry+nixl", "auto"):
         raise _ferry.InvalidArgumentError(

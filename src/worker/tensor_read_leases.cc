@@ -1,5 +1,6 @@
 #include "worker/tensor_read_leases.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -78,6 +79,18 @@ int TensorReadLeases::outstanding() {
   absl::MutexLock lock(&mu_);
   DropExpiredLocked(now);
   return static_cast<int>(expiry_.size());
+}
+
+int TensorReadLeases::AwaitReleased(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto released = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return expiry_.empty(); };
+  for (;;) {
+    DropExpiredLocked(now_());
+    const absl::Time now = absl::Now();
+    if (expiry_.empty() || now >= deadline) return static_cast<int>(expiry_.size());
+    // Woken by a release; at least once a second, for leases that expire meanwhile.
+    mu_.AwaitWithDeadline(absl::Condition(&released), std::min(deadline, now + absl::Seconds(1)));
+  }
 }
 
 }  // namespace ferry::worker

@@ -59,6 +59,11 @@ class TensorReadLeases {
   // Leases outstanding now (expired ones dropped first).
   int outstanding();
 
+  // Waits until every outstanding lease was released or expired, or `deadline` (real time)
+  // passed; returns how many are left. For a stopping source: its targets finish their NIXL
+  // reads before the memory is deregistered.
+  int AwaitReleased(absl::Time deadline);
+
  private:
   explicit TensorReadLeases(LeaseOptions options);
   void DropExpiredLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "model_express/p2p.grpc.pb.h"
 #include "worker/worker_client.h"
 #include "worker/worker_server.h"
@@ -156,6 +158,57 @@ TEST(TensorReadServiceTest, ChecksIdsAndLeaseIds) {
   EXPECT_THAT(empty.error_message(), HasSubstr("without a lease_id"));
   EXPECT_EQ(Release(s, "0123456789abcdef0123456789abcdef").error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(TensorReadServiceTest, StopWaitsForOutstandingLeasesToBeReleased) {
+  WorkerServerOptions o;
+  o.lease_drain_timeout = absl::Seconds(60);  // the release below ends the wait, not this
+  Served s = Serve(std::move(o));
+  p2p::PrepareTensorReadResponse prepared;
+  ASSERT_TRUE(Prepare(s, &prepared).ok());
+  absl::Notification stopped;
+  std::thread stopper([&] {
+    s.server->Stop();
+    stopped.Notify();
+  });
+  // Stopping takes no new lease while it waits for the outstanding one...
+  p2p::PrepareTensorReadResponse refused;
+  grpc::Status late = Prepare(s, &refused);
+  if (!late.ok()) {
+    EXPECT_EQ(late.error_code(), grpc::StatusCode::UNAVAILABLE) << late.error_message();
+    EXPECT_THAT(late.error_message(), HasSubstr("takes no new read leases"));
+  } else {
+    // Taken before Stop() closed the table: release it too, or Stop() waits a minute.
+    EXPECT_TRUE(Release(s, refused.lease_id()).ok());
+  }
+  EXPECT_FALSE(stopped.HasBeenNotified());
+  // ...and the endpoint still serves the release that ends the wait.
+  grpc::Status released = Release(s, prepared.lease_id());
+  EXPECT_TRUE(released.ok()) << released.error_message();
+  stopped.WaitForNotification();
+  stopper.join();
+  EXPECT_EQ(s.server->outstanding_tensor_read_leases(), 0);
+}
+
+TEST(TensorReadServiceTest, StopGivesUpOnALeaseNobodyReleases) {
+  WorkerServerOptions o;
+  o.lease_drain_timeout = absl::Milliseconds(200);
+  Served s = Serve(std::move(o));
+  p2p::PrepareTensorReadResponse prepared;
+  ASSERT_TRUE(Prepare(s, &prepared).ok());
+  s.server->Stop();  // returns after the drain timeout with the lease still held
+  EXPECT_EQ(s.server->outstanding_tensor_read_leases(), 1);
+}
+
+TEST(TensorReadServiceTest, ANegativeLeaseDrainTimeoutIsRefused) {
+  std::unique_ptr<WorkerState> state = MakeState();
+  WorkerServerOptions o;
+  o.state = state.get();
+  o.listen = "127.0.0.1:0";
+  o.lease_drain_timeout = absl::Seconds(-1);
+  auto server = WorkerServer::Create(std::move(o));
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(server.status().message(), HasSubstr("WorkerServerOptions.lease_drain_timeout"));
 }
 
 TEST(TensorReadServiceTest, FerryOnlySourceAnswersUnimplemented) {

@@ -131,6 +131,13 @@ StatusOr<std::unique_ptr<WorkerServer>> WorkerServer::Create(WorkerServerOptions
         "WorkerServerOptions.drain_timeout=", absl::FormatDuration(options.drain_timeout),
         " must be finite and >= 0"));
   }
+  if (options.lease_drain_timeout < absl::ZeroDuration() ||
+      options.lease_drain_timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WorkerServerOptions.lease_drain_timeout=",
+                     absl::FormatDuration(options.lease_drain_timeout),
+                     " must be finite and >= 0 (default 10s)"));
+  }
 
   auto server = std::unique_ptr<WorkerServer>(new WorkerServer());
   WorkerServer& s = *server;
@@ -219,7 +226,18 @@ Status WorkerServer::Start() {
 void WorkerServer::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  if (tensor_leases_ != nullptr) tensor_leases_->Close();
+  if (tensor_leases_ != nullptr) {
+    tensor_leases_->Close();
+    if (grpc_ != nullptr) {
+      const int left = tensor_leases_->AwaitReleased(absl::Now() + options_.lease_drain_timeout);
+      if (left > 0) {
+        spdlog::warn(
+            "worker endpoint {}: stopping with {} tensor read lease(s) still held after {}; "
+            "those targets' NIXL reads fail and they read another source",
+            endpoint(), left, absl::FormatDuration(options_.lease_drain_timeout));
+      }
+    }
+  }
   if (grpc_ == nullptr) return;
   // Wait for running handlers (bounded), then shut down at once: a Shutdown deadline would also
   // wait for idle client connections, which targets holding a channel never close.

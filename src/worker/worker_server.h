@@ -85,6 +85,9 @@ struct WorkerServerOptions {
   // NIXL agent's metadata_endpoint: default at most 256 outstanding, each for 270 s
   // (ModelExpress 0.7.0's lifetime). Stop() takes no new ones from its start.
   LeaseOptions tensor_read_leases = TensorReadLeaseOptions();
+  // How long Stop() waits for targets holding such leases to release them (their NIXL reads
+  // end before the caller deregisters the memory from NIXL). Default 10 s; 0: no wait.
+  absl::Duration lease_drain_timeout = absl::Seconds(10);
 
   // Tests: runs inside every admitted request, before it is answered (e.g. to hold it).
   std::function<void(std::string_view method)> on_request_for_test;
@@ -102,7 +105,9 @@ class WorkerServer {
   // FailedPrecondition if already started or stopped (a server starts once).
   Status Start();
 
-  // Lets running requests finish (up to drain_timeout), then closes the port. Idempotent.
+  // Takes no new tensor read leases and waits for the outstanding ones to be released (up to
+  // lease_drain_timeout), lets running requests finish (up to drain_timeout), then closes the
+  // port. Idempotent.
   void Stop();
 
   // The bound port; 0 before Start().
