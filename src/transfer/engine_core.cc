@@ -57,6 +57,7 @@ StatusOr<std::shared_ptr<EngineCore>> EngineCore::Create(TransferEngineOptions o
   // Preference order: CUDA IPC (device memory on this host; it serves no host region), shm
   // (its memfd allocator comes first in AllocateRegion), UCX, TCP.
   std::vector<std::unique_ptr<Transport>> transports;
+  auto devices = std::make_shared<cuda::DevicePool>();  // one Device per GPU, for every user
   auto stop_all = [&] {
     for (auto& t : transports) t->Stop();
   };
@@ -117,7 +118,7 @@ StatusOr<std::shared_ptr<EngineCore>> EngineCore::Create(TransferEngineOptions o
     }
   }
   if (options.enable_tcp) {
-    auto tcp = CreateTcpTransport(options);
+    auto tcp = CreateTcpTransport(options, devices);
     if (!tcp.ok()) {
       stop_all();
       return Status(tcp.status().code(), absl::StrCat("transfer engine \"", options.name,
@@ -125,12 +126,15 @@ StatusOr<std::shared_ptr<EngineCore>> EngineCore::Create(TransferEngineOptions o
     }
     transports.push_back(std::move(*tcp));
   }
-  return std::shared_ptr<EngineCore>(new EngineCore(std::move(options), std::move(transports)));
+  return std::shared_ptr<EngineCore>(
+      new EngineCore(std::move(options), std::move(transports), std::move(devices)));
 }
 
 EngineCore::EngineCore(TransferEngineOptions options,
-                       std::vector<std::unique_ptr<Transport>> transports)
+                       std::vector<std::unique_ptr<Transport>> transports,
+                       std::shared_ptr<cuda::DevicePool> devices)
     : options_(std::move(options)),
+      devices_(std::move(devices)),
       transports_(std::move(transports)),
       engine_id_(RandomEngineId()),
       hostname_(HostName()),
@@ -289,7 +293,7 @@ StatusOr<cuda::Device*> EngineCore::LocalDevice(const void* local) {
     }
   }
   if (!device) return nullptr;
-  return devices_.ForAddress(address);
+  return devices_->ForAddress(address);
 }
 
 double EngineCore::TakeLoad() {

@@ -64,7 +64,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
     std::shared_ptr<cuda::DeviceAllocation> device_memory;
   };
 
-  EngineCore(TransferEngineOptions options, std::vector<std::unique_ptr<Transport>> transports);
+  EngineCore(TransferEngineOptions options, std::vector<std::unique_ptr<Transport>> transports,
+             std::shared_ptr<cuda::DevicePool> devices);
   // Registers `record` with every transport under a fresh id. On failure, undoes the partial
   // registration (the caller frees engine-owned memory).
   StatusOr<std::unique_ptr<Region>> AddRegion(RegionRecord record);
@@ -80,6 +81,8 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
   StatusOr<Choice> Candidates(const ferry::v1::TransferBlob& remote, TransportKind wanted) const;
 
   const TransferEngineOptions options_;
+  // The GPUs this engine uses, shared with the TCP transport (declared first: it outlives them).
+  const std::shared_ptr<cuda::DevicePool> devices_;
   const std::vector<std::unique_ptr<Transport>> transports_;  // preference order
   const std::string engine_id_;
   const std::string hostname_;
@@ -88,7 +91,6 @@ class EngineCore : public std::enable_shared_from_this<EngineCore> {
 
   mutable absl::Mutex mu_;
   uint32_t next_region_id_ ABSL_GUARDED_BY(mu_) = 0;
-  cuda::DevicePool devices_;
   // Device regions registered now: while none is, reads skip the per-op region lookup.
   std::atomic<int> device_regions_{0};
   std::map<uint32_t, RegionRecord> regions_ ABSL_GUARDED_BY(mu_);

@@ -22,6 +22,10 @@
 #include "ferry/transfer.h"
 #include "ferry/v1/transfer.pb.h"
 
+namespace ferry::internal::cuda {
+class DevicePool;
+}  // namespace ferry::internal::cuda
+
 namespace ferry::internal {
 
 // Memory a transport allocated for a region; freed by Transport::Free after the region is
@@ -144,8 +148,11 @@ class Transport {
   virtual void Stop() = 0;
 };
 
-// Factories, one per transport folder. `options` was validated by the engine.
-StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOptions& options);
+// Factories, one per transport folder. `options` was validated by the engine. The TCP transport
+// stages device regions through the GPUs of `devices`, the engine's pool (one Device per GPU for
+// the whole engine).
+StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOptions& options,
+                                                        std::shared_ptr<cuda::DevicePool> devices);
 StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOptions& options);
 StatusOr<std::unique_ptr<Transport>> CreateShmTransport(const TransferEngineOptions& options);
 // FailedPrecondition (the driver's or the build's reason) where CUDA cannot be used here.

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "common/testing/child_reaper.h"
+#include "cuda/device_pool.h"
 #include "gtest/gtest.h"
 #include "transfer/tcp/tcp_socket.h"
 #include "transfer/tcp/tcp_wire.h"
@@ -234,7 +235,7 @@ TEST(TcpPeerProgressTest, BytesCountAsTheyLandWithinAChunk) {
   o.tcp_listen = "127.0.0.1:0";
   o.tcp_streams = 1;
   o.chunk_bytes = kChunk;
-  auto target = CreateTcpTransport(o);
+  auto target = CreateTcpTransport(o, std::make_shared<cuda::DevicePool>());
   ASSERT_TRUE(target.ok()) << target.status();
   ferry::v1::TransferBlob blob;
   blob.mutable_tcp()->set_host("127.0.0.1");

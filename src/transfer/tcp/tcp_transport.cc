@@ -18,9 +18,10 @@ using tcp::HostPort;
 // Thread-safe (TcpServer is; the rest is immutable after Create).
 class TcpTransport : public Transport {
  public:
-  TcpTransport(const TransferEngineOptions& options, std::unique_ptr<tcp::TcpServer> server,
-               std::string host, std::string secret)
+  TcpTransport(const TransferEngineOptions& options, std::shared_ptr<cuda::DevicePool> devices,
+               std::unique_ptr<tcp::TcpServer> server, std::string host, std::string secret)
       : options_(options),
+        devices_(std::move(devices)),
         server_(std::move(server)),
         host_(std::move(host)),
         secret_(std::move(secret)) {}
@@ -32,7 +33,7 @@ class TcpTransport : public Transport {
                    const Allocation* allocation) override {
     if (kind == MemoryKind::kCuda) {
       // Device memory is served through pinned host slots (StagedSource): the wire is the same.
-      auto device = devices_.ForAddress(reinterpret_cast<uint64_t>(data));
+      auto device = devices_->ForAddress(reinterpret_cast<uint64_t>(data));
       if (!device.ok()) {
         return Status(
             device.status().code(),
@@ -81,7 +82,7 @@ class TcpTransport : public Transport {
 
  private:
   const TransferEngineOptions options_;
-  cuda::DevicePool devices_;  // the GPUs of device regions served (staged)
+  const std::shared_ptr<cuda::DevicePool> devices_;  // the engine's: GPUs of staged regions
   const std::unique_ptr<tcp::TcpServer> server_;
   const std::string host_;
   const std::string secret_;
@@ -89,7 +90,11 @@ class TcpTransport : public Transport {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOptions& options) {
+StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOptions& options,
+                                                        std::shared_ptr<cuda::DevicePool> devices) {
+  if (devices == nullptr) {
+    return absl::InvalidArgumentError("CreateTcpTransport: a DevicePool is required");
+  }
   FERRY_ASSIGN_OR_RETURN(
       HostPort listen, tcp::ParseHostPort(options.tcp_listen, "TransferEngineOptions.tcp_listen"));
   std::string secret(tcp::kSecretBytes, '\0');
@@ -110,8 +115,8 @@ StatusOr<std::unique_ptr<Transport>> CreateTcpTransport(const TransferEngineOpti
   limits.upload_bytes_per_second = options.max_upload_rate;
   FERRY_ASSIGN_OR_RETURN(auto server,
                          tcp::TcpServer::Create(listen, options.tcp_socket_buffer, secret, limits));
-  return std::unique_ptr<Transport>(
-      new TcpTransport(options, std::move(server), std::move(host), std::move(secret)));
+  return std::unique_ptr<Transport>(new TcpTransport(options, std::move(devices), std::move(server),
+                                                     std::move(host), std::move(secret)));
 }
 
 }  // namespace ferry::internal

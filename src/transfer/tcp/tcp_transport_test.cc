@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda/device_pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "transfer/transfer_test_util.h"
@@ -40,13 +41,13 @@ class TcpTransportTest : public ::testing::Test {
   void SetUpSource(uint64_t bytes, int streams, uint64_t chunk = 64 << 10) {
     source_region_ = std::make_unique<Buffer>(bytes);
     FillPattern(source_region_->data(), bytes);
-    auto source = CreateTcpTransport(Options(streams, chunk));
+    auto source = CreateTcpTransport(Options(streams, chunk), std::make_shared<cuda::DevicePool>());
     ASSERT_TRUE(source.ok()) << source.status();
     source_ = std::move(*source);
     ASSERT_TRUE(
         source_->AddRegion(0, source_region_->data(), bytes, MemoryKind::kHost, nullptr).ok());
     source_->Describe(&blob_);
-    auto target = CreateTcpTransport(Options(streams, chunk));
+    auto target = CreateTcpTransport(Options(streams, chunk), std::make_shared<cuda::DevicePool>());
     ASSERT_TRUE(target.ok()) << target.status();
     target_ = std::move(*target);
     auto conn = target_->Connect(blob_, kDesc);
@@ -74,7 +75,7 @@ TEST_F(TcpTransportTest, DescribeFillsHostPortAndSecret) {
 TEST_F(TcpTransportTest, AdvertiseHostAndWildcardListen) {
   TransferEngineOptions o = Options(1);
   o.advertise_host = "data.example";
-  auto t = CreateTcpTransport(o);
+  auto t = CreateTcpTransport(o, std::make_shared<cuda::DevicePool>());
   ASSERT_TRUE(t.ok()) << t.status();
   ferry::v1::TransferBlob blob;
   (*t)->Describe(&blob);
@@ -82,7 +83,7 @@ TEST_F(TcpTransportTest, AdvertiseHostAndWildcardListen) {
 
   o.advertise_host = "";
   o.tcp_listen = "0.0.0.0:0";
-  t = CreateTcpTransport(o);
+  t = CreateTcpTransport(o, std::make_shared<cuda::DevicePool>());
   ASSERT_TRUE(t.ok()) << t.status();
   blob.Clear();
   (*t)->Describe(&blob);
