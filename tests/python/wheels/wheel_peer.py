@@ -308,19 +308,25 @@ def te_source(args):
     return serve_until_sigterm(stop)
 
 
-def mx_nixl_target(args):
+def the_ready_source(args):
+    """ModelExpress's client and the one READY source of the identity (exits otherwise)."""
     from modelexpress import p2p_pb2
     from modelexpress.client import MxClient
+    client = MxClient(args.server)
+    refs = client.list_sources(mx_identity(args), p2p_pb2.SOURCE_STATUS_READY).instances
+    if len(refs) != 1:
+        raise SystemExit(f"expected one READY source, found {len(refs)}")
+    return client, refs[0]
+
+
+def mx_nixl_target(args):
     from modelexpress.metadata.payload import worker_tensor_descriptors
     from modelexpress.nixl_transfer import NixlTransferManager
     from modelexpress.types import TensorDescriptor
     _, state = dummy_state(args)
     equal_before = equal_to(state, args.expect)
-    client = MxClient(args.server)
-    refs = client.list_sources(mx_identity(args), p2p_pb2.SOURCE_STATUS_READY).instances
-    if len(refs) != 1:
-        raise SystemExit(f"expected one READY source, found {len(refs)}")
-    meta = client.get_metadata(mx_source_id=refs[0].mx_source_id, worker_id=refs[0].worker_id)
+    client, ref = the_ready_source(args)
+    meta = client.get_metadata(mx_source_id=ref.mx_source_id, worker_id=ref.worker_id)
     worker = meta.worker
     manager = NixlTransferManager(f"mx-target-{uuid.uuid4().hex[:8]}", device_id=0,
                                   accelerator_backend=HostBackend())
@@ -347,18 +353,12 @@ def mx_nixl_p2p_target(args):
     server, the manifest from the worker endpoint (fetch_tensor_manifest, what RdmaStrategy
     prefetches; prepare_tensor_read, the leased manifest), the NIXL metadata from the agent's
     listener (fetch_remote_and_wait), the read (receive_from_source), the lease released."""
-    from modelexpress import p2p_pb2
-    from modelexpress.client import MxClient
     from modelexpress.metadata.worker_server import fetch_tensor_manifest, prepare_tensor_read
     from modelexpress.nixl_transfer import NixlTransferManager
     from modelexpress.types import TensorDescriptor
     _, state = dummy_state(args)
     equal_before = equal_to(state, args.expect)
-    client = MxClient(args.server)
-    refs = client.list_sources(mx_identity(args), p2p_pb2.SOURCE_STATUS_READY).instances
-    if len(refs) != 1:
-        raise SystemExit(f"expected one READY source, found {len(refs)}")
-    ref = refs[0]
+    client, ref = the_ready_source(args)
     worker = client.get_metadata(mx_source_id=ref.mx_source_id, worker_id=ref.worker_id).worker
     endpoint = worker.worker_grpc_endpoint
     prefetched, _ = fetch_tensor_manifest(endpoint, ref.mx_source_id, worker_id=ref.worker_id)
