@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "ferry/status.h"
 #include "google/protobuf/message_lite.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
@@ -50,6 +51,11 @@ grpc::ByteBuffer AnswerOf(std::initializer_list<grpc::Slice> parts);
 // `bytes` in one reference-counted slice: the one copy of a prepared answer part.
 inline grpc::Slice PreparedSlice(const std::string& bytes) {
   return grpc::Slice(bytes.data(), bytes.size());
+}
+
+// `status` as a gRPC answer: the same code (absl's codes are gRPC's) and message.
+inline grpc::Status ToGrpc(const Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 }  // namespace ferry::worker::internal

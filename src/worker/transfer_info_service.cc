@@ -38,7 +38,7 @@ grpc::Status TransferInfoService::GetTransferInfo(grpc::ServerContext* context,
   const Status check = state_->CheckRequest(
       parsed.mx_source_id(), parsed.has_worker_id() ? &parsed.worker_id() : nullptr, &mx_source_id);
   if (!check.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+    return ToGrpc(check);
   }
   // Field 1 (mx_source_id), then the prepared fields 2..8: the bytes of the whole response.
   ferry::v1::GetTransferInfoResponse head;
@@ -61,7 +61,7 @@ grpc::Status TransferInfoService::GetHeldTensors(grpc::ServerContext* context,
       request->mx_source_id(), request->has_worker_id() ? &request->worker_id() : nullptr,
       &mx_source_id);
   if (!check.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+    return ToGrpc(check);
   }
   const HeldTensors* held = state_->manifest().held.get();
   response->set_tensor_count(static_cast<uint32_t>(state_->manifest().tensors.size()));

@@ -55,7 +55,7 @@ grpc::Status WorkerServiceImpl::GetTensorManifest(grpc::ServerContext* context,
   const Status check = tensors_->CheckRequest(
       parsed.mx_source_id(), parsed.has_worker_id() ? &parsed.worker_id() : nullptr, &mx_source_id);
   if (!check.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+    return ToGrpc(check);
   }
   *response = Manifest(mx_source_id);
   return grpc::Status::OK;
@@ -116,12 +116,11 @@ grpc::Status WorkerServiceImpl::PrepareTensorRead(grpc::ServerContext* context,
   const Status check = tensors_->CheckRequest(
       parsed.mx_source_id(), parsed.has_worker_id() ? &parsed.worker_id() : nullptr, &mx_source_id);
   if (!check.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
+    return ToGrpc(check);
   }
   StatusOr<std::string> lease = leases_->Prepare();
   if (!lease.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(lease.status().code()),
-                        std::string(lease.status().message()));
+    return ToGrpc(lease.status());
   }
   model_express::p2p::PrepareTensorReadResponse head;
   head.set_lease_id(*lease);
@@ -141,8 +140,7 @@ grpc::Status WorkerServiceImpl::ReleaseTensorRead(
                                          &mx_source_id);
   if (status.ok()) status = leases_->Release(request->lease_id());
   if (!status.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                        std::string(status.message()));
+    return ToGrpc(status);
   }
   response->Clear();
   return grpc::Status::OK;
