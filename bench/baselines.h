@@ -1,6 +1,7 @@
 // Same-run baselines shared by the data-plane benchmarks: pre-faulted buffers, single-thread
 // memcpy, and a raw loopback TCP socket pair with N streams (the kernel-TCP bound). Header-only;
 // failures exit the benchmark with a message (a benchmark that cannot measure has nothing to say).
+// Programs that include it link PkgConfig::XXHASH (the checksumming raw socket).
 #ifndef FERRY_BENCH_BASELINES_H_
 #define FERRY_BENCH_BASELINES_H_
 
@@ -9,8 +10,10 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -95,8 +98,11 @@ class RawSockets {
   RawSockets& operator=(const RawSockets&) = delete;
 
   // Moves `bytes` from src to dst over the streams, each stream an equal share, sent and
-  // received in pieces of `piece` bytes (0: each share in one send() and one recv()).
-  double Seconds(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t piece = 0) {
+  // received in pieces of `piece` bytes (0: each share in one send() and one recv()). With
+  // `checksum`, each receiver also takes XXH3-64 of every piece as it lands (what a verified
+  // pull adds to the wire's CPU work: the ceiling for a pull that checks every byte).
+  double Seconds(const Buffer& src, Buffer& dst, uint64_t bytes, uint64_t piece = 0,
+                 bool checksum = false) {
     std::vector<std::thread> threads;
     const uint64_t share = bytes / streams_;
     const double t0 = Now();
@@ -113,12 +119,15 @@ class RawSockets {
         }
       });
       threads.emplace_back([&, i, off, len, step] {
+        uint64_t sum = 0;
         for (uint64_t done = 0; done < len;) {
           const uint64_t want = std::min(step, len - done);
           ssize_t n = ::recv(receivers_[i], dst.data() + off + done, want, MSG_WAITALL);
           if (n <= 0) std::exit(1);
+          if (checksum) sum ^= XXH3_64bits(dst.data() + off + done, static_cast<size_t>(n));
           done += n;
         }
+        checksums_.fetch_xor(sum, std::memory_order_relaxed);  // kept, so never optimized out
       });
     }
     for (auto& t : threads) t.join();
@@ -132,6 +141,7 @@ class RawSockets {
   }
   const int streams_;
   const int socket_buffer_;
+  std::atomic<uint64_t> checksums_{0};
   std::vector<int> senders_;
   std::vector<int> receivers_;
 };
