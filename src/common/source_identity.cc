@@ -1,8 +1,5 @@
 #include "ferry/source_identity.h"
 
-#include <unicode/locid.h>
-#include <unicode/unistr.h>
-
 #include <algorithm>
 #include <string_view>
 #include <utility>
@@ -11,30 +8,13 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/hashing.h"
+#include "common/unicode_lower.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry {
 namespace {
 
 using ::ferry::internal::Sha256Hex;
-
-// Full Unicode lowercasing in the root locale (one code point may become several, and a final
-// capital sigma becomes a final small sigma), matching Rust's str::to_lowercase.
-std::string Lower(std::string_view s) {
-  bool ascii = std::all_of(s.begin(), s.end(), [](char c) { return (c & 0x80) == 0; });
-  std::string out;
-  if (ascii) {
-    out.assign(s);
-    for (char& c : out) {
-      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    }
-    return out;
-  }
-  icu::UnicodeString u = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), s.size()));
-  u.toLower(icu::Locale::getRoot());
-  u.toUTF8String(out);
-  return out;
-}
 
 // Rust's u64::from_str: an optional leading '+', then one or more ASCII digits, no overflow.
 std::optional<uint64_t> ParseU64(std::string_view s) {
@@ -55,16 +35,24 @@ std::optional<uint64_t> ParseU64(std::string_view s) {
 StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
   // nlohmann::json keeps object keys in a std::map, so every level is sorted bytewise, and
   // dump() with the default ensure_ascii=false writes non-ASCII and U+007F raw, like serde_json.
+  // Full Unicode lowercasing (common/unicode_lower.h); the first failure is returned.
+  Status failed;
+  auto lower = [&failed](std::string_view s) -> std::string {
+    StatusOr<std::string> result = internal::UnicodeLower(s);
+    if (result.ok()) return *std::move(result);
+    if (failed.ok()) failed = result.status();
+    return std::string();
+  };
   nlohmann::json j;
   j["backend_framework"] = static_cast<int32_t>(id.backend_framework());
-  j["dtype"] = Lower(id.dtype());
+  j["dtype"] = lower(id.dtype());
   j["expert_parallel_size"] = id.expert_parallel_size();
-  j["model_name"] = Lower(id.model_name());
+  j["model_name"] = lower(id.model_name());
   j["mx_source_type"] = static_cast<int32_t>(id.mx_source_type());
-  j["mx_version"] = Lower(id.mx_version());
+  j["mx_version"] = lower(id.mx_version());
   j["pipeline_parallel_size"] = id.pipeline_parallel_size();
-  j["quantization"] = Lower(id.quantization());
-  j["revision"] = Lower(id.revision());
+  j["quantization"] = lower(id.quantization());
+  j["revision"] = lower(id.revision());
   j["tensor_parallel_size"] = id.tensor_parallel_size();
 
   // Sort the original pairs by original key bytes; after lowercasing the key, the first pair
@@ -75,8 +63,8 @@ StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
   std::sort(pairs.begin(), pairs.end());
   nlohmann::json extra = nlohmann::json::object();
   for (const auto& [k, v] : pairs) {
-    std::string lk = Lower(k);
-    if (!extra.contains(lk)) extra[lk] = Lower(v);
+    std::string lk = lower(k);
+    if (!extra.contains(lk)) extra[lk] = lower(v);
   }
   j["extra_parameters"] = std::move(extra);
 
@@ -89,7 +77,11 @@ StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
       {"compile_config_digest", &id.compile_config_digest()},
   };
   for (const auto& [key, value] : optional_fields) {
-    if (!value->empty()) j[key] = Lower(*value);
+    if (!value->empty()) j[key] = lower(*value);
+  }
+  if (!failed.ok()) {
+    return Status(failed.code(), absl::StrCat("source identity for model '", id.model_name(),
+                                              "': ", failed.message()));
   }
   try {
     return j.dump();
