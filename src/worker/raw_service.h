@@ -18,6 +18,7 @@
 #include "grpcpp/impl/rpc_service_method.h"
 #include "grpcpp/impl/service_type.h"
 #include "grpcpp/support/method_handler.h"
+#include "worker/grpc_status.h"
 
 namespace ferry::worker::internal {
 
@@ -51,11 +52,6 @@ grpc::ByteBuffer AnswerOf(std::initializer_list<grpc::Slice> parts);
 // `bytes` in one reference-counted slice: the one copy of a prepared answer part.
 inline grpc::Slice PreparedSlice(const std::string& bytes) {
   return grpc::Slice(bytes.data(), bytes.size());
-}
-
-// `status` as a gRPC answer: the same code (absl's codes are gRPC's) and message.
-inline grpc::Status ToGrpc(const Status& status) {
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 }  // namespace ferry::worker::internal

@@ -10,6 +10,7 @@
 
 #include "grpcpp/grpcpp.h"
 #include "worker/artifact_state.h"
+#include "worker/grpc_status.h"
 #include "worker/worker_state.h"
 
 namespace ferry::internal {
@@ -68,9 +69,7 @@ grpc::Status ServeChecked(RequestGate* gate, const WorkerState& state,
   const Status check =
       state.CheckRequest(request.mx_source_id(),
                          request.has_worker_id() ? &request.worker_id() : nullptr, &mx_source_id);
-  if (!check.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(check.code()), std::string(check.message()));
-  }
+  if (!check.ok()) return ToGrpc(check);
   fill(mx_source_id);
   return grpc::Status::OK;
 }
@@ -91,10 +90,7 @@ grpc::Status ServeArtifact(RequestGate* gate, const ArtifactState* artifacts,
   std::string mx_source_id;
   Status status = artifacts->Check(request.mx_source_id(), request.artifact_id(), &mx_source_id);
   if (status.ok()) status = fill(mx_source_id);
-  if (!status.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                        std::string(status.message()));
-  }
+  if (!status.ok()) return ToGrpc(status);
   return grpc::Status::OK;
 }
 
