@@ -19,6 +19,7 @@
 #include "common/env.h"
 #include "common/fd.h"
 #include "common/logging.h"
+#include "common/pem_file.h"
 #include "spdlog/spdlog.h"
 
 namespace ferry {
@@ -143,21 +144,6 @@ std::string TokenSource::Origin() const {
   if (path_.empty()) return absl::StrCat("the token in MetadataClientOptions.", kTokenField);
   return absl::StrCat("the token in ", path_,
                       " (--token-file, FERRY_TOKEN_FILE or MX_AUTH_TOKEN_PATH)");
-}
-
-StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": ", path, " cannot be read: ", std::strerror(errno)));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, ": ", path, " is not a PEM file (no -----BEGIN line)"));
-  }
-  return text.str();
 }
 
 StatusOr<ChannelSecurity> MakeChannelSecurity(const MetadataClientOptions& options,

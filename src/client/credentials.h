@@ -87,10 +87,6 @@ struct ChannelSecurity {
 StatusOr<ChannelSecurity> MakeChannelSecurity(const MetadataClientOptions& options,
                                               bool https_prefix);
 
-// The contents of a PEM file. InvalidArgument naming `what` and `path` if it cannot be read or
-// holds no "-----BEGIN " block.
-StatusOr<std::string> ReadPemFile(const std::string& path, absl::string_view what);
-
 // Reads one variable of the table in common/env.cc (its fallback included); nullopt if unset.
 using EnvLookup = std::function<std::optional<std::string>(std::string_view name)>;
 

@@ -243,7 +243,7 @@ TEST(TlsOptionsTest, BadTlsOptionsNameTheFlag) {
   o.tls_key = "/nonexistent/key.pem";
   s = Server::Create(o);
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument,
-                          HasSubstr("--tls-cert: cannot read /nonexistent")));
+                          HasSubstr("--tls-cert: /nonexistent/cert.pem cannot be read")));
 }
 
 }  // namespace

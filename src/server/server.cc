@@ -1,13 +1,11 @@
 #include "server/server.h"
 
-#include <fstream>
-#include <sstream>
-
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/listener_probe.h"
 #include "common/logging.h"
+#include "common/pem_file.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/admin_http.h"
@@ -49,20 +47,6 @@ Status ParseHostPort(const std::string& address, const std::string& flag, std::s
 
 namespace {
 
-StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path);
-  if (!in.good()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": cannot read ", path, ": ", strerror(errno)));
-  }
-  std::stringstream text;
-  text << in.rdbuf();
-  if (text.str().find("-----BEGIN ") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " is not a PEM file"));
-  }
-  return text.str();
-}
-
 // Plain text, TLS, or mutual TLS, from the options.
 StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(const ServerOptions& o) {
   if (o.tls_cert.empty() && o.tls_key.empty()) {
@@ -76,11 +60,12 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(const ServerO
   }
   grpc::SslServerCredentialsOptions ssl;
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  FERRY_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(o.tls_cert, "--tls-cert"));
-  FERRY_ASSIGN_OR_RETURN(pair.private_key, ReadPem(o.tls_key, "--tls-key"));
+  FERRY_ASSIGN_OR_RETURN(pair.cert_chain, ::ferry::internal::ReadPemFile(o.tls_cert, "--tls-cert"));
+  FERRY_ASSIGN_OR_RETURN(pair.private_key, ::ferry::internal::ReadPemFile(o.tls_key, "--tls-key"));
   ssl.pem_key_cert_pairs.push_back(pair);
   if (!o.tls_client_ca.empty()) {
-    FERRY_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(o.tls_client_ca, "--tls-client-ca"));
+    FERRY_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                           ::ferry::internal::ReadPemFile(o.tls_client_ca, "--tls-client-ca"));
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(ssl);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/credentials.h"
 #include "common/logging.h"
+#include "common/pem_file.h"
 #include "worker/request_gate.h"
 #include "worker/transfer_info_service.h"
 #include "worker/worker_service.h"
