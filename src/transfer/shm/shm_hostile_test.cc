@@ -2,11 +2,13 @@
 // answers the handshake, then hands out a descriptor that does not back the size it announces.
 // The target used to map the announced size and die of SIGBUS in its copy threads.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -146,6 +148,108 @@ TEST(ShmServerFloodTest, IdleConnectionsAreBoundedAndClosed) {
   ASSERT_TRUE(extra.ok()) << extra.status();
   EXPECT_TRUE(ClosedWithin(extra->get(), absl::Seconds(5)));
   for (Fd& fd : idle) EXPECT_TRUE(ClosedWithin(fd.get(), absl::Seconds(5)));
+}
+
+// A server with region 1 exported (records far larger than a socket buffer, one descriptor)
+// and region 2 a plain memfd region, for the stalled-target tests.
+struct ExportingServer {
+  explicit ExportingServer(absl::Duration handshake_timeout) {
+    shm::ShmServerLimits limits;
+    limits.handshake_timeout = handshake_timeout;
+    auto created = shm::ShmServer::CreateRandom("ferry-shm-stall", limits);
+    EXPECT_TRUE(created.ok()) << created.status();
+    server = std::move(*created);
+    memfd = Fd(::memfd_create("ferry-stall-test", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    EXPECT_EQ(::ftruncate(memfd.get(), 4096), 0);
+    EXPECT_EQ(::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK), 0);
+    shm::RegionExport e;
+    e.size = 4096;
+    e.record_count = 1;
+    e.records = std::string(kRecordBytes, 'r');
+    e.fds.push_back(Fd(::dup(memfd.get())));
+    EXPECT_TRUE(server->AddExport(1, std::move(e)).ok());
+    EXPECT_TRUE(server->AddRegion(2, memfd.get(), 4096).ok());
+  }
+  // A target that greeted and asked for the export, and took only its reply header: the
+  // server holds the rest for it.
+  Fd StalledTarget() {
+    auto control = shm::Greet(server->socket_name(), server->secret(), "shm", "stalled target");
+    EXPECT_TRUE(control.ok()) << control.status();
+    const shm::OpenRequest open{1, shm::kOpenExport};
+    EXPECT_TRUE(shm::SendPacket(control->get(), &open, sizeof(open)));
+    shm::Reply reply{};
+    int err = 0;
+    EXPECT_EQ(shm::RecvPacket(control->get(), &reply, sizeof(reply),
+                              absl::Now() + shm::kControlTimeout, nullptr, &err),
+              shm::Recv::kOk);
+    EXPECT_EQ(reply.type, shm::kExportReply);
+    return std::move(*control);
+  }
+  static constexpr size_t kRecordBytes = 16 << 20;
+  Fd memfd;
+  std::unique_ptr<shm::ShmServer> server;
+};
+
+// One target that asks for an export and stops reading holds up nobody else: another target
+// greets and opens a region while it waits. The server used to send an export's packets in one
+// go from its only thread, so every other target waited up to the handshake timeout (here
+// longer than a target waits for its handshake, so the second Greet would fail).
+TEST(ShmServerStallTest, ATargetThatStopsReadingAnExportHoldsUpNobodyElse) {
+  ExportingServer s(absl::Minutes(5));
+  Fd stalled = s.StalledTarget();
+  auto other = shm::Greet(s.server->socket_name(), s.server->secret(), "shm", "second target");
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::set<uint32_t> removed;
+  Fd region;
+  auto reply = shm::RequestRegion(other->get(), 2, shm::kOpenMemfd, shm::kOpenReply,
+                                  absl::Now() + shm::kControlTimeout, &removed, &region);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->code, 0u);
+  EXPECT_TRUE(region.valid());
+}
+
+// A target that does not take an export within the handshake timeout is cut off: its stream
+// ends before the export's bytes do (it does not wait forever, nor get a partial export as
+// whole).
+TEST(ShmServerStallTest, ATargetThatStopsReadingAnExportIsCutOff) {
+  ExportingServer s(absl::Milliseconds(200));
+  Fd stalled = s.StalledTarget();
+  // Not reading, wait for the server to hang up (poll reports it with the unread packets).
+  pollfd pfd{stalled.get(), POLLRDHUP, 0};
+  ASSERT_EQ(::poll(&pfd, 1, 30'000), 1) << "the server never closed the stalled connection";
+  EXPECT_NE(pfd.revents & (POLLRDHUP | POLLHUP), 0);
+  // What it had queued before it gave up is less than the export.
+  std::vector<char> packet(shm::kMaxBytesPerPacket + 1);
+  size_t bytes = 0;
+  for (;;) {
+    const ssize_t n = ::recv(stalled.get(), packet.data(), packet.size(), MSG_DONTWAIT);
+    if (n <= 0) break;
+    bytes += static_cast<size_t>(n);
+  }
+  EXPECT_LT(bytes, ExportingServer::kRecordBytes);
+}
+
+// A removal notice for a target still taking an export is queued behind it, never sent between
+// its packets (which the target would read as a broken export).
+TEST(ShmServerStallTest, ARemovalNoticeWaitsBehindAnExportBeingSent) {
+  ExportingServer s(absl::Minutes(5));
+  Fd stalled = s.StalledTarget();
+  std::thread remove([&] { s.server->RemoveRegion(2); });
+  // The export arrives whole (records, then its one descriptor), and only then the notice.
+  auto records = shm::RecvBytes(stalled.get(), ExportingServer::kRecordBytes,
+                                ExportingServer::kRecordBytes, absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(records.ok()) << records.status();
+  EXPECT_EQ(*records, std::string(ExportingServer::kRecordBytes, 'r'));
+  auto fds = shm::RecvFds(stalled.get(), 1, absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(fds.ok()) << fds.status();
+  remove.join();
+  shm::Reply notice{};
+  int err = 0;
+  ASSERT_EQ(shm::RecvPacket(stalled.get(), &notice, sizeof(notice),
+                            absl::Now() + shm::kControlTimeout, nullptr, &err),
+            shm::Recv::kOk);
+  EXPECT_EQ(notice.type, shm::kRegionRemoved);
+  EXPECT_EQ(notice.region, 2u);
 }
 
 }  // namespace

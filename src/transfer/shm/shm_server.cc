@@ -120,6 +120,11 @@ void ShmServer::RemoveRegion(uint32_t id) {
   const Reply notice = MakeReply(kRegionRemoved, absl::StatusCode::kOk, id, 0, "");
   for (Connection& conn : connections_) {
     if (!conn.authenticated) continue;
+    if (!conn.out.empty()) {
+      // Behind an export still being sent: after it, never between its packets.
+      conn.out.AddPacket(&notice, sizeof(notice));
+      continue;
+    }
     // A target that cannot take the notice at once is not reading its socket; cut it off so
     // that its next read fails (Unavailable) instead of missing the removal.
     if (!SendPacket(conn.fd.get(), &notice, sizeof(notice))) ::shutdown(conn.fd.get(), SHUT_RDWR);
@@ -170,7 +175,8 @@ void ShmServer::Loop() {
     {
       absl::MutexLock lock(&mu_);
       for (Connection& c : connections_) {
-        fds.push_back(pollfd{c.fd.get(), POLLIN, 0});
+        // A connection with output pending is written to, not read from, until it is sent.
+        fds.push_back(pollfd{c.fd.get(), static_cast<short>(c.out.empty() ? POLLIN : POLLOUT), 0});
         conns.push_back(&c);
       }
     }
@@ -185,12 +191,20 @@ void ShmServer::Loop() {
     const absl::Time now = absl::Now();
     for (size_t i = 0; i < conns.size(); ++i) {
       const short ev = fds[i + 2].revents;
+      const bool writing = (fds[i + 2].events & POLLOUT) != 0;
       Connection& c = *conns[i];
-      if ((ev & POLLIN) != 0) {
+      if ((ev & POLLOUT) != 0) {
+        absl::MutexLock lock(&mu_);
+        if (!FlushOut(c)) dead.push_back(&c);
+      } else if ((ev & POLLIN) != 0) {
         if (!Handle(c)) dead.push_back(&c);
       } else if ((ev & (POLLHUP | POLLERR | POLLNVAL)) != 0) {
         dead.push_back(&c);
       } else if (!c.authenticated && now - c.accepted_at > limits_.handshake_timeout) {
+        dead.push_back(&c);
+      } else if (writing && now > c.out_deadline) {
+        // A target that stopped taking an export is cut off: its open fails (it used to hold
+        // this thread, and every other target, for as long).
         dead.push_back(&c);
       }
     }
@@ -317,16 +331,21 @@ bool ShmServer::HandleOpenExport(Connection& conn, const OpenRequest& request) {
   r.records = found->record_count;
   std::vector<int> fds;
   for (const Fd& fd : found->fds) fds.push_back(fd.get());
-  // The records and descriptors may need several packets: a target that does not take them
+  // The records and descriptors may need many packets. They are queued and sent as the target
+  // takes them, between the other connections' turns; a target that has not taken them all
   // within the bound is cut off (its open fails).
-  const absl::Time deadline = absl::Now() + limits_.handshake_timeout;
-  if (!SendPacket(conn.fd.get(), &r, sizeof(r)) ||
-      !SendBytes(conn.fd.get(), found->records, deadline).ok() ||
-      !SendFds(conn.fd.get(), fds, deadline).ok()) {
-    absl::MutexLock lock(&mu_);
-    conn.open_exports.erase(request.region);
-    return false;
-  }
+  absl::MutexLock lock(&mu_);
+  conn.out.AddPacket(&r, sizeof(r));
+  conn.out.AddBytes(found->records);
+  conn.out.AddFds(fds);
+  conn.sending = std::move(found);  // keeps the descriptors open until they are sent
+  conn.out_deadline = absl::Now() + limits_.handshake_timeout;
+  return FlushOut(conn);
+}
+
+bool ShmServer::FlushOut(Connection& conn) {
+  if (!conn.out.Flush(conn.fd.get()).ok()) return false;  // the target is gone
+  if (conn.out.empty()) conn.sending.reset();
   return true;
 }
 

@@ -88,6 +88,12 @@ class ShmServer {
     bool authenticated = false;
     absl::Time accepted_at;
     std::set<uint32_t> open_exports;  // exports this target mapped and has not closed
+    // What is still to be sent to this target (an export's records and descriptors, and the
+    // notices queued behind them), under mu_; the export whose descriptors it borrows; when
+    // the target must have taken it all. No request is read while it is not empty.
+    Outbox out;
+    std::shared_ptr<const RegionExport> sending;
+    absl::Time out_deadline;
   };
   struct RegionEntry {
     int memfd = -1;
@@ -102,6 +108,8 @@ class ShmServer {
   bool HandleHello(Connection& conn, const Hello& hello);
   bool HandleOpen(Connection& conn, const OpenRequest& request);
   bool HandleOpenExport(Connection& conn, const OpenRequest& request);
+  // Sends what conn.out holds as far as the socket takes it; false when it failed.
+  bool FlushOut(Connection& conn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether any connection still maps export `id`.
   bool ExportInUse(uint32_t id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -280,22 +280,86 @@ StatusOr<Fd> Greet(const std::string& socket_name, const std::string& secret,
   return std::move(*control);
 }
 
-Status SendBytes(int sock, std::string_view bytes, absl::Time deadline) {
-  for (size_t at = 0; at < bytes.size();) {
+namespace {
+
+// Sends everything in `out`, waiting for room until `deadline`.
+Status Drain(int sock, Outbox& out, absl::Time deadline) {
+  for (;;) {
+    FERRY_RETURN_IF_ERROR(out.Flush(sock));
+    if (out.empty()) return absl::OkStatus();
+    if (!WaitFor(sock, POLLOUT, deadline)) {
+      return absl::UnavailableError(
+          absl::StrCat("sending ", out.next(), " failed: the peer stopped reading"));
+    }
+  }
+}
+
+}  // namespace
+
+void Outbox::AddPacket(const void* data, size_t len) {
+  packets_.push_back(Packet{std::string(static_cast<const char*>(data), len),
+                            {},
+                            absl::StrCat("a packet of ", len, " bytes")});
+}
+
+void Outbox::AddBytes(std::string_view bytes) {
+  for (size_t at = 0; at < bytes.size(); at += kMaxBytesPerPacket) {
     const size_t n = std::min(kMaxBytesPerPacket, bytes.size() - at);
-    const ssize_t sent = ::send(sock, bytes.data() + at, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (sent == static_cast<ssize_t>(n)) {
-      at += n;
+    packets_.push_back(Packet{std::string(bytes.substr(at, n)),
+                              {},
+                              absl::StrCat("bytes ", at, "..", at + n, " of ", bytes.size())});
+  }
+}
+
+void Outbox::AddFds(const std::vector<int>& fds) {
+  const size_t batches = (fds.size() + kMaxFdsPerPacket - 1) / kMaxFdsPerPacket;
+  for (size_t b = 0; b < batches; ++b) {
+    const size_t first = b * kMaxFdsPerPacket;
+    const size_t count = std::min(kMaxFdsPerPacket, fds.size() - first);
+    const FdBatch batch{kFdBatch, static_cast<uint32_t>(b), static_cast<uint32_t>(count),
+                        static_cast<uint32_t>(fds.size())};
+    packets_.push_back(
+        Packet{std::string(reinterpret_cast<const char*>(&batch), sizeof(batch)),
+               std::vector<int>(fds.begin() + first, fds.begin() + first + count),
+               absl::StrCat("descriptors ", first, "..", first + count - 1, " of ", fds.size())});
+  }
+}
+
+Status Outbox::Flush(int sock) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
+  while (!packets_.empty()) {
+    Packet& p = packets_.front();
+    iovec iov{p.bytes.data(), p.bytes.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (!p.fds.empty()) {
+      std::memset(control, 0, sizeof(control));
+      msg.msg_control = control;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * p.fds.size());
+      cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN(sizeof(int) * p.fds.size());
+      std::memcpy(CMSG_DATA(cmsg), p.fds.data(), sizeof(int) * p.fds.size());
+    }
+    const ssize_t n = ::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n == static_cast<ssize_t>(p.bytes.size())) {
+      packets_.pop_front();
       continue;
     }
-    const int err = sent < 0 ? errno : EMSGSIZE;
+    const int err = n < 0 ? errno : EMSGSIZE;
     if (err == EINTR) continue;
-    if ((err == EAGAIN || err == EWOULDBLOCK) && WaitFor(sock, POLLOUT, deadline)) continue;
-    return absl::UnavailableError(absl::StrCat(
-        "sending bytes ", at, "..", at + n, " of ", bytes.size(), " failed: ",
-        err == EAGAIN || err == EWOULDBLOCK ? "the peer stopped reading" : ErrnoText(err)));
+    if (err == EAGAIN || err == EWOULDBLOCK) return absl::OkStatus();  // no room: later
+    return absl::UnavailableError(absl::StrCat("sending ", p.what, " failed: ", ErrnoText(err)));
   }
   return absl::OkStatus();
+}
+
+Status SendBytes(int sock, std::string_view bytes, absl::Time deadline) {
+  Outbox out;
+  out.AddBytes(bytes);
+  return Drain(sock, out, deadline);
 }
 
 StatusOr<std::string> RecvBytes(int sock, size_t size, size_t limit, absl::Time deadline) {
@@ -331,37 +395,9 @@ StatusOr<std::string> RecvBytes(int sock, size_t size, size_t limit, absl::Time 
 }
 
 Status SendFds(int sock, const std::vector<int>& fds, absl::Time deadline) {
-  const size_t batches = (fds.size() + kMaxFdsPerPacket - 1) / kMaxFdsPerPacket;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerPacket)];
-  for (size_t b = 0; b < batches; ++b) {
-    const size_t first = b * kMaxFdsPerPacket;
-    const size_t count = std::min(kMaxFdsPerPacket, fds.size() - first);
-    FdBatch batch{kFdBatch, static_cast<uint32_t>(b), static_cast<uint32_t>(count),
-                  static_cast<uint32_t>(fds.size())};
-    iovec iov{&batch, sizeof(batch)};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    std::memset(control, 0, sizeof(control));
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * count);
-    std::memcpy(CMSG_DATA(cmsg), fds.data() + first, sizeof(int) * count);
-    for (;;) {
-      const ssize_t n = ::sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n == static_cast<ssize_t>(sizeof(batch))) break;
-      const int err = n < 0 ? errno : EMSGSIZE;
-      if (err == EINTR) continue;
-      if ((err == EAGAIN || err == EWOULDBLOCK) && WaitFor(sock, POLLOUT, deadline)) continue;
-      return absl::UnavailableError(absl::StrCat(
-          "sending descriptors ", first, "..", first + count - 1, " of ", fds.size(), " failed: ",
-          err == EAGAIN || err == EWOULDBLOCK ? "the peer stopped reading" : ErrnoText(err)));
-    }
-  }
-  return absl::OkStatus();
+  Outbox out;
+  out.AddFds(fds);
+  return Drain(sock, out, deadline);
 }
 
 StatusOr<std::vector<Fd>> RecvFds(int sock, size_t count, absl::Time deadline) {

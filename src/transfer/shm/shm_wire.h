@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <set>
 #include <string>
 #include <string_view>
@@ -151,6 +152,34 @@ struct FdBatch {
 // descriptors each, waiting for room in the socket until `deadline`. Unavailable naming the
 // batch when a packet could not be sent (the peer is gone, or stopped reading).
 Status SendFds(int sock, const std::vector<int>& fds, absl::Time deadline);
+
+// Packets for one SOCK_SEQPACKET socket, sent in order as the socket takes them and never
+// waiting for room: a source serving many targets from one thread queues an export's reply,
+// records and descriptors here and sends the rest as the target reads (SendBytes and SendFds
+// are built on it). Descriptors are borrowed: they must stay open until their packet is sent.
+class Outbox {
+ public:
+  // One packet of `len` bytes.
+  void AddPacket(const void* data, size_t len);
+  // What SendBytes sends: packets of at most kMaxBytesPerPacket.
+  void AddBytes(std::string_view bytes);
+  // What SendFds sends: FdBatch packets of at most kMaxFdsPerPacket descriptors (none: nothing).
+  void AddFds(const std::vector<int>& fds);
+  // Sends queued packets until the socket has no room or none is left (empty() says which).
+  // Unavailable naming the packet when a send fails (the peer is gone).
+  Status Flush(int sock);
+  bool empty() const { return packets_.empty(); }
+  // The next packet, for messages ("bytes 0..65535 of 200000").
+  const std::string& next() const { return packets_.front().what; }
+
+ private:
+  struct Packet {
+    std::string bytes;
+    std::vector<int> fds;
+    std::string what;
+  };
+  std::deque<Packet> packets_;
+};
 
 // Receives the `count` descriptors one SendFds call sent (the count came in an earlier message),
 // waiting until `deadline`. Every descriptor received is owned by the result or closed: on
