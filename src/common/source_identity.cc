@@ -16,6 +16,27 @@ namespace {
 
 using ::ferry::internal::Sha256Hex;
 
+// The identity's string fields, one table for the canonical JSON and the size checks: each is
+// lowercased into the JSON, the first five always, the others only when set (contract 3.1).
+struct StringField {
+  const char* name;
+  const std::string& (SourceIdentity::*get)() const;
+  bool always;
+};
+constexpr StringField kStringFields[] = {
+    {"model_name", &SourceIdentity::model_name, true},
+    {"mx_version", &SourceIdentity::mx_version, true},
+    {"dtype", &SourceIdentity::dtype, true},
+    {"quantization", &SourceIdentity::quantization, true},
+    {"revision", &SourceIdentity::revision, true},
+    {"backend_framework_version", &SourceIdentity::backend_framework_version, false},
+    {"torch_version", &SourceIdentity::torch_version, false},
+    {"cuda_version", &SourceIdentity::cuda_version, false},
+    {"triton_version", &SourceIdentity::triton_version, false},
+    {"gpu_arch", &SourceIdentity::gpu_arch, false},
+    {"compile_config_digest", &SourceIdentity::compile_config_digest, false},
+};
+
 // Rust's u64::from_str: an optional leading '+', then one or more ASCII digits, no overflow.
 std::optional<uint64_t> ParseU64(std::string_view s) {
   if (!s.empty() && s.front() == '+') s.remove_prefix(1);
@@ -45,15 +66,14 @@ StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
   };
   nlohmann::json j;
   j["backend_framework"] = static_cast<int32_t>(id.backend_framework());
-  j["dtype"] = lower(id.dtype());
   j["expert_parallel_size"] = id.expert_parallel_size();
-  j["model_name"] = lower(id.model_name());
   j["mx_source_type"] = static_cast<int32_t>(id.mx_source_type());
-  j["mx_version"] = lower(id.mx_version());
   j["pipeline_parallel_size"] = id.pipeline_parallel_size();
-  j["quantization"] = lower(id.quantization());
-  j["revision"] = lower(id.revision());
   j["tensor_parallel_size"] = id.tensor_parallel_size();
+  for (const StringField& f : kStringFields) {
+    const std::string& value = (id.*f.get)();
+    if (f.always || !value.empty()) j[f.name] = lower(value);
+  }
 
   // Sort the original pairs by original key bytes; after lowercasing the key, the first pair
   // wins a collision (contract 3.1 step 2).
@@ -67,18 +87,6 @@ StatusOr<std::string> CanonicalIdentityJson(const SourceIdentity& id) {
     if (!extra.contains(lk)) extra[lk] = lower(v);
   }
   j["extra_parameters"] = std::move(extra);
-
-  const std::pair<const char*, const std::string*> optional_fields[] = {
-      {"backend_framework_version", &id.backend_framework_version()},
-      {"torch_version", &id.torch_version()},
-      {"cuda_version", &id.cuda_version()},
-      {"triton_version", &id.triton_version()},
-      {"gpu_arch", &id.gpu_arch()},
-      {"compile_config_digest", &id.compile_config_digest()},
-  };
-  for (const auto& [key, value] : optional_fields) {
-    if (!value->empty()) j[key] = lower(*value);
-  }
   if (!failed.ok()) {
     return Status(failed.code(), absl::StrCat("source identity for model '", id.model_name(),
                                               "': ", failed.message()));
@@ -111,22 +119,10 @@ StatusOr<::model_express::p2p::BackendFramework> ParseBackendFramework(const std
 
 Status ValidateIdentity(const SourceIdentity& id) {
   if (id.model_name().empty()) return absl::InvalidArgumentError("identity.model_name is required");
-  const std::pair<const char*, const std::string*> fields[] = {
-      {"model_name", &id.model_name()},
-      {"mx_version", &id.mx_version()},
-      {"dtype", &id.dtype()},
-      {"quantization", &id.quantization()},
-      {"revision", &id.revision()},
-      {"backend_framework_version", &id.backend_framework_version()},
-      {"torch_version", &id.torch_version()},
-      {"cuda_version", &id.cuda_version()},
-      {"triton_version", &id.triton_version()},
-      {"gpu_arch", &id.gpu_arch()},
-      {"compile_config_digest", &id.compile_config_digest()},
-  };
-  for (const auto& [name, value] : fields) {
-    if (value->size() > kMaxIdentityStringBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("identity.", name, " is ", value->size(),
+  for (const StringField& f : kStringFields) {
+    const std::string& value = (id.*f.get)();
+    if (value.size() > kMaxIdentityStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("identity.", f.name, " is ", value.size(),
                                                      " bytes; the limit is ",
                                                      kMaxIdentityStringBytes, " bytes"));
     }
