@@ -29,6 +29,7 @@ ferry.FailedPreconditionError naming the package to install.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import ipaddress
 import logging
@@ -662,10 +663,13 @@ def pull_into(
                 raise
             candidates = None  # the ferry path below reports the failure as it always has
     if candidates is not None and backend == "auto":
-        candidates = [(record, _serving_kind(metadata_client, record, kind, stall_timeout,
-                                             worker_tls_ca, worker_tls_client_cert,
-                                             worker_tls_client_key))
-                      for record, kind in candidates]
+        # The endpoints of P2P-metadata records are asked at once, not one after another (a
+        # dead one costs up to stall_timeout).
+        candidates = _each(
+            lambda c: (c[0], _serving_kind(metadata_client, c[0], c[1], stall_timeout,
+                                           worker_tls_ca, worker_tls_client_cert,
+                                           worker_tls_client_key)),
+            candidates)
     if candidates is None or (backend == "auto" and
                               all(kind == "ferry" for _, kind in candidates)):
         try:
@@ -797,20 +801,40 @@ def _read_foreign(record: Mapping[str, Any], kind: str, targets: Mapping[str, to
     return _ForeignRead(reads, checks, seconds, f"transfer_engine ({te_protocol})", session)
 
 
+# Lookups run at once when pull_into(backend="auto") classifies its candidates: a fleet has a
+# record per replica, and each GetMetadata (and each endpoint asked whether it serves ferry) is
+# a round trip that would otherwise wait for the one before.
+_LOOKUP_THREADS = 16
+
+
+def _each(fn, items: Sequence[Any]) -> List[Any]:
+    """[fn(x) for x in items], up to _LOOKUP_THREADS calls at once (the client's calls release
+    the GIL), results in order; the first exception, in order, is raised."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    workers = min(_LOOKUP_THREADS, len(items))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="ferry-lookup") as pool:
+        return list(pool.map(fn, items))
+
+
 def _candidates(client: _ferry.MetadataClient, identity: Dict[str, Any], worker_rank: int,
                 worker_id: str) -> List[Tuple[Dict[str, Any], str]]:
     """The READY workers of `identity` at `worker_rank` (only `worker_id` when given), newest
-    first, each with its record and the data path the record offers."""
-    out = []
-    for ref in client.list_sources(identity, ready_only=True):
-        if ref["worker_rank"] != worker_rank or (worker_id and ref["worker_id"] != worker_id):
-            continue
+    first, each with its record and the data path the record offers. The records are fetched
+    up to _LOOKUP_THREADS at once."""
+    refs = [ref for ref in client.list_sources(identity, ready_only=True)
+            if ref["worker_rank"] == worker_rank and (not worker_id or
+                                                      ref["worker_id"] == worker_id)]
+
+    def fetch(ref: Mapping[str, Any]) -> Optional[Tuple[Dict[str, Any], str]]:
         try:
             record = client.get_metadata(ref["mx_source_id"], ref["worker_id"])
         except _ferry.NotFoundError:
-            continue  # gone between the listing and now
-        out.append((record, _foreign.record_backend(record)))
-    return out
+            return None  # gone between the listing and now
+        return record, _foreign.record_backend(record)
+
+    return [c for c in _each(fetch, refs) if c is not None]
 
 
 def _serving_kind(client: _ferry.MetadataClient, record: Mapping[str, Any], kind: str,

@@ -712,3 +712,26 @@ def test_pull_with_a_refused_token_raises(start_server, tmp_path):
         report = ferry.torch.pull_into(into, identity, client=alice)
         assert report.ok, report.message
         assert torch.equal(into["w"], tensors["w"])
+
+
+def test_candidate_lookups_run_at_once_in_order_and_raise_the_first_error():
+    """pull_into(backend="auto") fetches every candidate's record and asks each P2P endpoint
+    whether it serves ferry: those round trips run together (ferry.torch._each), not one after
+    another. Eight calls pass a barrier of eight only if all are in flight at once."""
+    n = 8
+    barrier = threading.Barrier(n, timeout=30)
+
+    def lookup(i):
+        barrier.wait()  # BrokenBarrierError (the test fails) unless all eight run together
+        return i * i
+
+    assert ferry.torch._each(lookup, list(range(n))) == [i * i for i in range(n)]
+    assert ferry.torch._each(lookup, []) == []
+
+    def failing(i):
+        if i in (3, 5):
+            raise ferry.NotFoundError(f"record {i}")
+        return i
+
+    with pytest.raises(ferry.NotFoundError, match="record 3"):
+        ferry.torch._each(failing, list(range(n)))
