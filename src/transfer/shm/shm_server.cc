@@ -193,7 +193,11 @@ void ShmServer::Loop() {
       const short ev = fds[i + 2].revents;
       const bool writing = (fds[i + 2].events & POLLOUT) != 0;
       Connection& c = *conns[i];
-      if ((ev & POLLOUT) != 0) {
+      if (writing && now > c.out_deadline) {
+        // A target that has not taken an export within the bound is cut off: its open fails
+        // (a stalled one used to hold this thread, and every other target, for as long).
+        dead.push_back(&c);
+      } else if ((ev & POLLOUT) != 0) {
         absl::MutexLock lock(&mu_);
         if (!FlushOut(c)) dead.push_back(&c);
       } else if ((ev & POLLIN) != 0) {
@@ -201,10 +205,6 @@ void ShmServer::Loop() {
       } else if ((ev & (POLLHUP | POLLERR | POLLNVAL)) != 0) {
         dead.push_back(&c);
       } else if (!c.authenticated && now - c.accepted_at > limits_.handshake_timeout) {
-        dead.push_back(&c);
-      } else if (writing && now > c.out_deadline) {
-        // A target that stopped taking an export is cut off: its open fails (it used to hold
-        // this thread, and every other target, for as long).
         dead.push_back(&c);
       }
     }
