@@ -5,9 +5,10 @@
 #include <unicode/uvernum.h>
 
 #include <algorithm>
-#include <memory>
+#include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
 namespace ferry::internal {
@@ -113,26 +114,18 @@ bool IsAscii(std::string_view text) {
   return std::all_of(text.begin(), text.end(), [](char c) { return (c & 0x80) == 0; });
 }
 
-std::string AsciiLower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
-
 }  // namespace
 
 const char* IcuLibraryName() { return "libicuuc.so." U_ICU_VERSION_SHORT; }
 
 StatusOr<std::string> UnicodeLower(std::string_view text) {
-  if (IsAscii(text)) return AsciiLower(text);
+  if (IsAscii(text)) return absl::AsciiStrToLower(std::string(text));
   static const Icu* const icu = new Icu(Open(IcuLibraryName()));  // once, thread-safe
   return LowerWith(text, *icu);
 }
 
 StatusOr<std::string> UnicodeLowerWith(std::string_view text, const char* library) {
-  if (IsAscii(text)) return AsciiLower(text);
+  if (IsAscii(text)) return absl::AsciiStrToLower(std::string(text));
   return LowerWith(text, Open(library));
 }
 
