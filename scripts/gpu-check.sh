@@ -104,8 +104,12 @@ PY
     done
   (cd "$build/proto/gen" && find . -name '*.h' -exec cp --parents {} "../../../$py/include/" \;)
   # pybind11's headers, pinned, from PyPI.
-  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" \
-    "pybind11==$PYBIND11_VERSION"
+  if ! python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" \
+      "pybind11==$PYBIND11_VERSION"; then
+    echo "gpu-check.sh: cannot download pybind11==$PYBIND11_VERSION from PyPI (the module for" \
+         "the GPU machine's Python is built with it); check that PyPI is reachable" >&2
+    exit 1
+  fi
   python3 -m zipfile -e "$tmp"/pybind11-"$PYBIND11_VERSION"-*.whl "$tmp/wheel"
   cp -r "$tmp/wheel/pybind11/include" "$py/pybind11/"
   rm -rf "$tmp"
