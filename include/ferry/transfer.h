@@ -197,6 +197,11 @@ struct ReadOptions {
   // sub-range of one op (local pointer and the serving peer's remote coordinates); `peer` is
   // that peer's index in the read's list (0 for Peer::Read).
   std::function<void(const ReadOp& piece, size_t peer)> on_piece;
+  // Called for every piece just before a transport starts on it, from the thread that will
+  // execute it (several at once), with the piece's local bytes: for example to fault its
+  // destination pages in, in one kernel call instead of a fault per page in the copy. It
+  // delays that piece, so keep it bounded (well under the stall timeout).
+  std::function<void(void* local, uint64_t length)> before_piece;
 };
 
 // A connection to one remote engine, over one transport.

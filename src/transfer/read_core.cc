@@ -151,6 +151,11 @@ class Schedule {
     }
   }
 
+  // ReadOptions::before_piece for a piece just taken, outside the lock.
+  void BeforePiece(const Chunk& chunk) const {
+    if (options_.before_piece && chunk.length > 0) options_.before_piece(chunk.local, chunk.length);
+  }
+
   // After `connection` stopped executing: its unfinished pieces go back to the queue. Returns
   // how many.
   size_t Reclaim(size_t connection) {
@@ -358,6 +363,7 @@ class Feed final : public ChunkFeed {
   bool Next(Chunk* chunk) override {
     if (stopping() || !schedule_->Take(id_, chunk)) return false;
     taken_.fetch_add(1, std::memory_order_relaxed);
+    schedule_->BeforePiece(*chunk);
     return true;
   }
   uint64_t taken() const { return taken_.load(std::memory_order_relaxed); }

@@ -2,12 +2,14 @@
 // interface: each copies from a source buffer, and can fail or hang after some pieces.
 #include "transfer/read_core.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -112,6 +114,38 @@ TEST(ReadCoreTest, EveryPieceLandsOnceAndProgressEndsAtTheTotal) {
   EXPECT_EQ(pieces.load(), 16);
   EXPECT_EQ(last_done, f.dst.size());
   EXPECT_EQ(last_total, f.dst.size());
+  EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
+}
+
+// before_piece sees every piece once, before any of its bytes land, on the thread that then
+// copies it (here: the caller's, the first connection's runner). The pull uses it to fault a
+// destination in just ahead of the copy.
+TEST(ReadCoreTest, BeforePieceRunsOncePerPieceBeforeItsBytesLand) {
+  Fixture f(1 << 20);
+  MemoryConnection a(f.source.data());
+  absl::Mutex mu;
+  std::vector<std::pair<char*, uint64_t>> seen;
+  bool untouched = true;
+  const std::thread::id caller = std::this_thread::get_id();
+  bool on_caller = true;
+  ReadOptions options;
+  options.before_piece = [&](void* local, uint64_t length) {
+    absl::MutexLock lock(&mu);
+    seen.emplace_back(static_cast<char*>(local), length);
+    for (uint64_t i = 0; i < length; ++i) untouched &= static_cast<char*>(local)[i] == 0;
+    on_caller &= std::this_thread::get_id() == caller;
+    std::memset(local, 0x5a, length);  // overwritten by the copy that follows
+  };
+  const ReadConnection c{&a, "peer a"};
+  ASSERT_TRUE(ReadAll({&c, 1}, f.Whole(), kPiece, options).ok());
+  EXPECT_TRUE(untouched);
+  EXPECT_TRUE(on_caller);
+  ASSERT_EQ(seen.size(), 16u);
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].first, f.dst.data() + i * kPiece);
+    EXPECT_EQ(seen[i].second, kPiece);
+  }
   EXPECT_EQ(FirstMismatch(f.dst.data(), f.dst.size(), 0), -1);
 }
 

@@ -231,11 +231,13 @@ void UcxTransport::Stop() {
   if (progress_ != nullptr) progress_->Stop();
 }
 
-StatusOr<Allocation> UcxTransport::Allocate(uint64_t bytes, bool /*prefault*/) {
+StatusOr<Allocation> UcxTransport::Allocate(uint64_t bytes, bool prefault) {
   if (bytes == 0) return absl::InvalidArgumentError("UCX Allocate: bytes must be > 0");
   FERRY_ASSIGN_OR_RETURN(ucx::MemHandle memh, ucx::MemHandle::Map(context_->get(), nullptr, bytes));
   FERRY_ASSIGN_OR_RETURN(void* data, memh.address());
-  Prefault(data, bytes);
+  // Without `prefault` the caller faults pages in itself (a pull prepares them beside the
+  // transfer); an RDMA registration pins, and so faults in, every page anyway.
+  if (prefault) Prefault(data, bytes);
   Allocation a;
   a.data = data;
   a.size = bytes;

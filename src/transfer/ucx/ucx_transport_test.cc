@@ -460,6 +460,37 @@ TEST_F(UcxTransportTest, RemovedRegionIsNotReadableThroughANewBlobAndNothingCras
   EXPECT_TRUE(source.Alive());
 }
 
+// Pages of [data, data+bytes) that are resident, by mincore.
+uint64_t ResidentPages(void* data, uint64_t bytes) {
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> vec((bytes + page - 1) / page);
+  if (::mincore(data, bytes, vec.data()) != 0) return ~0ull;
+  uint64_t n = 0;
+  for (unsigned char v : vec) n += v & 1;
+  return n;
+}
+
+// A pull that allocates its destination prepares the pages itself, ahead of the transfer front
+// (Allocate(prefault=false)); UCX's Allocate used to fault them all in first regardless, which
+// put the whole preparation before the transfer.
+TEST(UcxTransportAllocateTest, FaultsPagesInOnlyWhenAsked) {
+  auto t = CreateUcxTransport(LoopbackOptions(), UcxTuning{});
+  ASSERT_TRUE(t.ok()) << t.status();
+  constexpr uint64_t kBytes = 64ull << 20;
+  const uint64_t pages = kBytes / static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  auto lazy = (*t)->Allocate(kBytes, /*prefault=*/false);
+  ASSERT_TRUE(lazy.ok()) << lazy.status();
+  EXPECT_LT(ResidentPages(lazy->data, kBytes), pages / 2);
+  std::memset(lazy->data, 0x5a, kBytes);  // still ordinary writable memory
+  EXPECT_EQ(ResidentPages(lazy->data, kBytes), pages);
+  auto eager = (*t)->Allocate(kBytes, /*prefault=*/true);
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  EXPECT_EQ(ResidentPages(eager->data, kBytes), pages);
+  (*t)->Free(*lazy);
+  (*t)->Free(*eager);
+  (*t)->Stop();
+}
+
 // UCX's tcp transport emulates gets in software and served any address of a source to whoever
 // reached its port, with no token and no blob. It is never started: a UCX transport listens on
 // no TCP port, whatever the options ask.
