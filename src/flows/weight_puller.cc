@@ -21,6 +21,7 @@
 #include "flows/buffers.h"
 #include "flows/device_landing.h"
 #include "flows/landing_verifier.h"
+#include "flows/prefaulter.h"
 #include "flows/striped_read.h"
 #include "flows/transfer_plan.h"
 #include "worker/centralized.h"
@@ -91,91 +92,6 @@ StatusOr<std::vector<const NamedBuffer*>> MatchBuffers(const Plan& plan, const B
   }
   return matched;
 }
-
-// Faults in a region's destination pages, in steps of 8 MiB, on one thread that runs ahead of
-// the transfer in the order the read fills them, so that preparing overlaps moving. A transport
-// about to copy into a step the thread has not reached yet prepares that step itself first
-// (Prepare, the read's before_piece), or waits for the thread to finish it: a copy never faults
-// pages one by one, which costs more than faulting them in with one kernel call. A no-op for a
-// null region (memory that exists).
-class Prefaulter {
- public:
-  static constexpr uint64_t kStep = 8ull << 20;
-
-  Prefaulter(const Region* region, const std::vector<ReadOp>& ops, std::atomic<bool>* cancel)
-      : region_(region), cancel_(cancel) {
-    if (region == nullptr) return;
-    state_ = std::vector<std::atomic<uint8_t>>((region->size() + kStep - 1) / kStep);
-    thread_ = std::thread([this, ops] {
-      const auto* base = static_cast<const char*>(region_->data());
-      for (const ReadOp& op : ops) {
-        const uint64_t at = static_cast<uint64_t>(static_cast<const char*>(op.local) - base);
-        if (op.length == 0) continue;
-        for (uint64_t k = at / kStep; k <= (at + op.length - 1) / kStep; ++k) {
-          if (cancel_->load(std::memory_order_relaxed)) return;
-          if (Claim(k)) Run(k);
-        }
-      }
-    });
-  }
-  ~Prefaulter() { Finish().IgnoreError(); }
-
-  bool active() const { return region_ != nullptr; }
-
-  // Makes sure [local, local+length) of the region is prepared before it returns: prepares the
-  // steps nobody has started, waits for those the thread is preparing. Thread-safe.
-  void Prepare(const void* local, uint64_t length) {
-    const auto* base = static_cast<const char*>(region_->data());
-    const auto* p = static_cast<const char*>(local);
-    if (length == 0 || p < base || p + length > base + region_->size()) return;
-    const uint64_t at = static_cast<uint64_t>(p - base);
-    for (uint64_t k = at / kStep; k <= (at + length - 1) / kStep; ++k) {
-      if (Claim(k)) {
-        Run(k);
-      } else {
-        absl::MutexLock lock(&mu_);
-        mu_.Await(absl::Condition(
-            +[](std::atomic<uint8_t>* s) { return s->load() == kDone; }, &state_[k]));
-      }
-    }
-  }
-
-  // Joins the thread; the first error preparing met, if any.
-  Status Finish() {
-    if (thread_.joinable()) thread_.join();
-    absl::MutexLock lock(&mu_);
-    return status_;
-  }
-
- private:
-  enum : uint8_t { kTodo, kBusy, kDone };
-
-  bool Claim(uint64_t k) {
-    uint8_t todo = kTodo;
-    return state_[k].compare_exchange_strong(todo, kBusy);
-  }
-  // Prepares step k (claimed by this thread) and marks it done, whatever the outcome, so that
-  // no one waits for it forever; a failure cancels the read.
-  void Run(uint64_t k) {
-    const uint64_t offset = k * kStep;
-    Status s = cancel_->load(std::memory_order_relaxed)
-                   ? absl::OkStatus()
-                   : region_->Prefault(offset, std::min(kStep, region_->size() - offset));
-    absl::MutexLock lock(&mu_);  // waiters re-check their condition when it is released
-    state_[k].store(kDone);
-    if (!s.ok() && status_.ok()) {
-      status_ = std::move(s);
-      cancel_->store(true);
-    }
-  }
-
-  const Region* const region_;
-  std::atomic<bool>* const cancel_;
-  std::vector<std::atomic<uint8_t>> state_;  // per step: kTodo, kBusy, kDone
-  absl::Mutex mu_;
-  Status status_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
-};
 
 // Asks a source that is still pulling which tensors it serves, every 200 ms on its own thread,
 // until it serves all of them. Thread-safe.

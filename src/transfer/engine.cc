@@ -100,6 +100,23 @@ Status TransferEngineOptions::Validate() const {
 
 Region::~Region() { core_->RemoveRegion(id_); }
 
+namespace {
+
+// Whether this kernel has MADV_POPULATE_WRITE (5.14+): asked once, on a page of our own.
+bool PopulateWriteSupported() {
+  static const bool supported = [] {
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    void* p = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    const bool ok = ::madvise(p, page, MADV_POPULATE_WRITE) == 0;
+    ::munmap(p, page);
+    return ok;
+  }();
+  return supported;
+}
+
+}  // namespace
+
 Status Region::Prefault(uint64_t offset, uint64_t length) const {
   if (offset > size_ || length > size_ - offset) {
     return absl::InvalidArgumentError(absl::StrCat("Region::Prefault: [", offset, ", +", length,
@@ -112,6 +129,13 @@ Status Region::Prefault(uint64_t offset, uint64_t length) const {
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data_) + offset) & ~(page - 1);
   const uintptr_t end = reinterpret_cast<uintptr_t>(data_) + offset + length;
   if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) != 0) {
+    if (errno == EINVAL && PopulateWriteSupported()) {
+      // The kernel has MADV_POPULATE_WRITE and refused this range: it is not writable memory
+      // (touching it would crash the process).
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot fault in region ", id_, " for writing: its memory is not "
+                       "writable; register writable memory as a destination"));
+    }
     if (errno == EINVAL) {  // kernels before 5.14: touch one byte per page instead
       for (uintptr_t p = begin; p < end; p += page) {
         reinterpret_cast<volatile char*>(p)[0] = reinterpret_cast<volatile char*>(p)[0];
