@@ -133,7 +133,8 @@ Status Region::Prefault(uint64_t offset, uint64_t length) const {
       // The kernel has MADV_POPULATE_WRITE and refused this range: it is not writable memory
       // (touching it would crash the process).
       return absl::FailedPreconditionError(
-          absl::StrCat("cannot fault in region ", id_, " for writing: its memory is not "
+          absl::StrCat("cannot fault in region ", id_,
+                       " for writing: its memory is not "
                        "writable; register writable memory as a destination"));
     }
     if (errno == EINVAL) {  // kernels before 5.14: touch one byte per page instead
