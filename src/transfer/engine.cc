@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/pages.h"
 #include "common/utf8.h"
 #include "ferry/transfer.h"
 #include "transfer/engine_core.h"
@@ -100,23 +101,6 @@ Status TransferEngineOptions::Validate() const {
 
 Region::~Region() { core_->RemoveRegion(id_); }
 
-namespace {
-
-// Whether this kernel has MADV_POPULATE_WRITE (5.14+): asked once, on a page of our own.
-bool PopulateWriteSupported() {
-  static const bool supported = [] {
-    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-    void* p = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return false;
-    const bool ok = ::madvise(p, page, MADV_POPULATE_WRITE) == 0;
-    ::munmap(p, page);
-    return ok;
-  }();
-  return supported;
-}
-
-}  // namespace
-
 Status Region::Prefault(uint64_t offset, uint64_t length) const {
   if (offset > size_ || length > size_ - offset) {
     return absl::InvalidArgumentError(absl::StrCat("Region::Prefault: [", offset, ", +", length,
@@ -124,28 +108,15 @@ Status Region::Prefault(uint64_t offset, uint64_t length) const {
                                                    " bytes"));
   }
   if (length == 0 || kind_ != MemoryKind::kHost) return absl::OkStatus();
-  // Whole pages only; madvise needs a page-aligned start.
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data_) + offset) & ~(page - 1);
-  const uintptr_t end = reinterpret_cast<uintptr_t>(data_) + offset + length;
-  if (::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) != 0) {
-    if (errno == EINVAL && PopulateWriteSupported()) {
-      // The kernel has MADV_POPULATE_WRITE and refused this range: it is not writable memory
-      // (touching it would crash the process).
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot fault in region ", id_,
-                       " for writing: its memory is not "
-                       "writable; register writable memory as a destination"));
-    }
-    if (errno == EINVAL) {  // kernels before 5.14: touch one byte per page instead
-      for (uintptr_t p = begin; p < end; p += page) {
-        reinterpret_cast<volatile char*>(p)[0] = reinterpret_cast<volatile char*>(p)[0];
-      }
-      return absl::OkStatus();
-    }
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot fault in ", end - begin, " bytes of region ", id_, ": ",
-                     std::strerror(errno), "; free memory or pull less at once"));
+  Status s = FaultInForWriting(static_cast<char*>(data_) + offset, length);
+  if (s.code() == absl::StatusCode::kFailedPrecondition) {
+    return Status(s.code(),
+                  absl::StrCat("cannot fault in region ", id_, " for writing: ", s.message(),
+                               "; register writable memory as a destination"));
+  }
+  if (!s.ok()) {
+    return Status(s.code(), absl::StrCat("region ", id_, ": ", s.message(),
+                                         "; free memory or pull less at once"));
   }
   return absl::OkStatus();
 }

@@ -1,9 +1,7 @@
 #include "transfer/ucx/ucx_transport.h"
 
-#include <sys/mman.h>
 #include <ucp/api/ucp.h>
 #include <uct/api/uct.h>
-#include <unistd.h>
 
 #include <optional>
 #include <utility>
@@ -16,32 +14,16 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
+#include "common/pages.h"
 #include "transfer/ucx/ucx_handles.h"
 #include "transfer/ucx/ucx_peer.h"
 #include "transfer/ucx/ucx_progress.h"
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
 namespace ferry::internal {
-namespace {
-
-// Fault in every page of [data, data+size) for writing, so neither the first reader nor the
-// first writer pays for page faults (very slow in VMs). MADV_POPULATE_WRITE (Linux 5.14+) does
-// it in the kernel; otherwise touch one byte per page.
-void Prefault(void* data, uint64_t size) {
-  if (::madvise(data, size, MADV_POPULATE_WRITE) == 0) return;
-  const long page = ::sysconf(_SC_PAGESIZE);
-  volatile char* p = static_cast<volatile char*>(data);
-  for (uint64_t off = 0; off < size; off += static_cast<uint64_t>(page)) p[off] = 0;
-}
 
 // Whether this context may use an RDMA device: an InfiniBand/RoCE memory domain exists (UCT's
 // "ib" component lists one per HCA) and neither NET_DEVICES nor TLS rules it out. UCX has no
 // query for "the transports my context uses", so this mirrors the two settings we pass it.
-}  // namespace
-
 bool UcxRdmaAvailable(const TransferEngineOptions& options) {
   uct_component_h* components = nullptr;
   unsigned count = 0;
@@ -237,7 +219,7 @@ StatusOr<Allocation> UcxTransport::Allocate(uint64_t bytes, bool prefault) {
   FERRY_ASSIGN_OR_RETURN(void* data, memh.address());
   // Without `prefault` the caller faults pages in itself (a pull prepares them beside the
   // transfer); an RDMA registration pins, and so faults in, every page anyway.
-  if (prefault) Prefault(data, bytes);
+  if (prefault) FERRY_RETURN_IF_ERROR(FaultInForWriting(data, bytes));
   Allocation a;
   a.data = data;
   a.size = bytes;
