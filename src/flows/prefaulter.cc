@@ -43,6 +43,7 @@ void Prefaulter::Prepare(const void* local, uint64_t length) {
   uint64_t last = 0;
   if (!active() || !Steps(local, length, &first, &last)) return;
   for (uint64_t k = first; k <= last; ++k) {
+    if (state_[k].load() == kDone) continue;  // the common case once the thread is ahead
     if (Claim(k)) {
       Run(k);
       continue;

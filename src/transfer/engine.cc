@@ -1,11 +1,6 @@
 // TransferEngine, Region and the option helpers of include/ferry/transfer.h. The
 // work happens in EngineCore (engine_core.cc), the transports, peer.cc and the read core
 // (read_core.cc).
-#include <sys/mman.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"

@@ -219,7 +219,14 @@ StatusOr<Allocation> UcxTransport::Allocate(uint64_t bytes, bool prefault) {
   FERRY_ASSIGN_OR_RETURN(void* data, memh.address());
   // Without `prefault` the caller faults pages in itself (a pull prepares them beside the
   // transfer); an RDMA registration pins, and so faults in, every page anyway.
-  if (prefault) FERRY_RETURN_IF_ERROR(FaultInForWriting(data, bytes));
+  if (prefault) {
+    Status faulted = FaultInForWriting(data, bytes);
+    if (!faulted.ok()) {
+      return Status(faulted.code(),
+                    absl::StrCat("UCX Allocate of ", bytes, " bytes: ", faulted.message(),
+                                 "; free memory or allocate less at once"));
+    }
+  }
   Allocation a;
   a.data = data;
   a.size = bytes;
