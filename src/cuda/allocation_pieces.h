@@ -33,6 +33,7 @@ struct AllocationInfo {
   uint64_t base = 0;
   uint64_t size = 0;
   ExportKind kind = ExportKind::kNotExportable;
+  int device = -1;  // the ordinal of the GPU holding it; -1 where the query does not know
 };
 
 // Answers "which allocation holds this device address". The CUDA implementation asks the
@@ -44,8 +45,9 @@ class AllocationQuery {
   virtual StatusOr<AllocationInfo> Find(uint64_t address) const = 0;
 };
 
-// The query over the real driver for device `ordinal`'s current context (CUDA builds; otherwise
-// FailedPrecondition kBuiltWithoutCuda). `driver` must outlive the query.
+// The query over the real driver (CUDA builds; otherwise FailedPrecondition kBuiltWithoutCuda).
+// Each Find runs in the caller's current context, or in an active primary context when the
+// thread has none, and restores the thread's context. `driver` must outlive the query.
 StatusOr<std::unique_ptr<AllocationQuery>> DriverAllocationQuery(const Driver& driver);
 
 // One allocation a region touches, and the part of the region inside it.

@@ -3,6 +3,7 @@
 #include "cuda/allocation_pieces.h"
 #include "cuda/driver.h"
 #include "cuda/driver_api.h"
+#include "cuda/primary_context.h"
 
 namespace ferry::internal::cuda {
 namespace {
@@ -13,6 +14,12 @@ class DriverQuery : public AllocationQuery {
 
   StatusOr<AllocationInfo> Find(uint64_t address) const override {
     const DriverApi& api = driver_.api();
+    ScopedContext context(driver_);
+    if (Status s = context.EnterAny(); !s.ok()) {
+      if (s.code() != absl::StatusCode::kFailedPrecondition) return s;
+      return absl::NotFoundError(
+          absl::StrFormat("no device allocation holds 0x%x (%s)", address, s.message()));
+    }
     CUdeviceptr base = 0;
     size_t size = 0;
     const CUresult r = api.cuMemGetAddressRange(&base, &size, static_cast<CUdeviceptr>(address));
@@ -23,6 +30,19 @@ class DriverQuery : public AllocationQuery {
     AllocationInfo info;
     info.base = base;
     info.size = size;
+    int ordinal = -1;
+    if (api.cuPointerGetAttribute(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                  static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS) {
+      info.device = ordinal;
+    }
+    // Stream-ordered (cudaMallocAsync) pool memory is not a VMM mapping ferry can retain and
+    // export by its own, even where the pool allows POSIX fd handles.
+    CUmemoryPool pool = nullptr;
+    if (api.cuPointerGetAttribute(&pool, CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE,
+                                  static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS &&
+        pool != nullptr) {
+      return info;
+    }
     int legacy = 0;
     if (api.cuPointerGetAttribute(&legacy, CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE,
                                   static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS &&

@@ -1,7 +1,8 @@
 // Device over the CUDA driver (device.h): the primary context of one device, streams with a
 // pool of events for markers, and pinned memory from cuMemHostAlloc. Every driver call makes
-// the context current on the calling thread first: the pipeline calls in from whichever thread
-// delivered the bytes.
+// the context current on the calling thread first and restores the thread's own afterwards
+// (ScopedContext): the pipeline calls in from whichever thread delivered the bytes, the
+// caller's included.
 #include <deque>
 #include <string>
 #include <utility>
@@ -23,7 +24,8 @@ class CudaPinned final : public PinnedMemory {
   CudaPinned(const PrimaryContext& ctx, void* data, uint64_t size)
       : ctx_(ctx), data_(static_cast<char*>(data)), size_(size) {}
   ~CudaPinned() override {
-    if (ctx_.Enter().ok()) ctx_.driver().api().cuMemFreeHost(data_);
+    ScopedContext in(ctx_.driver());
+    if (in.Enter(ctx_).ok()) ctx_.driver().api().cuMemFreeHost(data_);
   }
   char* data() const override { return data_; }
   uint64_t size() const override { return size_; }
@@ -41,7 +43,8 @@ class CudaStream final : public CopyStream {
 
   ~CudaStream() override {
     absl::MutexLock lock(&mu_);
-    if (!ctx_.Enter().ok()) return;
+    ScopedContext in(ctx_.driver());
+    if (!in.Enter(ctx_).ok()) return;
     const DriverApi& api = ctx_.driver().api();
     api.cuStreamSynchronize(stream_);  // copies in flight still use their memory
     for (auto& [seq, event] : recorded_) api.cuEventDestroy(event);
@@ -51,21 +54,24 @@ class CudaStream final : public CopyStream {
 
   Status ToDevice(uint64_t dst, const void* src, uint64_t n) override {
     absl::MutexLock lock(&mu_);
-    FERRY_RETURN_IF_ERROR(Usable());
+    ScopedContext in(ctx_.driver());
+    FERRY_RETURN_IF_ERROR(Usable(in));
     return Fail(ctx_.driver().api().cuMemcpyHtoDAsync(dst, src, n, stream_), "cuMemcpyHtoDAsync",
                 absl::StrCat("to device address 0x", absl::Hex(dst), " (", n, " bytes)"));
   }
 
   Status ToHost(void* dst, uint64_t src, uint64_t n) override {
     absl::MutexLock lock(&mu_);
-    FERRY_RETURN_IF_ERROR(Usable());
+    ScopedContext in(ctx_.driver());
+    FERRY_RETURN_IF_ERROR(Usable(in));
     return Fail(ctx_.driver().api().cuMemcpyDtoHAsync(dst, src, n, stream_), "cuMemcpyDtoHAsync",
                 absl::StrCat("from device address 0x", absl::Hex(src), " (", n, " bytes)"));
   }
 
   StatusOr<CopyMarker> Record() override {
     absl::MutexLock lock(&mu_);
-    FERRY_RETURN_IF_ERROR(Usable());
+    ScopedContext in(ctx_.driver());
+    FERRY_RETURN_IF_ERROR(Usable(in));
     const DriverApi& api = ctx_.driver().api();
     CUevent event = nullptr;
     if (!free_.empty()) {
@@ -106,9 +112,10 @@ class CudaStream final : public CopyStream {
   }
 
  private:
-  Status Usable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // Makes the context current through `in` (restored when the caller's call returns).
+  Status Usable(ScopedContext& in) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     FERRY_RETURN_IF_ERROR(failed_);
-    if (Status s = ctx_.Enter(); !s.ok()) {
+    if (Status s = in.Enter(ctx_); !s.ok()) {
       failed_ = Status(s.code(), absl::StrCat(device_name_, ": ", s.message()));
     }
     return failed_;
@@ -127,7 +134,8 @@ class CudaStream final : public CopyStream {
   StatusOr<bool> ReachedLocked(const CopyMarker& marker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     FERRY_RETURN_IF_ERROR(failed_);
     if (marker.seq <= reached_seq_) return true;
-    FERRY_RETURN_IF_ERROR(Usable());
+    ScopedContext in(ctx_.driver());
+    FERRY_RETURN_IF_ERROR(Usable(in));
     const DriverApi& api = ctx_.driver().api();
     while (!recorded_.empty() && recorded_.front().first <= marker.seq) {
       const CUresult r = api.cuEventQuery(recorded_.front().second);
@@ -159,7 +167,8 @@ class CudaDevice final : public Device {
   const std::string& name() const override { return name_; }
 
   StatusOr<std::unique_ptr<CopyStream>> CreateStream() override {
-    FERRY_RETURN_IF_ERROR(ctx_->Enter());
+    ScopedContext in(ctx_->driver());
+    FERRY_RETURN_IF_ERROR(in.Enter(*ctx_));
     CUstream stream = nullptr;
     if (Status s = ctx_->driver().Check(
             ctx_->driver().api().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate");
@@ -171,7 +180,8 @@ class CudaDevice final : public Device {
 
   StatusOr<std::unique_ptr<PinnedMemory>> AllocatePinned(uint64_t bytes) override {
     if (bytes == 0) return absl::InvalidArgumentError("pinned memory of 0 bytes requested");
-    FERRY_RETURN_IF_ERROR(ctx_->Enter());
+    ScopedContext in(ctx_->driver());
+    FERRY_RETURN_IF_ERROR(in.Enter(*ctx_));
     void* data = nullptr;
     const CUresult r = ctx_->driver().api().cuMemHostAlloc(&data, bytes, CU_MEMHOSTALLOC_PORTABLE);
     if (r != CUDA_SUCCESS) {

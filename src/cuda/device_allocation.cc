@@ -17,7 +17,8 @@ StatusOr<std::unique_ptr<DeviceAllocation>> DeviceAllocation::Create(const Drive
   if (bytes == 0) return absl::InvalidArgumentError("a device allocation needs bytes > 0");
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PrimaryContext> context,
                          PrimaryContext::Retain(driver, device));
-  FERRY_RETURN_IF_ERROR(context->Enter());
+  ScopedContext in(driver);
+  FERRY_RETURN_IF_ERROR(in.Enter(*context));
   CUdeviceptr ptr = 0;
   const CUresult r = driver.api().cuMemAlloc(&ptr, bytes);
   if (r != CUDA_SUCCESS) {
@@ -33,7 +34,8 @@ StatusOr<std::unique_ptr<DeviceAllocation>> DeviceAllocation::Create(const Drive
 
 DeviceAllocation::~DeviceAllocation() {
   // Freed in its own context, which is released after this body (context_).
-  if (context_->Enter().ok()) context_->driver().api().cuMemFree(address_);
+  ScopedContext in(context_->driver());
+  if (in.Enter(*context_).ok()) context_->driver().api().cuMemFree(address_);
 }
 
 }  // namespace ferry::internal::cuda

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "cuda/allocation_pieces.h"
 #include "cuda/driver_api.h"
 #include "cuda/primary_context.h"
 #include "cuda/tree_checksum.h"
@@ -13,32 +14,6 @@
 
 namespace ferry::internal::cuda {
 namespace {
-
-// Makes a context current on the calling thread for the guard's life and then restores the one
-// that was current before, so the caller's own context state is left as it was.
-class ScopedContext {
- public:
-  explicit ScopedContext(const Driver& driver) : driver_(driver) {}
-  ~ScopedContext() {
-    if (entered_) driver_.api().cuCtxSetCurrent(previous_);
-  }
-  ScopedContext(const ScopedContext&) = delete;
-  ScopedContext& operator=(const ScopedContext&) = delete;
-
-  Status Enter(CUcontext context, absl::StatusCode code) {
-    FERRY_RETURN_IF_ERROR(
-        driver_.Check(driver_.api().cuCtxGetCurrent(&previous_), "cuCtxGetCurrent", code));
-    FERRY_RETURN_IF_ERROR(
-        driver_.Check(driver_.api().cuCtxSetCurrent(context), "cuCtxSetCurrent", code));
-    entered_ = true;
-    return absl::OkStatus();
-  }
-
- private:
-  const Driver& driver_;
-  CUcontext previous_ = nullptr;
-  bool entered_ = false;
-};
 
 // A loaded module. Reset() unloads it; REQUIRES: its context is current.
 class Module {
@@ -159,17 +134,24 @@ Status DeviceChecksummer::LeafHashes(uint64_t device_ptr, uint64_t n, uint64_t* 
   ScopedContext current(driver);
   FERRY_RETURN_IF_ERROR(current.Enter(impl_->context->get(), absl::StatusCode::kInternal));
 
-  // A kernel that faults leaves the (shared, primary) context unusable, so both ends of the range
-  // are checked first.
-  for (const uint64_t address : {device_ptr, device_ptr + n - 1}) {
-    CUdeviceptr base = 0;
-    size_t size = 0;
-    const CUresult r = api.cuMemGetAddressRange(&base, &size, address);
-    if (r != CUDA_SUCCESS) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tree checksum of device bytes [0x", absl::Hex(device_ptr), ", +", n, ") on CUDA device ",
-          device_, ": address 0x", absl::Hex(address), " is not device memory (",
-          driver.Check(r, "cuMemGetAddressRange").message(), ")"));
+  // A kernel that faults leaves the (shared, primary) context unusable, so the whole range is
+  // checked first: device memory the driver knows, without holes, all on this device (another
+  // GPU's memory is addressable too, but the kernel may not read it).
+  auto query = DriverAllocationQuery(driver);
+  if (!query.ok()) return query.status();
+  auto pieces = FindAllocationPieces(device_ptr, n, **query, /*require_exportable=*/false);
+  if (!pieces.ok()) {
+    return Status(pieces.status().code(), absl::StrCat("tree checksum on CUDA device ", device_,
+                                                       ": ", pieces.status().message()));
+  }
+  for (const AllocationPiece& piece : *pieces) {
+    if (piece.allocation.device != device_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tree checksum of device bytes [0x", absl::Hex(device_ptr), ", +", n,
+                       ") on CUDA device ", device_, ": the allocation at 0x",
+                       absl::Hex(piece.allocation.base), " is on device ", piece.allocation.device,
+                       "; checksum it with that device's "
+                       "DeviceChecksummer"));
     }
   }
 

@@ -36,10 +36,11 @@ class DeviceChecksummer {
   // queued earlier on `stream` (the copy that filled the buffer) runs first.
   // REQUIRES: host_out holds TreeLeafCount(n) values; the bytes stay unchanged until the call
   // returns; `stream`, if any, belongs to this device's primary context.
-  // Errors: InvalidArgument when host_out or device_ptr is null for n > 0, or when the first or
-  // last byte is not memory the driver knows (cuMemGetAddressRange), checked before launching so a
-  // bad pointer cannot fault the kernel and poison the shared context; Internal naming the driver
-  // call for a failure in the launch, the copy or the wait.
+  // Errors: InvalidArgument when host_out or device_ptr is null for n > 0, or when some byte of
+  // the range is not in an allocation of this device the driver knows (cuMemGetAddressRange,
+  // allocation by allocation), checked before launching so a bad pointer cannot fault the kernel
+  // and poison the shared context; Internal naming the driver call for a failure in the launch,
+  // the copy or the wait.
   Status LeafHashes(uint64_t device_ptr, uint64_t n, uint64_t* host_out, void* stream);
 
   int device() const { return device_; }

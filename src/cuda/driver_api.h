@@ -27,6 +27,7 @@ inline constexpr int kCudaAbiVersion = 12000;
   X(cuDeviceGetName)                        \
   X(cuDevicePrimaryCtxRetain)               \
   X(cuDevicePrimaryCtxRelease)              \
+  X(cuDevicePrimaryCtxGetState)             \
   X(cuCtxSetCurrent)                        \
   X(cuCtxGetCurrent)                        \
   X(cuCtxSynchronize)                       \

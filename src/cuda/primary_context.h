@@ -37,7 +37,8 @@ class PrimaryContext {
   PrimaryContext(const PrimaryContext&) = delete;
   PrimaryContext& operator=(const PrimaryContext&) = delete;
 
-  // Makes the context current on the calling thread.
+  // Makes the context current on the calling thread and leaves it there: for threads ferry
+  // owns. On a caller's thread use ScopedContext, which restores the caller's context.
   Status Enter() const {
     return driver_.Check(driver_.api().cuCtxSetCurrent(context_), "cuCtxSetCurrent");
   }
@@ -52,6 +53,70 @@ class PrimaryContext {
   const Driver& driver_;
   const CUdevice device_;
   const CUcontext context_;
+};
+
+// Makes a context current on the calling thread for the guard's life, then restores the one that
+// was current before. Every driver call ferry makes on a thread it does not own goes through one:
+// the CUDA runtime (and so PyTorch's current device) follows the thread's current context, so
+// leaving another device's context current would move the caller's later work to that device.
+class ScopedContext {
+ public:
+  explicit ScopedContext(const Driver& driver) : driver_(driver) {}
+  ~ScopedContext() {
+    if (entered_) driver_.api().cuCtxSetCurrent(previous_);
+  }
+  ScopedContext(const ScopedContext&) = delete;
+  ScopedContext& operator=(const ScopedContext&) = delete;
+
+  // Errors carry `code` and name the driver call. Entering again keeps the first saved context.
+  Status Enter(CUcontext context, absl::StatusCode code = absl::StatusCode::kInternal) {
+    if (!entered_) {
+      FERRY_RETURN_IF_ERROR(
+          driver_.Check(driver_.api().cuCtxGetCurrent(&previous_), "cuCtxGetCurrent", code));
+    }
+    FERRY_RETURN_IF_ERROR(
+        driver_.Check(driver_.api().cuCtxSetCurrent(context), "cuCtxSetCurrent", code));
+    entered_ = true;
+    return absl::OkStatus();
+  }
+  Status Enter(const PrimaryContext& context, absl::StatusCode code = absl::StatusCode::kInternal) {
+    return Enter(context.get(), code);
+  }
+
+  // For calls that need some context but not a particular one (pointer queries): keeps the
+  // caller's context when there is one, else enters the primary context of a device that
+  // already has one active (retained for the guard's life; none is ever created here).
+  // FailedPrecondition when no device has an active context: then no device memory exists in
+  // this process either.
+  Status EnterAny() {
+    CUcontext current = nullptr;
+    FERRY_RETURN_IF_ERROR(
+        driver_.Check(driver_.api().cuCtxGetCurrent(&current), "cuCtxGetCurrent"));
+    if (current != nullptr) return absl::OkStatus();
+    for (int ordinal = 0; ordinal < driver_.device_count(); ++ordinal) {
+      CUdevice device = 0;
+      unsigned int flags = 0;
+      int active = 0;
+      if (driver_.api().cuDeviceGet(&device, ordinal) != CUDA_SUCCESS ||
+          driver_.api().cuDevicePrimaryCtxGetState(device, &flags, &active) != CUDA_SUCCESS ||
+          active == 0) {
+        continue;
+      }
+      auto retained = PrimaryContext::Retain(driver_, ordinal);
+      if (!retained.ok()) continue;
+      borrowed_ = std::move(*retained);
+      return Enter(*borrowed_);
+    }
+    return absl::FailedPreconditionError(
+        "no CUDA context is active in this process, so it holds no device memory");
+  }
+
+ private:
+  const Driver& driver_;
+  CUcontext previous_ = nullptr;
+  bool entered_ = false;
+  // Declared last: released after the destructor's body has restored the previous context.
+  std::unique_ptr<PrimaryContext> borrowed_;
 };
 
 }  // namespace ferry::internal::cuda

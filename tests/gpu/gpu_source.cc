@@ -228,4 +228,16 @@ StatusOr<int64_t> FirstDeviceMismatch(uint64_t device_ptr, uint64_t bytes) {
   return ferry::testing::FirstMismatch(host.data(), bytes, 0);
 }
 
+StatusOr<uintptr_t> CurrentContext() {
+  FERRY_ASSIGN_OR_RETURN(const Driver* driver, Driver::Default());
+  CUcontext current = nullptr;
+  FERRY_RETURN_IF_ERROR(driver->Check(driver->api().cuCtxGetCurrent(&current), "cuCtxGetCurrent"));
+  return reinterpret_cast<uintptr_t>(current);
+}
+
+Status ClearCurrentContext() {
+  FERRY_ASSIGN_OR_RETURN(const Driver* driver, Driver::Default());
+  return driver->Check(driver->api().cuCtxSetCurrent(nullptr), "cuCtxSetCurrent(null)");
+}
+
 }  // namespace ferry::gpu

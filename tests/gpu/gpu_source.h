@@ -49,6 +49,11 @@ StatusOr<std::unique_ptr<TransferEngine>> TcpEngine(const std::string& name);
 // from the pattern (-1: none).
 StatusOr<int64_t> FirstDeviceMismatch(uint64_t device_ptr, uint64_t bytes);
 
+// The calling thread's current CUDA context, as a number (0: none), and a way to clear it: ferry
+// must leave the caller's context as it found it (PyTorch's current device follows it).
+StatusOr<uintptr_t> CurrentContext();
+Status ClearCurrentContext();
+
 }  // namespace ferry::gpu
 
 #endif  // FERRY_TESTS_GPU_GPU_SOURCE_H_

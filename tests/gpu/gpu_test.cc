@@ -23,6 +23,8 @@ TEST_P(CudaIpcPullTest, PullFromAnotherProcessIsByteIdentical) {
   constexpr uint64_t kBytes = (256ull << 20) + 4096;  // 129 VMM chunks of 2 MiB
   auto source = SourceProcess::Start(GetParam(), kBytes);
   ASSERT_TRUE(source.ok()) << source.status();
+  // This thread has no context; ferry's calls on it must leave it so.
+  ASSERT_TRUE(ClearCurrentContext().ok());
   auto engine = CudaIpcEngine("gpu target");
   ASSERT_TRUE(engine.ok()) << engine.status();
   auto dst = (*engine)->AllocateRegion(kBytes, {.kind = MemoryKind::kCuda});
@@ -34,6 +36,7 @@ TEST_P(CudaIpcPullTest, PullFromAnotherProcessIsByteIdentical) {
   options.timeout = absl::Seconds(60);
   options.chunk_bytes = 64 << 20;
   ASSERT_TRUE((*peer)->Read({ReadOp{0, 0, (*dst)->data(), kBytes}}, options).ok());
+  EXPECT_EQ(CurrentContext().value_or(1), 0u) << "ferry left a context current on the caller";
   auto mismatch = FirstDeviceMismatch(reinterpret_cast<uint64_t>((*dst)->data()), kBytes);
   ASSERT_TRUE(mismatch.ok()) << mismatch.status();
   EXPECT_EQ(*mismatch, -1);
@@ -48,6 +51,7 @@ TEST(StagedTcpPullTest, DeviceToDeviceThroughTheEngineIsByteIdenticalAndSaysStag
   constexpr uint64_t kBytes = (192ull << 20) + 12345;
   auto source = SourceProcess::Start("legacy", kBytes, "tcp");
   ASSERT_TRUE(source.ok()) << source.status();
+  ASSERT_TRUE(ClearCurrentContext().ok());
   auto engine = TcpEngine("gpu target");
   ASSERT_TRUE(engine.ok()) << engine.status();
   auto dst = (*engine)->AllocateRegion(kBytes, {.kind = MemoryKind::kCuda});
@@ -56,6 +60,7 @@ TEST(StagedTcpPullTest, DeviceToDeviceThroughTheEngineIsByteIdenticalAndSaysStag
   ASSERT_TRUE(peer.ok()) << peer.status();
   ASSERT_TRUE((*peer)->Read({ReadOp{0, 0, (*dst)->data(), kBytes}}, absl::Seconds(120)).ok());
   EXPECT_EQ((*peer)->path(), "tcp+staged");
+  EXPECT_EQ(CurrentContext().value_or(1), 0u) << "ferry left a context current on the caller";
   auto mismatch = FirstDeviceMismatch(reinterpret_cast<uint64_t>((*dst)->data()), kBytes);
   ASSERT_TRUE(mismatch.ok()) << mismatch.status();
   EXPECT_EQ(*mismatch, -1);

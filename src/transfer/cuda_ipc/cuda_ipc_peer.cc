@@ -56,7 +56,7 @@ Status CudaIpcPeerConnection::DrainNotices() {
   return absl::OkStatus();
 }
 
-StatusOr<const Mapping*> CudaIpcPeerConnection::Map(uint32_t region) {
+StatusOr<const Mapping*> CudaIpcPeerConnection::Map(uint32_t region, uint64_t local) {
   auto found = mappings_.find(region);
   if (found != mappings_.end()) return found->second.get();
   auto removed = [&] {
@@ -100,7 +100,7 @@ StatusOr<const Mapping*> CudaIpcPeerConnection::Map(uint32_t region) {
   if (Status valid = ValidateRecords(records, fds->size(), reply.size); !valid.ok()) {
     return protocol(absl::DataLossError(valid.message()));
   }
-  auto mapping = memory_->Import(records, std::move(*fds), reply.size);
+  auto mapping = memory_->Import(records, std::move(*fds), reply.size, local);
   if (!mapping.ok()) {
     // Nothing mapped: tell the source at once rather than at removal.
     const OpenRequest closed{region, shm::kClosedExport};
@@ -127,19 +127,22 @@ Status CudaIpcPeerConnection::Execute(ChunkFeed& feed) {
   };
   if (feed.regions().empty()) return absl::OkStatus();
   if (Status drained = DrainNotices(); !drained.ok()) return fail(drained);
+  // The first piece's destination tells the memory which device maps the regions (CUDA maps
+  // and copies in the context of the GPU the bytes go to).
+  Chunk first;
+  if (!feed.Next(&first)) return absl::OkStatus();
   std::map<uint32_t, const Mapping*> mapped;
   for (uint32_t region : feed.regions()) {
-    auto mapping = Map(region);
+    auto mapping = Map(region, reinterpret_cast<uint64_t>(first.local));
     if (!mapping.ok()) return fail(mapping.status());
     mapped.emplace(region, *mapping);
   }
   const std::function<bool()> stop = [&] { return closing_.load() || feed.stopping(); };
-  std::vector<Chunk> pieces;
+  std::vector<Chunk> pieces{first};
   std::vector<CopyJob> jobs;
   std::vector<size_t> owner;    // jobs[i] belongs to pieces[owner[i]]
   std::vector<size_t> pending;  // per piece: jobs not completed yet
   while (!stop()) {
-    pieces.clear();
     Chunk c;
     while (pieces.size() < kPiecesPerRound && feed.Next(&c)) pieces.push_back(c);
     if (pieces.empty()) break;
@@ -175,6 +178,7 @@ Status CudaIpcPeerConnection::Execute(ChunkFeed& feed) {
     });
     if (!copied.ok()) return fail(copied);
     if (Status drained = DrainNotices(); !drained.ok()) return fail(drained);
+    pieces.clear();
   }
   if (closing_.load()) {
     return fail(absl::FailedPreconditionError("stopped: the connection was closed"));

@@ -1,6 +1,9 @@
 #include "transfer/cuda_ipc/cuda_ipc_transport.h"
 
+#include <unistd.h>
+
 #include <cstring>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +18,16 @@ namespace {
 
 using cuda_ipc::IpcMemory;
 using cuda_ipc::PieceRecord;
+
+// This process, as CudaIpcInfo.process names it: random once per process (pids repeat across
+// pid namespaces), then the pid (a forked child is another process).
+std::string ProcessKey() {
+  static const std::string kRandom = [] {
+    std::random_device device;
+    return absl::StrCat(absl::Hex(device(), absl::kZeroPad8), absl::Hex(device(), absl::kZeroPad8));
+  }();
+  return absl::StrCat(kRandom, ":", getpid());
+}
 
 // The export of one region: a record per allocation behind it, descriptors for VMM pieces.
 StatusOr<shm::RegionExport> ExportRegion(IpcMemory& memory, void* data, uint64_t size) {
@@ -65,18 +78,27 @@ class CudaIpcTransport : public Transport {
     if (kind != MemoryKind::kCuda) return absl::OkStatus();
     auto exported = ExportRegion(*memory_, data, size);
     if (!exported.ok()) {
-      spdlog::info("cuda_ipc: region {} is not served over CUDA IPC: {}", id,
-                   exported.status().message());
+      // Targets on this host will stage it through host memory instead, much slower: say so.
+      spdlog::warn(
+          "cuda_ipc: region {} is not served over CUDA IPC (same-host targets will "
+          "stage it through host memory): {}",
+          id, exported.status().message());
       return absl::OkStatus();
     }
     return server_->AddExport(id, std::move(*exported));
   }
   void RemoveRegion(uint32_t id) override { server_->RemoveRegion(id); }
 
-  Status Reaches(const ferry::v1::TransferBlob&, bool same_host) const override {
-    if (same_host) return absl::OkStatus();
-    return absl::FailedPreconditionError(
-        "cuda_ipc: the peer is on another host or in another network namespace");
+  Status Reaches(const ferry::v1::TransferBlob& remote, bool same_host) const override {
+    if (!same_host) {
+      return absl::FailedPreconditionError(
+          "cuda_ipc: the peer is on another host or in another network namespace");
+    }
+    if (!memory_->OpensOwnExports() && remote.cuda_ipc().process() == ProcessKey()) {
+      return absl::FailedPreconditionError(
+          "cuda_ipc: the peer is this same process, and CUDA cannot open its own IPC handles");
+    }
+    return absl::OkStatus();
   }
   Status Serves(const ferry::v1::RegionInfo& region) const override {
     if (region.cuda_ipc_served()) return absl::OkStatus();
@@ -93,6 +115,7 @@ class CudaIpcTransport : public Transport {
     ferry::v1::CudaIpcInfo* info = blob->mutable_cuda_ipc();
     info->set_socket_name(server_->socket_name());
     info->set_secret(server_->secret());
+    info->set_process(ProcessKey());
     for (auto& region : *blob->mutable_regions()) {
       region.set_cuda_ipc_served(server_->Serves(region.id()));
     }

@@ -94,6 +94,43 @@ TEST_F(CudaIpcTransportTest, LegacyBlocksAreImportedApartAndCopiesSplitAtTheirEd
   EXPECT_EQ(target_memory_->copies(), 3u);
 }
 
+TEST_F(CudaIpcTransportTest, RegionsAreMappedForTheDeviceOfTheFirstDestination) {
+  const uint64_t bytes = 4 * kChunk;
+  AddRegion(0, 4, ExportKind::kPosixFd, 0, bytes);
+  AddRegion(1, 1, ExportKind::kLegacyIpc, 0, kChunk);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(bytes + kChunk);
+  Running run;
+  ASSERT_TRUE(
+      run.Read(*conn, {ReadOp{0, 0, dst.data() + kChunk, bytes}, ReadOp{1, 0, dst.data(), kChunk}})
+          .ok());
+  EXPECT_EQ(FirstMismatch(dst.data() + kChunk, bytes, 0), -1);
+  EXPECT_EQ(FirstMismatch(dst.data(), kChunk, 0), -1);
+  // CUDA maps (and copies) in the context of the GPU the bytes go to: Import is told where.
+  EXPECT_EQ(target_memory_->live_imports(), 2);
+  EXPECT_EQ(target_memory_->last_import_local(), reinterpret_cast<uint64_t>(dst.data() + kChunk));
+}
+
+TEST_F(CudaIpcTransportTest, ATargetInTheSourcesOwnProcessIsRefusedWhereCudaWouldFail) {
+  AddRegion(0, 1, ExportKind::kLegacyIpc, 0, kChunk);
+  source_->Describe(&blob_);
+  ASSERT_FALSE(blob_.cuda_ipc().process().empty());
+  // The memfd stand-in opens its own exports: one process holds both ends in these tests.
+  EXPECT_TRUE(target_->Reaches(blob_, /*same_host=*/true).ok());
+  // CUDA does not (cuIpcOpenMemHandle refuses its own process's handle): auto picks another
+  // transport before any read, rather than failing in the middle of one.
+  target_memory_->RefuseOwnExports();
+  Status s = target_->Reaches(blob_, /*same_host=*/true);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("same process"));
+  // Another process (its own random part, or a forked child's other pid) is reached.
+  ferry::v1::TransferBlob other = blob_;
+  const std::string& key = blob_.cuda_ipc().process();
+  other.mutable_cuda_ipc()->set_process(key.substr(0, key.find(':')) + ":1");
+  EXPECT_TRUE(target_->Reaches(other, /*same_host=*/true).ok());
+}
+
 TEST_F(CudaIpcTransportTest, ManyOpsAtOddOffsets) {
   const uint64_t bytes = 20 * kChunk;
   AddRegion(0, 20, ExportKind::kPosixFd, 0, bytes);

@@ -1,17 +1,23 @@
 // OpenCudaIpcMemory for CUDA builds: the driver's IPC calls (legacy handles for cudaMalloc
 // memory, POSIX descriptors for cuMemCreate memory), VMM imports mapped back to back into one
-// reserved range, and copies on a few streams with an event per job.
+// reserved range, and copies on a few streams per device with an event per job.
 //
-// One context: device 0's primary context (the one PyTorch and the runtime use), made current on
-// every calling thread. Unified addressing lets it copy to and from any device's memory.
+// Contexts: each device's primary context (the one PyTorch and the runtime use), retained on
+// first use. An allocation is exported in the context of the GPU holding it; a region is mapped,
+// and copied from, in the context of the GPU its bytes go to. Every call restores the calling
+// thread's own context afterwards (cuda::ScopedContext), so a caller's current device is never
+// moved, and a GPU the process does not use never gets a context.
 #include <sched.h>
 
 #include <cstring>
+#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "common/logging.h"
+#include "cuda/device_pool.h"
 #include "cuda/driver.h"
 #include "cuda/driver_api.h"
 #include "cuda/primary_context.h"
@@ -22,62 +28,96 @@ namespace {
 
 using cuda::Driver;
 using cuda::DriverApi;
+using cuda::PrimaryContext;
+using cuda::ScopedContext;
 
 constexpr int kStreams = 4;
 
+// Unmaps in the context it was mapped in (cuIpcCloseMemHandle fails in any other, and a handle
+// left open keeps the source's memory mapped here after the source was told it is closed).
+// REQUIRES: `context` outlives it (the IpcMemory owns it; the Mapping goes first).
 class Imported : public SegmentMapping {
  public:
-  Imported(const Driver& driver, std::vector<Segment> segments, CUdeviceptr reserved,
+  Imported(const PrimaryContext& context, std::vector<Segment> segments, CUdeviceptr reserved,
            uint64_t reserved_bytes, std::vector<CUdeviceptr> legacy)
       : SegmentMapping(std::move(segments)),
-        driver_(driver),
+        context_(context),
         reserved_(reserved),
         reserved_bytes_(reserved_bytes),
         legacy_(std::move(legacy)) {}
   ~Imported() override {
-    const DriverApi& api = driver_.api();
+    const Driver& driver = context_.driver();
+    const DriverApi& api = driver.api();
+    ScopedContext in(driver);
+    if (Status s = in.Enter(context_); !s.ok()) {
+      spdlog::warn("cuda_ipc: cannot unmap an imported region: {}", s.message());
+      return;
+    }
     if (reserved_bytes_ > 0) {
       api.cuMemUnmap(reserved_, reserved_bytes_);
       api.cuMemAddressFree(reserved_, reserved_bytes_);
     }
-    for (CUdeviceptr p : legacy_) api.cuIpcCloseMemHandle(p);
+    for (CUdeviceptr p : legacy_) {
+      if (Status s = driver.Check(api.cuIpcCloseMemHandle(p), "cuIpcCloseMemHandle"); !s.ok()) {
+        spdlog::warn("cuda_ipc: {}", s.message());
+      }
+    }
   }
 
  private:
-  const Driver& driver_;
+  const PrimaryContext& context_;
   const CUdeviceptr reserved_;
   const uint64_t reserved_bytes_;
   const std::vector<CUdeviceptr> legacy_;
 };
 
+// One GPU this process exports from, maps into or copies on.
+struct DeviceState {
+  DeviceState(int o, std::unique_ptr<PrimaryContext> c) : ordinal(o), context(std::move(c)) {}
+  const int ordinal;
+  const std::unique_ptr<PrimaryContext> context;
+  absl::Mutex mu;  // one read at a time uses the streams and events
+  std::vector<CUstream> streams ABSL_GUARDED_BY(mu);
+  std::vector<CUevent> events ABSL_GUARDED_BY(mu);
+};
+
 class CudaIpcMemory : public IpcMemory {
  public:
-  CudaIpcMemory(const Driver& driver, std::unique_ptr<cuda::PrimaryContext> primary,
-                std::unique_ptr<cuda::AllocationQuery> query, int devices)
-      : driver_(driver),
-        primary_(std::move(primary)),
-        context_(primary_->get()),
-        query_(std::move(query)),
-        devices_(devices) {}
-  // Streams and events go while the context is still retained (primary_ is released after).
+  CudaIpcMemory(const Driver& driver, std::unique_ptr<cuda::AllocationQuery> query)
+      : driver_(driver), query_(std::move(query)) {}
+  // Streams and events go in their context, while it is still retained.
   ~CudaIpcMemory() override {
     const DriverApi& api = driver_.api();
-    api.cuCtxSetCurrent(context_);
-    absl::MutexLock lock(&copy_mu_);
-    for (CUstream s : streams_) api.cuStreamDestroy(s);
-    for (CUevent e : events_) api.cuEventDestroy(e);
+    absl::MutexLock devices_lock(&devices_mu_);
+    for (auto& [ordinal, d] : devices_) {
+      ScopedContext in(driver_);
+      if (!in.Enter(*d->context).ok()) continue;
+      absl::MutexLock lock(&d->mu);
+      for (CUstream s : d->streams) api.cuStreamDestroy(s);
+      for (CUevent e : d->events) api.cuEventDestroy(e);
+    }
   }
 
   const std::string& name() const override { return name_; }
-  const cuda::AllocationQuery& query() const override {
-    driver_.api().cuCtxSetCurrent(context_);
-    return *query_;
-  }
+  bool OpensOwnExports() const override { return false; }
+  // The driver's query keeps its own context discipline (allocation_query.cc).
+  const cuda::AllocationQuery& query() const override { return *query_; }
 
   StatusOr<ExportedAllocation> Export(const cuda::AllocationInfo& allocation) override {
     const DriverApi& api = driver_.api();
-    FERRY_RETURN_IF_ERROR(driver_.Check(api.cuCtxSetCurrent(context_), "cuCtxSetCurrent"));
+    FERRY_ASSIGN_OR_RETURN(DeviceState * device,
+                           Device(allocation.device >= 0 ? allocation.device : 0));
+    ScopedContext in(driver_);
+    FERRY_RETURN_IF_ERROR(in.Enter(*device->context));
     ExportedAllocation out;
+    // Each exported cuMemCreate allocation holds a descriptor while the region is served (a model
+    // in expandable segments: one per 20 MiB), so the open-file limit is the likely cause.
+    auto fd_hint = [](Status s) {
+      return Status(s.code(),
+                    absl::StrCat(s.message(),
+                                 "; each exported cuMemCreate allocation holds an open "
+                                 "file descriptor: check the open-file limit (ulimit -n)"));
+    };
     if (allocation.kind == cuda::ExportKind::kLegacyIpc) {
       CUipcMemHandle handle;
       FERRY_RETURN_IF_ERROR(
@@ -96,16 +136,19 @@ class CudaIpcMemory : public IpcMemory {
         api.cuMemExportToShareableHandle(&fd, generic, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
         "cuMemExportToShareableHandle");
     api.cuMemRelease(generic);
-    FERRY_RETURN_IF_ERROR(exported);
+    if (!exported.ok()) return fd_hint(exported);
     out.fd = Fd(fd);
     return out;
   }
 
   StatusOr<std::unique_ptr<Mapping>> Import(const std::vector<PieceRecord>& records,
-                                            std::vector<Fd> fds, uint64_t size) override {
+                                            std::vector<Fd> fds, uint64_t size,
+                                            uint64_t local) override {
     FERRY_RETURN_IF_ERROR(ValidateRecords(records, fds.size(), size));
     const DriverApi& api = driver_.api();
-    FERRY_RETURN_IF_ERROR(driver_.Check(api.cuCtxSetCurrent(context_), "cuCtxSetCurrent"));
+    FERRY_ASSIGN_OR_RETURN(DeviceState * device, DeviceFor(local));
+    ScopedContext in(driver_);
+    FERRY_RETURN_IF_ERROR(in.Enter(*device->context));
     uint64_t reserve = 0;
     for (const PieceRecord& r : records) {
       if (r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd)) reserve += r.allocation_size;
@@ -157,16 +200,16 @@ class CudaIpcMemory : public IpcMemory {
       segments.push_back({r.region_offset, r.length, base + r.offset});
     }
     if (mapped > 0) {
-      std::vector<CUmemAccessDesc> access(devices_);
-      for (int d = 0; d < devices_; ++d) {
+      std::vector<CUmemAccessDesc> access(driver_.device_count());
+      for (int d = 0; d < driver_.device_count(); ++d) {
         access[d].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
         access[d].location.id = d;
         access[d].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
       }
-      // Every device if it can, else the context's own.
+      // Every device if it can (a read may land on several), else the one that copies.
       if (api.cuMemSetAccess(range, mapped, access.data(), access.size()) != CUDA_SUCCESS) {
-        Status s =
-            driver_.Check(api.cuMemSetAccess(range, mapped, access.data(), 1), "cuMemSetAccess");
+        Status s = driver_.Check(api.cuMemSetAccess(range, mapped, &access[device->ordinal], 1),
+                                 "cuMemSetAccess");
         if (!s.ok()) {
           undo();
           return s;
@@ -174,25 +217,29 @@ class CudaIpcMemory : public IpcMemory {
       }
     }
     return std::unique_ptr<Mapping>(
-        new Imported(driver_, std::move(segments), range, mapped, std::move(legacy)));
+        new Imported(*device->context, std::move(segments), range, mapped, std::move(legacy)));
   }
 
   Status Copy(absl::Span<const CopyJob> jobs, const std::function<bool()>& stop,
               const std::function<void(size_t)>& done) override {
+    if (jobs.empty()) return absl::OkStatus();
     const DriverApi& api = driver_.api();
-    absl::MutexLock lock(&copy_mu_);  // one read at a time uses the streams and events
-    FERRY_RETURN_IF_ERROR(driver_.Check(api.cuCtxSetCurrent(context_), "cuCtxSetCurrent"));
-    FERRY_RETURN_IF_ERROR(EnsureResources(jobs.size()));
-    // Held: copy_mu_ (the analysis does not look into lambdas).
-    const std::vector<CUstream> streams = streams_;
+    FERRY_ASSIGN_OR_RETURN(DeviceState * device, DeviceFor(jobs[0].dst));
+    absl::MutexLock lock(&device->mu);
+    ScopedContext in(driver_);
+    FERRY_RETURN_IF_ERROR(in.Enter(*device->context));
+    FERRY_RETURN_IF_ERROR(EnsureResources(*device, jobs.size()));
+    // Held: device->mu (the analysis does not look into lambdas).
+    const std::vector<CUstream> streams = device->streams;
+    const std::vector<CUevent> events = device->events;
     auto wait_all = [&] {
       for (CUstream s : streams) api.cuStreamSynchronize(s);
     };
     for (size_t i = 0; i < jobs.size(); ++i) {
-      CUstream stream = streams_[i % streams_.size()];
+      CUstream stream = streams[i % streams.size()];
       Status s = driver_.Check(api.cuMemcpyAsync(jobs[i].dst, jobs[i].src, jobs[i].length, stream),
                                "cuMemcpyAsync");
-      if (s.ok()) s = driver_.Check(api.cuEventRecord(events_[i], stream), "cuEventRecord");
+      if (s.ok()) s = driver_.Check(api.cuEventRecord(events[i], stream), "cuEventRecord");
       if (!s.ok()) {
         wait_all();
         return Status(s.code(),
@@ -210,7 +257,7 @@ class CudaIpcMemory : public IpcMemory {
       bool progressed = false;
       for (size_t i = 0; i < jobs.size(); ++i) {
         if (finished[i]) continue;
-        const CUresult r = api.cuEventQuery(events_[i]);
+        const CUresult r = api.cuEventQuery(events[i]);
         if (r == CUDA_ERROR_NOT_READY) continue;
         if (r != CUDA_SUCCESS) {
           wait_all();
@@ -227,32 +274,63 @@ class CudaIpcMemory : public IpcMemory {
   }
 
  private:
-  Status EnsureResources(size_t jobs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(copy_mu_) {
+  // The state of GPU `ordinal`, its primary context retained on first use.
+  StatusOr<DeviceState*> Device(int ordinal) {
+    absl::MutexLock lock(&devices_mu_);
+    auto it = devices_.find(ordinal);
+    if (it != devices_.end()) return it->second.get();
+    FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PrimaryContext> context,
+                           PrimaryContext::Retain(driver_, ordinal));
+    return devices_.emplace(ordinal, std::make_unique<DeviceState>(ordinal, std::move(context)))
+        .first->second.get();
+  }
+
+  // The GPU holding `local`; for host memory, a GPU already in use here (this object's first,
+  // else one whose primary context is active in the process), else device 0.
+  StatusOr<DeviceState*> DeviceFor(uint64_t local) {
+    auto ordinal = cuda::DeviceOfAddress(driver_, local);
+    if (ordinal.ok()) return Device(*ordinal);
+    {
+      absl::MutexLock lock(&devices_mu_);
+      if (!devices_.empty()) return devices_.begin()->second.get();
+    }
+    for (int d = 0; d < driver_.device_count(); ++d) {
+      CUdevice device = 0;
+      unsigned int flags = 0;
+      int active = 0;
+      if (driver_.api().cuDeviceGet(&device, d) == CUDA_SUCCESS &&
+          driver_.api().cuDevicePrimaryCtxGetState(device, &flags, &active) == CUDA_SUCCESS &&
+          active != 0) {
+        return Device(d);
+      }
+    }
+    return Device(0);
+  }
+
+  Status EnsureResources(DeviceState& device, size_t jobs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(device.mu) {
     const DriverApi& api = driver_.api();
-    while (streams_.size() < kStreams) {
+    while (device.streams.size() < kStreams) {
       CUstream s;
       FERRY_RETURN_IF_ERROR(
           driver_.Check(api.cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), "cuStreamCreate"));
-      streams_.push_back(s);
+      device.streams.push_back(s);
     }
-    while (events_.size() < jobs) {
+    while (device.events.size() < jobs) {
       CUevent e;
       FERRY_RETURN_IF_ERROR(
           driver_.Check(api.cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate"));
-      events_.push_back(e);
+      device.events.push_back(e);
     }
     return absl::OkStatus();
   }
 
   const Driver& driver_;
-  const std::unique_ptr<cuda::PrimaryContext> primary_;
-  const CUcontext context_;
   const std::unique_ptr<cuda::AllocationQuery> query_;
-  const int devices_;
-  const std::string name_ = "CUDA (device 0's primary context)";
-  absl::Mutex copy_mu_;
-  std::vector<CUstream> streams_ ABSL_GUARDED_BY(copy_mu_);
-  std::vector<CUevent> events_ ABSL_GUARDED_BY(copy_mu_);
+  const std::string name_ = "CUDA (each GPU's primary context)";
+  absl::Mutex devices_mu_;
+  // Never erased: Imported mappings refer to the contexts.
+  std::map<int, std::unique_ptr<DeviceState>> devices_ ABSL_GUARDED_BY(devices_mu_);
 };
 
 }  // namespace
@@ -264,12 +342,9 @@ StatusOr<std::shared_ptr<IpcMemory>> OpenCudaIpcMemory() {
         "the CUDA driver sees no device; check nvidia-smi, CUDA_VISIBLE_DEVICES and the "
         "container's device mounts, or serve host memory");
   }
-  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::PrimaryContext> primary,
-                         cuda::PrimaryContext::Retain(*driver, 0));
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::AllocationQuery> query,
                          cuda::DriverAllocationQuery(*driver));
-  return std::shared_ptr<IpcMemory>(
-      new CudaIpcMemory(*driver, std::move(primary), std::move(query), driver->device_count()));
+  return std::shared_ptr<IpcMemory>(new CudaIpcMemory(*driver, std::move(query)));
 }
 
 }  // namespace ferry::internal::cuda_ipc

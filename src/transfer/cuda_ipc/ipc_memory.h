@@ -80,6 +80,9 @@ class IpcMemory {
   virtual ~IpcMemory() = default;
   // "CUDA device 0", for messages.
   virtual const std::string& name() const = 0;
+  // Whether a target may import what this same process exported (CUDA: no; cuIpcOpenMemHandle
+  // refuses a handle of its own process).
+  virtual bool OpensOwnExports() const = 0;
 
   // Source side: which allocation holds an address (cuda::FindAllocationPieces walks it).
   virtual const cuda::AllocationQuery& query() const = 0;
@@ -88,12 +91,16 @@ class IpcMemory {
 
   // Target side: maps a region of `size` bytes from its records and the descriptors passed
   // with them (fds[record.fd_index]), every allocation whole; VMM pieces back to back in one
-  // reserved range, so the region is one contiguous range. InvalidArgument for records that do
-  // not describe `size` bytes in order; the implementation's own errors otherwise.
+  // reserved range, so the region is one contiguous range. `local` is an address the region's
+  // bytes will be copied to: CUDA maps in the context of the GPU holding it (the copies run
+  // there too). InvalidArgument for records that do not describe `size` bytes in order; the
+  // implementation's own errors otherwise. REQUIRES: the mapping is destroyed before this.
   virtual StatusOr<std::unique_ptr<Mapping>> Import(const std::vector<PieceRecord>& records,
-                                                    std::vector<Fd> fds, uint64_t size) = 0;
+                                                    std::vector<Fd> fds, uint64_t size,
+                                                    uint64_t local) = 0;
 
-  // Target side: runs `jobs` on the implementation's own streams, calling done(i) as job i
+  // Target side: runs `jobs` on the implementation's own streams (CUDA: those of the GPU holding
+  // the first job's destination; unified addressing reaches the others), calling done(i) as job i
   // completes (from the calling thread, in any order). Polls `stop` between completions, at
   // least every 100 ms; once it is true no further job starts, the ones in flight are waited
   // for (the memory stays valid), and Cancelled is returned. Copy failures name the job.
@@ -107,8 +114,10 @@ class IpcMemory {
 Status ValidateRecords(const std::vector<PieceRecord>& records, size_t fd_count, uint64_t size);
 
 // The IpcMemory of this process's CUDA driver, every device (cuda_memory.cc): the device of
-// each allocation and destination comes from its pointer. FailedPrecondition with the driver's
-// or the build's reason where CUDA is not usable.
+// each allocation and destination comes from its pointer, and each is exported, mapped or
+// copied in that device's primary context (retained on first use; a device this process does
+// not use gets none). FailedPrecondition with the driver's or the build's reason where CUDA is
+// not usable.
 StatusOr<std::shared_ptr<IpcMemory>> OpenCudaIpcMemory();
 
 }  // namespace ferry::internal::cuda_ipc

@@ -93,8 +93,10 @@ StatusOr<ExportedAllocation> MemfdMemory::Export(const cuda::AllocationInfo& all
 }
 
 StatusOr<std::unique_ptr<Mapping>> MemfdMemory::Import(const std::vector<PieceRecord>& records,
-                                                       std::vector<Fd> fds, uint64_t size) {
+                                                       std::vector<Fd> fds, uint64_t size,
+                                                       uint64_t local) {
   FERRY_RETURN_IF_ERROR(ValidateRecords(records, fds.size(), size));
+  last_import_local_ = local;  // one "device": recorded for tests only
   uint64_t reserve = 0;
   for (const PieceRecord& r : records) {
     if (r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd)) reserve += r.allocation_size;

@@ -33,12 +33,18 @@ class MemfdMemory : public IpcMemory {
   void FailCopyNumber(uint64_t n) { fail_copy_ = n; }
   uint64_t copies() const { return copies_.load(); }
   int live_imports() const { return live_imports_.load(); }
+  // Behave like CUDA, which cannot import its own process's exports.
+  void RefuseOwnExports() { opens_own_exports_ = false; }
+  // The `local` of the latest Import (0 before any).
+  uint64_t last_import_local() const { return last_import_local_.load(); }
 
   const std::string& name() const override { return name_; }
+  bool OpensOwnExports() const override { return opens_own_exports_.load(); }
   const cuda::AllocationQuery& query() const override;
   StatusOr<ExportedAllocation> Export(const cuda::AllocationInfo& allocation) override;
   StatusOr<std::unique_ptr<Mapping>> Import(const std::vector<PieceRecord>& records,
-                                            std::vector<Fd> fds, uint64_t size) override;
+                                            std::vector<Fd> fds, uint64_t size,
+                                            uint64_t local) override;
   Status Copy(absl::Span<const CopyJob> jobs, const std::function<bool()>& stop,
               const std::function<void(size_t)>& done) override;
 
@@ -59,6 +65,8 @@ class MemfdMemory : public IpcMemory {
   std::atomic<uint64_t> copies_{0};
   std::atomic<uint64_t> fail_copy_{UINT64_MAX};
   std::atomic<int> live_imports_{0};
+  std::atomic<bool> opens_own_exports_{true};
+  std::atomic<uint64_t> last_import_local_{0};
 };
 
 }  // namespace ferry::internal::cuda_ipc
