@@ -135,8 +135,8 @@ Status DeviceChecksummer::LeafHashes(uint64_t device_ptr, uint64_t n, uint64_t* 
   FERRY_RETURN_IF_ERROR(current.Enter(impl_->context->get(), absl::StatusCode::kInternal));
 
   // A kernel that faults leaves the (shared, primary) context unusable, so the whole range is
-  // checked first: device memory the driver knows, without holes, all on this device (another
-  // GPU's memory is addressable too, but the kernel may not read it).
+  // checked first: device memory the driver knows, without holes, none of it on another device
+  // (addressable too, but the kernel may not read it; a device the driver does not report passes).
   auto query = DriverAllocationQuery(driver);
   if (!query.ok()) return query.status();
   auto pieces = FindAllocationPieces(device_ptr, n, **query, /*require_exportable=*/false);
@@ -145,7 +145,7 @@ Status DeviceChecksummer::LeafHashes(uint64_t device_ptr, uint64_t n, uint64_t* 
                                                        ": ", pieces.status().message()));
   }
   for (const AllocationPiece& piece : *pieces) {
-    if (piece.allocation.device != device_) {
+    if (piece.allocation.device >= 0 && piece.allocation.device != device_) {
       return absl::InvalidArgumentError(
           absl::StrCat("tree checksum of device bytes [0x", absl::Hex(device_ptr), ", +", n,
                        ") on CUDA device ", device_, ": the allocation at 0x",
