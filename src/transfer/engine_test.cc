@@ -227,9 +227,10 @@ TEST(TransportChoiceTest, DeviceRegionOverUcxWithoutCudaFallsToTcpAndSaysWhy) {
   auto peer = target->Connect(blob.SerializeAsString());
   ASSERT_TRUE(peer.ok()) << peer.status();
   EXPECT_EQ((*peer)->transport(), TransportKind::kTcp);
-  EXPECT_THAT((*peer)->choice(), HasSubstr("auto chose tcp (ucx: region 0 is device memory, "
-                                           "which ferry reads over UCX only with GPUDirect RDMA; "
-                                           "the UCX loaded here has no CUDA support"));
+  EXPECT_THAT((*peer)->choice(),
+              HasSubstr("auto chose tcp (ucx: region 0 is device memory, which ferry reads over "
+                        "UCX only with GPUDirect RDMA, and the peer does not serve it so (here: "
+                        "the UCX loaded here has no CUDA support)"));
   std::vector<char> dst(memory.size());
   ASSERT_TRUE((*peer)->Read({ReadOp{0, 0, dst.data(), dst.size()}}, absl::Seconds(30)).ok());
   EXPECT_EQ(dst, memory);

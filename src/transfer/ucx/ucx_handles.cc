@@ -100,13 +100,18 @@ void Endpoint::Close(bool force, absl::Duration timeout) {
   ucp_request_free(req);
 }
 
-StatusOr<MemHandle> MemHandle::Map(ucp_context_h context, void* address, uint64_t length) {
+StatusOr<MemHandle> MemHandle::Map(ucp_context_h context, void* address, uint64_t length,
+                                   ucs_memory_type_t memory_type) {
   ucp_mem_map_params_t params = {};
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
                       UCP_MEM_MAP_PARAM_FIELD_FLAGS;
   params.address = address;
   params.length = length;
   params.flags = address == nullptr ? UCP_MEM_MAP_ALLOCATE : 0;
+  if (memory_type != UCS_MEMORY_TYPE_UNKNOWN) {
+    params.field_mask |= UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE;
+    params.memory_type = memory_type;
+  }
   ucp_mem_h memh = nullptr;
   const ucs_status_t st = ucp_mem_map(context, &params, &memh);
   if (st != UCS_OK) {

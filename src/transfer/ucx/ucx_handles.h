@@ -83,7 +83,10 @@ class WorkerAddress {
 class MemHandle {
  public:
   // ucp_mem_map of [address, address+length); UCP_MEM_MAP_ALLOCATE when address is null.
-  static StatusOr<MemHandle> Map(ucp_context_h context, void* address, uint64_t length);
+  // `memory_type`: what the memory is (UCS_MEMORY_TYPE_CUDA for device memory); UNKNOWN lets
+  // UCX detect it.
+  static StatusOr<MemHandle> Map(ucp_context_h context, void* address, uint64_t length,
+                                 ucs_memory_type_t memory_type = UCS_MEMORY_TYPE_UNKNOWN);
   // Takes ownership of an existing handle (e.g. an Allocation's).
   MemHandle(ucp_context_h context, ucp_mem_h memh) : context_(context), memh_(memh) {}
   MemHandle(MemHandle&& o) noexcept : context_(o.context_), memh_(o.memh_) { o.memh_ = nullptr; }

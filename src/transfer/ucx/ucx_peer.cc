@@ -21,18 +21,44 @@ constexpr int kMadvPopulateRead = 22;  // MADV_POPULATE_READ, Linux 5.14+
 
 constexpr absl::Duration kCancelGrace = absl::Milliseconds(50);
 
+// A remote region: one key for host memory, one per allocation for device memory (in region
+// order, covering it without gaps).
+struct RemotePiece {
+  uint64_t offset = 0;  // in the region
+  uint64_t length = 0;
+  Rkey rkey;
+};
 struct RemoteRegion {
   uint64_t base = 0;
   uint64_t size = 0;
-  Rkey rkey;
+  std::vector<RemotePiece> pieces;
 };
 
-// One piece in flight.
+// One piece of the read in flight: one request per remote key it spans.
 struct Slot {
-  Request req;
+  std::vector<Request> reqs;
   Chunk chunk;
   bool busy = false;
 };
+
+// The region's key pieces from the blob, checked: in order, without gaps, covering the region.
+Status CheckPieces(const ferry::v1::RegionInfo& r) {
+  uint64_t at = 0;
+  for (const auto& piece : r.ucx_pieces()) {
+    if (piece.offset() != at || piece.length() == 0 || piece.length() > r.size() - at ||
+        piece.rkey().empty()) {
+      return absl::DataLossError(absl::StrCat(
+          "region ", r.id(), ": its UCX key pieces do not cover its ", r.size(),
+          " bytes in order (piece at ", piece.offset(), " of ", piece.length(), " bytes)"));
+    }
+    at += piece.length();
+  }
+  if (at != r.size()) {
+    return absl::DataLossError(absl::StrCat("region ", r.id(), ": its UCX key pieces cover ", at,
+                                            " of its ", r.size(), " bytes"));
+  }
+  return absl::OkStatus();
+}
 
 class UcxPeer final : public PeerConnection {
  public:
@@ -96,22 +122,35 @@ Status UcxPeer::Init(const ferry::v1::TransferBlob& remote) {
   ep_ = Endpoint(worker_.get(), ep);
 
   for (const auto& r : remote.regions()) {
-    if (r.ucx_rkey().empty()) continue;
-    auto rkey = UnpackRkey(ep, r.ucx_rkey());
-    if (!rkey.ok()) {
-      return fail(
-          absl::UnavailableError(absl::StrCat("region ", r.id(), ": ", rkey.status().message())));
-    }
-    // Shared memory: the region is mapped into this process now. Fault its pages in with one
-    // madvise rather than one page fault per page during the first read (slow in VMs).
-    void* local = nullptr;
-    if (ucp_rkey_ptr(rkey->get(), r.base_address(), &local) == UCS_OK && local != nullptr) {
-      (void)::madvise(local, r.size(), kMadvPopulateRead);
-    }
     RemoteRegion rr;
     rr.base = r.base_address();
     rr.size = r.size();
-    rr.rkey = *std::move(rkey);
+    if (!r.ucx_rkey().empty()) {
+      auto rkey = UnpackRkey(ep, r.ucx_rkey());
+      if (!rkey.ok()) {
+        return fail(
+            absl::UnavailableError(absl::StrCat("region ", r.id(), ": ", rkey.status().message())));
+      }
+      // Shared memory: the region is mapped into this process now. Fault its pages in with one
+      // madvise rather than one page fault per page during the first read (slow in VMs).
+      void* local = nullptr;
+      if (ucp_rkey_ptr(rkey->get(), r.base_address(), &local) == UCS_OK && local != nullptr) {
+        (void)::madvise(local, r.size(), kMadvPopulateRead);
+      }
+      rr.pieces.push_back({0, r.size(), *std::move(rkey)});
+    } else if (r.ucx_pieces_size() > 0) {
+      if (Status s = CheckPieces(r); !s.ok()) return fail(s);
+      for (const auto& piece : r.ucx_pieces()) {
+        auto rkey = UnpackRkey(ep, piece.rkey());
+        if (!rkey.ok()) {
+          return fail(absl::UnavailableError(absl::StrCat("region ", r.id(), " at ", piece.offset(),
+                                                          ": ", rkey.status().message())));
+        }
+        rr.pieces.push_back({piece.offset(), piece.length(), *std::move(rkey)});
+      }
+    } else {
+      continue;  // not served over UCX
+    }
     regions_.emplace(r.id(), std::move(rr));
   }
   return absl::OkStatus();
@@ -121,8 +160,11 @@ void UcxPeer::Abort(std::vector<Slot>& slots) {
   auto any_busy = [&] {
     bool busy = false;
     for (Slot& s : slots) {
-      if (s.busy && s.req.status() != UCS_INPROGRESS) {
-        s.req.Reset();
+      if (!s.busy) continue;
+      bool done = true;
+      for (Request& req : s.reqs) done = done && req.status() != UCS_INPROGRESS;
+      if (done) {
+        s.reqs.clear();
         s.busy = false;
       }
       busy = busy || s.busy;
@@ -130,7 +172,10 @@ void UcxPeer::Abort(std::vector<Slot>& slots) {
     return busy;
   };
   for (Slot& s : slots) {
-    if (s.busy) ucp_request_cancel(worker_.get(), s.req.get());
+    if (!s.busy) continue;
+    for (Request& req : s.reqs) {
+      if (req.status() == UCS_INPROGRESS) ucp_request_cancel(worker_.get(), req.get());
+    }
   }
   const absl::Time force_at = absl::Now() + kCancelGrace;
   while (any_busy()) {
@@ -184,18 +229,38 @@ Status UcxPeer::Execute(ChunkFeed& feed) {
         break;
       }
       const RemoteRegion& region = regions_.at(c.remote_region);
-      ucp_request_param_t param = {};
-      void* r = ucp_get_nbx(ep_.get(), c.local, c.length, region.base + c.remote_offset,
-                            region.rkey.get(), &param);
-      if (UCS_PTR_IS_ERR(r)) {
-        const Status e = UcsError("ucp_get_nbx", UCS_PTR_STATUS(r));
-        error = fail(e.code(), absl::StrCat("failed (", e.message(), ")"), c);
+      if (c.remote_offset > region.size || c.length > region.size - c.remote_offset) {
+        error = fail(absl::StatusCode::kInvalidArgument, "is outside the region", c);
         break;
       }
-      if (r == nullptr) {
+      // One get per remote key the piece spans (device regions: one key per allocation).
+      auto piece =
+          std::upper_bound(region.pieces.begin(), region.pieces.end(), c.remote_offset,
+                           [](uint64_t offset, const RemotePiece& p) { return offset < p.offset; });
+      --piece;  // pieces start at 0, so some piece starts at or before the offset
+      for (uint64_t done = 0; done < c.length; ++piece) {
+        const uint64_t at = c.remote_offset + done;
+        const uint64_t n = std::min(c.length - done, piece->offset + piece->length - at);
+        ucp_request_param_t param = {};
+        void* r =
+            ucp_get_nbx(ep_.get(), c.local + done, n, region.base + at, piece->rkey.get(), &param);
+        if (UCS_PTR_IS_ERR(r)) {
+          const Status e = UcsError("ucp_get_nbx", UCS_PTR_STATUS(r));
+          error = fail(e.code(), absl::StrCat("failed (", e.message(), ")"), c);
+          break;
+        }
+        if (r != nullptr) s.reqs.emplace_back(r);
+        done += n;
+      }
+      if (!error.ok()) {
+        // Requests already posted for this piece still run: wait for them like any other.
+        s.chunk = c;
+        s.busy = !s.reqs.empty();
+        break;
+      }
+      if (s.reqs.empty()) {
         feed.Done(c);
       } else {
-        s.req = Request(r);
         s.chunk = c;
         s.busy = true;
       }
@@ -205,19 +270,24 @@ Status UcxPeer::Execute(ChunkFeed& feed) {
     bool busy = false;
     for (Slot& s : slots) {
       if (!s.busy) continue;
-      const ucs_status_t st = s.req.status();
+      ucs_status_t st = UCS_OK;
+      for (Request& req : s.reqs) {
+        const ucs_status_t one = req.status();
+        if (one == UCS_INPROGRESS || st == UCS_OK) st = one;
+        if (st == UCS_INPROGRESS) break;
+      }
       if (st == UCS_INPROGRESS) {
         busy = true;
         continue;
       }
       if (st == UCS_OK) {
-        feed.Done(s.chunk);
+        if (error.ok()) feed.Done(s.chunk);
       } else if (error.ok()) {
         const Status e = UcsError("ucp_get_nbx", st);
         error = fail(peer_error_ != UCS_OK ? absl::StatusCode::kUnavailable : e.code(),
                      absl::StrCat("failed (", e.message(), ")"), s.chunk);
       }
-      s.req.Reset();
+      s.reqs.clear();
       s.busy = false;
     }
     if (error.ok() && peer_error_ != UCS_OK) {

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "common/pages.h"
+#include "cuda/driver.h"
 #include "transfer/ucx/ucx_handles.h"
 #include "transfer/ucx/ucx_peer.h"
 #include "transfer/ucx/ucx_progress.h"
@@ -106,15 +107,26 @@ class UcxTransport final : public Transport {
   void Describe(ferry::v1::TransferBlob* blob) const override;
   Status Reaches(const ferry::v1::TransferBlob& remote, bool same_host) const override;
   Status Serves(const ferry::v1::RegionInfo& region) const override;
+  bool Writes(MemoryKind kind) const override {
+    return kind == MemoryKind::kHost || (kind == MemoryKind::kCuda && device_reads_);
+  }
   StatusOr<std::unique_ptr<PeerConnection>> Connect(const ferry::v1::TransferBlob& remote,
                                                     const std::string& description) override;
   void Stop() override;
 
  private:
+  // One registration of device memory: the part of a region inside one allocation.
+  struct DevicePiece {
+    uint64_t offset = 0;  // in the region
+    uint64_t length = 0;
+    ucx::MemHandle memh;
+    std::string rkey;
+  };
   struct RegionEntry {
     ucp_mem_h memh = nullptr;
     std::optional<ucx::MemHandle> owned;  // set when we mapped caller memory ourselves
     std::string rkey;
+    std::vector<DevicePiece> device;  // device memory: one per allocation, instead of the above
   };
 
   UcxTransport(TransferEngineOptions options, std::shared_ptr<ucx::Context> context,
@@ -125,6 +137,12 @@ class UcxTransport final : public Transport {
         address_(std::move(address)),
         rdma_(rdma) {}
 
+  // Decides what device memory this transport serves and reads into (UcxTuning::device_memory).
+  void SetUpDeviceMemory(const std::optional<UcxDeviceMemory>& stand_in);
+  // Registers device region `id` allocation by allocation; a region that cannot be registered
+  // is not served (logged; targets stage it through host memory instead).
+  Status AddDeviceRegion(uint32_t id, void* data, uint64_t size);
+
   const TransferEngineOptions options_;
   // Declared first so it is destroyed last (peers may still hold it).
   std::shared_ptr<ucx::Context> context_;
@@ -132,6 +150,12 @@ class UcxTransport final : public Transport {
   const std::string address_;
   const bool rdma_;
   std::unique_ptr<ucx::ProgressThread> progress_;  // null when tuning.progress_thread is false
+  // Device memory (GPUDirect RDMA): how it is registered, whether this side serves it and
+  // whether it reads into it, and why not (for Serves' messages). Set once in Create.
+  std::optional<UcxDeviceMemory> device_;
+  bool device_serves_ = false;
+  bool device_reads_ = false;
+  std::string device_why_not_;
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, RegionEntry> regions_ ABSL_GUARDED_BY(mu_);
@@ -195,6 +219,7 @@ StatusOr<std::unique_ptr<Transport>> UcxTransport::Create(const TransferEngineOp
   }
   std::unique_ptr<UcxTransport> t(new UcxTransport(options, *std::move(context), std::move(worker),
                                                    std::move(address), UcxRdmaAvailable(options)));
+  t->SetUpDeviceMemory(tuning.device_memory);
   if (tuning.progress_thread) {
     FERRY_ASSIGN_OR_RETURN(t->progress_, ucx::ProgressThread::Start(t->worker_.get()));
   }
@@ -244,11 +269,68 @@ void UcxTransport::Free(const Allocation& allocation) {
   ucx::MemHandle(context_->get(), static_cast<ucp_mem_h>(allocation.handle)).Reset();
 }
 
+void UcxTransport::SetUpDeviceMemory(const std::optional<UcxDeviceMemory>& stand_in) {
+  if (stand_in.has_value()) {
+    device_ = stand_in;
+    device_serves_ = device_reads_ = true;
+    return;
+  }
+  if (!UcxSupportsCuda(context_->get())) {
+    device_why_not_ = "the UCX loaded here has no CUDA support";
+    return;
+  }
+  auto driver = cuda::Driver::Default();
+  auto query = driver.ok() ? cuda::DriverAllocationQuery(**driver)
+                           : StatusOr<std::unique_ptr<cuda::AllocationQuery>>(driver.status());
+  if (!query.ok()) {
+    device_why_not_ = absl::StrCat("UCX lists CUDA memory, but ", query.status().message());
+    return;
+  }
+  device_ = UcxDeviceMemory{std::shared_ptr<const cuda::AllocationQuery>(std::move(*query)),
+                            UCS_MEMORY_TYPE_CUDA};
+  device_reads_ = true;
+  device_serves_ = rdma_;
+  if (!rdma_) device_why_not_ = "UCX lists CUDA memory, but no RDMA device is available";
+}
+
+Status UcxTransport::AddDeviceRegion(uint32_t id, void* data, uint64_t size) {
+  if (!device_serves_) return absl::OkStatus();  // Serves says why on the target
+  auto not_served = [&](const Status& s) {
+    spdlog::warn(
+        "ucx: device region {} is not served over UCX (targets stage it through host "
+        "memory instead): {}",
+        id, s.message());
+    return absl::OkStatus();
+  };
+  auto pieces = cuda::FindAllocationPieces(reinterpret_cast<uint64_t>(data), size,
+                                           *device_->allocations, /*require_exportable=*/false);
+  if (!pieces.ok()) return not_served(pieces.status());
+  RegionEntry entry;
+  for (const cuda::AllocationPiece& piece : *pieces) {
+    auto memh = ucx::MemHandle::Map(context_->get(), static_cast<char*>(data) + piece.region_offset,
+                                    piece.length, device_->memory_type);
+    if (!memh.ok()) {
+      return not_served(Status(memh.status().code(),
+                               absl::StrCat(memh.status().message(),
+                                            " (registering device memory for GPUDirect RDMA "
+                                            "needs the nvidia-peermem module or DMA-BUF)")));
+    }
+    auto rkey = ucx::PackRkey(context_->get(), memh->get());
+    if (!rkey.ok()) return not_served(rkey.status());
+    entry.device.push_back({piece.region_offset, piece.length, *std::move(memh), *std::move(rkey)});
+  }
+  absl::MutexLock lock(&mu_);
+  if (regions_.contains(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("UCX region ", id, " is already registered"));
+  }
+  regions_.emplace(id, std::move(entry));
+  return absl::OkStatus();
+}
+
 Status UcxTransport::AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
                                const Allocation* allocation) {
-  // Device memory is accepted and not served (no rkey in the blob): it would need GPUDirect
-  // RDMA, registered allocation by allocation, which this UCX path does not do; targets read
-  // such regions over CUDA IPC or TCP with staging (UcxTransport::Serves says so).
+  // Device memory is served with GPUDirect RDMA only, registered allocation by allocation.
+  if (kind == MemoryKind::kCuda) return AddDeviceRegion(id, data, size);
   if (kind != MemoryKind::kHost) return absl::OkStatus();
   RegionEntry entry;
   if (allocation != nullptr && allocation->handle != nullptr) {
@@ -298,16 +380,15 @@ Status UcxTransport::Reaches(const ferry::v1::TransferBlob& remote, bool same_ho
 }
 
 Status UcxTransport::Serves(const ferry::v1::RegionInfo& region) const {
-  if (region.kind() == ferry::v1::MEMORY_KIND_CUDA) {
+  if (region.kind() == ferry::v1::MEMORY_KIND_CUDA && region.ucx_pieces().empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "ucx: region ", region.id(),
-        " is device memory, which ferry reads over UCX only with "
-        "GPUDirect RDMA; the UCX loaded here ",
-        UcxSupportsCuda(context_->get()) ? "lists CUDA memory, but ferry does not register device "
-                                           "memory with UCX yet"
-                                         : "has no CUDA support",
-        " (device memory is staged through host memory instead)"));
+        " is device memory, which ferry reads over UCX only with GPUDirect RDMA, and the peer "
+        "does not serve it so",
+        device_why_not_.empty() ? "" : absl::StrCat(" (here: ", device_why_not_, ")"),
+        "; device memory is staged through host memory instead"));
   }
+  if (region.kind() == ferry::v1::MEMORY_KIND_CUDA) return absl::OkStatus();
   if (region.ucx_rkey().empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("ucx: the peer's UCX does not serve region ", region.id()));
@@ -321,7 +402,17 @@ void UcxTransport::Describe(ferry::v1::TransferBlob* blob) const {
   absl::MutexLock lock(&mu_);
   for (auto& region : *blob->mutable_regions()) {
     auto it = regions_.find(region.id());
-    if (it != regions_.end()) region.set_ucx_rkey(it->second.rkey);
+    if (it == regions_.end()) continue;
+    if (it->second.device.empty()) {
+      region.set_ucx_rkey(it->second.rkey);
+      continue;
+    }
+    for (const DevicePiece& piece : it->second.device) {
+      ferry::v1::UcxPiece* out = region.add_ucx_pieces();
+      out->set_offset(piece.offset);
+      out->set_length(piece.length);
+      out->set_rkey(piece.rkey);
+    }
   }
 }
 

@@ -13,16 +13,25 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
+#include "cuda/allocation_pieces.h"
 #include "ferry/status.h"
 #include "ferry/transfer.h"
 #include "transfer/transport.h"
 
 namespace ferry::internal {
+
+// How the transport registers device memory for GPUDirect RDMA: each allocation behind a region
+// on its own (`allocations` says which allocation holds an address), as `memory_type`.
+struct UcxDeviceMemory {
+  std::shared_ptr<const cuda::AllocationQuery> allocations;
+  ucs_memory_type_t memory_type = UCS_MEMORY_TYPE_CUDA;
+};
 
 // Knobs that are not engine options: fixed in production, varied by tests and benchmarks.
 struct UcxTuning {
@@ -35,6 +44,11 @@ struct UcxTuning {
   absl::Duration keepalive_interval = absl::Seconds(1);
   // Further UCX settings (name without UCX_, value) for experiments; applied last.
   std::vector<std::pair<std::string, std::string>> extra_config;
+  // Device memory. Unset: the CUDA driver's allocations, served only when the UCX loaded lists
+  // CUDA memory (UcxSupportsCuda) and an RDMA device is available (GPUDirect RDMA), and read
+  // into only when UCX lists CUDA memory. Tests set it to host memory standing in for device
+  // allocations, which is then served and read regardless.
+  std::optional<UcxDeviceMemory> device_memory;
 };
 
 // Never starts UCX's tcp transport (see UcxTlsSetting). Starts whether or not an RDMA device
