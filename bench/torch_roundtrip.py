@@ -4,7 +4,7 @@ runnable here on CPU tensors.
 
     torch_roundtrip.py --server-bin PATH [--loader LOADER --library-path DIRS]
                        [--device cuda|cpu] [--bytes 2GiB] [--tensors 200] [--repeat 3]
-                       [--transport auto,tcp]
+                       [--transport auto,tcp] [--work-dir DIR]
 
 Starts a ferry-server (through `--loader` when given: the GPU bundle runs its binaries under the
 bundled glibc), a source process that builds `--tensors` tensors of about `--bytes` in all on
@@ -14,9 +14,16 @@ ferry.torch.pull_into once per transport and run, and checks every tensor agains
 regenerated here. Baseline, same run, same device: copying the same tensors from the expected
 ones with `Tensor.copy_` (a device-to-device copy on a GPU, memcpy on CPU).
 
+Everything listens on and advertises loopback (127.0.0.1), so the machine's hostname need not
+resolve. The ferry-server and source logs are kept in `--work-dir` (default: a new temporary
+directory); when the round trip fails or is terminated (SIGTERM, as `timeout` sends), their last
+20 kB follow the error on stderr.
+
 One JSON line per transport on stdout: the report's transport and timings (medians), the
-baseline and `ratio` (baseline seconds / transfer seconds, so 1.0 is copy speed). Exits 1 when a
-pull fails or any tensor differs; the message names the first such tensor.
+baseline and `ratio` (baseline seconds / transfer seconds, so 1.0 is copy speed), and
+`alloc_conf`: PYTORCH_ALLOC_CONF (else PYTORCH_CUDA_ALLOC_CONF) as both processes saw it
+(e.g. expandable_segments:True). Exits 1 when a pull fails or any tensor differs; the message
+names the first such tensor.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,6 +45,7 @@ from harness import HarnessError, die_with_parent, parse_size, tail, wait_ready_
 import torch  # noqa: E402
 
 _DTYPES = [torch.bfloat16, torch.float32, torch.int8]
+_LOG_TAIL = 20000  # bytes of each child's log shown when the round trip fails
 
 
 def layout(total: int, count: int) -> List[Dict]:
@@ -77,8 +86,10 @@ def run_source(args: argparse.Namespace) -> int:
     specs = layout(args.bytes, args.tensors)
     state = {s["name"]: pattern(s, i, args.seed, args.device) for i, s in enumerate(specs)}
     synchronize(args.device)
+    # Loopback only: the machine's hostname (the default advertised host) may not resolve.
     handle = ferry.torch.publish(state, identity(args.model), server=args.server,
-                                 heartbeat_interval=1.0)
+                                 heartbeat_interval=1.0, worker_listen="127.0.0.1:0",
+                                 data_listen="127.0.0.1:0", advertise_host="127.0.0.1")
     tmp = args.ready_file + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"pid": os.getpid(), "bytes": handle.total_bytes,
@@ -89,15 +100,52 @@ def run_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def alloc_conf() -> str:
+    """The CUDA caching allocator's settings, as torch reads them (the newer name first)."""
+    return os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or ""
+
+
 def start(argv: List[str], log_path: str, stdin=None) -> subprocess.Popen:
     log = open(log_path, "wb")
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=stdin,
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # a killed child's log keeps its last lines
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=stdin, env=env,
                             preexec_fn=die_with_parent())
+
+
+def stop(proc: subprocess.Popen, name: str, timeout: float) -> None:
+    """Waits up to `timeout` seconds for `proc` to exit, then kills it; never raises."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"torch_roundtrip: {name} still running after {timeout:.0f} s; killing it",
+              file=sys.stderr)
+        proc.kill()
+        proc.wait()
+
+
+def show_logs(work: str) -> None:
+    """The end of each child's log on stderr (they stay in `work`, which may not be kept)."""
+    for name in ("server.log", "source.log"):
+        path = os.path.join(work, name)
+        if os.path.exists(path):
+            text = tail(path, _LOG_TAIL)
+            print(f"==== torch_roundtrip: the last {_LOG_TAIL // 1000} kB of {path}\n"
+                  f"{text if text.strip() else '(empty)'}", file=sys.stderr, flush=True)
+
+
+def _terminated(signum, frame) -> None:
+    raise HarnessError(f"terminated by signal {signum} (a timeout?)")
 
 
 def run_target(args: argparse.Namespace) -> int:
     import ferry.torch
-    work = tempfile.mkdtemp(prefix="ferry-torch-roundtrip-")
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
+        work = args.work_dir
+    else:
+        work = tempfile.mkdtemp(prefix="ferry-torch-roundtrip-")
+    # `timeout` sends SIGTERM: fail like any error, so that the logs are shown and children stop.
+    signal.signal(signal.SIGTERM, _terminated)
     server_argv = [args.server_bin, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                    "--ready-file", os.path.join(work, "server.ready"), "--store", "memory",
                    "--log-level", "warn"]
@@ -105,6 +153,7 @@ def run_target(args: argparse.Namespace) -> int:
         server_argv = [args.loader, "--library-path", args.library_path, *server_argv]
     server = start(server_argv, os.path.join(work, "server.log"))
     source: Optional[subprocess.Popen] = None
+    failed = True
     try:
         ports = wait_ready_file(os.path.join(work, "server.ready"), server, "ferry-server",
                                 os.path.join(work, "server.log"))
@@ -170,22 +219,24 @@ def run_target(args: argparse.Namespace) -> int:
                 "baseline": "Tensor.copy_ (device to device)" if args.device != "cpu"
                             else "Tensor.copy_ (memcpy)",
                 "baseline_seconds": copy, "baseline_gbps": nbytes / copy / 1e9,
-                "ratio": copy / transfer}), flush=True)
+                "ratio": copy / transfer, "alloc_conf": alloc_conf()}), flush=True)
+        failed = False
         return 0
     except HarnessError as e:
-        print(f"torch_roundtrip: {e}", file=sys.stderr)
-        if source is not None:
-            print(tail(os.path.join(work, "source.log")), file=sys.stderr)
+        print(f"torch_roundtrip: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
+        # Any failure (HarnessError, SIGTERM, another exception): the logs first, while there is
+        # time, then the children, quickly. A later SIGTERM must not replace the outcome (the
+        # KILL that follows it ends the cleanup, and the children die with this process).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if failed:
+            show_logs(work)
         if source is not None and source.poll() is None:
             source.stdin.close()
-            try:
-                source.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                source.kill()
+            stop(source, "source", 5 if failed else 60)
         server.terminate()
-        server.wait(timeout=30)
+        stop(server, "ferry-server", 30)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -206,6 +257,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="pull_into transports, comma-separated (default auto,tcp)")
     p.add_argument("--model", default="bench/torch-roundtrip")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--work-dir", default="",
+                   help="keep the ferry-server and source logs here (default: a new temp dir)")
     args = p.parse_args(argv)
     if args.role == "target" and not args.server_bin:
         p.error("--server-bin is required")
