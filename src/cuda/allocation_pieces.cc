@@ -13,6 +13,8 @@ std::string_view ExportKindName(ExportKind kind) {
       return "POSIX fd (cuMemCreate)";
     case ExportKind::kNotExportable:
       return "not exportable";
+    case ExportKind::kFabric:
+      return "fabric handle (cuMemCreate)";
   }
   return "unknown";
 }
@@ -47,7 +49,7 @@ StatusOr<std::vector<AllocationPiece>> FindAllocationPieces(uint64_t address, ui
     if (require_exportable && info->kind == ExportKind::kNotExportable) {
       return absl::FailedPreconditionError(absl::StrFormat(
           "%s lies in the allocation [0x%x, 0x%x), which cannot be exported to another process "
-          "(no legacy IPC and no POSIX fd handle type); allocate it with cudaMalloc or "
+          "(no legacy IPC, POSIX fd or fabric handle type); allocate it with cudaMalloc or "
           "cuMemCreate with CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, or let ferry stage it "
           "through host memory (--transport tcp)",
           region(), info->base, info->base + info->size));

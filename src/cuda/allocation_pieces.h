@@ -21,12 +21,20 @@ namespace ferry::internal::cuda {
 class Driver;
 
 // How an allocation can be handed to another process.
+// The values travel in CUDA IPC records (cuda_ipc::PieceRecord::kind): append, never renumber.
 enum class ExportKind {
   kLegacyIpc,      // cudaMalloc / cuMemAlloc memory: a legacy IPC handle (cuIpcGetMemHandle)
   kPosixFd,        // cuMemCreate memory created with POSIX fd handles: an fd over SCM_RIGHTS
   kNotExportable,  // anything else (VMM memory without a shareable handle type, managed memory)
+  kFabric,         // cuMemCreate memory with fabric handles only (IMEX hosts, e.g. GB200 NVL72):
+                   // a 64-byte CUmemFabricHandle
 };
 std::string_view ExportKindName(ExportKind kind);
+// Whether the allocation is cuMemCreate (VMM) memory the target maps into a reserved range,
+// back to back with its neighbours (kPosixFd, kFabric).
+inline bool IsVmmExport(ExportKind kind) {
+  return kind == ExportKind::kPosixFd || kind == ExportKind::kFabric;
+}
 
 // One allocation, as the driver reports it for an address inside it.
 struct AllocationInfo {

@@ -53,8 +53,10 @@ class DriverQuery : public AllocationQuery {
     uint64_t types = 0;
     if (api.cuPointerGetAttribute(&types, CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES,
                                   static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS &&
-        (types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) != 0) {
-      info.kind = ExportKind::kPosixFd;
+        (types & (CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR | CU_MEM_HANDLE_TYPE_FABRIC)) != 0) {
+      // A descriptor where allowed: it needs no IMEX channel.
+      info.kind = (types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR) != 0 ? ExportKind::kPosixFd
+                                                                          : ExportKind::kFabric;
     }
     return info;
   }

@@ -80,6 +80,22 @@ TEST_F(CudaIpcTransportTest, ExpandableSegmentOfMoreChunksThanOnePacketOfDescrip
   EXPECT_EQ(target_memory_->copies(), static_cast<uint64_t>((bytes + (1 << 20) - 1) >> 20));
 }
 
+TEST_F(CudaIpcTransportTest, FabricHandleSegmentsAreOneContiguousImportWithoutDescriptors) {
+  // Expandable segments on an IMEX host (GB200) allow fabric handles only: 64-byte handles in the
+  // records, no descriptors passed, mapped back to back like POSIX-fd pieces.
+  const uint64_t bytes = 5 * kChunk - 300;
+  AddRegion(0, 5, ExportKind::kFabric, 200, bytes);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(bytes);
+  Running run;
+  run.chunk_bytes = 8 * kChunk;  // one piece over all five allocations
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}}).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
+  EXPECT_EQ(target_memory_->live_imports(), 1);
+  EXPECT_EQ(target_memory_->copies(), 1u);  // contiguous: one copy job
+}
+
 TEST_F(CudaIpcTransportTest, LegacyBlocksAreImportedApartAndCopiesSplitAtTheirEdges) {
   // Three cudaMalloc-like blocks: the import maps each on its own (no contiguity).
   const uint64_t bytes = 3 * kChunk - 100;
@@ -266,6 +282,17 @@ TEST(CudaIpcRecordsTest, CorruptExportsAreRefused) {
               HasSubstr("claims [10, +91) of an allocation of 100 bytes"));
   EXPECT_THAT(cuda_ipc::ValidateRecords({a, b}, 1, 140).message(),
               HasSubstr("names descriptor 1 of 1"));
+  // A fabric piece carries its handle and takes no descriptor; an unknown kind is refused.
+  cuda_ipc::PieceRecord fabric = b;
+  fabric.kind = static_cast<uint32_t>(ExportKind::kFabric);
+  fabric.fd_index = 0;
+  EXPECT_TRUE(cuda_ipc::ValidateRecords({a, fabric}, 1, 140).ok());
+  EXPECT_THAT(cuda_ipc::ValidateRecords({a, fabric}, 2, 140).message(),
+              HasSubstr("name 1 of 2 descriptors"));
+  cuda_ipc::PieceRecord unknown = b;
+  unknown.kind = static_cast<uint32_t>(ExportKind::kNotExportable);
+  EXPECT_THAT(cuda_ipc::ValidateRecords({a, unknown}, 1, 140).message(),
+              HasSubstr("has export kind 2"));
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // OpenCudaIpcMemory for CUDA builds: the driver's IPC calls (legacy handles for cudaMalloc
-// memory, POSIX descriptors for cuMemCreate memory), VMM imports mapped back to back into one
-// reserved range, and copies on a few streams per device with an event per job.
+// memory, POSIX descriptors or fabric handles for cuMemCreate memory), VMM imports mapped back to
+// back into one reserved range, and copies on a few streams per device with an event per job.
 //
 // Contexts: each device's primary context (the one PyTorch and the runtime use), retained on
 // first use. An allocation is exported in the context of the GPU holding it; a region is mapped,
@@ -132,6 +132,17 @@ class CudaIpcMemory : public IpcMemory {
     FERRY_RETURN_IF_ERROR(driver_.Check(
         api.cuMemRetainAllocationHandle(&generic, reinterpret_cast<void*>(allocation.base)),
         "cuMemRetainAllocationHandle"));
+    if (allocation.kind == cuda::ExportKind::kFabric) {
+      CUmemFabricHandle fabric;
+      Status exported = driver_.Check(
+          api.cuMemExportToShareableHandle(&fabric, generic, CU_MEM_HANDLE_TYPE_FABRIC, 0),
+          "cuMemExportToShareableHandle(fabric)");
+      api.cuMemRelease(generic);
+      FERRY_RETURN_IF_ERROR(exported);
+      static_assert(sizeof(fabric) == sizeof(out.handle));
+      std::memcpy(out.handle.data(), &fabric, sizeof(fabric));
+      return out;
+    }
     int fd = -1;
     Status exported = driver_.Check(
         api.cuMemExportToShareableHandle(&fd, generic, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
@@ -152,7 +163,7 @@ class CudaIpcMemory : public IpcMemory {
     FERRY_RETURN_IF_ERROR(in.Enter(*device->context));
     uint64_t reserve = 0;
     for (const PieceRecord& r : records) {
-      if (r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd)) reserve += r.allocation_size;
+      if (cuda::IsVmmExport(static_cast<cuda::ExportKind>(r.kind))) reserve += r.allocation_size;
     }
     CUdeviceptr range = 0;
     std::vector<CUdeviceptr> legacy;
@@ -169,14 +180,29 @@ class CudaIpcMemory : public IpcMemory {
     std::vector<SegmentMapping::Segment> segments;
     for (const PieceRecord& r : records) {
       CUdeviceptr base;
-      if (r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd)) {
+      const auto kind = static_cast<cuda::ExportKind>(r.kind);
+      if (cuda::IsVmmExport(kind)) {
         base = range + mapped;
         CUmemGenericAllocationHandle generic;
-        Status s = driver_.Check(
-            api.cuMemImportFromShareableHandle(
-                &generic, reinterpret_cast<void*>(static_cast<intptr_t>(fds[r.fd_index].get())),
-                CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
-            "cuMemImportFromShareableHandle");
+        CUmemFabricHandle fabric;
+        static_assert(sizeof(fabric) == sizeof(r.handle));
+        std::memcpy(&fabric, r.handle.data(), sizeof(fabric));
+        Status s =
+            kind == cuda::ExportKind::kFabric
+                ? driver_.Check(api.cuMemImportFromShareableHandle(&generic, &fabric,
+                                                                   CU_MEM_HANDLE_TYPE_FABRIC),
+                                "cuMemImportFromShareableHandle(fabric)")
+                : driver_.Check(
+                      api.cuMemImportFromShareableHandle(
+                          &generic,
+                          reinterpret_cast<void*>(static_cast<intptr_t>(fds[r.fd_index].get())),
+                          CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+                      "cuMemImportFromShareableHandle");
+        if (!s.ok() && kind == cuda::ExportKind::kFabric) {
+          s = Status(s.code(), absl::StrCat(s.message(),
+                                            "; importing a fabric handle needs an IMEX channel "
+                                            "(/dev/nvidia-caps-imex-channels) in this process"));
+        }
         if (s.ok()) {
           s = driver_.Check(api.cuMemMap(base, r.allocation_size, 0, generic, 0), "cuMemMap");
           api.cuMemRelease(generic);  // the mapping holds the allocation from here

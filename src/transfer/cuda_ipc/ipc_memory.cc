@@ -60,7 +60,8 @@ Status ValidateRecords(const std::vector<PieceRecord>& records, size_t fd_count,
         return bad(absl::StrCat("names descriptor ", r.fd_index, " of ", fd_count));
       }
       ++next_fd;
-    } else if (r.kind != static_cast<uint32_t>(cuda::ExportKind::kLegacyIpc)) {
+    } else if (r.kind != static_cast<uint32_t>(cuda::ExportKind::kLegacyIpc) &&
+               r.kind != static_cast<uint32_t>(cuda::ExportKind::kFabric)) {
       return bad(absl::StrCat("has export kind ", r.kind));
     }
     covered += r.length;

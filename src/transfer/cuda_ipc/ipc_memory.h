@@ -29,14 +29,15 @@ struct PieceRecord {
   uint64_t offset;           // where the region's bytes start in it
   uint64_t length;           // the region's bytes in it
   uint64_t region_offset;    // where they sit in the region
-  uint32_t kind;             // cuda::ExportKind: kLegacyIpc or kPosixFd
+  uint32_t kind;             // cuda::ExportKind: kLegacyIpc, kPosixFd or kFabric
   uint32_t fd_index;         // kPosixFd: the index of its descriptor among those passed
   int32_t device;            // the source's device ordinal
   uint32_t reserved;
-  std::array<char, 64> handle;  // kLegacyIpc: the legacy IPC handle (CUipcMemHandle)
+  // kLegacyIpc: the legacy IPC handle (CUipcMemHandle); kFabric: the CUmemFabricHandle.
+  std::array<char, 64> handle;
 };
 
-// One allocation, exported: a handle (kLegacyIpc) or a descriptor (kPosixFd).
+// One allocation, exported: a handle (kLegacyIpc, kFabric) or a descriptor (kPosixFd).
 struct ExportedAllocation {
   std::array<char, 64> handle{};
   Fd fd;

@@ -85,7 +85,8 @@ StatusOr<ExportedAllocation> MemfdMemory::Export(const cuda::AllocationInfo& all
     out.fd = Fd(::fcntl(it->second.memfd.get(), F_DUPFD_CLOEXEC, 0));
     if (!out.fd.valid()) return absl::InternalError(absl::StrCat("dup: ", ErrnoText(errno)));
   } else {
-    // A "legacy handle": names the descriptor in this process, as a CUDA handle names memory.
+    // A "legacy" or "fabric" handle: names the descriptor in this process, as a CUDA handle
+    // names memory.
     const std::string name = absl::StrCat("/proc/", ::getpid(), "/fd/", it->second.memfd.get());
     std::memcpy(out.handle.data(), name.data(), std::min(name.size(), out.handle.size() - 1));
   }
@@ -99,7 +100,7 @@ StatusOr<std::unique_ptr<Mapping>> MemfdMemory::Import(const std::vector<PieceRe
   last_import_local_ = local;  // one "device": recorded for tests only
   uint64_t reserve = 0;
   for (const PieceRecord& r : records) {
-    if (r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd)) reserve += r.allocation_size;
+    if (cuda::IsVmmExport(static_cast<cuda::ExportKind>(r.kind))) reserve += r.allocation_size;
   }
   std::vector<std::pair<void*, uint64_t>> maps;
   auto unmap_all = [&] {
@@ -116,12 +117,20 @@ StatusOr<std::unique_ptr<Mapping>> MemfdMemory::Import(const std::vector<PieceRe
   uint64_t at = 0;
   for (const PieceRecord& r : records) {
     char* base;
-    if (r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd)) {
+    const auto kind = static_cast<cuda::ExportKind>(r.kind);
+    if (cuda::IsVmmExport(kind)) {
+      // Fabric handles name the descriptor in the source process, like the legacy ones.
+      Fd named;
+      if (kind == cuda::ExportKind::kFabric) {
+        const std::string name(r.handle.data(), strnlen(r.handle.data(), r.handle.size()));
+        named = Fd(::open(name.c_str(), O_RDONLY | O_CLOEXEC));
+      }
+      const int fd = kind == cuda::ExportKind::kFabric ? named.get() : fds[r.fd_index].get();
       base = range + at;
-      if (::mmap(base, r.allocation_size, PROT_READ, MAP_SHARED | MAP_FIXED, fds[r.fd_index].get(),
-                 0) == MAP_FAILED) {
+      if (fd < 0 ||
+          ::mmap(base, r.allocation_size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
         unmap_all();
-        return absl::InternalError(absl::StrCat("mapping a descriptor: ", ErrnoText(errno)));
+        return absl::InternalError(absl::StrCat("mapping a VMM piece: ", ErrnoText(errno)));
       }
       at += r.allocation_size;
     } else {
