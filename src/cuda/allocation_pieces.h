@@ -42,6 +42,9 @@ struct AllocationInfo {
   uint64_t size = 0;
   ExportKind kind = ExportKind::kNotExportable;
   int device = -1;  // the ordinal of the GPU holding it; -1 where the query does not know
+  // Whether an RDMA NIC may register it (CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE; true
+  // where the driver does not say).
+  bool rdma_capable = true;
 };
 
 // Answers "which allocation holds this device address". The CUDA implementation asks the

@@ -35,6 +35,11 @@ class DriverQuery : public AllocationQuery {
                                   static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS) {
       info.device = ordinal;
     }
+    int rdma = 1;
+    if (api.cuPointerGetAttribute(&rdma, CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE,
+                                  static_cast<CUdeviceptr>(address)) == CUDA_SUCCESS) {
+      info.rdma_capable = rdma != 0;
+    }
     // Stream-ordered (cudaMallocAsync) pool memory is not a VMM mapping ferry can retain and
     // export by its own, even where the pool allows POSIX fd handles.
     CUmemoryPool pool = nullptr;

@@ -86,8 +86,8 @@ class ScopedContext {
   // For calls that need some context but not a particular one (pointer queries): keeps the
   // caller's context when there is one, else enters the primary context of a device that
   // already has one active (retained for the guard's life; none is ever created here).
-  // FailedPrecondition when no device has an active context: then no device memory exists in
-  // this process either.
+  // FailedPrecondition when no device's primary context is active (then the process holds no
+  // device memory, unless in contexts of its own made with cuCtxCreate).
   Status EnterAny() {
     CUcontext current = nullptr;
     FERRY_RETURN_IF_ERROR(
@@ -108,14 +108,15 @@ class ScopedContext {
       return Enter(*borrowed_);
     }
     return absl::FailedPreconditionError(
-        "no CUDA context is active in this process, so it holds no device memory");
+        "no device's primary context is active in this process (ferry queries pointers in "
+        "primary contexts only; memory of a context made with cuCtxCreate is not seen)");
   }
 
  private:
   const Driver& driver_;
   CUcontext previous_ = nullptr;
   bool entered_ = false;
-  // Declared last: released after the destructor's body has restored the previous context.
+  // Released (as members are) after the destructor's body has restored the previous context.
   std::unique_ptr<PrimaryContext> borrowed_;
 };
 

@@ -30,17 +30,20 @@ constexpr uint64_t kAllocation = 1 << 20;  // one stand-in "device allocation"
 // Host memory cut into stand-in allocations: a table of [base, base + size).
 class TableQuery : public cuda::AllocationQuery {
  public:
-  void Add(const char* base, uint64_t size) { table_[reinterpret_cast<uint64_t>(base)] = size; }
+  void Add(const char* base, uint64_t size, bool rdma_capable = true) {
+    table_[reinterpret_cast<uint64_t>(base)] = {size, rdma_capable};
+  }
   StatusOr<cuda::AllocationInfo> Find(uint64_t address) const override {
     auto it = table_.upper_bound(address);
     if (it == table_.begin()) return absl::NotFoundError("below every allocation");
     --it;
-    if (address - it->first >= it->second) return absl::NotFoundError("in a hole");
-    return cuda::AllocationInfo{it->first, it->second, cuda::ExportKind::kNotExportable, 0};
+    if (address - it->first >= it->second.first) return absl::NotFoundError("in a hole");
+    return cuda::AllocationInfo{it->first, it->second.first, cuda::ExportKind::kNotExportable, 0,
+                                it->second.second};
   }
 
  private:
-  std::map<uint64_t, uint64_t> table_;
+  std::map<uint64_t, std::pair<uint64_t, bool>> table_;  // base: size, RDMA capable
 };
 
 class UcxDeviceMemoryTest : public ::testing::Test {
@@ -170,6 +173,16 @@ TEST_F(UcxDeviceMemoryTest, ARegionWithAHoleIsNotServedAndTheTargetSaysSo) {
   EXPECT_THAT(s.message(), HasSubstr("the UCX loaded here has no CUDA support"));
 }
 
+TEST_F(UcxDeviceMemoryTest, AnAllocationNotCapableOfGpuDirectRdmaLeavesTheRegionUnserved) {
+  query_->Add(memory_, kAllocation);
+  query_->Add(memory_ + kAllocation, kAllocation, /*rdma_capable=*/false);
+  source_ = Create(/*stand_in=*/true);
+  ASSERT_NE(source_, nullptr);
+  const ferry::v1::TransferBlob blob = Serve(memory_, 2 * kAllocation);
+  EXPECT_EQ(blob.regions(0).ucx_pieces_size(), 0);
+  EXPECT_TRUE(blob.regions(0).ucx_rkey().empty());
+}
+
 TEST_F(UcxDeviceMemoryTest, KeyPiecesThatDoNotCoverTheRegionAreRefusedAtConnect) {
   query_->Add(memory_, kAllocation);
   query_->Add(memory_ + kAllocation, kAllocation);
@@ -181,7 +194,8 @@ TEST_F(UcxDeviceMemoryTest, KeyPiecesThatDoNotCoverTheRegionAreRefusedAtConnect)
   ASSERT_EQ(blob.regions(0).ucx_pieces_size(), 2);
   blob.mutable_regions(0)->mutable_ucx_pieces(1)->set_offset(kAllocation + 1);  // a gap
   auto peer = target_->Connect(blob, "device source");
-  ASSERT_FALSE(peer.ok());
+  // The source's blob is corrupt: DataLoss (auto does not take it for an unreachable peer).
+  ASSERT_EQ(peer.status().code(), absl::StatusCode::kDataLoss) << peer.status();
   EXPECT_THAT(peer.status().message(), HasSubstr("do not cover its 2097152 bytes in order"));
 }
 

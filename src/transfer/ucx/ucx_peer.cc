@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/logging.h"
+#include "transfer/ucx/key_pieces.h"
 
 namespace ferry::internal::ucx {
 namespace {
@@ -21,17 +22,12 @@ constexpr int kMadvPopulateRead = 22;  // MADV_POPULATE_READ, Linux 5.14+
 
 constexpr absl::Duration kCancelGrace = absl::Milliseconds(50);
 
-// A remote region: one key for host memory, one per allocation for device memory (in region
-// order, covering it without gaps).
-struct RemotePiece {
-  uint64_t offset = 0;  // in the region
-  uint64_t length = 0;
-  Rkey rkey;
-};
+// A remote region: one key for host memory, one per allocation for device memory (key_pieces.h).
 struct RemoteRegion {
   uint64_t base = 0;
   uint64_t size = 0;
-  std::vector<RemotePiece> pieces;
+  std::vector<uint64_t> starts;  // each key's first region offset, ascending, starts[0] == 0
+  std::vector<Rkey> keys;
 };
 
 // One piece of the read in flight: one request per remote key it spans.
@@ -39,26 +35,8 @@ struct Slot {
   std::vector<Request> reqs;
   Chunk chunk;
   bool busy = false;
+  bool partial = false;  // posting failed part way: its bytes did not all land
 };
-
-// The region's key pieces from the blob, checked: in order, without gaps, covering the region.
-Status CheckPieces(const ferry::v1::RegionInfo& r) {
-  uint64_t at = 0;
-  for (const auto& piece : r.ucx_pieces()) {
-    if (piece.offset() != at || piece.length() == 0 || piece.length() > r.size() - at ||
-        piece.rkey().empty()) {
-      return absl::DataLossError(absl::StrCat(
-          "region ", r.id(), ": its UCX key pieces do not cover its ", r.size(),
-          " bytes in order (piece at ", piece.offset(), " of ", piece.length(), " bytes)"));
-    }
-    at += piece.length();
-  }
-  if (at != r.size()) {
-    return absl::DataLossError(absl::StrCat("region ", r.id(), ": its UCX key pieces cover ", at,
-                                            " of its ", r.size(), " bytes"));
-  }
-  return absl::OkStatus();
-}
 
 class UcxPeer final : public PeerConnection {
  public:
@@ -137,16 +115,23 @@ Status UcxPeer::Init(const ferry::v1::TransferBlob& remote) {
       if (ucp_rkey_ptr(rkey->get(), r.base_address(), &local) == UCS_OK && local != nullptr) {
         (void)::madvise(local, r.size(), kMadvPopulateRead);
       }
-      rr.pieces.push_back({0, r.size(), *std::move(rkey)});
+      rr.starts.push_back(0);
+      rr.keys.push_back(*std::move(rkey));
     } else if (r.ucx_pieces_size() > 0) {
-      if (Status s = CheckPieces(r); !s.ok()) return fail(s);
+      // A corrupt blob is the source's fault, not a sign it is unreachable: DataLoss, so auto
+      // does not quietly move on to another transport.
+      if (Status s = CheckKeyPieces(r); !s.ok()) {
+        return absl::DataLossError(
+            absl::StrCat("UCX connect to ", description_, ": ", s.message()));
+      }
       for (const auto& piece : r.ucx_pieces()) {
         auto rkey = UnpackRkey(ep, piece.rkey());
         if (!rkey.ok()) {
           return fail(absl::UnavailableError(absl::StrCat("region ", r.id(), " at ", piece.offset(),
                                                           ": ", rkey.status().message())));
         }
-        rr.pieces.push_back({piece.offset(), piece.length(), *std::move(rkey)});
+        rr.starts.push_back(piece.offset());
+        rr.keys.push_back(*std::move(rkey));
       }
     } else {
       continue;  // not served over UCX
@@ -234,28 +219,24 @@ Status UcxPeer::Execute(ChunkFeed& feed) {
         break;
       }
       // One get per remote key the piece spans (device regions: one key per allocation).
-      auto piece =
-          std::upper_bound(region.pieces.begin(), region.pieces.end(), c.remote_offset,
-                           [](uint64_t offset, const RemotePiece& p) { return offset < p.offset; });
-      --piece;  // pieces start at 0, so some piece starts at or before the offset
-      for (uint64_t done = 0; done < c.length; ++piece) {
-        const uint64_t at = c.remote_offset + done;
-        const uint64_t n = std::min(c.length - done, piece->offset + piece->length - at);
+      for (const KeySpan& span :
+           SplitAtKeyEdges(region.starts, region.size, c.remote_offset, c.length)) {
         ucp_request_param_t param = {};
-        void* r =
-            ucp_get_nbx(ep_.get(), c.local + done, n, region.base + at, piece->rkey.get(), &param);
+        void* r = ucp_get_nbx(ep_.get(), c.local + (span.offset - c.remote_offset), span.length,
+                              region.base + span.offset, region.keys[span.piece].get(), &param);
         if (UCS_PTR_IS_ERR(r)) {
           const Status e = UcsError("ucp_get_nbx", UCS_PTR_STATUS(r));
           error = fail(e.code(), absl::StrCat("failed (", e.message(), ")"), c);
           break;
         }
         if (r != nullptr) s.reqs.emplace_back(r);
-        done += n;
       }
       if (!error.ok()) {
-        // Requests already posted for this piece still run: wait for them like any other.
+        // Requests already posted for this piece still run: wait for them like any other, but
+        // the piece never counts as landed.
         s.chunk = c;
         s.busy = !s.reqs.empty();
+        s.partial = true;
         break;
       }
       if (s.reqs.empty()) {
@@ -281,7 +262,7 @@ Status UcxPeer::Execute(ChunkFeed& feed) {
         continue;
       }
       if (st == UCS_OK) {
-        if (error.ok()) feed.Done(s.chunk);
+        if (!s.partial) feed.Done(s.chunk);
       } else if (error.ok()) {
         const Status e = UcsError("ucp_get_nbx", st);
         error = fail(peer_error_ != UCS_OK ? absl::StatusCode::kUnavailable : e.code(),
@@ -289,6 +270,7 @@ Status UcxPeer::Execute(ChunkFeed& feed) {
       }
       s.reqs.clear();
       s.busy = false;
+      s.partial = false;
     }
     if (error.ok() && peer_error_ != UCS_OK) {
       error = absl::UnavailableError(

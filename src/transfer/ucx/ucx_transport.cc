@@ -22,13 +22,14 @@
 
 namespace ferry::internal {
 
-// Whether this context may use an RDMA device: an InfiniBand/RoCE memory domain exists (UCT's
-// "ib" component lists one per HCA) and neither NET_DEVICES nor TLS rules it out. UCX has no
-// query for "the transports my context uses", so this mirrors the two settings we pass it.
-bool UcxRdmaAvailable(const TransferEngineOptions& options) {
+namespace {
+
+// The memory domains of UCT's "ib" component (one per HCA). With `cuda`, only those that can
+// register CUDA memory (GPUDirect RDMA: nvidia-peermem or DMA-BUF), which takes opening each.
+std::vector<std::string> IbDomains(bool cuda) {
   uct_component_h* components = nullptr;
   unsigned count = 0;
-  if (uct_query_components(&components, &count) != UCS_OK) return false;
+  if (uct_query_components(&components, &count) != UCS_OK) return {};
   std::vector<std::string> hcas;
   for (unsigned i = 0; i < count; ++i) {
     uct_component_attr_t attr = {};
@@ -39,11 +40,31 @@ bool UcxRdmaAvailable(const TransferEngineOptions& options) {
     attr.field_mask = UCT_COMPONENT_ATTR_FIELD_MD_RESOURCES;
     attr.md_resources = mds.data();
     if (uct_component_query(components[i], &attr) != UCS_OK) continue;
-    for (const auto& md : mds) hcas.emplace_back(md.md_name);
+    for (const auto& md : mds) {
+      if (cuda) {
+        uct_md_config_t* config = nullptr;
+        if (uct_md_config_read(components[i], nullptr, nullptr, &config) != UCS_OK) continue;
+        uct_md_h handle = nullptr;
+        const ucs_status_t opened = uct_md_open(components[i], md.md_name, config, &handle);
+        uct_config_release(config);
+        if (opened != UCS_OK) continue;
+        uct_md_attr_t md_attr = {};
+        const bool registers = uct_md_query(handle, &md_attr) == UCS_OK &&
+                               (md_attr.cap.reg_mem_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
+        uct_md_close(handle);
+        if (!registers) continue;
+      }
+      hcas.emplace_back(md.md_name);
+    }
   }
   uct_release_component_list(components);
-  if (hcas.empty()) return false;
+  return hcas;
+}
 
+// Whether `options` (ucx_transports, ucx_net_devices) let UCX use one of `hcas`. UCX has no query
+// for "the transports my context uses", so this mirrors the two settings we pass it.
+bool AllowsRdma(const TransferEngineOptions& options, const std::vector<std::string>& hcas) {
+  if (hcas.empty()) return false;
   const std::string tls = absl::AsciiStrToLower(options.ucx_transports);
   if (!tls.empty() && tls[0] != '^' && tls != "all") {
     bool any = false;
@@ -63,6 +84,18 @@ bool UcxRdmaAvailable(const TransferEngineOptions& options) {
     }
   }
   return false;
+}
+
+}  // namespace
+
+// Whether this context may use an RDMA device: an InfiniBand/RoCE memory domain exists and
+// neither NET_DEVICES nor TLS rules it out.
+bool UcxRdmaAvailable(const TransferEngineOptions& options) {
+  return AllowsRdma(options, IbDomains(/*cuda=*/false));
+}
+
+bool UcxRdmaRegistersCuda(const TransferEngineOptions& options) {
+  return AllowsRdma(options, IbDomains(/*cuda=*/true));
 }
 
 bool UcxSupportsCuda(ucp_context_h context) {
@@ -289,8 +322,16 @@ void UcxTransport::SetUpDeviceMemory(const std::optional<UcxDeviceMemory>& stand
   device_ = UcxDeviceMemory{std::shared_ptr<const cuda::AllocationQuery>(std::move(*query)),
                             UCS_MEMORY_TYPE_CUDA};
   device_reads_ = true;
-  device_serves_ = rdma_;
-  if (!rdma_) device_why_not_ = "UCX lists CUDA memory, but no RDMA device is available";
+  device_serves_ = rdma_ && UcxRdmaRegistersCuda(options_);
+  if (!rdma_) {
+    device_why_not_ = "UCX lists CUDA memory, but no RDMA device is available";
+  } else if (!device_serves_) {
+    // UCX then still maps device memory, on its CUDA transports only, which a remote NIC cannot
+    // read: the target's gets would fail instead of falling back to staging.
+    device_why_not_ =
+        "UCX lists CUDA memory, but no RDMA device here can register it (load nvidia-peermem, "
+        "or use a kernel and driver with DMA-BUF)";
+  }
 }
 
 Status UcxTransport::AddDeviceRegion(uint32_t id, void* data, uint64_t size) {
@@ -307,6 +348,12 @@ Status UcxTransport::AddDeviceRegion(uint32_t id, void* data, uint64_t size) {
   if (!pieces.ok()) return not_served(pieces.status());
   RegionEntry entry;
   for (const cuda::AllocationPiece& piece : *pieces) {
+    if (!piece.allocation.rdma_capable) {
+      return not_served(absl::FailedPreconditionError(
+          absl::StrCat("the allocation at 0x", absl::Hex(piece.allocation.base),
+                       " is not GPUDirect RDMA capable (cuMemCreate memory needs "
+                       "allocFlags.gpuDirectRDMACapable)")));
+    }
     auto memh = ucx::MemHandle::Map(context_->get(), static_cast<char*>(data) + piece.region_offset,
                                     piece.length, device_->memory_type);
     if (!memh.ok()) {

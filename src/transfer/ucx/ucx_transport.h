@@ -60,6 +60,11 @@ StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransferEngineOpti
 // UCX use.
 bool UcxRdmaAvailable(const TransferEngineOptions& options);
 
+// Whether an RDMA device `options` let UCX use can register CUDA memory (GPUDirect RDMA: the
+// nvidia-peermem module or DMA-BUF). Without one UCX still maps device memory, on its CUDA
+// transports only, which a remote NIC cannot read.
+bool UcxRdmaRegistersCuda(const TransferEngineOptions& options);
+
 // Whether `context` lists CUDA among its memory types (a UCX built with CUDA: cuda_copy,
 // cuda_ipc). Debian's UCX does not.
 bool UcxSupportsCuda(ucp_context_h context);
