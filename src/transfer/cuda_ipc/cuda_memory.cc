@@ -8,7 +8,6 @@
 // thread's own context afterwards (cuda::ScopedContext), so a caller's current device is never
 // moved, and a GPU the process does not use never gets a context.
 #include <sched.h>
-#include <sys/resource.h>
 
 #include <cstring>
 #include <map>
@@ -360,23 +359,6 @@ class CudaIpcMemory : public IpcMemory {
   std::map<int, std::unique_ptr<DeviceState>> devices_ ABSL_GUARDED_BY(devices_mu_);
 };
 
-// A served region holds a descriptor per cuMemCreate allocation it touches, and a target receives
-// as many at once: a model in expandable segments (20 MiB chunks) with many tensors needs
-// thousands, past the usual soft limit of 1024. The soft limit is raised to the hard one, as any
-// process may (vLLM does the same); the hard limit stays the operator's.
-void RaiseOpenFileLimit() {
-  rlimit limit{};
-  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
-  const rlim_t before = limit.rlim_cur;
-  limit.rlim_cur = limit.rlim_max;
-  if (setrlimit(RLIMIT_NOFILE, &limit) == 0) {
-    spdlog::info(
-        "cuda_ipc: raised the open-file soft limit from {} to {} (one descriptor per "
-        "exported cuMemCreate allocation)",
-        static_cast<uint64_t>(before), static_cast<uint64_t>(limit.rlim_cur));
-  }
-}
-
 }  // namespace
 
 StatusOr<std::shared_ptr<IpcMemory>> OpenCudaIpcMemory() {
@@ -388,7 +370,6 @@ StatusOr<std::shared_ptr<IpcMemory>> OpenCudaIpcMemory() {
   }
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::AllocationQuery> query,
                          cuda::DriverAllocationQuery(*driver));
-  RaiseOpenFileLimit();
   return std::shared_ptr<IpcMemory>(new CudaIpcMemory(*driver, std::move(query)));
 }
 
