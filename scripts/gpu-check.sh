@@ -115,9 +115,11 @@ PY
       cp -r "/usr/include/$dir" "$py/include/"
     done
   (cd "$build/proto/gen" && find . -name '*.h' -exec cp --parents {} "../../../$py/include/" \;)
-  # pybind11's headers, pinned, from PyPI.
-  if ! python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" \
-      "pybind11==$PYBIND11_VERSION"; then
+  # pybind11's headers, pinned, from PyPI: downloaded (not installed) by the pip of a throwaway
+  # virtual environment, so Debian's Python is never touched.
+  if ! { python3 -m venv "$tmp/venv" &&
+      "$tmp/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+        --only-binary=:all: -d "$tmp" "pybind11==$PYBIND11_VERSION"; }; then
     echo "gpu-check.sh: cannot download pybind11==$PYBIND11_VERSION from PyPI (the module for" \
          "the GPU machine's Python is built with it); check that PyPI is reachable" >&2
     exit 1
@@ -138,7 +140,7 @@ PY
     echo "gpu-check.sh: warning: no Python 3.12 headers found here (FERRY_PY312_INCLUDE," \
          "pyenv's 3.12); the module builds on the GPU machine only if its Python has its own" >&2
   fi
-  sed "s|@DEFINES@|$defines|" > "$py/build.sh" <<'BUILD'
+  sed -e "s|@DEFINES@|$defines|" -e "s|@PYBIND11_VERSION@|$PYBIND11_VERSION|" > "$py/build.sh" <<'BUILD'
 #!/usr/bin/env bash
 # Builds ferry's Python module for a Python other than the one ferry was built with (the GPU
 # machine's 3.12), from python/src in the working tree and what `scripts/gpu-check.sh bundle`
@@ -188,7 +190,8 @@ if [ ! -f "$pybind/pybind11/pybind11.h" ]; then
     echo "build.sh: the bundle has no pybind11; using $python's ($pybind)"
   else
     echo "build.sh: no pybind11: neither the bundle ($here/pybind11/include) nor $python has" \
-         "it; rebuild the bundle (scripts/gpu-check.sh bundle) or pip install pybind11" >&2
+         "it; rebuild the bundle (scripts/gpu-check.sh bundle), or install pybind11==@PYBIND11_VERSION@" \
+         "into a virtual environment of that Python" >&2
     exit 1
   fi
 fi

@@ -59,8 +59,8 @@ class DeviceBuffer {
 }  // namespace
 
 struct DeviceChecksummer::Impl {
-  Impl(const Driver& d, std::unique_ptr<PrimaryContext> ctx)
-      : driver(d), context(std::move(ctx)), module(d), scratch(d) {}
+  Impl(const Driver& d, std::unique_ptr<PrimaryContext> ctx, std::unique_ptr<AllocationQuery> q)
+      : driver(d), context(std::move(ctx)), query(std::move(q)), module(d), scratch(d) {}
   // The module and the scratch buffer go while the context is current and still retained; the
   // context member is released after this body.
   ~Impl() {
@@ -74,6 +74,7 @@ struct DeviceChecksummer::Impl {
 
   const Driver& driver;
   std::unique_ptr<PrimaryContext> context;
+  const std::unique_ptr<AllocationQuery> query;  // checks each range before a launch
   Module module;
   CUfunction function = nullptr;
   absl::Mutex mu;
@@ -93,7 +94,8 @@ StatusOr<std::unique_ptr<DeviceChecksummer>> DeviceChecksummer::Create(const Dri
   FERRY_ASSIGN_OR_RETURN(std::unique_ptr<PrimaryContext> primary,
                          PrimaryContext::Retain(driver, device));
   const CUcontext context = primary->get();
-  auto impl = std::make_unique<Impl>(driver, std::move(primary));
+  FERRY_ASSIGN_OR_RETURN(std::unique_ptr<AllocationQuery> query, DriverAllocationQuery(driver));
+  auto impl = std::make_unique<Impl>(driver, std::move(primary), std::move(query));
   ScopedContext current(driver);
   FERRY_RETURN_IF_ERROR(current.Enter(context, kCode));
   CUmodule module = nullptr;
@@ -137,9 +139,7 @@ Status DeviceChecksummer::LeafHashes(uint64_t device_ptr, uint64_t n, uint64_t* 
   // A kernel that faults leaves the (shared, primary) context unusable, so the whole range is
   // checked first: device memory the driver knows, without holes, none of it on another device
   // (addressable too, but the kernel may not read it; a device the driver does not report passes).
-  auto query = DriverAllocationQuery(driver);
-  if (!query.ok()) return query.status();
-  auto pieces = FindAllocationPieces(device_ptr, n, **query, /*require_exportable=*/false);
+  auto pieces = FindAllocationPieces(device_ptr, n, *impl_->query, /*require_exportable=*/false);
   if (!pieces.ok()) {
     return Status(pieces.status().code(), absl::StrCat("tree checksum on CUDA device ", device_,
                                                        ": ", pieces.status().message()));

@@ -55,6 +55,22 @@ class PrimaryContext {
   const CUcontext context_;
 };
 
+// The first device whose primary context is active in this process (retained by someone: PyTorch,
+// the runtime, ferry), or -1 when none is. Asks only; creates nothing.
+inline int ActivePrimaryDevice(const Driver& driver) {
+  for (int ordinal = 0; ordinal < driver.device_count(); ++ordinal) {
+    CUdevice device = 0;
+    unsigned int flags = 0;
+    int active = 0;
+    if (driver.api().cuDeviceGet(&device, ordinal) == CUDA_SUCCESS &&
+        driver.api().cuDevicePrimaryCtxGetState(device, &flags, &active) == CUDA_SUCCESS &&
+        active != 0) {
+      return ordinal;
+    }
+  }
+  return -1;
+}
+
 // Makes a context current on the calling thread for the guard's life, then restores the one that
 // was current before. Every driver call ferry makes on a thread it does not own goes through one:
 // the CUDA runtime (and so PyTorch's current device) follows the thread's current context, so
@@ -93,18 +109,9 @@ class ScopedContext {
     FERRY_RETURN_IF_ERROR(
         driver_.Check(driver_.api().cuCtxGetCurrent(&current), "cuCtxGetCurrent"));
     if (current != nullptr) return absl::OkStatus();
-    for (int ordinal = 0; ordinal < driver_.device_count(); ++ordinal) {
-      CUdevice device = 0;
-      unsigned int flags = 0;
-      int active = 0;
-      if (driver_.api().cuDeviceGet(&device, ordinal) != CUDA_SUCCESS ||
-          driver_.api().cuDevicePrimaryCtxGetState(device, &flags, &active) != CUDA_SUCCESS ||
-          active == 0) {
-        continue;
-      }
-      auto retained = PrimaryContext::Retain(driver_, ordinal);
-      if (!retained.ok()) continue;
-      borrowed_ = std::move(*retained);
+    const int ordinal = ActivePrimaryDevice(driver_);
+    if (ordinal >= 0) {
+      FERRY_ASSIGN_OR_RETURN(borrowed_, PrimaryContext::Retain(driver_, ordinal));
       return Enter(*borrowed_);
     }
     return absl::FailedPreconditionError(

@@ -9,6 +9,7 @@
 // moved, and a GPU the process does not use never gets a context.
 #include <sched.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <utility>
@@ -320,17 +321,7 @@ class CudaIpcMemory : public IpcMemory {
       absl::MutexLock lock(&devices_mu_);
       if (!devices_.empty()) return devices_.begin()->second.get();
     }
-    for (int d = 0; d < driver_.device_count(); ++d) {
-      CUdevice device = 0;
-      unsigned int flags = 0;
-      int active = 0;
-      if (driver_.api().cuDeviceGet(&device, d) == CUDA_SUCCESS &&
-          driver_.api().cuDevicePrimaryCtxGetState(device, &flags, &active) == CUDA_SUCCESS &&
-          active != 0) {
-        return Device(d);
-      }
-    }
-    return Device(0);
+    return Device(std::max(cuda::ActivePrimaryDevice(driver_), 0));
   }
 
   Status EnsureResources(DeviceState& device, size_t jobs)
