@@ -29,17 +29,22 @@ std::string ProcessKey() {
   return absl::StrCat(kRandom, ":", getpid());
 }
 
-// The export of one region: a record per allocation behind it, descriptors for VMM pieces.
-StatusOr<shm::RegionExport> ExportRegion(IpcMemory& memory, void* data, uint64_t size) {
+// The export of one region: a record per allocation behind it. Handles (legacy, fabric) go in
+// the records; descriptors (VMM memory) are made for each target that opens the region and
+// closed once sent, so a model in thousands of cuMemCreate chunks does not hold thousands of
+// descriptors while it is served. Each allocation is exported once here to learn that it can be.
+StatusOr<shm::RegionExport> ExportRegion(const std::shared_ptr<IpcMemory>& memory, void* data,
+                                         uint64_t size) {
   FERRY_ASSIGN_OR_RETURN(
       std::vector<cuda::AllocationPiece> pieces,
-      cuda::FindAllocationPieces(reinterpret_cast<uint64_t>(data), size, memory.query(),
+      cuda::FindAllocationPieces(reinterpret_cast<uint64_t>(data), size, memory->query(),
                                  /*require_exportable=*/true));
   shm::RegionExport out;
   out.size = size;
   std::vector<PieceRecord> records;
+  std::vector<cuda::AllocationInfo> by_descriptor;  // in the order of their fd_index
   for (const cuda::AllocationPiece& piece : pieces) {
-    FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory.Export(piece.allocation));
+    FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory->Export(piece.allocation));
     PieceRecord r{};
     r.allocation_size = piece.allocation.size;
     r.offset = piece.offset;
@@ -49,16 +54,30 @@ StatusOr<shm::RegionExport> ExportRegion(IpcMemory& memory, void* data, uint64_t
     r.handle = exported.handle;
     if (piece.allocation.kind == cuda::ExportKind::kPosixFd) {
       if (!exported.fd.valid()) {
-        return absl::InternalError(absl::StrCat(memory.name(), " exported no descriptor"));
+        return absl::InternalError(absl::StrCat(memory->name(), " exported no descriptor"));
       }
-      r.fd_index = static_cast<uint32_t>(out.fds.size());
-      out.fds.push_back(std::move(exported.fd));
+      r.fd_index = static_cast<uint32_t>(by_descriptor.size());
+      by_descriptor.push_back(piece.allocation);
     }
     records.push_back(r);
   }
   out.record_count = static_cast<uint32_t>(records.size());
   out.records.assign(reinterpret_cast<const char*>(records.data()),
                      records.size() * sizeof(PieceRecord));
+  if (!by_descriptor.empty()) {
+    out.descriptors = [memory, by_descriptor]() -> StatusOr<std::vector<Fd>> {
+      std::vector<Fd> fds;
+      fds.reserve(by_descriptor.size());
+      for (const cuda::AllocationInfo& allocation : by_descriptor) {
+        FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory->Export(allocation));
+        if (!exported.fd.valid()) {
+          return absl::InternalError(absl::StrCat(memory->name(), " exported no descriptor"));
+        }
+        fds.push_back(std::move(exported.fd));
+      }
+      return fds;
+    };
+  }
   return out;
 }
 
@@ -76,7 +95,7 @@ class CudaIpcTransport : public Transport {
   Status AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
                    const Allocation*) override {
     if (kind != MemoryKind::kCuda) return absl::OkStatus();
-    auto exported = ExportRegion(*memory_, data, size);
+    auto exported = ExportRegion(memory_, data, size);
     if (!exported.ok()) {
       // Targets on this host will stage it through host memory instead, much slower: say so.
       spdlog::warn(

@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <thread>
 
 #include "transfer/cuda_ipc/testing/memfd_memory.h"
@@ -78,6 +79,67 @@ TEST_F(CudaIpcTransportTest, ExpandableSegmentOfMoreChunksThanOnePacketOfDescrip
   EXPECT_EQ(target_memory_->live_imports(), 1);
   // One contiguous import: every piece copied in one job, however many allocations.
   EXPECT_EQ(target_memory_->copies(), static_cast<uint64_t>((bytes + (1 << 20) - 1) >> 20));
+}
+
+// Descriptors open in this process.
+int OpenDescriptors() {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    (void)entry;
+    ++n;
+  }
+  return n;
+}
+
+TEST_F(CudaIpcTransportTest, ASourceHoldsNoDescriptorsForItsExportsWhileNoTargetOpensThem) {
+  // A model in expandable segments is thousands of cuMemCreate chunks; a source that kept one
+  // descriptor per chunk open while serving ran into a process's default limit of 1,024. Here
+  // 600 chunks in two regions: their descriptors exist only while an export is being sent.
+  const uint64_t bytes = 300 * kChunk;
+  auto first = source_memory_->Allocate(kChunk, 300, ExportKind::kPosixFd);
+  auto second = source_memory_->Allocate(kChunk, 300, ExportKind::kPosixFd);
+  ASSERT_TRUE(first.ok() && second.ok());
+  FillPattern(*first, bytes);
+  FillPattern(*second, bytes);
+  const int before = OpenDescriptors();
+  ASSERT_TRUE(source_->AddRegion(0, *first, bytes, MemoryKind::kCuda, nullptr).ok());
+  ASSERT_TRUE(source_->AddRegion(1, *second, bytes, MemoryKind::kCuda, nullptr).ok());
+  EXPECT_EQ(OpenDescriptors(), before);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(2 * bytes);
+  Running run;
+  ASSERT_TRUE(
+      run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}, ReadOp{1, 0, dst.data() + bytes, bytes}})
+          .ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
+  EXPECT_EQ(FirstMismatch(dst.data() + bytes, bytes, 0), -1);
+  // A second connection's handshake is answered by the server's one thread after it finished
+  // sending the first target's exports: from then on the source holds only the two
+  // connections' sockets, and the target (its regions mapped) holds its two control sockets.
+  auto another = Connect();
+  ASSERT_NE(another, nullptr);
+  EXPECT_EQ(OpenDescriptors(), before + 4);
+}
+
+TEST_F(CudaIpcTransportTest, AnExportThatFailsWhenATargetOpensItFailsThatReadWithTheReason) {
+  const uint64_t bytes = 3 * kChunk;
+  AddRegion(0, 3, ExportKind::kPosixFd, 0, bytes);
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(bytes);
+  Running run;
+  source_memory_->FailExports(true);
+  Status s = run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}});
+  // Unavailable: this source cannot serve the region now; read it elsewhere.
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(s.message(), HasSubstr("could not export region 0"));
+  EXPECT_THAT(s.message(), HasSubstr("out of descriptors"));
+  EXPECT_EQ(target_memory_->live_imports(), 0);
+  // Nothing was left half open on either side: the same connection reads once exports work.
+  source_memory_->FailExports(false);
+  ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}}).ok());
+  EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
 }
 
 TEST_F(CudaIpcTransportTest, FabricHandleSegmentsAreOneContiguousImportWithoutDescriptors) {

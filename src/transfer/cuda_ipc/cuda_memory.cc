@@ -111,13 +111,15 @@ class CudaIpcMemory : public IpcMemory {
     ScopedContext in(driver_);
     FERRY_RETURN_IF_ERROR(in.Enter(*device->context));
     ExportedAllocation out;
-    // Each exported cuMemCreate allocation holds a descriptor while the region is served (a model
-    // in expandable segments: one per 20 MiB), so the open-file limit is the likely cause.
+    // A region's cuMemCreate allocations each take a descriptor while the region is sent to a
+    // target (a 1 GiB tensor in expandable segments: about 50), so the open-file limit is the
+    // likely cause.
     auto fd_hint = [](Status s) {
       return Status(s.code(),
                     absl::StrCat(s.message(),
-                                 "; each exported cuMemCreate allocation holds an open "
-                                 "file descriptor: check the open-file limit (ulimit -n)"));
+                                 "; sending a region takes one open file descriptor per "
+                                 "cuMemCreate allocation behind it: check the open-file limit "
+                                 "(ulimit -n)"));
     };
     if (allocation.kind == cuda::ExportKind::kLegacyIpc) {
       CUipcMemHandle handle;

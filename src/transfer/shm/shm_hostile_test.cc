@@ -166,7 +166,11 @@ struct ExportingServer {
     e.size = 4096;
     e.record_count = 1;
     e.records = std::string(kRecordBytes, 'r');
-    e.fds.push_back(Fd(::dup(memfd.get())));
+    e.descriptors = [fd = memfd.get()]() -> StatusOr<std::vector<Fd>> {
+      std::vector<Fd> fds;
+      fds.push_back(Fd(::dup(fd)));
+      return fds;
+    };
     EXPECT_TRUE(server->AddExport(1, std::move(e)).ok());
     EXPECT_TRUE(server->AddRegion(2, memfd.get(), 4096).ok());
   }

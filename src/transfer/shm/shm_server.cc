@@ -317,7 +317,8 @@ bool ShmServer::HandleOpenExport(Connection& conn, const OpenRequest& request) {
     auto it = exports_.find(request.region);
     if (it != exports_.end()) {
       found = it->second;
-      // Counted as open from here: a RemoveRegion racing with this open waits for our close.
+      // Counted as open from here: a RemoveRegion racing with this open waits for our close
+      // (so the memory stays registered while its descriptors are made below).
       conn.open_exports.insert(request.region);
     }
   }
@@ -327,10 +328,30 @@ bool ShmServer::HandleOpenExport(Connection& conn, const OpenRequest& request) {
                                            " (removed, or not served by this transport)"));
     return SendPacket(conn.fd.get(), &r, sizeof(r));
   }
+  std::vector<Fd> descriptors;
+  if (found->descriptors) {
+    auto made = found->descriptors();
+    if (!made.ok()) {
+      spdlog::warn("shm server: exporting region {} to a target failed: {}", request.region,
+                   made.status().message());
+      {
+        absl::MutexLock lock(&mu_);
+        conn.open_exports.erase(request.region);
+      }
+      // Unavailable whatever the cause: this source cannot serve the region now, and the target
+      // should read it from another source or over another transport.
+      const Reply r =
+          MakeReply(kExportReply, absl::StatusCode::kUnavailable, request.region, 0,
+                    absl::StrCat("the source could not export region ", request.region,
+                                 " (its log has the whole reason): ", made.status().message()));
+      return SendPacket(conn.fd.get(), &r, sizeof(r));
+    }
+    descriptors = *std::move(made);
+  }
   Reply r = MakeReply(kExportReply, absl::StatusCode::kOk, request.region, found->size, "");
   r.records = found->record_count;
   std::vector<int> fds;
-  for (const Fd& fd : found->fds) fds.push_back(fd.get());
+  for (const Fd& fd : descriptors) fds.push_back(fd.get());
   // The records and descriptors may need many packets. They are queued and sent as the target
   // takes them, between the other connections' turns; a target that has not taken them all
   // within the bound is cut off (its open fails).
@@ -338,14 +359,14 @@ bool ShmServer::HandleOpenExport(Connection& conn, const OpenRequest& request) {
   conn.out.AddPacket(&r, sizeof(r));
   conn.out.AddBytes(found->records);
   conn.out.AddFds(fds);
-  conn.sending = std::move(found);  // keeps the descriptors open until they are sent
+  conn.sending = std::move(descriptors);  // open until sent
   conn.out_deadline = absl::Now() + limits_.handshake_timeout;
   return FlushOut(conn);
 }
 
 bool ShmServer::FlushOut(Connection& conn) {
   if (!conn.out.Flush(conn.fd.get()).ok()) return false;  // the target is gone
-  if (conn.out.empty()) conn.sending.reset();
+  if (conn.out.empty()) conn.sending.clear();
   return true;
 }
 

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -40,12 +41,17 @@ struct ShmServerLimits {
 };
 
 // An exported region (ShmServer::AddExport): records opaque to the server, and the descriptors
-// they refer to (owned by the export, passed as duplicates to every target that opens it).
+// they refer to, made afresh for each target that opens the region and closed once sent. A
+// source serving a model in thousands of device allocations so holds no descriptor for them
+// while no target is opening one (a process's default limit is 1,024).
 struct RegionExport {
   uint64_t size = 0;          // the region's bytes
   uint32_t record_count = 0;  // records in `records`
   std::string records;        // sent as they are
-  std::vector<Fd> fds;        // sent after the records, in order
+  // Makes the descriptors the records refer to, in order; null when they refer to none. Called
+  // on the server thread for each open, only while the region is registered; an error is the
+  // target's answer (its message says what to do).
+  std::function<StatusOr<std::vector<Fd>>()> descriptors;
 };
 
 class ShmServer {
@@ -66,8 +72,8 @@ class ShmServer {
   // Serves region `id` from `memfd` (borrowed: it must stay open until RemoveRegion(id)
   // returns) of `size` bytes. Targets receive a fresh read-only descriptor for it.
   Status AddRegion(uint32_t id, int memfd, uint64_t size);
-  // Serves region `id` as an export (kOpenExport): the records and descriptors go to every
-  // target that opens it.
+  // Serves region `id` as an export (kOpenExport): the records, and descriptors made for it,
+  // go to every target that opens it.
   Status AddExport(uint32_t id, RegionExport region_export);
   // Stops handing out the region and tells every connected target that it is gone (a target
   // checks before each read). Reads already running on a target's mapping finish: the
@@ -89,10 +95,10 @@ class ShmServer {
     absl::Time accepted_at;
     std::set<uint32_t> open_exports;  // exports this target mapped and has not closed
     // What is still to be sent to this target (an export's records and descriptors, and the
-    // notices queued behind them), under mu_; the export whose descriptors it borrows; when
+    // notices queued behind them), under mu_; the descriptors it sends (closed once sent); when
     // the target must have taken it all. No request is read while it is not empty.
     Outbox out;
-    std::shared_ptr<const RegionExport> sending;
+    std::vector<Fd> sending;
     absl::Time out_deadline;
   };
   struct RegionEntry {

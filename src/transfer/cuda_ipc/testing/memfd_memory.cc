@@ -77,6 +77,9 @@ StatusOr<char*> MemfdMemory::Allocate(uint64_t chunk_bytes, int chunks, cuda::Ex
 }
 
 StatusOr<ExportedAllocation> MemfdMemory::Export(const cuda::AllocationInfo& allocation) {
+  if (fail_exports_.load()) {
+    return absl::ResourceExhaustedError("exporting failed (injected: out of descriptors)");
+  }
   absl::MutexLock lock(&mu_);
   auto it = chunks_.find(allocation.base);
   if (it == chunks_.end()) return absl::NotFoundError("not an allocation base");

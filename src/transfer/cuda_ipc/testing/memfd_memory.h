@@ -29,6 +29,8 @@ class MemfdMemory : public IpcMemory {
   // first byte. Lives until the MemfdMemory does.
   StatusOr<char*> Allocate(uint64_t chunk_bytes, int chunks, cuda::ExportKind kind);
 
+  // While true, Export fails as a driver out of descriptors would (ResourceExhausted).
+  void FailExports(bool fail) { fail_exports_ = fail; }
   // Fails the copy job with this index (counted over the object's life) with DataLoss.
   void FailCopyNumber(uint64_t n) { fail_copy_ = n; }
   uint64_t copies() const { return copies_.load(); }
@@ -66,6 +68,7 @@ class MemfdMemory : public IpcMemory {
   std::atomic<uint64_t> fail_copy_{UINT64_MAX};
   std::atomic<int> live_imports_{0};
   std::atomic<bool> opens_own_exports_{true};
+  std::atomic<bool> fail_exports_{false};
   std::atomic<uint64_t> last_import_local_{0};
 };
 
