@@ -14,14 +14,18 @@
 //                with a fresh connection per repeat (so every repeat maps the source's region
 //                anew and pays its page faults, as a new replica does); baseline: memcpy
 //
+// --regions N has the source serve --bytes as N regions (a PyTorch model is one region per
+// storage), read as one op each (--ops is then N): what opening many regions costs a read.
+//
 // Output: one JSON object per line and run on stdout:
-//   {"workload":..., "transport":..., "bytes":..., "ops":..., "streams":..., "seconds":...,
-//    "gbps":..., "baseline":"raw_socket"|"memcpy", "baseline_gbps":..., "ratio":...}
+//   {"workload":..., "transport":..., "bytes":..., "regions":..., "ops":..., "streams":...,
+//    "seconds":..., "gbps":..., "baseline":"raw_socket"|"memcpy", "baseline_gbps":...,
+//    "ratio":...}
 // (gbps = 1e9 bytes per second). Every read is checked against the source's pattern once.
 //
 //   transfer_bench [--bytes 1073741824] [--streams 4] [--chunk 8388608] [--ops 10]
 //                  [--transport tcp|ucx|shm|all] [--repeat 3] [--socket-buffer 0]
-//                  [--max-inflight 16] [--shm-threads 1,2,4] [--smoke]
+//                  [--max-inflight 16] [--shm-threads 1,2,4] [--regions 1] [--smoke]
 // ("streams" is the copy thread count for shm.)
 
 #include <netinet/in.h>
@@ -61,6 +65,7 @@ struct Flags {
   int socket_buffer = 0;
   int max_inflight = 16;
   std::vector<int> shm_threads = {1, 2, 4};
+  int regions = 1;
   bool smoke = false;
 };
 
@@ -70,10 +75,11 @@ void PrintLine(const char* workload, const char* transport, const Flags& f, int 
                double seconds, const char* baseline, double baseline_gbps) {
   const double gbps = static_cast<double>(f.bytes) / seconds / 1e9;
   std::printf(
-      "{\"workload\":\"%s\",\"transport\":\"%s\",\"bytes\":%llu,\"ops\":%d,\"streams\":%d,"
+      "{\"workload\":\"%s\",\"transport\":\"%s\",\"bytes\":%llu,\"regions\":%d,\"ops\":%d,"
+      "\"streams\":%d,"
       "\"chunk\":%llu,\"seconds\":%.6f,\"gbps\":%.3f,\"baseline\":\"%s\",\"baseline_gbps\":%.3f,"
       "\"ratio\":%.3f}\n",
-      workload, transport, static_cast<unsigned long long>(f.bytes), ops, streams,
+      workload, transport, static_cast<unsigned long long>(f.bytes), f.regions, ops, streams,
       static_cast<unsigned long long>(f.chunk), seconds, gbps, baseline, baseline_gbps,
       gbps / baseline_gbps);
   std::fflush(stdout);
@@ -95,7 +101,13 @@ struct Child {
   pid_t pid = -1;
   int control_fd = -1;  // closing it ends the child
   std::string blob;
+  std::vector<uint32_t> region_ids;  // --regions of them, in address order of the bytes
 };
+
+// Region i of --regions: [RegionStart(i), RegionStart(i + 1)) of the bytes.
+uint64_t RegionStart(const Flags& f, int i) {
+  return i == f.regions ? f.bytes : f.bytes / f.regions * i;
+}
 
 bool ReadFull(int fd, void* buf, size_t len) {
   char* p = static_cast<char*>(buf);
@@ -127,13 +139,22 @@ Child StartSource(const Flags& f, bool with_ucx, bool with_shm) {
       std::fprintf(stderr, "source engine: %s\n", std::string(engine.status().message()).c_str());
       ::_exit(2);
     }
-    auto region = (*engine)->AllocateRegion(f.bytes);
-    if (!region.ok()) ::_exit(3);
-    char* p = static_cast<char*>((*region)->data());
-    for (uint64_t i = 0; i < f.bytes; ++i) p[i] = static_cast<char>(Pattern(i));
+    std::vector<std::unique_ptr<ferry::Region>> regions;
+    std::vector<uint32_t> ids;
+    for (int r = 0; r < f.regions; ++r) {
+      const uint64_t start = RegionStart(f, r);
+      auto region = (*engine)->AllocateRegion(RegionStart(f, r + 1) - start);
+      if (!region.ok()) ::_exit(3);
+      char* p = static_cast<char*>((*region)->data());
+      for (uint64_t i = 0; i < (*region)->size(); ++i) p[i] = static_cast<char>(Pattern(start + i));
+      ids.push_back((*region)->id());
+      regions.push_back(*std::move(region));
+    }
     std::string blob = (*engine)->ExportBlob();
     uint32_t len = blob.size();
-    if (::write(blob_pipe[1], &len, 4) != 4 || ::write(blob_pipe[1], blob.data(), len) != len) {
+    const ssize_t id_bytes = ids.size() * sizeof(uint32_t);
+    if (::write(blob_pipe[1], &len, 4) != 4 || ::write(blob_pipe[1], blob.data(), len) != len ||
+        ::write(blob_pipe[1], ids.data(), id_bytes) != id_bytes) {
       ::_exit(4);
     }
     char c;
@@ -152,7 +173,12 @@ Child StartSource(const Flags& f, bool with_ucx, bool with_shm) {
     std::exit(1);
   }
   child.blob.resize(len);
-  ReadFull(blob_pipe[0], child.blob.data(), len);
+  child.region_ids.resize(f.regions);
+  if (!ReadFull(blob_pipe[0], child.blob.data(), len) ||
+      !ReadFull(blob_pipe[0], child.region_ids.data(), f.regions * sizeof(uint32_t))) {
+    std::fprintf(stderr, "the source child failed to describe its regions\n");
+    std::exit(1);
+  }
   ::close(blob_pipe[0]);
   return child;
 }
@@ -162,13 +188,20 @@ void StopSource(Child& child) {
   ::waitpid(child.pid, nullptr, 0);
 }
 
-std::vector<ferry::ReadOp> SplitOps(const Flags& f, char* dst) {
+std::vector<ferry::ReadOp> SplitOps(const Flags& f, const Child& child, char* dst) {
   std::vector<ferry::ReadOp> ops;
+  if (f.regions > 1) {
+    for (int r = 0; r < f.regions; ++r) {
+      const uint64_t start = RegionStart(f, r);
+      ops.push_back({child.region_ids[r], 0, dst + start, RegionStart(f, r + 1) - start});
+    }
+    return ops;
+  }
   const uint64_t piece = f.bytes / f.ops;
   for (int i = 0; i < f.ops; ++i) {
     const uint64_t off = piece * i;
     const uint64_t len = i + 1 == f.ops ? f.bytes - off : piece;
-    ops.push_back({0, off, dst + off, len});
+    ops.push_back({child.region_ids[0], off, dst + off, len});
   }
   return ops;
 }
@@ -200,6 +233,10 @@ int main(int argc, char** argv) {
   app.add_option("--shm-threads", f.shm_threads, "shm copy thread counts to run")
       ->delimiter(',')
       ->check(CLI::Range(1, 16));
+  app.add_option("--regions", f.regions,
+                 "regions the source serves the bytes as, each read as one op (--ops is then "
+                 "their count)")
+      ->check(CLI::Range(1, 100000));
   app.add_flag("--smoke", f.smoke, "tiny sizes: checks the bench still runs");
   CLI11_PARSE(app, argc, argv);
   if (f.smoke) {
@@ -209,6 +246,7 @@ int main(int argc, char** argv) {
     f.ops = 300;
     f.streams = 2;
   }
+  if (f.regions > 1) f.ops = f.regions;
   if (f.ops < 1 || f.streams < 1 || f.repeat < 1 || f.bytes < static_cast<uint64_t>(f.ops)) {
     std::fprintf(stderr, "--ops, --streams, --repeat must be >= 1 and --bytes >= --ops\n");
     return 1;
@@ -263,7 +301,7 @@ int main(int argc, char** argv) {
         if (!peer.ok()) return PrintSkip(name, std::string(peer.status().message()));
       }
       const double t0 = Now();
-      ferry::Status s = (*peer)->Read(SplitOps(f, out), absl::Seconds(600));
+      ferry::Status s = (*peer)->Read(SplitOps(f, child, out), absl::Seconds(600));
       const double seconds = Now() - t0;
       if (!s.ok()) {
         std::fprintf(stderr, "%s read failed: %s\n", name, std::string(s.message()).c_str());

@@ -56,65 +56,77 @@ Status CudaIpcPeerConnection::DrainNotices() {
   return absl::OkStatus();
 }
 
-StatusOr<const Mapping*> CudaIpcPeerConnection::Map(uint32_t region, uint64_t local) {
-  auto found = mappings_.find(region);
-  if (found != mappings_.end()) return found->second.get();
-  auto removed = [&] {
+Status CudaIpcPeerConnection::MapAll(const std::vector<uint32_t>& regions, uint64_t local) {
+  auto removed = [](uint32_t region) {
     return absl::NotFoundError(absl::StrCat("failed: the source has no region ", region,
                                             " (removed after the blob was exported)"));
   };
-  if (removed_.count(region) != 0) return removed();
-  const absl::Time deadline = absl::Now() + shm::kControlTimeout;
-  auto answered = shm::RequestRegion(control_.get(), region, shm::kOpenExport, shm::kExportReply,
-                                     deadline, &removed_, nullptr);
-  if (!answered.ok()) {
-    broken_.store(true);
-    return answered.status();
+  Status first;
+  std::vector<uint32_t> to_open;
+  for (uint32_t region : regions) {
+    if (mappings_.count(region) != 0) continue;
+    if (removed_.count(region) != 0) {
+      if (first.ok()) first = removed(region);
+      continue;
+    }
+    to_open.push_back(region);
   }
-  const Reply& reply = *answered;
-  if (reply.code != 0) {
-    Status s = FromReply(reply);
-    return Status(s.code(), absl::StrCat("failed: ", s.message()));
-  }
-  // From here the source counts the region as mapped by us: every failure below breaks the
-  // connection (closing it tells the source we hold nothing).
-  auto protocol = [&](const Status& s) {
-    broken_.store(true);
-    return Status(s.code(), absl::StrCat("failed: opening region ", region, ": ", s.message()));
+  auto answer = [&](uint32_t region, const Reply& reply, Fd, bool* broken) -> Status {
+    mu_.AssertHeld();  // called within this function (the analysis does not see it)
+    if (reply.code != 0) {
+      Status s = FromReply(reply);
+      return Status(s.code(), absl::StrCat("failed: ", s.message()));
+    }
+    // From here the source counts the region as mapped by us: every failure below breaks the
+    // connection (closing it tells the source we hold nothing), or tells the source at once.
+    auto protocol = [&](const Status& s) {
+      *broken = true;
+      return Status(s.code(), absl::StrCat("failed: opening region ", region, ": ", s.message()));
+    };
+    const int control = control_.get();
+    auto closed = [&] {
+      const OpenRequest request{region, shm::kClosedExport};
+      SendPacket(control, &request, sizeof(request));
+    };
+    if (reply.records == 0 || reply.records > kMaxRecords) {
+      return protocol(absl::DataLossError(
+          absl::StrCat("the source announced ", reply.records, " records (1..", kMaxRecords, ")")));
+    }
+    const absl::Time deadline = absl::Now() + shm::kControlTimeout;
+    const size_t bytes = size_t{reply.records} * sizeof(PieceRecord);
+    auto raw = shm::RecvBytes(control, bytes, bytes, deadline);
+    if (!raw.ok()) return protocol(raw.status());
+    std::vector<PieceRecord> records(reply.records);
+    std::memcpy(records.data(), raw->data(), bytes);
+    size_t fd_count = 0;
+    for (const PieceRecord& r : records) {
+      fd_count += r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd) ? 1 : 0;
+    }
+    auto fds = shm::RecvFds(control, fd_count, deadline);
+    if (!fds.ok()) return protocol(fds.status());
+    if (Status valid = ValidateRecords(records, fds->size(), reply.size); !valid.ok()) {
+      return protocol(absl::DataLossError(valid.message()));
+    }
+    auto mapping = memory_->Import(records, std::move(*fds), reply.size, local);
+    if (!mapping.ok()) {
+      closed();  // nothing mapped: tell the source now rather than at removal
+      return Status(mapping.status().code(),
+                    absl::StrCat("failed: mapping region ", region, " on ", memory_->name(), ": ",
+                                 mapping.status().message()));
+    }
+    if (removed_.count(region) != 0) {
+      mapping->reset();
+      closed();
+      return removed(region);
+    }
+    mappings_.emplace(region, std::move(*mapping));
+    return absl::OkStatus();
   };
-  if (reply.records == 0 || reply.records > kMaxRecords) {
-    return protocol(absl::DataLossError(
-        absl::StrCat("the source announced ", reply.records, " records (1..", kMaxRecords, ")")));
-  }
-  const size_t bytes = size_t{reply.records} * sizeof(PieceRecord);
-  auto raw = shm::RecvBytes(control_.get(), bytes, bytes, deadline);
-  if (!raw.ok()) return protocol(raw.status());
-  std::vector<PieceRecord> records(reply.records);
-  std::memcpy(records.data(), raw->data(), bytes);
-  size_t fd_count = 0;
-  for (const PieceRecord& r : records) {
-    fd_count += r.kind == static_cast<uint32_t>(cuda::ExportKind::kPosixFd) ? 1 : 0;
-  }
-  auto fds = shm::RecvFds(control_.get(), fd_count, deadline);
-  if (!fds.ok()) return protocol(fds.status());
-  if (Status valid = ValidateRecords(records, fds->size(), reply.size); !valid.ok()) {
-    return protocol(absl::DataLossError(valid.message()));
-  }
-  auto mapping = memory_->Import(records, std::move(*fds), reply.size, local);
-  if (!mapping.ok()) {
-    // Nothing mapped: tell the source at once rather than at removal.
-    const OpenRequest closed{region, shm::kClosedExport};
-    SendPacket(control_.get(), &closed, sizeof(closed));
-    return Status(mapping.status().code(),
-                  absl::StrCat("failed: mapping region ", region, " on ", memory_->name(), ": ",
-                               mapping.status().message()));
-  }
-  if (removed_.count(region) != 0) {
-    const OpenRequest closed{region, shm::kClosedExport};
-    SendPacket(control_.get(), &closed, sizeof(closed));
-    return removed();
-  }
-  return mappings_.emplace(region, std::move(*mapping)).first->second.get();
+  bool broken = false;
+  Status opened = shm::OpenRegions(control_.get(), to_open, shm::kOpenExport, shm::kExportReply,
+                                   absl::InfiniteFuture(), &removed_, answer, &broken);
+  if (broken) broken_.store(true);
+  return first.ok() ? opened : first;
 }
 
 Status CudaIpcPeerConnection::Execute(ChunkFeed& feed) {
@@ -131,12 +143,11 @@ Status CudaIpcPeerConnection::Execute(ChunkFeed& feed) {
   // and copies in the context of the GPU the bytes go to).
   Chunk first;
   if (!feed.Next(&first)) return absl::OkStatus();
-  std::map<uint32_t, const Mapping*> mapped;
-  for (uint32_t region : feed.regions()) {
-    auto mapping = Map(region, reinterpret_cast<uint64_t>(first.local));
-    if (!mapping.ok()) return fail(mapping.status());
-    mapped.emplace(region, *mapping);
+  if (Status all = MapAll(feed.regions(), reinterpret_cast<uint64_t>(first.local)); !all.ok()) {
+    return fail(all);
   }
+  std::map<uint32_t, const Mapping*> mapped;
+  for (uint32_t region : feed.regions()) mapped.emplace(region, mappings_.at(region).get());
   const std::function<bool()> stop = [&] { return closing_.load() || feed.stopping(); };
   std::vector<Chunk> pieces{first};
   std::vector<CopyJob> jobs;

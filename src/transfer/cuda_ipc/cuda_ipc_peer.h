@@ -47,8 +47,11 @@ class CudaIpcPeerConnection : public PeerConnection {
   // Applies removal notices waiting on the control socket: unmaps those regions and tells the
   // source. Unavailable when the source closed the socket.
   Status DrainNotices() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Maps `region` (once per connection); `local` is a destination of the read (IpcMemory::Import).
-  StatusOr<const Mapping*> Map(uint32_t region, uint64_t local) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Maps every region of `regions` not mapped yet (into mappings_; once per connection), their
+  // requests pipelined (shm::OpenRegions); `local` is a destination of the read
+  // (IpcMemory::Import). The first failure, after trying every region.
+  Status MapAll(const std::vector<uint32_t>& regions, uint64_t local)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unmap(uint32_t region) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<IpcMemory> memory_;

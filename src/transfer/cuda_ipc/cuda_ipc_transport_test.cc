@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "transfer/cuda_ipc/testing/memfd_memory.h"
+#include "transfer/shm/shm_wire.h"
 #include "transfer/transfer_test_util.h"
 
 namespace ferry::internal {
@@ -140,6 +141,45 @@ TEST_F(CudaIpcTransportTest, AnExportThatFailsWhenATargetOpensItFailsThatReadWit
   source_memory_->FailExports(false);
   ASSERT_TRUE(run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}}).ok());
   EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
+}
+
+// A read over many regions opens them with requests in flight together (shm::kOpenWindow at a
+// time). One the source cannot export, in the middle, fails only itself: the others are mapped
+// once, and the connection stays in step with the source.
+TEST_F(CudaIpcTransportTest, ManyRegionsOpenTogetherAndAnUnservedOneFailsOnlyItself) {
+  constexpr uint32_t kRegions = 3 * shm::kOpenWindow;
+  constexpr uint32_t kUnserved = kRegions / 2;
+  std::vector<char*> data(kRegions);
+  for (uint32_t id = 0; id < kRegions; ++id) {
+    auto base = source_memory_->Allocate(
+        kChunk, 1, id == kUnserved ? ExportKind::kNotExportable : ExportKind::kPosixFd);
+    ASSERT_TRUE(base.ok()) << base.status();
+    data[id] = *base;
+    // Each region holds its own stretch of the pattern, so swapped regions do not compare equal.
+    for (uint64_t i = 0; i < kChunk; ++i) {
+      data[id][i] = static_cast<char>(::ferry::testing::PatternByte(id * kChunk + i));
+    }
+    ASSERT_TRUE(source_->AddRegion(id, data[id], kChunk, MemoryKind::kCuda, nullptr).ok());
+  }
+  auto conn = Connect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(kRegions * kChunk);
+  std::vector<ReadOp> ops;
+  for (uint32_t id = 0; id < kRegions; ++id) {
+    ops.push_back(ReadOp{id, 0, dst.data() + id * kChunk, kChunk});
+  }
+  Running run;
+  Status s = run.Read(*conn, ops);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("no exported region ", kUnserved)));
+  EXPECT_EQ(target_memory_->live_imports(), static_cast<int>(kRegions) - 1);
+  ops.erase(ops.begin() + kUnserved);
+  ASSERT_TRUE(run.Read(*conn, ops).ok());
+  EXPECT_EQ(target_memory_->live_imports(), static_cast<int>(kRegions) - 1);  // mapped once
+  for (uint32_t id = 0; id < kRegions; ++id) {
+    if (id == kUnserved) continue;
+    EXPECT_EQ(FirstMismatch(dst.data() + id * kChunk, kChunk, id * kChunk), -1) << "region " << id;
+  }
 }
 
 TEST_F(CudaIpcTransportTest, FabricHandleSegmentsAreOneContiguousImportWithoutDescriptors) {

@@ -58,59 +58,64 @@ Status ShmPeerConnection::DrainNotices() {
   return absl::OkStatus();
 }
 
-StatusOr<ShmPeerConnection::Mapping> ShmPeerConnection::Map(uint32_t region, absl::Time deadline) {
-  auto found = mappings_.find(region);
-  if (found != mappings_.end()) return found->second;
-  auto removed = [&] {
+Status ShmPeerConnection::MapAll(const std::vector<uint32_t>& regions) {
+  auto removed = [](uint32_t region) {
     return absl::NotFoundError(absl::StrCat("failed: the source has no region ", region,
                                             " (removed after the blob was exported)"));
   };
-  if (removed_.count(region) != 0) return removed();
-  deadline = std::min(deadline, absl::Now() + kControlTimeout);
-  Fd fd;
-  auto answered =
-      RequestRegion(control_.get(), region, kOpenMemfd, kOpenReply, deadline, &removed_, &fd);
-  if (!answered.ok()) {
-    broken_.store(true);
-    return answered.status();
+  Status first;
+  std::vector<uint32_t> to_open;
+  for (uint32_t region : regions) {
+    if (mappings_.count(region) != 0) continue;
+    if (removed_.count(region) != 0) {
+      if (first.ok()) first = removed(region);
+      continue;
+    }
+    to_open.push_back(region);
   }
-  const Reply& reply = *answered;
-  if (reply.code != 0) {
-    Status s = FromReply(reply);
-    return Status(s.code(), absl::StrCat("failed: ", s.message()));
-  }
-  if (!fd.valid() || reply.size == 0) {
-    broken_.store(true);
-    return absl::DataLossError(absl::StrCat("failed: protocol error: the reply for region ", region,
-                                            " carries no descriptor"));
-  }
-  if (removed_.count(region) != 0) return removed();
-  // Never trust the size the source announces: a descriptor smaller than that, or one the
-  // source could still shrink, would fault (SIGBUS) in our copy threads instead of failing
-  // this read. The engine's own regions are memfds sealed against shrinking.
-  struct stat st {};
-  const int seals = ::fcntl(fd.get(), F_GET_SEALS);
-  if (::fstat(fd.get(), &st) != 0 || seals < 0 || (seals & F_SEAL_SHRINK) == 0 || st.st_size < 0 ||
-      static_cast<uint64_t>(st.st_size) < reply.size) {
-    broken_.store(true);
-    const std::string why = seals < 0 ? std::string("not a sealed memfd")
-                            : (seals & F_SEAL_SHRINK) == 0
-                                ? std::string("not sealed against shrinking")
-                                : absl::StrCat(st.st_size, " bytes");
-    return absl::DataLossError(absl::StrCat(
-        "failed: the source's descriptor for region ", region, " does not back the ", reply.size,
-        " bytes it announced (", why, "); not reading from this source: read from another one"));
-  }
-  // MAP_POPULATE: the kernel maps every page in one call instead of one fault per page in
-  // the copy threads (page faults are expensive in VMs; measured in docs/benchmarks.md).
-  void* p = ::mmap(nullptr, reply.size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
-  if (p == MAP_FAILED) {
-    return absl::ResourceExhaustedError(absl::StrCat("failed: mapping region ", region, " (",
-                                                     reply.size, " bytes): ", ErrnoText(errno)));
-  }
-  Mapping m{static_cast<const char*>(p), reply.size};
-  mappings_.emplace(region, m);
-  return m;  // the mapping keeps the memory; the descriptor closes here
+  auto answer = [&](uint32_t region, const Reply& reply, Fd fd, bool* broken) -> Status {
+    mu_.AssertHeld();  // called within this function (the analysis does not see it)
+    if (reply.code != 0) {
+      Status s = FromReply(reply);
+      return Status(s.code(), absl::StrCat("failed: ", s.message()));
+    }
+    if (!fd.valid() || reply.size == 0) {
+      *broken = true;
+      return absl::DataLossError(absl::StrCat("failed: protocol error: the reply for region ",
+                                              region, " carries no descriptor"));
+    }
+    if (removed_.count(region) != 0) return removed(region);
+    // Never trust the size the source announces: a descriptor smaller than that, or one the
+    // source could still shrink, would fault (SIGBUS) in our copy threads instead of failing
+    // this read. The engine's own regions are memfds sealed against shrinking.
+    struct stat st {};
+    const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+    if (::fstat(fd.get(), &st) != 0 || seals < 0 || (seals & F_SEAL_SHRINK) == 0 ||
+        st.st_size < 0 || static_cast<uint64_t>(st.st_size) < reply.size) {
+      *broken = true;
+      const std::string why = seals < 0 ? std::string("not a sealed memfd")
+                              : (seals & F_SEAL_SHRINK) == 0
+                                  ? std::string("not sealed against shrinking")
+                                  : absl::StrCat(st.st_size, " bytes");
+      return absl::DataLossError(absl::StrCat(
+          "failed: the source's descriptor for region ", region, " does not back the ", reply.size,
+          " bytes it announced (", why, "); not reading from this source: read from another one"));
+    }
+    // MAP_POPULATE: the kernel maps every page in one call instead of one fault per page in
+    // the copy threads (page faults are expensive in VMs; measured in docs/benchmarks.md).
+    void* p = ::mmap(nullptr, reply.size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat("failed: mapping region ", region, " (",
+                                                       reply.size, " bytes): ", ErrnoText(errno)));
+    }
+    mappings_.emplace(region, Mapping{static_cast<const char*>(p), reply.size});
+    return absl::OkStatus();  // the mapping keeps the memory; the descriptor closes here
+  };
+  bool broken = false;
+  Status opened = OpenRegions(control_.get(), to_open, kOpenMemfd, kOpenReply,
+                              absl::InfiniteFuture(), &removed_, answer, &broken);
+  if (broken) broken_.store(true);
+  return first.ok() ? opened : first;
 }
 
 Status ShmPeerConnection::Execute(ChunkFeed& feed) {
@@ -124,12 +129,9 @@ Status ShmPeerConnection::Execute(ChunkFeed& feed) {
   if (feed.regions().empty()) return absl::OkStatus();
   if (Status drained = DrainNotices(); !drained.ok()) return fail(drained);
   // Every region the read touches is mapped before any copy starts.
+  if (Status all = MapAll(feed.regions()); !all.ok()) return fail(all);
   std::map<uint32_t, Mapping> mapped;
-  for (uint32_t region : feed.regions()) {
-    auto mapping = Map(region, absl::InfiniteFuture());
-    if (!mapping.ok()) return fail(mapping.status());
-    mapped.emplace(region, *mapping);
-  }
+  for (uint32_t region : feed.regions()) mapped.emplace(region, mappings_.at(region));
 
   // Threads take pieces until none is left or the read stops; the first bad piece stops all.
   absl::Mutex error_mu;

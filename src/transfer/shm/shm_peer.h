@@ -53,8 +53,9 @@ class ShmPeerConnection : public PeerConnection {
   // Applies removal notices waiting on the control socket. Unavailable when the source closed
   // it (stopped or exited).
   Status DrainNotices() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The mapping of `region`, opening and mapping it first if needed.
-  StatusOr<Mapping> Map(uint32_t region, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Opens and maps every region of `regions` not mapped yet (into mappings_), their requests
+  // pipelined (OpenRegions). The first failure, after trying every region.
+  Status MapAll(const std::vector<uint32_t>& regions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unmap() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ShmPeerOptions options_;

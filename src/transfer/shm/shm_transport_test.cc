@@ -361,6 +361,51 @@ TEST_F(ShmTransportTest, UnknownRegionIsNotFoundNamingIt) {
   EXPECT_EQ(FirstMismatch(dst.data(), 100, 3), -1);
 }
 
+// A read over many regions opens them with requests in flight together (kOpenWindow at a time),
+// not one round trip each. A region the source lacks, in the middle, fails only itself: the
+// others are mapped, and the connection stays in step with the source.
+TEST_F(ShmTransportTest, ManyRegionsOpenTogetherAndAMissingOneFailsOnlyItself) {
+  constexpr int kRegions = 3 * shm::kOpenWindow;
+  constexpr uint64_t kBytes = 8192;
+  std::vector<Allocation> allocations;
+  for (uint32_t id = 1; id <= kRegions; ++id) {
+    auto allocation = source_->Allocate(kBytes, /*prefault=*/true);
+    ASSERT_TRUE(allocation.ok()) << allocation.status();
+    allocations.push_back(*allocation);
+    // Each region holds its own stretch of the pattern, so swapped regions do not compare equal.
+    auto* bytes = static_cast<uint8_t*>(allocation->data);
+    for (uint64_t i = 0; i < kBytes; ++i) bytes[i] = ::ferry::testing::PatternByte(id * kBytes + i);
+    ASSERT_TRUE(
+        source_->AddRegion(id, allocation->data, kBytes, MemoryKind::kHost, &*allocation).ok());
+    blob_.add_regions()->set_id(id);
+  }
+  source_->Describe(&blob_);
+  auto conn = MustConnect();
+  ASSERT_NE(conn, nullptr);
+  std::vector<char> dst(kRegions * kBytes);
+  std::vector<ReadOp> ops;
+  for (uint32_t id = 1; id <= kRegions; ++id) {
+    ops.push_back(ReadOp{id, 0, dst.data() + (id - 1) * kBytes, kBytes});
+  }
+  std::vector<ReadOp> with_missing = ops;
+  with_missing.insert(with_missing.begin() + kRegions / 2, ReadOp{5000, 0, dst.data(), 16});
+  Running run;
+  Status s = run.Read(*conn, with_missing);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
+  EXPECT_THAT(Msg(s), HasSubstr("the source has no region 5000"));
+  // In step: the same connection reads every other region.
+  ASSERT_TRUE(run.Read(*conn, ops).ok());
+  for (uint32_t id = 1; id <= kRegions; ++id) {
+    EXPECT_EQ(FirstMismatch(dst.data() + (id - 1) * kBytes, kBytes, id * kBytes), -1)
+        << "region " << id;
+  }
+  conn.reset();
+  for (uint32_t id = 1; id <= kRegions; ++id) {
+    source_->RemoveRegion(id);
+    source_->Free(allocations[id - 1]);
+  }
+}
+
 TEST_F(ShmTransportTest, CancelledAndDeadlineStopBetweenChunks) {
   auto conn = MustConnect();
   ASSERT_NE(conn, nullptr);

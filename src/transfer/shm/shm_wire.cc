@@ -152,13 +152,21 @@ Recv RecvPacket(int fd, void* data, size_t len, absl::Time deadline, Fd* receive
   return Recv::kOk;
 }
 
-StatusOr<Reply> RequestRegion(int control, uint32_t region, uint32_t what, uint32_t reply_type,
-                              absl::Time deadline, std::set<uint32_t>* removed, Fd* received) {
+namespace {
+
+bool SendOpenRequest(int control, uint32_t region, uint32_t what) {
   const OpenRequest request{region, what};
-  if (!SendPacket(control, &request, sizeof(request))) {
-    return absl::UnavailableError(
-        absl::StrCat("failed: asking the source for region ", region, ": ", ErrnoText(errno)));
-  }
+  return SendPacket(control, &request, sizeof(request));
+}
+
+Status RequestFailed(uint32_t region, int err) {
+  return absl::UnavailableError(
+      absl::StrCat("failed: asking the source for region ", region, ": ", ErrnoText(err)));
+}
+
+// The reply for `region`, after any RegionRemoved notices (into *removed).
+StatusOr<Reply> AwaitReply(int control, uint32_t region, uint32_t reply_type, absl::Time deadline,
+                           std::set<uint32_t>* removed, Fd* received) {
   for (;;) {
     Reply reply{};
     int err = 0;
@@ -180,6 +188,44 @@ StatusOr<Reply> RequestRegion(int control, uint32_t region, uint32_t what, uint3
     }
     return reply;
   }
+}
+
+}  // namespace
+
+StatusOr<Reply> RequestRegion(int control, uint32_t region, uint32_t what, uint32_t reply_type,
+                              absl::Time deadline, std::set<uint32_t>* removed, Fd* received) {
+  if (!SendOpenRequest(control, region, what)) return RequestFailed(region, errno);
+  return AwaitReply(control, region, reply_type, deadline, removed, received);
+}
+
+Status OpenRegions(int control, const std::vector<uint32_t>& regions, uint32_t what,
+                   uint32_t reply_type, absl::Time deadline, std::set<uint32_t>* removed,
+                   const OpenAnswer& answer, bool* broken) {
+  Status first;
+  size_t sent = 0;
+  for (size_t answered = 0; answered < regions.size(); ++answered) {
+    // The requests are a few bytes each: kOpenWindow of them always fit the socket's buffer,
+    // so sending never waits on the source, which may be sending us a large export meanwhile.
+    while (sent < regions.size() && sent - answered < kOpenWindow) {
+      if (!SendOpenRequest(control, regions[sent], what)) {
+        *broken = true;
+        return RequestFailed(regions[sent], errno);
+      }
+      ++sent;
+    }
+    const uint32_t region = regions[answered];
+    Fd received;
+    auto reply = AwaitReply(control, region, reply_type,
+                            std::min(deadline, absl::Now() + kControlTimeout), removed, &received);
+    if (!reply.ok()) {
+      *broken = true;
+      return reply.status();
+    }
+    Status s = answer(region, *reply, std::move(received), broken);
+    if (*broken) return s;
+    if (first.ok()) first = std::move(s);
+  }
+  return first;
 }
 
 Status CheckConnectionUsable(bool closed, bool broken, const std::string& description) {

@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -125,6 +126,27 @@ StatusOr<std::vector<uint32_t>> ReadRemovalNotices(int control);
 // broken.
 StatusOr<Reply> RequestRegion(int control, uint32_t region, uint32_t what, uint32_t reply_type,
                               absl::Time deadline, std::set<uint32_t>* removed, Fd* received);
+
+// Requests a target keeps in flight on one control connection while opening several regions
+// (OpenRegions): each costs the source's one thread a turn, not the target a round trip.
+constexpr size_t kOpenWindow = 32;
+
+// What a target does with the reply for one region in OpenRegions: checks its code, reads what
+// follows it on the socket (an export's records and descriptors) and maps the region. Sets
+// *broken, and returns the error, when the socket can no longer be trusted.
+using OpenAnswer =
+    std::function<Status(uint32_t region, const Reply& reply, Fd received, bool* broken)>;
+
+// Opens `regions` in order, keeping up to kOpenWindow requests (OpenRequest{region, what}) in
+// flight: a read over a source's thousand tensors pays about one round trip, not a thousand.
+// Each reply (of type `reply_type`, within kControlTimeout of the one before, and before
+// `deadline`) goes to `answer`, in order; RegionRemoved notices met on the way go to *removed.
+// Returns the first failure once every region was answered, so one region's failure leaves
+// the others mapped and the socket in step. A transport failure (as RequestRegion's), or an
+// answer that sets *broken, ends it at once with *broken set: the connection is then broken.
+Status OpenRegions(int control, const std::vector<uint32_t>& regions, uint32_t what,
+                   uint32_t reply_type, absl::Time deadline, std::set<uint32_t>* removed,
+                   const OpenAnswer& answer, bool* broken);
 
 // Largest packet SendBytes sends (well under a unix socket's default send buffer).
 constexpr size_t kMaxBytesPerPacket = 64 << 10;
