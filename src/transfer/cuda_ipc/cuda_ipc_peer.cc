@@ -57,20 +57,6 @@ Status CudaIpcPeerConnection::DrainNotices() {
 }
 
 Status CudaIpcPeerConnection::MapAll(const std::vector<uint32_t>& regions, uint64_t local) {
-  auto removed = [](uint32_t region) {
-    return absl::NotFoundError(absl::StrCat("failed: the source has no region ", region,
-                                            " (removed after the blob was exported)"));
-  };
-  Status first;
-  std::vector<uint32_t> to_open;
-  for (uint32_t region : regions) {
-    if (mappings_.count(region) != 0) continue;
-    if (removed_.count(region) != 0) {
-      if (first.ok()) first = removed(region);
-      continue;
-    }
-    to_open.push_back(region);
-  }
   auto answer = [&](uint32_t region, const Reply& reply, Fd, bool* broken) -> Status {
     mu_.AssertHeld();  // called within this function (the analysis does not see it)
     if (reply.code != 0) {
@@ -117,16 +103,21 @@ Status CudaIpcPeerConnection::MapAll(const std::vector<uint32_t>& regions, uint6
     if (removed_.count(region) != 0) {
       mapping->reset();
       closed();
-      return removed(region);
+      return shm::RegionRemovedError(region);
     }
     mappings_.emplace(region, std::move(*mapping));
     return absl::OkStatus();
   };
   bool broken = false;
-  Status opened = shm::OpenRegions(control_.get(), to_open, shm::kOpenExport, shm::kExportReply,
-                                   absl::InfiniteFuture(), &removed_, answer, &broken);
+  Status opened = shm::OpenRegions(
+      control_.get(), regions,
+      [&](uint32_t region) {
+        mu_.AssertHeld();
+        return mappings_.count(region) != 0;
+      },
+      shm::kOpenExport, shm::kExportReply, absl::InfiniteFuture(), &removed_, answer, &broken);
   if (broken) broken_.store(true);
-  return first.ok() ? opened : first;
+  return opened;
 }
 
 Status CudaIpcPeerConnection::Execute(ChunkFeed& feed) {

@@ -59,20 +59,6 @@ Status ShmPeerConnection::DrainNotices() {
 }
 
 Status ShmPeerConnection::MapAll(const std::vector<uint32_t>& regions) {
-  auto removed = [](uint32_t region) {
-    return absl::NotFoundError(absl::StrCat("failed: the source has no region ", region,
-                                            " (removed after the blob was exported)"));
-  };
-  Status first;
-  std::vector<uint32_t> to_open;
-  for (uint32_t region : regions) {
-    if (mappings_.count(region) != 0) continue;
-    if (removed_.count(region) != 0) {
-      if (first.ok()) first = removed(region);
-      continue;
-    }
-    to_open.push_back(region);
-  }
   auto answer = [&](uint32_t region, const Reply& reply, Fd fd, bool* broken) -> Status {
     mu_.AssertHeld();  // called within this function (the analysis does not see it)
     if (reply.code != 0) {
@@ -84,7 +70,7 @@ Status ShmPeerConnection::MapAll(const std::vector<uint32_t>& regions) {
       return absl::DataLossError(absl::StrCat("failed: protocol error: the reply for region ",
                                               region, " carries no descriptor"));
     }
-    if (removed_.count(region) != 0) return removed(region);
+    if (removed_.count(region) != 0) return RegionRemovedError(region);
     // Never trust the size the source announces: a descriptor smaller than that, or one the
     // source could still shrink, would fault (SIGBUS) in our copy threads instead of failing
     // this read. The engine's own regions are memfds sealed against shrinking.
@@ -112,10 +98,15 @@ Status ShmPeerConnection::MapAll(const std::vector<uint32_t>& regions) {
     return absl::OkStatus();  // the mapping keeps the memory; the descriptor closes here
   };
   bool broken = false;
-  Status opened = OpenRegions(control_.get(), to_open, kOpenMemfd, kOpenReply,
-                              absl::InfiniteFuture(), &removed_, answer, &broken);
+  Status opened = OpenRegions(
+      control_.get(), regions,
+      [&](uint32_t region) {
+        mu_.AssertHeld();
+        return mappings_.count(region) != 0;
+      },
+      kOpenMemfd, kOpenReply, absl::InfiniteFuture(), &removed_, answer, &broken);
   if (broken) broken_.store(true);
-  return first.ok() ? opened : first;
+  return opened;
 }
 
 Status ShmPeerConnection::Execute(ChunkFeed& feed) {

@@ -198,22 +198,37 @@ StatusOr<Reply> RequestRegion(int control, uint32_t region, uint32_t what, uint3
   return AwaitReply(control, region, reply_type, deadline, removed, received);
 }
 
-Status OpenRegions(int control, const std::vector<uint32_t>& regions, uint32_t what,
-                   uint32_t reply_type, absl::Time deadline, std::set<uint32_t>* removed,
-                   const OpenAnswer& answer, bool* broken) {
+Status RegionRemovedError(uint32_t region) {
+  return absl::NotFoundError(absl::StrCat("failed: the source has no region ", region,
+                                          " (removed after the blob was exported)"));
+}
+
+Status OpenRegions(int control, const std::vector<uint32_t>& regions,
+                   const std::function<bool(uint32_t)>& mapped, uint32_t what, uint32_t reply_type,
+                   absl::Time deadline, std::set<uint32_t>* removed, const OpenAnswer& answer,
+                   bool* broken) {
   Status first;
+  std::vector<uint32_t> to_open;
+  for (uint32_t region : regions) {
+    if (mapped(region)) continue;
+    if (removed->count(region) != 0) {
+      if (first.ok()) first = RegionRemovedError(region);
+      continue;
+    }
+    to_open.push_back(region);
+  }
   size_t sent = 0;
-  for (size_t answered = 0; answered < regions.size(); ++answered) {
+  for (size_t answered = 0; answered < to_open.size(); ++answered) {
     // The requests are a few bytes each: kOpenWindow of them always fit the socket's buffer,
     // so sending never waits on the source, which may be sending us a large export meanwhile.
-    while (sent < regions.size() && sent - answered < kOpenWindow) {
-      if (!SendOpenRequest(control, regions[sent], what)) {
+    while (sent < to_open.size() && sent - answered < kOpenWindow) {
+      if (!SendOpenRequest(control, to_open[sent], what)) {
         *broken = true;
-        return RequestFailed(regions[sent], errno);
+        return RequestFailed(to_open[sent], errno);
       }
       ++sent;
     }
-    const uint32_t region = regions[answered];
+    const uint32_t region = to_open[answered];
     Fd received;
     auto reply = AwaitReply(control, region, reply_type,
                             std::min(deadline, absl::Now() + kControlTimeout), removed, &received);

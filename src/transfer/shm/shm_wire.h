@@ -137,16 +137,21 @@ constexpr size_t kOpenWindow = 32;
 using OpenAnswer =
     std::function<Status(uint32_t region, const Reply& reply, Fd received, bool* broken)>;
 
-// Opens `regions` in order, keeping up to kOpenWindow requests (OpenRequest{region, what}) in
-// flight: a read over a source's thousand tensors pays about one round trip, not a thousand.
+// NotFound for `region`, which the source removed after the blob was exported.
+Status RegionRemovedError(uint32_t region);
+
+// Opens those of `regions` not `mapped` yet, in order, keeping up to kOpenWindow requests
+// (OpenRequest{region, what}) in flight: a read over a source's thousand tensors pays about one
+// round trip, not a thousand. A region in *removed fails (RegionRemovedError) without a request.
 // Each reply (of type `reply_type`, within kControlTimeout of the one before, and before
 // `deadline`) goes to `answer`, in order; RegionRemoved notices met on the way go to *removed.
 // Returns the first failure once every region was answered, so one region's failure leaves
 // the others mapped and the socket in step. A transport failure (as RequestRegion's), or an
 // answer that sets *broken, ends it at once with *broken set: the connection is then broken.
-Status OpenRegions(int control, const std::vector<uint32_t>& regions, uint32_t what,
-                   uint32_t reply_type, absl::Time deadline, std::set<uint32_t>* removed,
-                   const OpenAnswer& answer, bool* broken);
+Status OpenRegions(int control, const std::vector<uint32_t>& regions,
+                   const std::function<bool(uint32_t)>& mapped, uint32_t what, uint32_t reply_type,
+                   absl::Time deadline, std::set<uint32_t>* removed, const OpenAnswer& answer,
+                   bool* broken);
 
 // Largest packet SendBytes sends (well under a unix socket's default send buffer).
 constexpr size_t kMaxBytesPerPacket = 64 << 10;
