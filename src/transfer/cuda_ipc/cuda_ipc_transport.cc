@@ -1,14 +1,19 @@
 #include "transfer/cuda_ipc/cuda_ipc_transport.h"
 
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/logging.h"
 #include "transfer/cuda_ipc/cuda_ipc_peer.h"
 #include "transfer/shm/shm_server.h"
@@ -29,12 +34,51 @@ std::string ProcessKey() {
   return absl::StrCat(kRandom, ":", getpid());
 }
 
+// How many exported descriptors a source keeps open between targets' opens: a quarter of the
+// soft open-file limit, read at each AddRegion (ferry's binaries and Python module raise it to
+// the hard limit at start, so normally every region's), leaving the rest to the process.
+class DescriptorBudget {
+ public:
+  // Takes `n` if they fit.
+  bool TryTake(int64_t n) {
+    rlimit limit{};
+    const int64_t cap = ::getrlimit(RLIMIT_NOFILE, &limit) != 0 ? 0
+                        : limit.rlim_cur == RLIM_INFINITY
+                            ? INT64_MAX / 4
+                            : static_cast<int64_t>(limit.rlim_cur) / 4;
+    absl::MutexLock lock(&mu_);
+    if (held_ + n > cap) return false;
+    held_ += n;
+    return true;
+  }
+  void Give(int64_t n) {
+    absl::MutexLock lock(&mu_);
+    held_ -= n;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int64_t held_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A region's exported descriptors, kept open and counted in the budget while the region is
+// served.
+struct HeldDescriptors {
+  HeldDescriptors(std::vector<Fd> f, std::shared_ptr<DescriptorBudget> b)
+      : fds(std::move(f)), budget(std::move(b)) {}
+  ~HeldDescriptors() { budget->Give(static_cast<int64_t>(fds.size())); }
+  const std::vector<Fd> fds;
+  const std::shared_ptr<DescriptorBudget> budget;
+};
+
 // The export of one region: a record per allocation behind it. Handles (legacy, fabric) go in
-// the records; descriptors (VMM memory) are made for each target that opens the region and
-// closed once sent, so a model in thousands of cuMemCreate chunks does not hold thousands of
-// descriptors while it is served. Each allocation is exported once here to learn that it can be.
-StatusOr<shm::RegionExport> ExportRegion(const std::shared_ptr<IpcMemory>& memory, void* data,
-                                         uint64_t size) {
+// the records. Descriptors (VMM memory) are made when the region is added; while they fit the
+// budget they stay open and each target that opens the region gets duplicates, else they are
+// closed and exported anew for each target (a model in thousands of cuMemCreate chunks in a
+// process left at 1,024 open files). Either way the ones sent are closed once sent.
+StatusOr<shm::RegionExport> ExportRegion(const std::shared_ptr<IpcMemory>& memory,
+                                         const std::shared_ptr<DescriptorBudget>& budget,
+                                         void* data, uint64_t size) {
   FERRY_ASSIGN_OR_RETURN(
       std::vector<cuda::AllocationPiece> pieces,
       cuda::FindAllocationPieces(reinterpret_cast<uint64_t>(data), size, memory->query(),
@@ -43,6 +87,7 @@ StatusOr<shm::RegionExport> ExportRegion(const std::shared_ptr<IpcMemory>& memor
   out.size = size;
   std::vector<PieceRecord> records;
   std::vector<cuda::AllocationInfo> by_descriptor;  // in the order of their fd_index
+  std::vector<Fd> fds;
   for (const cuda::AllocationPiece& piece : pieces) {
     FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory->Export(piece.allocation));
     PieceRecord r{};
@@ -58,26 +103,44 @@ StatusOr<shm::RegionExport> ExportRegion(const std::shared_ptr<IpcMemory>& memor
       }
       r.fd_index = static_cast<uint32_t>(by_descriptor.size());
       by_descriptor.push_back(piece.allocation);
+      fds.push_back(std::move(exported.fd));
     }
     records.push_back(r);
   }
   out.record_count = static_cast<uint32_t>(records.size());
   out.records.assign(reinterpret_cast<const char*>(records.data()),
                      records.size() * sizeof(PieceRecord));
-  if (!by_descriptor.empty()) {
-    out.descriptors = [memory, by_descriptor]() -> StatusOr<std::vector<Fd>> {
-      std::vector<Fd> fds;
-      fds.reserve(by_descriptor.size());
-      for (const cuda::AllocationInfo& allocation : by_descriptor) {
-        FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory->Export(allocation));
-        if (!exported.fd.valid()) {
-          return absl::InternalError(absl::StrCat(memory->name(), " exported no descriptor"));
+  if (fds.empty()) return out;
+  if (budget->TryTake(static_cast<int64_t>(fds.size()))) {
+    auto held = std::make_shared<const HeldDescriptors>(std::move(fds), budget);
+    out.descriptors = [held]() -> StatusOr<std::vector<Fd>> {
+      std::vector<Fd> copies;
+      copies.reserve(held->fds.size());
+      for (const Fd& fd : held->fds) {
+        Fd copy(::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0));
+        if (!copy.valid()) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat("duplicating an exported descriptor: ", ErrnoText(errno),
+                           "; check the open-file limit (ulimit -n)"));
         }
-        fds.push_back(std::move(exported.fd));
+        copies.push_back(std::move(copy));
       }
-      return fds;
+      return copies;
     };
+    return out;
   }
+  out.descriptors = [memory, by_descriptor]() -> StatusOr<std::vector<Fd>> {
+    std::vector<Fd> made;
+    made.reserve(by_descriptor.size());
+    for (const cuda::AllocationInfo& allocation : by_descriptor) {
+      FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory->Export(allocation));
+      if (!exported.fd.valid()) {
+        return absl::InternalError(absl::StrCat(memory->name(), " exported no descriptor"));
+      }
+      made.push_back(std::move(exported.fd));
+    }
+    return made;
+  };
   return out;
 }
 
@@ -95,7 +158,7 @@ class CudaIpcTransport : public Transport {
   Status AddRegion(uint32_t id, void* data, uint64_t size, MemoryKind kind,
                    const Allocation*) override {
     if (kind != MemoryKind::kCuda) return absl::OkStatus();
-    auto exported = ExportRegion(memory_, data, size);
+    auto exported = ExportRegion(memory_, budget_, data, size);
     if (!exported.ok()) {
       // Targets on this host will stage it through host memory instead, much slower: say so.
       spdlog::warn(
@@ -156,6 +219,7 @@ class CudaIpcTransport : public Transport {
 
  private:
   const std::shared_ptr<IpcMemory> memory_;
+  const std::shared_ptr<DescriptorBudget> budget_ = std::make_shared<DescriptorBudget>();
   const std::unique_ptr<shm::ShmServer> server_;
 };
 

@@ -6,7 +6,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <thread>
 
@@ -92,40 +94,67 @@ int OpenDescriptors() {
   return n;
 }
 
-TEST_F(CudaIpcTransportTest, ASourceHoldsNoDescriptorsForItsExportsWhileNoTargetOpensThem) {
-  // A model in expandable segments is thousands of cuMemCreate chunks; a source that kept one
-  // descriptor per chunk open while serving ran into a process's default limit of 1,024. Here
-  // 600 chunks in two regions: their descriptors exist only while an export is being sent.
-  const uint64_t bytes = 300 * kChunk;
-  auto first = source_memory_->Allocate(kChunk, 300, ExportKind::kPosixFd);
-  auto second = source_memory_->Allocate(kChunk, 300, ExportKind::kPosixFd);
-  ASSERT_TRUE(first.ok() && second.ok());
-  FillPattern(*first, bytes);
-  FillPattern(*second, bytes);
+// Sets the soft open-file limit for its life (the source's descriptor budget is a quarter of it).
+class SoftFileLimit {
+ public:
+  explicit SoftFileLimit(rlim_t soft) {
+    EXPECT_EQ(::getrlimit(RLIMIT_NOFILE, &saved_), 0);
+    rlimit lowered = saved_;
+    lowered.rlim_cur = std::min<rlim_t>(soft, saved_.rlim_max);
+    EXPECT_EQ(lowered.rlim_cur, soft) << "the hard limit is below " << soft;
+    EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &lowered), 0);
+  }
+  ~SoftFileLimit() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+
+ private:
+  rlimit saved_{};
+};
+
+TEST_F(CudaIpcTransportTest, ASourceKeepsExportedDescriptorsOnlyWithinAQuarterOfItsFileLimit) {
+  // A model in expandable segments is thousands of cuMemCreate chunks. A source keeps their
+  // descriptors open (targets get duplicates) while they fit a quarter of the soft open-file
+  // limit, and exports the rest anew for each target that opens them.
+  SoftFileLimit limit(2048);  // a budget of 512 descriptors
+  constexpr int kChunks = 300;
+  const uint64_t bytes = kChunks * kChunk;
+  std::vector<char*> data;
+  for (int i = 0; i < 3; ++i) {
+    auto base = source_memory_->Allocate(kChunk, kChunks, ExportKind::kPosixFd);
+    ASSERT_TRUE(base.ok()) << base.status();
+    FillPattern(*base, bytes);
+    data.push_back(*base);
+  }
   const int before = OpenDescriptors();
-  ASSERT_TRUE(source_->AddRegion(0, *first, bytes, MemoryKind::kCuda, nullptr).ok());
-  ASSERT_TRUE(source_->AddRegion(1, *second, bytes, MemoryKind::kCuda, nullptr).ok());
+  ASSERT_TRUE(source_->AddRegion(0, data[0], bytes, MemoryKind::kCuda, nullptr).ok());
+  EXPECT_EQ(OpenDescriptors(), before + kChunks);  // kept: 300 of 512
+  ASSERT_TRUE(source_->AddRegion(1, data[1], bytes, MemoryKind::kCuda, nullptr).ok());
+  EXPECT_EQ(OpenDescriptors(), before + kChunks);  // 600 would not fit: exported per target
+  source_->RemoveRegion(0);                        // gives its 300 back
   EXPECT_EQ(OpenDescriptors(), before);
+  ASSERT_TRUE(source_->AddRegion(2, data[2], bytes, MemoryKind::kCuda, nullptr).ok());
+  EXPECT_EQ(OpenDescriptors(), before + kChunks);
   auto conn = Connect();
   ASSERT_NE(conn, nullptr);
   std::vector<char> dst(2 * bytes);
   Running run;
   ASSERT_TRUE(
-      run.Read(*conn, {ReadOp{0, 0, dst.data(), bytes}, ReadOp{1, 0, dst.data() + bytes, bytes}})
+      run.Read(*conn, {ReadOp{1, 0, dst.data(), bytes}, ReadOp{2, 0, dst.data() + bytes, bytes}})
           .ok());
   EXPECT_EQ(FirstMismatch(dst.data(), bytes, 0), -1);
   EXPECT_EQ(FirstMismatch(dst.data() + bytes, bytes, 0), -1);
   // A second connection's handshake is answered by the server's one thread after it finished
-  // sending the first target's exports: from then on the source holds only the two
-  // connections' sockets, and the target (its regions mapped) holds its two control sockets.
+  // sending the first target's exports: from then on the source holds, beside region 2's kept
+  // descriptors, only the two connections' sockets, and the target (its regions mapped) holds
+  // its two control sockets: what was sent is closed on both ends.
   auto another = Connect();
   ASSERT_NE(another, nullptr);
-  EXPECT_EQ(OpenDescriptors(), before + 4);
+  EXPECT_EQ(OpenDescriptors(), before + kChunks + 4);
 }
 
 TEST_F(CudaIpcTransportTest, AnExportThatFailsWhenATargetOpensItFailsThatReadWithTheReason) {
-  const uint64_t bytes = 3 * kChunk;
-  AddRegion(0, 3, ExportKind::kPosixFd, 0, bytes);
+  SoftFileLimit limit(1024);  // 300 descriptors do not fit the budget of 256: exported per open
+  const uint64_t bytes = 300 * kChunk;
+  AddRegion(0, 300, ExportKind::kPosixFd, 0, bytes);
   auto conn = Connect();
   ASSERT_NE(conn, nullptr);
   std::vector<char> dst(bytes);

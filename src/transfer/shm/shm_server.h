@@ -41,9 +41,8 @@ struct ShmServerLimits {
 };
 
 // An exported region (ShmServer::AddExport): records opaque to the server, and the descriptors
-// they refer to, made afresh for each target that opens the region and closed once sent. A
-// source serving a model in thousands of device allocations so holds no descriptor for them
-// while no target is opening one (a process's default limit is 1,024).
+// they refer to, made for each target that opens the region (duplicates of descriptors the
+// exporter keeps, or exported anew) and closed once sent.
 struct RegionExport {
   uint64_t size = 0;          // the region's bytes
   uint32_t record_count = 0;  // records in `records`
