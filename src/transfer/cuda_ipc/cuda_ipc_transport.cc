@@ -71,6 +71,15 @@ struct HeldDescriptors {
   const std::shared_ptr<DescriptorBudget> budget;
 };
 
+// Exports one cuMemCreate allocation as a descriptor.
+StatusOr<Fd> ExportDescriptor(IpcMemory& memory, const cuda::AllocationInfo& allocation) {
+  FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory.Export(allocation));
+  if (!exported.fd.valid()) {
+    return absl::InternalError(absl::StrCat(memory.name(), " exported no descriptor"));
+  }
+  return std::move(exported.fd);
+}
+
 // The export of one region: a record per allocation behind it. Handles (legacy, fabric) go in
 // the records. Descriptors (VMM memory) are made when the region is added; while they fit the
 // budget they stay open and each target that opens the region gets duplicates, else they are
@@ -89,21 +98,21 @@ StatusOr<shm::RegionExport> ExportRegion(const std::shared_ptr<IpcMemory>& memor
   std::vector<cuda::AllocationInfo> by_descriptor;  // in the order of their fd_index
   std::vector<Fd> fds;
   for (const cuda::AllocationPiece& piece : pieces) {
-    FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory->Export(piece.allocation));
     PieceRecord r{};
     r.allocation_size = piece.allocation.size;
     r.offset = piece.offset;
     r.length = piece.length;
     r.region_offset = piece.region_offset;
     r.kind = static_cast<uint32_t>(piece.allocation.kind);
-    r.handle = exported.handle;
     if (piece.allocation.kind == cuda::ExportKind::kPosixFd) {
-      if (!exported.fd.valid()) {
-        return absl::InternalError(absl::StrCat(memory->name(), " exported no descriptor"));
-      }
+      FERRY_ASSIGN_OR_RETURN(Fd fd, ExportDescriptor(*memory, piece.allocation));
       r.fd_index = static_cast<uint32_t>(by_descriptor.size());
       by_descriptor.push_back(piece.allocation);
-      fds.push_back(std::move(exported.fd));
+      fds.push_back(std::move(fd));
+    } else {
+      FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported,
+                             memory->Export(piece.allocation));
+      r.handle = exported.handle;
     }
     records.push_back(r);
   }
@@ -133,11 +142,8 @@ StatusOr<shm::RegionExport> ExportRegion(const std::shared_ptr<IpcMemory>& memor
     std::vector<Fd> made;
     made.reserve(by_descriptor.size());
     for (const cuda::AllocationInfo& allocation : by_descriptor) {
-      FERRY_ASSIGN_OR_RETURN(cuda_ipc::ExportedAllocation exported, memory->Export(allocation));
-      if (!exported.fd.valid()) {
-        return absl::InternalError(absl::StrCat(memory->name(), " exported no descriptor"));
-      }
-      made.push_back(std::move(exported.fd));
+      FERRY_ASSIGN_OR_RETURN(Fd fd, ExportDescriptor(*memory, allocation));
+      made.push_back(std::move(fd));
     }
     return made;
   };
